@@ -1,0 +1,34 @@
+"""dlnode: training of deep linear networks as continuous dynamical systems.
+
+Float64 is switched on in JAX on import (``jax_enable_x64``); datasets record it in their attrs.
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+from ._version import __version__  # noqa: E402
+from .dataset import open_dataset as open  # noqa: E402, A004
+from .dataset import save, validate  # noqa: E402
+from .integration import integrate  # noqa: E402
+from .network import balancedness, init_layers, layer_shapes, product  # noqa: E402
+from .problems import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression  # noqa: E402
+from .solvers import METHODS  # noqa: E402
+
+__all__ = [
+    "METHODS",
+    "Factorization",
+    "MatrixCompletion",
+    "MatrixSensing",
+    "Problem",
+    "Regression",
+    "__version__",
+    "balancedness",
+    "init_layers",
+    "integrate",
+    "layer_shapes",
+    "open",
+    "product",
+    "save",
+    "validate",
+]

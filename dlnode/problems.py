@@ -1,0 +1,399 @@
+"""Learning problems on the end-to-end matrix W: losses ℓ(W), their gradients and random instances.
+
+Every problem here is quadratic in W, ℓ(W) = ½⟨W − W*, H(W − W*)⟩ + ℓ*, with a positive semi-definite
+operator H, a minimiser W* and the minimum value ℓ* known at construction. The gradient is E = H(W − W*),
+and the loss is evaluated as ½⟨E, W − W*⟩ + ℓ*, which has no cancellation near the minimum (unlike
+½tr(WΣ_xxWᵀ) − tr(WΣ_yxᵀ) + ½tr(Σ_yy)).
+
+Each problem is a frozen dataclass of NumPy arrays; `arrays()` hands the arrays to jitted code as a pytree
+and `grad_fn` / `loss_fn` are pure functions of (W, arrays), so problems of one kind and shape share one
+compiled vector field.
+
+References
+----------
+Saxe, McClelland, Ganguli (2014), arXiv 1312.6120; Gidel, Bach, Lacoste-Julien (2019), arXiv 1904.13262;
+Arora, Cohen, Hu, Luo (2019), arXiv 1905.13655.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = ["Factorization", "MatrixCompletion", "MatrixSensing", "Problem", "Regression"]
+
+
+def _as_matrix(name: str, value: Any, ndim: int = 2) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-dimensional array; got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} must not be empty; got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite; got {np.sum(~np.isfinite(arr))} NaN/inf entries")
+    return arr
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    return int(seed)
+
+
+def _check_rank(rank: Any, shape: tuple[int, int]) -> int:
+    if not isinstance(rank, (int, np.integer)) or not 1 <= rank <= min(shape):
+        raise ValueError(f"rank must be an integer in [1, min(shape)] = [1, {min(shape)}]; got {rank!r}")
+    return int(rank)
+
+
+def _check_shape(shape: Any) -> tuple[int, int]:
+    ok = isinstance(shape, (tuple, list)) and len(shape) == 2
+    ok = ok and all(isinstance(s, (int, np.integer)) and s >= 1 for s in shape)
+    if not ok:
+        raise ValueError(f"shape must be a pair of positive integers (rows, cols); got {shape!r}")
+    return int(shape[0]), int(shape[1])
+
+
+def _low_rank_target(shape: tuple[int, int], rank: int, rng: np.random.Generator) -> np.ndarray:
+    """M = UVᵀ/√r with Gaussian factors, rescaled to ‖M‖_F = √(rows·cols) (= n for n×n; Arora et al. 2019)."""
+    u = rng.standard_normal((shape[0], rank))
+    v = rng.standard_normal((shape[1], rank))
+    m = u @ v.T / np.sqrt(rank)
+    return m * (np.sqrt(shape[0] * shape[1]) / np.linalg.norm(m))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Problem:
+    """Base of all problems: shapes, the minimiser, and the JSON description stored in datasets."""
+
+    kind: ClassVar[str] = "problem"
+    convention: ClassVar[str] = ""
+
+    @property
+    def d_in(self) -> int:
+        return int(self.w_star.shape[1])
+
+    @property
+    def d_out(self) -> int:
+        return int(self.w_star.shape[0])
+
+    @property
+    def w_star(self) -> np.ndarray:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    @property
+    def loss_min(self) -> float:
+        """ℓ* = min ℓ over all matrices W (depth 1); deeper nets reach it when the width allows."""
+        return 0.0
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays the jitted gradient needs (a pytree); includes the minimiser and ℓ*."""
+        return {"w_star": self.w_star, "loss_min": np.float64(self.loss_min), **self._operator()}
+
+    def _operator(self) -> dict[str, np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
+
+    # H(Δ): a pure function of (Δ, arrays), written with array methods so that it runs on NumPy or JAX
+    hessian_op: ClassVar[Callable[[Any, dict], Any]]
+
+    @classmethod
+    def grad_fn(cls, w: Any, arrays: dict) -> Any:
+        """∇ℓ(W) = H(W − W*)."""
+        return cls.hessian_op(w - arrays["w_star"], arrays)
+
+    @classmethod
+    def loss_fn(cls, w: Any, arrays: dict) -> Any:
+        """ℓ(W) = ½⟨∇ℓ(W), W − W*⟩ + ℓ*."""
+        return cls.loss_from_grad(w, cls.grad_fn(w, arrays), arrays)
+
+    @staticmethod
+    def loss_from_grad(w: Any, e: Any, arrays: dict) -> Any:
+        return 0.5 * ((w - arrays["w_star"]) * e).sum() + arrays["loss_min"]
+
+    def loss(self, w: Any) -> Any:
+        """ℓ(W) for one end-to-end matrix (NumPy or JAX)."""
+        return type(self).loss_fn(w, self.arrays())
+
+    def grad(self, w: Any) -> Any:
+        """∇ℓ(W) for one end-to-end matrix (NumPy or JAX)."""
+        return type(self).grad_fn(w, self.arrays())
+
+    def target(self) -> np.ndarray:
+        """The matrix whose SVD the `decoupled` initialisation aligns to (−∇ℓ(0))."""
+        return -np.asarray(self.grad(np.zeros((self.d_out, self.d_in))))
+
+    def describe(self) -> dict[str, Any]:
+        """Kind, shapes, loss convention and seed: what a dataset's `problem` attribute records."""
+        out = {"kind": self.kind, "d_in": self.d_in, "d_out": self.d_out, "loss": self.convention}
+        out.update(self._extra_description())
+        return out
+
+    def _extra_description(self) -> dict[str, Any]:
+        return {}
+
+    def to_json(self) -> str:
+        return json.dumps(self.describe(), sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Regression(Problem):
+    """Linear regression ℓ(W) = (1/2n)‖WX − Y‖²_F on inputs X (d_in, n) and targets Y (d_out, n).
+
+    Internally ∇ℓ = WΣ_xx − Σ_yx = (W − W*)Σ_xx with Σ_xx = XXᵀ/n, Σ_yx = YXᵀ/n and W* the least-squares
+    solution, so the loss is evaluated without cancellation.
+    """
+
+    sigma_xx: np.ndarray
+    sigma_yx: np.ndarray
+    minimiser: np.ndarray
+    minimum: float = 0.0
+    n: int | None = None
+    seed: int | None = None
+    whitened_values: tuple[float, ...] | None = None
+
+    kind: ClassVar[str] = "regression"
+    convention: ClassVar[str] = "(1/2n)||WX - Y||_F^2"
+
+    def __init__(self, X: Any, Y: Any) -> None:
+        x = _as_matrix("X", X)
+        y = _as_matrix("Y", Y)
+        if x.shape[1] != y.shape[1]:
+            raise ValueError(
+                f"X and Y must have the same number of samples (columns); got X {x.shape}, Y {y.shape}; "
+                "pass X as (d_in, n) and Y as (d_out, n)"
+            )
+        n = x.shape[1]
+        w_star = np.linalg.lstsq(x.T, y.T, rcond=None)[0].T
+        residual = w_star @ x - y
+        self._set(x @ x.T / n, y @ x.T / n, w_star, 0.5 * float(np.sum(residual**2)) / n, n, None, None)
+
+    def _set(self, sxx, syx, w_star, minimum, n, seed, values) -> None:  # noqa: ANN001
+        for name, value in zip(
+            ("sigma_xx", "sigma_yx", "minimiser", "minimum", "n", "seed", "whitened_values"),
+            (sxx, syx, w_star, minimum, n, seed, values),
+            strict=True,
+        ):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def whitened(cls, singular_values: Any, d_in: int, d_out: int, seed: int = 0) -> Regression:
+        """Whitened regression (Σ_xx = I) with Σ_yx = U diag(s) Vᵀ, U, V random orthogonal (Saxe; Gidel).
+
+        The loss is ℓ(W) = ½‖W − Σ_yx‖²_F, i.e. the data are taken to be noiseless (Σ_yy = Σ_yxΣ_yxᵀ).
+        """
+        s = np.asarray(singular_values, dtype=np.float64).ravel()
+        for name, val in (("d_in", d_in), ("d_out", d_out)):
+            if not isinstance(val, (int, np.integer)) or val < 1:
+                raise ValueError(f"{name} must be a positive integer; got {val!r}")
+        if s.size == 0 or s.size > min(d_in, d_out) or np.any(~np.isfinite(s)) or np.any(s <= 0):
+            raise ValueError(
+                "singular_values must be 1 to min(d_in, d_out) positive finite numbers; "
+                f"got {list(s)} for d_in={d_in}, d_out={d_out}"
+            )
+        rng = np.random.default_rng(_check_seed(seed))
+        r = s.size
+        u = np.linalg.qr(rng.standard_normal((d_out, d_out)))[0][:, :r]
+        v = np.linalg.qr(rng.standard_normal((d_in, d_in)))[0][:, :r]
+        syx = (u * s) @ v.T
+        out = object.__new__(cls)
+        out._set(np.eye(d_in), syx, syx.copy(), 0.0, None, int(seed), tuple(float(x) for x in s))
+        return out
+
+    @property
+    def w_star(self) -> np.ndarray:
+        return self.minimiser
+
+    @property
+    def loss_min(self) -> float:
+        return float(self.minimum)
+
+    def _operator(self) -> dict[str, np.ndarray]:
+        return {"sigma_xx": self.sigma_xx}
+
+    @staticmethod
+    def hessian_op(delta: Any, arrays: dict) -> Any:
+        return delta @ arrays["sigma_xx"]
+
+    def target(self) -> np.ndarray:
+        return self.sigma_yx
+
+    def _extra_description(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"n": self.n, "seed": self.seed}
+        if self.whitened_values is not None:
+            extra["whitened"] = True
+            extra["singular_values"] = list(self.whitened_values)
+        return extra
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MatrixCompletion(Problem):
+    """Matrix completion ℓ(W) = ½ Σ_{(i,j)∈Ω} (W_ij − M_ij)², divided by |Ω| when `normalize`.
+
+    References
+    ----------
+    Arora, Cohen, Hu, Luo (2019), "Implicit regularization in deep matrix factorization", arXiv 1905.13655.
+    """
+
+    target_matrix: np.ndarray
+    mask: np.ndarray
+    normalize: bool = False
+    seed: int | None = None
+    rank: int | None = None
+
+    kind: ClassVar[str] = "matrix_completion"
+
+    def __init__(
+        self,
+        target: Any,
+        mask: Any,
+        normalize: bool = False,
+        *,
+        seed: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        m = _as_matrix("target", target)
+        k = np.asarray(mask)
+        if k.shape != m.shape:
+            raise ValueError(f"mask must have the target's shape {m.shape}; got {k.shape}")
+        if k.dtype != bool and not np.all((k == 0) | (k == 1)):
+            raise ValueError("mask must be boolean (or 0/1); got other values")
+        k = k.astype(bool)
+        if not k.any():
+            raise ValueError("mask must observe at least one entry; got an all-False mask")
+        for name, value in zip(
+            ("target_matrix", "mask", "normalize", "seed", "rank"),
+            (m, k, bool(normalize), seed, rank),
+            strict=True,
+        ):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def random(
+        cls,
+        shape: tuple[int, int] = (100, 100),
+        rank: int = 5,
+        observed: int | float = 2000,
+        seed: int = 0,
+        normalize: bool = False,
+    ) -> MatrixCompletion:
+        """Arora et al. (2019)'s instance: M = UVᵀ/√r rescaled to ‖M‖_F = √(rows·cols), entries drawn
+        uniformly without replacement (`observed` a count, or a fraction in (0, 1])."""
+        shape = _check_shape(shape)
+        rank = _check_rank(rank, shape)
+        total = shape[0] * shape[1]
+        if isinstance(observed, (float, np.floating)) and 0 < observed <= 1:
+            count = max(1, int(round(observed * total)))
+        elif isinstance(observed, (int, np.integer)) and not isinstance(observed, bool) and 1 <= observed <= total:
+            count = int(observed)
+        else:
+            raise ValueError(f"observed must be a count in [1, {total}] or a fraction in (0, 1]; got {observed!r}")
+        rng = np.random.default_rng(_check_seed(seed))
+        m = _low_rank_target(shape, rank, rng)
+        mask = np.zeros(total, dtype=bool)
+        mask[rng.choice(total, size=count, replace=False)] = True
+        return cls(m, mask.reshape(shape), normalize, seed=int(seed), rank=rank)
+
+    @property
+    def w_star(self) -> np.ndarray:
+        return self.target_matrix
+
+    def _operator(self) -> dict[str, np.ndarray]:
+        weight = 1.0 / self.mask.sum() if self.normalize else 1.0
+        return {"weight": self.mask * weight}
+
+    @staticmethod
+    def hessian_op(delta: Any, arrays: dict) -> Any:
+        return arrays["weight"] * delta
+
+    @property
+    def convention(self) -> str:  # type: ignore[override]
+        return "(1/2|Omega|) sum_Omega (W_ij - M_ij)^2" if self.normalize else "(1/2) sum_Omega (W_ij - M_ij)^2"
+
+    def target(self) -> np.ndarray:
+        return self.target_matrix
+
+    def _extra_description(self) -> dict[str, Any]:
+        return {"observed": int(self.mask.sum()), "normalize": self.normalize, "rank": self.rank, "seed": self.seed}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MatrixSensing(Problem):
+    """Matrix sensing ℓ(W) = (1/2m) Σ_i (⟨A_i, W⟩ − y_i)² with noiseless y_i = ⟨A_i, M⟩."""
+
+    sensing: np.ndarray
+    target_matrix: np.ndarray
+    seed: int | None = None
+    rank: int | None = None
+
+    kind: ClassVar[str] = "matrix_sensing"
+    convention: ClassVar[str] = "(1/2m) sum_i (<A_i, W> - y_i)^2"
+
+    def __init__(self, A: Any, target: Any, *, seed: int | None = None, rank: int | None = None) -> None:
+        a = _as_matrix("A", A, ndim=3)
+        m = _as_matrix("target", target)
+        if a.shape[1:] != m.shape:
+            raise ValueError(f"A must have shape (m, *target.shape) = (m, {m.shape[0]}, {m.shape[1]}); got {a.shape}")
+        for name, value in zip(("sensing", "target_matrix", "seed", "rank"), (a, m, seed, rank), strict=True):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def random(cls, shape: tuple[int, int] = (20, 20), rank: int = 2, measurements: int = 200, seed: int = 0):
+        """Gaussian A_i with N(0, 1) entries and a low-rank target M = UVᵀ/√r with ‖M‖_F = √(rows·cols)."""
+        shape = _check_shape(shape)
+        rank = _check_rank(rank, shape)
+        if isinstance(measurements, bool) or not isinstance(measurements, (int, np.integer)) or measurements < 1:
+            raise ValueError(f"measurements must be a positive integer; got {measurements!r}")
+        rng = np.random.default_rng(_check_seed(seed))
+        m = _low_rank_target(shape, rank, rng)
+        a = rng.standard_normal((int(measurements), *shape))
+        return cls(a, m, seed=int(seed), rank=rank)
+
+    @property
+    def w_star(self) -> np.ndarray:
+        return self.target_matrix
+
+    def _operator(self) -> dict[str, np.ndarray]:
+        return {"sensing": self.sensing}
+
+    @staticmethod
+    def hessian_op(delta: Any, arrays: dict) -> Any:
+        a = arrays["sensing"]
+        r = (a * delta[None]).sum(axis=(1, 2))
+        return (r[:, None, None] * a).sum(axis=0) / a.shape[0]
+
+    def target(self) -> np.ndarray:
+        return self.target_matrix
+
+    def _extra_description(self) -> dict[str, Any]:
+        return {"measurements": int(self.sensing.shape[0]), "rank": self.rank, "seed": self.seed}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Factorization(Problem):
+    """Full matrix factorisation ℓ(W) = ½‖W − M‖²_F (every entry observed)."""
+
+    target_matrix: np.ndarray
+
+    kind: ClassVar[str] = "factorization"
+    convention: ClassVar[str] = "(1/2)||W - M||_F^2"
+
+    def __init__(self, M: Any) -> None:
+        object.__setattr__(self, "target_matrix", _as_matrix("M", M))
+
+    @property
+    def w_star(self) -> np.ndarray:
+        return self.target_matrix
+
+    def _operator(self) -> dict[str, np.ndarray]:
+        return {}
+
+    @staticmethod
+    def hessian_op(delta: Any, arrays: dict) -> Any:
+        return delta
+
+    def target(self) -> np.ndarray:
+        return self.target_matrix

@@ -1,0 +1,98 @@
+"""Argument checks for the public entry points: one place, one-line messages (argument, rule, value, fix)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .network import check_init
+from .problems import Problem
+
+__all__ = ["as_depths", "as_scales", "as_seeds", "check_positive", "check_saveat"]
+
+INF_NAMES = ("inf", "infinity", "∞")
+
+
+def as_depths(depth: Any) -> list[float]:
+    """Depths as floats (math.inf for ∞), unique and in the order given."""
+    items = list(depth) if isinstance(depth, (list, tuple, range, np.ndarray)) else [depth]
+    if not items:
+        raise ValueError("depth must name at least one depth; got an empty list")
+    out: list[float] = []
+    for d in items:
+        if isinstance(d, str) and d.strip().lower() in INF_NAMES:
+            value = math.inf
+        elif isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1:
+            value = float(d)
+        elif isinstance(d, (float, np.floating)) and (math.isinf(d) and d > 0 or (d.is_integer() and d >= 1)):
+            value = float(d)
+        else:
+            raise ValueError(f"depth must be a positive integer or 'inf'; got {d!r}")
+        if value in out:
+            raise ValueError(f"depth must not repeat a value; got {items!r}")
+        out.append(value)
+    return out
+
+
+def as_scales(scale: Any) -> list[float]:
+    items = list(scale) if isinstance(scale, (list, tuple, np.ndarray)) else [scale]
+    if not items:
+        raise ValueError("scale must name at least one scale; got an empty list")
+    out = []
+    for s in items:
+        if isinstance(s, bool) or not isinstance(s, (int, float, np.number)) or not (0 < s < math.inf):
+            raise ValueError(f"scale must be a positive finite number (per-layer init scale); got {s!r}")
+        out.append(float(s))
+    if len(set(out)) != len(out):
+        raise ValueError(f"scale must not repeat a value; got {items!r}")
+    return out
+
+
+def as_seeds(seed: Any) -> list[int]:
+    items = list(seed) if isinstance(seed, Iterable) and not isinstance(seed, (str, bytes)) else [seed]
+    if not items:
+        raise ValueError("seed must name at least one seed; got an empty iterable")
+    for s in items:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+            raise ValueError(f"seed must be a non-negative integer or an iterable of them; got {s!r}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"seed must not repeat a value; got {items!r}")
+    return [int(s) for s in items]
+
+
+def check_positive(name: str, value: Any, fix: str = "") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (0 < value < math.inf):
+        raise ValueError(f"{name} must be a positive finite number{fix}; got {value!r}")
+    return float(value)
+
+
+def check_saveat(saveat: Any) -> int | np.ndarray:
+    """An int ≥ 1 (that many log-spaced times plus t = 0) or a 1-D increasing array of times ≥ 0."""
+    if isinstance(saveat, (int, np.integer)) and not isinstance(saveat, bool):
+        if saveat < 1:
+            raise ValueError(f"saveat must be a positive number of save times or an array of times; got {saveat}")
+        return int(saveat)
+    try:
+        ts = np.asarray(saveat, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"saveat must be an int or a 1-D array of times; got {type(saveat).__name__}") from None
+    if ts.ndim != 1 or ts.size == 0 or not np.all(np.isfinite(ts)) or ts[0] < 0 or np.any(np.diff(ts) <= 0):
+        raise ValueError("saveat must be a 1-D array of finite, non-negative, strictly increasing times; "
+                         f"got {np.array2string(ts.ravel()[:6], precision=3)}")  # fmt: skip
+    return ts
+
+
+def check_call(problem: Any, init: Any, flow: str, method: str, methods: Iterable[str], flows: Iterable[str]) -> None:
+    if not isinstance(problem, Problem):
+        raise ValueError(
+            f"problem must be a dlnode problem (Regression, MatrixCompletion, MatrixSensing, Factorization); "
+            f"got {type(problem).__name__}"
+        )
+    check_init(init)
+    if flow not in flows:
+        raise ValueError(f"unknown flow {flow!r}; expected one of {sorted(flows)}")
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(methods)}")

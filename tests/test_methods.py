@@ -1,0 +1,76 @@
+"""Every registered method against a tight reference; tolerance-driven balancedness drift; no retracing."""
+
+import numpy as np
+import pytest
+
+import dlnode as dln
+from dlnode.solvers import TRACE_COUNT
+
+PROB = dln.MatrixCompletion.random((6, 5), 2, 18, seed=1)
+TIMES = np.linspace(0.0, 3.0, 7)
+KW = dict(depth=3, init="gaussian", scale=0.6, seed=[0, 1], t1=3.0, saveat=TIMES, progress=False)
+# Global error of an adaptive method is a modest multiple of rtol·|y| over O(1) time; 100·rtol bounds it
+# for every method here (tight enough to catch an order or sign error, which gives O(1) errors).
+GLOBAL_FACTOR = 100.0
+RTOL, ATOL = 1e-6, 1e-9
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return dln.integrate(PROB, method="dopri8", rtol=1e-12, atol=1e-14, **KW)
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "dopri8", "kvaerno5", "scipy:RK45", "scipy:LSODA",
+                                    "scipy:BDF", "scipy:Radau"])  # fmt: skip
+def test_method_agrees_with_a_tight_reference(method, reference):
+    ds = dln.integrate(PROB, method=method, rtol=RTOL, atol=ATOL, **KW)
+    scale = float(np.abs(reference["product"]).max())
+    err = float(np.abs(ds["product"] - reference["product"]).max())
+    assert err < GLOBAL_FACTOR * RTOL * scale, err
+    assert (ds["status"].values == 0).all()
+    assert ds.attrs["method"] == method
+    assert (ds["num_steps"].values > 0).all()
+
+
+def test_balancedness_drift_scales_with_the_tolerance():
+    drifts = []
+    for rtol in (1e-4, 1e-6, 1e-8):
+        ds = dln.integrate(PROB, method="tsit5", rtol=rtol, atol=rtol * 1e-3, **KW)
+        drifts.append(float(ds["balancedness"].max()))
+    # a 5th-order error-per-unit-step controller: drift falls with rtol, and far below it
+    assert drifts[0] > drifts[1] > drifts[2]
+    assert all(d < 10 * r for d, r in zip(drifts, (1e-4, 1e-6, 1e-8), strict=True))
+    assert drifts[0] / drifts[2] > 100
+
+
+def test_changing_t1_saveat_rtol_or_lr_does_not_retrace():
+    # save grids are padded to a power of two (at least 16), so any grid of 17 to 32 times shares one compile
+    prob = dln.Regression.whitened([2.0, 1.0], 3, 3, seed=0)
+    kw = dict(depth=2, init="gaussian", scale=0.3, seed=0, progress=False)
+    dln.integrate(prob, method="tsit5", t1=2.0, saveat=20, rtol=1e-6, **kw)
+    before = TRACE_COUNT["n"]
+    dln.integrate(prob, method="tsit5", t1=5.0, saveat=20, rtol=1e-8, atol=1e-12, **kw)
+    dln.integrate(prob, method="tsit5", t1=3.0, saveat=np.linspace(0.1, 3.0, 17), rtol=1e-5, **kw)
+    assert TRACE_COUNT["n"] == before
+    dln.integrate(prob, method="gd", lr=0.1, t1=2.0, saveat=np.arange(1, 21) * 0.1, **kw)
+    before = TRACE_COUNT["n"]
+    dln.integrate(prob, method="gd", lr=0.05, t1=4.0, saveat=np.arange(1, 21) * 0.2, **kw)
+    dln.integrate(prob, method="gd", lr=0.02, t1=1.0, saveat=np.arange(1, 25) * 0.04, **kw)  # same size bucket
+    assert TRACE_COUNT["n"] == before
+
+
+def test_run_until_converged_stops_on_the_loss_criterion():
+    prob = dln.Regression.whitened([2.0, 1.0], 3, 3, seed=0)
+    ds = dln.integrate(prob, depth=[2, 3], init="gaussian", scale=[0.1, 0.3], seed=0, saveat=40, progress=False)
+    assert (ds["status"].values == 1).all()
+    final = ds["loss"].isel(time=-1)
+    assert (final <= 1e-8 * ds["loss"].isel(time=0) * (1 + 1e-6)).all()
+    assert float(ds["t_final"].max()) == pytest.approx(float(ds.time[-1]))
+    assert ds.sizes["time"] == 41
+
+
+def test_auto_records_its_choice():
+    prob = dln.Factorization(np.diag([2.0, 1.0]))
+    ds = dln.integrate(prob, depth=2, scale=0.5, t1=1.0, saveat=5, progress=False)
+    assert ds.attrs["method"] == "tsit5" and ds.attrs["method_requested"] == "auto"
+    assert ds.attrs["method_reason"]
