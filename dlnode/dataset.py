@@ -37,9 +37,8 @@ VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
 _SCALAR_OBS = ("loss", "grad_norm", "balancedness")
 
 
-def _pad_layers(layers: Sequence[np.ndarray], n_layer: int, n_out: int, n_in: int) -> np.ndarray:
-    """Stack per-layer arrays of shape (..., d_j, d_{j−1}) into (..., layer, out, in), NaN-padded."""
-    lead = layers[0].shape[:-2]
+def _pad_layers(layers: Sequence[np.ndarray], lead: tuple, n_layer: int, n_out: int, n_in: int) -> np.ndarray:
+    """Stack per-layer arrays of shape (*lead, d_j, d_{j−1}) into (*lead, layer, out, in), NaN-padded."""
     out = np.full((*lead, n_layer, n_out, n_in), np.nan)
     for j, w in enumerate(layers):
         out[..., j, : w.shape[-2], : w.shape[-1]] = w
@@ -57,9 +56,9 @@ def to_dataset(
     depths = list(runs)
     first = runs[depths[0]]
     shape = (len(scales), len(seeds))
-    n_layer = max(len(s.final_layers) for s in runs.values())
-    n_out = max(w.shape[1] for s in runs.values() for w in s.final_layers)
-    n_in = max(w.shape[2] for s in runs.values() for w in s.final_layers)
+    n_layer = max(len(s.final) for s in runs.values()) or 1  # depth ∞ alone has no layers: one NaN layer
+    n_out = max([w.shape[1] for s in runs.values() for w in s.final] or [first.observed["product"].shape[2]])
+    n_in = max([w.shape[2] for s in runs.values() for w in s.final] or [first.observed["product"].shape[3]])
     data: dict[str, list[np.ndarray]] = {k: [] for k in VARIABLES}
     for sol in runs.values():
 
@@ -68,9 +67,11 @@ def to_dataset(
 
         for key in ("loss", "product", "singular_values", "grad_norm", "balancedness"):
             data[key].append(cell(sol.observed[key]))
-        data["weights_final"].append(cell(_pad_layers(sol.final_layers, n_layer, n_out, n_in)))
+        batch = sol.status.shape[0]
+        data["weights_final"].append(cell(_pad_layers(sol.final, (batch,), n_layer, n_out, n_in)))
         if save_weights:
-            data["weights"].append(cell(_pad_layers(sol.observed["weights"], n_layer, n_out, n_in)))
+            lead = (batch, len(sol.ts))
+            data["weights"].append(cell(_pad_layers(sol.observed["weights"], lead, n_layer, n_out, n_in)))
         data["status"].append(cell(sol.status))
         data["t_final"].append(cell(sol.t_final))
         data["num_steps"].append(cell(sol.num_steps))

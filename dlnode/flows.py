@@ -1,23 +1,45 @@
-"""Vector fields f(t, y, args) of the training dynamics, and the observables saved along them.
+"""The dynamics dlnode integrates, each as a `Flow`: vector field f(t, y, args), loss, and saved observables.
 
-`y` is the tuple of layer matrices (W_1, …, W_N); `args` is a dict holding the problem's arrays under
-"problem" (see `Problem.arrays`) and the problem's class under the static key of the closure that builds
-the field, so that one compiled field serves every problem of one kind and shape.
+- ``layers``: per-layer gradient flow (MATH.md §1), y = (W_1, …, W_N),
+  dW_j/dt = −∂L/∂W_j = −(W_N⋯W_{j+1})ᵀ E (W_{j−1}⋯W_1)ᵀ with E = ∇ℓ(W).
+- ``modified``: the gradient flow of L̃ = L + (η/4)‖∇L‖² (Barrett & Dherin 2021, arXiv 2009.11162), which gradient
+  descent with step η follows to O(η²): dW_j/dt = −(∇L + (η/2)∇²L ∇L)_j, the Hessian term by one jvp.
+- ``end_to_end``: for balanced layers, W alone, dW/dτ = −A_N(E)/N on the rescaled time τ = N t (or −A_∞(E) at
+  depth ∞); see `dlnode.endtoend`.
 
-Per-layer gradient flow (MATH.md §1): dW_j/dt = −∂L/∂W_j = −(W_N⋯W_{j+1})ᵀ E (W_{j−1}⋯W_1)ᵀ, E = ∇ℓ(W).
+`args` is a dict: "problem" (the problem's arrays, see `Problem.arrays`), "d0" (initial balancedness, per-layer
+flows) and "lr" (the modified flow's η, a traced value). Flows are cached per (kind, problem class, options), so
+one compiled solver serves every problem of one kind and shape.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from .endtoend import end_to_end_field
 from .network import product
 
-__all__ = ["FLOWS", "layer_gradients", "make_layer_field", "observables"]
+__all__ = ["FLOWS", "Flow", "get_flow", "layer_gradients"]
+
+FLOWS = ("layers", "modified", "end_to_end")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flow:
+    """What a solver needs of a dynamics: the field, the loss of a state, and the observables saved along it."""
+
+    name: str
+    field: Callable[[Any, Any, dict], Any]
+    loss: Callable[[Any, dict], Any]
+    observe: Callable[[Any, dict], dict[str, Any]]
+    prepare: Callable[[Any, dict, dict], dict]  # (y0, problem arrays, controls) -> args
 
 
 def layer_gradients(layers: tuple, grad_fn: Callable, arrays: dict) -> tuple[tuple, Any, Any]:
@@ -45,53 +67,91 @@ def layer_gradients(layers: tuple, grad_fn: Callable, arrays: dict) -> tuple[tup
     return tuple(grads), w, e
 
 
-def make_layer_field(grad_fn: Callable) -> Callable:
-    """The per-layer gradient-flow field f(t, y, args) = (−G_1, …, −G_N) for a problem's `grad_fn`."""
-
-    def field(t: Any, y: tuple, args: dict) -> tuple:
-        grads, _, _ = layer_gradients(y, grad_fn, args["problem"])
-        return tuple(-g for g in grads)
-
-    return field
-
-
-FLOWS = ("layers",)
-
-
-def observables(layers: tuple, args: dict, problem_cls: type, save_weights: bool) -> dict[str, Any]:
-    """What a dataset stores at every saved time: loss, product, singular values, ‖∇L‖, balancedness drift.
-
-    Balancedness drift is max_j ‖D_j(t) − D_j(0)‖_F with D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ (args["d0"]).
-    """
-    arrays = args["problem"]
-    grads, w, e = layer_gradients(layers, problem_cls.grad_fn, arrays)
-    out = {
-        "loss": problem_cls.loss_from_grad(w, e, arrays),
-        "product": w,
-        "singular_values": jnp.linalg.svd(w, compute_uv=False),
-        "grad_norm": jnp.sqrt(sum(jnp.sum(g * g) for g in grads)),
-        "balancedness": _balancedness_drift(layers, args["d0"]),
-    }
-    if save_weights:
-        out["weights"] = layers
-    return out
-
-
 def _balancedness_drift(layers: tuple, d0: tuple) -> Any:
-    drifts = [
-        jnp.linalg.norm(layers[j + 1].T @ layers[j + 1] - layers[j] @ layers[j].T - d0[j])
-        for j in range(len(layers) - 1)
-    ]
+    """max_j ‖D_j(t) − D_j(0)‖_F with D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ (0 at depth 1)."""
+    drifts = [jnp.linalg.norm(d - d0[j]) for j, d in enumerate(initial_balancedness(layers))]
     return jnp.max(jnp.stack(drifts)) if drifts else jnp.zeros(())
 
 
 def initial_balancedness(layers: tuple) -> tuple:
-    """D_j(0) for every adjacent pair (empty for depth 1)."""
+    """D_j for every adjacent pair (empty for depth 1)."""
     return tuple(layers[j + 1].T @ layers[j + 1] - layers[j] @ layers[j].T for j in range(len(layers) - 1))
 
 
+def _summary(w: Any, e: Any, problem_cls: type, arrays: dict) -> dict[str, Any]:
+    return {
+        "loss": problem_cls.loss_from_grad(w, e, arrays),
+        "product": w,
+        "singular_values": jnp.linalg.svd(w, compute_uv=False),
+    }
+
+
+def _layer_flow(problem_cls: type, save_weights: bool, modified: bool) -> Flow:
+    grad_fn = problem_cls.grad_fn
+
+    def gradient(y: tuple, arrays: dict) -> tuple:
+        return layer_gradients(y, grad_fn, arrays)[0]
+
+    def field(t: Any, y: tuple, args: dict) -> tuple:
+        grads = gradient(y, args["problem"])
+        if modified:  # ∇L̃ = ∇L + (η/2)∇²L ∇L
+            hvp = jax.jvp(lambda v: gradient(v, args["problem"]), (y,), (grads,))[1]
+            return tuple(-(g + 0.5 * args["lr"] * h) for g, h in zip(grads, hvp, strict=True))
+        return tuple(-g for g in grads)
+
+    def loss(y: tuple, args: dict) -> Any:
+        _, w, e = layer_gradients(y, grad_fn, args["problem"])
+        return problem_cls.loss_from_grad(w, e, args["problem"])
+
+    def observe(y: tuple, args: dict) -> dict[str, Any]:
+        grads, w, e = layer_gradients(y, grad_fn, args["problem"])
+        out = _summary(w, e, problem_cls, args["problem"])
+        out["grad_norm"] = jnp.sqrt(sum(jnp.sum(g * g) for g in grads))
+        out["balancedness"] = _balancedness_drift(y, args["d0"])
+        if save_weights:
+            out["weights"] = y
+        return out
+
+    def prepare(y0: tuple, arrays: dict, c: dict) -> dict:
+        return {"problem": arrays, "d0": initial_balancedness(y0), "lr": c["lr"]}
+
+    return Flow("modified" if modified else "layers", field, loss, observe, prepare)
+
+
+def _end_to_end_flow(problem_cls: type, depth: float) -> Flow:
+    depth = math.inf if math.isinf(depth) else int(depth)
+
+    def field(t: Any, w: Any, args: dict) -> Any:
+        return end_to_end_field(w, problem_cls.grad_fn(w, args["problem"]), depth, rescale=True)
+
+    def loss(w: Any, args: dict) -> Any:
+        return problem_cls.loss_fn(w, args["problem"])
+
+    def observe(w: Any, args: dict) -> dict[str, Any]:
+        e = problem_cls.grad_fn(w, args["problem"])
+        out = _summary(w, e, problem_cls, args["problem"])
+        # −dℓ/dτ = ⟨E, A_N(E)⟩/N = Σ_j ‖G_j‖²/N for the balanced layers: finite at N = ∞
+        rate = -jnp.sum(e * end_to_end_field(w, e, depth, rescale=True))
+        out["grad_norm"] = jnp.sqrt(jnp.maximum(rate, 0.0))
+        out["balancedness"] = jnp.full((), jnp.nan)  # balanced by construction: nothing is integrated to drift
+        return out
+
+    def prepare(y0: Any, arrays: dict, c: dict) -> dict:
+        return {"problem": arrays, "lr": c["lr"]}
+
+    return Flow("end_to_end", field, loss, observe, prepare)
+
+
+@cache
+def get_flow(name: str, problem_cls: type, depth: float, save_weights: bool = False) -> Flow:
+    """The (cached) Flow of a kind for a problem class; `depth` matters only for ``end_to_end``."""
+    if name == "end_to_end":
+        return _end_to_end_flow(problem_cls, depth)
+    return _layer_flow(problem_cls, save_weights, modified=name == "modified")
+
+
 def flat_problem(problem_cls: type) -> tuple[Callable, Callable]:
-    """Loss and gradient of L as functions of the layers (for Hessians and tests), via `product`."""
+    """Loss L(W_1, …, W_N) = ℓ(W_N⋯W_1) and its autodiff gradient (for Hessians and tests)."""
 
     def loss(layers: tuple, arrays: dict) -> Any:
         return problem_cls.loss_fn(product(layers), arrays)

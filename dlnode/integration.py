@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -15,11 +16,12 @@ from tqdm.auto import tqdm
 
 from ._version import __version__
 from .dataset import to_dataset
-from .flows import FLOWS
-from .network import init_layers
+from .endtoend import recover_layers
+from .flows import FLOWS, get_flow
+from .network import init_end_to_end, init_layers
 from .problems import Problem
 from .solvers import METHODS, Controls, Solution, solve
-from .validation import as_depths, as_scales, as_seeds, check_call, check_positive, check_saveat
+from .validation import as_depths, as_scales, as_seeds, check_call, check_flow, check_positive, check_saveat
 
 __all__ = ["integrate"]
 
@@ -35,16 +37,24 @@ def time_unit(problem: Problem) -> float:
     return 1.0 / max(float(np.linalg.norm(problem.target(), 2)), 1e-300)
 
 
-def default_t_max(problem: Problem, depths: Sequence[float], scales: Sequence[float]) -> float:
-    """A horizon long enough for the slowest escape (MATH.md §3): ln(1/u₀) at N ≤ 2, u₀^{−(1−2/N)}/(N−2) beyond."""
+def default_t_max(problem: Problem, depths: Sequence[float], scales: Sequence[float], flow: str = "layers") -> float:
+    """A horizon long enough for the slowest escape (MATH.md §3), 10⁴ times the estimate.
+
+    Per-layer flows start a mode at u₀ = scale^N and escape after ln(1/u₀)/2 (N ≤ 2) or u₀^{−(1−2/N)}/(N−2) time
+    units; end-to-end flows start at u₀ = scale on the rescaled time τ = N t, where the escape is N times longer
+    (1/u₀ at N = ∞).
+    """
     escape = 1.0
     for n in depths:
         for s in scales:
-            u0 = s**n
-            if n <= 2:
-                escape = max(escape, math.log(max(1.0 / u0, math.e)))
+            u0 = s if flow == "end_to_end" else s**n
+            if math.isinf(n):
+                t = 1.0 / u0
+            elif n <= 2:
+                t = max(math.log(1.0 / u0), 1.0) * (n if flow == "end_to_end" else 1.0)
             else:
-                escape = max(escape, u0 ** (-(1 - 2 / n)) / (n - 2))
+                t = u0 ** (-(1 - 2 / n)) / (n - 2) * (n if flow == "end_to_end" else 1.0)
+            escape = max(escape, t)
     return 1e4 * time_unit(problem) * escape
 
 
@@ -63,22 +73,14 @@ def _bucket(ts: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _trim(sol: Solution, n: int) -> Solution:
-    observed = {k: (tuple(w[:, :n] for w in v) if k == "weights" else v[:, :n]) for k, v in sol.observed.items()}
+    observed = jax.tree_util.tree_map(lambda a: a[:, :n], sol.observed)
     step = None if sol.step is None else sol.step[:n]
-    return Solution(**{**sol.__dict__, "ts": sol.ts[:n], "observed": observed, "step": step})
+    return dataclasses.replace(sol, ts=sol.ts[:n], observed=observed, step=step)
 
 
 def _gd_grid(ts: np.ndarray, lr: float) -> np.ndarray:
     """Save times rounded to whole steps (t = k·lr), duplicates removed."""
     return np.unique(np.rint(ts / lr)) * lr
-
-
-def _run_depth(problem, depth, scales, seeds, init, width, method, ts, controls, save_weights, bar) -> Solution:  # noqa: ANN001
-    cells = [init_layers(problem, int(depth), init, s, seed, width) for s in scales for seed in seeds]
-    y0 = tuple(np.stack([c[j] for c in cells]) for j in range(int(depth)))
-    padded, n = _bucket(ts)
-    sol = solve(method, type(problem), problem.arrays(), y0, padded, controls, save_weights, progress=bar)
-    return _trim(sol, n)
 
 
 def integrate(
@@ -108,13 +110,16 @@ def integrate(
     Parameters
     ----------
     problem : a dlnode problem.
-    depth : int or list of ints.
+    depth : int, ``"inf"`` (end-to-end flow only) or a list of them.
     width : hidden width (default max(d_in, d_out)).
     init, scale, seed : initialisation (see `dlnode.init_layers`); `scale` per layer, lists make a grid.
-    flow : ``layers`` (per-layer gradient flow).
+    flow : ``layers`` (per-layer gradient flow), ``modified`` (the flow of L + (lr/4)‖∇L‖² that GD with step lr
+        follows to second order), or ``end_to_end`` (the balanced end-to-end flow of W alone, depths may include
+        ``"inf"``; needs init ``balanced`` or ``decoupled``, takes `scale` as the end-to-end scale and runs on the
+        rescaled time τ = N t; per-layer weights are rebuilt from the SVD of W).
     method : ``auto`` (tsit5), ``tsit5``, ``dopri5``, ``dopri8``, ``kvaerno5``, ``scipy:RK45``, ``scipy:LSODA``,
         ``scipy:BDF``, ``scipy:Radau``, or ``gd``.
-    lr : step size, required for ``gd``.
+    lr : step size, required for ``gd`` and ``flow="modified"``.
     t1 : end time. None: run until ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*) (status 1) or a horizon from the escape-time
         estimate of MATH.md §3; the save grid then ends at the latest run's convergence time, and a run that
         converged earlier holds its final state after its `t_final`.
@@ -130,14 +135,50 @@ def integrate(
     xarray.Dataset with the schema of DESIGN.md §3.
     """
     check_call(problem, init, flow, method, PUBLIC_METHODS, FLOWS)
+    plan = _plan(problem, depth, width, init, scale, seed, flow, method, lr, t1, rtol, atol, saveat, save_weights,
+                 progress, loss_tol, max_steps)  # fmt: skip
+    runs = _run_grid(plan, plan.controls)
+    controls = plan.controls
+    if plan.until_converged and isinstance(plan.saveat, int):
+        reached = max(float(np.max(s.t_final)) for s in runs.values())
+        if reached < controls.t1 * (1 - 1e-12):  # everything converged before the horizon: lay the grid up to then
+            controls = dataclasses.replace(controls, t1=reached)
+            first, runs = runs, _run_grid(plan, controls)
+            runs = {d: _keep_event(first[d], sol) for d, sol in runs.items()}
+    return to_dataset(runs, plan.scales, plan.seeds, _attrs(plan, runs, controls), save_weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Validated arguments of one `integrate` call."""
+
+    problem: Problem
+    depths: list[float]
+    scales: list[float]
+    seeds: list[int]
+    init: Any
+    width: int | None
+    flow: str
+    method: str
+    requested: str
+    reason: str
+    saveat: int | np.ndarray
+    save_weights: bool
+    progress: bool
+    until_converged: bool
+    controls: Controls
+
+
+def _plan(problem, depth, width, init, scale, seed, flow, method, lr, t1, rtol, atol, saveat, save_weights, progress,
+          loss_tol, max_steps) -> _Plan:  # noqa: ANN001  # fmt: skip
     depths, scales, seeds = as_depths(depth), as_scales(scale), as_seeds(seed)
-    if any(math.isinf(d) for d in depths):
-        raise ValueError(f"depth 'inf' needs flow='end_to_end' (the infinite-depth flow); got flow={flow!r}")
+    check_flow(flow, depths, init, method)
     chosen, reason = ("tsit5", "auto maps to tsit5 (explicit, adaptive)") if method == "auto" else (method, "given")
-    if chosen == "gd":
-        lr = check_positive("lr", lr, " for method='gd' (the gradient-descent step)")
+    if chosen == "gd" or flow == "modified":
+        what = "method='gd'" if chosen == "gd" else "flow='modified'"
+        lr = check_positive("lr", lr, f" for {what} (the gradient-descent step)")
     elif lr is not None:
-        raise ValueError(f"lr applies to method='gd' only; got lr={lr!r} with method={method!r}; drop lr")
+        raise ValueError(f"lr applies to method='gd' or flow='modified' only; got lr={lr!r}; drop lr")
     for name, value in (("rtol", rtol), ("atol", atol)):
         check_positive(name, value)
     if t1 is not None:
@@ -149,7 +190,7 @@ def integrate(
         raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
     until_converged = t1 is None
     if t1 is None:
-        t1 = float(saveat[-1]) if isinstance(saveat, np.ndarray) else default_t_max(problem, depths, scales)
+        t1 = float(saveat[-1]) if isinstance(saveat, np.ndarray) else default_t_max(problem, depths, scales, flow)
     if isinstance(saveat, np.ndarray) and saveat[-1] > t1:
         raise ValueError(f"saveat must end at or before t1={t1}; got a last time {saveat[-1]}")
     controls = Controls(
@@ -157,17 +198,8 @@ def integrate(
         loss_tol=loss_tol or (DEFAULT_LOSS_TOL if until_converged else -math.inf), diverge=DIVERGENCE_FACTOR,
         max_steps=max_steps or MAX_STEPS.get(chosen, DEFAULT_MAX_STEPS),
     )  # fmt: skip
-    runs = _run_grid(problem, depths, scales, seeds, init, width, chosen, saveat, controls, save_weights, progress)
-    if until_converged and isinstance(saveat, int):
-        reached = max(float(np.max(s.t_final)) for s in runs.values())
-        if reached < t1 * (1 - 1e-12):  # everything converged before the horizon: lay the grid up to then
-            controls = Controls(**{**controls.__dict__, "t1": reached})
-            first = runs
-            runs = _run_grid(problem, depths, scales, seeds, init, width, chosen, saveat, controls, save_weights,
-                             progress)  # fmt: skip
-            runs = {d: _keep_event(first[d], sol) for d, sol in runs.items()}
-    attrs = _attrs(problem, runs, controls, chosen, method, reason, init, width, flow, saveat, until_converged)
-    return to_dataset(runs, scales, seeds, attrs, save_weights)
+    return _Plan(problem, depths, scales, seeds, init, width, flow, chosen, method, reason, saveat, bool(save_weights),
+                 bool(progress), until_converged, controls)  # fmt: skip
 
 
 def _keep_event(first: Solution, second: Solution) -> Solution:
@@ -176,47 +208,94 @@ def _keep_event(first: Solution, second: Solution) -> Solution:
     fix = (second.status == 0) & (first.status == 1)
     status = np.where(fix, first.status, second.status)
     messages = tuple(m if not f else "converged" for m, f in zip(second.messages, fix, strict=True))
-    return Solution(**{**second.__dict__, "status": status, "messages": messages})
+    return dataclasses.replace(second, status=status, messages=messages)
 
 
-def _run_grid(problem, depths, scales, seeds, init, width, method, saveat, controls, save_weights, progress):  # noqa: ANN001
-    ts = log_times(saveat, controls.t1, time_unit(problem)) if isinstance(saveat, int) else saveat
-    if isinstance(saveat, np.ndarray) and ts[0] > 0:
+def _run_grid(plan: _Plan, controls: Controls) -> dict[float, Solution]:
+    unit = time_unit(plan.problem)
+    ts = log_times(plan.saveat, controls.t1, unit) if isinstance(plan.saveat, int) else plan.saveat
+    if ts[0] > 0:
         ts = np.concatenate([[0.0], ts])
-    if method == "gd":
+    if plan.method == "gd":
         ts = _gd_grid(ts, controls.lr)
     runs = {}
-    with tqdm(total=len(depths), desc="dlnode", unit="depth", delay=1.0, disable=not progress, leave=False) as bar:
-        for d in depths:
-            bar.set_postfix_str(f"depth {int(d)}, {method}")
-            runs[d] = _run_depth(problem, d, scales, seeds, init, width, method, ts, controls, save_weights,
-                                 lambda it: it)  # fmt: skip
+    bar = tqdm(total=len(plan.depths), desc="dlnode", unit="depth", delay=1.0, disable=not plan.progress, leave=False)
+    with bar:
+        for d in plan.depths:
+            bar.set_postfix_str(f"depth {d:g}, {plan.flow}, {plan.method}")
+            runs[d] = _run_depth(plan, d, ts, controls)
             bar.update()
     return runs
 
 
-def _attrs(problem, runs, controls, method, requested, reason, init, width, flow, saveat, until_converged):  # noqa: ANN001
+def _run_depth(plan: _Plan, depth: float, ts: np.ndarray, controls: Controls) -> Solution:
+    """One vmapped batch: every (scale, seed) cell of one depth."""
+    problem, cells = plan.problem, [(s, seed) for s in plan.scales for seed in plan.seeds]
+    if plan.flow == "end_to_end":
+        y0 = np.stack([init_end_to_end(problem, plan.init, s, seed) for s, seed in cells])
+    else:
+        layers = [init_layers(problem, int(depth), plan.init, s, seed, plan.width) for s, seed in cells]
+        y0 = tuple(np.stack([c[j] for c in layers]) for j in range(int(depth)))
+    flow = get_flow(plan.flow, type(problem), depth, plan.save_weights and plan.flow != "end_to_end")
+    padded, n = _bucket(ts)
+    sol = _trim(solve(plan.method, flow, type(problem), problem.arrays(), y0, padded, controls), n)
+    if plan.flow != "end_to_end":
+        return sol
+    return _with_recovered_layers(sol, depth, plan.width, plan.save_weights)
+
+
+def _with_recovered_layers(sol: Solution, depth: float, width: int | None, save_weights: bool) -> Solution:
+    """End-to-end runs carry W only: rebuild balanced layers from its SVD (none exist at depth ∞)."""
+    if math.isinf(depth):
+        final: tuple = ()
+    else:
+        cells = [recover_layers(w, int(depth), width) for w in sol.final]
+        final = tuple(np.stack([c[j] for c in cells]) for j in range(int(depth)))
+    observed = dict(sol.observed)
+    if save_weights and not math.isinf(depth):
+        products = sol.observed["product"]  # (batch, time, m, n), NaN after a failure
+        per = [[_recover_or_nan(w, int(depth), width) for w in cell] for cell in products]
+        observed["weights"] = tuple(
+            np.stack([np.stack([t[j] for t in cell]) for cell in per]) for j in range(int(depth))
+        )
+    elif save_weights:
+        observed["weights"] = ()
+    return dataclasses.replace(sol, final=final, observed=observed)
+
+
+def _recover_or_nan(w: np.ndarray, depth: int, width: int | None) -> list[np.ndarray]:
+    if np.all(np.isfinite(w)):
+        return recover_layers(w, depth, width)
+    return [np.full_like(a, np.nan) for a in recover_layers(np.zeros_like(w), depth, width)]
+
+
+def _attrs(plan: _Plan, runs: dict, controls: Controls) -> dict[str, Any]:
+    problem, init = plan.problem, plan.init
     init_name = init if isinstance(init, str) else f"callable:{getattr(init, '__name__', type(init).__name__)}"
+    e2e = plan.flow == "end_to_end"
     return {
         "dlnode_version": __version__,
         "problem": problem.to_json(),
-        "flow": flow,
-        "method": method,
-        "method_requested": requested,
-        "method_reason": reason,
+        "flow": plan.flow,
+        "method": plan.method,
+        "method_requested": plan.requested,
+        "method_reason": plan.reason,
         "rtol": controls.rtol,
         "atol": controls.atol,
         "lr": controls.lr,
         "t1": controls.t1,
-        "until_converged": int(until_converged),
+        "until_converged": int(plan.until_converged),
         "loss_tol": controls.loss_tol,
         "stop_rule": "l - l* <= loss_tol * (l0 - l*)  (status 1); l > diverge * l0 or non-finite (status -2)",
         "diverge": controls.diverge,
         "max_steps": int(controls.max_steps),
-        "saveat": saveat if isinstance(saveat, int) else "explicit",
+        "saveat": plan.saveat if isinstance(plan.saveat, int) else "explicit",
         "init": init_name,
-        "width": int(width) if width is not None else max(problem.d_in, problem.d_out),
-        "time_rescaling": "none",
+        "scale_meaning": "end-to-end: W(0) has singular values scale" if e2e else "per layer",
+        "width": int(plan.width) if plan.width is not None else max(problem.d_in, problem.d_out),
+        "time_rescaling": "tau = N t: finite depths integrate dW/dtau = -A_N(E)/N, depth inf dW/dtau = -A_inf(E)"
+        if e2e
+        else "none",
         "compile_time": float(sum(s.compile_time for s in runs.values())),
         "run_time": float(sum(s.wall_time for s in runs.values())),
         "jax_version": jax.__version__,
@@ -225,5 +304,5 @@ def _attrs(problem, runs, controls, method, requested, reason, init, width, flow
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "Conventions": "CF-1.8",
         "loss_convention": problem.convention,
-        "config": json.dumps({"depth": [str(d) for d in runs], "method": method, "flow": flow}),
+        "config": json.dumps({"depth": [str(d) for d in runs], "method": plan.method, "flow": plan.flow}),
     }

@@ -15,7 +15,7 @@ import numpy as np
 
 from .problems import Problem
 
-__all__ = ["INITS", "balancedness", "init_layers", "layer_shapes", "product"]
+__all__ = ["INITS", "balancedness", "init_end_to_end", "init_layers", "layer_shapes", "product"]
 
 Shapes = list[tuple[int, int]]
 
@@ -138,3 +138,19 @@ def init_layers(
             raise ValueError("init callable returned non-finite weights; return finite arrays")
         return layers
     return INITS[init](shapes, float(scale), rng, problem)
+
+
+def init_end_to_end(problem: Problem, init: str, scale: float, seed: int) -> np.ndarray:
+    """Initial end-to-end matrix of a balanced network, independent of depth: W(0) = scale·Q_out Q_inᵀ.
+
+    ``balanced``: Haar-distributed frames Q_in (d_in × r), Q_out (d_out × r), r = min(d_in, d_out); ``decoupled``:
+    the target's singular vectors, so every mode starts at exactly `scale`. Its balanced layers at depth N are
+    the ones `init_layers` builds with per-layer scale scale^{1/N} (up to the hidden frames).
+    """
+    if init not in ("balanced", "decoupled"):
+        raise ValueError(f"init for the end-to-end flow must be 'balanced' or 'decoupled'; got {init!r}")
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite number; got {scale!r}")
+    shapes = layer_shapes(1, problem.d_in, problem.d_out)
+    rng = np.random.default_rng(seed)
+    return INITS[init](shapes, float(scale), rng, problem)[0]

@@ -96,3 +96,15 @@ def check_call(problem: Any, init: Any, flow: str, method: str, methods: Iterabl
         raise ValueError(f"unknown flow {flow!r}; expected one of {sorted(flows)}")
     if method not in methods:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(methods)}")
+
+
+def check_flow(flow: str, depths: list[float], init: Any, method: str) -> None:
+    """Combinations a flow does not allow: depth ∞ and unbalanced inits need ``end_to_end`` rules; GD is per-layer."""
+    if flow != "end_to_end" and any(math.isinf(d) for d in depths):
+        raise ValueError(f"depth 'inf' needs flow='end_to_end' (the infinite-depth flow); got flow={flow!r}")
+    if flow == "end_to_end" and init not in ("balanced", "decoupled"):
+        raise ValueError(
+            f"flow='end_to_end' needs a balanced init (every D_j = 0): init='balanced' or 'decoupled'; got {init!r}"
+        )
+    if flow != "layers" and method == "gd":
+        raise ValueError(f"method='gd' is gradient descent on the layers: use flow='layers'; got flow={flow!r}")
