@@ -9,7 +9,7 @@ jax.config.update("jax_enable_x64", True)
 
 from ._version import __version__  # noqa: E402
 from .dataset import open_dataset as open  # noqa: E402, A004
-from .dataset import save, validate  # noqa: E402
+from .dataset import problem_from, save, validate  # noqa: E402
 from .integration import integrate  # noqa: E402
 from .network import balancedness, init_layers, layer_shapes, product  # noqa: E402
 from .problems import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression  # noqa: E402
@@ -28,6 +28,7 @@ __all__ = [
     "integrate",
     "layer_shapes",
     "open",
+    "problem_from",
     "product",
     "save",
     "validate",

@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["STATUS_MEANINGS", "VARIABLES", "open_dataset", "save", "to_dataset", "validate"]
+from .problems import Problem
+
+__all__ = ["STATUS_MEANINGS", "VARIABLES", "open_dataset", "problem_from", "problem_variables", "save", "to_dataset",
+           "validate"]  # fmt: skip
 
 RUN = ("depth", "scale", "seed")
 STATUS_MEANINGS = {0: "finished", 1: "converged", -1: "max_steps", -2: "diverged", -3: "solver_failure"}
@@ -95,6 +98,51 @@ def to_dataset(
             var_attrs["flag_meanings"] = " ".join(STATUS_MEANINGS.values())
         variables[name] = (dims, np.stack(data[name]), var_attrs)
     return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+
+def with_problem(ds: xr.Dataset, problem: Problem) -> xr.Dataset:
+    """Attach the problem's defining fields (see `problem_variables`) to a dataset."""
+    variables, fields = problem_variables(problem)
+    out = ds.assign(variables)
+    out.attrs["problem_fields"] = fields
+    return out
+
+
+PROBLEM_PREFIX = "problem_"
+
+
+def problem_variables(problem: Problem) -> tuple[dict[str, tuple], str]:
+    """The problem's defining arrays as dataset variables ``problem_<field>`` and its scalar fields as JSON.
+
+    Matrices of the end-to-end shape use the dims (row, col); other arrays get dims of their own. Booleans are
+    stored by xarray's own encoding (int8 on disk, bool again on reading).
+    """
+    arrays, scalars = problem.fields()
+    variables = {}
+    for name, value in arrays.items():
+        key = PROBLEM_PREFIX + name
+        if value.shape == (problem.d_out, problem.d_in):
+            dims: tuple[str, ...] = ("row", "col")
+        else:
+            dims = tuple(f"{key}_{i}" for i in range(value.ndim))
+        attrs = {"long_name": f"problem field {name!r} (rebuild with dlnode.problem_from)", "units": "1"}
+        variables[key] = (dims, value, attrs)
+    return variables, json.dumps({"kind": problem.kind, "scalars": scalars}, sort_keys=True)
+
+
+def problem_from(ds: xr.Dataset) -> Problem:
+    """The problem a dataset was integrated on, rebuilt from its ``problem_*`` variables."""
+    if "problem_fields" not in ds.attrs:
+        raise ValueError("dataset holds no problem fields (attrs['problem_fields']); pass the problem explicitly")
+    meta = json.loads(ds.attrs["problem_fields"])
+    arrays = {}
+    for name in ds.data_vars:
+        if str(name).startswith(PROBLEM_PREFIX):
+            value = ds[name].values
+            arrays[str(name)[len(PROBLEM_PREFIX) :]] = (
+                value.astype(bool) if ds[name].attrs.get("dtype") == "bool" else value
+            )
+    return Problem.from_fields(meta["kind"], arrays, meta["scalars"])
 
 
 def validate(ds: xr.Dataset) -> None:

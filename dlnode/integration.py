@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .dataset import to_dataset
+from .dataset import to_dataset, with_problem
 from .endtoend import recover_layers
 from .flows import FLOWS, get_flow
 from .network import init_end_to_end, init_layers
@@ -121,8 +121,9 @@ def integrate(
         ``scipy:BDF``, ``scipy:Radau``, or ``gd``.
     lr : step size, required for ``gd`` and ``flow="modified"``.
     t1 : end time. None: run until ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*) (status 1) or a horizon from the escape-time
-        estimate of MATH.md §3; the save grid then ends at the latest run's convergence time, and a run that
-        converged earlier holds its final state after its `t_final`.
+        estimate of MATH.md §3; the save grid then ends at the latest run's convergence time (found by a first
+        pass, whose run time is ``attrs["search_pass_time"]``), and a run that converged earlier holds its final
+        state after its `t_final`.
     rtol, atol : tolerances of the adaptive methods.
     saveat : number of log-spaced save times (plus t = 0), or an explicit increasing array of times.
     save_weights : also store the per-layer weights at every saved time.
@@ -138,14 +139,17 @@ def integrate(
     plan = _plan(problem, depth, width, init, scale, seed, flow, method, lr, t1, rtol, atol, saveat, save_weights,
                  progress, loss_tol, max_steps)  # fmt: skip
     runs = _run_grid(plan, plan.controls)
-    controls = plan.controls
+    controls, search = plan.controls, 0.0  # search: run time of a first pass that only found the end time
     if plan.until_converged and isinstance(plan.saveat, int):
         reached = max(float(np.max(s.t_final)) for s in runs.values())
         if reached < controls.t1 * (1 - 1e-12):  # everything converged before the horizon: lay the grid up to then
             controls = dataclasses.replace(controls, t1=reached)
             first, runs = runs, _run_grid(plan, controls)
             runs = {d: _keep_event(first[d], sol) for d, sol in runs.items()}
-    return to_dataset(runs, plan.scales, plan.seeds, _attrs(plan, runs, controls), save_weights)
+            search = sum(s.wall_time for s in first.values())
+    attrs = _attrs(plan, runs, controls)
+    attrs["search_pass_time"] = float(search)
+    return with_problem(to_dataset(runs, plan.scales, plan.seeds, attrs, save_weights), problem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +212,9 @@ def _keep_event(first: Solution, second: Solution) -> Solution:
     fix = (second.status == 0) & (first.status == 1)
     status = np.where(fix, first.status, second.status)
     messages = tuple(m if not f else "converged" for m, f in zip(second.messages, fix, strict=True))
-    return dataclasses.replace(second, status=status, messages=messages)
+    return dataclasses.replace(
+        second, status=status, messages=messages, compile_time=first.compile_time + second.compile_time
+    )
 
 
 def _run_grid(plan: _Plan, controls: Controls) -> dict[float, Solution]:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Factorization", "MatrixCompletion", "MatrixSensing", "Problem", "Regression"]
+__all__ = ["KINDS", "Factorization", "MatrixCompletion", "MatrixSensing", "Problem", "Regression"]
 
 
 def _as_matrix(name: str, value: Any, ndim: int = 2) -> np.ndarray:
@@ -137,6 +137,29 @@ class Problem:
 
     def to_json(self) -> str:
         return json.dumps(self.describe(), sort_keys=True)
+
+    def fields(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The dataclass fields that define the problem: (arrays, JSON-able scalars); `from_fields` inverts it."""
+        arrays, scalars = {}, {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                arrays[f.name] = value
+            else:
+                scalars[f.name] = list(value) if isinstance(value, tuple) else value
+        return arrays, scalars
+
+    @staticmethod
+    def from_fields(kind: str, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> Problem:
+        """Rebuild a problem of `kind` from `fields()` output (e.g. as stored in a dataset)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown problem kind {kind!r}; expected one of {sorted(KINDS)}")
+        cls = KINDS[kind]
+        out = object.__new__(cls)
+        for f in dataclasses.fields(cls):
+            value = arrays[f.name] if f.name in arrays else scalars[f.name]
+            object.__setattr__(out, f.name, tuple(value) if isinstance(value, list) else value)
+        return out
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -397,3 +420,8 @@ class Factorization(Problem):
 
     def target(self) -> np.ndarray:
         return self.target_matrix
+
+
+KINDS: dict[str, type[Problem]] = {
+    cls.kind: cls for cls in (Regression, MatrixCompletion, MatrixSensing, Factorization)
+}

@@ -110,3 +110,23 @@ def test_bad_arguments_give_one_line_errors(kwargs, match):
 def test_problem_must_be_a_problem():
     with pytest.raises(ValueError, match="problem must be a dlnode problem"):
         dln.integrate(np.eye(3), depth=2)
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        dln.MatrixCompletion.random((5, 4), 2, 12, seed=0),
+        dln.Regression.whitened([2.0, 1.0], 3, 2, seed=1),
+        dln.Regression(np.arange(12.0).reshape(3, 4), np.ones((2, 4))),
+        dln.MatrixSensing.random((3, 3), 1, 7, seed=0),
+        dln.Factorization(np.eye(2)),
+    ],
+    ids=lambda p: p.kind,
+)
+def test_the_problem_is_rebuilt_from_a_stored_dataset(problem, tmp_path):
+    ds = dln.integrate(problem, depth=2, scale=0.3, t1=0.5, saveat=3, progress=False)
+    dln.save(ds, tmp_path / "p.nc")
+    rebuilt = dln.problem_from(dln.open(tmp_path / "p.nc"))
+    assert type(rebuilt) is type(problem) and rebuilt.describe() == problem.describe()
+    w = np.random.default_rng(0).standard_normal((problem.d_out, problem.d_in))
+    assert float(rebuilt.loss(w)) == float(problem.loss(w))
