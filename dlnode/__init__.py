@@ -7,9 +7,13 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+from . import accessor  # noqa: E402, F401  (registers the ds.dln namespace)
 from ._version import __version__  # noqa: E402
+from .analysis import effective_rank, log_volume, numerical_rank, stages  # noqa: E402
+from .curvature import sharpness, sharpness_bounds  # noqa: E402
 from .dataset import open_dataset as open  # noqa: E402, A004
 from .dataset import problem_from, save, validate  # noqa: E402
+from .discrete import compare, convergence_order  # noqa: E402
 from .integration import integrate  # noqa: E402
 from .network import balancedness, init_layers, layer_shapes, product  # noqa: E402
 from .problems import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression  # noqa: E402
@@ -24,6 +28,14 @@ __all__ = [
     "Regression",
     "__version__",
     "balancedness",
+    "compare",
+    "convergence_order",
+    "effective_rank",
+    "log_volume",
+    "numerical_rank",
+    "sharpness",
+    "sharpness_bounds",
+    "stages",
     "init_layers",
     "integrate",
     "layer_shapes",

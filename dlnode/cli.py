@@ -1,4 +1,4 @@
-"""The `dlnode` command: `demo` (the main job) and `info` (what a stored dataset holds)."""
+"""The `dlnode` command: `demo` (the main job), `info` (what a stored dataset holds) and `plot` (its figures)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from .plot import PLOTS
+
 DEMO_PATH = Path("data/demo.nc")
+DEMO_FIGURES = ("loss", "singular_values", "rank_staircase", "effective_rank")
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -29,7 +32,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="where to write the dataset (.nc or .zarr)")] = DEMO_PATH,
     quick: Annotated[bool, typer.Option("--quick", help="a tiny problem (seconds), for smoke tests")] = False,
 ) -> None:
-    """Depth 1/2/3 on a low-rank matrix-completion problem from small init: data and a summary table."""
+    """Depth 1/2/3 on a low-rank matrix-completion problem from small init: data, figures and a summary table."""
     import dlnode as dln
 
     if quick:
@@ -47,6 +50,31 @@ def demo(
         _fail(f"--out: {exc}")
     typer.echo(summary_table(ds, prob.target_matrix))
     typer.echo(f"wrote {out}  (open with dlnode.open; `dlnode info {out}` describes it)")
+    stem = out.with_suffix("") if out.suffix in (".nc", ".zarr") else out
+    for kind in DEMO_FIGURES:
+        path = Path(f"{stem}_{kind}.png")
+        PLOTS[kind](ds, path=path)
+        typer.echo(f"wrote {path}")
+
+
+@app.command("plot")
+def plot_command(
+    path: Annotated[Path, typer.Argument(help="a dataset written by dlnode (.nc or .zarr)")],
+    kind: Annotated[str, typer.Option("--kind", "-k", help="figure kind (see --help)")] = "singular_values",
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write")] = Path("figure.png"),
+) -> None:
+    """A figure of a stored dataset: loss, singular_values, rank_staircase, sharpness, effective_rank."""
+    import dlnode as dln
+
+    if kind not in PLOTS or kind == "gd_error":
+        choices = sorted(k for k in PLOTS if k != "gd_error")
+        _fail(f"--kind must be one of {choices}; got {kind!r}")
+    try:
+        ds = dln.open(path)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        _fail(f"PATH: {exc}")
+    PLOTS[kind](ds, path=out)
+    typer.echo(f"wrote {out}")
 
 
 def summary_table(ds, target: np.ndarray) -> str:  # noqa: ANN001

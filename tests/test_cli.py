@@ -28,6 +28,14 @@ def test_demo_quick_writes_a_dataset_and_prints_a_summary(tmp_path):
     assert info.returncode == 0, info.stderr
     assert "status:" in info.stdout and "matrix_completion" in info.stdout
     xr.testing.assert_identical(ds, dln.open(out))
+    for kind in ("loss", "singular_values", "rank_staircase", "effective_rank"):
+        assert (tmp_path / f"demo_{kind}.png").stat().st_size > 10_000
+    fig = tmp_path / "sv.png"
+    proc = _run("plot", str(out), "--kind", "sharpness", "-o", str(fig))
+    assert proc.returncode == 0, proc.stderr
+    assert fig.stat().st_size > 10_000
+    bad = _run("plot", str(out), "--kind", "pie")
+    assert bad.returncode == 2 and "--kind must be one of" in bad.stderr
 
 
 def test_info_on_a_missing_file_is_a_one_line_error(tmp_path):

@@ -1,0 +1,93 @@
+"""The ``ds.dln`` namespace: one-line delegations to `dlnode.analysis`, `dlnode.curvature` and `dlnode.plot`.
+
+Importing this module registers the accessor (``import dlnode`` does it). Each method is the function of the same
+name applied to the dataset; see that function for the mathematics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import xarray as xr
+from matplotlib.figure import Figure
+
+from . import analysis, plot
+from .curvature import layer_alignment, sharpness_of
+from .dataset import problem_from
+from .discrete import compare
+from .problems import Problem
+
+__all__ = ["DlnAccessor"]
+
+
+class _PlotNamespace:
+    """``ds.dln.plot.<kind>(...)``: the figures of `dlnode.plot` for this dataset."""
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    def loss(self, **kwargs: Any) -> Figure:
+        return plot.loss(self._ds, **kwargs)
+
+    def singular_values(self, **kwargs: Any) -> Figure:
+        return plot.singular_values(self._ds, **kwargs)
+
+    def rank_staircase(self, **kwargs: Any) -> Figure:
+        return plot.rank_staircase(self._ds, **kwargs)
+
+    def sharpness(self, problem: Problem | None = None, **kwargs: Any) -> Figure:
+        return plot.sharpness(self._ds, problem, **kwargs)
+
+    def effective_rank(self, **kwargs: Any) -> Figure:
+        return plot.effective_rank(self._ds, **kwargs)
+
+    def gd_error(self, **kwargs: Any) -> Figure:
+        return plot.gd_error(self._ds, **kwargs)
+
+
+@xr.register_dataset_accessor("dln")
+class DlnAccessor:
+    """Analysis of a dlnode dataset: ``ds.dln.effective_rank()``, ``ds.dln.stages()``, ``ds.dln.plot.loss()``…"""
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    @property
+    def plot(self) -> _PlotNamespace:
+        return _PlotNamespace(self._ds)
+
+    def effective_rank(self) -> xr.DataArray:
+        return analysis.effective_rank(self._ds)
+
+    def numerical_rank(self, threshold: float = 1e-3, relative_to: str = "current") -> xr.DataArray:
+        return analysis.numerical_rank(self._ds, threshold, relative_to)
+
+    def schatten_norm(self, p: float) -> xr.DataArray:
+        return analysis.schatten_norm(self._ds, p)
+
+    def recovery_error(self, target: Any = None) -> xr.DataArray:
+        return analysis.recovery_error(self._ds, problem_from(self._ds) if target is None else target)
+
+    def unobserved_loss(self, problem: Any = None) -> xr.DataArray:
+        return analysis.unobserved_loss(self._ds, problem or problem_from(self._ds))
+
+    def gidel_time(self, eps: float | None = None) -> xr.DataArray:
+        return analysis.gidel_time(self._ds, eps)
+
+    def stages(self, threshold: float = 1e-3, separation: float = 1.25) -> xr.Dataset:
+        return analysis.stages(self._ds, threshold, separation)
+
+    def compare(self, other: xr.Dataset, time_rtol: float = 1e-9) -> xr.Dataset:
+        return compare(self._ds, other, time_rtol)
+
+    def final(self, name: str) -> xr.DataArray:
+        return analysis.final_values(self._ds[name])
+
+    def sharpness(self, problem: Problem | None = None, exact: bool = False) -> xr.DataArray:
+        return sharpness_of(self._ds, problem or problem_from(self._ds), exact)
+
+    def log_volume(self) -> xr.DataArray:
+        return analysis.log_volume(self._ds)
+
+    def layer_alignment(self) -> xr.DataArray:
+        return layer_alignment(self._ds)

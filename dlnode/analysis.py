@@ -1,0 +1,383 @@
+"""Analysis of dlnode trajectories: spectra, ranks, recovery, the Gidel staircase and saddle-to-saddle stages.
+
+Every function takes a Dataset in the schema of DESIGN.md §3 (or one of its DataArrays) and returns a DataArray
+or Dataset that keeps the run coordinates (depth, scale, seed) and, where there is one, time. NaN, which pads a
+failed run after its last reached time, propagates to NaN. Gradient descent against the flow (sharpness, its
+bounds, layer alignment, discretisation error) lives in `dlnode.curvature`.
+
+References
+----------
+Roy, Vetterli (2007), "The effective rank: a measure of effective dimensionality", EUSIPCO.
+Gidel, Bach, Lacoste-Julien (2019), arXiv 1904.13262. Cao et al. (2022), arXiv 2212.14150.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import scipy.special
+import xarray as xr
+
+from . import endtoend
+from .problems import MatrixCompletion, Problem
+
+__all__ = ["effective_rank", "final_values", "gidel_time", "numerical_rank", "recovery_error", "rrr_staircase"]
+__all__ += ["schatten_norm", "stages", "unobserved_loss"]
+
+Spectrum = xr.Dataset | xr.DataArray
+
+
+def _singular_values(ds_or_sv: Spectrum) -> xr.DataArray:
+    sv = ds_or_sv.get("singular_values") if isinstance(ds_or_sv, xr.Dataset) else ds_or_sv
+    if not isinstance(sv, xr.DataArray) or "k" not in sv.dims:
+        got = list(ds_or_sv.data_vars) if isinstance(ds_or_sv, xr.Dataset) else type(ds_or_sv).__name__
+        raise ValueError(
+            f"ds_or_sv must be a Dataset with 'singular_values' or a DataArray with dim 'k'; got {got}; "
+            "pass the dataset returned by dlnode.integrate"
+        )
+    return sv
+
+
+def _variable(ds: xr.Dataset, name: str) -> xr.DataArray:
+    if not isinstance(ds, xr.Dataset) or name not in ds:
+        got = list(ds.data_vars) if isinstance(ds, xr.Dataset) else type(ds).__name__
+        raise ValueError(f"ds must be a dlnode Dataset with variable {name!r}; got {got}")
+    return ds[name]
+
+
+def numerical_rank(
+    ds_or_sv: Spectrum, threshold: float = 1e-3, relative_to: Literal["current", "max"] = "current"
+) -> xr.DataArray:
+    """Numerical rank r_τ(W) = #{i : σ_i > τ σ_ref}.
+
+    Parameters
+    ----------
+    ds_or_sv : a dlnode Dataset or its ``singular_values`` (dim ``k``).
+    threshold : relative level τ in (0, 1).
+    relative_to : ``"current"``: σ_ref = σ_1(W(t)) (MATH.md §8); ``"max"``: σ_ref = max_t σ_1(W(t)) over each run,
+        so that a small initialisation counts as rank 0 and saddle-to-saddle learning shows as a staircase.
+
+    Returns
+    -------
+    DataArray without ``k`` (float, NaN where the spectrum is NaN); 0 for the zero matrix.
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1); got {threshold!r}; pass a relative level such as 1e-3")
+    if relative_to not in ("current", "max"):
+        raise ValueError(f"relative_to must be 'current' or 'max'; got {relative_to!r}")
+    sv = _singular_values(ds_or_sv)
+    top = sv.max("k", skipna=False)
+    ref = top.max("time") if relative_to == "max" and "time" in sv.dims else top
+    rank = (sv > threshold * ref).sum("k").astype(np.float64).where(top.notnull())
+    return rank.rename("numerical_rank").assign_attrs(long_name=f"numerical rank (tau={threshold:g})", units="1")
+
+
+def effective_rank(ds_or_sv: Spectrum) -> xr.DataArray:
+    """Effective rank erank(W) = exp(−Σ_i p_i ln p_i), p_i = σ_i / Σ_k σ_k.
+
+    Parameters
+    ----------
+    ds_or_sv : a dlnode Dataset or its ``singular_values`` (dim ``k``).
+
+    Returns
+    -------
+    DataArray without ``k``, in [1, min(d_out, d_in)] for W ≠ 0. Zero singular values do not count (0 ln 0 = 0);
+    the zero matrix has effective rank 0 by convention; NaN spectra give NaN.
+
+    References
+    ----------
+    Roy, Vetterli (2007), "The effective rank: a measure of effective dimensionality", EUSIPCO.
+    """
+    sv = _singular_values(ds_or_sv)
+    total = sv.sum("k", skipna=False)
+    p = sv / total.where(total > 0, 1.0)
+    entropy = -xr.apply_ufunc(scipy.special.xlogy, p, p).sum("k", skipna=False)
+    erank = np.exp(entropy).where(total > 0, 0.0).where(total.notnull())
+    return erank.rename("effective_rank").assign_attrs(long_name="effective rank (Roy-Vetterli)", units="1")
+
+
+def schatten_norm(ds_or_sv: Spectrum, p: float) -> xr.DataArray:
+    """Schatten p-(quasi-)norm ‖W‖_{S_p} = (Σ_i σ_i^p)^{1/p}, computed as σ_1 (Σ_i (σ_i/σ_1)^p)^{1/p}.
+
+    Parameters
+    ----------
+    ds_or_sv : a dlnode Dataset or its ``singular_values`` (dim ``k``).
+    p : p = 1 the nuclear norm, p = 2 Frobenius, p = ∞ spectral (σ_1); 0 < p < 1 the quasi-norms of low-rank
+        implicit-regularisation studies (Arora et al. 2019).
+
+    Returns
+    -------
+    DataArray without ``k``.
+    """
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.number)) or not p > 0:
+        raise ValueError(f"p must be a positive number (or inf); got {p!r}; use p=1 for the nuclear norm")
+    sv = _singular_values(ds_or_sv)
+    top = sv.max("k", skipna=False)
+    if np.isinf(p):
+        out = top
+    else:
+        ratio = sv / top.where(top > 0, 1.0)
+        out = top * (ratio**p).sum("k", skipna=False) ** (1.0 / p)
+    return out.rename("schatten_norm").assign_attrs(long_name=f"Schatten {p:g}-norm of W", units="1")
+
+
+def final_values(da: xr.DataArray) -> xr.DataArray:
+    """Each element's value at its run's last non-NaN time: the end of the run, or where a failed run stopped.
+
+    Parameters
+    ----------
+    da : a DataArray with dim ``time``.
+
+    Returns
+    -------
+    `da` without ``time`` (NaN where every time is NaN).
+    """
+    if not isinstance(da, xr.DataArray) or "time" not in da.dims:
+        raise ValueError(f"da must be a DataArray with dim 'time'; got {type(da).__name__}")
+    values = np.moveaxis(da.values, da.get_axis_num("time"), -1)
+    valid = ~np.isnan(values)
+    last = values.shape[-1] - 1 - np.argmax(valid[..., ::-1], axis=-1)
+    out = np.take_along_axis(values, last[..., None], axis=-1)[..., 0]
+    out = np.where(valid.any(axis=-1), out, np.nan)
+    dims = [d for d in da.dims if d != "time"]
+    coords = {name: c for name, c in da.coords.items() if "time" not in c.dims}
+    return xr.DataArray(out, dims=dims, coords=coords, name=da.name, attrs=da.attrs)
+
+
+def recovery_error(ds: xr.Dataset, target: Problem | Any) -> xr.DataArray:
+    """Relative recovery error ‖W(t) − M‖_F / ‖M‖_F.
+
+    Parameters
+    ----------
+    ds : a dlnode Dataset (its ``product``).
+    target : a non-zero matrix M of shape (d_out, d_in), or a problem standing for its minimiser W* (the target
+        matrix of completion, sensing and factorisation; the least-squares solution of regression).
+
+    Returns
+    -------
+    DataArray over the run dims and time.
+    """
+    w = _variable(ds, "product")
+    m = np.asarray(target.w_star if isinstance(target, Problem) else target, dtype=np.float64)
+    if m.shape != (w.sizes["row"], w.sizes["col"]):
+        raise ValueError(f"target must have the product's shape {(w.sizes['row'], w.sizes['col'])}; got {m.shape}")
+    norm = float(np.linalg.norm(m))
+    if not norm > 0:
+        raise ValueError(f"target must be a non-zero finite matrix; got ||M||_F = {norm}")
+    diff = w - xr.DataArray(m, dims=("row", "col"))
+    err = np.sqrt((diff**2).sum(("row", "col"), skipna=False)) / norm
+    return err.rename("recovery_error").assign_attrs(long_name="||W - M||_F / ||M||_F", units="1")
+
+
+def unobserved_loss(ds: xr.Dataset, problem: MatrixCompletion) -> xr.DataArray:
+    """Test loss of matrix completion on the unobserved entries, in the training loss's convention.
+
+    ℓ_test(W) = ½ Σ_{(i,j)∉Ω} (W_ij − M_ij)², divided by |Ω^c| when the problem is ``normalize``-d (as its training
+    loss is by |Ω|); so ℓ + ℓ_test = ½‖W − M‖²_F for the unnormalised problem.
+
+    Parameters
+    ----------
+    ds : a dlnode Dataset (its ``product``).
+    problem : the `MatrixCompletion` it was trained on; it must leave some entry unobserved.
+
+    Returns
+    -------
+    DataArray over the run dims and time.
+    """
+    if not isinstance(problem, MatrixCompletion):
+        raise ValueError(f"problem must be a MatrixCompletion; got {type(problem).__name__}")
+    w = _variable(ds, "product")
+    if problem.mask.shape != (w.sizes["row"], w.sizes["col"]):
+        raise ValueError(
+            f"problem shape {problem.mask.shape} must match the product's {(w.sizes['row'], w.sizes['col'])}"
+        )
+    hidden = ~problem.mask
+    if not hidden.any():
+        raise ValueError("problem must leave at least one entry unobserved; got a full mask (use recovery_error)")
+    weight = xr.DataArray(hidden / (hidden.sum() if problem.normalize else 1.0), dims=("row", "col"))
+    diff = w - xr.DataArray(problem.target_matrix, dims=("row", "col"))
+    loss = 0.5 * (weight * diff**2).sum(("row", "col"), skipna=False)
+    return loss.rename("unobserved_loss").assign_attrs(long_name="loss on unobserved entries", units="1")
+
+
+def _check_eps(eps: Any) -> np.ndarray:
+    arr = np.asarray(eps, dtype=np.float64)
+    if arr.size == 0 or not np.all((arr > 0) & (arr < 1)):
+        raise ValueError(f"eps must lie in (0, 1) (the initialisation scale); got {eps!r}")
+    return arr
+
+
+def gidel_time(ds: xr.Dataset | xr.DataArray, eps: float | None = None) -> xr.DataArray:
+    """Rescaled time τ = t / ln(1/ε).
+
+    For depth 2 from per-layer scale ε, mode i of the target is learned at τ → 1/s_i as ε → 0 (MATH.md §4): with
+    dlnode's ½-loss a balanced mode obeys du/dt = 2u(s − u), u(0) = ε², and escapes at
+    t ≈ ln(s/ε²)/(2s) = ln(1/ε)/s + O(1).
+
+    Parameters
+    ----------
+    ds : a dlnode Dataset or DataArray with a ``time`` coordinate.
+    eps : the initialisation scale ε in (0, 1); by default each run's ``scale`` coordinate.
+
+    Returns
+    -------
+    DataArray over ``time`` (and ``scale`` when `eps` is None).
+
+    References
+    ----------
+    Gidel, Bach, Lacoste-Julien (2019), "Implicit regularization of discrete gradient dynamics in linear neural
+    networks", arXiv 1904.13262.
+    """
+    if "time" not in ds.coords:
+        raise ValueError("ds must have a 'time' coordinate; pass a dlnode Dataset")
+    if eps is None:
+        if "scale" not in ds.coords:
+            raise ValueError("eps is required when ds has no 'scale' coordinate; pass the initialisation scale")
+        scale = ds["scale"]
+        _check_eps(scale.values)
+    else:
+        scale = float(_check_eps(eps))
+    out = ds["time"].reset_coords(drop=True) / np.log(1.0 / scale)
+    return out.rename("rescaled_time").assign_attrs(long_name="t / ln(1/eps)", units="1")
+
+
+def rrr_staircase(problem: Problem, times: Any) -> xr.Dataset:
+    """Gidel's staircase: the rank-k reduced-rank-regression solution at rescaled times τ = t/ln(1/ε).
+
+    With the target's SVD W* = Σ_i s_i u_i v_iᵀ, a depth-2 network from vanishing init tends to
+    W(τ) = Σ_{i : τ s_i > 1} s_i u_i v_iᵀ (mode i learned at τ = 1/s_i), a rank-k RRR solution between 1/s_k
+    and 1/s_{k+1}.
+
+    Parameters
+    ----------
+    problem : a problem with loss ½‖W − W*‖²_F + const (identity Hessian: whitened regression, factorisation,
+        fully observed completion), for which the learning times are 1/s_i.
+    times : non-negative rescaled times τ, e.g. ``gidel_time(ds)``.
+
+    Returns
+    -------
+    Dataset over ``rescaled_time`` with ``product`` (row, col), ``singular_values`` (k) and ``rank``.
+
+    References
+    ----------
+    Gidel, Bach, Lacoste-Julien (2019), arXiv 1904.13262, Theorem 2.
+    """
+    delta = np.random.default_rng(0).standard_normal((problem.d_out, problem.d_in))
+    if not np.allclose(np.asarray(problem.grad(problem.w_star + delta)), delta, rtol=1e-12, atol=1e-12):
+        raise ValueError(
+            f"problem must have an identity Hessian (whitened regression, factorisation); got {problem.kind} "
+            "with another loss, for which the staircase times are not 1/s_i"
+        )
+    tau = np.asarray(times, dtype=np.float64)
+    if tau.ndim != 1 or not np.all(np.isfinite(tau) & (tau >= 0)):
+        raise ValueError(f"times must be a 1-d array of non-negative rescaled times; got {times!r}")
+    u, s, vt = np.linalg.svd(problem.w_star, full_matrices=False)
+    learned = tau[:, None] * s[None, :] > 1.0
+    sv = np.where(learned, s[None, :], 0.0)
+    coords = {"rescaled_time": tau}
+    return xr.Dataset(
+        {
+            "product": (("rescaled_time", "row", "col"), np.einsum("ik,tk,kj->tij", u, sv, vt)),
+            "singular_values": (("rescaled_time", "k"), sv),
+            "rank": ("rescaled_time", learned.sum(axis=1)),
+        },
+        coords=coords,
+        attrs={"description": "rank-k reduced-rank regression for 1/s_k < t/ln(1/eps) < 1/s_(k+1) (depth 2)"},
+    )
+
+
+def _crossing(t: np.ndarray, s: np.ndarray, level: float) -> float:
+    """Time of the last upward crossing of `level` by s(t), interpolated linearly in (ln t, ln s); NaN if none."""
+    above = s > level
+    if not above[-1] or above.all():
+        return np.nan
+    i = np.flatnonzero(~above)[-1]
+    if s[i] > 0:
+        frac = (np.log(level) - np.log(s[i])) / (np.log(s[i + 1]) - np.log(s[i]))
+    else:
+        frac = (level - s[i]) / (s[i + 1] - s[i])
+    return float(np.exp(np.log(t[i]) + frac * (np.log(t[i + 1]) - np.log(t[i]))))
+
+
+def _stages_of_run(t, sv, loss, threshold: float, separation: float):  # noqa: ANN001
+    """(start, end, plateau_loss, rank) of each stage of one run, NaN-padded to the number of modes."""
+    out = np.full((4, sv.shape[-1]), np.nan)
+    ok = (t > 0) & np.isfinite(loss) & np.all(np.isfinite(sv), axis=-1)
+    t, sv, loss = t[ok], sv[ok], loss[ok]
+    if t.size < 2 or not sv[:, 0].max() > 0:
+        return tuple(out)
+    level = threshold * sv[:, 0].max()
+    jumps = sorted((c, k + 1) for k in range(sv.shape[1]) if np.isfinite(c := _crossing(t, sv[:, k], level)))
+    groups: list[list[tuple[float, int]]] = []
+    for jump in jumps:
+        if groups and jump[0] < separation * groups[-1][-1][0]:
+            groups[-1].append(jump)
+        else:
+            groups.append([jump])
+    start = t[0]
+    for m, group in enumerate(groups):
+        end = group[0][0]
+        plateau = np.interp(np.log(end), np.log(t), loss)
+        out[:, m] = start, end, plateau, max(k for _, k in group)
+        start = end
+    return tuple(out)
+
+
+def stages(ds: xr.Dataset, threshold: float = 1e-3, separation: float = 1.25) -> xr.Dataset:
+    """Saddle-to-saddle stages of each run: a plateau of the loss ended by a jump of the numerical rank.
+
+    The rank is counted against the run's largest singular value, r(t) = #{i : σ_i(t) > τ max_s σ_1(s)}, so that
+    a small initialisation has rank 0. Mode k jumps at the last time σ_k(t) crosses τ max σ_1 upwards (and stays
+    above), interpolated linearly in (ln t, ln σ_k): the times do not depend on the save grid beyond the
+    interpolation error. Jumps closer than a factor `separation` in time merge into one stage. Stage m ends at its
+    jump (the escape from the saddle) and starts at the previous jump (the first saved positive time for m = 1);
+    its plateau loss is the loss at the jump, interpolated in ln t. For well-separated small-init problems the
+    number of stages is the target rank R (Cao et al. 2022), and for depth 2 stage i ends at ≈ ln(1/ε)/s_i.
+
+    Parameters
+    ----------
+    ds : a dlnode Dataset (``singular_values``, ``loss``).
+    threshold : relative level τ in (0, 1) of the numerical rank.
+    separation : jumps within this time ratio (≥ 1) are one stage.
+
+    Returns
+    -------
+    Dataset over the run dims and ``stage`` (1, 2, …; NaN-padded) with ``start``, ``end``, ``plateau_loss``,
+    ``rank`` (numerical rank after the jump) and ``num_stages``.
+
+    References
+    ----------
+    Cao et al. (2022), "Understanding incremental learning of gradient descent", arXiv 2212.14150.
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1); got {threshold!r}; pass a relative level such as 1e-3")
+    if not separation >= 1:
+        raise ValueError(f"separation must be a time ratio >= 1; got {separation!r}; 1 merges no jumps")
+    sv, loss = _singular_values(ds), _variable(ds, "loss")
+    time = ds["time"].reset_coords(drop=True)
+    outs = xr.apply_ufunc(
+        _stages_of_run, time, sv, loss, kwargs={"threshold": threshold, "separation": separation},
+        input_core_dims=[["time"], ["time", "k"], ["time"]], output_core_dims=[["stage"]] * 4, vectorize=True,
+    )  # fmt: skip
+    names = ("start", "end", "plateau_loss", "rank")
+    out = xr.Dataset(dict(zip(names, outs, strict=True))).assign_coords(stage=np.arange(1, sv.sizes["k"] + 1))
+    out["num_stages"] = out["end"].notnull().sum("stage")
+    return out.assign_attrs(threshold=threshold, separation=separation)
+
+
+def log_volume(ds: xr.Dataset) -> xr.DataArray:
+    """Log state-space volume of W(t) for the end-to-end metric of each run's depth (MATH.md §5).
+
+    log vol_N = Σ_{i<k} ln(N|σ_i^{2/N} − σ_k^{2/N}|) + (1/N − 1) Σ_i ln σ_i on the rescaled time axis, and
+    log vol_∞ = Σ_{i<k} ln|ln σ_i² − ln σ_k²| − Σ_i ln σ_i (up to an additive constant; see
+    `dlnode.endtoend.log_volume`). Small singular values carry large volume: Cohen, Menon, Veraszto's reading of
+    implicit regularisation as a bias towards high volume (arXiv 2210.12497).
+    """
+    sv = _variable(ds, "singular_values")
+    parts = []
+    for depth in sv["depth"].values:
+        values = sv.sel(depth=depth).values
+        parts.append(np.asarray(endtoend.log_volume(values, float(depth) if np.isinf(depth) else int(depth))))
+    out = xr.DataArray(np.stack(parts), dims=sv.dims[:-1], coords={d: sv[d] for d in sv.dims[:-1] if d in sv.coords})
+    return out.rename("log_volume").assign_attrs(long_name="log state-space volume of W (end-to-end metric)", units="1")

@@ -1,0 +1,247 @@
+"""Figures from dlnode datasets.
+
+Every function takes a dataset (or an analysis result), returns a `matplotlib.figure.Figure` and, given `path`,
+saves it there. Figures are drawn on the Agg canvas directly, without pyplot: importing this module changes no
+global backend (an interactive session keeps its own) and no figure stays registered in pyplot's figure manager.
+`PLOTS` maps the names that ``dlnode plot PATH --kind KIND`` accepts to these functions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullFormatter
+
+from . import analysis
+from .curvature import sharpness_bounds, sharpness_of
+from .dataset import problem_from
+from .discrete import fit_order
+from .problems import Problem, Regression
+
+__all__ = ["PLOTS", "effective_rank", "gd_error", "loss", "rank_staircase", "sharpness", "singular_values"]
+
+TIME_LABEL = r"time $t$ [flow time; GD: step $\times$ lr]"
+RUN_DIMS = ("depth", "scale", "seed")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _figure(nrows: int = 1, ncols: int = 1) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _finish(fig: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def _require(ds: xr.Dataset, name: str) -> xr.DataArray:
+    if not isinstance(ds, xr.Dataset) or name not in ds:
+        got = list(ds.data_vars) if isinstance(ds, xr.Dataset) else type(ds).__name__
+        raise ValueError(f"ds must be a dlnode Dataset with variable {name!r}; got {got}")
+    return ds[name]
+
+
+def _values(da: xr.DataArray, dim: str) -> list[Any]:
+    return list(da[dim].values) if dim in da.dims else [None]
+
+
+def _runs(da: xr.DataArray, dims: tuple[str, ...] = RUN_DIMS) -> Iterator[tuple[dict, xr.DataArray]]:
+    """(coordinates, sub-array) of every combination of the run dims that `da` has."""
+    present = [d for d in dims if d in da.dims]
+    for values in itertools.product(*(da[d].values for d in present)):
+        where = dict(zip(present, values, strict=True))
+        yield where, da.sel(where)
+
+
+def _depth_label(depth: Any) -> str:
+    return "all depths" if depth is None else ("depth ∞" if not np.isfinite(depth) else f"depth {depth:g}")
+
+
+def _colors(n: int, name: str = "viridis") -> list[Any]:
+    return [colormaps[name](x) for x in np.linspace(0.0, 0.85, max(n, 1))]
+
+
+def _positive_time(da: xr.DataArray) -> xr.DataArray:
+    return da.sel(time=da["time"] > 0)
+
+
+def loss(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
+    """Loss ℓ(W(t)) on log-log axes: colour = depth, line style = scale, one line per seed."""
+    da = _positive_time(_require(ds, "loss"))
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    depths, scales = _values(da, "depth"), _values(da, "scale")
+    colors = _colors(len(depths))
+    labelled = set()
+    for where, y in _runs(da):
+        i, j = depths.index(where.get("depth")), scales.index(where.get("scale"))
+        label = None if (i, j) in labelled else f"{_depth_label(depths[i])}, scale {scales[j]}"
+        labelled.add((i, j))
+        ax.plot(y["time"], y, color=colors[i], ls=LINESTYLES[j % 4], lw=1.0, alpha=0.8, label=label)
+    problem = json.loads(ds.attrs.get("problem", "{}")) if isinstance(ds.attrs.get("problem"), str) else {}
+    ax.set(xscale="log", yscale="log", xlabel=TIME_LABEL, ylabel=f"loss {problem.get('loss', 'l(W)')}")
+    ax.legend(fontsize="small")
+    return _finish(fig, path)
+
+
+def singular_values(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
+    """Singular values σ_k(W(t)) on log-log axes; rows = scale, columns = depth, colour = k, one line per seed."""
+    da = _positive_time(_require(ds, "singular_values"))
+    depths, scales = _values(da, "depth"), _values(da, "scale")
+    fig, axes = _figure(len(scales), len(depths))
+    colors = _colors(da.sizes["k"], "plasma")
+    for where, y in _runs(da):
+        i, j = scales.index(where.get("scale")), depths.index(where.get("depth"))
+        ax = axes[i, j]
+        first = where.get("seed") == _values(da, "seed")[0]
+        for k in range(da.sizes["k"]):
+            label = rf"$\sigma_{k + 1}$" if first else None
+            ax.plot(y["time"], y.isel(k=k), color=colors[k], lw=1.0, alpha=0.8, label=label)
+        ax.set(xscale="log", yscale="log", title=f"{_depth_label(depths[j])}, scale {scales[i]}")
+    for ax in axes[-1]:
+        ax.set_xlabel(TIME_LABEL)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(r"singular value $\sigma_k(W)$")
+    axes[0, -1].legend(fontsize="small")
+    return _finish(fig, path)
+
+
+def rank_staircase(
+    ds: xr.Dataset, threshold: float = 1e-3, separation: float = 1.25, path: str | Path | None = None
+) -> Figure:
+    """Numerical rank #{σ_i > τ max_t σ_1} against log time with the detected stage ends (one panel per depth).
+
+    Circles mark each stage's end (the rank jump) at the rank reached; the loss is drawn in grey on the right axis.
+    """
+    rank = _positive_time(analysis.numerical_rank(ds, threshold, relative_to="max"))
+    found = analysis.stages(ds, threshold, separation)
+    loss_da = _positive_time(_require(ds, "loss"))
+    depths, scales = _values(rank, "depth"), _values(rank, "scale")
+    num_modes = found.sizes["stage"]
+    fig, axes = _figure(1, len(depths))
+    colors = _colors(len(scales))
+    twins = [ax.twinx() for ax in axes[0]]
+    for where, r in _runs(rank):
+        j, i = depths.index(where.get("depth")), scales.index(where.get("scale"))
+        ax = axes[0, j]
+        ax.plot(r["time"], r, drawstyle="steps-post", color=colors[i], lw=1.2, alpha=0.8)
+        st = found.sel(where)
+        ax.plot(st["end"], st["rank"], "o", color=colors[i], mfc="none")
+        twins[j].plot(loss_da["time"], loss_da.sel(where), color="0.6", lw=0.8, ls="--")
+    for j, ax in enumerate(axes[0]):
+        ax.set(xscale="log", xlabel=TIME_LABEL, title=_depth_label(depths[j]), ylim=(-0.3, num_modes + 0.3))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        twins[j].set(yscale="log")
+        if j:  # one loss scale for all depths, labelled on the right
+            twins[j].sharey(twins[0])
+            twins[j - 1].tick_params(labelright=False)
+    axes[0, 0].set_ylabel(rf"numerical rank, $\tau$ = {threshold:g} of max$_t\,\sigma_1$")
+    twins[-1].set_ylabel(r"loss $\ell(W)$ (grey, dashed)")
+    handles = [axes[0, 0].plot([], [], color=c, label=f"scale {s}")[0] for c, s in zip(colors, scales, strict=True)]
+    axes[0, 0].legend(handles=handles + axes[0, 0].plot([], [], "ko", mfc="none", label="stage end"), fontsize="small")
+    return _finish(fig, path)
+
+
+def sharpness(ds: xr.Dataset, problem: Problem | None = None, path: str | Path | None = None) -> Figure:
+    """Sharpness at the final weights against depth, with Marion–Chizat's S_min and upper line when they apply.
+
+    Uses the dataset's ``sharpness`` variable when it has one, else computes it on `problem` (default: the
+    problem stored in the dataset). The bounds are drawn for a univariate `Regression`, in dlnode's ½-loss
+    convention (see `sharpness_bounds`).
+    """
+    if problem is None and "problem_fields" in ds.attrs:
+        problem = problem_from(ds)
+    if "sharpness" in ds:
+        values = ds["sharpness"]
+    elif problem is None:
+        raise ValueError("problem is required to compute the sharpness; or pass a dataset with a 'sharpness' variable")
+    else:
+        values = sharpness_of(ds.drop_vars("weights", errors="ignore"), problem)
+    values = values.sel(depth=np.isfinite(values["depth"]))
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    scales = _values(values, "scale")
+    colors = _colors(len(scales))
+    for i, scale in enumerate(scales):
+        s = values if scale is None else values.sel(scale=scale)
+        points = s.stack(run=[d for d in s.dims if d != "depth"]) if s.ndim > 1 else s.expand_dims(run=[0])
+        ax.plot(s["depth"], points.transpose("depth", ...), "o", color=colors[i], alpha=0.6, mfc="none")
+        ax.plot(s["depth"], points.mean("run"), "-", color=colors[i], label=f"scale {scale}")
+    if isinstance(problem, Regression) and problem.d_out == 1:
+        bounds = sharpness_bounds(problem, values["depth"].values.astype(int))
+        ax.plot(bounds["depth"], bounds["s_min"], "k-", label=r"$S_{\min} = L a \|w^*\|^{2-2/L}$")
+        ax.plot(bounds["depth"], bounds["upper"], "k--", label=r"$4 L \Lambda \|w^*\|^{2-2/L}$")
+        ax.plot(bounds["depth"], bounds["aligned"], "k:", label="balanced aligned minimiser")
+    ax.set(xlabel="depth $L$", ylabel=r"sharpness $\lambda_{\max}(\nabla^2 L)$ [1/time]", yscale="log")
+    ax.set_title(r"final weights; loss with $\frac{1}{2}$ (dlnode)", fontsize="medium")
+    ax.legend(fontsize="small")
+    return _finish(fig, path)
+
+
+def effective_rank(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
+    """Effective rank of W at each run's last reached time against depth (mean ± std over seeds; ∞ at the right)."""
+    erank = analysis.final_values(analysis.effective_rank(ds))
+    depth = erank["depth"].values
+    finite = depth[np.isfinite(depth)]
+    position = np.where(np.isfinite(depth), depth, (finite.max() + 1) if finite.size else 1.0)
+    erank = erank.assign_coords(position=("depth", position))
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    scales = _values(erank, "scale")
+    for color, scale in zip(_colors(len(scales)), scales, strict=True):
+        e = erank if scale is None else erank.sel(scale=scale)
+        mean = e.mean("seed") if "seed" in e.dims else e
+        std = e.std("seed") if "seed" in e.dims else 0 * e
+        ax.errorbar(e["position"], mean, yerr=std, marker="o", color=color, capsize=3, label=f"scale {scale}")
+    ax.set_xticks(position, [("∞" if not np.isfinite(d) else f"{d:g}") for d in depth])
+    ax.set(xlabel="depth $N$", ylabel=r"effective rank $e^{-\sum_i p_i \ln p_i}$, $p = \sigma / \sum \sigma$")
+    ax.legend(fontsize="small")
+    return _finish(fig, path)
+
+
+def gd_error(errors: xr.Dataset, variable: str = "product_error", path: str | Path | None = None) -> Figure:
+    """Largest GD-vs-flow error against the step size (log-log) with the fitted order.
+
+    `errors` is the Dataset of `dlnode.curvature.gd_errors`; `variable` one of its errors.
+    """
+    da = _require(errors, variable)
+    if "lr" not in da.dims:
+        raise ValueError("errors must have an 'lr' dim; pass the result of dlnode.curvature.gd_errors")
+    order = fit_order(da)
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    log_lr = np.log(da["lr"].values)
+    runs = list(_runs(da))
+    for (where, e), color in zip(runs, _colors(len(runs)), strict=True):
+        slope = float(order.sel(where))
+        intercept = np.mean(np.log(e.values)) - slope * np.mean(log_lr)  # the least-squares line's
+        name = ", ".join(f"{k} {v:g}" for k, v in where.items())
+        ax.plot(da["lr"], e, "o", color=color)
+        ax.plot(da["lr"], np.exp(intercept + slope * log_lr), "-", color=color, label=f"{name}: slope {slope:.2f}")
+    ax.set(xscale="log", yscale="log", xlabel="step size lr [flow time per step]")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # after set_xscale, which installs its own
+    ax.set_ylabel(f"max$_t$ relative {variable.replace('_error', '').replace('_', ' ')} error")
+    ax.legend(fontsize="small")
+    return _finish(fig, path)
+
+
+PLOTS = {
+    "loss": loss,
+    "singular_values": singular_values,
+    "rank_staircase": rank_staircase,
+    "sharpness": sharpness,
+    "effective_rank": effective_rank,
+    "gd_error": gd_error,
+}

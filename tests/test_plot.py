@@ -1,0 +1,86 @@
+"""Every figure of dlnode.plot renders a non-blank, labelled PNG from a small dataset."""
+
+from __future__ import annotations
+
+import matplotlib.image
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from test_analysis import build_dataset, decoupled_runs, gd_states, log_steps, univariate_problem
+
+import dlnode as dln
+import dlnode.accessor  # noqa: F401  (registers ds.dln)
+from dlnode import plot
+from dlnode.discrete import gd_errors
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def staircase():
+    """GD on whitened regression (s = 4, 2, 1) at depths 1, 2, 3 and ∞ (an end-to-end stand-in), two scales."""
+    prob = dln.Regression.whitened([4.0, 2.0, 1.0], 3, 3, seed=0)
+    steps = log_steps(1500, 60)
+    runs = {}
+    for depth in (1, 2, 3):
+        for scale in (1e-6, 0.05):
+            for seed in (0, 1):
+                layers = dln.init_layers(prob, depth, "gaussian", scale, seed)
+                runs[(depth, scale, seed)] = gd_states(prob, layers, 0.02, steps)
+                if depth == 3:
+                    runs[(np.inf, scale, seed)] = [dln.product(state) for state in runs[(depth, scale, seed)]]
+    return build_dataset(prob, runs, steps * 0.02, lr=0.02)
+
+
+@pytest.fixture(scope="module")
+def flat_minima():
+    """GD to convergence on univariate regression from init scale 0.3 at depths 1 to 4 (final weights only)."""
+    prob = univariate_problem()
+    runs = {}
+    for depth in (1, 2, 3, 4):
+        for seed in (0, 1):
+            layers = dln.init_layers(prob, depth, "gaussian", 0.3, seed, width=4)
+            runs[(depth, 0.3, seed)] = gd_states(prob, layers, 0.05, [0, 2000])
+    return prob, build_dataset(prob, runs, [0.0, 100.0], lr=0.05).drop_vars("weights")
+
+
+def check_png(fig: Figure, path) -> None:  # noqa: ANN001
+    assert isinstance(fig, Figure)
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert np.ptp(pixels[..., :3]) > 0.5  # something is drawn: not a blank canvas
+    # facet grids label their outer panels only; every figure names both of its axes
+    assert any(ax.get_xlabel() for ax in fig.axes) and any(ax.get_ylabel() for ax in fig.axes)
+
+
+@pytest.mark.parametrize("kind", ["loss", "singular_values", "rank_staircase", "effective_rank"])
+def test_trajectory_plots_write_a_png(staircase, kind, tmp_path):
+    path = tmp_path / f"{kind}.png"
+    check_png(plot.PLOTS[kind](staircase, path=path), path)
+
+
+def test_sharpness_plot_with_bounds(flat_minima, tmp_path):
+    prob, ds = flat_minima
+    path = tmp_path / "sharpness.png"
+    fig = plot.PLOTS["sharpness"](ds, prob, path=path)
+    check_png(fig, path)
+    assert any("S_{\\min}" in text.get_text() for text in fig.axes[0].get_legend().get_texts())
+    with pytest.raises(ValueError, match="problem is required"):
+        plot.sharpness(ds)
+
+
+def test_gd_error_plot_shows_the_fitted_order(tmp_path):
+    flow, runs = decoupled_runs([0.02, 0.01, 0.005], end_time=1.0)
+    path = tmp_path / "gd_error.png"
+    fig = plot.PLOTS["gd_error"](gd_errors(flow, runs), path=path)
+    check_png(fig, path)
+    assert any("slope" in text.get_text() for text in fig.axes[0].get_legend().get_texts())
+
+
+def test_accessor_plot_namespace(staircase, tmp_path):
+    path = tmp_path / "sv.png"
+    check_png(staircase.dln.plot.singular_values(path=path), path)
+    assert isinstance(staircase.dln.plot.loss(), Figure)
+    assert set(plot.PLOTS) == {"loss", "singular_values", "rank_staircase", "sharpness", "effective_rank", "gd_error"}
