@@ -124,3 +124,18 @@ def test_gd_follows_the_modified_flow_one_order_better():
         errors.append(float(np.abs(gd["product"] - modified["product"]).max()))
     slope = linregress(np.log(lrs), np.log(errors)).slope
     assert abs(slope - 2.0) < 0.15, (slope, errors)
+
+
+def test_log_volume_along_a_trajectory_matches_its_formula():
+    prob = dln.MatrixCompletion.random((3, 3), 2, 6, seed=0)
+    ds = dln.integrate(prob, depth=[4, "inf"], flow="end_to_end", init="balanced", scale=0.5, seed=0, t1=2.0,
+                       saveat=np.linspace(0.5, 2.0, 4), progress=False)  # fmt: skip
+    logvol = ds.dln.log_volume()
+    assert logvol.dims == ("depth", "scale", "seed", "time")
+    s = ds["singular_values"].sel(depth=4.0).values[0, 0, -1]
+    x = s ** (2 / 4)  # MATH.md §5 on the rescaled axis: Σ_{i<k} ln(N|σ_i^{2/N} − σ_k^{2/N}|) + (1/N − 1) Σ ln σ_i
+    pairs = sum(np.log(4 * abs(x[i] - x[k])) for i in range(3) for k in range(i + 1, 3))
+    assert float(logvol.sel(depth=4.0)[0, 0, -1]) == pytest.approx(pairs + (1 / 4 - 1) * np.sum(np.log(s)), rel=1e-12)
+    s = ds["singular_values"].sel(depth=math.inf).values[0, 0, -1]
+    pairs = sum(np.log(abs(np.log(s[i] ** 2) - np.log(s[k] ** 2))) for i in range(3) for k in range(i + 1, 3))
+    assert float(logvol.sel(depth=math.inf)[0, 0, -1]) == pytest.approx(pairs - np.sum(np.log(s)), rel=1e-12)
