@@ -9,6 +9,8 @@ run reached, and step counts. This is the only module that imports diffrax or sc
   per (method, problem kind, shapes); t1, save times, tolerances and stopping thresholds are traced arguments.
 - scipy (`scipy:RK45`, `scipy:LSODA`, `scipy:BDF`, `scipy:Radau`): the float64 reference; a jitted right-hand
   side and, for the implicit methods, the jitted Jacobian −∇²L.
+- `rosenbrock`: Shampine's 4th-order Rosenbrock method, linearly implicit (A-stable) with matrix-free CG stage solves on
+  Hessian-vector products, for stiff small-init flows through every plateau (see `dlnode.stiff`).
 - `gd`: explicit Euler with constant step lr, i.e. gradient descent exactly; step k sits at time t = k·lr.
 """
 
@@ -27,6 +29,7 @@ import numpy as np
 import scipy.integrate
 from jax.flatten_util import ravel_pytree
 
+from . import stiff
 from .flows import Flow, layer_gradients
 
 __all__ = ["METHODS", "STATUS", "Solution", "TRACE_COUNT", "solve"]
@@ -245,7 +248,7 @@ def _solve_scipy(method: str, flow: Flow, y0: Any, arrays: dict, ts: np.ndarray,
 
 
 # -------------------------------------------------------------------------------------------------- solve
-METHODS: tuple[str, ...] = (*_DIFFRAX, *_SCIPY, "gd")
+METHODS: tuple[str, ...] = (*_DIFFRAX, "rosenbrock", *_SCIPY, "gd")
 
 
 def _compile(fn: Callable, args: tuple) -> tuple[Callable, float]:
@@ -291,6 +294,8 @@ def solve(
     if method == "gd":
         step = np.rint(ts / controls.lr).astype(np.int64)
         fn, data = _gd_batch(problem_cls, flow), step
+    elif method == "rosenbrock":
+        fn, data = stiff.make_batch(flow, int(controls.max_steps)), ts
     else:
         fn, data = _diffrax_batch(method, flow, int(controls.max_steps)), ts
     args = (jax.tree_util.tree_map(jnp.asarray, y0), jax.tree_util.tree_map(jnp.asarray, arrays), jnp.asarray(data), c)

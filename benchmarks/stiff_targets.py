@@ -1,0 +1,156 @@
+"""Targets of the stiff path (method ``rosenbrock``) through the public API, against cached tight references.
+
+For each target: wall time (compile apart), accepted/rejected steps, the final loss ratio (ℓ − ℓ*)/(ℓ₀ − ℓ*),
+the largest relative error ‖W − W_ref‖_F/‖W_ref‖_F of the end-to-end matrix over the saved times the run reached,
+and the balancedness drift max_j ‖D_j(t) − D_j(0)‖_F relative to max_j ‖W_j(t1)‖²_F (the size of the terms of
+D_j) and to max_j ‖D_j(0)‖_F.
+
+References are integrated once and cached under ``$DLNODE_REF_DIR`` (default /tmp/dlnode_stiff_refs):
+diffrax dopri8 at rtol 1e-10 where an explicit method can cross the plateaus (target 1), scipy Radau at rtol 1e-10
+with the dense Jacobian where the state is small (d = 10), and otherwise (d = 50) ``rosenbrock`` itself at
+rtol 1e-10 (a self-convergence check, marked as such). Depth 8 has no reference: its first plateau (~10¹⁸) is
+beyond every plain-time integrator, so only the stages, the loss and the drift are reported.
+
+Usage: ``OPENBLAS_NUM_THREADS=1 python benchmarks/stiff_targets.py [--rtol 1e-7] [--only arora,d10,d50,d8]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+import dlnode as dln  # noqa: E402
+
+REF_DIR = os.environ.get("DLNODE_REF_DIR", "/tmp/dlnode_stiff_refs")
+REF_RTOL = 1e-10
+SAVE_POINTS = 96
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    problem: dln.Problem
+    depth: int
+    scale: float
+    loss_tol: float
+    t1: float
+    reference: str | None  # method of the cached reference, None for no reference
+    first_save: float = 1e-2
+
+    def times(self) -> np.ndarray:
+        ts = np.concatenate([[0.0], np.logspace(np.log10(self.first_save), np.log10(self.t1), SAVE_POINTS - 1)])
+        ts[-1] = self.t1
+        return ts
+
+
+def targets() -> list[Target]:
+    """Targets 1–3 of the stiff-flow issue: the Arora et al. completion, depth 4 at d = 10 and 50, depth 8."""
+    arora = dln.MatrixCompletion.random(shape=(100, 100), rank=5, observed=2000, seed=0)
+    d10 = dln.MatrixCompletion.random((10, 10), 3, 60, seed=0)
+    d50 = dln.MatrixCompletion.random((50, 50), 3, 1500, seed=0)
+    return [
+        Target("arora", arora, 3, 0.1, 1e-7, 400.0, "dopri8"),
+        Target("d10", d10, 4, 1e-3, 1e-6, 1e10, "scipy:Radau"),
+        Target("d50", d50, 4, 1e-3, 1e-6, 1e10, "rosenbrock"),
+        Target("d8", d10, 8, 1e-3, 1e-6, 1e26, None),
+    ]
+
+
+def _run(t: Target, method: str, rtol: float, loss_tol: float, max_steps: int = 200_000):
+    return dln.integrate(
+        t.problem, depth=t.depth, init="gaussian", scale=t.scale, seed=0, method=method, rtol=rtol,
+        atol=rtol * 1e-3, t1=t.t1, saveat=t.times(), loss_tol=loss_tol, progress=False, max_steps=max_steps,
+    )  # fmt: skip
+
+
+def reference(t: Target) -> dict[str, np.ndarray] | None:
+    """The cached reference products at the target's save times (computed on first use)."""
+    if t.reference is None:
+        return None
+    path = os.path.join(REF_DIR, f"{t.name}_{t.reference.replace(':', '_')}.npz")
+    if not os.path.exists(path):
+        os.makedirs(REF_DIR, exist_ok=True)
+        ds = _run(t, t.reference, REF_RTOL, t.loss_tol / 10, max_steps=5_000_000)
+        np.savez(path, product=ds["product"].values.reshape(len(t.times()), *t.problem.w_star.shape),
+                 t_final=float(ds["t_final"].values.ravel()[0]), status=int(ds["status"].values.ravel()[0]),
+                 run_time=float(ds.attrs["run_time"]))  # fmt: skip
+    data = np.load(path)
+    return {k: data[k] for k in data.files}
+
+
+def _relative_error(ds, ref: dict | None, times: np.ndarray) -> float:
+    if ref is None:
+        return float("nan")
+    w = ds["product"].values.reshape(ref["product"].shape)
+    reached = (times <= min(float(ds["t_final"].values.ravel()[0]), float(ref["t_final"]))) & np.isfinite(w).all(
+        axis=(1, 2)
+    )
+    num = np.linalg.norm(w[reached] - ref["product"][reached], axis=(1, 2))
+    return float(np.max(num / np.linalg.norm(ref["product"][reached], axis=(1, 2))))
+
+
+def _drift(ds, t: Target) -> tuple[float, float]:
+    """Balancedness drift relative to max_j ‖W_j(end)‖²_F and to max_j ‖D_j(0)‖_F."""
+    layers = dln.init_layers(t.problem, t.depth, "gaussian", t.scale, 0)
+    d0 = max(np.linalg.norm(d) for d in dln.balancedness(layers))
+    final = ds["weights_final"].values.reshape(t.depth, *ds["weights_final"].shape[-2:])
+    size = max(float(np.sum(np.nan_to_num(w) ** 2)) for w in final)
+    drift = float(np.nanmax(ds["balancedness"].values))
+    return drift / size, drift / d0
+
+
+def _stages(ds, t: Target) -> str:
+    """Times at which the k-th singular value first exceeds half its target value (the stage times)."""
+    target = np.linalg.svd(t.problem.w_star, compute_uv=False)[: t.problem.rank]
+    sv = ds["singular_values"].values.reshape(len(t.times()), -1)
+    out = []
+    for k, s in enumerate(target):
+        hit = np.nonzero(sv[:, k] > 0.5 * s)[0]
+        out.append(f"{t.times()[hit[0]]:.3g}" if hit.size else "-")
+    return ",".join(out)
+
+
+def measure(t: Target, rtol: float) -> dict[str, float | str]:
+    ref = reference(t)
+    ds = _run(t, "rosenbrock", rtol, t.loss_tol)
+    loss = ds["loss"].values.ravel()
+    final_ratio = (loss[np.isfinite(loss)][-1] - t.problem.loss_min) / (loss[0] - t.problem.loss_min)
+    drift_w, drift_d0 = _drift(ds, t)
+    return {
+        "target": t.name, "run_s": ds.attrs["run_time"], "compile_s": ds.attrs["compile_time"],
+        "steps": int(ds["num_steps"].values.ravel()[0]), "rejected": int(ds["num_rejected"].values.ravel()[0]),
+        "status": int(ds["status"].values.ravel()[0]), "t_final": float(ds["t_final"].values.ravel()[0]),
+        "loss_ratio": float(final_ratio), "rel_err": _relative_error(ds, ref, t.times()),
+        "ref": "none" if ref is None else ("self" if t.reference == "rosenbrock" else t.reference),
+        "drift_w": drift_w, "drift_d0": drift_d0, "stages": _stages(ds, t),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rtol", type=float, default=1e-7)
+    parser.add_argument("--only", default="arora,d10,d50,d8")
+    parser.add_argument("--refs-only", action="store_true", help="build the cached references and stop")
+    opts = parser.parse_args()
+    chosen = [t for t in targets() if t.name in opts.only.split(",")]
+    if opts.refs_only:
+        for t in chosen:
+            print(t.name, "reference:", reference(t) is not None, flush=True)
+        return
+    cols = ("target", "run_s", "compile_s", "steps", "rejected", "status", "t_final", "loss_ratio", "rel_err", "ref",
+            "drift_w", "drift_d0", "stages")  # fmt: skip
+    print(" ".join(f"{c:>11}" for c in cols), flush=True)
+    for t in chosen:
+        row = measure(t, opts.rtol)
+        print(
+            " ".join(f"{row[c]:>11.4g}" if isinstance(row[c], float) else f"{row[c]!s:>11}" for c in cols), flush=True
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Matrix-free linear algebra on flat float64 vectors for the stiff solver: conjugate gradients and power iteration.
+
+Both act through a matrix-vector product only, so the Hessian −J = ∇²L of a gradient flow enters as a
+Hessian-vector product (one ``jax.linearize`` tangent of the field, about the cost of one gradient) and nothing
+of size n² is ever formed.
+
+References
+----------
+Hestenes, Stiefel (1952), "Methods of conjugate gradients for solving linear systems", J. Res. NBS 49(6).
+Saad (2003), *Iterative Methods for Sparse Linear Systems*, 2nd ed., SIAM, §6.7 (CG), §4.1 (power iteration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["cg", "power_iteration"]
+
+
+def cg(matvec: Callable[[Any], Any], b: Any, small: Callable[[Any], Any], max_iter: int) -> tuple[Any, Any, Any]:
+    """Solve A x = b for symmetric positive definite A by conjugate gradients from x₀ = 0.
+
+    x_{k+1} = x_k + α_k p_k, r_{k+1} = r_k − α_k A p_k, p_{k+1} = r_{k+1} + β_k p_k with
+    α_k = r_kᵀr_k / p_kᵀAp_k and β_k = r_{k+1}ᵀr_{k+1} / r_kᵀr_k.
+
+    Parameters
+    ----------
+    matvec : v ↦ A v on flat vectors.
+    b : right-hand side (flat).
+    small : r ↦ bool, the stopping test on the residual (the caller's error norm).
+    max_iter : iteration cap (static).
+
+    Returns
+    -------
+    (x, iterations, ok): ok is False when the cap was hit or A showed a non-positive curvature pᵀAp ≤ 0
+    (an indefinite system), in which case the step that asked for the solve should be retried smaller.
+    """
+
+    def cond(state):
+        _, r, _, _, k, ok = state
+        return ok & (k < max_iter) & ~small(r)
+
+    def body(state):
+        x, r, p, rr, k, _ = state
+        ap = matvec(p)
+        pap = jnp.vdot(p, ap)
+        positive = pap > 0
+        alpha = jnp.where(positive, rr / jnp.where(positive, pap, 1.0), 0.0)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = jnp.vdot(r, r)
+        p = r + (rr_new / jnp.maximum(rr, jnp.finfo(rr.dtype).tiny)) * p
+        return x, r, p, rr_new, k + 1, positive
+
+    state = (jnp.zeros_like(b), b, b, jnp.vdot(b, b), jnp.zeros((), jnp.int32), jnp.ones((), bool))
+    x, r, _, _, k, ok = jax.lax.while_loop(cond, body, state)
+    return x, k, ok & small(r)
+
+
+def power_iteration(matvec: Callable[[Any], Any], v: Any, iterations: int) -> tuple[Any, Any]:
+    """`iterations` steps of v ← Av/‖Av‖; returns (|Rayleigh quotient| of the last iterate, the iterate).
+
+    For a symmetric A the Rayleigh quotient vᵀAv is a lower bound on the spectral radius that converges to it
+    (linearly, at the ratio of the two largest |eigenvalues|).
+    """
+
+    def body(_, carry):
+        v, _ = carry
+        w = matvec(v)
+        rq = jnp.vdot(v, w)
+        return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(w.dtype).tiny), jnp.abs(rq)
+
+    v = v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(v.dtype).tiny)
+    v, lam = jax.lax.fori_loop(0, iterations, body, (v, jnp.zeros((), v.dtype)))
+    return lam, v

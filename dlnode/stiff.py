@@ -1,0 +1,294 @@
+"""The stiff path: a linearly implicit Rosenbrock–Wanner method with matrix-free conjugate-gradient stage solves.
+
+Small-initialisation gradient flows of deep linear networks are stiff after the first escape: learned modes relax
+at the rate λ_max(∇²L) while the next plateau creeps for a time ~ scale^{−(N−2)} (MATH.md §3–4). An explicit
+step is capped at ~2.6/λ_max; a linearly implicit step is not. The Jacobian of a gradient flow is J = −∇²L,
+symmetric, so every stage system (I + hγ∇²L) u = b is solved by conjugate gradients on Hessian-vector products
+(the tangent of ``jax.linearize`` of the field), and the n × n Jacobian is never formed.
+
+Method ``rosenbrock``: Shampine's (1982) 4-stage Rosenbrock method (Kaps–Rentrop form), order 4 with an embedded
+order-3 estimate, A-stable with R(∞) = 1/3; 3 field evaluations and 4 CG solves per step. Time is carried as
+a compensated two-float sum (t_hi, t_lo), never fed to the
+(autonomous) field, so plateaus of 10¹⁸ time units still resolve steps of order one; steps land exactly on the
+save times; step growth is capped per step and by h·γ·λ_max ≤ `STIFF_CEILING` (a larger h·λ_max loses the slow
+subspace to round-off).
+
+References
+----------
+Shampine (1982), "Implementation of Rosenbrock methods", ACM TOMS 8(2), 93–113; Kaps, Rentrop (1979),
+"Generalized Runge–Kutta methods of order four with stepsize control for stiff ODEs", Numer. Math. 33, 55–68;
+Hairer, Wanner (1996), *Solving ODEs II*, §IV.7 (the transformed stage equations and order conditions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import cache
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from .flows import Flow
+from .krylov import cg, power_iteration
+
+__all__ = ["SHAMPINE", "TABLEAU", "Tableau", "make_batch", "probe"]
+
+
+class Tableau(NamedTuple):
+    """A Rosenbrock method in the transformed form of Hairer & Wanner (u_i = Σ_{j≤i} γ_ij k_j):
+
+    (I − hγJ) u_i = hγ (f(y + Σ_{j<i} a_ij u_j) + Σ_{j<i} c_ij u_j / h),  y₁ = y + Σ m_i u_i,
+    local error estimate Σ e_i u_i = y₁ − ŷ₁ of order `order` + 1 in h.
+    """
+
+    gamma: float
+    a: np.ndarray
+    c: np.ndarray
+    m: np.ndarray
+    e: np.ndarray
+    order: int  # of the embedded solution ŷ₁, so the error estimate scales as h^{order+1}
+
+
+# Shampine (1982), parameters after Kaps & Rentrop (1979): order 4, embedded order 3, A-stable, R(∞) = 1/3;
+# stage 4 reuses stage 3's field value (a_4j = a_3j), so a step costs 3 field evaluations and 4 solves.
+SHAMPINE = Tableau(
+    gamma=0.5,
+    a=np.array([[0, 0, 0, 0], [2, 0, 0, 0], [48 / 25, 6 / 25, 0, 0], [48 / 25, 6 / 25, 0, 0]], dtype=float),
+    c=np.array([[0, 0, 0, 0], [-8, 0, 0, 0], [372 / 25, 12 / 5, 0, 0], [-112 / 125, -54 / 125, -2 / 5, 0]]),
+    m=np.array([19 / 9, 1 / 2, 25 / 108, 125 / 108]),
+    e=np.array([17 / 54, 7 / 36, 0, 125 / 108]),
+    order=3,
+)
+
+TABLEAU = SHAMPINE
+
+SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 5.0  # step controller: h ← h·clip(0.9 err^{−1/3}, 0.2, 5)
+STIFF_CEILING = 1e8  # h·γ·λ_max cap: CG and the update keep ~ε·1e8 relative accuracy in the slow subspace
+CG_TOL = 1e-3  # stage residual, in units of the local error tolerance atol + rtol·|y|
+CG_MAX_ITER = 400  # a solve that needs more is treated as a failed step (retried with h/5)
+MAX_REJECTS = 40  # consecutive rejections before status −3
+POWER_START = 10  # power iterations for the initial λ_max estimate (then one per step attempt)
+STIFF_RATIO = 100.0  # probe: stiff when λ_max > STIFF_RATIO · ‖f‖/‖y‖
+PROBE_ITERATIONS = 30
+
+
+class _State(NamedTuple):
+    x: Any  # flat state
+    t_hi: Any  # time = t_hi + t_lo (compensated sum)
+    t_lo: Any
+    h: Any  # proposed next step
+    v: Any  # power-iteration vector for λ_max(∇²L)
+    lam: Any
+    steps: Any
+    rejected: Any
+    fails: Any  # consecutive rejections
+    status: Any
+
+
+def _two_sum_add(hi: Any, lo: Any, h: Any) -> tuple[Any, Any]:
+    """(hi, lo) + h as a renormalised two-float sum (Knuth's TwoSum): no step is lost to t + h == t."""
+    s = hi + h
+    bp = s - hi
+    lo = lo + ((hi - (s - bp)) + (h - bp))
+    new_hi = s + lo
+    return new_hi, lo - (new_hi - s)
+
+
+def _rms(v: Any) -> Any:
+    return jnp.sqrt(jnp.mean(v * v))
+
+
+def _attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, tab: Tableau = TABLEAU) -> tuple:
+    """One Rosenbrock step of size h from x: (y₁, error norm, all solves converged, λ estimate, next v, CG count).
+
+    The stage matrix is I − hγJ with J = ∂f/∂x applied by the linearised field (a Hessian-vector product); one
+    more product advances the power iteration that tracks λ_max(−J) for the step ceiling.
+    """
+    f0, jvp = jax.linearize(field, x)
+    hg = h * tab.gamma
+
+    def matvec(p):
+        return p - hg * jvp(p)
+
+    def small(r):
+        return _rms(r / sc) <= CG_TOL
+
+    a, c, stages = jnp.asarray(tab.a), jnp.asarray(tab.c), len(tab.m)
+    reuse = jnp.asarray([i > 0 and np.array_equal(tab.a[i], tab.a[i - 1]) for i in range(stages)])
+
+    def stage(i, carry):  # one traced stage body (a small graph, so a fast compile), looped over i
+        us, f_prev, ok, iters = carry
+        xi = x + a[i] @ us
+        fi = jnp.where(i == 0, f0, jnp.where(reuse[i], f_prev, field(xi)))  # a repeated row of a reuses f
+        u, k, ok_i = cg(matvec, hg * (fi + (c[i] / h) @ us), small, CG_MAX_ITER)
+        return us.at[i].set(u), fi, ok & ok_i, iters + k
+
+    init = (jnp.zeros((stages, *x.shape), x.dtype), f0, jnp.ones((), bool), jnp.zeros((), jnp.int32))
+    us, _, ok, iters = jax.lax.fori_loop(0, stages, stage, init)
+    x1 = x + jnp.asarray(tab.m) @ us
+    err = _rms((jnp.asarray(tab.e) @ us) / sc)
+    hv = -jvp(v)
+    lam = jnp.abs(jnp.vdot(v, hv))
+    v = hv / jnp.maximum(jnp.linalg.norm(hv), jnp.finfo(hv.dtype).tiny)
+    return x1, err, ok, lam, v, iters
+
+
+def _stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]:
+    """(converged, diverged) by the rule of `dlnode.solvers`: ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*); ℓ not finite or > div·ℓ₀."""
+    converged = loss - loss_min <= c["loss_tol"] * (loss0 - loss_min)
+    diverged = ~jnp.isfinite(loss) | (loss > c["diverge"] * jnp.maximum(loss0, 1e-300))
+    return converged, diverged
+
+
+def _step(field: Callable, loss: Callable, loss0: Any, loss_min: Any, c: dict, target: Any, s: _State) -> _State:
+    """Attempt one step towards `target`, accept or reject it, and propose the next step size."""
+    rem = (target - s.t_hi) - s.t_lo
+    land = s.h >= rem
+    h = jnp.where(land, rem, s.h)
+    sc = c["atol"] + c["rtol"] * jnp.abs(s.x)
+    x1, err, ok, lam, v, _ = _attempt(field, s.x, h, sc, s.v)
+    accept = ok & jnp.isfinite(err) & (err <= 1.0) & jnp.all(jnp.isfinite(x1))
+    fac = jnp.clip(SAFETY * jnp.where(err > 0, err, 1e-10) ** (-1.0 / (TABLEAU.order + 1)), FAC_MIN, FAC_MAX)
+    fac = jnp.where(ok & jnp.isfinite(err), fac, FAC_MIN)
+    fac = jnp.where(s.fails > 0, jnp.minimum(fac, 1.0), fac)  # no growth right after a rejection
+    h_next = jnp.where(accept & land, jnp.maximum(h * fac, s.h), h * fac)
+    h_next = jnp.minimum(h_next, STIFF_CEILING / (TABLEAU.gamma * jnp.maximum(lam, 1e-300)))
+    t_hi, t_lo = _two_sum_add(s.t_hi, s.t_lo, h)
+    t_hi, t_lo = jnp.where(land, target, t_hi), jnp.where(land, 0.0, t_lo)
+    converged, diverged = _stop_flags(loss(x1), loss0, loss_min, c)
+    fails = jnp.where(accept, 0, s.fails + 1)
+    status = jnp.where(
+        accept, jnp.where(diverged, -2, jnp.where(converged, 1, 0)), jnp.where(fails > MAX_REJECTS, -3, 0)
+    )
+
+    def pick(new, old):
+        return jnp.where(accept, new, old)
+
+    return _State(
+        pick(x1, s.x), pick(t_hi, s.t_hi), pick(t_lo, s.t_lo), h_next, v, lam,
+        s.steps + accept, s.rejected + (1 - accept), fails, status.astype(s.status.dtype),
+    )  # fmt: skip
+
+
+def _initial_state(field: Callable, x0: Any, c: dict) -> _State:
+    """h₀ = 0.01‖y₀‖/‖f(y₀)‖ in the error norm (Hairer, Nørsett, Wanner I, §II.4), capped at t1; λ₀ by power steps."""
+    f0, jvp = jax.linearize(field, x0)
+    sc = c["atol"] + c["rtol"] * jnp.abs(x0)
+    d0, d1 = _rms(x0 / sc), _rms(f0 / sc)
+    h0 = jnp.where((d0 > 1e-5) & (d1 > 1e-5), 0.01 * d0 / jnp.maximum(d1, 1e-300), 1e-6)
+    v0 = jax.random.normal(jax.random.PRNGKey(0), x0.shape, x0.dtype)
+    lam, v = power_iteration(lambda p: -jvp(p), v0, POWER_START)
+    h0 = jnp.minimum(jnp.minimum(h0, c["t1"]), STIFF_CEILING / (TABLEAU.gamma * jnp.maximum(lam, 1e-300)))
+    zero, izero = jnp.zeros((), x0.dtype), jnp.zeros((), jnp.int64)
+    return _State(x0, zero, zero, h0, v, lam, izero, izero, izero, izero)
+
+
+def _check_flow(flow: Flow, max_steps: int) -> None:
+    if flow.name == "end_to_end":
+        raise ValueError(
+            "method='rosenbrock' needs a symmetric Jacobian (a gradient flow of the layers); "
+            "got flow='end_to_end'; use flow='layers' or an explicit method"
+        )
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+
+
+@cache
+def make_batch(flow: Flow, max_steps: int) -> Callable:
+    """Jitted, vmapped Rosenbrock (`TABLEAU`) integration of a batch of initial states; outputs as the diffrax path.
+
+    Parameters
+    ----------
+    flow : a per-layer `Flow` (``layers`` or ``modified``: both have the symmetric Jacobian −∇²L).
+    max_steps : budget of attempted (accepted + rejected) steps per run; status −1 when exhausted.
+
+    Returns
+    -------
+    fn(y0_batch, arrays, ts, c) -> (observables at ts, observables at the end, final state, status, t_final,
+    (accepted steps, rejected steps)); status 0 reached c["t1"], 1 converged, −1 max steps, −2 diverged,
+    −3 solver failure (more than `MAX_REJECTS` consecutive rejections).
+
+    Raises
+    ------
+    ValueError : for the end-to-end flow (non-symmetric Jacobian) or a non-positive `max_steps`.
+    """
+    _check_flow(flow, max_steps)
+
+    def one(y0: Any, arrays: dict, ts: Any, c: dict) -> tuple:
+        from .solvers import TRACE_COUNT  # solvers imports this module; count traces the same way
+
+        TRACE_COUNT["n"] += 1
+        args = flow.prepare(y0, arrays, c)
+        x0, unravel = ravel_pytree(y0)
+
+        def field(x):
+            return ravel_pytree(flow.field(0.0, unravel(x), args))[0]
+
+        def loss(x):
+            return flow.loss(unravel(x), args)
+
+        loss0 = loss(x0)
+
+        def advance(s: _State, target: Any) -> tuple[_State, dict]:
+            def cond(s):
+                return (s.status == 0) & ((target - s.t_hi) - s.t_lo > 0) & (s.steps + s.rejected < max_steps)
+
+            s = jax.lax.while_loop(cond, lambda s: _step(field, loss, loss0, arrays["loss_min"], c, target, s), s)
+            return s, flow.observe(unravel(s.x), args)
+
+        targets = jnp.concatenate([jnp.asarray(ts, x0.dtype), jnp.reshape(c["t1"], (1,))])
+        s, obs = jax.lax.scan(advance, _initial_state(field, x0, c), targets)
+        t_final = s.t_hi + s.t_lo
+        status = jnp.where((s.status == 0) & (t_final < c["t1"]), -1, s.status)
+        final = unravel(s.x)
+        obs = jax.tree_util.tree_map(lambda a: a[:-1], obs)
+        return obs, flow.observe(final, args), final, status, t_final, (s.steps, s.rejected)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+
+
+@cache
+def _probe_numbers(flow: Flow) -> Callable:
+    def numbers(y0: Any, args: dict) -> tuple[Any, Any]:
+        x0, unravel = ravel_pytree(y0)
+        f0, jvp = jax.linearize(lambda x: ravel_pytree(flow.field(0.0, unravel(x), args))[0], x0)
+        v0 = jax.random.normal(jax.random.PRNGKey(0), x0.shape, x0.dtype)
+        lam, _ = power_iteration(lambda p: -jvp(p), v0, PROBE_ITERATIONS)
+        return lam, jnp.linalg.norm(f0) / jnp.maximum(jnp.linalg.norm(x0), 1e-300)
+
+    return jax.jit(numbers)
+
+
+def probe(flow: Flow, y0: Any, arrays: dict, lr: float = math.nan) -> tuple[bool, str]:
+    """Is the flow stiff at y0? Compare λ_max(∇²L) (power iteration on Hessian-vector products) with ‖f‖/‖y‖.
+
+    An explicit step is stable for h ≲ 2.6/λ_max, while the state changes on the time scale ‖y‖/‖f‖; when
+    λ_max·‖y‖/‖f‖ > `STIFF_RATIO` the stability cap, not accuracy, would set the explicit step.
+
+    Parameters
+    ----------
+    flow : a per-layer `Flow`.
+    y0 : one state (a tuple of layer matrices, no batch axis).
+    arrays : the problem's arrays (`Problem.arrays()`).
+    lr : the modified flow's η (ignored by ``layers``).
+
+    Returns
+    -------
+    (stiff, reason): whether to take the stiff path, and a one-line reason with the numbers.
+    """
+    if flow.name == "end_to_end":
+        raise ValueError("probe needs a per-layer flow (symmetric Jacobian −∇²L); got flow='end_to_end'")
+    if not isinstance(y0, (tuple, list)) or not y0 or any(np.ndim(w) != 2 for w in y0):
+        raise ValueError("y0 must be a non-empty tuple of 2-d layer matrices (one state, no batch axis)")
+    y0 = tuple(jnp.asarray(w, jnp.float64) for w in y0)
+    arrays = jax.tree_util.tree_map(jnp.asarray, arrays)
+    args = flow.prepare(y0, arrays, {"lr": jnp.float64(lr)})
+    lam, rate = (float(v) for v in _probe_numbers(flow)(y0, args))
+    ratio = lam / max(rate, 1e-300)
+    stiff = ratio > STIFF_RATIO
+    verdict = "stiff: use 'rosenbrock'" if stiff else "not stiff: use an explicit method"
+    return stiff, f"{verdict} (lambda_max {lam:.3g} vs growth rate |f|/|y| {rate:.3g}, ratio {ratio:.3g})"

@@ -1,0 +1,152 @@
+"""The stiff path (method ``rosenbrock``): tableau order, agreement with dopri8, saddle-to-saddle stages, invariants,
+status codes, and the stiffness probe."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dlnode as dln
+from dlnode import stiff
+from dlnode.flows import get_flow
+
+# Adaptive global error stays within a modest multiple of rtol·|y| over O(1) time for a 4th-order method with an
+# error-per-step controller (the same bound the explicit methods meet in test_methods).
+GLOBAL_FACTOR = 100.0
+RTOL = 1e-6
+# Order 4 with an order-3 embedded estimate: h ∝ rtol^{1/4}, so the step count grows by 10^{1/4} per decade.
+STEP_SLOPE, STEP_SLOPE_TOL = 0.25, 0.05
+# Stage (escape) times: at rtol 1e-8 a 4th-order integration moves an escape time by far less than 1e-4 of itself.
+STAGE_RTOL, STAGE_TOL = 1e-8, 1e-4
+# D_j is conserved by the flow: its drift is integration error, a modest multiple of rtol·max_j‖W_j‖².
+DRIFT_FACTOR = 100.0
+
+SMALL = dln.MatrixCompletion.random((6, 5), 2, 18, seed=1)
+TIMES = np.linspace(0.0, 3.0, 7)
+KW = dict(depth=3, init="gaussian", scale=0.6, seed=[0, 1], t1=3.0, saveat=TIMES, progress=False)
+
+STAGED = dln.Regression.whitened([4.0, 2.0, 1.0], 4, 4, seed=0)
+STAGE_TIMES = np.linspace(0.0, 45.0, 451)
+STAGE_KW = dict(depth=3, init="gaussian", scale=0.1, seed=0, t1=45.0, saveat=STAGE_TIMES, progress=False)
+
+
+def _order_conditions(tab: stiff.Tableau, weights: np.ndarray) -> np.ndarray:
+    """Residuals of the eight order-4 conditions of a Rosenbrock method (Hairer & Wanner II, Table IV.7.1)."""
+    g = tab.gamma
+    gammas = np.linalg.inv(np.diag(1.0 / np.diag(np.full((4, 4), g))) * np.eye(4) - tab.c)
+    alpha = tab.a @ gammas
+    beta = alpha + gammas - g * np.eye(4)
+    bp, ai = beta.sum(1), alpha.sum(1)
+    b = weights @ gammas
+    return np.array([
+        b.sum() - 1, b @ bp - (0.5 - g), b @ ai**2 - 1 / 3, b @ (beta @ bp) - (1 / 6 - g + g * g),
+        b @ ai**3 - 0.25, b @ (ai * (alpha @ bp)) - (1 / 8 - g / 3), b @ (beta @ ai**2) - (1 / 12 - g / 3),
+        b @ (beta @ beta @ bp) - (1 / 24 - g / 2 + 1.5 * g * g - g**3),
+    ])  # fmt: skip
+
+
+def test_tableau_has_order_four_and_an_order_three_estimate():
+    tab = stiff.SHAMPINE
+    assert np.abs(_order_conditions(tab, tab.m)).max() < 1e-14
+    embedded = _order_conditions(tab, tab.m - tab.e)
+    assert np.abs(embedded[:4]).max() < 1e-14  # order 3 …
+    assert np.abs(embedded[4:]).max() > 1e-3  # … and not 4, so y₁ − ŷ₁ = O(h⁴) estimates the error
+
+
+@pytest.fixture(scope="module")
+def small_reference():
+    return dln.integrate(SMALL, method="dopri8", rtol=1e-12, atol=1e-14, **KW)
+
+
+def test_agrees_with_a_tight_explicit_reference(small_reference):
+    ds = dln.integrate(SMALL, method="rosenbrock", rtol=RTOL, atol=RTOL * 1e-3, **KW)
+    scale = float(np.abs(small_reference["product"]).max())
+    err = float(np.abs(ds["product"] - small_reference["product"]).max())
+    assert err < GLOBAL_FACTOR * RTOL * scale, err
+    assert (ds["status"].values == 0).all()
+    assert ds.attrs["method"] == "rosenbrock"
+
+
+def test_step_count_follows_the_order():
+    steps = []
+    for rtol in (1e-5, 1e-7, 1e-9):
+        ds = dln.integrate(SMALL, method="rosenbrock", rtol=rtol, atol=rtol * 1e-3, **KW)
+        steps.append(float(ds["num_steps"].values.mean()))
+    slope = np.polyfit(np.log10([1e-5, 1e-7, 1e-9]), np.log10(steps), 1)[0]
+    assert abs(-slope - STEP_SLOPE) < STEP_SLOPE_TOL, slope
+
+
+def _escape_times(ds) -> np.ndarray:
+    """Time each singular value first reaches half its target s_k (linear interpolation between saves)."""
+    sv = ds["singular_values"].values.reshape(len(STAGE_TIMES), -1)
+    out = []
+    for k, s in enumerate(STAGED.whitened_values):
+        i = int(np.nonzero(sv[:, k] >= 0.5 * s)[0][0])
+        frac = (0.5 * s - sv[i - 1, k]) / (sv[i, k] - sv[i - 1, k])
+        out.append(STAGE_TIMES[i - 1] + frac * (STAGE_TIMES[i] - STAGE_TIMES[i - 1]))
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def staged_runs():
+    ref = dln.integrate(STAGED, method="dopri8", rtol=1e-12, atol=1e-15, **STAGE_KW)
+    ros = dln.integrate(STAGED, method="rosenbrock", rtol=STAGE_RTOL, atol=STAGE_RTOL * 1e-3, save_weights=True,
+                        **STAGE_KW)  # fmt: skip
+    return ref, ros
+
+
+def test_passes_three_stages_in_order_at_the_reference_times(staged_runs):
+    ref, ros = staged_runs
+    t_ref, t_ros = _escape_times(ref), _escape_times(ros)
+    assert np.all(np.diff(t_ros) > 0), t_ros  # largest singular value first
+    assert np.all(np.diff(t_ros) > 0.5), t_ros  # distinct plateaus between the stages
+    np.testing.assert_allclose(t_ros, t_ref, rtol=STAGE_TOL)
+    assert float(ros["loss"].values.ravel()[-1]) < 1e-6 * float(ros["loss"].values.ravel()[0])
+
+
+def test_conserves_balancedness(staged_runs):
+    _, ros = staged_runs
+    size = float(np.max(np.sum(ros["weights"].values ** 2, axis=(-2, -1))))
+    assert float(np.nanmax(ros["balancedness"].values)) < DRIFT_FACTOR * STAGE_RTOL * size
+
+
+def test_status_codes():
+    kw = dict(KW, seed=0)
+    assert int(dln.integrate(SMALL, method="rosenbrock", max_steps=3, **kw)["status"].values.ravel()[0]) == -1
+    ds = dln.integrate(SMALL, method="rosenbrock", loss_tol=1e-3, **dict(kw, t1=1e4, saveat=np.array([0.0, 1e4])))
+    assert int(ds["status"].values.ravel()[0]) == 1
+    assert float(ds["t_final"].values.ravel()[0]) < 1e4
+
+
+def test_end_to_end_flow_is_refused():
+    with pytest.raises(ValueError, match="symmetric Jacobian"):
+        dln.integrate(STAGED, depth=3, flow="end_to_end", init="balanced", method="rosenbrock", t1=1.0, progress=False)
+
+
+def test_compensated_time_resolves_unit_steps_at_1e18():
+    hi, lo = jnp.float64(1e18), jnp.float64(0.0)
+    for _ in range(1000):
+        hi, lo = stiff._two_sum_add(hi, lo, jnp.float64(1.0))
+    assert float(hi) + float(lo) == 1e18 + 1000.0 and float(hi) == 1e18 + 1000.0
+
+
+def _layers(ds, k: int) -> tuple:
+    w = ds["weights"].values.reshape(len(STAGE_TIMES), 3, 4, 4)[k]
+    return tuple(jnp.asarray(x) for x in w)
+
+
+def test_probe_stiff_after_the_first_escape(staged_runs):
+    _, ros = staged_runs
+    flow = get_flow("layers", dln.Regression, 3)
+    t_first = _escape_times(ros)[0]
+    k = int(np.searchsorted(STAGE_TIMES, t_first + 1.0))  # on the plateau after mode 1 is learned
+    stiff_now, reason = stiff.probe(flow, _layers(ros, k), STAGED.arrays())
+    assert stiff_now, reason
+
+
+@pytest.mark.parametrize(("depth", "scale"), [(1, 0.1), (3, 1.0)])
+def test_probe_not_stiff_at_start(depth, scale):
+    flow = get_flow("layers", dln.Regression, depth)
+    y0 = tuple(jnp.asarray(w) for w in dln.init_layers(STAGED, depth, "gaussian", scale, 0))
+    stiff_now, reason = stiff.probe(flow, y0, STAGED.arrays())
+    assert not stiff_now, reason
+    assert "lambda_max" in reason
