@@ -7,7 +7,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from . import accessor  # noqa: E402, F401  (registers the ds.dln namespace)
+from . import accessor, auto  # noqa: E402, F401  (accessor registers the ds.dln namespace)
 from ._version import __version__  # noqa: E402
 from .analysis import effective_rank, log_volume, numerical_rank, stages  # noqa: E402
 from .curvature import sharpness, sharpness_bounds  # noqa: E402

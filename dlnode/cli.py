@@ -1,4 +1,4 @@
-"""The `dlnode` command: `demo` (the main job), `info` (what a stored dataset holds) and `plot` (its figures)."""
+"""The `dlnode` command: `demo` (the main job), `info` (a stored dataset), `plot` (its figures), `bench`."""
 
 from __future__ import annotations
 
@@ -133,6 +133,23 @@ def info(path: Annotated[Path, typer.Argument(help="a dataset written by dlnode 
     for key in keys:
         if key in ds.attrs:
             typer.echo(f"{key}: {ds.attrs[key]}")
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="the small work-precision case only (minutes)")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for bench.md and bench.png")] = Path(
+        "benchmarks/results"
+    ),
+) -> None:
+    """The performance comparison against the peers (benchmarks/ in a dlnode checkout): a table and a figure."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "run.py").exists():
+        _fail("bench needs the benchmarks/ folder of a dlnode checkout; run it from a clone installed with -e")
+    sys.path.insert(0, str(root))
+    from benchmarks.run import run
+
+    typer.echo(f"wrote {run(quick=quick, out_dir=out)}")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._version import __version__
+from .auto import choose_method
 from .dataset import to_dataset, with_problem
 from .endtoend import recover_layers
 from .flows import FLOWS, get_flow
@@ -117,8 +118,9 @@ def integrate(
         follows to second order), or ``end_to_end`` (the balanced end-to-end flow of W alone, depths may include
         ``"inf"``; needs init ``balanced`` or ``decoupled``, takes `scale` as the end-to-end scale and runs on the
         rescaled time τ = N t; per-layer weights are rebuilt from the SVD of W).
-    method : ``auto`` (tsit5), ``tsit5``, ``dopri5``, ``dopri8``, ``kvaerno5``, ``scipy:RK45``, ``scipy:LSODA``,
-        ``scipy:BDF``, ``scipy:Radau``, or ``gd``.
+    method : ``auto`` (tsit5, or rosenbrock when a stiffness probe says so; see `dlnode.auto`), ``tsit5``,
+        ``dopri5``, ``dopri8``, ``kvaerno5``, ``rosenbrock`` (matrix-free stiff path), ``scipy:RK45``,
+        ``scipy:LSODA``, ``scipy:BDF``, ``scipy:Radau``, or ``gd``.
     lr : step size, required for ``gd`` and ``flow="modified"``.
     t1 : end time. None: run until ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*) (status 1) or a horizon from the escape-time
         estimate of MATH.md §3; the save grid then ends at the latest run's convergence time (found by a first
@@ -177,9 +179,8 @@ def _plan(problem, depth, width, init, scale, seed, flow, method, lr, t1, rtol, 
           loss_tol, max_steps) -> _Plan:  # noqa: ANN001  # fmt: skip
     depths, scales, seeds = as_depths(depth), as_scales(scale), as_seeds(seed)
     check_flow(flow, depths, init, method)
-    chosen, reason = ("tsit5", "auto maps to tsit5 (explicit, adaptive)") if method == "auto" else (method, "given")
-    if chosen == "gd" or flow == "modified":
-        what = "method='gd'" if chosen == "gd" else "flow='modified'"
+    if method == "gd" or flow == "modified":
+        what = "method='gd'" if method == "gd" else "flow='modified'"
         lr = check_positive("lr", lr, f" for {what} (the gradient-descent step)")
     elif lr is not None:
         raise ValueError(f"lr applies to method='gd' or flow='modified' only; got lr={lr!r}; drop lr")
@@ -192,6 +193,10 @@ def _plan(problem, depth, width, init, scale, seed, flow, method, lr, t1, rtol, 
         check_positive("loss_tol", loss_tol)
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+    if method == "auto":
+        chosen, reason = choose_method(problem, depths, scales, init, width, flow, float(lr or math.nan))
+    else:
+        chosen, reason = method, "given"
     until_converged = t1 is None
     if t1 is None:
         t1 = float(saveat[-1]) if isinstance(saveat, np.ndarray) else default_t_max(problem, depths, scales, flow)

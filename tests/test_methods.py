@@ -69,8 +69,18 @@ def test_run_until_converged_stops_on_the_loss_criterion():
     assert ds.sizes["time"] == 41
 
 
-def test_auto_records_its_choice():
+def test_auto_takes_the_explicit_path_when_nothing_is_stiff():
     prob = dln.Factorization(np.diag([2.0, 1.0]))
-    ds = dln.integrate(prob, depth=2, scale=0.5, t1=1.0, saveat=5, progress=False)
+    ds = dln.integrate(prob, depth=[1, 2], scale=0.5, t1=1.0, saveat=5, progress=False)
     assert ds.attrs["method"] == "tsit5" and ds.attrs["method_requested"] == "auto"
-    assert ds.attrs["method_reason"]
+    assert "not stiff" in ds.attrs["method_reason"]
+
+
+def test_auto_takes_the_stiff_path_for_small_init_deep_flows():
+    prob = dln.Regression.whitened([4.0, 2.0, 1.0], 3, 3, seed=0)
+    # MATH.md §3: a learned mode's curvature over an unlearned one's growth, (s/u0)^(1 - 2/N) = 800 here
+    assert dln.auto.predicted_stiffness(prob, 4, 0.05) == pytest.approx((4.0 / 0.05**4) ** 0.5, rel=1e-12)
+    assert dln.auto.predicted_stiffness(prob, 4, 0.05) > dln.auto.STIFF_RATIO
+    ds = dln.integrate(prob, depth=4, scale=0.05, t1=1.0, saveat=5, progress=False)
+    assert ds.attrs["method"] == "rosenbrock"
+    assert "predicted plateau stiffness" in ds.attrs["method_reason"]
