@@ -21,8 +21,10 @@ import jax.numpy as jnp
 __all__ = ["cg", "power_iteration"]
 
 
-def cg(matvec: Callable[[Any], Any], b: Any, small: Callable[[Any], Any], max_iter: int) -> tuple[Any, Any, Any]:
-    """Solve A x = b for symmetric positive definite A by conjugate gradients from x₀ = 0.
+def cg(
+    matvec: Callable[[Any], Any], b: Any, small: Callable[[Any], Any], max_iter: int, x0: Any = None, r0: Any = None
+) -> tuple[Any, Any, Any, Any]:
+    """Solve A x = b for symmetric positive definite A by conjugate gradients from x₀ (default 0).
 
     x_{k+1} = x_k + α_k p_k, r_{k+1} = r_k − α_k A p_k, p_{k+1} = r_{k+1} + β_k p_k with
     α_k = r_kᵀr_k / p_kᵀAp_k and β_k = r_{k+1}ᵀr_{k+1} / r_kᵀr_k.
@@ -33,11 +35,14 @@ def cg(matvec: Callable[[Any], Any], b: Any, small: Callable[[Any], Any], max_it
     b : right-hand side (flat).
     small : r ↦ bool, the stopping test on the residual (the caller's error norm).
     max_iter : iteration cap (static).
+    x0, r0 : an initial guess and its residual b − A x₀, which the caller supplies (it often knows A x₀ without a
+        product); both or neither.
 
     Returns
     -------
-    (x, iterations, ok): ok is False when the cap was hit or A showed a non-positive curvature pᵀAp ≤ 0
-    (an indefinite system), in which case the step that asked for the solve should be retried smaller.
+    (x, final residual b − A x as recurred, iterations, ok): ok is False when the cap was hit or A showed a
+    non-positive curvature pᵀAp ≤ 0 (an indefinite system), in which case the step that asked for the solve should
+    be retried smaller.
     """
 
     def cond(state):
@@ -56,9 +61,11 @@ def cg(matvec: Callable[[Any], Any], b: Any, small: Callable[[Any], Any], max_it
         p = r + (rr_new / jnp.maximum(rr, jnp.finfo(rr.dtype).tiny)) * p
         return x, r, p, rr_new, k + 1, positive
 
-    state = (jnp.zeros_like(b), b, b, jnp.vdot(b, b), jnp.zeros((), jnp.int32), jnp.ones((), bool))
+    if x0 is None:
+        x0, r0 = jnp.zeros_like(b), b
+    state = (x0, r0, r0, jnp.vdot(r0, r0), jnp.zeros((), jnp.int32), jnp.ones((), bool))
     x, r, _, _, k, ok = jax.lax.while_loop(cond, body, state)
-    return x, k, ok & small(r)
+    return x, r, k, ok & small(r)
 
 
 def power_iteration(matvec: Callable[[Any], Any], v: Any, iterations: int) -> tuple[Any, Any]:

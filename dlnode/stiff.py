@@ -7,7 +7,9 @@ symmetric, so every stage system (I + hγ∇²L) u = b is solved by conjugate gr
 (the tangent of ``jax.linearize`` of the field), and the n × n Jacobian is never formed.
 
 Method ``rosenbrock``: Shampine's (1982) 4-stage Rosenbrock method (Kaps–Rentrop form), order 4 with an embedded
-order-3 estimate, A-stable with R(∞) = 1/3; 3 field evaluations and 4 CG solves per step. Time is carried as
+order-3 estimate, A-stable with R(∞) = 1/3; 3 field evaluations and 4 CG solves per step, each CG started from
+the Galerkin projection on the earlier stage solutions. While accuracy, not stability, limits the step
+(h·λ_max ≤ `SWITCH`), steps are explicit (Dormand–Prince 5(4)), as in LSODA. Time is carried as
 a compensated two-float sum (t_hi, t_lo), never fed to the
 (autonomous) field, so plateaus of 10¹⁸ time units still resolve steps of order one; steps land exactly on the
 save times; step growth is capped per step and by h·γ·λ_max ≤ `STIFF_CEILING` (a larger h·λ_max loses the slow
@@ -32,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .explicit_tableaus import DOPRI5, ExplicitTableau
 from .flows import Flow
 from .krylov import cg, power_iteration
 
@@ -67,8 +70,18 @@ SHAMPINE = Tableau(
 TABLEAU = SHAMPINE
 
 SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 5.0  # step controller: h ← h·clip(0.9 err^{−1/3}, 0.2, 5)
+# Switching (after LSODA, Petzold 1983): an explicit DOPRI5 step (7 field evaluations and one power step) costs
+# about a twentieth of a Rosenbrock step with its CG solves, and its stability bound is h·λ_max ≈ 3.3. Steps are
+# explicit, at h ≤ EXPLICIT_STABLE/λ_max, while every run of the batch has an accuracy step h·λ_max ≤ SWITCH; a
+# capped explicit step lets the accuracy step grow by at most CAPPED_GROWTH. A run that took Rosenbrock steps goes
+# back only below SWITCH_BACK (hysteresis: the first Rosenbrock attempt is often rejected, and without it the
+# solver would alternate). Rosenbrock pays only where accuracy allows h·λ_max of some tens (measured on the Arora
+# completion: its cost per unit time falls below the explicit one near h·λ_max ≈ 30–50).
+EXPLICIT_STABLE, SWITCH, SWITCH_BACK, CAPPED_GROWTH = 3.0, 30.0, 10.0, 1.5
+BATCH_AXIS = "batch"
 STIFF_CEILING = 1e8  # h·γ·λ_max cap: CG and the update keep ~ε·1e8 relative accuracy in the slow subspace
 CG_TOL = 1e-3  # stage residual, in units of the local error tolerance atol + rtol·|y|
+BASIS_DROP = 1e-12  # a stage solution whose A-orthogonal part has relative A-norm² below this adds no direction
 CG_MAX_ITER = 400  # a solve that needs more is treated as a failed step (retried with h/5)
 MAX_REJECTS = 40  # consecutive rejections before status −3
 POWER_START = 10  # power iterations for the initial λ_max estimate (then one per step attempt)
@@ -87,6 +100,9 @@ class _State(NamedTuple):
     rejected: Any
     fails: Any  # consecutive rejections
     status: Any
+    basis: Any  # the last attempt's stage basis (A-orthonormal rows, their A-products, its h): CG's first guess
+    explicit: Any  # accepted explicit steps (of `steps`)
+    implicit: Any  # the last step was a Rosenbrock step (hysteresis of the switch)
 
 
 def _two_sum_add(hi: Any, lo: Any, h: Any) -> tuple[Any, Any]:
@@ -102,11 +118,28 @@ def _rms(v: Any) -> Any:
     return jnp.sqrt(jnp.mean(v * v))
 
 
-def _attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, tab: Tableau = TABLEAU) -> tuple:
-    """One Rosenbrock step of size h from x: (y₁, error norm, all solves converged, λ estimate, next v, CG count).
+def _a_orthonormal(u: Any, au: Any, basis: Any, abasis: Any) -> tuple[Any, Any]:
+    """u made A-orthogonal to the rows of `basis` (A-orthonormal, zero rows unused) and A-normalised, with A u;
+    zero when u lies (to round-off) in their span. Classical Gram–Schmidt, twice (Giraud et al. 2005)."""
+    p, ap = u, au
+    for _ in range(2):
+        coef = abasis @ p
+        p, ap = p - coef @ basis, ap - coef @ abasis
+    norm2 = jnp.vdot(p, ap)
+    keep = norm2 > BASIS_DROP * jnp.maximum(jnp.vdot(u, au), jnp.finfo(u.dtype).tiny)
+    scale = jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, norm2, 1.0)), 0.0)
+    return p * scale, ap * scale
 
-    The stage matrix is I − hγJ with J = ∂f/∂x applied by the linearised field (a Hessian-vector product); one
-    more product advances the power iteration that tracks λ_max(−J) for the step ceiling.
+
+def _attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, prev: tuple, tab: Tableau = TABLEAU) -> tuple:
+    """One Rosenbrock step of size h from x: (y₁, error norm, all solves converged, λ estimate, next v, CG count,
+    the step's stage basis).
+
+    The stage matrix A = I − hγJ with J = ∂f/∂x applied by the linearised field (a Hessian-vector product); one
+    more product advances the power iteration that tracks λ_max(−J) for the step ceiling. Every stage solve starts
+    from the Galerkin projection of its right-hand side on the earlier stage solutions, kept A-orthonormal with
+    their products A u (known from the final CG residual, so free); the first stage starts from the previous
+    attempt's basis, whose A-products are carried over to the new h and checked by one product.
     """
     f0, jvp = jax.linearize(field, x)
     hg = h * tab.gamma
@@ -118,23 +151,43 @@ def _attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, tab: Tableau = TA
         return _rms(r / sc) <= CG_TOL
 
     a, c, stages = jnp.asarray(tab.a), jnp.asarray(tab.c), len(tab.m)
-    reuse = jnp.asarray([i > 0 and np.array_equal(tab.a[i], tab.a[i - 1]) for i in range(stages)])
+    reuse = [i > 0 and np.array_equal(tab.a[i], tab.a[i - 1]) for i in range(stages)]
+    needs_field = jnp.asarray([i > 0 and not reuse[i] for i in range(stages)])
+
+    def first_guess(b):
+        """x₀ from the previous basis P (A_old-orthonormal): with A_new ≈ I + ρ(A_old − I), ρ = h/h_old, solve the
+        small Galerkin system, then take x₀ only if its true residual (one product) is below ‖b‖."""
+        pb, apb, h_old = prev
+        rho = h / jnp.maximum(h_old, jnp.finfo(h.dtype).tiny)
+        used = jnp.sum(pb * pb, axis=1) > 0
+        gram = (1 - rho) * (pb @ pb.T) + rho * jnp.eye(stages, dtype=x.dtype)
+        gram = jnp.where(used[:, None] & used[None, :], gram, jnp.eye(stages, dtype=x.dtype))
+        coef = jnp.where(used, jnp.linalg.solve(gram, pb @ b), 0.0)
+        x0 = coef @ pb
+        r0 = b - matvec(x0)
+        good = jnp.all(jnp.isfinite(r0)) & (jnp.vdot(r0, r0) < jnp.vdot(b, b))
+        return jnp.where(good, x0, 0.0), jnp.where(good, r0, b)
 
     def stage(i, carry):  # one traced stage body (a small graph, so a fast compile), looped over i
-        us, f_prev, ok, iters = carry
+        us, f_prev, pb, apb, ok, iters = carry
         xi = x + a[i] @ us
-        fi = jnp.where(i == 0, f0, jnp.where(reuse[i], f_prev, field(xi)))  # a repeated row of a reuses f
-        u, k, ok_i = cg(matvec, hg * (fi + (c[i] / h) @ us), small, CG_MAX_ITER)
-        return us.at[i].set(u), fi, ok & ok_i, iters + k
+        fi = jax.lax.cond(needs_field[i], field, lambda _: jnp.where(i == 0, f0, f_prev), xi)
+        b = hg * (fi + (c[i] / h) @ us)
+        coef = pb @ b
+        x0, r0 = jax.lax.cond(i == 0, first_guess, lambda b: (coef @ pb, b - coef @ apb), b)
+        u, r, k, ok_i = cg(matvec, b, small, CG_MAX_ITER, x0, r0)
+        p, ap = _a_orthonormal(u, b - r, pb, apb)
+        return us.at[i].set(u), fi, pb.at[i].set(p), apb.at[i].set(ap), ok & ok_i, iters + k
 
-    init = (jnp.zeros((stages, *x.shape), x.dtype), f0, jnp.ones((), bool), jnp.zeros((), jnp.int32))
-    us, _, ok, iters = jax.lax.fori_loop(0, stages, stage, init)
+    zeros = jnp.zeros((stages, *x.shape), x.dtype)
+    init = (zeros, f0, zeros, zeros, jnp.ones((), bool), jnp.zeros((), jnp.int32))
+    us, _, pb, apb, ok, iters = jax.lax.fori_loop(0, stages, stage, init)
     x1 = x + jnp.asarray(tab.m) @ us
     err = _rms((jnp.asarray(tab.e) @ us) / sc)
     hv = -jvp(v)
     lam = jnp.abs(jnp.vdot(v, hv))
     v = hv / jnp.maximum(jnp.linalg.norm(hv), jnp.finfo(hv.dtype).tiny)
-    return x1, err, ok, lam, v, iters
+    return x1, err, ok, lam, v, iters, (pb, apb, h)
 
 
 def _stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]:
@@ -144,18 +197,56 @@ def _stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any
     return converged, diverged
 
 
-def _step(field: Callable, loss: Callable, loss0: Any, loss_min: Any, c: dict, target: Any, s: _State) -> _State:
-    """Attempt one step towards `target`, accept or reject it, and propose the next step size."""
+def _explicit_attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, tab: ExplicitTableau = DOPRI5) -> tuple:
+    """One explicit step of size h from x: (y₁, error norm, λ estimate, next v); the power step shares the
+    linearisation that gives the first stage."""
+    f0, jvp = jax.linearize(field, x)
+    a = jnp.asarray(tab.a)
+
+    def stage(i, ks):
+        return ks.at[i].set(field(x + h * (a[i] @ ks)))
+
+    ks = jax.lax.fori_loop(1, len(tab.b), stage, jnp.zeros((len(tab.b), *x.shape), x.dtype).at[0].set(f0))
+    x1 = x + h * (jnp.asarray(tab.b) @ ks)
+    err = _rms(h * (jnp.asarray(tab.e) @ ks) / sc)
+    hv = -jvp(v)
+    lam = jnp.abs(jnp.vdot(v, hv))
+    return x1, err, lam, hv / jnp.maximum(jnp.linalg.norm(hv), jnp.finfo(hv.dtype).tiny)
+
+
+def _step(
+    field: Callable, loss: Callable, loss0: Any, loss_min: Any, c: dict, target: Any, s: _State,
+    batch_max: Callable = lambda v: v,
+) -> _State:  # fmt: skip
+    """Attempt one step towards `target` (explicit or Rosenbrock, see `SWITCH`), accept or reject it, and propose
+    the next step size. `batch_max` reduces over the vmapped batch, so all runs take the same kind of step."""
     rem = (target - s.t_hi) - s.t_lo
-    land = s.h >= rem
-    h = jnp.where(land, rem, s.h)
+    lam_safe = jnp.maximum(s.lam, 1e-300)
+    wants_implicit = s.h * s.lam > jnp.where(s.implicit, SWITCH_BACK, SWITCH)
+    explicit = batch_max(jnp.where((s.status == 0) & (rem > 0) & wants_implicit, 1.0, 0.0)) == 0
+    h_acc = jnp.minimum(s.h, rem)  # the accuracy step, landing on the target when it reaches it
+    h = jnp.where(explicit, jnp.minimum(h_acc, EXPLICIT_STABLE / lam_safe), h_acc)
+    capped = h < h_acc
+    land = (s.h >= rem) & ~capped
     sc = c["atol"] + c["rtol"] * jnp.abs(s.x)
-    x1, err, ok, lam, v, _ = _attempt(field, s.x, h, sc, s.v)
+
+    def explicit_branch(_):
+        x1, err, lam, v = _explicit_attempt(field, s.x, h, sc, s.v)
+        return x1, err, jnp.ones((), bool), lam, v, s.basis
+
+    def rosenbrock_branch(_):
+        x1, err, ok, lam, v, _, basis = _attempt(field, s.x, h, sc, s.v, s.basis)
+        return x1, err, ok, lam, v, basis
+
+    x1, err, ok, lam, v, basis = jax.lax.cond(explicit, explicit_branch, rosenbrock_branch, None)
     accept = ok & jnp.isfinite(err) & (err <= 1.0) & jnp.all(jnp.isfinite(x1))
-    fac = jnp.clip(SAFETY * jnp.where(err > 0, err, 1e-10) ** (-1.0 / (TABLEAU.order + 1)), FAC_MIN, FAC_MAX)
+    order = jnp.where(explicit, DOPRI5.order, TABLEAU.order)
+    fac = jnp.clip(SAFETY * jnp.where(err > 0, err, 1e-10) ** (-1.0 / (order + 1)), FAC_MIN, FAC_MAX)
     fac = jnp.where(ok & jnp.isfinite(err), fac, FAC_MIN)
     fac = jnp.where(s.fails > 0, jnp.minimum(fac, 1.0), fac)  # no growth right after a rejection
-    h_next = jnp.where(accept & land, jnp.maximum(h * fac, s.h), h * fac)
+    # a stability-capped explicit step says little about the accuracy step: let that grow slowly
+    grown = jnp.where(capped, jnp.where(fac >= 1, h_acc * jnp.minimum(fac, CAPPED_GROWTH), h * fac), h * fac)
+    h_next = jnp.where(accept & land, jnp.maximum(grown, s.h), grown)
     h_next = jnp.minimum(h_next, STIFF_CEILING / (TABLEAU.gamma * jnp.maximum(lam, 1e-300)))
     t_hi, t_lo = _two_sum_add(s.t_hi, s.t_lo, h)
     t_hi, t_lo = jnp.where(land, target, t_hi), jnp.where(land, 0.0, t_lo)
@@ -170,7 +261,8 @@ def _step(field: Callable, loss: Callable, loss0: Any, loss_min: Any, c: dict, t
 
     return _State(
         pick(x1, s.x), pick(t_hi, s.t_hi), pick(t_lo, s.t_lo), h_next, v, lam,
-        s.steps + accept, s.rejected + (1 - accept), fails, status.astype(s.status.dtype),
+        s.steps + accept, s.rejected + (1 - accept), fails, status.astype(s.status.dtype), basis,
+        s.explicit + (accept & explicit), jnp.where(s.status == 0, ~explicit, s.implicit),
     )  # fmt: skip
 
 
@@ -184,7 +276,8 @@ def _initial_state(field: Callable, x0: Any, c: dict) -> _State:
     lam, v = power_iteration(lambda p: -jvp(p), v0, POWER_START)
     h0 = jnp.minimum(jnp.minimum(h0, c["t1"]), STIFF_CEILING / (TABLEAU.gamma * jnp.maximum(lam, 1e-300)))
     zero, izero = jnp.zeros((), x0.dtype), jnp.zeros((), jnp.int64)
-    return _State(x0, zero, zero, h0, v, lam, izero, izero, izero, izero)
+    basis = (jnp.zeros((len(TABLEAU.m), *x0.shape), x0.dtype),) * 2 + (h0,)
+    return _State(x0, zero, zero, h0, v, lam, izero, izero, izero, izero, basis, izero, jnp.zeros((), bool))
 
 
 def _check_flow(flow: Flow, max_steps: int) -> None:
@@ -197,9 +290,9 @@ def _check_flow(flow: Flow, max_steps: int) -> None:
         raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
 
 
-@cache
 def make_batch(flow: Flow, max_steps: int) -> Callable:
-    """Jitted, vmapped Rosenbrock (`TABLEAU`) integration of a batch of initial states; outputs as the diffrax path.
+    """Jitted, vmapped integration of a batch of initial states by Rosenbrock (`TABLEAU`) steps, and explicit
+    (`DOPRI5`) steps while the batch is not stiff (`SWITCH`); outputs as the diffrax path.
 
     Parameters
     ----------
@@ -216,6 +309,13 @@ def make_batch(flow: Flow, max_steps: int) -> Callable:
     ------
     ValueError : for the end-to-end flow (non-symmetric Jacobian) or a non-positive `max_steps`.
     """
+    return _batch(flow, max_steps)
+
+
+@cache
+def _batch(flow: Flow, max_steps: int, switching: bool = True, counts: bool = False) -> Callable:
+    """`make_batch`; `switching=False` takes Rosenbrock steps only, `counts=True` appends the accepted explicit
+    steps to the step counts (for tests and diagnostics)."""
     _check_flow(flow, max_steps)
 
     def one(y0: Any, arrays: dict, ts: Any, c: dict) -> tuple:
@@ -237,7 +337,10 @@ def make_batch(flow: Flow, max_steps: int) -> Callable:
             def cond(s):
                 return (s.status == 0) & ((target - s.t_hi) - s.t_lo > 0) & (s.steps + s.rejected < max_steps)
 
-            s = jax.lax.while_loop(cond, lambda s: _step(field, loss, loss0, arrays["loss_min"], c, target, s), s)
+            def body(s):
+                return _step(field, loss, loss0, arrays["loss_min"], c, target, s, batch_max)
+
+            s = jax.lax.while_loop(cond, body, s)
             return s, flow.observe(unravel(s.x), args)
 
         targets = jnp.concatenate([jnp.asarray(ts, x0.dtype), jnp.reshape(c["t1"], (1,))])
@@ -246,9 +349,13 @@ def make_batch(flow: Flow, max_steps: int) -> Callable:
         status = jnp.where((s.status == 0) & (t_final < c["t1"]), -1, s.status)
         final = unravel(s.x)
         obs = jax.tree_util.tree_map(lambda a: a[:-1], obs)
-        return obs, flow.observe(final, args), final, status, t_final, (s.steps, s.rejected)
+        stats = (s.steps, s.rejected, s.explicit) if counts else (s.steps, s.rejected)
+        return obs, flow.observe(final, args), final, status, t_final, stats
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+    def batch_max(v):
+        return jax.lax.pmax(v, BATCH_AXIS) if switching else jnp.ones_like(v)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None), axis_name=BATCH_AXIS))
 
 
 @cache

@@ -1,13 +1,16 @@
 """The stiff path (method ``rosenbrock``): tableau order, agreement with dopri8, saddle-to-saddle stages, invariants,
 status codes, and the stiffness probe."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import dlnode as dln
 from dlnode import stiff
+from dlnode.explicit_tableaus import DOPRI5
 from dlnode.flows import get_flow
+from dlnode.krylov import cg
 
 # Adaptive global error stays within a modest multiple of rtol·|y| over O(1) time for a 4th-order method with an
 # error-per-step controller (the same bound the explicit methods meet in test_methods).
@@ -23,6 +26,14 @@ DRIFT_FACTOR = 100.0
 SMALL = dln.MatrixCompletion.random((6, 5), 2, 18, seed=1)
 TIMES = np.linspace(0.0, 3.0, 7)
 KW = dict(depth=3, init="gaussian", scale=0.6, seed=[0, 1], t1=3.0, saveat=TIMES, progress=False)
+
+# Stiff tail: after the escapes of STAGED, with t1 ≫ the last stage, accuracy allows h·λ_max ≫ SWITCH.
+TAIL_T1, TAIL_RTOL = 1e3, 1e-6
+# Before the first escape of STAGED (t ≈ 10) the flow is not stiff: every step is explicit.
+EARLY_T1 = 5.0
+# CG from a Galerkin guess with residual 1e-2 of the cold one needs two of the six decades fewer (ideally 1/3 fewer
+# iterations); ask for at least a fifth.
+CG_RTOL, WARM_SAVING = 1e-6, 0.2
 
 STAGED = dln.Regression.whitened([4.0, 2.0, 1.0], 4, 4, seed=0)
 STAGE_TIMES = np.linspace(0.0, 45.0, 451)
@@ -42,6 +53,18 @@ def _order_conditions(tab: stiff.Tableau, weights: np.ndarray) -> np.ndarray:
         b @ ai**3 - 0.25, b @ (ai * (alpha @ bp)) - (1 / 8 - g / 3), b @ (beta @ ai**2) - (1 / 12 - g / 3),
         b @ (beta @ beta @ bp) - (1 / 24 - g / 2 + 1.5 * g * g - g**3),
     ])  # fmt: skip
+
+
+def _direct(problem, depth, scale, seeds, ts, rtol, switching):
+    """`stiff._batch` called directly: (products at ts, status, (accepted, rejected, explicit steps))."""
+    flow = get_flow("layers", type(problem), depth)
+    inits = [dln.init_layers(problem, depth, "gaussian", scale, s) for s in seeds]
+    y0 = tuple(jnp.asarray(np.stack(ws)) for ws in zip(*inits, strict=True))
+    c = dict(t1=ts[-1], rtol=rtol, atol=rtol * 1e-3, lr=np.nan, loss_tol=-np.inf, diverge=1e12, max_steps=1e5)
+    fn = stiff._batch(flow, 100_000, switching, True)
+    arrays = jax.tree_util.tree_map(jnp.asarray, problem.arrays())
+    out = jax.device_get(fn(y0, arrays, jnp.asarray(ts), {k: np.float64(v) for k, v in c.items()}))
+    return out[0]["product"], out[3], out[5]
 
 
 def test_tableau_has_order_four_and_an_order_three_estimate():
@@ -66,11 +89,65 @@ def test_agrees_with_a_tight_explicit_reference(small_reference):
     assert ds.attrs["method"] == "rosenbrock"
 
 
+def test_explicit_tableau_is_dopri5():
+    a, b, e = DOPRI5.a, DOPRI5.b, DOPRI5.e
+    c = a.sum(1)
+    order5 = [
+        b.sum() - 1,
+        b @ c - 1 / 2,
+        b @ c**2 - 1 / 3,
+        b @ (a @ c) - 1 / 6,
+        b @ c**3 - 1 / 4,
+        b @ (c * (a @ c)) - 1 / 8,
+        b @ (a @ c**2) - 1 / 12,
+        b @ (a @ a @ c) - 1 / 24,
+        b @ c**4 - 1 / 5,
+    ]
+    assert np.abs(order5).max() < 1e-14
+    assert abs(e.sum()) < 1e-14 and np.abs(e).max() > 1e-3  # the error estimate is consistent and non-trivial
+
+
+def test_rosenbrock_steps_alone_agree_with_the_reference(small_reference):
+    prod, status, _ = _direct(SMALL, 3, 0.6, [0, 1], TIMES, RTOL, switching=False)
+    ref = small_reference["product"].values.reshape(prod.shape)
+    assert (status == 0).all()
+    assert float(np.abs(prod - ref).max()) < GLOBAL_FACTOR * RTOL * float(np.abs(ref).max())
+
+
+def test_a_non_stiff_run_takes_explicit_steps_and_a_stiff_tail_rosenbrock_steps():
+    _, _, (steps, _, explicit) = _direct(STAGED, 3, 0.1, [0], np.linspace(0.0, EARLY_T1, 11), TAIL_RTOL, True)
+    assert (explicit == steps).all(), (steps, explicit)
+    ts = np.linspace(0.0, TAIL_T1, 11)
+    _, status, (steps, _, explicit) = _direct(STAGED, 3, 0.1, [0], ts, TAIL_RTOL, switching=True)
+    assert (status == 0).all() and (explicit > 0).all() and (steps - explicit >= 10).all(), (steps, explicit)
+
+
+def test_cg_from_a_galerkin_guess():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((60, 60)))
+    a = jnp.asarray(q @ np.diag(np.logspace(0, 3, 60)) @ q.T)
+    b, b2 = jnp.asarray(rng.standard_normal(60)), jnp.asarray(rng.standard_normal(60))
+
+    def small(r):
+        return jnp.linalg.norm(r) <= CG_RTOL * jnp.linalg.norm(b)
+
+    x, r, k, ok = cg(lambda p: a @ p, b, small, 400)
+    assert bool(ok) and float(jnp.linalg.norm(a @ x - b)) < 2 * CG_RTOL * float(jnp.linalg.norm(b))
+    basis, abasis = stiff._a_orthonormal(x, b - r, jnp.zeros((2, 60)), jnp.zeros((2, 60)))
+    assert abs(float(basis @ (a @ basis)) - 1) < 1e-8
+    rhs = b + 1e-2 * b2  # a nearby right-hand side, as the stages of one step are
+    x0 = (basis @ rhs) * basis
+    x2, _, k2, ok2 = cg(lambda p: a @ p, rhs, small, 400, x0, rhs - (basis @ rhs) * abasis)
+    _, _, k_cold, _ = cg(lambda p: a @ p, rhs, small, 400)
+    assert bool(ok2) and float(jnp.linalg.norm(a @ x2 - rhs)) < 2 * CG_RTOL * float(jnp.linalg.norm(b))
+    assert int(k2) <= (1 - WARM_SAVING) * int(k_cold), (int(k2), int(k_cold))
+
+
 def test_step_count_follows_the_order():
     steps = []
     for rtol in (1e-5, 1e-7, 1e-9):
-        ds = dln.integrate(SMALL, method="rosenbrock", rtol=rtol, atol=rtol * 1e-3, **KW)
-        steps.append(float(ds["num_steps"].values.mean()))
+        _, _, (accepted, _, _) = _direct(SMALL, 3, 0.6, [0, 1], TIMES, rtol, switching=False)
+        steps.append(float(accepted.mean()))
     slope = np.polyfit(np.log10([1e-5, 1e-7, 1e-9]), np.log10(steps), 1)[0]
     assert abs(-slope - STEP_SLOPE) < STEP_SLOPE_TOL, slope
 
