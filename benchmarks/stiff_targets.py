@@ -5,7 +5,7 @@ the largest relative error ‖W − W_ref‖_F/‖W_ref‖_F of the end-to-end m
 and the balancedness drift max_j ‖D_j(t) − D_j(0)‖_F relative to max_j ‖W_j(t1)‖²_F (the size of the terms of
 D_j) and to max_j ‖D_j(0)‖_F.
 
-References are integrated once and cached under ``$DLNODE_REF_DIR`` (default /tmp/dlnode_stiff_refs):
+References are integrated once and cached under ``$DLNODE_REF_DIR`` (default benchmarks/results/stiff_refs):
 diffrax dopri8 at rtol 1e-10 where an explicit method can cross the plateaus (target 1), scipy Radau at rtol 1e-10
 with the dense Jacobian where the state is small (d = 10), and otherwise (d = 50) ``rosenbrock`` itself at
 rtol 1e-10 (a self-convergence check, marked as such). Depth 8 has no reference: its first plateau (~10¹⁸) is
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 import dlnode as dln  # noqa: E402
 
-REF_DIR = os.environ.get("DLNODE_REF_DIR", "/tmp/dlnode_stiff_refs")
+REF_DIR = os.environ.get("DLNODE_REF_DIR", os.path.join(os.path.dirname(__file__), "results", "stiff_refs"))
 REF_RTOL = 1e-10
 SAVE_POINTS = 96
 
