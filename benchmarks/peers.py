@@ -26,7 +26,7 @@ import dlnode as dln
 
 __all__ = ["Run", "check_gd_equality", "flow_run", "gd_steps", "jax_gd", "torch_gd"]
 
-TORCH_INSTALL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu  (the CPU build)"
+TORCH_INSTALL = "pip install 'dlnode[bench]'  (torch==2.13.0, the CPU build)"
 
 
 @dataclasses.dataclass(frozen=True)
