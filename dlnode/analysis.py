@@ -39,7 +39,8 @@ def _singular_values(ds_or_sv: Spectrum) -> xr.DataArray:
     return sv
 
 
-def _variable(ds: xr.Dataset, name: str) -> xr.DataArray:
+def require_variable(ds: xr.Dataset, name: str) -> xr.DataArray:
+    """`ds[name]`, or a one-line ValueError naming what the dataset holds instead."""
     if not isinstance(ds, xr.Dataset) or name not in ds:
         got = list(ds.data_vars) if isinstance(ds, xr.Dataset) else type(ds).__name__
         raise ValueError(f"ds must be a dlnode Dataset with variable {name!r}; got {got}")
@@ -158,7 +159,7 @@ def recovery_error(ds: xr.Dataset, target: Problem | Any) -> xr.DataArray:
     -------
     DataArray over the run dims and time.
     """
-    w = _variable(ds, "product")
+    w = require_variable(ds, "product")
     m = np.asarray(target.w_star if isinstance(target, Problem) else target, dtype=np.float64)
     if m.shape != (w.sizes["row"], w.sizes["col"]):
         raise ValueError(f"target must have the product's shape {(w.sizes['row'], w.sizes['col'])}; got {m.shape}")
@@ -187,7 +188,7 @@ def unobserved_loss(ds: xr.Dataset, problem: MatrixCompletion) -> xr.DataArray:
     """
     if not isinstance(problem, MatrixCompletion):
         raise ValueError(f"problem must be a MatrixCompletion; got {type(problem).__name__}")
-    w = _variable(ds, "product")
+    w = require_variable(ds, "product")
     if problem.mask.shape != (w.sizes["row"], w.sizes["col"]):
         raise ValueError(
             f"problem shape {problem.mask.shape} must match the product's {(w.sizes['row'], w.sizes['col'])}"
@@ -354,7 +355,7 @@ def stages(ds: xr.Dataset, threshold: float = 1e-3, separation: float = 1.25) ->
         raise ValueError(f"threshold must be in (0, 1); got {threshold!r}; pass a relative level such as 1e-3")
     if not separation >= 1:
         raise ValueError(f"separation must be a time ratio >= 1; got {separation!r}; 1 merges no jumps")
-    sv, loss = _singular_values(ds), _variable(ds, "loss")
+    sv, loss = _singular_values(ds), require_variable(ds, "loss")
     time = ds["time"].reset_coords(drop=True)
     outs = xr.apply_ufunc(
         _stages_of_run, time, sv, loss, kwargs={"threshold": threshold, "separation": separation},
@@ -374,7 +375,7 @@ def log_volume(ds: xr.Dataset) -> xr.DataArray:
     `dlnode.endtoend.log_volume`). Small singular values carry large volume: Cohen, Menon, Veraszto's reading of
     implicit regularisation as a bias towards high volume (arXiv 2210.12497).
     """
-    sv = _variable(ds, "singular_values")
+    sv = require_variable(ds, "singular_values")
     parts = []
     for depth in sv["depth"].values:
         values = sv.sel(depth=depth).values

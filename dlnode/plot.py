@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from . import analysis
+from .analysis import require_variable
 from .curvature import sharpness_bounds, sharpness_of
 from .dataset import problem_from
 from .discrete import fit_order
@@ -44,13 +45,6 @@ def _finish(fig: Figure, path: str | Path | None) -> Figure:
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
-
-
-def _require(ds: xr.Dataset, name: str) -> xr.DataArray:
-    if not isinstance(ds, xr.Dataset) or name not in ds:
-        got = list(ds.data_vars) if isinstance(ds, xr.Dataset) else type(ds).__name__
-        raise ValueError(f"ds must be a dlnode Dataset with variable {name!r}; got {got}")
-    return ds[name]
 
 
 def _values(da: xr.DataArray, dim: str) -> list[Any]:
@@ -79,7 +73,7 @@ def _positive_time(da: xr.DataArray) -> xr.DataArray:
 
 def loss(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
     """Loss ℓ(W(t)) on log-log axes: colour = depth, line style = scale, one line per seed."""
-    da = _positive_time(_require(ds, "loss"))
+    da = _positive_time(require_variable(ds, "loss"))
     fig, axes = _figure()
     ax = axes[0, 0]
     depths, scales = _values(da, "depth"), _values(da, "scale")
@@ -98,7 +92,7 @@ def loss(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
 
 def singular_values(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
     """Singular values σ_k(W(t)) on log-log axes; rows = scale, columns = depth, colour = k, one line per seed."""
-    da = _positive_time(_require(ds, "singular_values"))
+    da = _positive_time(require_variable(ds, "singular_values"))
     depths, scales = _values(da, "depth"), _values(da, "scale")
     fig, axes = _figure(len(scales), len(depths))
     colors = _colors(da.sizes["k"], "plasma")
@@ -127,7 +121,7 @@ def rank_staircase(
     """
     rank = _positive_time(analysis.numerical_rank(ds, threshold, relative_to="max"))
     found = analysis.stages(ds, threshold, separation)
-    loss_da = _positive_time(_require(ds, "loss"))
+    loss_da = _positive_time(require_variable(ds, "loss"))
     depths, scales = _values(rank, "depth"), _values(rank, "scale")
     num_modes = found.sizes["stage"]
     fig, axes = _figure(1, len(depths))
@@ -216,7 +210,7 @@ def gd_error(errors: xr.Dataset, variable: str = "product_error", path: str | Pa
 
     `errors` is the Dataset of `dlnode.curvature.gd_errors`; `variable` one of its errors.
     """
-    da = _require(errors, variable)
+    da = require_variable(errors, variable)
     if "lr" not in da.dims:
         raise ValueError("errors must have an 'lr' dim; pass the result of dlnode.curvature.gd_errors")
     order = fit_order(da)
