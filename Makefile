@@ -19,13 +19,13 @@ demo: $(BIN)/.installed
 	$(BIN)/dlnode demo
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check dlnode tests benchmarks
+	$(BIN)/ruff format --check dlnode tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check --fix .
-	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix dlnode tests benchmarks
+	$(BIN)/ruff format dlnode tests benchmarks
 
 clean:
 	rm -rf $(VENV) data/demo.nc .pytest_cache
