@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -115,8 +116,7 @@ _ARORA = {"rtols": (1e-4, 1e-6, 1e-8), "gd_lrs": 3, "gd_max_steps": 100_000, "gd
 CASES = {
     "quick": Case("quick", (10, 10), 2, 60, depth=3, scale=0.1, loss_tol=1e-7, **_QUICK),
     "arora": Case("arora", (100, 100), 5, 2000, depth=3, scale=0.1, loss_tol=1e-7, **_ARORA),
-    # d = 10: scipy Radau (implicit, order 5, dense Jacobian of 400²) is the reference; at d = 50 its Jacobian
-    # is 10⁴ × 10⁴ and dopri8 is the only tight reference, within its budget.
+    # references: Radau where its dense Jacobian is small (400² at d = 10), dopri8 within its budget at d = 50
     "deep10": _deep("deep10", 10, ("scipy:Radau", 1e-10, 1e-12), 5e7, (1e-6, 1e-8)),
     "deep50": _deep("deep50", 50, ("dopri8", 1e-10, 1e-12), 1e6, (1e-6,)),
 }
@@ -193,8 +193,8 @@ def _balanced_factors(problem: dln.Problem, depth: int) -> list[np.ndarray]:
 
 def _budgeted(run: Callable[[int | None], Run], budget_s: float | None) -> Run:
     """run(max_steps) within a wall-time budget: from a short probe, each rerun gets the steps the budget buys at
-    the last run's cost per step (at most 64× more), until a run finishes or spends half the budget. Fixed costs
-    (saving, set-up) make short runs look dear per step, so this approaches the budget from below."""
+    the last run's cost per step (≤ 64× more; fixed costs make this approach from below), until one finishes or
+    spends half the budget."""
     if budget_s is None:
         return run(None)
     steps = PROBE_STEPS
@@ -232,9 +232,8 @@ def reference(case: Case, cache_dir: Path) -> Reference:
     path = Path(cache_dir) / f"ref_{case.name}_{case.key()}.nc"
     if path.exists():
         with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-        a = ds.attrs
-        return Reference(ds.time.values, ds["product"].values, a["horizon"], a["lr0"], a["sharpness"], a["note"])
+            a, times, products = ds.attrs, ds.time.values, ds["product"].values
+        return Reference(times, products, a["horizon"], a["lr0"], a["sharpness"], a["note"])
     problem, (method, rtol, atol) = case.problem(), case.reference
     lam = sharpness(problem, _balanced_factors(problem, case.depth))
     lr0 = 2.0 ** math.floor(math.log2(1.0 / lam))
@@ -261,9 +260,8 @@ def reference(case: Case, cache_dir: Path) -> Reference:
 
 
 def _dense_jacobian_bytes(case: Case) -> int:
-    shapes = dln.layer_shapes(case.depth, case.shape[1], case.shape[0])
-    n = sum(r * c for r, c in shapes)
-    return 8 * n * n
+    """float64 bytes of the n × n Jacobian, n = number of weights."""
+    return 8 * sum(r * c for r, c in dln.layer_shapes(case.depth, case.shape[1], case.shape[0])) ** 2
 
 
 def flow_rows(case: Case, ref: Reference, methods: Sequence[str] = DLNODE_METHODS) -> list[Row]:
@@ -285,6 +283,7 @@ def flow_rows(case: Case, ref: Reference, methods: Sequence[str] = DLNODE_METHOD
             rows.append(Row(name, run.wall, run.steps, rel_error(run.products, ref.products),
                             "; ".join(x for x in (note, status) if x), dlnode=True, finished=not status,
                             compile_time=run.compile_time))  # fmt: skip
+            print(f"  {case.name}: {name}: {run.wall:.3g} s, error {rows[-1].error:.2g} {status}", file=sys.stderr)
     return rows
 
 
@@ -326,8 +325,9 @@ def _fit_gd(case: Case, ref: Reference, problem: dln.Problem, layers: list) -> _
     runs = [timed(partial(jax_gd, problem, layers, lr, times)) for lr in lrs]
     errors = [rel_error(r.products, ref.products[keep]) for r in runs]
     good = [(lr, e) for lr, e in zip(lrs, errors, strict=True) if np.isfinite(e) and e > 0]
-    slope = float(np.polyfit(np.log([g[0] for g in good]), np.log([g[1] for g in good]), 1)[0]) if good else math.nan
-    lr_star = good[-1][0] * (TARGET / good[-1][1]) ** (1.0 / max(slope, 1.0)) if good else math.nan
+    fit = np.polyfit(np.log([g[0] for g in good]), np.log([g[1] for g in good]), 1) if len(good) > 1 else [math.nan]
+    slope = float(fit[0])
+    lr_star = good[-1][0] * (TARGET / good[-1][1]) ** (1.0 / (slope if slope > 1.0 else 1.0)) if good else math.nan
     span = "the full horizon" if horizon >= ref.horizon else (
         f"t <= {times[-1]:.3g} ({times[-1] / ref.horizon:.0%} of the horizon)")  # fmt: skip
     steps = math.ceil(ref.horizon / lr_star) if good else 0
