@@ -9,9 +9,11 @@ References are integrated once and cached under ``$DLNODE_REF_DIR`` (default ben
 diffrax dopri8 at rtol 1e-10 where an explicit method can cross the plateaus (target 1), scipy Radau at rtol 1e-10
 with the dense Jacobian where the state is small (d = 10), and otherwise (d = 50) ``rosenbrock`` itself at
 rtol 1e-10 (a self-convergence check, marked as such). Depth 8 has no reference: its first plateau (~10¹⁸) is
-beyond every plain-time integrator, so only the stages, the loss and the drift are reported.
+beyond every plain-time integrator, so only the stages, the loss and the drift are reported. ``d8_e2e`` and
+``d8_fact`` take depth 8 through the balanced end-to-end flow in singular coordinates (σ(0) = 1e-24, time τ = 8t).
 
-Usage: ``OPENBLAS_NUM_THREADS=1 python benchmarks/stiff_targets.py [--rtol 1e-7] [--only arora,d10,d50,d8]``.
+Usage: ``OPENBLAS_NUM_THREADS=1 python benchmarks/stiff_targets.py [--rtol 1e-7] [--only d8_e2e,d8_fact]`` or
+``dlnode bench --targets`` (all targets; ``targets.md`` in the output folder).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -41,6 +45,7 @@ class Target:
     t1: float
     reference: str | None  # method of the cached reference, None for no reference
     first_save: float = 1e-2
+    flow: str = "layers"  # "end_to_end": balanced init, `scale` is the end-to-end scale, time is τ = N t
 
     def times(self) -> np.ndarray:
         ts = np.concatenate([[0.0], np.logspace(np.log10(self.first_save), np.log10(self.t1), SAVE_POINTS - 1)])
@@ -58,12 +63,17 @@ def targets() -> list[Target]:
         Target("d10", d10, 4, 1e-3, 1e-6, 1e10, "scipy:Radau"),
         Target("d50", d50, 4, 1e-3, 1e-6, 1e10, "rosenbrock"),
         Target("d8", d10, 8, 1e-3, 1e-6, 1e26, None),
+        # depth 8 at per-layer 1e-3 through the balanced end-to-end flow (σ(0) = 1e-24) in singular coordinates: the
+        # completion of d8, and the full factorisation of the same target (self-convergence reference at 1e-10)
+        Target("d8_e2e", d10, 8, 1e-24, 1e-6, 1e27, None, flow="end_to_end"),
+        Target("d8_fact", dln.Factorization(d10.w_star), 8, 1e-24, 1e-6, 1e27, "rosenbrock", flow="end_to_end"),
     ]
 
 
 def _run(t: Target, method: str, rtol: float, loss_tol: float, max_steps: int = 200_000):
+    init = "balanced" if t.flow == "end_to_end" else "gaussian"
     return dln.integrate(
-        t.problem, depth=t.depth, init="gaussian", scale=t.scale, seed=0, method=method, rtol=rtol,
+        t.problem, depth=t.depth, init=init, scale=t.scale, seed=0, method=method, rtol=rtol, flow=t.flow,
         atol=rtol * 1e-3, t1=t.t1, saveat=t.times(), loss_tol=loss_tol, progress=False, max_steps=max_steps,
     )  # fmt: skip
 
@@ -95,7 +105,10 @@ def _relative_error(ds, ref: dict | None, times: np.ndarray) -> float:
 
 
 def _drift(ds, t: Target) -> tuple[float, float]:
-    """Balancedness drift relative to max_j ‖W_j(end)‖²_F and to max_j ‖D_j(0)‖_F."""
+    """Balancedness drift relative to max_j ‖W_j(end)‖²_F and to max_j ‖D_j(0)‖_F (none: end-to-end flows are
+    balanced by construction)."""
+    if t.flow == "end_to_end":
+        return float("nan"), float("nan")
     layers = dln.init_layers(t.problem, t.depth, "gaussian", t.scale, 0)
     d0 = max(np.linalg.norm(d) for d in dln.balancedness(layers))
     final = ds["weights_final"].values.reshape(t.depth, *ds["weights_final"].shape[-2:])
@@ -106,7 +119,7 @@ def _drift(ds, t: Target) -> tuple[float, float]:
 
 def _stages(ds, t: Target) -> str:
     """Times at which the k-th singular value first exceeds half its target value (the stage times)."""
-    target = np.linalg.svd(t.problem.w_star, compute_uv=False)[: t.problem.rank]
+    target = np.linalg.svd(t.problem.w_star, compute_uv=False)[: np.linalg.matrix_rank(t.problem.w_star)]
     sv = ds["singular_values"].values.reshape(len(t.times()), -1)
     out = []
     for k, s in enumerate(target):
@@ -131,25 +144,50 @@ def measure(t: Target, rtol: float) -> dict[str, float | str]:
     }  # fmt: skip
 
 
+COLUMNS = ("target", "run_s", "compile_s", "steps", "rejected", "status", "t_final", "loss_ratio", "rel_err", "ref",
+           "drift_w", "drift_d0", "stages")  # fmt: skip
+
+
+def _cell(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run(out_dir: Path, rtol: float = 1e-7, only: Sequence[str] | None = None) -> Path:
+    """Measure the chosen targets (all by default) and write ``targets.md`` under `out_dir`, one row per target
+    as it finishes (a long run leaves what it measured). Returns the Markdown's path."""
+    chosen = [t for t in targets() if only is None or t.name in only]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "targets.md"
+    lines = [
+        f"# Stiff-path targets (method rosenbrock, rtol {rtol:g}, atol {rtol * 1e-3:g})", "",
+        "run_s/compile_s: solver wall time and compilation; loss_ratio: (l - l*)/(l0 - l*) at the end; rel_err: max "
+        "relative error of W against the reference (ref; 'self' = rosenbrock at rtol 1e-10); drift_w, drift_d0: "
+        "balancedness drift over max_j |W_j|^2 and max_j |D_j(0)| (nan: end-to-end, balanced by construction); "
+        "stages: times at which sigma_k first exceeds half the target's sigma_k (t, or tau = N t end-to-end).", "",
+        "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS),
+    ]  # fmt: skip
+    for t in chosen:
+        row = measure(t, rtol)
+        lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |")
+        path.write_text("\n".join(lines) + "\n")
+        print(lines[-1], flush=True)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rtol", type=float, default=1e-7)
-    parser.add_argument("--only", default="arora,d10,d50,d8")
+    parser.add_argument("--only", default=",".join(t.name for t in targets()))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--refs-only", action="store_true", help="build the cached references and stop")
     opts = parser.parse_args()
-    chosen = [t for t in targets() if t.name in opts.only.split(",")]
+    only = opts.only.split(",")
     if opts.refs_only:
-        for t in chosen:
-            print(t.name, "reference:", reference(t) is not None, flush=True)
+        for t in targets():
+            if t.name in only:
+                print(t.name, "reference:", reference(t) is not None, flush=True)
         return
-    cols = ("target", "run_s", "compile_s", "steps", "rejected", "status", "t_final", "loss_ratio", "rel_err", "ref",
-            "drift_w", "drift_d0", "stages")  # fmt: skip
-    print(" ".join(f"{c:>11}" for c in cols), flush=True)
-    for t in chosen:
-        row = measure(t, opts.rtol)
-        print(
-            " ".join(f"{row[c]:>11.4g}" if isinstance(row[c], float) else f"{row[c]!s:>11}" for c in cols), flush=True
-        )
+    print(f"wrote {run(opts.out, opts.rtol, only)}")
 
 
 if __name__ == "__main__":

@@ -138,15 +138,24 @@ def info(path: Annotated[Path, typer.Argument(help="a dataset written by dlnode 
 @app.command()
 def bench(
     quick: Annotated[bool, typer.Option("--quick", help="the small work-precision case only (minutes)")] = False,
+    targets: Annotated[
+        bool, typer.Option("--targets", help="the stiff-path targets (Arora completion, depth 4 and 8) instead")
+    ] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for bench.md and bench.png")] = Path(
         "benchmarks/results"
     ),
 ) -> None:
-    """The performance comparison against the peers (benchmarks/ in a dlnode checkout): a table and a figure."""
+    """The performance comparison against the peers (benchmarks/ in a dlnode checkout): a table and a figure;
+    with --targets, the stiff path's targets table (targets.md)."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / "run.py").exists():
         _fail("bench needs the benchmarks/ folder of a dlnode checkout; run it from a clone installed with -e")
     sys.path.insert(0, str(root))
+    if targets:
+        from benchmarks.stiff_targets import run as run_targets
+
+        typer.echo(f"wrote {run_targets(out)}")
+        return
     from benchmarks.run import run
 
     typer.echo(f"wrote {run(quick=quick, out_dir=out)}")

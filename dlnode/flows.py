@@ -40,6 +40,8 @@ class Flow:
     loss: Callable[[Any, dict], Any]
     observe: Callable[[Any, dict], dict[str, Any]]
     prepare: Callable[[Any, dict, dict], dict]  # (y0, problem arrays, controls) -> args
+    depth: float = math.nan  # end_to_end only: N (or inf)
+    gradient: Callable[[Any, dict], Any] | None = None  # end_to_end only: E = ∇ℓ(W) from (W, problem arrays)
 
 
 def layer_gradients(layers: tuple, grad_fn: Callable, arrays: dict) -> tuple[tuple, Any, Any]:
@@ -139,7 +141,7 @@ def _end_to_end_flow(problem_cls: type, depth: float) -> Flow:
     def prepare(y0: Any, arrays: dict, c: dict) -> dict:
         return {"problem": arrays, "lr": c["lr"]}
 
-    return Flow("end_to_end", field, loss, observe, prepare)
+    return Flow("end_to_end", field, loss, observe, prepare, float(depth), problem_cls.grad_fn)
 
 
 @cache

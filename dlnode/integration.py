@@ -119,7 +119,8 @@ def integrate(
         ``"inf"``; needs init ``balanced`` or ``decoupled``, takes `scale` as the end-to-end scale and runs on the
         rescaled time τ = N t; per-layer weights are rebuilt from the SVD of W).
     method : ``auto`` (tsit5, or rosenbrock when a stiffness probe says so; see `dlnode.auto`), ``tsit5``,
-        ``dopri5``, ``dopri8``, ``kvaerno5``, ``rosenbrock`` (matrix-free stiff path), ``scipy:RK45``,
+        ``dopri5``, ``dopri8``, ``kvaerno5``, ``rosenbrock`` (stiff path: matrix-free CG on the layers, or
+        singular coordinates U, ln σ, V for ``end_to_end`` flows, see `dlnode.singular`), ``scipy:RK45``,
         ``scipy:LSODA``, ``scipy:BDF``, ``scipy:Radau``, or ``gd``.
     lr : step size, required for ``gd`` and ``flow="modified"``.
     t1 : end time. None: run until ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*) (status 1) or a horizon from the escape-time

@@ -10,7 +10,8 @@ run reached, and step counts. This is the only module that imports diffrax or sc
 - scipy (`scipy:RK45`, `scipy:LSODA`, `scipy:BDF`, `scipy:Radau`): the float64 reference; a jitted right-hand
   side and, for the implicit methods, the jitted Jacobian −∇²L.
 - `rosenbrock`: Shampine's 4th-order Rosenbrock method, linearly implicit (A-stable) with matrix-free CG stage solves on
-  Hessian-vector products, for stiff small-init flows through every plateau (see `dlnode.stiff`).
+  Hessian-vector products, for stiff small-init flows through every plateau (see `dlnode.stiff`); on
+  ``end_to_end`` flows the same tableau in singular coordinates (U, ln σ, V) with dense LU (see `dlnode.singular`).
 - `gd`: explicit Euler with constant step lr, i.e. gradient descent exactly; step k sits at time t = k·lr.
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 import scipy.integrate
 from jax.flatten_util import ravel_pytree
 
-from . import stiff
+from . import singular, stiff
 from .flows import Flow, layer_gradients
 
 __all__ = ["METHODS", "STATUS", "Solution", "TRACE_COUNT", "solve"]
@@ -294,6 +295,9 @@ def solve(
     if method == "gd":
         step = np.rint(ts / controls.lr).astype(np.int64)
         fn, data = _gd_batch(problem_cls, flow), step
+    elif method == "rosenbrock" and flow.name == "end_to_end":
+        fn, data = singular.make_batch(flow, int(controls.max_steps)), ts
+        y0 = singular.initial_coordinates(flow, y0, arrays)
     elif method == "rosenbrock":
         fn, data = stiff.make_batch(flow, int(controls.max_steps)), ts
     else:

@@ -197,6 +197,29 @@ def _stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any
     return converged, diverged
 
 
+def step_factor(err: Any, ok: Any, order: Any, fails: Any) -> Any:
+    """h_next/h from the error norm of an embedded estimate of order `order`: 0.9 err^{−1/(order+1)} within
+    [FAC_MIN, FAC_MAX]; FAC_MIN after a failed attempt, no growth right after a rejection."""
+    fac = jnp.clip(SAFETY * jnp.where(err > 0, err, 1e-10) ** (-1.0 / (order + 1)), FAC_MIN, FAC_MAX)
+    fac = jnp.where(ok & jnp.isfinite(err), fac, FAC_MIN)
+    return jnp.where(fails > 0, jnp.minimum(fac, 1.0), fac)
+
+
+def settle(
+    accept: Any, loss1: Any, loss0: Any, loss_min: Any, c: dict, s: Any, h: Any, land: Any, target: Any
+) -> tuple[Any, Any, Any, Any]:
+    """(t_hi, t_lo, fails, status) after an attempt of size h from state `s` (fields t_hi, t_lo, fails): the
+    compensated time (exactly `target` on landing), the rejection count and the stop rule of `dlnode.solvers`."""
+    t_hi, t_lo = _two_sum_add(s.t_hi, s.t_lo, h)
+    t_hi, t_lo = jnp.where(land, target, t_hi), jnp.where(land, 0.0, t_lo)
+    converged, diverged = _stop_flags(loss1, loss0, loss_min, c)
+    fails = jnp.where(accept, 0, s.fails + 1)
+    status = jnp.where(
+        accept, jnp.where(diverged, -2, jnp.where(converged, 1, 0)), jnp.where(fails > MAX_REJECTS, -3, 0)
+    )
+    return t_hi, t_lo, fails, status
+
+
 def _explicit_attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, tab: ExplicitTableau = DOPRI5) -> tuple:
     """One explicit step of size h from x: (y₁, error norm, λ estimate, next v); the power step shares the
     linearisation that gives the first stage."""
@@ -241,20 +264,12 @@ def _step(
     x1, err, ok, lam, v, basis = jax.lax.cond(explicit, explicit_branch, rosenbrock_branch, None)
     accept = ok & jnp.isfinite(err) & (err <= 1.0) & jnp.all(jnp.isfinite(x1))
     order = jnp.where(explicit, DOPRI5.order, TABLEAU.order)
-    fac = jnp.clip(SAFETY * jnp.where(err > 0, err, 1e-10) ** (-1.0 / (order + 1)), FAC_MIN, FAC_MAX)
-    fac = jnp.where(ok & jnp.isfinite(err), fac, FAC_MIN)
-    fac = jnp.where(s.fails > 0, jnp.minimum(fac, 1.0), fac)  # no growth right after a rejection
+    fac = step_factor(err, ok, order, s.fails)
     # a stability-capped explicit step says little about the accuracy step: let that grow slowly
     grown = jnp.where(capped, jnp.where(fac >= 1, h_acc * jnp.minimum(fac, CAPPED_GROWTH), h * fac), h * fac)
     h_next = jnp.where(accept & land, jnp.maximum(grown, s.h), grown)
     h_next = jnp.minimum(h_next, STIFF_CEILING / (TABLEAU.gamma * jnp.maximum(lam, 1e-300)))
-    t_hi, t_lo = _two_sum_add(s.t_hi, s.t_lo, h)
-    t_hi, t_lo = jnp.where(land, target, t_hi), jnp.where(land, 0.0, t_lo)
-    converged, diverged = _stop_flags(loss(x1), loss0, loss_min, c)
-    fails = jnp.where(accept, 0, s.fails + 1)
-    status = jnp.where(
-        accept, jnp.where(diverged, -2, jnp.where(converged, 1, 0)), jnp.where(fails > MAX_REJECTS, -3, 0)
-    )
+    t_hi, t_lo, fails, status = settle(accept, loss(x1), loss0, loss_min, c, s, h, land, target)
 
     def pick(new, old):
         return jnp.where(accept, new, old)

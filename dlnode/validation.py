@@ -106,7 +106,10 @@ def check_flow(flow: str, depths: list[float], init: Any, method: str) -> None:
         raise ValueError(
             f"flow='end_to_end' needs a balanced init (every D_j = 0): init='balanced' or 'decoupled'; got {init!r}"
         )
-    if flow == "end_to_end" and method == "rosenbrock":
-        raise ValueError("method='rosenbrock' needs a symmetric Jacobian (per-layer flows); use tsit5 for end_to_end")
+    if flow == "end_to_end" and method == "rosenbrock" and any(d < 2 for d in depths):
+        raise ValueError(
+            "method='rosenbrock' on flow='end_to_end' integrates ln σ and needs depth >= 2; "
+            f"got depths {[f'{d:g}' for d in depths]}; use tsit5 for depth 1"
+        )
     if flow != "layers" and method == "gd":
         raise ValueError(f"method='gd' is gradient descent on the layers: use flow='layers'; got flow={flow!r}")

@@ -194,9 +194,10 @@ def test_status_codes():
     assert float(ds["t_final"].values.ravel()[0]) < 1e4
 
 
-def test_end_to_end_flow_is_refused():
+def test_the_cg_path_refuses_the_end_to_end_flow():
+    # integrate sends end_to_end flows to singular coordinates (test_singular); the CG path itself needs −∇²L
     with pytest.raises(ValueError, match="symmetric Jacobian"):
-        dln.integrate(STAGED, depth=3, flow="end_to_end", init="balanced", method="rosenbrock", t1=1.0, progress=False)
+        stiff.make_batch(get_flow("end_to_end", type(STAGED), 3.0), 100)
 
 
 def test_compensated_time_resolves_unit_steps_at_1e18():

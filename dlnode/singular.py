@@ -1,0 +1,293 @@
+"""The stiff path for end-to-end flows: Rosenbrock steps in singular coordinates (U, ln σ, V).
+
+Why. At small initialisation an unlearned mode's end-to-end singular value is tiny (1e-24 for depth 8 at per-layer
+scale 1e-3) while a learned one is of order one. In the entries of W — and in the per-layer products — everything
+below ε·σ_max ≈ 1e-16 is round-off, so after the first escape the plateau dynamics of the remaining modes (rates
+~σ^{1−2/N}) cannot be integrated from W or from the layers: their escape times would come out of round-off. In
+singular coordinates σ_i is kept as ln σ_i, as small as it is, and the balanced end-to-end flow (MATH.md §5) on the
+rescaled time τ = N t reads (derived from the SVD perturbation identities; checked against `end_to_end_field`)
+
+    d ln σ_i/dτ = −G_ii σ_i^{1−2/N},   dU/dτ = U Ω_U,   dV/dτ = V Ω_V,   G = Uᵀ ∇ℓ(W) V,
+    (Ω_U)_ik = (G_ik σ_k + σ_i G_ki)/D_ik,   (Ω_V)_ik = (σ_i G_ik + G_ki σ_k)/D_ik,   D_ik = N(σ_i^{2/N} − σ_k^{2/N});
+
+at depth ∞, σ^{1−2/N} → σ and D_ik → 2(ln σ_i − ln σ_k). Rectangular W pads σ with zeros (Ω = 0 between two zero
+modes, and every zero mode is frozen at depth ∞).
+
+How. Each step works in a chart at the current frames, U = U_n cay(A), V = V_n cay(B) with A, B skew (their strict
+upper triangles are the unknowns, beside ln σ) and dA/dτ = Ω + ½[A, Ω] − ¼AΩA (the inverse differential of the
+Cayley map, derived). The state has q = m(m−1)/2 + n(n−1)/2 + min(m, n) numbers, so the Jacobian is formed by
+forward-mode autodiff and each step factors I − hγJ once. Its rows are equilibrated before the LU: the rows of the
+slow modes are ~σ^{1−2/N} small, so after scaling they stay O(1) however large h·λ_max grows, and the slow modes are
+not lost to round-off (the per-layer path needs a step ceiling for that; this one does not). Tableau, step control,
+compensated time and landing on the save times are those of `dlnode.stiff`.
+
+Ties. ``balanced`` and ``decoupled`` inits start with equal σ, where the frames are not defined; inside each cluster
+of equal σ they are taken as the eigenvectors of the symmetric part of G, the limit of the SVD frames as τ → 0⁺.
+
+Cost: one dense LU of q unknowns per step (~q³/3 flops) and q forward-mode field evaluations: meant for d ≲ 30.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import cache
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import numpy as np
+
+from .flows import Flow
+from .stiff import TABLEAU, _rms, settle, step_factor
+
+__all__ = ["initial_coordinates", "make_batch", "singular_field"]
+
+TIE_RTOL = 1e-9  # singular values closer than this (relatively) at t = 0 form one cluster
+
+
+class _State(NamedTuple):
+    u: Any  # left frame (m × m, orthogonal)
+    v: Any  # right frame (n × n, orthogonal)
+    ell: Any  # ln σ (r)
+    t_hi: Any  # time = t_hi + t_lo (compensated sum)
+    t_lo: Any
+    h: Any
+    steps: Any
+    rejected: Any
+    fails: Any
+    status: Any
+
+
+def singular_field(u: Any, v: Any, ell: Any, gradient: Callable[[Any], Any], depth: float) -> tuple:
+    """(Ω_U, Ω_V, d ln σ/dτ, W) of the rescaled balanced end-to-end flow at W = U[:, :r] diag(e^ℓ) V[:, :r]ᵀ.
+
+    `gradient(W)` is ∇ℓ(W); `depth` an integer ≥ 2 or inf. Ω_U, Ω_V are skew (m × m, n × n).
+    """
+    m, n, r = u.shape[0], v.shape[0], ell.shape[0]
+    p_dim = max(m, n)
+    s = jnp.exp(ell)
+    w = (u[:, :r] * s) @ v[:, :r].T
+    g = u.T @ gradient(w) @ v
+    gp = jnp.zeros((p_dim, p_dim), g.dtype).at[:m, :n].set(g)
+    valid = jnp.arange(p_dim) < r
+    sp = jnp.zeros(p_dim, s.dtype).at[:r].set(s)
+    lp = jnp.zeros(p_dim, s.dtype).at[:r].set(ell)
+    vi, vk = valid[:, None], valid[None, :]
+    both = vi & vk
+    if math.isinf(depth):
+        d = 2.0 * (lp[:, None] - lp[None, :])
+        keep = both
+        rate = s
+    else:
+        c = 2.0 / depth
+        d_both = depth * jnp.exp(c * lp[None, :]) * jnp.expm1(c * (lp[:, None] - lp[None, :]))
+        p = jnp.where(valid, jnp.exp(c * lp), 0.0)
+        d = jnp.where(both, d_both, depth * (p[:, None] - p[None, :]))
+        keep = vi | vk
+        rate = jnp.exp((1.0 - c) * ell)
+    keep = keep & ~jnp.eye(p_dim, dtype=bool) & (d != 0)
+    d_safe = jnp.where(keep, d, 1.0)
+    om_u = jnp.where(keep, (gp * sp[None, :] + sp[:, None] * gp.T) / d_safe, 0.0)
+    om_v = jnp.where(keep, (sp[:, None] * gp + gp.T * sp[None, :]) / d_safe, 0.0)
+    upper = jnp.triu(jnp.ones((p_dim, p_dim), bool), 1)
+    om_u, om_v = jnp.where(upper, om_u, 0.0), jnp.where(upper, om_v, 0.0)
+    om_u, om_v = om_u - om_u.T, om_v - om_v.T  # skew by construction (D is antisymmetric up to round-off)
+    return om_u[:m, :m], om_v[:n, :n], -jnp.diagonal(g)[:r] * rate, w
+
+
+def _cayley(a: Any) -> Any:
+    eye = jnp.eye(a.shape[0], dtype=a.dtype)
+    return jnp.linalg.solve(eye - 0.5 * a, eye + 0.5 * a)
+
+
+def _chart_velocity(a: Any, om: Any) -> Any:
+    """dA/dτ for U = U_n cay(A) when dU/dτ = UΩ: (I + A/2) Ω (I − A/2)."""
+    return om + 0.5 * (a @ om - om @ a) - 0.25 * a @ om @ a
+
+
+class _Chart(NamedTuple):
+    """Unknowns z = (upper(A), upper(B), ln σ) around the frames (U_n, V_n)."""
+
+    m: int
+    n: int
+    r: int
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        return self.m * (self.m - 1) // 2, self.n * (self.n - 1) // 2
+
+    def skew(self, a: Any, k: int) -> Any:
+        iu = np.triu_indices(k, 1)
+        mat = jnp.zeros((k, k), a.dtype).at[iu].set(a)
+        return mat - mat.T
+
+    def split(self, z: Any) -> tuple[Any, Any, Any]:
+        qa, qb = self.sizes
+        return self.skew(z[:qa], self.m), self.skew(z[qa : qa + qb], self.n), z[qa + qb :]
+
+    def frames(self, u0: Any, v0: Any, z: Any) -> tuple[Any, Any, Any]:
+        a, b, ell = self.split(z)
+        return u0 @ _cayley(a), v0 @ _cayley(b), ell
+
+    def field(self, z: Any, u0: Any, v0: Any, gradient: Callable, depth: float) -> Any:
+        a, b, ell = self.split(z)
+        om_u, om_v, dell, _ = singular_field(u0 @ _cayley(a), v0 @ _cayley(b), ell, gradient, depth)
+        da, db = _chart_velocity(a, om_u), _chart_velocity(b, om_v)
+        return jnp.concatenate([da[np.triu_indices(self.m, 1)], db[np.triu_indices(self.n, 1)], dell])
+
+
+def _reorthonormalise(q: Any) -> Any:
+    """One Newton–Schulz step towards the nearest orthogonal matrix (keeps ‖QᵀQ − I‖ at round-off over many steps)."""
+    return q @ (1.5 * jnp.eye(q.shape[1], dtype=q.dtype) - 0.5 * q.T @ q)
+
+
+def _attempt(field: Callable, z0: Any, h: Any, sc: Any) -> tuple[Any, Any]:
+    """One Rosenbrock step of `TABLEAU` from z0: (z₁, error norm). One LU of the row-equilibrated I − hγJ."""
+    tab = TABLEAU
+    jac = jax.jacfwd(field)(z0)
+    mat = jnp.eye(z0.shape[0], dtype=z0.dtype) - h * tab.gamma * jac
+    row = jnp.max(jnp.abs(mat), axis=1)
+    lu = jsl.lu_factor(mat / row[:, None])
+    us: list = []
+    f = None
+    for i in range(len(tab.m)):
+        if i == 0 or not np.array_equal(tab.a[i], tab.a[i - 1]):
+            f = field(z0 + sum((tab.a[i, j] * us[j] for j in range(i)), jnp.zeros_like(z0)))
+        rhs = h * tab.gamma * f + tab.gamma * sum((tab.c[i, j] * us[j] for j in range(i)), jnp.zeros_like(z0))
+        us.append(jsl.lu_solve(lu, rhs / row))
+    z1 = z0 + sum(mi * ui for mi, ui in zip(tab.m, us, strict=True))
+    err = sum(ei * ui for ei, ui in zip(tab.e, us, strict=True))
+    return z1, _rms(err / sc)
+
+
+def _check(flow: Flow, max_steps: int) -> None:
+    if flow.name != "end_to_end" or flow.gradient is None:
+        raise ValueError(f"singular coordinates integrate flow='end_to_end' only; got flow={flow.name!r}")
+    if not (math.isinf(flow.depth) or flow.depth >= 2):
+        raise ValueError(
+            f"method='rosenbrock' on flow='end_to_end' needs depth >= 2 (ln σ coordinates; σ may cross 0 at depth 1); "
+            f"got depth={flow.depth:g}; use tsit5 at depth 1"
+        )
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+
+
+def initial_coordinates(flow: Flow, w0: np.ndarray, arrays: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(U, ln σ, V) of a batch of end-to-end matrices (B, m, n), frames resolved inside clusters of equal σ.
+
+    Raises
+    ------
+    ValueError : when some W(0) is rank-deficient (ln σ = −∞; the flow never leaves a zero singular value).
+    """
+    grad = jax.jit(flow.gradient)
+    us, ells, vs = [], [], []
+    for w in np.asarray(w0, dtype=np.float64):
+        u, s, vt = np.linalg.svd(w, full_matrices=True)
+        if not np.all(s > 1e-300):
+            raise ValueError(
+                f"method='rosenbrock' on flow='end_to_end' needs W(0) of full rank (ln σ coordinates); "
+                f"got singular values down to {s.min():.3g}; use init 'balanced' or 'decoupled' with scale > 0"
+            )
+        v = vt.T
+        g = u.T @ np.asarray(grad(w, arrays)) @ v
+        start = 0
+        for k in range(1, len(s) + 1):  # clusters of consecutive (sorted) σ within TIE_RTOL
+            if k == len(s) or s[k] < s[start] * (1 - TIE_RTOL):
+                idx = np.arange(start, k)
+                if len(idx) > 1:
+                    block = g[np.ix_(idx, idx)]
+                    _, rot = np.linalg.eigh(0.5 * (block + block.T))
+                    u[:, idx], v[:, idx] = u[:, idx] @ rot, v[:, idx] @ rot
+                start = k
+        us.append(u)
+        ells.append(np.log(s))
+        vs.append(v)
+    return np.stack(us), np.stack(ells), np.stack(vs)
+
+
+def make_batch(flow: Flow, max_steps: int) -> Callable:
+    """Jitted, vmapped integration of a batch of (U, ln σ, V) (see `initial_coordinates`) by Rosenbrock steps in
+    singular coordinates; the same outputs as `dlnode.stiff.make_batch`, with the saved singular values taken
+    from ln σ (exact down to any size) instead of an SVD of W.
+    """
+    _check(flow, max_steps)
+    return _batch(flow, max_steps)
+
+
+@cache
+def _batch(flow: Flow, max_steps: int) -> Callable:
+    depth = flow.depth
+
+    def one(y0: tuple, arrays: dict, ts: Any, c: dict) -> tuple:
+        from .solvers import TRACE_COUNT
+
+        TRACE_COUNT["n"] += 1
+        u0, ell0, v0 = y0
+        chart = _Chart(u0.shape[0], v0.shape[0], ell0.shape[0])
+        args = flow.prepare(None, arrays, c)
+
+        def gradient(w):
+            return flow.gradient(w, arrays)
+
+        def product(u, v, ell):
+            return (u[:, : chart.r] * jnp.exp(ell)) @ v[:, : chart.r].T
+
+        def observe(s: _State) -> dict:
+            out = flow.observe(product(s.u, s.v, s.ell), args)
+            out["singular_values"] = jnp.sort(jnp.exp(s.ell))[::-1]
+            return out
+
+        loss0 = flow.loss(product(u0, v0, ell0), args)
+        sc = c["atol"] + c["rtol"]
+        qa, qb = chart.sizes
+
+        def step(s: _State, target: Any) -> _State:
+            rem = (target - s.t_hi) - s.t_lo
+            h = jnp.minimum(s.h, rem)
+            land = s.h >= rem
+
+            def field(z):
+                return chart.field(z, s.u, s.v, gradient, depth)
+
+            z0 = jnp.concatenate([jnp.zeros(qa + qb, s.ell.dtype), s.ell])
+            z1, err = _attempt(field, z0, h, sc)
+            u1, v1, ell1 = chart.frames(s.u, s.v, z1)
+            u1, v1 = _reorthonormalise(u1), _reorthonormalise(v1)
+            finite = jnp.isfinite(err) & jnp.all(jnp.isfinite(z1))
+            accept = finite & (err <= 1.0)
+            fac = step_factor(err, finite, TABLEAU.order, s.fails)
+            h_next = jnp.where(accept & land, jnp.maximum(h * fac, s.h), h * fac)
+            loss1 = flow.loss(product(u1, v1, ell1), args)
+            t_hi, t_lo, fails, status = settle(accept, loss1, loss0, arrays["loss_min"], c, s, h, land, target)
+
+            def pick(new, old):
+                return jnp.where(accept, new, old)
+
+            return _State(
+                pick(u1, s.u), pick(v1, s.v), pick(ell1, s.ell), pick(t_hi, s.t_hi), pick(t_lo, s.t_lo), h_next,
+                s.steps + accept, s.rejected + (1 - accept), fails, status.astype(s.status.dtype),
+            )  # fmt: skip
+
+        def advance(s: _State, target: Any) -> tuple[_State, dict]:
+            def cond(s):
+                return (s.status == 0) & ((target - s.t_hi) - s.t_lo > 0) & (s.steps + s.rejected < max_steps)
+
+            s = jax.lax.while_loop(cond, lambda s: step(s, target), s)
+            return s, observe(s)
+
+        z0 = jnp.concatenate([jnp.zeros(qa + qb, ell0.dtype), ell0])
+        f0 = chart.field(z0, u0, v0, gradient, depth)
+        h0 = jnp.minimum(0.01 / jnp.maximum(_rms(f0 / sc), 1e-300), c["t1"])
+        zero, izero = jnp.zeros((), ell0.dtype), jnp.zeros((), jnp.int64)
+        state = _State(u0, v0, ell0, zero, zero, h0, izero, izero, izero, izero)
+        targets = jnp.concatenate([jnp.asarray(ts, ell0.dtype), jnp.reshape(c["t1"], (1,))])
+        s, obs = jax.lax.scan(advance, state, targets)
+        t_final = s.t_hi + s.t_lo
+        status = jnp.where((s.status == 0) & (t_final < c["t1"]), -1, s.status)
+        final = product(s.u, s.v, s.ell)
+        obs = jax.tree_util.tree_map(lambda a: a[:-1], obs)
+        return obs, observe(s), final, status, t_final, (s.steps, s.rejected)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))

@@ -1,0 +1,127 @@
+"""The stiff path of end-to-end flows (``method="rosenbrock"``, ``flow="end_to_end"``): singular coordinates.
+
+References: the end-to-end field in W (MATH.md §5) for the coordinate field; a derivative of the Cayley chart; the
+closed-form escape times of decoupled modes (MATH.md §3) at depth 8 and ∞ from σ = 1e-24, where W itself cannot
+hold the unlearned modes; and a tight dopri8 integration of the W-space flow on a coupled (completion) problem.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import quad
+
+import dlnode as dln
+from dlnode import singular
+from dlnode.endtoend import end_to_end_field
+
+TARGET_SV = np.array([3.0, 2.0, 1.0, 0.5, 0.0, 0.0])
+# Escape times at rtol 1e-9 against the quadrature of the scalar law: the saves bracket each predicted time on a grid
+# of relative spacing 5e-8, so 2e-7 allows four grid cells of integration error on ~10^18 time units.
+ESCAPE_RTOL, ESCAPE_TOL, ESCAPE_GRID = 1e-9, 2e-7, 5e-8
+# Coupled problem against dopri8 at rtol 1e-11 (W space, where σ ≥ 1e-3·scale stays far above round-off): a 4th-order
+# method with a per-step controller keeps the global error within a modest multiple of rtol (measured 5e-8 at 1e-9).
+COUPLED_RTOL, COUPLED_FACTOR = 1e-7, 100.0
+
+
+def _frames(rng, m, n):
+    return np.linalg.qr(rng.normal(size=(m, m)))[0], np.linalg.qr(rng.normal(size=(n, n)))[0]
+
+
+@pytest.mark.parametrize(("m", "n", "depth"), [(5, 5, 3), (6, 4, 4), (4, 6, 2), (5, 5, math.inf), (4, 6, math.inf)])
+def test_coordinate_field_is_the_end_to_end_field(m, n, depth):
+    rng = np.random.default_rng(0)
+    u, v = _frames(rng, m, n)
+    s = np.sort(rng.uniform(0.1, 2.0, min(m, n)))[::-1]
+    target = rng.normal(size=(m, n))
+
+    def gradient(w):
+        return w - target
+
+    om_u, om_v, dell, w = singular.singular_field(jnp.asarray(u), jnp.asarray(v), jnp.log(s), gradient, depth)
+    r = len(s)
+    # d/dτ (U S Vᵀ) = UΩ_U S Vᵀ + U Ṡ Vᵀ + U S (VΩ_V)ᵀ
+    w_dot = ((u @ om_u)[:, :r] * s + u[:, :r] * (s * np.asarray(dell))) @ v[:, :r].T
+    w_dot = w_dot + (u[:, :r] * s) @ (v @ om_v)[:, :r].T
+    expected = np.asarray(end_to_end_field(w, gradient(w), depth))
+    np.testing.assert_allclose(w_dot, expected, atol=1e-13 * np.abs(expected).max())
+    np.testing.assert_array_equal(np.asarray(om_u), -np.asarray(om_u).T)
+
+
+def test_cayley_chart_velocity_moves_the_frame_by_omega():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(4, 4)) * 0.7
+    a, om = a - a.T, rng.normal(size=(4, 4))
+    om = om - om.T
+    u0 = _frames(rng, 4, 4)[0]
+
+    def frame(x):
+        return u0 @ singular._cayley(x)
+
+    u, du = jax.jvp(frame, (jnp.asarray(a),), (singular._chart_velocity(jnp.asarray(a), jnp.asarray(om)),))
+    np.testing.assert_allclose(du, u @ om, atol=1e-13)
+
+
+def _escape_time(depth, scale, sigma):
+    """τ at which a decoupled mode of target σ* reaches σ*/2 from `scale`: ∫ dσ/(σ^{2−2/N}(σ* − σ)) in ln σ."""
+    c = 0.0 if math.isinf(depth) else 2.0 / depth
+    return quad(lambda x: np.exp((c - 1) * x) / (sigma - np.exp(x)), np.log(scale), np.log(sigma / 2), limit=500,
+                epsabs=0.0, epsrel=1e-13)[0]  # fmt: skip
+
+
+@pytest.mark.parametrize(("depth", "scale"), [(8, 1e-24), ("inf", 1e-6)])
+def test_decoupled_escapes_from_tiny_init_match_the_closed_form(depth, scale):
+    rng = np.random.default_rng(0)
+    qa, qb = _frames(rng, 6, 6)
+    prob = dln.Factorization((qa * TARGET_SV) @ qb.T)
+    n = math.inf if depth == "inf" else depth
+    taus = [_escape_time(n, scale, s) for s in TARGET_SV[:4]]
+    offsets = np.arange(-40, 41) * ESCAPE_GRID
+    grid = np.unique(np.concatenate([[0.0], *[tau * (1 + offsets) for tau in taus]]))
+    ds = dln.integrate(prob, depth=depth, flow="end_to_end", init="decoupled", scale=scale, method="rosenbrock",
+                       rtol=ESCAPE_RTOL, atol=ESCAPE_RTOL * 1e-3, saveat=grid, progress=False)  # fmt: skip
+    sv = ds.singular_values.isel(depth=0, scale=0, seed=0).values
+    assert ds.status.item() in (0, 1)  # reached the last save, or converged (ℓ − ℓ* ≤ 1e-8 (ℓ₀ − ℓ*)) there
+    for i, (sigma, tau) in enumerate(zip(TARGET_SV[:4], taus, strict=True)):
+        crossed = ds.time.values[np.argmax(sv[:, i] > sigma / 2)]
+        assert abs(crossed - tau) <= ESCAPE_TOL * tau, (i, crossed, tau)
+    # modes of σ* = 0 decay as dσ/dτ = −σ^{3−2/N}, kept exactly at any size (an SVD of W gives round-off ~1e-16)
+    c = 0.0 if math.isinf(n) else 2.0 / n
+    decayed = (scale ** (c - 2) + (2 - c) * ds.time.values[-1]) ** (-1 / (2 - c))
+    np.testing.assert_allclose(sv[-1, 4:], decayed, rtol=1e-6)
+    # stages in order: the stronger mode escapes first
+    assert np.all(np.diff(taus) > 0)
+
+
+@pytest.mark.parametrize("shape", [(6, 6), (5, 7)])
+def test_coupled_completion_agrees_with_a_tight_w_space_reference(shape):
+    prob = dln.MatrixCompletion.random(shape, 2, 22, seed=2)
+    times = np.concatenate([[0.0], np.logspace(0, np.log10(400.0), 40)[:-1], [400.0]])
+    kw = dict(depth=3, flow="end_to_end", init="balanced", scale=1e-3, seed=0, t1=400.0, saveat=times, progress=False)
+    ref = dln.integrate(prob, method="dopri8", rtol=1e-11, atol=1e-14, **kw)
+    ds = dln.integrate(prob, method="rosenbrock", rtol=COUPLED_RTOL, atol=COUPLED_RTOL * 1e-3, **kw)
+    assert ds.status.item() == 0 and ref.status.item() == 0
+    w, w_ref = (x["product"].isel(depth=0, scale=0, seed=0).values for x in (ds, ref))
+    err = np.linalg.norm(w - w_ref, axis=(1, 2)) / np.linalg.norm(w_ref, axis=(1, 2))
+    assert err.max() <= COUPLED_FACTOR * COUPLED_RTOL, err.max()
+    # at least two stages happened (two singular values learned), so the comparison crossed a saddle
+    assert np.sum(ds.singular_values.isel(depth=0, scale=0, seed=0).values[-1] > 0.1) == 2
+
+
+def test_depth_one_is_refused_with_the_rule():
+    prob = dln.Factorization(np.eye(3))
+    with pytest.raises(ValueError, match="needs depth >= 2"):
+        dln.integrate(prob, depth=[1, 2], flow="end_to_end", init="balanced", method="rosenbrock", progress=False)
+
+
+def test_auto_takes_singular_coordinates_for_stiff_end_to_end_flows():
+    prob = dln.MatrixCompletion.random((6, 6), 2, 22, seed=2)
+    kw = dict(flow="end_to_end", init="balanced", t1=50.0, saveat=8, progress=False)
+    stiff = dln.integrate(prob, depth=4, scale=1e-8, **kw)
+    assert stiff.attrs["method"] == "rosenbrock" and "singular coordinates" in stiff.attrs["method_reason"]
+    assert dln.auto.predicted_stiffness(prob, 4, 1e-8, "end_to_end") > dln.auto.STIFF_RATIO
+    mild = dln.integrate(prob, depth=4, scale=0.5, **kw)
+    assert mild.attrs["method"] == "tsit5"
+    assert dln.auto.predicted_stiffness(prob, 4, 0.5, "end_to_end") <= dln.auto.STIFF_RATIO
