@@ -46,6 +46,7 @@ class Target:
     reference: str | None  # method of the cached reference, None for no reference
     first_save: float = 1e-2
     flow: str = "layers"  # "end_to_end": balanced init, `scale` is the end-to-end scale, time is τ = N t
+    rtol: float | None = None  # overrides the table's rtol where the 1e-4 accuracy needs a tighter one
 
     def times(self) -> np.ndarray:
         ts = np.concatenate([[0.0], np.logspace(np.log10(self.first_save), np.log10(self.t1), SAVE_POINTS - 1)])
@@ -60,7 +61,8 @@ def targets() -> list[Target]:
     d50 = dln.MatrixCompletion.random((50, 50), 3, 1500, seed=0)
     return [
         Target("arora", arora, 3, 0.1, 1e-7, 400.0, "dopri8"),
-        Target("d10", d10, 4, 1e-3, 1e-6, 1e10, "scipy:Radau"),
+        # d10 at rtol 1e-7 is 1.4e-4 off the Radau reference, 1.7e-6 at 1e-9 (measured)
+        Target("d10", d10, 4, 1e-3, 1e-6, 1e10, "scipy:Radau", rtol=1e-9),
         Target("d50", d50, 4, 1e-3, 1e-6, 1e10, "rosenbrock"),
         Target("d8", d10, 8, 1e-3, 1e-6, 1e26, None),
         # depth 8 at per-layer 1e-3 through the balanced end-to-end flow (σ(0) = 1e-24) in singular coordinates: the
@@ -130,12 +132,13 @@ def _stages(ds, t: Target) -> str:
 
 def measure(t: Target, rtol: float) -> dict[str, float | str]:
     ref = reference(t)
+    rtol = t.rtol or rtol
     ds = _run(t, "rosenbrock", rtol, t.loss_tol)
     loss = ds["loss"].values.ravel()
     final_ratio = (loss[np.isfinite(loss)][-1] - t.problem.loss_min) / (loss[0] - t.problem.loss_min)
     drift_w, drift_d0 = _drift(ds, t)
     return {
-        "target": t.name, "run_s": ds.attrs["run_time"], "compile_s": ds.attrs["compile_time"],
+        "target": t.name, "rtol": rtol, "run_s": ds.attrs["run_time"], "compile_s": ds.attrs["compile_time"],
         "steps": int(ds["num_steps"].values.ravel()[0]), "rejected": int(ds["num_rejected"].values.ravel()[0]),
         "status": int(ds["status"].values.ravel()[0]), "t_final": float(ds["t_final"].values.ravel()[0]),
         "loss_ratio": float(final_ratio), "rel_err": _relative_error(ds, ref, t.times()),
@@ -144,8 +147,8 @@ def measure(t: Target, rtol: float) -> dict[str, float | str]:
     }  # fmt: skip
 
 
-COLUMNS = ("target", "run_s", "compile_s", "steps", "rejected", "status", "t_final", "loss_ratio", "rel_err", "ref",
-           "drift_w", "drift_d0", "stages")  # fmt: skip
+COLUMNS = ("target", "rtol", "run_s", "compile_s", "steps", "rejected", "status", "t_final", "loss_ratio", "rel_err",
+           "ref", "drift_w", "drift_d0", "stages")  # fmt: skip
 
 
 def _cell(value: object) -> str:
@@ -159,7 +162,7 @@ def run(out_dir: Path, rtol: float = 1e-7, only: Sequence[str] | None = None) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "targets.md"
     lines = [
-        f"# Stiff-path targets (method rosenbrock, rtol {rtol:g}, atol {rtol * 1e-3:g})", "",
+        f"# Stiff-path targets (method rosenbrock, rtol {rtol:g} unless the row says otherwise, atol 1e-3 rtol)", "",
         "run_s/compile_s: solver wall time and compilation; loss_ratio: (l - l*)/(l0 - l*) at the end; rel_err: max "
         "relative error of W against the reference (ref; 'self' = rosenbrock at rtol 1e-10); drift_w, drift_d0: "
         "balancedness drift over max_j |W_j|^2 and max_j |D_j(0)| (nan: end-to-end, balanced by construction); "
