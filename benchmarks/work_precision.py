@@ -25,12 +25,12 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
 import dlnode as dln
+from dlnode.curvature import sharpness
+from dlnode.endtoend import recover_layers
 
 from .peers import TORCH_INSTALL, Run, flow_run, jax_gd, torch_gd
 
@@ -156,21 +156,6 @@ def rel_error(products: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(diff[ok] / size[ok])) if ok.any() else math.nan
 
 
-def sharpness(problem: dln.Problem, layers: Sequence[np.ndarray], iters: int = 300) -> float:
-    """λ_max(∇²L) at `layers` by power iteration on Hessian-vector products."""
-    arrays = jax.tree_util.tree_map(jnp.asarray, problem.arrays())
-    grad = jax.grad(lambda ws: type(problem).loss_fn(dln.product(ws), arrays))
-    at = tuple(jnp.asarray(w) for w in layers)
-    hvp = jax.jit(lambda v: jax.jvp(grad, (at,), (v,))[1])
-    rng = np.random.default_rng(0)
-    v, lam = tuple(jnp.asarray(rng.standard_normal(w.shape)) for w in layers), 0.0
-    for _ in range(iters):
-        hv = hvp(v)
-        lam = float(jnp.sqrt(sum(jnp.sum(h * h) for h in hv)))
-        v = tuple(h / lam for h in hv)
-    return lam
-
-
 def save_grid(lr0: float, per_decade: int, problem: dln.Problem) -> np.ndarray:
     """t = 0 and log-spaced times from 10⁻² time units to `FAR_HORIZON`, rounded to whole multiples of lr₀ (so
     that every lr₀/2^j lands on them exactly), duplicates removed. The unit is 1/‖∇ℓ(0)‖₂."""
@@ -178,17 +163,6 @@ def save_grid(lr0: float, per_decade: int, problem: dln.Problem) -> np.ndarray:
     start, stop = math.log10(1e-2 * unit), math.log10(FAR_HORIZON * unit)
     ts = np.logspace(start, stop, int((stop - start) * per_decade) + 1)
     return np.unique(np.concatenate([[0.0], np.rint(ts / lr0)])) * lr0
-
-
-def _balanced_factors(problem: dln.Problem, depth: int) -> list[np.ndarray]:
-    """Balanced layers whose product is the minimiser W* (U Σ^{1/N} ⋯ Σ^{1/N} Vᵀ): where small-init runs end."""
-    u, s, vt = np.linalg.svd(problem.w_star)
-    shapes, k = dln.layer_shapes(depth, problem.d_in, problem.d_out), len(s)
-    root = np.diag(s ** (1.0 / depth))
-    layers = [np.eye(r, k) @ root @ np.eye(k, c) for r, c in shapes]
-    layers[0] = np.eye(shapes[0][0], k) @ root @ vt[:k]
-    layers[-1] = u[:, :k] @ root @ np.eye(k, shapes[-1][1]) if depth > 1 else u[:, :k] @ np.diag(s) @ vt[:k]
-    return layers
 
 
 def _budgeted(run: Callable[[int | None], Run], budget_s: float | None) -> Run:
@@ -235,7 +209,8 @@ def reference(case: Case, cache_dir: Path) -> Reference:
             a, times, products = ds.attrs, ds.time.values, ds["product"].values
         return Reference(times, products, a["horizon"], a["lr0"], a["sharpness"], a["note"])
     problem, (method, rtol, atol) = case.problem(), case.reference
-    lam = sharpness(problem, _balanced_factors(problem, case.depth))
+    # λ_max at the balanced factorisation of W*, where small-init runs end
+    lam = sharpness(problem, recover_layers(problem.w_star, case.depth))
     lr0 = 2.0 ** math.floor(math.log2(1.0 / lam))
     grid = save_grid(lr0, case.per_decade, problem)
     kwargs = {"rtol": rtol, "atol": atol, "loss_tol": case.loss_tol, **case.settings()}

@@ -24,7 +24,8 @@ compensated time and landing on the save times are those of `dlnode.stiff`.
 Ties. ``balanced`` and ``decoupled`` inits start with equal σ, where the frames are not defined; inside each cluster
 of equal σ they are taken as the eigenvectors of the symmetric part of G, the limit of the SVD frames as τ → 0⁺.
 
-Cost: one dense LU of q unknowns per step (~q³/3 flops) and q forward-mode field evaluations: meant for d ≲ 30.
+Cost: one dense LU of q unknowns per step (~q³/3 flops) and q forward-mode field evaluations: meant for d ≲ 50
+(`dlnode.auto` takes this path for at most 2500 unknowns).
 """
 
 from __future__ import annotations

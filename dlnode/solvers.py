@@ -32,6 +32,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import singular, stiff
 from .flows import Flow, layer_gradients
+from .stiff import stop_flags
 
 __all__ = ["METHODS", "STATUS", "Solution", "TRACE_COUNT", "solve"]
 
@@ -72,13 +73,6 @@ class Controls:
     max_steps: int
 
 
-def _stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]:
-    """(converged, diverged): ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*); ℓ not finite or ℓ > diverge·ℓ₀."""
-    converged = loss - loss_min <= c["loss_tol"] * (loss0 - loss_min)
-    diverged = ~jnp.isfinite(loss) | (loss > c["diverge"] * jnp.maximum(loss0, 1e-300))
-    return converged, diverged
-
-
 # ----------------------------------------------------------------------------------------------- diffrax
 _DIFFRAX = {
     "tsit5": diffrax.Tsit5,
@@ -108,10 +102,10 @@ def _diffrax_batch(name: str, flow: Flow, max_steps: int) -> Callable:
         loss0 = flow.loss(y0, args)
 
         def converged(t, y, args, **kwargs):
-            return _stop_flags(flow.loss(y, args), loss0, arrays["loss_min"], c)[0]
+            return stop_flags(flow.loss(y, args), loss0, arrays["loss_min"], c)[0]
 
         def diverged(t, y, args, **kwargs):
-            return _stop_flags(flow.loss(y, args), loss0, arrays["loss_min"], c)[1]
+            return stop_flags(flow.loss(y, args), loss0, arrays["loss_min"], c)[1]
 
         saveat = diffrax.SaveAt(
             subs=[diffrax.SubSaveAt(ts=ts, fn=lambda t, y, args: flow.observe(y, args)), diffrax.SubSaveAt(t1=True)]
@@ -143,7 +137,7 @@ def _gd_batch(problem_cls: type, flow: Flow) -> Callable:
         def body(carry):
             y, n, status = carry
             grads, w, e = layer_gradients(y, problem_cls.grad_fn, arrays)
-            converged, diverged = _stop_flags(problem_cls.loss_from_grad(w, e, arrays), loss0, arrays["loss_min"], c)
+            converged, diverged = stop_flags(problem_cls.loss_from_grad(w, e, arrays), loss0, arrays["loss_min"], c)
             status = jnp.where(diverged, -2, jnp.where(converged, 1, 0)).astype(jnp.int64)
             go = status == 0
             y = tuple(jnp.where(go, a - c["lr"] * g, a) for a, g in zip(y, grads, strict=True))
@@ -211,7 +205,7 @@ def _scipy_one(method: str, fns: dict, y0: np.ndarray, args: dict, ts: np.ndarra
         while k < len(ts) and ts[k] <= solver.t:
             saved[k] = interp(ts[k])
             k += 1
-        converged, diverged = _stop_flags(float(fns["loss"](solver.y, args)), loss0, loss_min, c)
+        converged, diverged = stop_flags(float(fns["loss"](solver.y, args)), loss0, loss_min, c)
         if diverged or converged or steps >= c["max_steps"]:
             status = -2 if diverged else (1 if converged else -1)
             break

@@ -190,8 +190,8 @@ def _attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, prev: tuple, tab:
     return x1, err, ok, lam, v, iters, (pb, apb, h)
 
 
-def _stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]:
-    """(converged, diverged) by the rule of `dlnode.solvers`: ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*); ℓ not finite or > div·ℓ₀."""
+def stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]:
+    """(converged, diverged), the stop rule of every solver: ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*); ℓ not finite or > div·ℓ₀."""
     converged = loss - loss_min <= c["loss_tol"] * (loss0 - loss_min)
     diverged = ~jnp.isfinite(loss) | (loss > c["diverge"] * jnp.maximum(loss0, 1e-300))
     return converged, diverged
@@ -212,7 +212,7 @@ def settle(
     compensated time (exactly `target` on landing), the rejection count and the stop rule of `dlnode.solvers`."""
     t_hi, t_lo = _two_sum_add(s.t_hi, s.t_lo, h)
     t_hi, t_lo = jnp.where(land, target, t_hi), jnp.where(land, 0.0, t_lo)
-    converged, diverged = _stop_flags(loss1, loss0, loss_min, c)
+    converged, diverged = stop_flags(loss1, loss0, loss_min, c)
     fails = jnp.where(accept, 0, s.fails + 1)
     status = jnp.where(
         accept, jnp.where(diverged, -2, jnp.where(converged, 1, 0)), jnp.where(fails > MAX_REJECTS, -3, 0)

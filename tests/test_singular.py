@@ -121,6 +121,10 @@ def test_auto_takes_singular_coordinates_for_stiff_end_to_end_flows():
     kw = dict(flow="end_to_end", init="balanced", t1=50.0, saveat=8, progress=False)
     stiff = dln.integrate(prob, depth=4, scale=1e-8, **kw)
     assert stiff.attrs["method"] == "rosenbrock" and "singular coordinates" in stiff.attrs["method_reason"]
+    # end-to-end scale is σ(0) itself: (s_max/σ(0))^{1−2/N}
+    s_max = np.linalg.norm(prob.target(), 2)
+    assert dln.auto.predicted_stiffness(prob, 4, 1e-8, "end_to_end") == pytest.approx((s_max / 1e-8) ** 0.5, rel=1e-12)
+    assert dln.auto.predicted_stiffness(prob, math.inf, 1e-8, "end_to_end") == pytest.approx(s_max / 1e-8)
     assert dln.auto.predicted_stiffness(prob, 4, 1e-8, "end_to_end") > dln.auto.STIFF_RATIO
     mild = dln.integrate(prob, depth=4, scale=0.5, **kw)
     assert mild.attrs["method"] == "tsit5"
