@@ -8,35 +8,25 @@ depth-4 small-init cases (hours of budgeted peers). Every contestant runs on one
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import datetime
+import json
+import math
 import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
 
-# Before numpy, scipy, jax or torch load their thread pools: one thread each, so the comparison is per core and
-# small LU factorisations do not fight over the cores.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"]
-).strip()
-os.environ.setdefault("MPLBACKEND", "Agg")
+import numpy as np
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
+import dlnode as dln
 
-import numpy as np  # noqa: E402
-
-import dlnode as dln  # noqa: E402
-
-from .e2e_depth_cost import DepthCost, measure  # noqa: E402
-from .e2e_depth_cost import table as depth_table  # noqa: E402
-from .peers import check_gd_equality  # noqa: E402
-from .work_precision import CASES, DLNODE_METHODS, TARGET, Row, run_case, table  # noqa: E402
+from .e2e_depth_cost import DepthCost, measure
+from .e2e_depth_cost import table as depth_table
+from .peers import check_gd_equality
+from .work_precision import CASES, DLNODE_METHODS, TARGET, Row, run_case, table
 
 __all__ = ["main", "run"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -146,19 +147,18 @@ def bench(
     ),
 ) -> None:
     """The performance comparison against the peers (benchmarks/ in a dlnode checkout): a table and a figure;
-    with --targets, the stiff path's targets table (targets.md)."""
+    with --targets, the stiff path's targets table (targets.md).
+
+    It runs in a fresh interpreter (``python -m benchmarks.run`` or ``benchmarks.stiff_targets``): the benchmarks
+    pin BLAS, OpenMP and XLA to one thread, which only works before numpy and jax load, and this process has them.
+    """
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / "run.py").exists():
         _fail("bench needs the benchmarks/ folder of a dlnode checkout; run it from a clone installed with -e")
-    sys.path.insert(0, str(root))
-    if targets:
-        from benchmarks.stiff_targets import run as run_targets
-
-        typer.echo(f"wrote {run_targets(out)}")
-        return
-    from benchmarks.run import run
-
-    typer.echo(f"wrote {run(quick=quick, out_dir=out)}")
+    module, args = ("benchmarks.stiff_targets", []) if targets else ("benchmarks.run", ["--quick"] if quick else [])
+    done = subprocess.run([sys.executable, "-m", module, *args, "--out", str(out.resolve())], cwd=root, check=False)
+    if done.returncode:
+        _fail(f"bench: {module} exited with status {done.returncode}")
 
 
 def main() -> None:

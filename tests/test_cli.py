@@ -42,3 +42,29 @@ def test_info_on_a_missing_file_is_a_one_line_error(tmp_path):
     proc = _run("info", str(tmp_path / "nothing.nc"))
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "path does not exist" in proc.stderr
+
+
+def test_bench_runs_the_benchmark_module_in_a_fresh_interpreter(tmp_path, monkeypatch):
+    """`dlnode bench` starts `python -m benchmarks.<module>` (which pins BLAS threads before numpy loads) in the
+    checkout, and a failing module ends in a one-line error."""
+    from typer.testing import CliRunner
+
+    from dlnode import cli
+
+    calls = []
+
+    def fake_run(cmd, cwd, check):
+        calls.append((cmd, cwd))
+        return subprocess.CompletedProcess(cmd, 1 if "benchmarks.stiff_targets" in cmd else 0)
+
+    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    runner = CliRunner()
+    ok = runner.invoke(cli.app, ["bench", "--quick", "--out", str(tmp_path)])
+    assert ok.exit_code == 0, ok.output
+    cmd, cwd = calls[-1]
+    assert cmd == [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path.resolve())]
+    assert (cwd / "benchmarks" / "__init__.py").exists()
+    failed = runner.invoke(cli.app, ["bench", "--targets", "--out", str(tmp_path)])
+    assert failed.exit_code == 2
+    assert calls[-1][0][:3] == [sys.executable, "-m", "benchmarks.stiff_targets"]
+    assert "benchmarks.stiff_targets exited with status 1" in failed.output
