@@ -21,8 +21,9 @@ import json
 import math
 import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ PEER_NOTES = {
 }
 DENSE_JACOBIAN = {"kvaerno5", "scipy:LSODA", "scipy:BDF", "scipy:Radau"}
 DENSE_JACOBIAN_LIMIT = 2**30  # bytes: a larger dense Jacobian (and its LU) is not attempted
+GEMM_SIZES = (2000, 3000)  # a method not attempted is bounded below by one LU at the GEMM rate of these n
 TARGET = 1e-4  # the stated accuracy: max relative error of W over the saved times
 REPEAT_BELOW_S = 1.0  # runs faster than this are repeated three times (median)
 PROBE_STEPS = 4  # a budgeted run first takes this many steps to measure its cost per step
@@ -239,6 +241,39 @@ def _dense_jacobian_bytes(case: Case) -> int:
     return 8 * sum(r * c for r, c in dln.layer_shapes(case.depth, case.shape[1], case.shape[0])) ** 2
 
 
+@cache
+def lu_seconds(n: int) -> tuple[float, str]:
+    """A lower bound on the seconds of one dense LU of an n × n float64 matrix, and how it was found: its (2/3)n³
+    flops at the fastest matrix-product rate measured here (float64 GEMM at `GEMM_SIZES`, best of three). LU runs
+    below GEMM's rate (scipy lu_factor: 14.3 s at n = 9000 where this bound gives 12.2 s), so it stays a bound."""
+    rng, rates = np.random.default_rng(0), []
+    for k in GEMM_SIZES:
+        a, b = rng.standard_normal((k, k)), rng.standard_normal((k, k))
+        walls = []
+        for _ in range(3):
+            start = time.perf_counter()
+            a @ b
+            walls.append(time.perf_counter() - start)
+        rates.append(2.0 * k**3 / min(walls))
+    rate = max(rates)
+    how = f"(2/3)n³ flops at the float64 GEMM rate measured here ({rate / 1e9:.3g} GFLOP/s)"
+    return 2.0 / 3.0 * n**3 / rate, how
+
+
+def _dense_lower_bound(case: Case, name: str, note: str) -> Row:
+    """A dense-Jacobian method too large to run, as the lower bound of its cost: one LU of its Jacobian (every
+    such run factors it at least once: BDF and LSODA per Jacobian update, Radau a real and a complex one)."""
+    n = sum(r * c for r, c in dln.layer_shapes(case.depth, case.shape[1], case.shape[0]))
+    wall, how = lu_seconds(n)
+    gib = _dense_jacobian_bytes(case) / 2**30
+    why = (
+        f"not run: its dense Jacobian would take {gib:.1f} GiB; lower bound: one LU of it (n = {n}), "
+        f"at least {wall:.3g} s: {how}"
+    )
+    return Row(name, wall, math.nan, math.nan, "; ".join(x for x in (note, why) if x), True, extrapolated=True,
+               finished=False)  # fmt: skip
+
+
 def flow_rows(case: Case, ref: Reference, methods: Sequence[str] = DLNODE_METHODS) -> list[Row]:
     """Every method at every tolerance of the case, timed to the reference's horizon on its grid."""
     problem, rows = case.problem(), []
@@ -247,9 +282,7 @@ def flow_rows(case: Case, ref: Reference, methods: Sequence[str] = DLNODE_METHOD
             name = f"{method} rtol={rtol:g}"
             note = PEER_NOTES.get(method, "") if rtol == 1e-6 else ""
             if method in DENSE_JACOBIAN and _dense_jacobian_bytes(case) > DENSE_JACOBIAN_LIMIT:
-                gib = _dense_jacobian_bytes(case) / 2**30
-                why = f"not run: its dense Jacobian would take {gib:.1f} GiB, with an LU of it per Jacobian update"
-                rows.append(Row(name, math.nan, math.nan, math.nan, "; ".join(x for x in (note, why) if x), True))
+                rows.append(_dense_lower_bound(case, name, note))
                 continue
             kwargs = {"rtol": rtol, "atol": rtol * DEFAULT_RTOL_TO_ATOL, **case.settings()}
             run = timed(lambda m=method, kw=kwargs: _budgeted(
@@ -360,15 +393,16 @@ def table(case: Case, ref: Reference, rows: list[Row]) -> str:
         + (f"`{best.name}` ({best.wall:.3g} s)" if best else "n/a (no dlnode run finished)")
         + ("." if best is None or best.error <= TARGET else ", the most accurate finished run: none met the target."),
         "",
-        "| contestant | wall s | steps | max rel. error | ratio to dlnode's fastest | notes |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| contestant | wall s | compile s | steps | max rel. error | ratio to dlnode's fastest | notes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         ratio = "" if best is None or not np.isfinite(r.wall) else f"{r.wall / best.wall:.3g}"
         if ratio and not r.finished:
             ratio = "> " + ratio
         wall = "" if not np.isfinite(r.wall) else f"{r.wall:.3g}"
+        compile_s = "" if not np.isfinite(r.compile_time) else f"{r.compile_time:.2g}"
         steps = "" if not np.isfinite(r.steps) else f"{r.steps:.3g}" if r.steps >= 1e6 else f"{int(r.steps)}"
         error = "" if not np.isfinite(r.error) else f"{r.error:.2g}"
-        lines.append(f"| {r.name} | {wall} | {steps} | {error} | {ratio} | {r.note} |")
+        lines.append(f"| {r.name} | {wall} | {compile_s} | {steps} | {error} | {ratio} | {r.note} |")
     return "\n".join(lines)
