@@ -2,7 +2,8 @@
 
 References: the end-to-end field in W (MATH.md §5) for the coordinate field; a derivative of the Cayley chart; the
 closed-form escape times of decoupled modes (MATH.md §3) at depth 8 and ∞ from σ = 1e-24, where W itself cannot
-hold the unlearned modes; and a tight dopri8 integration of the W-space flow on a coupled (completion) problem.
+hold the unlearned modes; and a tight dopri8 integration of the W-space flow on coupled (completion) problems, one
+of them with a norm that diverges.
 """
 
 import math
@@ -108,6 +109,32 @@ def test_coupled_completion_agrees_with_a_tight_w_space_reference(shape):
     assert err.max() <= COUPLED_FACTOR * COUPLED_RTOL, err.max()
     # at least two stages happened (two singular values learned), so the comparison crossed a saddle
     assert np.sum(ds.singular_values.isel(depth=0, scale=0, seed=0).values[-1] > 0.1) == 2
+
+
+def test_norm_diverges_where_the_low_rank_fit_is_at_infinity():
+    """Razin & Cohen (2020): complete [[?, 1], [1, 0]] from a balanced init with det W(0) > 0 (seed 3). The sign of
+    det W is kept along the flow (det W = Π det W_j, and no balanced layer can become singular), so a fit needs
+    W₁₁W₂₂ > W₁₂W₂₁ → 1 with W₂₂ → 0: the loss can only go to zero while W₁₁ → −∞. The singular path follows σ₁
+    to ~20 and σ₂ down 100× in agreement with a tight W-space dopri8 run, through the regime where the sharpness
+    grows like σ₁^{2−2/N}."""
+    prob = dln.MatrixCompletion(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[False, True], [True, True]]))
+    t1 = 1e3
+    times = np.concatenate([[0.0], np.logspace(0, np.log10(t1), 25)])
+    kw = dict(depth=3, flow="end_to_end", init="balanced", scale=1e-3, seed=3, t1=t1, saveat=times, progress=False)
+    ref = dln.integrate(prob, method="dopri8", rtol=1e-12, atol=1e-15, max_steps=1_000_000, **kw)
+    ds = dln.integrate(prob, method="rosenbrock", rtol=COUPLED_RTOL, atol=COUPLED_RTOL * 1e-3, **kw)
+    assert ds.status.item() == 0 and ref.status.item() == 0
+    w, w_ref = (x["product"].isel(depth=0, scale=0, seed=0).values for x in (ds, ref))
+    err = np.linalg.norm(w - w_ref, axis=(1, 2)) / np.linalg.norm(w_ref, axis=(1, 2))
+    assert err.max() <= COUPLED_FACTOR * COUPLED_RTOL, err.max()
+    assert np.all(np.linalg.det(w) > 0)
+    sv = ds.singular_values.isel(depth=0, scale=0, seed=0).values
+    loss = ds.loss.isel(depth=0, scale=0, seed=0).values
+    assert sv[-1, 0] > 15.0 and sv[-1, 1] < 1e-2 * sv[0, 1]  # σ₁ runs off, σ₂ falls: rank one at infinity
+    assert loss[-1] < 2e-3 * loss[0] and np.all(np.diff(loss) <= 0)
+    # the fit at infinity: W₁₂W₂₁ → 1 from below W₁₁W₂₂ (det > 0), so W₂₂ → 0 and |W₁₁| grows like 1/|W₂₂|
+    assert w[-1, 0, 0] < -15.0 and -0.1 < w[-1, 1, 1] < 0.0
+    assert 0.9 < w[-1, 0, 1] * w[-1, 1, 0] < w[-1, 0, 0] * w[-1, 1, 1]
 
 
 def test_depth_one_is_refused_with_the_rule():
