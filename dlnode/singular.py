@@ -41,7 +41,7 @@ import jax.scipy.linalg as jsl
 import numpy as np
 
 from .flows import Flow
-from .stiff import TABLEAU, _rms, settle, step_factor
+from .stiff import TABLEAU, error_norm, settle, step_factor
 
 __all__ = ["initial_coordinates", "make_batch", "singular_field"]
 
@@ -160,7 +160,7 @@ def _attempt(field: Callable, z0: Any, h: Any, sc: Any) -> tuple[Any, Any]:
         us.append(jsl.lu_solve(lu, rhs / row))
     z1 = z0 + sum(mi * ui for mi, ui in zip(tab.m, us, strict=True))
     err = sum(ei * ui for ei, ui in zip(tab.e, us, strict=True))
-    return z1, _rms(err / sc)
+    return z1, error_norm(err / sc)
 
 
 def _check(flow: Flow, max_steps: int) -> None:
@@ -280,7 +280,7 @@ def _batch(flow: Flow, max_steps: int) -> Callable:
 
         z0 = jnp.concatenate([jnp.zeros(qa + qb, ell0.dtype), ell0])
         f0 = chart.field(z0, u0, v0, gradient, depth)
-        h0 = jnp.minimum(0.01 / jnp.maximum(_rms(f0 / sc), 1e-300), c["t1"])
+        h0 = jnp.minimum(0.01 / jnp.maximum(error_norm(f0 / sc), 1e-300), c["t1"])
         zero, izero = jnp.zeros((), ell0.dtype), jnp.zeros((), jnp.int64)
         state = _State(u0, v0, ell0, zero, zero, h0, izero, izero, izero, izero)
         targets = jnp.concatenate([jnp.asarray(ts, ell0.dtype), jnp.reshape(c["t1"], (1,))])

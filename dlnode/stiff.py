@@ -38,7 +38,7 @@ from .explicit_tableaus import DOPRI5, ExplicitTableau
 from .flows import Flow
 from .krylov import cg, power_iteration
 
-__all__ = ["SHAMPINE", "TABLEAU", "Tableau", "make_batch", "probe"]
+__all__ = ["SHAMPINE", "TABLEAU", "Tableau", "error_norm", "make_batch", "probe", "settle", "step_factor", "stop_flags"]
 
 
 class Tableau(NamedTuple):
@@ -114,7 +114,8 @@ def _two_sum_add(hi: Any, lo: Any, h: Any) -> tuple[Any, Any]:
     return new_hi, lo - (new_hi - s)
 
 
-def _rms(v: Any) -> Any:
+def error_norm(v: Any) -> Any:
+    """Root mean square of a scaled error vector: the norm every step of both stiff paths is accepted by."""
     return jnp.sqrt(jnp.mean(v * v))
 
 
@@ -148,7 +149,7 @@ def _attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, prev: tuple, tab:
         return p - hg * jvp(p)
 
     def small(r):
-        return _rms(r / sc) <= CG_TOL
+        return error_norm(r / sc) <= CG_TOL
 
     a, c, stages = jnp.asarray(tab.a), jnp.asarray(tab.c), len(tab.m)
     reuse = [i > 0 and np.array_equal(tab.a[i], tab.a[i - 1]) for i in range(stages)]
@@ -183,7 +184,7 @@ def _attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, prev: tuple, tab:
     init = (zeros, f0, zeros, zeros, jnp.ones((), bool), jnp.zeros((), jnp.int32))
     us, _, pb, apb, ok, iters = jax.lax.fori_loop(0, stages, stage, init)
     x1 = x + jnp.asarray(tab.m) @ us
-    err = _rms((jnp.asarray(tab.e) @ us) / sc)
+    err = error_norm((jnp.asarray(tab.e) @ us) / sc)
     hv = -jvp(v)
     lam = jnp.abs(jnp.vdot(v, hv))
     v = hv / jnp.maximum(jnp.linalg.norm(hv), jnp.finfo(hv.dtype).tiny)
@@ -231,7 +232,7 @@ def _explicit_attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, tab: Exp
 
     ks = jax.lax.fori_loop(1, len(tab.b), stage, jnp.zeros((len(tab.b), *x.shape), x.dtype).at[0].set(f0))
     x1 = x + h * (jnp.asarray(tab.b) @ ks)
-    err = _rms(h * (jnp.asarray(tab.e) @ ks) / sc)
+    err = error_norm(h * (jnp.asarray(tab.e) @ ks) / sc)
     hv = -jvp(v)
     lam = jnp.abs(jnp.vdot(v, hv))
     return x1, err, lam, hv / jnp.maximum(jnp.linalg.norm(hv), jnp.finfo(hv.dtype).tiny)
@@ -285,7 +286,7 @@ def _initial_state(field: Callable, x0: Any, c: dict) -> _State:
     """h₀ = 0.01‖y₀‖/‖f(y₀)‖ in the error norm (Hairer, Nørsett, Wanner I, §II.4), capped at t1; λ₀ by power steps."""
     f0, jvp = jax.linearize(field, x0)
     sc = c["atol"] + c["rtol"] * jnp.abs(x0)
-    d0, d1 = _rms(x0 / sc), _rms(f0 / sc)
+    d0, d1 = error_norm(x0 / sc), error_norm(f0 / sc)
     h0 = jnp.where((d0 > 1e-5) & (d1 > 1e-5), 0.01 * d0 / jnp.maximum(d1, 1e-300), 1e-6)
     v0 = jax.random.normal(jax.random.PRNGKey(0), x0.shape, x0.dtype)
     lam, v = power_iteration(lambda p: -jvp(p), v0, POWER_START)
