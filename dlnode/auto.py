@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import stiff
+from . import singular, stiff
 from .flows import get_flow
 from .network import init_layers
 from .problems import Problem
@@ -42,11 +42,6 @@ def predicted_stiffness(problem: Problem, depth: float, scale: float, flow: str 
     if depth <= 2:
         return 1.0 if depth == 2 else scale / max(s_max, 1e-300)
     return (s_max / u0) ** (1.0 - 2.0 / depth)
-
-
-def _singular_unknowns(problem: Problem) -> int:
-    m, n = problem.d_out, problem.d_in
-    return m * (m - 1) // 2 + n * (n - 1) // 2 + min(m, n)
 
 
 def choose_method(
@@ -71,7 +66,7 @@ def choose_method(
             return EXPLICIT, f"auto: predicted stiffness {worst:.3g} <= {STIFF_RATIO:g} -> {EXPLICIT}"
         if min(depths) < 2:
             return EXPLICIT, f"{stiff_reason}, but depth 1 has no singular-coordinate path -> {EXPLICIT}"
-        q = _singular_unknowns(problem)
+        q = singular.unknowns(problem.d_out, problem.d_in)
         if q > SINGULAR_MAX_UNKNOWNS:
             return EXPLICIT, (f"{stiff_reason}, but singular coordinates would need a dense {q}-unknown LU per step "
                               f"(> {SINGULAR_MAX_UNKNOWNS}) -> {EXPLICIT}")  # fmt: skip

@@ -22,7 +22,16 @@ from .flows import FLOWS, get_flow
 from .network import init_end_to_end, init_layers
 from .problems import Problem
 from .solvers import METHODS, Controls, Solution, solve
-from .validation import as_depths, as_scales, as_seeds, check_call, check_flow, check_positive, check_saveat
+from .validation import (
+    as_depths,
+    as_scales,
+    as_seeds,
+    check_call,
+    check_flow,
+    check_max_steps,
+    check_positive,
+    check_saveat,
+)
 
 __all__ = ["integrate"]
 
@@ -192,8 +201,8 @@ def _plan(problem, depth, width, init, scale, seed, flow, method, lr, t1, rtol, 
     saveat = check_saveat(saveat)
     if loss_tol is not None:
         check_positive("loss_tol", loss_tol)
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+    if max_steps is not None:
+        check_max_steps(max_steps)
     if method == "auto":
         chosen, reason = choose_method(problem, depths, scales, init, width, flow, float(lr or math.nan))
     else:

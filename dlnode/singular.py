@@ -42,8 +42,9 @@ import numpy as np
 
 from .flows import Flow
 from .stiff import TABLEAU, error_norm, settle, step_factor
+from .validation import check_max_steps, check_singular_depths
 
-__all__ = ["initial_coordinates", "make_batch", "singular_field"]
+__all__ = ["initial_coordinates", "make_batch", "singular_field", "unknowns"]
 
 TIE_RTOL = 1e-9  # singular values closer than this (relatively) at t = 0 form one cluster
 
@@ -108,6 +109,11 @@ def _chart_velocity(a: Any, om: Any) -> Any:
     return om + 0.5 * (a @ om - om @ a) - 0.25 * a @ om @ a
 
 
+def unknowns(m: int, n: int) -> int:
+    """Size of the state for an m × n W: the strict upper triangles of the two chart generators, and ln σ."""
+    return m * (m - 1) // 2 + n * (n - 1) // 2 + min(m, n)
+
+
 class _Chart(NamedTuple):
     """Unknowns z = (upper(A), upper(B), ln σ) around the frames (U_n, V_n)."""
 
@@ -166,13 +172,8 @@ def _attempt(field: Callable, z0: Any, h: Any, sc: Any) -> tuple[Any, Any]:
 def _check(flow: Flow, max_steps: int) -> None:
     if flow.name != "end_to_end" or flow.gradient is None:
         raise ValueError(f"singular coordinates integrate flow='end_to_end' only; got flow={flow.name!r}")
-    if not (math.isinf(flow.depth) or flow.depth >= 2):
-        raise ValueError(
-            f"method='rosenbrock' on flow='end_to_end' needs depth >= 2 (ln σ coordinates; σ may cross 0 at depth 1); "
-            f"got depth={flow.depth:g}; use tsit5 at depth 1"
-        )
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+    check_singular_depths([flow.depth])
+    check_max_steps(max_steps)
 
 
 def initial_coordinates(flow: Flow, w0: np.ndarray, arrays: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

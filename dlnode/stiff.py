@@ -37,6 +37,7 @@ from jax.flatten_util import ravel_pytree
 from .explicit_tableaus import DOPRI5, ExplicitTableau
 from .flows import Flow
 from .krylov import cg, power_iteration
+from .validation import check_max_steps
 
 __all__ = ["SHAMPINE", "TABLEAU", "Tableau", "error_norm", "make_batch", "probe", "settle", "step_factor", "stop_flags"]
 
@@ -302,8 +303,7 @@ def _check_flow(flow: Flow, max_steps: int) -> None:
             "method='rosenbrock' needs a symmetric Jacobian (a gradient flow of the layers); "
             "got flow='end_to_end'; use flow='layers' or an explicit method"
         )
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+    check_max_steps(max_steps)
 
 
 def make_batch(flow: Flow, max_steps: int) -> Callable:

@@ -11,7 +11,15 @@ import numpy as np
 from .network import check_init
 from .problems import Problem
 
-__all__ = ["as_depths", "as_scales", "as_seeds", "check_positive", "check_saveat"]
+__all__ = [
+    "as_depths",
+    "as_scales",
+    "as_seeds",
+    "check_max_steps",
+    "check_positive",
+    "check_saveat",
+    "check_singular_depths",
+]
 
 INF_NAMES = ("inf", "infinity", "∞")
 
@@ -106,10 +114,23 @@ def check_flow(flow: str, depths: list[float], init: Any, method: str) -> None:
         raise ValueError(
             f"flow='end_to_end' needs a balanced init (every D_j = 0): init='balanced' or 'decoupled'; got {init!r}"
         )
-    if flow == "end_to_end" and method == "rosenbrock" and any(d < 2 for d in depths):
-        raise ValueError(
-            "method='rosenbrock' on flow='end_to_end' integrates ln σ and needs depth >= 2; "
-            f"got depths {[f'{d:g}' for d in depths]}; use tsit5 for depth 1"
-        )
+    if flow == "end_to_end" and method == "rosenbrock":
+        check_singular_depths(depths)
     if flow != "layers" and method == "gd":
         raise ValueError(f"method='gd' is gradient descent on the layers: use flow='layers'; got flow={flow!r}")
+
+
+def check_singular_depths(depths: Iterable[float]) -> None:
+    """The singular-coordinate path (``rosenbrock`` on ``end_to_end``) integrates ln σ: depth ≥ 2 (or ∞) only."""
+    depths = list(depths)
+    if any(d < 2 for d in depths):
+        raise ValueError(
+            "method='rosenbrock' on flow='end_to_end' integrates ln σ and needs depth >= 2 (σ may cross 0 at depth 1); "
+            f"got depths {[f'{d:g}' for d in depths]}; use tsit5 for depth 1"
+        )
+
+
+def check_max_steps(max_steps: Any) -> None:
+    """A step budget is a positive integer."""
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")

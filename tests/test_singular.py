@@ -17,6 +17,7 @@ from scipy.integrate import quad
 import dlnode as dln
 from dlnode import singular
 from dlnode.endtoend import end_to_end_field
+from dlnode.flows import get_flow
 
 TARGET_SV = np.array([3.0, 2.0, 1.0, 0.5, 0.0, 0.0])
 # Escape times at rtol 1e-9 against the quadrature of the scalar law: the saves bracket each predicted time on a grid
@@ -135,6 +136,31 @@ def test_norm_diverges_where_the_low_rank_fit_is_at_infinity():
     # the fit at infinity: W₁₂W₂₁ → 1 from below W₁₁W₂₂ (det > 0), so W₂₂ → 0 and |W₁₁| grows like 1/|W₂₂|
     assert w[-1, 0, 0] < -15.0 and -0.1 < w[-1, 1, 1] < 0.0
     assert 0.9 < w[-1, 0, 1] * w[-1, 1, 0] < w[-1, 0, 0] * w[-1, 1, 1]
+
+
+def test_a_run_out_of_steps_keeps_what_it_reached():
+    prob = dln.MatrixCompletion.random((5, 5), 2, 15, seed=2)
+    times = np.logspace(-1, 3, 30)
+    kw = dict(depth=3, flow="end_to_end", init="balanced", scale=1e-3, t1=1e3, saveat=times, progress=False)
+    full = dln.integrate(prob, method="rosenbrock", **kw)
+    cut = dln.integrate(prob, method="rosenbrock", max_steps=40, **kw)
+    assert full.status.item() in (0, 1) and cut.status.item() == -1
+    t_final = float(cut.t_final.values.ravel()[0])
+    w, w_full = (x["product"].isel(depth=0, scale=0, seed=0).values for x in (cut, full))
+    reached = cut.time.values <= t_final
+    assert 1 < reached.sum() < len(reached)
+    np.testing.assert_allclose(w[reached], w_full[reached], rtol=0, atol=1e-12)  # the same steps up to the cut
+    assert np.isnan(w[~reached]).all()
+
+
+def test_bad_input_is_refused_before_integration():
+    prob = dln.Factorization(np.diag([2.0, 1.0, 0.5]))
+    with pytest.raises(ValueError, match="max_steps must be a positive integer"):
+        dln.integrate(prob, depth=3, flow="end_to_end", init="balanced", method="rosenbrock", max_steps=0,
+                      progress=False)  # fmt: skip
+    assert singular.unknowns(6, 4) == 15 + 6 + 4 == sum(singular._Chart(6, 4, 4).sizes) + 4
+    with pytest.raises(ValueError, match="needs depth >= 2"):
+        singular.make_batch(get_flow("end_to_end", type(prob), 1.0), 100)
 
 
 def test_depth_one_is_refused_with_the_rule():
