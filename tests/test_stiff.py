@@ -12,13 +12,13 @@ from dlnode.explicit_tableaus import DOPRI5
 from dlnode.flows import get_flow
 from dlnode.krylov import cg
 
-# Adaptive global error stays within a modest multiple of rtol·|y| over O(1) time for a 4th-order method with an
+# Adaptive global error stays within a modest multiple of rtol·|y| over O(1) time for an order-3 method with an
 # error-per-step controller (the same bound the explicit methods meet in test_methods).
 GLOBAL_FACTOR = 100.0
 RTOL = 1e-6
-# Order 4 with an order-3 embedded estimate: h ∝ rtol^{1/4}, so the step count grows by 10^{1/4} per decade.
-STEP_SLOPE, STEP_SLOPE_TOL = 0.25, 0.05
-# Stage (escape) times: at rtol 1e-8 a 4th-order integration moves an escape time by far less than 1e-4 of itself.
+# RODAS3 has an order-2 embedded estimate: h ∝ rtol^{1/3}, so the step count grows by 10^{1/3} per decade.
+STEP_SLOPE, STEP_SLOPE_TOL = 1 / 3, 0.05
+# Stage (escape) times: at rtol 1e-8 a 3rd-order integration moves an escape time by far less than 1e-4 of itself.
 STAGE_RTOL, STAGE_TOL = 1e-8, 1e-4
 # D_j is conserved by the flow: its drift is integration error, a modest multiple of rtol·max_j‖W_j‖².
 DRIFT_FACTOR = 100.0
@@ -73,6 +73,34 @@ def test_tableau_has_order_four_and_an_order_three_estimate():
     embedded = _order_conditions(tab, tab.m - tab.e)
     assert np.abs(embedded[:4]).max() < 1e-14  # order 3 …
     assert np.abs(embedded[4:]).max() > 1e-3  # … and not 4, so y₁ − ŷ₁ = O(h⁴) estimates the error
+
+
+def _stability(tab: stiff.Tableau, weights: np.ndarray, z: float) -> float:
+    """R(z): one step of the method with the given output weights on y' = λy, y(0) = 1, z = hλ."""
+    u = np.zeros(len(tab.m))
+    for i in range(len(u)):
+        u[i] = tab.gamma * (z * (1 + tab.a[i] @ u) + tab.c[i] @ u) / (1 - tab.gamma * z)
+    return 1 + weights @ u
+
+
+def test_layer_tableau_is_rodas3_order_three_l_stable_with_a_vanishing_stiff_estimate():
+    tab = stiff.TABLEAU
+    assert tab is stiff.RODAS3
+    conditions = _order_conditions(tab, tab.m)
+    assert np.abs(conditions[:4]).max() < 1e-14 and np.abs(conditions[4:]).max() > 1e-3  # order 3, not 4
+    embedded = _order_conditions(tab, tab.m - tab.e)
+    assert np.abs(embedded[:2]).max() < 1e-14 and np.abs(embedded[2:4]).max() > 1e-3  # order 2, not 3
+    for weights in (tab.m, tab.m - tab.e):
+        assert abs(_stability(tab, weights, -1e12)) < 1e-10  # L-stable: R(∞) = 0 for y₁ and for ŷ₁ …
+        zs = -np.logspace(-3, 8, 200)
+        assert np.all(np.abs([_stability(tab, weights, z) for z in zs]) <= 1)  # … and |R| ≤ 1 on the real axis
+    # Shampine's method, by contrast, keeps a third of a stiff component and estimates two thirds of it as error
+    assert abs(_stability(stiff.SHAMPINE, stiff.SHAMPINE.m, -1e12) - 1 / 3) < 1e-9
+    shampine_estimate = _stability(stiff.SHAMPINE, stiff.SHAMPINE.m, -1e12) - _stability(
+        stiff.SHAMPINE, stiff.SHAMPINE.m - stiff.SHAMPINE.e, -1e12
+    )
+    assert abs(shampine_estimate - 2 / 3) < 1e-9
+    assert abs(_stability(tab, tab.m, -0.1) - np.exp(-0.1)) < 1e-5  # and it is the exponential for small z
 
 
 @pytest.fixture(scope="module")
