@@ -13,7 +13,8 @@ beyond every plain-time integrator, so only the stages, the loss and the drift a
 ``d8_fact`` take depth 8 through the balanced end-to-end flow in singular coordinates (σ(0) = 1e-24, time τ = 8t).
 
 Usage: ``python -m benchmarks.stiff_targets [--rtol 1e-7] [--only d8_e2e,d8_fact]`` or ``dlnode bench --targets``
-(all targets; ``targets.md`` in the output folder).
+(all targets; ``targets.md`` in the output folder). ``--masks 0,1,2,3,4,5 [--steps 30000]`` runs ``d8_e2e`` on
+the completions whose observed entries those seeds draw instead (``masks.md``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Target:
     first_save: float = 1e-2
     flow: str = "layers"  # "end_to_end": balanced init, `scale` is the end-to-end scale, time is τ = N t
     rtol: float | None = None  # overrides the table's rtol where the 1e-4 accuracy needs a tighter one
+    max_steps: int = 200_000
 
     def times(self) -> np.ndarray:
         ts = np.concatenate([[0.0], np.logspace(np.log10(self.first_save), np.log10(self.t1), SAVE_POINTS - 1)])
@@ -70,6 +72,15 @@ def targets() -> list[Target]:
         Target("d8_e2e", d10, 8, 1e-24, 1e-6, 1e27, None, flow="end_to_end"),
         Target("d8_fact", dln.Factorization(d10.w_star), 8, 1e-24, 1e-6, 1e27, "rosenbrock", flow="end_to_end"),
     ]
+
+
+def mask_targets(seeds: Sequence[int], max_steps: int = 30_000) -> list[Target]:
+    """`d8_e2e` on other observation masks: the 10×10 rank-3 completion with 60 observed entries drawn by `seeds`."""
+    return [
+        Target(f"d8_e2e_mask{seed}", dln.MatrixCompletion.random((10, 10), 3, 60, seed=seed), 8, 1e-24, 1e-6, 1e27,
+               None, flow="end_to_end", max_steps=max_steps)
+        for seed in seeds
+    ]  # fmt: skip
 
 
 def _run(t: Target, method: str, rtol: float, loss_tol: float, max_steps: int = 200_000):
@@ -117,6 +128,12 @@ def _drift(ds, t: Target) -> tuple[float, float]:
     return drift / size, drift / d0
 
 
+def _peak(ds, t: Target) -> float:
+    """max over the run of σ₁ over the target's σ₁: above 1, the path overshoots in norm on its way."""
+    sv = ds["singular_values"].values.reshape(len(t.times()), -1)
+    return float(np.nanmax(sv[:, 0]) / np.linalg.svd(t.problem.w_star, compute_uv=False)[0])
+
+
 def _stages(ds, t: Target) -> str:
     """Times at which the k-th singular value first exceeds half its target value (the stage times)."""
     target = np.linalg.svd(t.problem.w_star, compute_uv=False)[: np.linalg.matrix_rank(t.problem.w_star)]
@@ -131,7 +148,7 @@ def _stages(ds, t: Target) -> str:
 def measure(t: Target, rtol: float) -> dict[str, float | str]:
     ref = reference(t)
     rtol = t.rtol or rtol
-    ds = _run(t, "rosenbrock", rtol, t.loss_tol)
+    ds = _run(t, "rosenbrock", rtol, t.loss_tol, t.max_steps)
     loss = ds["loss"].values.ravel()
     final_ratio = (loss[np.isfinite(loss)][-1] - t.problem.loss_min) / (loss[0] - t.problem.loss_min)
     drift_w, drift_d0 = _drift(ds, t)
@@ -141,30 +158,35 @@ def measure(t: Target, rtol: float) -> dict[str, float | str]:
         "status": int(ds["status"].values.ravel()[0]), "t_final": float(ds["t_final"].values.ravel()[0]),
         "loss_ratio": float(final_ratio), "rel_err": _relative_error(ds, ref, t.times()),
         "ref": "none" if ref is None else ("self" if t.reference == "rosenbrock" else t.reference),
-        "drift_w": drift_w, "drift_d0": drift_d0, "stages": _stages(ds, t),
+        "drift_w": drift_w, "drift_d0": drift_d0, "peak": _peak(ds, t), "stages": _stages(ds, t),
     }  # fmt: skip
 
 
 COLUMNS = ("target", "rtol", "run_s", "compile_s", "steps", "rejected", "status", "t_final", "loss_ratio", "rel_err",
-           "ref", "drift_w", "drift_d0", "stages")  # fmt: skip
+           "ref", "drift_w", "drift_d0", "peak", "stages")  # fmt: skip
 
 
 def _cell(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def run(out_dir: Path, rtol: float = 1e-7, only: Sequence[str] | None = None) -> Path:
-    """Measure the chosen targets (all by default) and write ``targets.md`` under `out_dir`, one row per target
-    as it finishes (a long run leaves what it measured). Returns the Markdown's path."""
-    chosen = [t for t in targets() if only is None or t.name in only]
+def run(
+    out_dir: Path, rtol: float = 1e-7, only: Sequence[str] | None = None, chosen: Sequence[Target] | None = None,
+    name: str = "targets.md",
+) -> Path:  # fmt: skip
+    """Measure the chosen targets (`chosen`, else those of `targets()` named in `only`, else all) and write `name`
+    under `out_dir`, one row per target as it finishes (a long run leaves what it measured). Returns its path."""
+    if chosen is None:
+        chosen = [t for t in targets() if only is None or t.name in only]
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "targets.md"
+    path = out_dir / name
     lines = [
         f"# Stiff-path targets (method rosenbrock, rtol {rtol:g} unless the row says otherwise, atol 1e-3 rtol)", "",
         "run_s/compile_s: solver wall time and compilation; loss_ratio: (l - l*)/(l0 - l*) at the end; rel_err: max "
         "relative error of W against the reference (ref; 'self' = rosenbrock at rtol 1e-10); drift_w, drift_d0: "
         "balancedness drift over max_j |W_j|^2 and max_j |D_j(0)| (nan: end-to-end, balanced by construction); "
-        "stages: times at which sigma_k first exceeds half the target's sigma_k (t, or tau = N t end-to-end).", "",
+        "peak: max over the run of sigma_1 over the target's sigma_1; stages: times at which sigma_k first exceeds "
+        "half the target's sigma_k (t, or tau = N t end-to-end).", "",
         "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS),
     ]  # fmt: skip
     for t in chosen:
@@ -181,7 +203,13 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(t.name for t in targets()))
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--refs-only", action="store_true", help="build the cached references and stop")
+    parser.add_argument("--masks", default=None, help="instead: d8_e2e on these mask seeds (e.g. 0,1,2,3,4,5)")
+    parser.add_argument("--steps", type=int, default=30_000, help="step budget of each --masks run")
     opts = parser.parse_args()
+    if opts.masks is not None:
+        chosen = mask_targets([int(s) for s in opts.masks.split(",")], opts.steps)
+        print(f"wrote {run(opts.out, opts.rtol, chosen=chosen, name='masks.md')}")
+        return
     only = opts.only.split(",")
     if opts.refs_only:
         for t in targets():
