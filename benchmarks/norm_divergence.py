@@ -25,6 +25,8 @@ import numpy as np
 import dlnode as dln
 from dlnode.endtoend import recover_layers
 
+from .stiff_targets import d10_completion
+
 DEPTH, SCALE, RTOL = 8, 1e-16, 1e-7
 RESOLVED = 1e-3  # σ₃ from which the per-layer run starts: 1e-3/9 relative to σ₁, far above round-off of W
 SPACING = 250.0  # τ between the compared saves (the escape takes ~10³ τ)
@@ -68,7 +70,7 @@ def locate(problem: dln.Problem) -> tuple[np.ndarray, object]:
 
 
 def compare(out_dir: Path, continue_steps: int = CONTINUE_STEPS) -> Path:
-    problem = dln.MatrixCompletion.random((10, 10), 3, 60, seed=0)
+    problem = d10_completion()
     start = time.perf_counter()
     saves, ds = locate(problem)
     located = time.perf_counter() - start

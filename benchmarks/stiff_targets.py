@@ -56,10 +56,15 @@ class Target:
         return ts
 
 
+def d10_completion(seed: int = 0) -> dln.MatrixCompletion:
+    """The small completion of targets 2 and 3: 10×10, rank 3, 60 observed entries (the mask drawn by `seed`)."""
+    return dln.MatrixCompletion.random((10, 10), 3, 60, seed=seed)
+
+
 def targets() -> list[Target]:
     """Targets 1–3 of the stiff-flow issue: the Arora et al. completion, depth 4 at d = 10 and 50, depth 8."""
     arora = dln.MatrixCompletion.random(shape=(100, 100), rank=5, observed=2000, seed=0)
-    d10 = dln.MatrixCompletion.random((10, 10), 3, 60, seed=0)
+    d10 = d10_completion()
     d50 = dln.MatrixCompletion.random((50, 50), 3, 1500, seed=0)
     return [
         Target("arora", arora, 3, 0.1, 1e-7, 400.0, "dopri8"),
@@ -75,12 +80,12 @@ def targets() -> list[Target]:
 
 
 def mask_targets(seeds: Sequence[int], max_steps: int = 30_000) -> list[Target]:
-    """`d8_e2e` on other observation masks: the 10×10 rank-3 completion with 60 observed entries drawn by `seeds`."""
+    """`d8_e2e` on other observation masks: `d10_completion(seed)` for each of `seeds`, `max_steps` each."""
+    base = next(t for t in targets() if t.name == "d8_e2e")
     return [
-        Target(f"d8_e2e_mask{seed}", dln.MatrixCompletion.random((10, 10), 3, 60, seed=seed), 8, 1e-24, 1e-6, 1e27,
-               None, flow="end_to_end", max_steps=max_steps)
+        dataclasses.replace(base, name=f"d8_e2e_mask{seed}", problem=d10_completion(seed), max_steps=max_steps)
         for seed in seeds
-    ]  # fmt: skip
+    ]
 
 
 def _run(t: Target, method: str, rtol: float, loss_tol: float, max_steps: int = 200_000):

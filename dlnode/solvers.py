@@ -9,9 +9,10 @@ run reached, and step counts. This is the only module that imports diffrax or sc
   per (method, problem kind, shapes); t1, save times, tolerances and stopping thresholds are traced arguments.
 - scipy (`scipy:RK45`, `scipy:LSODA`, `scipy:BDF`, `scipy:Radau`): the float64 reference; a jitted right-hand
   side and, for the implicit methods, the jitted Jacobian −∇²L.
-- `rosenbrock`: Shampine's 4th-order Rosenbrock method, linearly implicit (A-stable) with matrix-free CG stage solves on
-  Hessian-vector products, for stiff small-init flows through every plateau (see `dlnode.stiff`); on
-  ``end_to_end`` flows the same tableau in singular coordinates (U, ln σ, V) with dense LU (see `dlnode.singular`).
+- `rosenbrock`: RODAS3, a linearly implicit (L-stable) Rosenbrock method of order 3 with matrix-free CG stage
+  solves on Hessian-vector products, for stiff small-init flows through every plateau (see `dlnode.stiff`); on
+  ``end_to_end`` flows Shampine's order-4 Rosenbrock method in singular coordinates (U, ln σ, V) with dense LU
+  (see `dlnode.singular`).
 - `gd`: explicit Euler with constant step lr, i.e. gradient descent exactly; step k sits at time t = k·lr.
 """
 

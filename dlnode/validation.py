@@ -133,4 +133,4 @@ def check_singular_depths(depths: Iterable[float]) -> None:
 def check_max_steps(max_steps: Any) -> None:
     """A step budget is a positive integer."""
     if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}; pass e.g. max_steps=200000")

@@ -75,9 +75,9 @@ def test_tableau_has_order_four_and_an_order_three_estimate():
     assert np.abs(embedded[4:]).max() > 1e-3  # … and not 4, so y₁ − ŷ₁ = O(h⁴) estimates the error
 
 
-def _stability(tab: stiff.Tableau, weights: np.ndarray, z: float) -> float:
+def _stability(tab: stiff.Tableau, weights: np.ndarray, z: complex) -> complex:
     """R(z): one step of the method with the given output weights on y' = λy, y(0) = 1, z = hλ."""
-    u = np.zeros(len(tab.m))
+    u = np.zeros(len(tab.m), dtype=complex)
     for i in range(len(u)):
         u[i] = tab.gamma * (z * (1 + tab.a[i] @ u) + tab.c[i] @ u) / (1 - tab.gamma * z)
     return 1 + weights @ u
@@ -90,10 +90,13 @@ def test_layer_tableau_is_rodas3_order_three_l_stable_with_a_vanishing_stiff_est
     assert np.abs(conditions[:4]).max() < 1e-14 and np.abs(conditions[4:]).max() > 1e-3  # order 3, not 4
     embedded = _order_conditions(tab, tab.m - tab.e)
     assert np.abs(embedded[:2]).max() < 1e-14 and np.abs(embedded[2:4]).max() > 1e-3  # order 2, not 3
+    ys = np.logspace(-3, 8, 200)
     for weights in (tab.m, tab.m - tab.e):
-        assert abs(_stability(tab, weights, -1e12)) < 1e-10  # L-stable: R(∞) = 0 for y₁ and for ŷ₁ …
-        zs = -np.logspace(-3, 8, 200)
-        assert np.all(np.abs([_stability(tab, weights, z) for z in zs]) <= 1)  # … and |R| ≤ 1 on the real axis
+        assert abs(_stability(tab, weights, -1e12)) < 1e-10  # R(∞) = 0 for y₁ and for ŷ₁ …
+        # … and A-stable: R's only pole, 1/γ, is in the right half-plane, so |R| ≤ 1 on the imaginary axis bounds
+        # it on the whole left half-plane (maximum principle); the negative real axis is checked as well
+        assert np.all(np.abs([_stability(tab, weights, 1j * y) for y in ys]) <= 1 + 1e-12)
+        assert np.all(np.abs([_stability(tab, weights, -y) for y in ys]) <= 1)
     # Shampine's method, by contrast, keeps a third of a stiff component and estimates two thirds of it as error
     assert abs(_stability(stiff.SHAMPINE, stiff.SHAMPINE.m, -1e12) - 1 / 3) < 1e-9
     shampine_estimate = _stability(stiff.SHAMPINE, stiff.SHAMPINE.m, -1e12) - _stability(
