@@ -7,7 +7,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from . import accessor, auto  # noqa: E402, F401  (accessor registers the ds.dln namespace)
+from . import accessor  # noqa: E402, F401  (accessor registers the ds.dln namespace)
 from ._version import __version__  # noqa: E402
 from .analysis import effective_rank, log_volume, numerical_rank, stages  # noqa: E402
 from .curvature import sharpness, sharpness_bounds  # noqa: E402
@@ -17,7 +17,7 @@ from .discrete import compare, convergence_order  # noqa: E402
 from .integration import integrate  # noqa: E402
 from .network import balancedness, init_layers, layer_shapes, product  # noqa: E402
 from .problems import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression  # noqa: E402
-from .solvers import METHODS  # noqa: E402
+from .solvers import METHODS, Status  # noqa: E402
 
 __all__ = [
     "METHODS",
@@ -26,6 +26,7 @@ __all__ = [
     "MatrixSensing",
     "Problem",
     "Regression",
+    "Status",
     "__version__",
     "balancedness",
     "compare",

@@ -15,12 +15,13 @@ import numpy as np
 import xarray as xr
 
 from .problems import Problem
+from .solvers.core import Status
 
 __all__ = ["STATUS_MEANINGS", "VARIABLES", "open_dataset", "problem_from", "problem_variables", "save", "to_dataset",
            "validate"]  # fmt: skip
 
 RUN = ("depth", "scale", "seed")
-STATUS_MEANINGS = {0: "finished", 1: "converged", -1: "max_steps", -2: "diverged", -3: "solver_failure"}
+STATUS_MEANINGS = {int(s): s.meaning for s in Status}
 
 # name → (dims, long_name, units)
 VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {

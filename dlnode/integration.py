@@ -15,13 +15,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .auto import choose_method
 from .dataset import to_dataset, with_problem
 from .endtoend import recover_layers
 from .flows import FLOWS, get_flow
 from .network import init_end_to_end, init_layers
 from .problems import Problem
 from .solvers import METHODS, Controls, Solution, solve
+from .solvers.auto import choose_method
 from .validation import (
     as_depths,
     as_scales,
@@ -127,9 +127,9 @@ def integrate(
         follows to second order), or ``end_to_end`` (the balanced end-to-end flow of W alone, depths may include
         ``"inf"``; needs init ``balanced`` or ``decoupled``, takes `scale` as the end-to-end scale and runs on the
         rescaled time τ = N t; per-layer weights are rebuilt from the SVD of W).
-    method : ``auto`` (tsit5, or rosenbrock when a stiffness probe says so; see `dlnode.auto`), ``tsit5``,
+    method : ``auto`` (tsit5, or rosenbrock when a stiffness probe says so; see `dlnode.solvers.auto`), ``tsit5``,
         ``dopri5``, ``dopri8``, ``kvaerno5``, ``rosenbrock`` (stiff path: matrix-free CG on the layers, or
-        singular coordinates U, ln σ, V for ``end_to_end`` flows, see `dlnode.singular`), ``scipy:RK45``,
+        singular coordinates U, ln σ, V for ``end_to_end`` flows, see `dlnode.solvers.singular`), ``scipy:RK45``,
         ``scipy:LSODA``, ``scipy:BDF``, ``scipy:Radau``, or ``gd``.
     lr : step size, required for ``gd`` and ``flow="modified"``.
     t1 : end time. None: run until ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*) (status 1) or a horizon from the escape-time

@@ -15,9 +15,9 @@ import pytest
 from scipy.integrate import quad
 
 import dlnode as dln
-from dlnode import singular
 from dlnode.endtoend import end_to_end_field
 from dlnode.flows import get_flow
+from dlnode.solvers import auto, singular
 
 TARGET_SV = np.array([3.0, 2.0, 1.0, 0.5, 0.0, 0.0])
 # Escape times at rtol 1e-9 against the quadrature of the scalar law: the saves bracket each predicted time on a grid
@@ -176,9 +176,9 @@ def test_auto_takes_singular_coordinates_for_stiff_end_to_end_flows():
     assert stiff.attrs["method"] == "rosenbrock" and "singular coordinates" in stiff.attrs["method_reason"]
     # end-to-end scale is σ(0) itself: (s_max/σ(0))^{1−2/N}
     s_max = np.linalg.norm(prob.target(), 2)
-    assert dln.auto.predicted_stiffness(prob, 4, 1e-8, "end_to_end") == pytest.approx((s_max / 1e-8) ** 0.5, rel=1e-12)
-    assert dln.auto.predicted_stiffness(prob, math.inf, 1e-8, "end_to_end") == pytest.approx(s_max / 1e-8)
-    assert dln.auto.predicted_stiffness(prob, 4, 1e-8, "end_to_end") > dln.auto.STIFF_RATIO
+    assert auto.predicted_stiffness(prob, 4, 1e-8, "end_to_end") == pytest.approx((s_max / 1e-8) ** 0.5, rel=1e-12)
+    assert auto.predicted_stiffness(prob, math.inf, 1e-8, "end_to_end") == pytest.approx(s_max / 1e-8)
+    assert auto.predicted_stiffness(prob, 4, 1e-8, "end_to_end") > auto.STIFF_RATIO
     mild = dln.integrate(prob, depth=4, scale=0.5, **kw)
     assert mild.attrs["method"] == "tsit5"
-    assert dln.auto.predicted_stiffness(prob, 4, 0.5, "end_to_end") <= dln.auto.STIFF_RATIO
+    assert auto.predicted_stiffness(prob, 4, 0.5, "end_to_end") <= auto.STIFF_RATIO

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import dlnode as dln
-from dlnode import stiff
-from dlnode.explicit_tableaus import DOPRI5
 from dlnode.flows import get_flow
-from dlnode.krylov import cg
+from dlnode.solvers import rosenbrock as stiff
+from dlnode.solvers.krylov import cg
+from dlnode.solvers.tableaus import DOPRI5
 
 # Adaptive global error stays within a modest multiple of rtol·|y| over O(1) time for an order-3 method with an
 # error-per-step controller (the same bound the explicit methods meet in test_methods).

@@ -3,12 +3,12 @@
 Small-initialisation flows are not stiff at t = 0 — every Hessian eigenvalue is tiny near W = 0 — but become
 stiff after the first escape: a learned mode of strength s has curvature N s^{2−2/N} (MATH.md §3) while an
 unlearned mode still at u₀ = scale^N grows at the rate N u₀^{1−2/N} s. Their ratio (s/u₀)^{1−2/N} predicts the
-stiffness of the later plateaus before any integration; `dlnode.stiff.probe` measures it at the initial state
+stiffness of the later plateaus before any integration; `dlnode.solvers.rosenbrock.probe` measures it at the initial state
 (top Hessian eigenvalue by power iteration against the growth rate ‖f‖/‖y‖). Either one above `STIFF_RATIO`
 selects the stiff path.
 
 End-to-end flows start at σ = scale (no per-layer product), so their prediction is (s_max/scale)^{1−2/N} (s_max/scale
-at depth ∞); their stiff path works in singular coordinates with a dense Jacobian (`dlnode.singular`), so it is
+at depth ∞); their stiff path works in singular coordinates with a dense Jacobian (`dlnode.solvers.singular`), so it is
 chosen only while that state is small (at most `SINGULAR_MAX_UNKNOWNS` numbers) and every depth is ≥ 2.
 """
 
@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from . import singular, stiff
-from .flows import get_flow
-from .network import init_layers
-from .problems import Problem
+from ..flows import get_flow
+from ..network import init_layers
+from ..problems import Problem
+from . import rosenbrock as stiff
+from . import singular
 
 __all__ = ["STIFF_RATIO", "choose_method", "predicted_stiffness"]
 

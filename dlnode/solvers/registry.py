@@ -10,9 +10,9 @@ run reached, and step counts. This is the only module that imports diffrax or sc
 - scipy (`scipy:RK45`, `scipy:LSODA`, `scipy:BDF`, `scipy:Radau`): the float64 reference; a jitted right-hand
   side and, for the implicit methods, the jitted Jacobian −∇²L.
 - `rosenbrock`: RODAS3, a linearly implicit (L-stable) Rosenbrock method of order 3 with matrix-free CG stage
-  solves on Hessian-vector products, for stiff small-init flows through every plateau (see `dlnode.stiff`); on
+  solves on Hessian-vector products, for stiff small-init flows through every plateau (see `dlnode.solvers.rosenbrock`); on
   ``end_to_end`` flows Shampine's order-4 Rosenbrock method in singular coordinates (U, ln σ, V) with dense LU
-  (see `dlnode.singular`).
+  (see `dlnode.solvers.singular`).
 - `gd`: explicit Euler with constant step lr, i.e. gradient descent exactly; step k sits at time t = k·lr.
 """
 
@@ -31,48 +31,11 @@ import numpy as np
 import scipy.integrate
 from jax.flatten_util import ravel_pytree
 
-from . import singular, stiff
-from .flows import Flow, layer_gradients
-from .stiff import stop_flags
+from ..flows import Flow, layer_gradients
+from . import rosenbrock, singular
+from .core import MESSAGES, TRACE_COUNT, Controls, Solution, Status, stop_flags
 
-__all__ = ["METHODS", "STATUS", "Solution", "TRACE_COUNT", "solve"]
-
-STATUS = {0: "finished", 1: "converged", -1: "max_steps", -2: "diverged", -3: "solver_failure"}
-
-# Incremented each time a solver body is traced: tests use it to show that new t1/rtol/lr/save times reuse
-# the compiled code.
-TRACE_COUNT = {"n": 0}
-
-
-@dataclasses.dataclass(frozen=True)
-class Solution:
-    """Result of one batch: every array has the batch as its leading axis (times second where present)."""
-
-    ts: np.ndarray
-    observed: dict[str, Any]
-    final: Any
-    status: np.ndarray
-    t_final: np.ndarray
-    num_steps: np.ndarray
-    num_rejected: np.ndarray
-    wall_time: float
-    compile_time: float
-    messages: tuple[str, ...]
-    step: np.ndarray | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Controls:
-    """Traced run controls: changing any of them reuses the compiled solver."""
-
-    t1: float
-    rtol: float
-    atol: float
-    lr: float
-    loss_tol: float  # stop when ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*); −inf disables
-    diverge: float  # stop (status −2) when ℓ > diverge·max(ℓ₀, tiny) or ℓ is not finite
-    max_steps: int
-
+__all__ = ["METHODS", "solve"]
 
 # ----------------------------------------------------------------------------------------------- diffrax
 _DIFFRAX = {
@@ -294,7 +257,7 @@ def solve(
         fn, data = singular.make_batch(flow, int(controls.max_steps)), ts
         y0 = singular.initial_coordinates(flow, y0, arrays)
     elif method == "rosenbrock":
-        fn, data = stiff.make_batch(flow, int(controls.max_steps)), ts
+        fn, data = rosenbrock.make_batch(flow, int(controls.max_steps)), ts
     else:
         fn, data = _diffrax_batch(method, flow, int(controls.max_steps)), ts
     args = (jax.tree_util.tree_map(jnp.asarray, y0), jax.tree_util.tree_map(jnp.asarray, arrays), jnp.asarray(data), c)
@@ -325,5 +288,5 @@ def _finish(raw: dict, ts: np.ndarray, wall: float, compile_time: float, step: n
         ts=np.asarray(ts, dtype=np.float64), observed=observed,
         final=jax.tree_util.tree_map(np.asarray, raw["final"]), status=status, t_final=t_final,
         num_steps=np.asarray(raw["steps"], dtype=np.int64), num_rejected=np.asarray(raw["rejected"], dtype=np.int64),
-        wall_time=wall, compile_time=compile_time, messages=tuple(STATUS[int(v)] for v in status), step=step,
+        wall_time=wall, compile_time=compile_time, messages=tuple(MESSAGES[Status(int(v))] for v in status), step=step,
     )  # fmt: skip

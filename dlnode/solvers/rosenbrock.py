@@ -15,7 +15,7 @@ earlier stage solutions. While accuracy, not stability, limits the step (h·λ_m
 save times; step growth is capped per step and by h·γ·λ_max ≤ `STIFF_CEILING` (a larger h·λ_max loses the slow
 subspace to round-off).
 
-Why RODAS3 and not Shampine's order-4 method (`SHAMPINE`, kept for the singular path of `dlnode.singular`, where
+Why RODAS3 and not Shampine's order-4 method (`SHAMPINE`, kept for the singular path of `dlnode.solvers.singular`, where
 it takes half the steps): measured on the Arora et al. completion (rtol 1e-4 / 1e-6 / 1e-8, same CG tolerance),
 6.1 / 13.4 / 31.1 s with RODAS3 against 7.3 / 14.2 / 42.3 s; equal within noise on the depth-4 completions at
 d = 10 and 50. (Shampine's method keeps a third of a stiff deviation per step, R(∞) = 1/3, and its estimate counts
@@ -42,14 +42,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from .explicit_tableaus import DOPRI5, ExplicitTableau
-from .flows import Flow
+from ..flows import Flow
+from ..validation import check_max_steps
+from .core import TRACE_COUNT, stop_flags
 from .krylov import cg, power_iteration
-from .validation import check_max_steps
+from .tableaus import DOPRI5, ExplicitTableau
 
 __all__ = [
     "RODAS3", "SHAMPINE", "TABLEAU", "Tableau", "error_norm", "make_batch", "probe", "settle", "step_factor",
-    "stop_flags",
 ]  # fmt: skip
 
 
@@ -219,13 +219,6 @@ def _attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, prev: tuple, tab:
     return x1, err, ok, lam, v, iters, (pb, apb, h)
 
 
-def stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]:
-    """(converged, diverged), the stop rule of every solver: ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*); ℓ not finite or > div·ℓ₀."""
-    converged = loss - loss_min <= c["loss_tol"] * (loss0 - loss_min)
-    diverged = ~jnp.isfinite(loss) | (loss > c["diverge"] * jnp.maximum(loss0, 1e-300))
-    return converged, diverged
-
-
 def step_factor(err: Any, ok: Any, order: Any, fails: Any) -> Any:
     """h_next/h from the error norm of an embedded estimate of order `order`: 0.9 err^{−1/(order+1)} within
     [FAC_MIN, FAC_MAX]; FAC_MIN after a failed attempt, no growth right after a rejection."""
@@ -238,7 +231,7 @@ def settle(
     accept: Any, loss1: Any, loss0: Any, loss_min: Any, c: dict, s: Any, h: Any, land: Any, target: Any
 ) -> tuple[Any, Any, Any, Any]:
     """(t_hi, t_lo, fails, status) after an attempt of size h from state `s` (fields t_hi, t_lo, fails): the
-    compensated time (exactly `target` on landing), the rejection count and the stop rule of `dlnode.solvers`."""
+    compensated time (exactly `target` on landing), the rejection count and the stop rule of `dlnode.solvers.core`."""
     t_hi, t_lo = _two_sum_add(s.t_hi, s.t_lo, h)
     t_hi, t_lo = jnp.where(land, target, t_hi), jnp.where(land, 0.0, t_lo)
     converged, diverged = stop_flags(loss1, loss0, loss_min, c)
@@ -362,8 +355,6 @@ def _batch(flow: Flow, max_steps: int, switching: bool = True, counts: bool = Fa
     _check_flow(flow, max_steps)
 
     def one(y0: Any, arrays: dict, ts: Any, c: dict) -> tuple:
-        from .solvers import TRACE_COUNT  # solvers imports this module; count traces the same way
-
         TRACE_COUNT["n"] += 1
         args = flow.prepare(y0, arrays, c)
         x0, unravel = ravel_pytree(y0)

@@ -1,4 +1,4 @@
-"""Explicit embedded Runge–Kutta pairs for the non-stiff stretches of the stiff path (`dlnode.stiff`).
+"""Explicit embedded Runge–Kutta pairs for the non-stiff stretches of the stiff path (`dlnode.solvers.rosenbrock`).
 
 References
 ----------

@@ -19,13 +19,13 @@ Cayley map, derived). The state has q = m(m−1)/2 + n(n−1)/2 + min(m, n) numb
 forward-mode autodiff and each step factors I − hγJ once. Its rows are equilibrated before the LU: the rows of the
 slow modes are ~σ^{1−2/N} small, so after scaling they stay O(1) however large h·λ_max grows, and the slow modes are
 not lost to round-off (the per-layer path needs a step ceiling for that; this one does not). Tableau, step control,
-compensated time and landing on the save times are those of `dlnode.stiff`.
+compensated time and landing on the save times are those of `dlnode.solvers.rosenbrock`.
 
 Ties. ``balanced`` and ``decoupled`` inits start with equal σ, where the frames are not defined; inside each cluster
 of equal σ they are taken as the eigenvectors of the symmetric part of G, the limit of the SVD frames as τ → 0⁺.
 
 Cost: one dense LU of q unknowns per step (~q³/3 flops) and q forward-mode field evaluations: meant for d ≲ 50
-(`dlnode.auto` takes this path for at most 2500 unknowns).
+(`dlnode.solvers.auto` takes this path for at most 2500 unknowns).
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
-from .flows import Flow
-from .stiff import SHAMPINE, error_norm, settle, step_factor
-from .validation import check_max_steps, check_singular_depths
+from ..flows import Flow
+from ..validation import check_max_steps, check_singular_depths
+from .core import TRACE_COUNT
+from .rosenbrock import SHAMPINE, error_norm, settle, step_factor
 
 # Shampine's order-4 method, not the layer path's RODAS3: on the depth-8 factorisation (σ(0) = 1e-24) RODAS3 took
 # 5833 steps and 7.3 s where this takes 2793 and 2.9 s (rtol 1e-7, measured).
@@ -216,7 +217,7 @@ def initial_coordinates(flow: Flow, w0: np.ndarray, arrays: dict) -> tuple[np.nd
 
 def make_batch(flow: Flow, max_steps: int) -> Callable:
     """Jitted, vmapped integration of a batch of (U, ln σ, V) (see `initial_coordinates`) by Rosenbrock steps in
-    singular coordinates; the same outputs as `dlnode.stiff.make_batch`, with the saved singular values taken
+    singular coordinates; the same outputs as `dlnode.solvers.rosenbrock.make_batch`, with the saved singular values taken
     from ln σ (exact down to any size) instead of an SVD of W.
     """
     _check(flow, max_steps)
@@ -228,8 +229,6 @@ def _batch(flow: Flow, max_steps: int) -> Callable:
     depth = flow.depth
 
     def one(y0: tuple, arrays: dict, ts: Any, c: dict) -> tuple:
-        from .solvers import TRACE_COUNT
-
         TRACE_COUNT["n"] += 1
         u0, ell0, v0 = y0
         chart = _Chart(u0.shape[0], v0.shape[0], ell0.shape[0])

@@ -1,0 +1,87 @@
+"""What every method shares: the `Status` vocabulary, the run `Controls`, the `Solution`, and the stop rule.
+
+One vocabulary for every method and for the dataset (its ``status`` variable carries the CF attributes
+``flag_values``/``flag_meanings`` built from `Status`): a run says it *finished* only when it reached the t1 the
+user asked for, and *converged* only when the loss criterion held.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["MESSAGES", "TRACE_COUNT", "Controls", "Solution", "Status", "stop_flags"]
+
+
+class Status(enum.IntEnum):
+    """How a run ended. Non-negative codes are successes; negative ones say why the run stopped short."""
+
+    FINISHED = 0  # reached the requested t1
+    CONVERGED = 1  # ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*)
+    MAX_STEPS = -1  # the step budget ran out first
+    DIVERGED = -2  # the loss became non-finite or grew past diverge·ℓ₀
+    SOLVER_FAILURE = -3  # repeated rejections or a failed linear solve
+    NOT_CONVERGED = -4  # t1=None: the horizon was reached while the loss criterion still did not hold
+    NO_STEP = -5  # not a single step could be taken
+    INTERRUPTED = -6  # stopped by the user (Ctrl-C); the trajectory up to then is kept
+
+    @property
+    def meaning(self) -> str:
+        return self.name.lower()
+
+
+MESSAGES = {
+    Status.FINISHED: "reached the requested t1",
+    Status.CONVERGED: "converged: the loss criterion holds",
+    Status.MAX_STEPS: "stopped: the step budget (max_steps) ran out; raise max_steps or loosen rtol",
+    Status.DIVERGED: "stopped: the loss became non-finite or diverged",
+    Status.SOLVER_FAILURE: "stopped: the solver failed (repeated step rejections)",
+    Status.NOT_CONVERGED: "not converged: the horizon was reached while the loss was still above the criterion",
+    Status.NO_STEP: "no step could be taken (the initial state or the first step is not finite)",
+    Status.INTERRUPTED: "interrupted by the user; the trajectory up to then is kept",
+}
+
+# Incremented each time a solver body is traced: tests use it to show that new t1/rtol/lr/save times reuse
+# the compiled code.
+TRACE_COUNT = {"n": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Solution:
+    """Result of one batch: every array has the batch as its leading axis (times second where present)."""
+
+    ts: np.ndarray
+    observed: dict[str, Any]
+    final: Any
+    status: np.ndarray
+    t_final: np.ndarray
+    num_steps: np.ndarray
+    num_rejected: np.ndarray
+    wall_time: float
+    compile_time: float
+    messages: tuple[str, ...]
+    step: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Controls:
+    """Traced run controls: changing any of them reuses the compiled solver."""
+
+    t1: float
+    rtol: float
+    atol: float
+    lr: float
+    loss_tol: float  # stop when ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*); −inf disables
+    diverge: float  # stop (status −2) when ℓ > diverge·max(ℓ₀, tiny) or ℓ is not finite
+    max_steps: int
+
+
+def stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]:
+    """(converged, diverged), the stop rule of every solver: ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*); ℓ not finite or > div·ℓ₀."""
+    converged = loss - loss_min <= c["loss_tol"] * (loss0 - loss_min)
+    diverged = ~jnp.isfinite(loss) | (loss > c["diverge"] * jnp.maximum(loss0, 1e-300))
+    return converged, diverged
