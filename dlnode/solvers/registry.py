@@ -10,7 +10,7 @@ run reached, and step counts. This is the only module that imports diffrax or sc
 - scipy (`scipy:RK45`, `scipy:LSODA`, `scipy:BDF`, `scipy:Radau`): the float64 reference; a jitted right-hand
   side and, for the implicit methods, the jitted Jacobian −∇²L.
 - `rosenbrock`: RODAS3, a linearly implicit (L-stable) Rosenbrock method of order 3 with matrix-free CG stage
-  solves on Hessian-vector products, for stiff small-init flows through every plateau (see `dlnode.solvers.rosenbrock`); on
+  solves on Hessian-vector products, for stiff small-init flows through every plateau (see `rosenbrock`); on
   ``end_to_end`` flows Shampine's order-4 Rosenbrock method in singular coordinates (U, ln σ, V) with dense LU
   (see `dlnode.solvers.singular`).
 - `gd`: explicit Euler with constant step lr, i.e. gradient descent exactly; step k sits at time t = k·lr.

@@ -217,7 +217,7 @@ def initial_coordinates(flow: Flow, w0: np.ndarray, arrays: dict) -> tuple[np.nd
 
 def make_batch(flow: Flow, max_steps: int) -> Callable:
     """Jitted, vmapped integration of a batch of (U, ln σ, V) (see `initial_coordinates`) by Rosenbrock steps in
-    singular coordinates; the same outputs as `dlnode.solvers.rosenbrock.make_batch`, with the saved singular values taken
+    singular coordinates; the same outputs as `rosenbrock.make_batch`, with the saved singular values taken
     from ln σ (exact down to any size) instead of an SVD of W.
     """
     _check(flow, max_steps)
