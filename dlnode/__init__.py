@@ -1,11 +1,16 @@
 """dlnode: training of deep linear networks as continuous dynamical systems.
 
-Float64 is switched on in JAX on import (``jax_enable_x64``); datasets record it in their attrs.
+Float64 is switched on in JAX on import (``jax_enable_x64``); datasets record it in their attrs. JAX's persistent
+compilation cache is on (see `dlnode.cache`).
 """
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+from .cache import compilation_cache  # noqa: E402
+
+compilation_cache()
 
 from . import accessor  # noqa: E402, F401  (accessor registers the ds.dln namespace)
 from ._version import __version__  # noqa: E402
@@ -30,6 +35,7 @@ __all__ = [
     "__version__",
     "balancedness",
     "compare",
+    "compilation_cache",
     "convergence_order",
     "effective_rank",
     "log_volume",
