@@ -28,6 +28,7 @@ class Status(enum.IntEnum):
     NOT_CONVERGED = -4  # t1=None: the horizon was reached while the loss criterion still did not hold
     NO_STEP = -5  # not a single step could be taken
     INTERRUPTED = -6  # stopped by the user (Ctrl-C); the trajectory up to then is kept
+    PENDING = -7  # a sweep cell whose result has not been written yet
 
     @property
     def meaning(self) -> str:
@@ -43,6 +44,7 @@ MESSAGES = {
     Status.NOT_CONVERGED: "not converged: the horizon was reached while the loss was still above the criterion",
     Status.NO_STEP: "no step could be taken (the initial state or the first step is not finite)",
     Status.INTERRUPTED: "interrupted by the user; the trajectory up to then is kept",
+    Status.PENDING: "not run yet",
 }
 
 # Incremented each time a solver body is traced: tests use it to show that new t1/rtol/lr/save times reuse
