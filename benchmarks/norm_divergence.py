@@ -37,7 +37,8 @@ CONTINUE_STEPS = 30_000
 
 def _run(problem: dln.Problem, saves: np.ndarray, max_steps: int = 50_000):
     return dln.integrate(
-        problem, depth=DEPTH, init="balanced", scale=SCALE, seed=0, method="rosenbrock", flow="end_to_end",
+        problem, depth=DEPTH, init="balanced", scale=SCALE, scale_of="product", seed=0, method="rosenbrock",
+        flow="end_to_end",
         rtol=RTOL, atol=RTOL * 1e-3, t1=float(saves[-1]), saveat=saves, progress=False, max_steps=max_steps,
     )  # fmt: skip
 

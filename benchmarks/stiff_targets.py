@@ -92,6 +92,7 @@ def _run(t: Target, method: str, rtol: float, loss_tol: float, max_steps: int = 
     init = "balanced" if t.flow == "end_to_end" else "gaussian"
     return dln.integrate(
         t.problem, depth=t.depth, init=init, scale=t.scale, seed=0, method=method, rtol=rtol, flow=t.flow,
+        scale_of="product" if t.flow == "end_to_end" else "layer",
         atol=rtol * 1e-3, t1=t.t1, saveat=t.times(), loss_tol=loss_tol, progress=False, max_steps=max_steps,
     )  # fmt: skip
 

@@ -42,6 +42,11 @@ class Flow:
     prepare: Callable[[Any, dict, dict], dict]  # (y0, problem arrays, controls) -> args
     depth: float = math.nan  # end_to_end only: N (or inf)
     gradient: Callable[[Any, dict], Any] | None = None  # end_to_end only: E = ∇ℓ(W) from (W, problem arrays)
+    # capabilities that methods ask for (instead of comparing names)
+    symmetric_jacobian: bool = True  # the Jacobian is −∇²L (a gradient flow of the state): CG stage solves apply
+    end_to_end: bool = False  # the state is the end-to-end matrix W of balanced layers (no per-layer weights)
+    rescaled_time: bool = False  # the time axis is τ = N t
+    problem_cls: type | None = None
 
 
 def layer_gradients(layers: tuple, grad_fn: Callable, arrays: dict) -> tuple[tuple, Any, Any]:
@@ -117,7 +122,7 @@ def _layer_flow(problem_cls: type, save_weights: bool, modified: bool) -> Flow:
     def prepare(y0: tuple, arrays: dict, c: dict) -> dict:
         return {"problem": arrays, "d0": initial_balancedness(y0), "lr": c["lr"]}
 
-    return Flow("modified" if modified else "layers", field, loss, observe, prepare)
+    return Flow("modified" if modified else "layers", field, loss, observe, prepare, problem_cls=problem_cls)
 
 
 def _end_to_end_flow(problem_cls: type, depth: float) -> Flow:
@@ -141,7 +146,8 @@ def _end_to_end_flow(problem_cls: type, depth: float) -> Flow:
     def prepare(y0: Any, arrays: dict, c: dict) -> dict:
         return {"problem": arrays, "lr": c["lr"]}
 
-    return Flow("end_to_end", field, loss, observe, prepare, float(depth), problem_cls.grad_fn)
+    return Flow("end_to_end", field, loss, observe, prepare, float(depth), problem_cls.grad_fn,
+                symmetric_jacobian=False, end_to_end=True, rescaled_time=True, problem_cls=problem_cls)  # fmt: skip
 
 
 @cache

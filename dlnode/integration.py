@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -18,10 +19,11 @@ from ._version import __version__
 from .dataset import to_dataset, with_problem
 from .endtoend import recover_layers
 from .flows import FLOWS, get_flow
-from .network import init_end_to_end, init_layers
+from .network import init_layers, product
 from .problems import Problem
-from .solvers import METHODS, Controls, Solution, solve
-from .solvers.auto import choose_method
+from .solvers import METHODS, Controls, Solution, Status, solve
+from .solvers.auto import choose_method, gradient_scale
+from .solvers.driver import Horizon
 from .validation import (
     as_depths,
     as_scales,
@@ -36,36 +38,44 @@ from .validation import (
 __all__ = ["integrate"]
 
 PUBLIC_METHODS = ("auto", *METHODS)
+SCALE_OF = ("layer", "product")
 DEFAULT_LOSS_TOL = 1e-8  # stop when ℓ − ℓ* ≤ 1e-8 (ℓ₀ − ℓ*) if t1 is None
-DIVERGENCE_FACTOR = 1e12  # a run whose loss grows past 1e12·ℓ₀ is marked diverged (status −2)
-MAX_STEPS = {"gd": 10_000_000}
-DEFAULT_MAX_STEPS = 200_000
+DIVERGENCE_FACTOR = 1e12  # a run whose loss grows past 1e12·ℓ₀ is marked diverged
+HORIZON_FACTOR = 1e4  # an until-converged run's planned horizon: this many times the slowest escape estimate
+GRID_DECADES = 4.0  # `saveat` log-spaced times span this many decades, ending 10× past the slowest escape estimate
 
 
 def time_unit(problem: Problem) -> float:
-    """1/‖∇ℓ(0)‖₂: the time a mode of the largest strength needs to grow by e at depth 1."""
-    return 1.0 / max(float(np.linalg.norm(problem.target(), 2)), 1e-300)
+    """1/‖∇ℓ(0)‖₂: the time a mode of the strength the problem's own gradient has needs to grow by e at depth 1.
 
-
-def default_t_max(problem: Problem, depths: Sequence[float], scales: Sequence[float], flow: str = "layers") -> float:
-    """A horizon long enough for the slowest escape (MATH.md §3), 10⁴ times the estimate.
-
-    Per-layer flows start a mode at u₀ = scale^N and escape after ln(1/u₀)/2 (N ≤ 2) or u₀^{−(1−2/N)}/(N−2) time
-    units; end-to-end flows start at u₀ = scale on the rescaled time τ = N t, where the escape is N times longer
-    (1/u₀ at N = ∞).
+    The gradient at W = 0 (the small-init limit) carries the problem's normalisation and mask: for a completion
+    normalised by |Ω| it is |Ω| times smaller than the target, and so is every rate of the flow.
     """
-    escape = 1.0
+    return 1.0 / max(gradient_scale(problem), 1e-300)
+
+
+def escape_estimate(problem: Problem, depths: Sequence[float], scales: Sequence[float], flow: str = "layers",
+                    scale_of: str = "layer") -> float:  # fmt: skip
+    """The slowest cell's escape time from its initial scale (the closed forms of docs/math.md §3), in flow time.
+
+    A mode starting at u₀ (per-layer scale s: u₀ = s^N; ``scale_of="product"``: u₀ = s) escapes after
+    ln(1/u₀)/2 (N ≤ 2) or u₀^{−(1−2/N)}/(N−2) time units; the end-to-end flow runs on τ = N t, where that is N
+    times longer (1/u₀ at N = ∞). Computed in logarithms, so no depth or scale overflows.
+    """
+    worst = 0.0  # log of the escape time in time units
     for n in depths:
         for s in scales:
-            u0 = s if flow == "end_to_end" else s**n
+            log_u0 = math.log(s) * (1.0 if scale_of == "product" or math.isinf(n) else n)
+            log_u0 = min(log_u0, 0.0)
+            rescale = 0.0 if flow != "end_to_end" or math.isinf(n) else math.log(n)
             if math.isinf(n):
-                t = 1.0 / u0
+                log_t = -log_u0
             elif n <= 2:
-                t = max(math.log(1.0 / u0), 1.0) * (n if flow == "end_to_end" else 1.0)
+                log_t = math.log(max(-log_u0, 1.0)) + rescale
             else:
-                t = u0 ** (-(1 - 2 / n)) / (n - 2) * (n if flow == "end_to_end" else 1.0)
-            escape = max(escape, t)
-    return 1e4 * time_unit(problem) * escape
+                log_t = -(1 - 2 / n) * log_u0 - math.log(n - 2) + rescale
+            worst = max(worst, log_t)
+    return time_unit(problem) * math.exp(min(worst, 600.0))
 
 
 def log_times(count: int, t1: float, unit: float) -> np.ndarray:
@@ -76,16 +86,14 @@ def log_times(count: int, t1: float, unit: float) -> np.ndarray:
     return ts
 
 
-def _bucket(ts: np.ndarray) -> tuple[np.ndarray, int]:
-    """Pad the save times to a power of two (repeating the last) so nearby grid sizes share one compile."""
-    size = max(16, 1 << (len(ts) - 1).bit_length())
-    return np.concatenate([ts, np.full(size - len(ts), ts[-1])]), len(ts)
-
-
-def _trim(sol: Solution, n: int) -> Solution:
-    observed = jax.tree_util.tree_map(lambda a: a[:, :n], sol.observed)
-    step = None if sol.step is None else sol.step[:n]
-    return dataclasses.replace(sol, ts=sol.ts[:n], observed=observed, step=step)
+def planned_times(count: int, escape: float, horizon: float) -> np.ndarray:
+    """The save grid of an until-converged run: t = 0, then `count` log-spaced times over `GRID_DECADES` decades
+    ending 10× past the slowest escape estimate, continued at the same density up to the horizon."""
+    end = 10.0 * escape
+    start = end * 10.0**-GRID_DECADES
+    ratio = 10.0 ** (GRID_DECADES / max(count - 1, 1))
+    extra = max(0, int(math.ceil(math.log(max(horizon / end, 1.0)) / math.log(ratio))))
+    return np.concatenate([[0.0], start * ratio ** np.arange(count + extra)])
 
 
 def _gd_grid(ts: np.ndarray, lr: float) -> np.ndarray:
@@ -111,6 +119,7 @@ def integrate(
     progress: bool = True,
     loss_tol: float | None = None,
     max_steps: int | None = None,
+    scale_of: str = "layer",
 ) -> Any:
     """Integrate the training dynamics of deep linear networks on `problem` over depth × scale × seed.
 
@@ -122,51 +131,88 @@ def integrate(
     problem : a dlnode problem.
     depth : int, ``"inf"`` (end-to-end flow only) or a list of them.
     width : hidden width (default max(d_in, d_out)).
-    init, scale, seed : initialisation (see `dlnode.init_layers`); `scale` per layer, lists make a grid.
+    init, scale, seed : initialisation (see `dlnode.init_layers`); lists of scales and seeds make a grid.
+    scale_of : ``"layer"`` (default): `scale` is each layer's scale, so W(0) ~ scale^N; ``"product"``: `scale` is
+        the end-to-end scale, each layer gets scale^{1/N} (needed for depth ``"inf"``). Under either, a balanced
+        run from the same (init, scale, seed) starts from the same W(0) with ``flow="layers"`` and
+        ``flow="end_to_end"``, and with ``scale_of="product"`` from the same W(0) at every depth.
     flow : ``layers`` (per-layer gradient flow), ``modified`` (the flow of L + (lr/4)‖∇L‖² that GD with step lr
         follows to second order), or ``end_to_end`` (the balanced end-to-end flow of W alone, depths may include
-        ``"inf"``; needs init ``balanced`` or ``decoupled``, takes `scale` as the end-to-end scale and runs on the
-        rescaled time τ = N t; per-layer weights are rebuilt from the SVD of W).
+        ``"inf"``; needs init ``balanced`` or ``decoupled``; runs on the rescaled time τ = N t, the dataset's
+        ``time``, with the plain time t = τ/N as the coordinate ``t``; per-layer weights are rebuilt from the SVD of
+        W).
     method : ``auto`` (tsit5, or rosenbrock when a stiffness probe says so; see `dlnode.solvers.auto`), ``tsit5``,
         ``dopri5``, ``dopri8``, ``kvaerno5``, ``rosenbrock`` (stiff path: matrix-free CG on the layers, or
         singular coordinates U, ln σ, V for ``end_to_end`` flows, see `dlnode.solvers.singular`), ``scipy:RK45``,
         ``scipy:LSODA``, ``scipy:BDF``, ``scipy:Radau``, or ``gd``.
     lr : step size, required for ``gd`` and ``flow="modified"``.
-    t1 : end time. None: run until ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*) (status 1) or a horizon from the escape-time
-        estimate of MATH.md §3; the save grid then ends at the latest run's convergence time (found by a first
-        pass, whose run time is ``attrs["search_pass_time"]``), and a run that converged earlier holds its final
-        state after its `t_final`.
+    t1 : end time. None: run until ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*) (CONVERGED), in one pass, on a log-spaced save
+        grid laid out from the problem's own time scale (1/‖∇ℓ(0)‖) and the slowest escape estimate, up to a
+        horizon of `HORIZON_FACTOR` times that estimate, extended while the loss is still falling; a run that
+        gets there without converging says NOT_CONVERGED. The grid is cut after the latest time a run needed, and
+        a run that converged earlier holds its final state after its `t_final`.
     rtol, atol : tolerances of the adaptive methods.
-    saveat : number of log-spaced save times (plus t = 0), or an explicit increasing array of times.
+    saveat : number of log-spaced save times (plus t = 0; with t1=None, their density: `saveat` per
+        `GRID_DECADES` decades), or an explicit increasing array of times.
     save_weights : also store the per-layer weights at every saved time.
     progress : show a progress bar for runs longer than a second.
     loss_tol : convergence threshold (default 1e-8 when t1 is None, off otherwise).
-    max_steps : step budget per run (status −1 when exhausted).
+    max_steps : budget of attempted steps per run (MAX_STEPS when exhausted; default: the method's own).
+
+    Ctrl-C stops the run between windows: the dataset up to then is returned, the runs still going marked
+    INTERRUPTED (a second Ctrl-C gives up waiting for the window in progress).
 
     Returns
     -------
-    xarray.Dataset with the schema of DESIGN.md §3.
+    xarray.Dataset with the schema of docs/schema.md; ``status`` holds `dlnode.Status` codes.
     """
     check_call(problem, init, flow, method, PUBLIC_METHODS, FLOWS)
-    plan = _plan(problem, depth, width, init, scale, seed, flow, method, lr, t1, rtol, atol, saveat, save_weights,
-                 progress, loss_tol, max_steps)  # fmt: skip
-    runs = _run_grid(plan, plan.controls)
-    controls, search = plan.controls, 0.0  # search: run time of a first pass that only found the end time
-    if plan.until_converged and isinstance(plan.saveat, int):
-        reached = max(float(np.max(s.t_final)) for s in runs.values())
-        if reached < controls.t1 * (1 - 1e-12):  # everything converged before the horizon: lay the grid up to then
-            controls = dataclasses.replace(controls, t1=reached)
-            first, runs = runs, _run_grid(plan, controls)
-            runs = {d: _keep_event(first[d], sol) for d, sol in runs.items()}
-            search = sum(s.wall_time for s in first.values())
-    attrs = _attrs(plan, runs, controls)
-    attrs["search_pass_time"] = float(search)
-    return with_problem(to_dataset(runs, plan.scales, plan.seeds, attrs, save_weights), problem)
+    plan = _plan(problem, depth=depth, width=width, init=init, scale=scale, seed=seed, flow=flow, method=method,
+                 lr=lr, t1=t1, rtol=rtol, atol=atol, saveat=saveat, save_weights=save_weights, progress=progress,
+                 loss_tol=loss_tol, max_steps=max_steps, scale_of=scale_of)  # fmt: skip
+    cut = plan.until_converged and not isinstance(plan.saveat, np.ndarray)
+    runs = _common_grid(_run_grid(plan), cut, plan.controls.lr)
+    ds = to_dataset(runs, plan.scales, plan.seeds, _attrs(plan, runs), plan.save_weights)
+    if plan.flow == "end_to_end":
+        ds = _with_plain_time(ds)
+    if plan.until_converged:
+        _warn_unconverged(ds, problem)
+    return with_problem(ds, problem)
+
+
+def _cells(da: Any) -> list[dict]:
+    """Every (depth, scale, seed) coordinate triple of a run variable."""
+    return [{"depth": float(d), "scale": float(sc), "seed": int(se)}
+            for d in da["depth"].values for sc in da["scale"].values for se in da["seed"].values]  # fmt: skip
+
+
+NORM_RUNAWAY = 3.0  # σ₁ above this many times the minimiser's, still growing at the end: say the norm runs away
+
+
+def _warn_unconverged(ds: Any, problem: Problem) -> None:
+    """One warning line for the runs of an until-converged call that did not converge, with why (and whether the
+    norm is running away: a flow whose minimiser is at infinity converges in loss only, never in W)."""
+    status = ds["status"]
+    s_star = float(np.linalg.norm(problem.w_star, 2))
+    parts = []
+    for where in _cells(status):
+        code = int(status.sel(where))
+        if code == int(Status.CONVERGED):
+            continue
+        sv = ds["singular_values"].sel(where).isel(k=0).dropna("time").values
+        note = ""
+        if len(sv) >= 2 and sv[-1] > NORM_RUNAWAY * s_star and sv[-1] > sv[-2]:
+            note = f" (σ₁ = {sv[-1]:.3g}, {sv[-1] / s_star:.3g}× the minimiser's and growing: the norm runs away)"
+        parts.append(f"depth {where['depth']:g}, scale {where['scale']:g}, seed {where['seed']}: "
+                     f"{Status(code).meaning}{note}")  # fmt: skip
+    if parts:
+        shown = "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")
+        warnings.warn(f"dlnode: {len(parts)} of {status.size} runs did not converge: {shown}", stacklevel=3)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    """Validated arguments of one `integrate` call."""
+    """Validated arguments of one `integrate` call, and the save grid they give."""
 
     problem: Problem
     depths: list[float]
@@ -175,94 +221,154 @@ class _Plan:
     init: Any
     width: int | None
     flow: str
+    scale_of: str
     method: str
     requested: str
     reason: str
     saveat: int | np.ndarray
+    times: np.ndarray
     save_weights: bool
     progress: bool
     until_converged: bool
     controls: Controls
 
 
-def _plan(problem, depth, width, init, scale, seed, flow, method, lr, t1, rtol, atol, saveat, save_weights, progress,
-          loss_tol, max_steps) -> _Plan:  # noqa: ANN001  # fmt: skip
-    depths, scales, seeds = as_depths(depth), as_scales(scale), as_seeds(seed)
+def _plan(problem: Problem, **kw: Any) -> _Plan:
+    depths, scales, seeds = as_depths(kw["depth"]), as_scales(kw["scale"]), as_seeds(kw["seed"])
+    flow, method, init, lr, t1 = kw["flow"], kw["method"], kw["init"], kw["lr"], kw["t1"]
     check_flow(flow, depths, init, method)
+    scale_of = kw["scale_of"]
+    if scale_of not in SCALE_OF:
+        raise ValueError(f"scale_of must be one of {SCALE_OF}; got {scale_of!r}")
+    if scale_of == "layer" and any(math.isinf(d) for d in depths):
+        raise ValueError("depth 'inf' needs scale_of='product' (a per-layer scale has no infinite-depth limit); "
+                         "got scale_of='layer'; pass scale_of='product' to give the end-to-end scale")  # fmt: skip
     if method == "gd" or flow == "modified":
         what = "method='gd'" if method == "gd" else "flow='modified'"
         lr = check_positive("lr", lr, f" for {what} (the gradient-descent step)")
     elif lr is not None:
         raise ValueError(f"lr applies to method='gd' or flow='modified' only; got lr={lr!r}; drop lr")
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        check_positive(name, value)
+    rtol, atol = check_positive("rtol", kw["rtol"]), check_positive("atol", kw["atol"])
     if t1 is not None:
         t1 = check_positive("t1", t1, " (or None to run until converged)")
-    saveat = check_saveat(saveat)
+        if method == "gd" and t1 < lr:
+            raise ValueError(f"t1 must be at least lr for method='gd' (one step); got t1={t1:g}, lr={lr:g}; "
+                             f"pass t1 >= {lr:g} or a smaller lr")  # fmt: skip
+    saveat = check_saveat(kw["saveat"])
+    loss_tol = kw["loss_tol"]
     if loss_tol is not None:
         check_positive("loss_tol", loss_tol)
-    if max_steps is not None:
-        check_max_steps(max_steps)
+    if kw["max_steps"] is not None:
+        check_max_steps(kw["max_steps"])
     if method == "auto":
-        chosen, reason = choose_method(problem, depths, scales, init, width, flow, float(lr or math.nan))
+        chosen, reason = choose_method(problem, depths, scales, init, kw["width"], flow, float(lr or math.nan),
+                                       scale_of)  # fmt: skip
     else:
         chosen, reason = method, "given"
     until_converged = t1 is None
-    if t1 is None:
-        t1 = float(saveat[-1]) if isinstance(saveat, np.ndarray) else default_t_max(problem, depths, scales, flow)
-    if isinstance(saveat, np.ndarray) and saveat[-1] > t1:
-        raise ValueError(f"saveat must end at or before t1={t1}; got a last time {saveat[-1]}")
+    escape = escape_estimate(problem, depths, scales, flow, scale_of)
+    if isinstance(saveat, np.ndarray):
+        t1 = float(saveat[-1]) if t1 is None else t1
+        if saveat[-1] > t1:
+            raise ValueError(f"saveat must end at or before t1={t1}; got a last time {saveat[-1]}")
+        times = saveat if saveat[0] == 0 else np.concatenate([[0.0], saveat])
+    elif until_converged:
+        t1 = HORIZON_FACTOR * escape
+        times = planned_times(saveat, escape, t1)
+    else:
+        times = log_times(saveat, t1, time_unit(problem))
+    if chosen == "gd":
+        times = _gd_grid(times, lr)
     controls = Controls(
-        t1=t1, rtol=float(rtol), atol=float(atol), lr=float(lr or math.nan),
-        loss_tol=loss_tol or (DEFAULT_LOSS_TOL if until_converged else -math.inf), diverge=DIVERGENCE_FACTOR,
-        max_steps=max_steps or MAX_STEPS.get(chosen, DEFAULT_MAX_STEPS),
+        t1=float(times[-1]) if until_converged else t1, rtol=rtol, atol=atol, lr=float(lr or math.nan),
+        loss_tol=loss_tol or (DEFAULT_LOSS_TOL if kw["t1"] is None else -math.inf), diverge=DIVERGENCE_FACTOR,
+        max_steps=kw["max_steps"] or METHODS[chosen].max_steps,
     )  # fmt: skip
-    return _Plan(problem, depths, scales, seeds, init, width, flow, chosen, method, reason, saveat, bool(save_weights),
-                 bool(progress), until_converged, controls)  # fmt: skip
+    return _Plan(problem, depths, scales, seeds, init, kw["width"], flow, scale_of, chosen, method, reason, saveat,
+                 times, bool(kw["save_weights"]), bool(kw["progress"]), until_converged, controls)  # fmt: skip
 
 
-def _keep_event(first: Solution, second: Solution) -> Solution:
-    """The run whose convergence event set the grid's end reaches t1 exactly, where the second pass ends it with
-    status 0 before testing the event; the passes take identical steps, so the first pass's verdict stands."""
-    fix = (second.status == 0) & (first.status == 1)
-    status = np.where(fix, first.status, second.status)
-    messages = tuple(m if not f else "converged" for m, f in zip(second.messages, fix, strict=True))
-    return dataclasses.replace(
-        second, status=status, messages=messages, compile_time=first.compile_time + second.compile_time
-    )
-
-
-def _run_grid(plan: _Plan, controls: Controls) -> dict[float, Solution]:
-    unit = time_unit(plan.problem)
-    ts = log_times(plan.saveat, controls.t1, unit) if isinstance(plan.saveat, int) else plan.saveat
-    if ts[0] > 0:
-        ts = np.concatenate([[0.0], ts])
-    if plan.method == "gd":
-        ts = _gd_grid(ts, controls.lr)
+def _run_grid(plan: _Plan) -> dict[float, Solution]:
     runs = {}
     bar = tqdm(total=len(plan.depths), desc="dlnode", unit="depth", delay=1.0, disable=not plan.progress, leave=False)
     with bar:
         for d in plan.depths:
-            bar.set_postfix_str(f"depth {d:g}, {plan.flow}, {plan.method}")
-            runs[d] = _run_depth(plan, d, ts, controls)
+
+            def show(t: float, summ: dict, d: float = d) -> None:
+                counts = np.unique(summ["status"], return_counts=True)
+                text = ", ".join(f"{Status(int(k)).meaning} {n}" for k, n in zip(*counts, strict=True))
+                bar.set_postfix_str(f"depth {d:g}, {plan.method}, t {t:.3g}: {text}", refresh=True)
+
+            runs[d] = _run_depth(plan, d, show)
             bar.update()
+            if (runs[d].status == Status.INTERRUPTED).any():
+                break  # Ctrl-C: no further depth is started; the dataset holds what ran
     return runs
 
 
-def _run_depth(plan: _Plan, depth: float, ts: np.ndarray, controls: Controls) -> Solution:
-    """One vmapped batch: every (scale, seed) cell of one depth."""
+def _common_grid(runs: dict[float, Solution], cut: bool, lr: float) -> dict[float, Solution]:
+    """Every depth on the longest save grid (an extended horizon appends times; held or NaN past a run's end),
+    cut after the latest time a run needed when the grid was planned (until converged)."""
+    longest = max(runs.values(), key=lambda s: len(s.ts)).ts
+    keep = len(longest)
+    if cut:
+        needed = max(float(np.max(s.t_final)) for s in runs.values())
+        keep = min(keep, int(np.searchsorted(longest, needed * (1 - 1e-12), side="left")) + 1)
+
+    def resize(sol: Solution) -> Solution:
+        extra = len(longest) - len(sol.ts)
+        held = sol.status == Status.CONVERGED
+
+        def pad(a):
+            if extra:
+                tail = np.where(held.reshape((-1,) + (1,) * (a.ndim - 1)), a[:, -1:], np.nan)
+                a = np.concatenate([a, np.repeat(tail, extra, axis=1)], axis=1)
+            return a[:, :keep]
+
+        observed = jax.tree_util.tree_map(pad, sol.observed)
+        step = None if sol.step is None else np.rint(longest[:keep] / lr).astype(np.int64)
+        return dataclasses.replace(sol, ts=longest[:keep], observed=observed, step=step)
+
+    return {d: resize(sol) for d, sol in runs.items()}
+
+
+def _initial_states(plan: _Plan, depth: float) -> Any:
+    """The batch of initial states of one depth: layer tuples, or W(0) = the product of those layers."""
     problem, cells = plan.problem, [(s, seed) for s in plan.scales for seed in plan.seeds]
+    if math.isinf(depth):  # the end-to-end limit: the depth-1 draw of the same balanced frames
+        return np.stack([init_layers(problem, 1, plan.init, s, seed, plan.width)[0] for s, seed in cells])
+    n = int(depth)
+    per_layer = [s ** (1.0 / n) if plan.scale_of == "product" else s for s, _ in cells]
+    layers = [init_layers(problem, n, plan.init, p, seed, plan.width) for p, (_, seed) in zip(per_layer, cells,
+              strict=True)]  # fmt: skip
     if plan.flow == "end_to_end":
-        y0 = np.stack([init_end_to_end(problem, plan.init, s, seed) for s, seed in cells])
-    else:
-        layers = [init_layers(problem, int(depth), plan.init, s, seed, plan.width) for s, seed in cells]
-        y0 = tuple(np.stack([c[j] for c in layers]) for j in range(int(depth)))
-    flow = get_flow(plan.flow, type(problem), depth, plan.save_weights and plan.flow != "end_to_end")
-    padded, n = _bucket(ts)
-    sol = _trim(solve(plan.method, flow, type(problem), problem.arrays(), y0, padded, controls), n)
+        return np.stack([product(c) for c in layers])
+    return tuple(np.stack([c[j] for c in layers]) for j in range(n))
+
+
+def _run_depth(plan: _Plan, depth: float, show: Callable) -> Solution:
+    """One vmapped batch: every (scale, seed) cell of one depth."""
+    y0 = _initial_states(plan, depth)
+    flow = get_flow(plan.flow, type(plan.problem), depth, plan.save_weights and plan.flow != "end_to_end")
+    horizon = Horizon() if plan.until_converged and not isinstance(plan.saveat, np.ndarray) else None
+    sol = solve(plan.method, flow, plan.problem.arrays(), y0, plan.times, plan.controls,
+                until_converged=plan.until_converged, horizon=horizon, on_window=show)  # fmt: skip
+    if plan.method == "gd":
+        sol = dataclasses.replace(sol, step=np.rint(sol.ts / plan.controls.lr).astype(np.int64))
     if plan.flow != "end_to_end":
         return sol
     return _with_recovered_layers(sol, depth, plan.width, plan.save_weights)
+
+
+def _with_plain_time(ds: Any) -> Any:
+    """End-to-end datasets run on τ = N t: add the plain time t = τ/N per depth (NaN at depth ∞)."""
+    depth = ds["depth"].values
+    with np.errstate(invalid="ignore"):
+        t = np.where(np.isinf(depth)[:, None], np.nan, ds["time"].values[None, :] / depth[:, None])
+    ds = ds.assign_coords(t=(("depth", "time"), t, {"long_name": "per-layer gradient-flow time t = tau / N",
+                                                   "units": "time"}))  # fmt: skip
+    ds["time"].attrs.update(long_name="rescaled time tau = N t")
+    return ds
 
 
 def _with_recovered_layers(sol: Solution, depth: float, width: int | None, save_weights: bool) -> Solution:
@@ -290,7 +396,8 @@ def _recover_or_nan(w: np.ndarray, depth: int, width: int | None) -> list[np.nda
     return [np.full_like(a, np.nan) for a in recover_layers(np.zeros_like(w), depth, width)]
 
 
-def _attrs(plan: _Plan, runs: dict, controls: Controls) -> dict[str, Any]:
+def _attrs(plan: _Plan, runs: dict) -> dict[str, Any]:
+    controls = plan.controls
     problem, init = plan.problem, plan.init
     init_name = init if isinstance(init, str) else f"callable:{getattr(init, '__name__', type(init).__name__)}"
     e2e = plan.flow == "end_to_end"
@@ -304,7 +411,7 @@ def _attrs(plan: _Plan, runs: dict, controls: Controls) -> dict[str, Any]:
         "rtol": controls.rtol,
         "atol": controls.atol,
         "lr": controls.lr,
-        "t1": controls.t1,
+        "t1": controls.t1 if not plan.until_converged else float(max(s.ts[-1] for s in runs.values())),
         "until_converged": int(plan.until_converged),
         "loss_tol": controls.loss_tol,
         "stop_rule": "l - l* <= loss_tol * (l0 - l*)  (status 1); l > diverge * l0 or non-finite (status -2)",
@@ -312,7 +419,10 @@ def _attrs(plan: _Plan, runs: dict, controls: Controls) -> dict[str, Any]:
         "max_steps": int(controls.max_steps),
         "saveat": plan.saveat if isinstance(plan.saveat, int) else "explicit",
         "init": init_name,
-        "scale_meaning": "end-to-end: W(0) has singular values scale" if e2e else "per layer",
+        "scale_of": plan.scale_of,
+        "scale_meaning": "end to end: W(0) ~ scale, each layer scale^(1/N)"
+        if plan.scale_of == "product"
+        else "per layer: each layer scale, W(0) ~ scale^N",
         "width": int(plan.width) if plan.width is not None else max(problem.d_in, problem.d_out),
         "time_rescaling": "tau = N t: finite depths integrate dW/dtau = -A_N(E)/N, depth inf dW/dtau = -A_inf(E)"
         if e2e

@@ -66,9 +66,12 @@ def _chain(frames: list[np.ndarray], scale: float) -> list[np.ndarray]:
 
 
 def _balanced(shapes: Shapes, scale: float, rng: np.random.Generator, problem: Problem) -> list[np.ndarray]:
+    """The outer frames are drawn first, so W(0) = scale^N Q_out Q_inᵀ is the same draw at every depth."""
     dims = [shapes[0][1]] + [s[0] for s in shapes]
     r = min(dims)
-    return _chain([_semi_orthogonal(d, r, rng) for d in dims], scale)
+    outer = [_semi_orthogonal(dims[0], r, rng), _semi_orthogonal(dims[-1], r, rng)]
+    hidden = [_semi_orthogonal(d, r, rng) for d in dims[1:-1]]
+    return _chain([outer[0], *hidden, outer[1]], scale)
 
 
 def _decoupled(shapes: Shapes, scale: float, rng: np.random.Generator, problem: Problem) -> list[np.ndarray]:

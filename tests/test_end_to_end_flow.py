@@ -24,7 +24,7 @@ def test_per_layer_product_equals_the_end_to_end_flow(shape, depth):
     layers0 = recover_layers(w0, depth, None)
     taus = np.linspace(0.0, 4.0, 9)
     e2e = dln.integrate(prob, depth=depth, flow="end_to_end", init="balanced", scale=scale, seed=0, t1=4.0,
-                        saveat=taus, **TIGHT)  # fmt: skip
+                        scale_of="product", saveat=taus, **TIGHT)  # fmt: skip
     per = dln.integrate(prob, depth=depth, init=lambda shapes, s, rng: layers0, scale=1.0, seed=0, t1=4.0 / depth,
                         saveat=taus / depth, **TIGHT)  # fmt: skip
     diff = e2e["product"].values - per["product"].values
@@ -45,7 +45,7 @@ def test_singular_values_follow_their_ode():
     prob = dln.MatrixSensing.random((3, 3), 2, 30, seed=2)
     depth, taus = 3, np.linspace(0.0, 2.0, 401)
     ds = dln.integrate(prob, depth=depth, flow="end_to_end", init="balanced", scale=0.8, seed=1, t1=2.0,
-                       saveat=taus, **TIGHT)  # fmt: skip
+                       scale_of="product", saveat=taus, **TIGHT)  # fmt: skip
     ws = ds["product"].values[0, 0, 0]
     rate = np.zeros((len(taus), 3))
     for k, w in enumerate(ws):  # dσ_r/dτ = −σ_r^{2−2/N} ⟨E, u_r v_rᵀ⟩ (the t-form divided by N)
@@ -63,7 +63,7 @@ def test_finite_depths_approach_infinite_depth_like_one_over_n():
     prob = dln.MatrixCompletion.random((4, 4), 2, 10, seed=0)
     depths = [8, 16, 32, 64]
     ds = dln.integrate(prob, depth=[*depths, "inf"], flow="end_to_end", init="balanced", scale=0.3, seed=0, t1=6.0,
-                       saveat=np.linspace(0.0, 6.0, 13), **TIGHT)  # fmt: skip
+                       scale_of="product", saveat=np.linspace(0.0, 6.0, 13), **TIGHT)  # fmt: skip
     assert math.isinf(ds.depth.values[-1])
     limit = ds["product"].sel(depth=math.inf)
     errors = [float(np.abs(ds["product"].sel(depth=float(n)) - limit).max()) for n in depths]
@@ -82,7 +82,7 @@ def test_energy_identity_along_a_trajectory(depth):
     for count in counts:
         taus = np.linspace(0.0, 3.0, count)
         ds = dln.integrate(prob, depth=[depth], flow="end_to_end", init="balanced", scale=0.5, seed=0, t1=3.0,
-                           saveat=taus, **TIGHT)  # fmt: skip
+                           scale_of="product", saveat=taus, **TIGHT)  # fmt: skip
         ws = ds["product"].values[0, 0, 0]
         power = np.array([float(metric(w, end_to_end_field(w, prob.grad(w), depth), depth)) for w in ws])
         loss = ds["loss"].values[0, 0, 0]
@@ -97,7 +97,7 @@ def test_energy_identity_along_a_trajectory(depth):
 def test_end_to_end_round_trip_with_infinite_depth(tmp_path):
     prob = dln.Regression.whitened([2.0, 1.0], 2, 3, seed=0)
     ds = dln.integrate(prob, depth=[2, "inf"], flow="end_to_end", init="decoupled", scale=1e-2, seed=0,
-                       saveat=30, progress=False)  # fmt: skip
+                       scale_of="product", saveat=30, progress=False)  # fmt: skip
     assert (ds["status"].values == 1).all()
     for suffix in (".nc", ".zarr"):
         dln.save(ds, tmp_path / f"e2e{suffix}")
@@ -129,7 +129,7 @@ def test_gd_follows_the_modified_flow_one_order_better():
 def test_log_volume_along_a_trajectory_matches_its_formula():
     prob = dln.MatrixCompletion.random((3, 3), 2, 6, seed=0)
     ds = dln.integrate(prob, depth=[4, "inf"], flow="end_to_end", init="balanced", scale=0.5, seed=0, t1=2.0,
-                       saveat=np.linspace(0.5, 2.0, 4), progress=False)  # fmt: skip
+                       scale_of="product", saveat=np.linspace(0.5, 2.0, 4), progress=False)  # fmt: skip
     logvol = ds.dln.log_volume()
     assert logvol.dims == ("depth", "scale", "seed", "time")
     s = ds["singular_values"].sel(depth=4.0).values[0, 0, -1]

@@ -65,8 +65,13 @@ def test_run_until_converged_stops_on_the_loss_criterion():
     assert (ds["status"].values == 1).all()
     final = ds["loss"].isel(time=-1)
     assert (final <= 1e-8 * ds["loss"].isel(time=0) * (1 + 1e-6)).all()
-    assert float(ds["t_final"].max()) == pytest.approx(float(ds.time[-1]))
-    assert ds.sizes["time"] == 41
+    # one pass: the save grid ends at the first save time at or after the latest convergence
+    assert float(ds.time[-2]) < float(ds["t_final"].max()) <= float(ds.time[-1])
+    # `saveat` sets the density of the planned log grid: 40 times per GRID_DECADES decades
+    from dlnode.integration import GRID_DECADES
+
+    ratios = ds.time.values[2:] / ds.time.values[1:-1]
+    np.testing.assert_allclose(ratios, 10 ** (GRID_DECADES / 39), rtol=1e-9)
 
 
 def test_auto_takes_the_explicit_path_when_nothing_is_stiff():

@@ -83,7 +83,8 @@ def test_decoupled_escapes_from_tiny_init_match_the_closed_form(depth, scale):
     offsets = np.arange(-40, 41) * ESCAPE_GRID
     grid = np.unique(np.concatenate([[0.0], *[tau * (1 + offsets) for tau in taus]]))
     ds = dln.integrate(prob, depth=depth, flow="end_to_end", init="decoupled", scale=scale, method="rosenbrock",
-                       rtol=ESCAPE_RTOL, atol=ESCAPE_RTOL * 1e-3, saveat=grid, progress=False)  # fmt: skip
+                       scale_of="product", rtol=ESCAPE_RTOL, atol=ESCAPE_RTOL * 1e-3, saveat=grid,
+                       t1=float(grid[-1]), progress=False)  # fmt: skip
     sv = ds.singular_values.isel(depth=0, scale=0, seed=0).values
     assert ds.status.item() in (0, 1)  # reached the last save, or converged (ℓ − ℓ* ≤ 1e-8 (ℓ₀ − ℓ*)) there
     for i, (sigma, tau) in enumerate(zip(TARGET_SV[:4], taus, strict=True)):
@@ -101,7 +102,17 @@ def test_decoupled_escapes_from_tiny_init_match_the_closed_form(depth, scale):
 def test_coupled_completion_agrees_with_a_tight_w_space_reference(shape):
     prob = dln.MatrixCompletion.random(shape, 2, 22, seed=2)
     times = np.concatenate([[0.0], np.logspace(0, np.log10(400.0), 40)[:-1], [400.0]])
-    kw = dict(depth=3, flow="end_to_end", init="balanced", scale=1e-3, seed=0, t1=400.0, saveat=times, progress=False)
+    kw = dict(
+        depth=3,
+        flow="end_to_end",
+        init="balanced",
+        scale_of="product",
+        scale=1e-3,
+        seed=0,
+        t1=400.0,
+        saveat=times,
+        progress=False,
+    )
     ref = dln.integrate(prob, method="dopri8", rtol=1e-11, atol=1e-14, **kw)
     ds = dln.integrate(prob, method="rosenbrock", rtol=COUPLED_RTOL, atol=COUPLED_RTOL * 1e-3, **kw)
     assert ds.status.item() == 0 and ref.status.item() == 0
@@ -121,7 +132,17 @@ def test_norm_diverges_where_the_low_rank_fit_is_at_infinity():
     prob = dln.MatrixCompletion(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[False, True], [True, True]]))
     t1 = 1e3
     times = np.concatenate([[0.0], np.logspace(0, np.log10(t1), 25)])
-    kw = dict(depth=3, flow="end_to_end", init="balanced", scale=1e-3, seed=3, t1=t1, saveat=times, progress=False)
+    kw = dict(
+        depth=3,
+        flow="end_to_end",
+        init="balanced",
+        scale_of="product",
+        scale=1e-3,
+        seed=3,
+        t1=t1,
+        saveat=times,
+        progress=False,
+    )
     ref = dln.integrate(prob, method="dopri8", rtol=1e-12, atol=1e-15, max_steps=1_000_000, **kw)
     ds = dln.integrate(prob, method="rosenbrock", rtol=COUPLED_RTOL, atol=COUPLED_RTOL * 1e-3, **kw)
     assert ds.status.item() == 0 and ref.status.item() == 0
@@ -141,7 +162,16 @@ def test_norm_diverges_where_the_low_rank_fit_is_at_infinity():
 def test_a_run_out_of_steps_keeps_what_it_reached():
     prob = dln.MatrixCompletion.random((5, 5), 2, 15, seed=2)
     times = np.logspace(-1, 3, 30)
-    kw = dict(depth=3, flow="end_to_end", init="balanced", scale=1e-3, t1=1e3, saveat=times, progress=False)
+    kw = dict(
+        depth=3,
+        flow="end_to_end",
+        init="balanced",
+        scale_of="product",
+        scale=1e-3,
+        t1=1e3,
+        saveat=times,
+        progress=False,
+    )
     full = dln.integrate(prob, method="rosenbrock", **kw)
     cut = dln.integrate(prob, method="rosenbrock", max_steps=40, **kw)
     assert full.status.item() in (0, 1) and cut.status.item() == -1
@@ -160,7 +190,7 @@ def test_bad_input_is_refused_before_integration():
                       progress=False)  # fmt: skip
     assert singular.unknowns(6, 4) == 15 + 6 + 4 == sum(singular._Chart(6, 4, 4).sizes) + 4
     with pytest.raises(ValueError, match="needs depth >= 2"):
-        singular.make_batch(get_flow("end_to_end", type(prob), 1.0), 100)
+        singular.make_batch(get_flow("end_to_end", type(prob), 1.0))
 
 
 def test_depth_one_is_refused_with_the_rule():
@@ -171,14 +201,18 @@ def test_depth_one_is_refused_with_the_rule():
 
 def test_auto_takes_singular_coordinates_for_stiff_end_to_end_flows():
     prob = dln.MatrixCompletion.random((6, 6), 2, 22, seed=2)
-    kw = dict(flow="end_to_end", init="balanced", t1=50.0, saveat=8, progress=False)
+    kw = dict(flow="end_to_end", init="balanced", scale_of="product", t1=50.0, saveat=8, progress=False)
     stiff = dln.integrate(prob, depth=4, scale=1e-8, **kw)
     assert stiff.attrs["method"] == "rosenbrock" and "singular coordinates" in stiff.attrs["method_reason"]
-    # end-to-end scale is σ(0) itself: (s_max/σ(0))^{1−2/N}
-    s_max = np.linalg.norm(prob.target(), 2)
-    assert auto.predicted_stiffness(prob, 4, 1e-8, "end_to_end") == pytest.approx((s_max / 1e-8) ** 0.5, rel=1e-12)
-    assert auto.predicted_stiffness(prob, math.inf, 1e-8, "end_to_end") == pytest.approx(s_max / 1e-8)
-    assert auto.predicted_stiffness(prob, 4, 1e-8, "end_to_end") > auto.STIFF_RATIO
+    # end-to-end scale is σ(0) itself: s*^{2−2/N} h / (σ(0)^{1−2/N} g), with s* = |W*|, g = |grad l(0)| and h = 1
+    s_star, g = np.linalg.norm(prob.w_star, 2), np.linalg.norm(prob.grad(np.zeros((6, 6))), 2)
+    assert auto.predicted_stiffness(prob, 4, 1e-8, "end_to_end", "product") == pytest.approx(
+        s_star**1.5 / (1e-8**0.5 * g), rel=1e-9
+    )
+    assert auto.predicted_stiffness(prob, math.inf, 1e-8, "end_to_end", "product") == pytest.approx(
+        s_star**2 / (1e-8 * g), rel=1e-9
+    )
+    assert auto.predicted_stiffness(prob, 4, 1e-8, "end_to_end", "product") > auto.STIFF_RATIO
     mild = dln.integrate(prob, depth=4, scale=0.5, **kw)
     assert mild.attrs["method"] == "tsit5"
-    assert auto.predicted_stiffness(prob, 4, 0.5, "end_to_end") <= auto.STIFF_RATIO
+    assert auto.predicted_stiffness(prob, 4, 0.5, "end_to_end", "product") <= auto.STIFF_RATIO

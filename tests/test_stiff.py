@@ -60,11 +60,14 @@ def _direct(problem, depth, scale, seeds, ts, rtol, switching):
     flow = get_flow("layers", type(problem), depth)
     inits = [dln.init_layers(problem, depth, "gaussian", scale, s) for s in seeds]
     y0 = tuple(jnp.asarray(np.stack(ws)) for ws in zip(*inits, strict=True))
-    c = dict(t1=ts[-1], rtol=rtol, atol=rtol * 1e-3, lr=np.nan, loss_tol=-np.inf, diverge=1e12, max_steps=1e5)
-    fn = stiff._batch(flow, 100_000, switching, True)
+    c = dict(t1=ts[-1], rtol=rtol, atol=rtol * 1e-3, lr=np.nan, loss_tol=-np.inf, diverge=1e12, max_steps=1e5,
+             window_steps=1e5)  # fmt: skip
+    c = {k: np.float64(v) for k, v in c.items()}
+    start, window, _ = stiff.make_batch(flow, switching)
     arrays = jax.tree_util.tree_map(jnp.asarray, problem.arrays())
-    out = jax.device_get(fn(y0, arrays, jnp.asarray(ts), {k: np.float64(v) for k, v in c.items()}))
-    return out[0]["product"], out[3], out[5]
+    obs, _, state = jax.device_get(window(start(y0, arrays, c), arrays, jnp.asarray(ts), c))
+    s = stiff.summary(state)
+    return obs["product"], s["status"], (s["steps"], s["rejected"], s["explicit"])
 
 
 def test_tableau_has_order_four_and_an_order_three_estimate():
@@ -228,7 +231,7 @@ def test_status_codes():
 def test_the_cg_path_refuses_the_end_to_end_flow():
     # integrate sends end_to_end flows to singular coordinates (test_singular); the CG path itself needs −∇²L
     with pytest.raises(ValueError, match="symmetric Jacobian"):
-        stiff.make_batch(get_flow("end_to_end", type(STAGED), 3.0), 100)
+        stiff.make_batch(get_flow("end_to_end", type(STAGED), 3.0))
 
 
 def test_compensated_time_resolves_unit_steps_at_1e18():

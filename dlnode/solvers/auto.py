@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..flows import get_flow
-from ..network import init_layers
+from ..network import init_layers, layer_shapes
 from ..problems import Problem
 from . import rosenbrock as stiff
 from . import singular
@@ -30,19 +30,52 @@ __all__ = ["STIFF_RATIO", "choose_method", "predicted_stiffness"]
 
 STIFF_RATIO = stiff.STIFF_RATIO
 EXPLICIT, STIFF = "tsit5", "rosenbrock"
+# At this many unknowns an explicit run that turns stiff after an escape costs minutes, while `rosenbrock` takes
+# the same explicit (DOPRI5) steps until h·λ_max says otherwise: its overhead is one Hessian-vector product a step.
+# (Arora et al.'s completion, 30,000 unknowns, is predicted mild from t = 0 yet takes tsit5 ~50× longer.)
+LARGE_STATE = 2000
 SINGULAR_MAX_UNKNOWNS = 2500  # m(m−1)/2 + n(n−1)/2 + min(m, n): a dense LU of this size per step (d ≈ 50)
 
 
-def predicted_stiffness(problem: Problem, depth: float, scale: float, flow: str = "layers") -> float:
-    """(s_max/u₀)^{1−2/N}: sharpness of a learned top mode over the growth rate of a mode still at u₀ = scale^N
-    (u₀ = scale for the end-to-end flow, whose scale is the end-to-end one; s_max/u₀ at depth ∞)."""
-    s_max = float(np.linalg.norm(problem.target(), 2))
-    u0 = scale if flow == "end_to_end" else scale**depth
+def gradient_scale(problem: Problem) -> float:
+    """‖∇ℓ(0)‖₂: the strength of the top mode as the flow sees it from small init (it carries the loss's
+    normalisation and, for completion, the mask), the s of the mode equations."""
+    return float(np.linalg.norm(problem.grad(np.zeros((problem.d_out, problem.d_in))), 2))
+
+
+def hessian_scale(problem: Problem, iterations: int = 50) -> float:
+    """λ_max of the loss Hessian H (ℓ is quadratic: ∇ℓ(W) = H(W − W*)), by power iteration on the problem's own
+    operator: 1 for completion and factorisation (1/|Ω| normalised), λ_max(Σ_xx) for regression."""
+    arrays = problem.arrays()
+    v = np.random.default_rng(0).standard_normal(problem.w_star.shape)
+    lam = 0.0
+    for _ in range(iterations):
+        hv = np.asarray(type(problem).hessian_op(v, arrays))
+        lam = float(np.linalg.norm(hv))
+        if lam == 0.0:
+            return 0.0
+        v = hv / lam
+    return lam
+
+
+def predicted_stiffness(problem: Problem, depth: float, scale: float, flow: str = "layers",
+                        scale_of: str = "layer") -> float:  # fmt: skip
+    """The sharpness once the top mode is learned over the growth rate of a mode still at u₀, in logarithms.
+
+    Learned: curvature N s*^{2−2/N}·h (s* = ‖W*‖₂, h = λ_max of the loss Hessian); unlearned: growth rate
+    N u₀^{1−2/N}·g (g = ‖∇ℓ(0)‖₂); u₀ = scale^N (per-layer scale) or scale (``scale_of="product"``, depth ∞).
+    For whitened regression (s* = g, h = 1) this is (s/u₀)^{1−2/N}; at depth ∞ s*²h/(u₀ g).
+    """
+    g = max(gradient_scale(problem), 1e-300)
+    s_star = max(float(np.linalg.norm(problem.w_star, 2)), 1e-300)
+    h = max(hessian_scale(problem), 1e-300)
+    log_u0 = math.log(scale) * (1.0 if scale_of == "product" or math.isinf(depth) else depth)
     if math.isinf(depth):
-        return s_max / u0
+        return math.exp(min(2 * math.log(s_star) + math.log(h) - log_u0 - math.log(g), 700.0))
     if depth <= 2:
-        return 1.0 if depth == 2 else scale / max(s_max, 1e-300)
-    return (s_max / u0) ** (1.0 - 2.0 / depth)
+        return 1.0 if depth == 2 else scale / g
+    c = 1.0 - 2.0 / depth
+    return math.exp(min((1 + c) * math.log(s_star) + math.log(h) - c * log_u0 - math.log(g), 700.0))
 
 
 def choose_method(
@@ -53,12 +86,13 @@ def choose_method(
     width: int | None,
     flow: str,
     lr: float = math.nan,
+    scale_of: str = "layer",
 ) -> tuple[str, str]:
     """(method, reason) for one `integrate` call: the stiff path if any (depth, scale) cell needs it."""
     worst, where = 0.0, ""
     for depth in depths:
         for scale in scales:
-            ratio = predicted_stiffness(problem, depth, scale, flow)
+            ratio = predicted_stiffness(problem, depth, scale, flow, scale_of)
             if ratio > worst:
                 worst, where = ratio, f"depth {depth:g}, scale {scale:g}"
     stiff_reason = f"auto: predicted plateau stiffness {worst:.3g} > {STIFF_RATIO:g} at {where}"
@@ -74,8 +108,16 @@ def choose_method(
         return STIFF, f"{stiff_reason} -> {STIFF} in singular coordinates ({q} unknowns)"
     if worst > STIFF_RATIO:
         return STIFF, f"{stiff_reason} -> {STIFF}"
+    deep = [d for d in depths if d >= 2]
+    if deep:
+        shapes = layer_shapes(int(max(deep)), problem.d_in, problem.d_out, width)
+        size = sum(a * b for a, b in shapes)
+        if size >= LARGE_STATE:
+            return STIFF, (f"auto: a state of {size} unknowns at depth {max(deep):g} (>= {LARGE_STATE}): {STIFF}, "
+                           "which steps explicitly until the steps are stability-limited")  # fmt: skip
     for depth in depths:
-        stiff_now, reason = _probe_initial(problem, int(depth), scales[0], init, width, flow, lr)
+        first = scales[0] ** (1.0 / depth) if scale_of == "product" else scales[0]
+        stiff_now, reason = _probe_initial(problem, int(depth), first, init, width, flow, lr)
         if stiff_now:
             return STIFF, f"auto: at depth {depth:g}, t = 0, {reason}"
     return EXPLICIT, f"auto: predicted stiffness {worst:.3g} <= {STIFF_RATIO:g} and not stiff at t = 0 -> {EXPLICIT}"

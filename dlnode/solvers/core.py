@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import time
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["MESSAGES", "TRACE_COUNT", "Controls", "Solution", "Status", "stop_flags"]
+__all__ = [
+    "COMPILE",
+    "MESSAGES",
+    "RUNS",
+    "TRACE_COUNT",
+    "Controls",
+    "Method",
+    "Solution",
+    "Status",
+    "call",
+    "stop_flags",
+]
 
 
 class Status(enum.IntEnum):
@@ -46,6 +59,9 @@ MESSAGES = {
     Status.INTERRUPTED: "interrupted by the user; the trajectory up to then is kept",
     Status.PENDING: "not run yet",
 }
+
+# Incremented once per batch integration (one per depth of an `integrate` call): tests count passes with it.
+RUNS = {"n": 0}
 
 # Incremented each time a solver body is traced: tests use it to show that new t1/rtol/lr/save times reuse
 # the compiled code.
@@ -87,3 +103,47 @@ def stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]
     converged = loss - loss_min <= c["loss_tol"] * (loss0 - loss_min)
     diverged = ~jnp.isfinite(loss) | (loss > c["diverge"] * jnp.maximum(loss0, 1e-300))
     return converged, diverged
+
+
+# --------------------------------------------------------------------------------------------- the method contract
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One integration method: what it supports, and how it starts and advances a batch in windows.
+
+    A batch is every (scale, seed) cell of one depth, stacked on a leading axis. `start(flow, y0, arrays, c)`
+    returns the method's state for the batch; `advance(flow, state, arrays, ts, c)` integrates every running cell
+    towards the save times `ts` (a window, increasing, padded by repeating the last) and returns
+    ``(observables at ts, observables at the state reached, new state)``; a window stops early once a cell has
+    spent ``c["window_steps"]`` attempts in it, so that progress, Ctrl-C and the horizon are checked between
+    windows. `summary(state)` gives host arrays ``t``, ``steps``, ``rejected``, ``status`` (0 while running) and
+    `final(flow, state)` the final states. Saves a cell did not reach are detected by time (``ts > t``).
+    """
+
+    name: str
+    family: str
+    stiff: bool  # meant for stiff flows
+    max_steps: int  # default budget of attempted steps per run
+    window_steps: int  # attempts per window (bounds the time between Ctrl-C checks)
+    supports: Any  # (flow) -> None if supported, else the reason
+    start: Any
+    advance: Any
+    summary: Any
+    final: Any
+
+
+# Seconds spent compiling, summed over every `call`: the driver reports compile time apart from run time.
+COMPILE = {"seconds": 0.0}
+_COMPILED: dict = {}
+
+
+def call(fn: Any, *args: Any) -> Any:
+    """Run the jitted `fn` on `args`, compiling ahead of time once per abstract signature (timed in `COMPILE`)."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    key = (fn, treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        start = time.perf_counter()
+        compiled = fn.lower(*args).compile()
+        COMPILE["seconds"] += time.perf_counter() - start
+        _COMPILED[key] = compiled
+    return compiled(*args)

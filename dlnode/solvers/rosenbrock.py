@@ -43,7 +43,6 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ..flows import Flow
-from ..validation import check_max_steps
 from .core import TRACE_COUNT, stop_flags
 from .krylov import cg, power_iteration
 from .tableaus import DOPRI5, ExplicitTableau
@@ -317,47 +316,39 @@ def _initial_state(field: Callable, x0: Any, c: dict) -> _State:
     return _State(x0, zero, zero, h0, v, lam, izero, izero, izero, izero, basis, izero, jnp.zeros((), bool))
 
 
-def _check_flow(flow: Flow, max_steps: int) -> None:
-    if flow.name == "end_to_end":
-        raise ValueError(
-            "method='rosenbrock' needs a symmetric Jacobian (a gradient flow of the layers); "
-            "got flow='end_to_end'; use flow='layers' or an explicit method"
+def _check_flow(flow: Flow) -> str | None:
+    """None when the CG path can integrate `flow`, else why not."""
+    if not flow.symmetric_jacobian:
+        return (
+            f"method='rosenbrock' on layers needs a symmetric Jacobian (a gradient flow of the layers); "
+            f"got flow={flow.name!r}"
         )
-    check_max_steps(max_steps)
+    return None
 
 
-def make_batch(flow: Flow, max_steps: int) -> Callable:
-    """Jitted, vmapped integration of a batch of initial states by Rosenbrock (`TABLEAU`) steps, and explicit
-    (`DOPRI5`) steps while the batch is not stiff (`SWITCH`); outputs as the diffrax path.
+def make_batch(flow: Flow, switching: bool = True, counts: bool = False) -> tuple[Callable, Callable, Callable]:
+    """Jitted, vmapped (start, window, final) functions of the stiff layer path for a batch of initial states.
 
-    Parameters
-    ----------
-    flow : a per-layer `Flow` (``layers`` or ``modified``: both have the symmetric Jacobian −∇²L).
-    max_steps : budget of attempted (accepted + rejected) steps per run; status −1 when exhausted.
-
-    Returns
-    -------
-    fn(y0_batch, arrays, ts, c) -> (observables at ts, observables at the end, final state, status, t_final,
-    (accepted steps, rejected steps)); status 0 reached c["t1"], 1 converged, −1 max steps, −2 diverged,
-    −3 solver failure (more than `MAX_REJECTS` consecutive rejections).
+    ``start(y0, arrays, c) -> state``; ``window(state, arrays, ts, c) -> (observables at ts, observables at the
+    state reached, state)``: Rosenbrock (`TABLEAU`) steps, and explicit (`DOPRI5`) steps while the batch is not
+    stiff (`SWITCH`), landing on every save time, until each cell is done, reached ts[-1], or spent
+    ``c["window_steps"]`` attempts in the window (or ``c["max_steps"]`` in all); ``final(state) -> layers``.
+    `switching=False` takes Rosenbrock steps only; `counts=True` reports accepted explicit steps in the state.
 
     Raises
     ------
-    ValueError : for the end-to-end flow (non-symmetric Jacobian) or a non-positive `max_steps`.
+    ValueError : for a flow without a symmetric Jacobian (the end-to-end flow).
     """
-    return _batch(flow, max_steps)
+    reason = _check_flow(flow)
+    if reason:
+        raise ValueError(reason)
+    return _batch(flow, switching, counts)
 
 
 @cache
-def _batch(flow: Flow, max_steps: int, switching: bool = True, counts: bool = False) -> Callable:
-    """`make_batch`; `switching=False` takes Rosenbrock steps only, `counts=True` appends the accepted explicit
-    steps to the step counts (for tests and diagnostics)."""
-    _check_flow(flow, max_steps)
-
-    def one(y0: Any, arrays: dict, ts: Any, c: dict) -> tuple:
-        TRACE_COUNT["n"] += 1
-        args = flow.prepare(y0, arrays, c)
-        x0, unravel = ravel_pytree(y0)
+def _batch(flow: Flow, switching: bool = True, counts: bool = False) -> tuple[Callable, Callable, Callable]:
+    def closures(y_like: Any, args: dict) -> tuple[Callable, Callable, Callable]:
+        _, unravel = ravel_pytree(y_like)
 
         def field(x):
             return ravel_pytree(flow.field(0.0, unravel(x), args))[0]
@@ -365,11 +356,26 @@ def _batch(flow: Flow, max_steps: int, switching: bool = True, counts: bool = Fa
         def loss(x):
             return flow.loss(unravel(x), args)
 
-        loss0 = loss(x0)
+        return field, loss, unravel
+
+    def start(y0: Any, arrays: dict, c: dict) -> dict:
+        TRACE_COUNT["n"] += 1
+        args = flow.prepare(y0, arrays, c)
+        field, loss, _ = closures(y0, args)
+        x0 = ravel_pytree(y0)[0]
+        return {"s": _initial_state(field, x0, c), "args": args, "loss0": loss(x0), "y_like": y0}
+
+    def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
+        TRACE_COUNT["n"] += 1
+        args, loss0 = st["args"], st["loss0"]
+        field, loss, unravel = closures(st["y_like"], args)
+        spent = st["s"].steps + st["s"].rejected
 
         def advance(s: _State, target: Any) -> tuple[_State, dict]:
             def cond(s):
-                return (s.status == 0) & ((target - s.t_hi) - s.t_lo > 0) & (s.steps + s.rejected < max_steps)
+                attempts = s.steps + s.rejected
+                budget = (attempts < c["max_steps"]) & (attempts - spent < c["window_steps"])
+                return (s.status == 0) & ((target - s.t_hi) - s.t_lo > 0) & budget
 
             def body(s):
                 return _step(field, loss, loss0, arrays["loss_min"], c, target, s, batch_max)
@@ -377,19 +383,28 @@ def _batch(flow: Flow, max_steps: int, switching: bool = True, counts: bool = Fa
             s = jax.lax.while_loop(cond, body, s)
             return s, flow.observe(unravel(s.x), args)
 
-        targets = jnp.concatenate([jnp.asarray(ts, x0.dtype), jnp.reshape(c["t1"], (1,))])
-        s, obs = jax.lax.scan(advance, _initial_state(field, x0, c), targets)
-        t_final = s.t_hi + s.t_lo
-        status = jnp.where((s.status == 0) & (t_final < c["t1"]), -1, s.status)
-        final = unravel(s.x)
-        obs = jax.tree_util.tree_map(lambda a: a[:-1], obs)
-        stats = (s.steps, s.rejected, s.explicit) if counts else (s.steps, s.rejected)
-        return obs, flow.observe(final, args), final, status, t_final, stats
+        s, obs = jax.lax.scan(advance, st["s"], jnp.asarray(ts, st["s"].x.dtype))
+        return obs, flow.observe(unravel(s.x), args), dict(st, s=s)
+
+    def final(st: dict) -> Any:
+        return ravel_pytree(st["y_like"])[1](st["s"].x)
 
     def batch_max(v):
         return jax.lax.pmax(v, BATCH_AXIS) if switching else jnp.ones_like(v)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None), axis_name=BATCH_AXIS))
+    vmapped = jax.vmap(window, in_axes=(0, None, None, None), axis_name=BATCH_AXIS)
+    return (
+        jax.jit(jax.vmap(start, in_axes=(0, None, None))),
+        jax.jit(vmapped),
+        jax.jit(jax.vmap(final)),
+    )
+
+
+def summary(st: dict) -> dict[str, np.ndarray]:
+    """Host arrays t, steps, rejected, status of a window state (explicit: accepted explicit steps)."""
+    s = jax.device_get(st["s"])
+    return {"t": s.t_hi + s.t_lo, "steps": s.steps, "rejected": s.rejected, "status": s.status,
+            "explicit": s.explicit}  # fmt: skip
 
 
 @cache
@@ -421,8 +436,8 @@ def probe(flow: Flow, y0: Any, arrays: dict, lr: float = math.nan) -> tuple[bool
     -------
     (stiff, reason): whether to take the stiff path, and a one-line reason with the numbers.
     """
-    if flow.name == "end_to_end":
-        raise ValueError("probe needs a per-layer flow (symmetric Jacobian −∇²L); got flow='end_to_end'")
+    if not flow.symmetric_jacobian:
+        raise ValueError(f"probe needs a per-layer flow (symmetric Jacobian −∇²L); got flow={flow.name!r}")
     if not isinstance(y0, (tuple, list)) or not y0 or any(np.ndim(w) != 2 for w in y0):
         raise ValueError("y0 must be a non-empty tuple of 2-d layer matrices (one state, no batch axis)")
     y0 = tuple(jnp.asarray(w, jnp.float64) for w in y0)

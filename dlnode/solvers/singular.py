@@ -41,7 +41,7 @@ import jax.scipy.linalg as jsl
 import numpy as np
 
 from ..flows import Flow
-from ..validation import check_max_steps, check_singular_depths
+from ..validation import check_singular_depths
 from .core import TRACE_COUNT
 from .rosenbrock import SHAMPINE, error_norm, settle, step_factor
 
@@ -175,11 +175,15 @@ def _attempt(field: Callable, z0: Any, h: Any, sc: Any) -> tuple[Any, Any]:
     return z1, error_norm(err / sc)
 
 
-def _check(flow: Flow, max_steps: int) -> None:
-    if flow.name != "end_to_end" or flow.gradient is None:
-        raise ValueError(f"singular coordinates integrate flow='end_to_end' only; got flow={flow.name!r}")
-    check_singular_depths([flow.depth])
-    check_max_steps(max_steps)
+def check(flow: Flow) -> str | None:
+    """None when singular coordinates can integrate `flow`, else why not."""
+    if not flow.end_to_end or flow.gradient is None:
+        return f"singular coordinates integrate flow='end_to_end' only; got flow={flow.name!r}"
+    try:
+        check_singular_depths([flow.depth])
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def initial_coordinates(flow: Flow, w0: np.ndarray, arrays: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -215,39 +219,58 @@ def initial_coordinates(flow: Flow, w0: np.ndarray, arrays: dict) -> tuple[np.nd
     return np.stack(us), np.stack(ells), np.stack(vs)
 
 
-def make_batch(flow: Flow, max_steps: int) -> Callable:
-    """Jitted, vmapped integration of a batch of (U, ln σ, V) (see `initial_coordinates`) by Rosenbrock steps in
-    singular coordinates; the same outputs as `rosenbrock.make_batch`, with the saved singular values taken
-    from ln σ (exact down to any size) instead of an SVD of W.
+def make_batch(flow: Flow) -> tuple[Callable, Callable, Callable]:
+    """Jitted, vmapped (start, window, final) functions for a batch of (U, ln σ, V) (see `initial_coordinates`):
+    Rosenbrock steps in singular coordinates, with the same window contract as `rosenbrock.make_batch` and the
+    saved singular values taken from ln σ (exact down to any size) instead of an SVD of W; ``final`` gives W.
     """
-    _check(flow, max_steps)
-    return _batch(flow, max_steps)
+    reason = check(flow)
+    if reason:
+        raise ValueError(reason)
+    return _batch(flow)
 
 
 @cache
-def _batch(flow: Flow, max_steps: int) -> Callable:
+def _batch(flow: Flow) -> tuple[Callable, Callable, Callable]:
     depth = flow.depth
 
-    def one(y0: tuple, arrays: dict, ts: Any, c: dict) -> tuple:
-        TRACE_COUNT["n"] += 1
-        u0, ell0, v0 = y0
+    def product(u, v, ell):
+        return (u[:, : ell.shape[0]] * jnp.exp(ell)) @ v[:, : ell.shape[0]].T
+
+    def parts(u0: Any, v0: Any, ell0: Any, arrays: dict) -> tuple:
         chart = _Chart(u0.shape[0], v0.shape[0], ell0.shape[0])
-        args = flow.prepare(None, arrays, c)
 
         def gradient(w):
             return flow.gradient(w, arrays)
 
-        def product(u, v, ell):
-            return (u[:, : chart.r] * jnp.exp(ell)) @ v[:, : chart.r].T
+        return chart, gradient
+
+    def start(y0: tuple, arrays: dict, c: dict) -> dict:
+        TRACE_COUNT["n"] += 1
+        u0, ell0, v0 = y0
+        chart, gradient = parts(u0, v0, ell0, arrays)
+        args = flow.prepare(None, arrays, c)
+        qa, qb = chart.sizes
+        sc = c["atol"] + c["rtol"]
+        z0 = jnp.concatenate([jnp.zeros(qa + qb, ell0.dtype), ell0])
+        f0 = chart.field(z0, u0, v0, gradient, depth)
+        h0 = jnp.minimum(0.01 / jnp.maximum(error_norm(f0 / sc), 1e-300), c["t1"])
+        zero, izero = jnp.zeros((), ell0.dtype), jnp.zeros((), jnp.int64)
+        state = _State(u0, v0, ell0, zero, zero, h0, izero, izero, izero, izero)
+        return {"s": state, "args": args, "loss0": flow.loss(product(u0, v0, ell0), args)}
+
+    def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
+        TRACE_COUNT["n"] += 1
+        args, loss0, s0 = st["args"], st["loss0"], st["s"]
+        chart, gradient = parts(s0.u, s0.v, s0.ell, arrays)
+        qa, qb = chart.sizes
+        sc = c["atol"] + c["rtol"]
+        spent = s0.steps + s0.rejected
 
         def observe(s: _State) -> dict:
             out = flow.observe(product(s.u, s.v, s.ell), args)
             out["singular_values"] = jnp.sort(jnp.exp(s.ell))[::-1]
             return out
-
-        loss0 = flow.loss(product(u0, v0, ell0), args)
-        sc = c["atol"] + c["rtol"]
-        qa, qb = chart.sizes
 
         def step(s: _State, target: Any) -> _State:
             rem = (target - s.t_hi) - s.t_lo
@@ -278,22 +301,28 @@ def _batch(flow: Flow, max_steps: int) -> Callable:
 
         def advance(s: _State, target: Any) -> tuple[_State, dict]:
             def cond(s):
-                return (s.status == 0) & ((target - s.t_hi) - s.t_lo > 0) & (s.steps + s.rejected < max_steps)
+                attempts = s.steps + s.rejected
+                budget = (attempts < c["max_steps"]) & (attempts - spent < c["window_steps"])
+                return (s.status == 0) & ((target - s.t_hi) - s.t_lo > 0) & budget
 
             s = jax.lax.while_loop(cond, lambda s: step(s, target), s)
             return s, observe(s)
 
-        z0 = jnp.concatenate([jnp.zeros(qa + qb, ell0.dtype), ell0])
-        f0 = chart.field(z0, u0, v0, gradient, depth)
-        h0 = jnp.minimum(0.01 / jnp.maximum(error_norm(f0 / sc), 1e-300), c["t1"])
-        zero, izero = jnp.zeros((), ell0.dtype), jnp.zeros((), jnp.int64)
-        state = _State(u0, v0, ell0, zero, zero, h0, izero, izero, izero, izero)
-        targets = jnp.concatenate([jnp.asarray(ts, ell0.dtype), jnp.reshape(c["t1"], (1,))])
-        s, obs = jax.lax.scan(advance, state, targets)
-        t_final = s.t_hi + s.t_lo
-        status = jnp.where((s.status == 0) & (t_final < c["t1"]), -1, s.status)
-        final = product(s.u, s.v, s.ell)
-        obs = jax.tree_util.tree_map(lambda a: a[:-1], obs)
-        return obs, observe(s), final, status, t_final, (s.steps, s.rejected)
+        s, obs = jax.lax.scan(advance, s0, jnp.asarray(ts, s0.ell.dtype))
+        return obs, observe(s), dict(st, s=s)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+    def final(st: dict) -> Any:
+        s = st["s"]
+        return product(s.u, s.v, s.ell)
+
+    return (
+        jax.jit(jax.vmap(start, in_axes=(0, None, None))),
+        jax.jit(jax.vmap(window, in_axes=(0, None, None, None))),
+        jax.jit(jax.vmap(final)),
+    )
+
+
+def summary(st: dict) -> dict[str, np.ndarray]:
+    """Host arrays t, steps, rejected, status of a window state."""
+    s = jax.device_get(st["s"])
+    return {"t": s.t_hi + s.t_lo, "steps": s.steps, "rejected": s.rejected, "status": s.status}

@@ -1,0 +1,124 @@
+"""diffrax's adaptive Runge–Kutta methods (`tsit5`, `dopri5`, `dopri8`, `kvaerno5`), window by window.
+
+Each window is one ``diffeqsolve`` from the time a cell reached to the window's last save time, with PID step
+control, the convergence and divergence events of the shared stop rule, and at most `WINDOW_STEPS` steps; the
+driver carries the state between windows. t, save times, tolerances and thresholds are traced arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..flows import Flow
+from .core import TRACE_COUNT, Method, call, stop_flags
+
+__all__ = ["DIFFRAX"]
+
+SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8, "kvaerno5": diffrax.Kvaerno5}
+WINDOW_STEPS = 4096  # steps per diffeqsolve (static: diffrax sizes its loop by it)
+
+
+def _status(result: Any, converged: Any) -> Any:
+    """diffrax's result → running (0: reached the window's end or its step budget), 1, −2 or −3."""
+    event = jnp.where(converged, 1, -2)
+    ok = (result == diffrax.RESULTS.successful) | (result == diffrax.RESULTS.max_steps_reached)
+    return jnp.where(ok, 0, jnp.where(result == diffrax.RESULTS.event_occurred, event, -3))
+
+
+@cache
+def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple[Callable, Callable, Callable]:
+    term = diffrax.ODETerm(flow.field)
+    solver = SOLVERS[name]()
+
+    def start(y0: Any, arrays: dict, c: dict) -> dict:
+        args = flow.prepare(y0, arrays, c)
+        zero = jnp.zeros((), jnp.int64)
+        return {"y": y0, "t": jnp.zeros(()), "steps": zero, "rejected": zero, "status": zero, "args": args,
+                "loss0": flow.loss(y0, args)}  # fmt: skip
+
+    def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
+        TRACE_COUNT["n"] += 1
+        args, loss0, t0 = st["args"], st["loss0"], st["t"]
+        active = (st["status"] == 0) & (ts[-1] > t0) & (st["steps"] + st["rejected"] < c["max_steps"])
+        # an inactive cell integrates a dummy sliver and keeps its state (vmap runs every cell's loop anyway)
+        t1 = jnp.where(active, ts[-1], t0 + jnp.maximum(jnp.abs(t0), 1.0) * 1e-6)
+        saves = jnp.clip(ts, t0, t1)
+
+        def converged(t, y, args, **kwargs):
+            return stop_flags(flow.loss(y, args), loss0, arrays["loss_min"], c)[0]
+
+        def diverged(t, y, args, **kwargs):
+            return stop_flags(flow.loss(y, args), loss0, arrays["loss_min"], c)[1]
+
+        saveat = diffrax.SaveAt(
+            subs=[diffrax.SubSaveAt(ts=saves, fn=lambda t, y, args: flow.observe(y, args)),
+                  diffrax.SubSaveAt(t1=True)]
+        )  # fmt: skip
+        sol = diffrax.diffeqsolve(
+            term, solver, t0, t1, None, st["y"], args, saveat=saveat,
+            stepsize_controller=diffrax.PIDController(rtol=c["rtol"], atol=c["atol"]),
+            event=diffrax.Event([converged, diverged]), max_steps=window_steps, throw=False,
+            adjoint=diffrax.ForwardMode(),
+        )  # fmt: skip
+        y1 = jax.tree_util.tree_map(lambda a: a[0], sol.ys[1])
+        t_end = sol.ts[1][0]
+        ok_state = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(y1)]))
+        status = _status(sol.result, sol.event_mask[0])
+        status = jnp.where(ok_state | (status != 0), status, -3)
+
+        def keep(new, old):
+            return jnp.where(active, new, old)
+
+        new = dict(
+            st,
+            y=jax.tree_util.tree_map(keep, y1, st["y"]),
+            t=keep(t_end, t0),
+            steps=st["steps"] + jnp.where(active, sol.stats["num_accepted_steps"], 0),
+            rejected=st["rejected"] + jnp.where(active, sol.stats["num_rejected_steps"], 0),
+            status=keep(status, st["status"]).astype(jnp.int64),
+        )
+        return sol.ys[0], flow.observe(new["y"], args), new
+
+    def final(st: dict) -> Any:
+        return st["y"]
+
+    return (
+        jax.jit(jax.vmap(start, in_axes=(0, None, None))),
+        jax.jit(jax.vmap(window, in_axes=(0, None, None, None))),
+        jax.jit(jax.vmap(final)),
+    )
+
+
+def _summary(st: dict) -> dict[str, np.ndarray]:
+    st = jax.device_get({k: st[k] for k in ("t", "steps", "rejected", "status")})
+    return {k: np.asarray(v) for k, v in st.items()}
+
+
+def _window(c: dict) -> int:
+    """Steps per diffeqsolve: `WINDOW_STEPS`, or the whole budget when that is smaller (a small budget is then
+    never overrun; a larger one by less than one window, since the driver checks it between windows)."""
+    return int(min(WINDOW_STEPS, c["max_steps"]))
+
+
+def _method(name: str) -> Method:
+    def supports(flow: Flow) -> str | None:
+        return None
+
+    return Method(
+        name=name, family="diffrax", stiff=name == "kvaerno5", max_steps=200_000, window_steps=WINDOW_STEPS,
+        supports=supports,
+        start=lambda flow, y0, arrays, c: call(_functions(name, flow)[0], y0, arrays, c),
+        advance=lambda flow, st, arrays, ts, c: call(_functions(name, flow, _window(c))[1], st, arrays, ts, c),
+        summary=_summary,
+        final=lambda flow, st: call(_functions(name, flow)[2], st),
+    )  # fmt: skip
+
+
+DIFFRAX = {name: _method(name) for name in SOLVERS}

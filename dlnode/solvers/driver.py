@@ -1,0 +1,249 @@
+"""The windowed driver: every method integrates a batch in windows of save times, with one loop around them.
+
+Between windows the driver fills the save times each cell reached, shows progress, checks for Ctrl-C (the cells
+still running get status INTERRUPTED and keep what they integrated), extends the horizon of an until-converged
+run while its loss is still falling, and stops as soon as no cell is running. A run is integrated once: the save
+grid of an until-converged run is laid out ahead (log-spaced up to the horizon) and cut after the latest time a
+cell needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .core import COMPILE, MESSAGES, RUNS, Controls, Method, Solution, Status
+
+__all__ = ["Horizon", "WINDOW", "drive"]
+
+WINDOW = 16  # save times per window (one compiled shape for every window)
+REACHED_RTOL = 1e-12  # a save time counts as reached when t_cell >= ts·(1 − this)
+
+
+@dataclasses.dataclass(frozen=True)
+class Horizon:
+    """How an until-converged run may extend its save grid past the planned end.
+
+    After the planned grid, while some cell is still running and its loss fell over the last `decades` by more than
+    `falling` of its distance to ℓ*, `decades` more decades of save times (at the grid's density) are appended,
+    at most `extensions` times.
+    """
+
+    decades: float = 2.0
+    falling: float = 1e-3
+    extensions: int = 3
+
+
+@dataclasses.dataclass
+class _Saved:
+    """Per-cell save slots, filled window by window (time is the second axis)."""
+
+    values: Any  # pytree of (batch, time, ...) arrays
+    filled: np.ndarray  # (batch, time) bool
+
+    def grow(self, extra: int) -> None:
+        def pad(a):
+            return np.concatenate([a, np.full((a.shape[0], extra, *a.shape[2:]), np.nan)], axis=1)
+
+        self.values = jax.tree_util.tree_map(pad, self.values)
+        self.filled = np.concatenate([self.filled, np.zeros((self.filled.shape[0], extra), bool)], axis=1)
+
+
+@contextlib.contextmanager
+def _sigint_flag() -> Iterator[dict]:
+    """Within the block, Ctrl-C sets flag["hit"] instead of raising (main thread only; elsewhere nothing changes)."""
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        if flag["hit"]:  # a second Ctrl-C while a window runs: give up waiting
+            raise KeyboardInterrupt
+        flag["hit"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _controls_tree(c: Controls, window_steps: int) -> dict[str, Any]:
+    tree = {k: np.float64(v) for k, v in dataclasses.asdict(c).items()}
+    tree["window_steps"] = np.float64(window_steps)
+    return tree
+
+
+def drive(
+    method: Method,
+    flow: Any,
+    arrays: dict,
+    y0: Any,
+    ts: np.ndarray,
+    controls: Controls,
+    *,
+    until_converged: bool = False,
+    horizon: Horizon | None = None,
+    on_window: Callable[[float, dict], None] | None = None,
+    window_steps: int | None = None,
+) -> Solution:
+    """Integrate the batch `y0` with `method` over the save times `ts` (ts[0] = 0), window by window.
+
+    With `until_converged`, a cell that reaches the end of the grid (after any extension by `horizon`: more
+    decades while the loss is still falling) without converging gets NOT_CONVERGED, and the loss criterion in
+    `controls` decides CONVERGED. Otherwise a cell that reaches ts[-1] gets FINISHED. Integration stops as soon as
+    no cell is running; the saves after that are held (converged cells) or NaN.
+    """
+    RUNS["n"] += 1
+    ts = np.asarray(ts, dtype=np.float64)
+    c = _controls_tree(controls, window_steps or method.window_steps)
+    arrays_j = jax.tree_util.tree_map(jnp.asarray, arrays)
+    compiled_before, start = COMPILE["seconds"], time.perf_counter()
+    state = method.start(flow, y0, arrays_j, c)
+    saved: _Saved | None = None
+    end_obs = None
+    extensions, k, previous = 0, 0, None
+    with _sigint_flag() as flag:
+        while True:
+            window = ts[k : k + WINDOW]
+            padded = np.concatenate([window, np.full(WINDOW - len(window), window[-1])])
+            obs, last, state = method.advance(flow, state, arrays_j, padded, c)
+            obs, last = jax.device_get((obs, last))
+            summ = method.summary(state)
+            if saved is None:
+                saved = _empty(obs, len(ts))
+            _fill(saved, obs, window, k, summ)
+            running = summ["status"] == 0
+            end_obs = last if end_obs is None else _where_cells(running | (summ["status"] == 1), last, end_obs)
+            if on_window is not None:
+                on_window(float(np.max(summ["t"])), summ)
+            if flag["hit"]:
+                method_status = np.where(running, int(Status.INTERRUPTED), summ["status"])
+                summ = dict(summ, status=method_status)
+                break
+            attempts = summ["steps"] + summ["rejected"]
+            out_of_budget = running & (attempts >= controls.max_steps)
+            summ = dict(summ, status=np.where(out_of_budget, int(Status.MAX_STEPS), summ["status"]))
+            if previous is not None:  # a window in which a running cell neither moved nor tried: it cannot go on
+                behind = ~saved.filled[:, k : k + len(window)].all(axis=1)
+                stuck = (summ["status"] == 0) & behind & (summ["t"] <= previous[0]) & (attempts <= previous[1])
+                summ = dict(summ, status=np.where(stuck, int(Status.SOLVER_FAILURE), summ["status"]))
+            previous = (summ["t"], attempts)
+            running = summ["status"] == 0
+            if not running.any():
+                break
+            pending = ~saved.filled & running[:, None]
+            if pending.any():
+                k = int(np.argmax(pending.any(axis=0)))
+                continue
+            if (
+                until_converged
+                and horizon is not None
+                and extensions < horizon.extensions
+                and _falling(saved, running, arrays, horizon)
+            ):
+                extra = _extend(ts, horizon.decades)
+                ts = np.concatenate([ts, extra])
+                saved.grow(len(extra))
+                extensions += 1
+                k = len(ts) - len(extra)
+                continue
+            break
+    final_state = method.final(flow, state)
+    compile_time = COMPILE["seconds"] - compiled_before
+    wall = time.perf_counter() - start - compile_time
+    return _finish(saved, end_obs, ts, summ, final_state, until_converged, wall, compile_time)
+
+
+def _empty(obs: Any, count: int) -> _Saved:
+    values = jax.tree_util.tree_map(lambda a: np.full((a.shape[0], count, *a.shape[2:]), np.nan), obs)
+    batch = jax.tree_util.tree_leaves(obs)[0].shape[0]
+    return _Saved(values, np.zeros((batch, count), bool))
+
+
+def _where_cells(mask: np.ndarray, new: Any, old: Any) -> Any:
+    def pick(a, b):
+        m = mask.reshape(mask.shape + (1,) * (np.ndim(a) - 1))
+        return np.where(m, a, b)
+
+    return jax.tree_util.tree_map(pick, new, old)
+
+
+def _fill(saved: _Saved, obs: Any, window: np.ndarray, k: int, summ: dict) -> None:
+    """Take the window's saves that each cell reached and had not filled before."""
+    n = len(window)
+    reached = window[None, :] <= summ["t"][:, None] * (1 + REACHED_RTOL) + 1e-300
+    take = reached & ~saved.filled[:, k : k + n]
+
+    def put(dst, src):
+        m = take.reshape(take.shape + (1,) * (dst.ndim - 2))
+        dst[:, k : k + n] = np.where(m, np.asarray(src)[:, :n], dst[:, k : k + n])
+        return dst
+
+    saved.values = jax.tree_util.tree_map(put, saved.values, obs)
+    saved.filled[:, k : k + n] |= take
+
+
+def _falling(saved: _Saved, running: np.ndarray, arrays: dict, horizon: Horizon) -> bool:
+    """Whether some running cell's loss fell, over the last `horizon.decades` of its saves, by more than
+    `horizon.falling` of its distance to ℓ*."""
+    loss = saved.values["loss"]
+    loss_min = float(np.asarray(arrays["loss_min"]))
+    for b in np.flatnonzero(running):
+        values = loss[b][saved.filled[b]]
+        if len(values) < 2:
+            continue
+        back = max(1, len(values) // 4)
+        before, now = values[-1 - back], values[-1]
+        if before - now > horizon.falling * max(now - loss_min, 1e-300):
+            return True
+    return False
+
+
+def _extend(ts: np.ndarray, decades: float) -> np.ndarray:
+    """More save times after ts[-1], log-spaced at the density of the grid's last points."""
+    positive = ts[ts > 0]
+    ratio = positive[-1] / positive[-2] if len(positive) >= 2 else 10.0 ** (1 / 20)
+    count = max(1, int(np.ceil(decades / np.log10(ratio))))
+    return positive[-1] * ratio ** np.arange(1, count + 1)
+
+
+def _finish(
+    saved: _Saved, end_obs: Any, ts: np.ndarray, summ: dict, final: Any, until_converged: bool, wall: float,
+    compile_time: float,
+) -> Solution:  # fmt: skip
+    """Statuses made final; unreached saves held (converged) or NaN."""
+    status = np.asarray(summ["status"], dtype=np.int64).copy()
+    t_final = np.asarray(summ["t"], dtype=np.float64)
+    steps = np.asarray(summ["steps"], dtype=np.int64)
+    running = status == 0
+    status[running] = int(Status.NOT_CONVERGED if until_converged else Status.FINISHED)
+    status[(steps == 0) & (t_final <= 0) & (status != Status.CONVERGED) & (status != Status.INTERRUPTED)] = int(
+        Status.NO_STEP
+    )
+    keep = len(ts)
+    held = status == int(Status.CONVERGED)
+
+    def fill(values, end):
+        values = values[:, :keep].copy()
+        for b in range(values.shape[0]):
+            missing = ~saved.filled[b, :keep]
+            values[b, missing] = np.asarray(end)[b] if held[b] else np.nan
+        return values
+
+    observed = jax.tree_util.tree_map(fill, saved.values, end_obs)
+    return Solution(
+        ts=ts[:keep], observed=observed, final=jax.tree_util.tree_map(np.asarray, final), status=status,
+        t_final=t_final, num_steps=steps, num_rejected=np.asarray(summ["rejected"], dtype=np.int64),
+        wall_time=wall, compile_time=compile_time, messages=tuple(MESSAGES[Status(int(v))] for v in status),
+    )  # fmt: skip

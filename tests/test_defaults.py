@@ -1,0 +1,146 @@
+"""What `integrate` does with its defaults: honest statuses, one pass until converged, the time scale of the
+problem's own gradient, auto's choice, one meaning for (init, scale, seed) under both flows, the compile cache."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import dlnode as dln
+from dlnode.solvers import core
+
+SMALL = dln.MatrixCompletion.random((8, 8), 2, 40, seed=0)
+
+
+def _normalised_completion(n=12, rank=2, observed=70, seed=0):
+    base = dln.MatrixCompletion.random((n, n), rank, observed, seed=seed)
+    return dln.MatrixCompletion(base.target(), base.mask, normalize=True)
+
+
+def test_every_status_has_a_meaning_and_a_cf_flag():
+    ds = dln.integrate(SMALL, depth=1, scale=0.1, t1=1.0, method="tsit5", progress=False)
+    values = [int(v) for v in ds["status"].attrs["flag_values"].split()]
+    meanings = ds["status"].attrs["flag_meanings"].split()
+    assert values == [int(s) for s in dln.Status] and meanings == [s.meaning for s in dln.Status]
+    assert set(core.MESSAGES) == set(dln.Status)
+
+
+def test_until_converged_integrates_once_and_converges_on_a_normalised_completion():
+    # the normalisation by |Omega| slows every rate |Omega| times: a horizon from |target| would stop far too early
+    prob = _normalised_completion()
+    before = core.RUNS["n"]
+    ds = dln.integrate(prob, depth=[1, 3], scale=1e-2, seed=[0, 1], method="tsit5", progress=False)
+    assert core.RUNS["n"] - before == 2  # one pass per depth, no search pass
+    assert (ds["status"].values == dln.Status.CONVERGED).all()
+    loss = ds["loss"].isel(time=-1).values
+    loss0 = ds["loss"].isel(time=0).values
+    assert np.all(loss - prob.loss_min <= 1.01e-8 * (loss0 - prob.loss_min))
+    # the grid ends just after the last run's convergence time
+    assert float(ds["time"][-2]) < float(ds["t_final"].max()) <= float(ds["time"][-1])
+
+
+def test_the_time_unit_is_the_gradient_at_zero():
+    prob = _normalised_completion()
+    g = np.linalg.norm(prob.grad(np.zeros(prob.w_star.shape)), 2)
+    from dlnode.integration import time_unit
+
+    assert time_unit(prob) == pytest.approx(1 / g, rel=1e-12)
+    assert g < np.linalg.norm(prob.target(), 2) / 10  # the normalisation makes it much smaller than |target|
+
+
+def test_a_horizon_without_convergence_says_not_converged():
+    # t1=None with explicit save times: run until converged, but no further than the last save time
+    ds = dln.integrate(SMALL, depth=3, scale=1e-2, saveat=np.array([0.0, 0.1, 0.2]), method="tsit5", progress=False)
+    assert (ds["status"].values == dln.Status.NOT_CONVERGED).all()
+    assert float(ds["t_final"].max()) == pytest.approx(0.2)
+
+
+def test_finished_only_when_t1_was_reached():
+    ds = dln.integrate(SMALL, depth=3, scale=0.1, t1=50.0, method="tsit5", max_steps=5, progress=False)
+    # the budget is checked between windows; a diffrax window takes at most min(4096, max_steps) steps
+    assert 5 <= int(ds["num_steps"].values.ravel()[0]) + int(ds["num_rejected"].values.ravel()[0]) <= 10
+    assert int(ds["status"].values.ravel()[0]) == dln.Status.MAX_STEPS
+    ds = dln.integrate(SMALL, depth=3, scale=0.1, t1=0.5, method="tsit5", progress=False)
+    assert int(ds["status"].values.ravel()[0]) == dln.Status.FINISHED
+    assert float(ds["t_final"].values.ravel()[0]) == pytest.approx(0.5)
+
+
+def test_no_step_is_reported_when_nothing_could_be_integrated():
+    # an initial loss beyond the divergence threshold (1e12·l0) cannot happen at t = 0, but a non-finite one can:
+    ds = dln.integrate(SMALL, depth=2, init=lambda shapes, s, rng: [np.full(sh, 1e200) for sh in shapes],
+                       scale=1.0, t1=1.0, method="tsit5", progress=False)  # fmt: skip
+    assert int(ds["status"].values.ravel()[0]) == dln.Status.NO_STEP
+    assert int(ds["num_steps"].values.ravel()[0]) == 0
+
+
+def test_gd_with_t1_below_one_step_is_refused_before_any_work():
+    with pytest.raises(ValueError, match="t1 must be at least lr"):
+        dln.integrate(SMALL, depth=2, method="gd", lr=10.0, t1=5.0, progress=False)
+
+
+def test_auto_picks_the_explicit_method_on_a_non_stiff_case_and_the_stiff_one_on_a_small_init_deep_flow():
+    ds = dln.integrate(SMALL, depth=2, scale=0.5, t1=1.0, progress=False)
+    assert ds.attrs["method"] == "tsit5"
+    arora = dln.MatrixCompletion.random((100, 100), 5, 2000, seed=0)
+    from dlnode.solvers.auto import choose_method
+
+    method, reason = choose_method(arora, [3.0], [0.1], "gaussian", None, "layers")
+    assert method == "rosenbrock", reason
+
+
+@pytest.mark.parametrize("scale_of", ["layer", "product"])
+def test_layers_and_end_to_end_start_from_the_same_product_and_agree(scale_of):
+    prob = dln.Regression.whitened([2.0, 1.0, 0.5], 3, 3, seed=0)
+    kw = dict(depth=3, init="balanced", scale=0.5, seed=0, scale_of=scale_of, method="dopri8", rtol=1e-10,
+              atol=1e-12, progress=False)  # fmt: skip
+    tau = np.linspace(0.0, 6.0, 7)
+    e2e = dln.integrate(prob, flow="end_to_end", t1=6.0, saveat=tau, **kw)
+    layers = dln.integrate(prob, flow="layers", t1=2.0, saveat=tau / 3, **kw)
+    w_e2e = e2e["product"].isel(depth=0, scale=0, seed=0).values
+    w_layers = layers["product"].isel(depth=0, scale=0, seed=0).values
+    np.testing.assert_allclose(w_e2e[0], w_layers[0], rtol=0, atol=1e-14)
+    # the end-to-end dataset's coordinate t is the per-layer time of the other run
+    np.testing.assert_allclose(e2e["t"].isel(depth=0).values, layers["time"].values, rtol=1e-14)
+    np.testing.assert_allclose(w_e2e, w_layers, rtol=0, atol=1e-7)
+
+
+def test_scale_of_product_gives_one_initial_product_at_every_depth():
+    prob = dln.Regression.whitened([2.0, 1.0], 3, 3, seed=0)
+    ds = dln.integrate(prob, depth=[2, 4, "inf"], flow="end_to_end", init="balanced", scale=0.1, scale_of="product",
+                       t1=1.0, saveat=np.array([0.0, 1.0]), method="tsit5", progress=False)  # fmt: skip
+    w0 = ds["product"].isel(time=0, scale=0, seed=0).values
+    np.testing.assert_allclose(w0[0], w0[2], atol=1e-15)
+    np.testing.assert_allclose(w0[1], w0[2], atol=1e-15)
+    with pytest.raises(ValueError, match="scale_of='product'"):
+        dln.integrate(prob, depth="inf", flow="end_to_end", init="balanced", progress=False)
+
+
+def test_planning_works_in_logarithms_for_deep_or_large_inits():
+    from dlnode.integration import escape_estimate
+
+    for depth, scale in ((400, 1e-3), (60, 1e6), (3, 1e-300)):
+        assert math.isfinite(escape_estimate(SMALL, [depth], [scale]))
+
+
+def test_the_persistent_compile_cache_is_used_by_a_second_process(tmp_path):
+    script = textwrap.dedent(
+        """
+        import jax.monitoring
+        hits = []
+        jax.monitoring.register_event_listener(lambda name, **kw: hits.append(name))
+        import dlnode as dln
+        prob = dln.Factorization([[2.0, 0.0], [0.0, 1.0]])
+        dln.integrate(prob, depth=3, scale=0.3, t1=1.0, method="rosenbrock", progress=False)
+        print(sum(h == "/jax/compilation_cache/cache_hits" for h in hits))
+        """
+    )
+    env = dict(os.environ, DLNODE_CACHE_DIR=str(tmp_path / "cache"))
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+            for _ in range(2)]  # fmt: skip
+    first, second = (int(r.stdout.strip().splitlines()[-1]) for r in runs)
+    assert first == 0 and second > 0
+    assert any((tmp_path / "cache").iterdir())
