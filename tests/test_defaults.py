@@ -144,3 +144,26 @@ def test_the_persistent_compile_cache_is_used_by_a_second_process(tmp_path):
     first, second = (int(r.stdout.strip().splitlines()[-1]) for r in runs)
     assert first == 0 and second > 0
     assert any((tmp_path / "cache").iterdir())
+
+
+def test_ctrl_c_returns_the_trajectory_so_far_with_status_interrupted(tmp_path):
+    script = textwrap.dedent(
+        """
+        import os, signal, threading
+        import numpy as np
+        import dlnode as dln
+        prob = dln.MatrixCompletion.random((10, 10), 3, 60, seed=0)
+        threading.Timer(6.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        ds = dln.integrate(prob, depth=4, scale=1e-3, method="rosenbrock", rtol=1e-11, atol=1e-14, t1=1e10,
+                           saveat=400, progress=False)
+        status = ds["status"].values.ravel()
+        loss = ds["loss"].values.ravel()
+        print(int(status[0]), int(np.isfinite(loss).sum()), int(np.isnan(loss).sum()), float(ds["t_final"].max()))
+        """
+    )
+    env = dict(os.environ, DLNODE_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    status, finite, missing, t_final = done.stdout.split()
+    assert int(status) == dln.Status.INTERRUPTED
+    assert int(finite) >= 2 and int(missing) >= 1 and 0 < float(t_final) < 1e10  # kept what it had, nothing else
