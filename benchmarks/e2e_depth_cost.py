@@ -42,7 +42,9 @@ class DepthCost:
 def _cost(problem: dln.Problem, flow: str, depth: int | str, t1: float, scale: float, saveat: int) -> DepthCost:
     times = np.concatenate([[0.0], np.geomspace(1e-3 * t1, t1, saveat)])
     init = "balanced"
-    run = timed(lambda: flow_run(problem, "tsit5", times, flow=flow, depth=depth, init=init, scale=scale, seed=0))
+    extra = {"scale_of": "product"} if flow == "end_to_end" else {}
+    run = timed(lambda: flow_run(problem, "tsit5", times, flow=flow, depth=depth, init=init, scale=scale, seed=0,
+                                 **extra))  # fmt: skip
     return DepthCost(flow, float(depth), run.wall, run.steps + run.rejected, run.compile_time)
 
 
