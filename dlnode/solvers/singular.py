@@ -157,22 +157,25 @@ def _reorthonormalise(q: Any) -> Any:
 
 def _attempt(field: Callable, z0: Any, h: Any, sc: Any) -> tuple[Any, Any]:
     """One Rosenbrock step of `TABLEAU` (Shampine's) from z0: (z₁, error norm). One LU of the row-equilibrated
-    I − hγJ."""
+    I − hγJ; the stages run in a `lax.fori_loop` (one traced stage body: a small graph, a fast compile)."""
     tab = TABLEAU
     jac = jax.jacfwd(field)(z0)
     mat = jnp.eye(z0.shape[0], dtype=z0.dtype) - h * tab.gamma * jac
     row = jnp.max(jnp.abs(mat), axis=1)
     lu = jsl.lu_factor(mat / row[:, None])
-    us: list = []
-    f = None
-    for i in range(len(tab.m)):
-        if i == 0 or not np.array_equal(tab.a[i], tab.a[i - 1]):
-            f = field(z0 + sum((tab.a[i, j] * us[j] for j in range(i)), jnp.zeros_like(z0)))
-        rhs = h * tab.gamma * f + tab.gamma * sum((tab.c[i, j] * us[j] for j in range(i)), jnp.zeros_like(z0))
-        us.append(jsl.lu_solve(lu, rhs / row))
-    z1 = z0 + sum(mi * ui for mi, ui in zip(tab.m, us, strict=True))
-    err = sum(ei * ui for ei, ui in zip(tab.e, us, strict=True))
-    return z1, error_norm(err / sc)
+    a, c, stages = jnp.asarray(tab.a), jnp.asarray(tab.c), len(tab.m)
+    needs_field = jnp.asarray([i == 0 or not np.array_equal(tab.a[i], tab.a[i - 1]) for i in range(stages)])
+
+    def stage(i, carry):
+        us, f = carry
+        f = jax.lax.cond(needs_field[i], lambda _: field(z0 + a[i] @ us), lambda _: f, None)
+        rhs = h * tab.gamma * f + tab.gamma * (c[i] @ us)
+        return us.at[i].set(jsl.lu_solve(lu, rhs / row)), f
+
+    init = (jnp.zeros((stages, *z0.shape), z0.dtype), jnp.zeros_like(z0))
+    us, _ = jax.lax.fori_loop(0, stages, stage, init)
+    z1 = z0 + jnp.asarray(tab.m) @ us
+    return z1, error_norm((jnp.asarray(tab.e) @ us) / sc)
 
 
 def check(flow: Flow) -> str | None:
