@@ -152,9 +152,13 @@ def _layer_flow(problem_cls: type, save_weights: bool, modified: bool) -> Flow:
             return tuple(-(g + 0.5 * args["lr"] * h) for g, h in zip(grads, hvp, strict=True))
         return tuple(-g for g in grads)
 
-    def loss(y: tuple, args: dict) -> Any:
-        _, w, e = layer_gradients(y, grad_fn, args["problem"])
-        return problem_cls.loss_from_grad(w, e, args["problem"])
+    def loss(y: tuple, args: dict) -> Any:  # the forward product only: no layer gradients
+        stack = _hidden_stack(y)
+        if stack is None:
+            w = product(y)
+        else:
+            w = y[-1] @ jax.lax.scan(lambda p, h: (h @ p, None), y[0], stack)[0]
+        return problem_cls.loss_fn(w, args["problem"])
 
     def observe(y: tuple, args: dict) -> dict[str, Any]:
         grads, w, e = layer_gradients(y, grad_fn, args["problem"])

@@ -55,14 +55,15 @@ def time_unit(problem: Problem) -> float:
 
 
 def escape_estimate(problem: Problem, depths: Sequence[float], scales: Sequence[float], flow: str = "layers",
-                    scale_of: str = "layer") -> float:  # fmt: skip
+                    scale_of: str = "layer", slowest: bool = True) -> float:  # fmt: skip
     """The slowest cell's escape time from its initial scale (the closed forms of docs/math.md §3), in flow time.
 
     A mode starting at u₀ (per-layer scale s: u₀ = s^N; ``scale_of="product"``: u₀ = s) escapes after
     ln(1/u₀)/2 (N ≤ 2) or u₀^{−(1−2/N)}/(N−2) time units; the end-to-end flow runs on τ = N t, where that is N
-    times longer (1/u₀ at N = ∞). Computed in logarithms, so no depth or scale overflows.
+    times longer (1/u₀ at N = ∞). Computed in logarithms, so no depth or scale overflows. `slowest=False` gives
+    the fastest cell's.
     """
-    worst = 0.0  # log of the escape time in time units
+    logs = []  # log of each cell's escape time in time units
     for n in depths:
         for s in scales:
             log_u0 = math.log(s) * (1.0 if scale_of == "product" or math.isinf(n) else n)
@@ -74,8 +75,8 @@ def escape_estimate(problem: Problem, depths: Sequence[float], scales: Sequence[
                 log_t = math.log(max(-log_u0, 1.0)) + rescale
             else:
                 log_t = -(1 - 2 / n) * log_u0 - math.log(n - 2) + rescale
-            worst = max(worst, log_t)
-    return time_unit(problem) * math.exp(min(worst, 600.0))
+            logs.append(max(log_t, 0.0))
+    return time_unit(problem) * math.exp(min(max(logs) if slowest else min(logs), 600.0))
 
 
 DEFAULT_RTOL, MIN_DEFAULT_RTOL = 1e-6, 1e-9
@@ -99,14 +100,17 @@ def log_times(count: int, t1: float, unit: float) -> np.ndarray:
     return ts
 
 
-def planned_times(count: int, escape: float, horizon: float) -> np.ndarray:
-    """The save grid of an until-converged run: t = 0, then `count` log-spaced times over `GRID_DECADES` decades
-    ending 10× past the slowest escape estimate, continued at the same density up to the horizon."""
+def planned_times(count: int, escape: float, horizon: float, fastest: float | None = None) -> np.ndarray:
+    """The save grid of an until-converged run: t = 0, then log-spaced times at `count` per `GRID_DECADES` decades,
+    from 10⁻⁴ of the end (10× past the slowest escape estimate) or 10⁻² of the fastest cell's escape estimate,
+    whichever is earlier, up to the horizon: every cell's escape falls inside the grid at the same density."""
     end = 10.0 * escape
     start = end * 10.0**-GRID_DECADES
+    if fastest is not None:
+        start = min(start, 1e-2 * fastest)
     ratio = 10.0 ** (GRID_DECADES / max(count - 1, 1))
-    extra = max(0, int(math.ceil(math.log(max(horizon / end, 1.0)) / math.log(ratio))))
-    return np.concatenate([[0.0], start * ratio ** np.arange(count + extra)])
+    total = max(count, int(math.ceil(math.log(max(horizon / start, 1.0)) / math.log(ratio))) + 1)
+    return np.concatenate([[0.0], start * ratio ** np.arange(total)])
 
 
 def _gd_grid(ts: np.ndarray, lr: float) -> np.ndarray:
@@ -167,7 +171,8 @@ def integrate(
     rtol, atol : tolerances of the adaptive methods. Default rtol: `DEFAULT_RTOL` (1e-6), tightened for flows
         with long plateaus to 1e-6·(predicted plateau stiffness)^{−1/4}, at least `MIN_DEFAULT_RTOL` (1e-9): an
         escape after a long plateau amplifies the local error in proportion to how long it crept (measured on a
-        10×10 depth-4 completion from per-layer scale 1e-3: 1e-2 off a tight reference at 1e-6). atol: 1e-3·rtol.
+        10×10 depth-4 completion from per-layer scale 1e-3: 1e-2 off a tight reference at 1e-6). atol: 1e-3·rtol
+        times the smallest per-layer init scale below 1 (at scale 1e-8, atol 1e-9 shifted escapes by 3e-3).
     saveat : number of log-spaced save times (plus t = 0; with t1=None, their density: `saveat` per
         `GRID_DECADES` decades), or an explicit increasing array of times.
     save_weights : also store the per-layer weights at every saved time.
@@ -284,7 +289,10 @@ def _plan(problem: Problem, **kw: Any) -> _Plan:
         chosen, reason = method, "given"
     if rtol is None:
         rtol = default_rtol(problem, depths, scales, flow, scale_of)
-    atol = 1e-3 * rtol if atol is None else atol
+    if atol is None:  # 1e-3·rtol of the smallest initial weights: a tiny init keeps its relative accuracy
+        per_layer = [s ** (1.0 / d) if scale_of == "product" and not math.isinf(d) else s for d in depths
+                     for s in scales]  # fmt: skip
+        atol = 1e-3 * rtol * min(1.0, min(per_layer))
     until_converged = t1 is None
     escape = escape_estimate(problem, depths, scales, flow, scale_of)
     if isinstance(saveat, np.ndarray):
@@ -294,7 +302,8 @@ def _plan(problem: Problem, **kw: Any) -> _Plan:
         times = saveat if saveat[0] == 0 else np.concatenate([[0.0], saveat])
     elif until_converged:
         t1 = HORIZON_FACTOR * escape
-        times = planned_times(saveat, escape, t1)
+        fastest = escape_estimate(problem, depths, scales, flow, scale_of, slowest=False)
+        times = planned_times(saveat, escape, t1, fastest)
     else:
         times = log_times(saveat, t1, time_unit(problem))
     if chosen == "gd":

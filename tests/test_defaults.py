@@ -180,4 +180,17 @@ def test_default_rtol_tightens_with_the_plateau_and_is_recorded():
     assert default_rtol(deep, [4], [1e-3]) == pytest.approx(DEFAULT_RTOL * ratio**-0.25, rel=1e-12)
     assert default_rtol(deep, [8], [1e-3]) == MIN_DEFAULT_RTOL
     ds = dln.integrate(mild, depth=2, scale=0.5, t1=1.0, method="tsit5", progress=False)
-    assert ds.attrs["rtol"] == DEFAULT_RTOL and ds.attrs["atol"] == pytest.approx(1e-3 * DEFAULT_RTOL)
+    assert ds.attrs["rtol"] == DEFAULT_RTOL and ds.attrs["atol"] == pytest.approx(1e-3 * DEFAULT_RTOL * 0.5)
+
+
+def test_the_planned_grid_resolves_the_fastest_and_the_slowest_escape():
+    from dlnode.integration import GRID_DECADES, escape_estimate, planned_times
+
+    prob = dln.Regression.whitened([2.0, 1.0], 3, 3, seed=0)
+    depths, scales = [2, 4], [0.3, 1e-3]
+    fast = escape_estimate(prob, depths, scales, slowest=False)
+    slow = escape_estimate(prob, depths, scales)
+    ts = planned_times(40, slow, 1e4 * slow, fast)
+    assert ts[1] <= 1e-2 * fast and ts[-1] >= 1e4 * slow
+    ratios = ts[2:] / ts[1:-1]
+    np.testing.assert_allclose(ratios, 10 ** (GRID_DECADES / 39), rtol=1e-9)  # one density over the whole range

@@ -51,11 +51,9 @@ def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple
         t1 = jnp.where(active, ts[-1], t0 + jnp.maximum(jnp.abs(t0), 1.0) * 1e-6)
         saves = jnp.clip(ts, t0, t1)
 
-        def converged(t, y, args, **kwargs):
-            return stop_flags(flow.loss(y, args), loss0, arrays["loss_min"], c)[0]
-
-        def diverged(t, y, args, **kwargs):
-            return stop_flags(flow.loss(y, args), loss0, arrays["loss_min"], c)[1]
+        def stop(t, y, args, **kwargs):  # one loss evaluation a step for both flags; which one held is read after
+            converged, diverged = stop_flags(flow.loss(y, args), loss0, arrays["loss_min"], c)
+            return converged | diverged
 
         saveat = diffrax.SaveAt(
             subs=[diffrax.SubSaveAt(ts=saves, fn=lambda t, y, args: flow.observe(y, args)),
@@ -64,13 +62,14 @@ def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple
         sol = diffrax.diffeqsolve(
             term, solver, t0, t1, None, st["y"], args, saveat=saveat,
             stepsize_controller=diffrax.PIDController(rtol=c["rtol"], atol=c["atol"]),
-            event=diffrax.Event([converged, diverged]), max_steps=window_steps, throw=False,
+            event=diffrax.Event(stop), max_steps=window_steps, throw=False,
             adjoint=diffrax.ForwardMode(),
         )  # fmt: skip
         y1 = jax.tree_util.tree_map(lambda a: a[0], sol.ys[1])
         t_end = sol.ts[1][0]
         ok_state = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(y1)]))
-        status = _status(sol.result, sol.event_mask[0])
+        converged_at_end = stop_flags(flow.loss(y1, args), loss0, arrays["loss_min"], c)[0]
+        status = _status(sol.result, converged_at_end)
         status = jnp.where(ok_state | (status != 0), status, -3)
 
         def keep(new, old):
