@@ -1,4 +1,5 @@
-"""The `dlnode` command: `demo` (the main job), `info` (a stored dataset), `plot` (its figures), `bench`."""
+"""The `dlnode` command: `demo` (the main job), `info` (a stored dataset or sweep store), `plot` (its figures), `bench`,
+`run` (a sweep on Dask) and `export` (a sweep store to netCDF)."""
 
 from __future__ import annotations
 
@@ -186,6 +187,9 @@ def run_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None
     except KeyboardInterrupt:
+        if not store.is_sweep_store(out):
+            typer.echo(f"interrupted before the store was written; nothing in {out}", err=True)
+            raise typer.Exit(code=130) from None
         status = store.read_status(out)
         done = int((~np.isin(status, store.REDO)).sum())
         typer.echo(f"interrupted: {done} of {status.size} cells on disk in {out}; run the same command to finish",

@@ -196,14 +196,23 @@ def load_config(source: SweepConfig | dict | str | os.PathLike) -> SweepConfig:
     return config
 
 
+def _key(loc: tuple) -> str:
+    """'grid.scale[0]' from pydantic's location, without the union members it tried ('constrained-int', …)."""
+    known = {name for model in (SweepConfig, GridConfig, IntegrateConfig, ExecutionConfig, *PROBLEM_TABLES.values())
+             for name in model.model_fields}  # fmt: skip
+    names = [p for p in loc if isinstance(p, str) and p in known]
+    return ".".join(names) + "".join(f"[{p}]" for p in loc if isinstance(p, int))
+
+
 def _one_line(exc: ValidationError) -> str:
-    """The first error as 'config key K: rule; got V' (with the allowed keys for an unknown one)."""
+    """The first error as 'config key K: rule; got V' (with the allowed keys or values where there are some)."""
     errors = exc.errors()
-    err = errors[0]
-    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in PROBLEM_TABLES)]
-    key = ".".join(p for p in loc if not p.isdigit()) + "".join(f"[{p}]" for p in loc if p.isdigit())
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    err, key = errors[0], _key(errors[0]["loc"])
+    same = [e for e in errors if _key(e["loc"]) == key]  # one per member of a union type (e.g. int | "inf")
+    others = len({_key(e["loc"]) for e in errors}) - 1
+    more = f" (and {others} more)" if others else ""
     if err["type"] == "extra_forbidden":
+        key = ".".join(filter(None, (_key(err["loc"][:-1]), str(err["loc"][-1]))))
         allowed = sorted(_table_model(err["loc"][:-1]).model_fields)
         return f"config key {key!r} is not known; allowed keys here: {', '.join(allowed)}{more}"
     if err["type"] == "union_tag_invalid":
@@ -211,7 +220,8 @@ def _one_line(exc: ValidationError) -> str:
         return f"config key 'problem.kind' must be one of {tags}; got {err['ctx']['tag']!r}"
     if err["type"] == "missing":
         return f"config key {key!r} is required{more}"
-    message = err["msg"].removeprefix("Value error, ")
+    rules = dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in same)
+    message = " or ".join(rules) if len(rules) > 1 else next(iter(rules))
     got = err.get("input")
     if isinstance(got, dict):
         return f"config table {key!r}: {message}{more}"

@@ -92,6 +92,9 @@ def test_two_workers_equal_serial_bitwise(client, reference, tmp_path):
     assert ds["loss"].data.numblocks[:3] == (2, 2, 2)
     assert ds.attrs["dlnode_format"] == "dlnode-dataset" and ds.attrs["dlnode_format_version"] == 1
     assert_equals_serial(ds, reference)
+    counted = dln.integrate(dln.problem_from(ds.load()), depth=1, scale=0.1, seed=0, method="tsit5", t1=5.0,
+                            saveat=10, progress=False)  # fmt: skip
+    np.testing.assert_array_equal(ds["time"].values, counted["time"].values)  # integrate's own grid for saveat=10
     again = dln.sweep(CONFIG, tmp_path / "s.zarr", client=client, progress=False)  # nothing left to compute
     xr.testing.assert_identical(again.load(), ds.load())
     assert [r["computed"] for r in _runs(tmp_path / "s.zarr")] == [8]
