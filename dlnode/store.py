@@ -9,6 +9,7 @@ renames it, so a process killed mid-write leaves the old chunk or the new one, n
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import json
@@ -25,6 +26,7 @@ import jax
 import numpy as np
 import xarray as xr
 import zarr
+import zarr.api.asynchronous
 
 from ._version import __version__
 from .dataset import RUN, STATUS_MEANINGS, VARIABLES, with_problem
@@ -32,7 +34,8 @@ from .problems import Problem
 from .solvers import METHODS, Status
 from .sweep_config import SweepConfig, config_diff, layer_extent, save_times
 
-__all__ = ["SWEEP_ATTR", "Layout", "describe", "export", "is_sweep_store", "open_store", "prepare", "write_cells"]
+__all__ = ["SWEEP_ATTR", "Layout", "describe", "export", "is_sweep_store", "open_store", "prepare", "stored_chunks",
+           "write_cells"]  # fmt: skip
 
 SWEEP_ATTR = "dlnode_sweep_config"
 EXTRA_AXES = ("flow", "init", "method", "lr")  # grid axes beyond depth × scale × seed: dims only when swept
@@ -200,6 +203,15 @@ def prepare(path: str | os.PathLike, layout: Layout) -> np.ndarray:
     return read_status(path)
 
 
+def stored_chunks(path: str | os.PathLike) -> dict[str, int] | None:
+    """Cells per chunk along each run dim of the sweep store at `path` (None when there is none): a re-run cuts
+    its tasks by the store's chunks, whatever ``batch = "auto"`` would pick today."""
+    if not is_sweep_store(path):
+        return None
+    status = open_store(path)["status"]
+    return dict(zip(status.dims, status.encoding["chunks"], strict=True))
+
+
 def read_status(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(zarr.open_group(os.fspath(path), mode="r")["status"][...])
 
@@ -212,7 +224,6 @@ def write_cells(path: str | os.PathLike, layout: Layout, index: dict[str, slice]
     all of them on a first run, the missing ones when a task is redone after an interruption. `names` (default:
     every variable, status last) writes only those.
     """
-    group = zarr.open_group(os.fspath(path), mode="r+")
     whole = tuple(index[d] for d in layout.run_dims)
     if pending.all():
         blocks = [(whole, ())]
@@ -222,10 +233,16 @@ def write_cells(path: str | os.PathLike, layout: Layout, index: dict[str, slice]
              tuple(slice(i, i + 1) for i in cell))
             for cell in np.argwhere(pending)
         ]  # fmt: skip
-    for name in layout.variables() if names is None else names:  # status is the last of them
-        target = group[name]
-        for where, local in blocks:
-            target[where] = arrays[name][local]
+    names = layout.variables() if names is None else names
+    asyncio.run(_write(os.fspath(path), names, blocks, arrays))
+
+
+async def _write(path: str, names: list[str], blocks: list, arrays: dict[str, np.ndarray]) -> None:
+    """Every variable but status concurrently (the writes are file I/O), then status once they are all on disk."""
+    group = await zarr.api.asynchronous.open_group(store=path, mode="r+")
+    targets = dict(zip(names, await asyncio.gather(*(group.getitem(n) for n in names)), strict=True))
+    for batch in ([n for n in names if n != "status"], [n for n in names if n == "status"]):
+        await asyncio.gather(*(targets[n].setitem(where, arrays[n][local]) for n in batch for where, local in blocks))
 
 
 def add_run(path: str | os.PathLike, record: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ status is on disk are kept, and the rest are computed exactly as an uninterrupte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import itertools
@@ -46,6 +47,7 @@ from .store import (
     prepare,
     read_status,
     status_counts,
+    stored_chunks,
     write_cells,
 )
 from .sweep_config import SweepConfig, load_config
@@ -53,7 +55,7 @@ from .sweep_config import SweepConfig, load_config
 __all__ = ["auto_batch", "sweep"]
 
 # vmap pays while the per-call overhead dominates: measured in benchmarks/sweep_scaling.py (docs/sweeps.md)
-AUTO_BATCH = ((64, 16), (1024, 4))  # (at most this many state numbers per cell, cells per task)
+AUTO_BATCH = ((1024, 16), (4096, 4))  # (at most this many state numbers per cell, cells per task)
 TIME_RTOL = 1e-12  # a cell's save times equal the store's up to rounding of t = k·lr for gradient descent
 
 
@@ -97,10 +99,13 @@ def sweep(
         raise ValueError(f"workers must be a positive integer (local cluster size); got {workers!r}")
     batch = cfg.execution.batch if isinstance(cfg.execution.batch, int) else auto_batch(cfg)
     layout = Layout.of(cfg, batch)
+    chunks = stored_chunks(store)
+    if chunks is not None and set(chunks) == set(layout.chunk):  # else prepare() names the config keys that differ
+        layout = dataclasses.replace(layout, chunk=chunks)
     status = prepare(store, layout)
     tasks = [t for t in _tasks(layout) if np.isin(status[_where(layout, t)], REDO).any()]
     if tasks:
-        _execute(tasks, layout, batch, Path(store), status, (client, scheduler, workers), progress)
+        _execute(tasks, layout, Path(store), status, (client, scheduler, workers), progress)
     return open_store(store)
 
 
@@ -136,13 +141,13 @@ def _describe(layout: Layout, task: dict[str, slice]) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _layout(config_json: str, batch: int) -> Layout:
-    return Layout.of(SweepConfig.model_validate_json(config_json), batch)
+def _layout(config_json: str, chunk: tuple[tuple[str, int], ...]) -> Layout:
+    return dataclasses.replace(Layout.of(SweepConfig.model_validate_json(config_json), 1), chunk=dict(chunk))
 
 
-def run_task(config_json: str, batch: int, task: dict[str, slice], pending: np.ndarray, store: str) -> dict:
+def run_task(config_json: str, chunk: tuple, task: dict[str, slice], pending: np.ndarray, store: str) -> dict:
     """One task, on a worker: one `integrate` call over its cells, region-written into `store` (status last)."""
-    layout = _layout(config_json, batch)
+    layout = _layout(config_json, chunk)
     value = {d: (layout.axes[d][task[d]][0] if d in layout.axes else layout.fixed[d]) for d in EXTRA_AXES}
     run = layout.config.integrate
     ds = integrate(
@@ -219,8 +224,7 @@ def _ignore_interrupt() -> Any:
     return IgnoreInterrupt()
 
 
-def _execute(tasks: list, layout: Layout, batch: int, store: Path, status: np.ndarray, where: tuple,
-             progress: bool) -> None:  # fmt: skip
+def _execute(tasks: list, layout: Layout, store: Path, status: np.ndarray, where: tuple, progress: bool) -> None:
     """Submit every task, follow them with the bar, record the run in the store; raise on task errors."""
     from distributed import as_completed
 
@@ -231,10 +235,11 @@ def _execute(tasks: list, layout: Layout, batch: int, store: Path, status: np.nd
     outcome, description = "interrupted", "not started"
     try:
         with _client(*where) as (client, description), bar:
-            config_json = layout.config.canonical()
+            common = (layout.config.canonical(), tuple(layout.chunk.items()))
+            path = os.fspath(store.resolve())
             futures = {
-                client.submit(run_task, config_json, batch, t, np.isin(status[_where(layout, t)], REDO),
-                              os.fspath(store.resolve()), pure=False, retries=0): t
+                client.submit(run_task, *common, t, np.isin(status[_where(layout, t)], REDO), path, pure=False,
+                              retries=0): t
                 for t in tasks
             }  # fmt: skip
             try:

@@ -227,3 +227,19 @@ def test_cli_info_and_export(client, tmp_path):
     refused = runner.invoke(app, ["export", str(store), str(out)])
     assert refused.exit_code == 2 and "exists; pass --overwrite" in refused.output
     assert runner.invoke(app, ["export", str(store), str(out), "--overwrite"]).exit_code == 0
+
+
+def test_gradient_descent_lr_axis(client, tmp_path):
+    """A swept lr becomes a dim; each GD cell equals its own integrate call, on the store's times (t = k lr)."""
+    config = {**CONFIG, "grid": {"depth": [2], "scale": [0.1], "seed": [0], "method": "gd", "lr": [0.1, 0.05]},
+              "integrate": {"t1": 2.0, "saveat": 10}}  # fmt: skip
+    ds = dln.sweep(config, tmp_path / "gd.zarr", client=client, progress=False).load()
+    assert ds["loss"].dims == ("depth", "scale", "seed", "lr", "time") and ds.attrs["method"] == "gd"
+    for lr in (0.1, 0.05):
+        ref = dln.integrate(dln.problem_from(ds), depth=2, scale=[0.1], seed=[0], method="gd", lr=lr,
+                            saveat=ds["time"].values[1:], progress=False)  # fmt: skip
+        got = ds.sel(lr=lr)
+        np.testing.assert_allclose(ref["time"].values, ds["time"].values, rtol=1e-12, atol=0)
+        for name in ("loss", "product", "status", "num_steps"):
+            np.testing.assert_array_equal(got[name].values, ref[name].values, err_msg=name)
+        np.testing.assert_array_equal(got["num_steps"].values, round(2.0 / lr))  # GD: t1 / lr steps exactly

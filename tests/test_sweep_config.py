@@ -112,8 +112,8 @@ def test_time_axis_from_the_config_alone():
 
 def test_auto_batch_by_state_size():
     assert auto_batch(load_config(BASE)) == 16  # 4x4, depth 2: 32 numbers a cell
-    big = _with("problem", shape=[40, 40], rank=2)
-    assert auto_batch(load_config(big)) == 1
+    assert auto_batch(load_config(_with("problem", shape=[40, 40], rank=2))) == 4  # 3200 numbers
+    assert auto_batch(load_config(_with("problem", shape=[60, 60], rank=2))) == 1  # 7200
 
 
 def test_store_path_refusals_before_any_work(tmp_path):
