@@ -114,6 +114,12 @@ def _coords(layout: Layout) -> dict[str, Any]:
         dtype = {"seed": np.int64, "depth": np.float64, "scale": np.float64, "lr": np.float64}.get(name, str)
         coords[name] = (name, np.asarray(values, dtype=dtype), {"long_name": names[name]})
     coords["time"] = ("time", layout.times, {"long_name": "flow time", "units": "time"})
+    if layout.fixed.get("flow") == "end_to_end":  # as integrate's end-to-end datasets: time is tau = N t
+        depth = np.asarray(layout.axes["depth"])[:, None]
+        with np.errstate(invalid="ignore"):
+            t = np.where(np.isinf(depth), np.nan, layout.times[None, :] / depth)
+        coords["time"][2]["long_name"] = "rescaled time tau = N t"
+        coords["t"] = (("depth", "time"), t, {"long_name": "per-layer gradient-flow time t = tau / N", "units": "time"})
     return coords
 
 
@@ -158,6 +164,7 @@ def _attrs(layout: Layout) -> dict[str, Any]:
         "t1": math.nan if run.t1 is None else run.t1,
         "saveat": run.saveat if isinstance(run.saveat, int) else "explicit",
         "width": run.width or max(layout.problem.d_in, layout.problem.d_out),
+        "scale_of": run.scale_of,
         "sweep_batch": math.prod(layout.chunk.values()),
         "jax_version": jax.__version__,
         "diffrax_version": diffrax.__version__,

@@ -155,6 +155,7 @@ def run_task(config_json: str, chunk: tuple, task: dict[str, slice], pending: np
         seed=layout.axes["seed"][task["seed"]], width=run.width, init=value["init"], flow=value["flow"],
         method=value["method"], lr=value["lr"], t1=run.t1, rtol=run.rtol, atol=run.atol, saveat=layout.times[1:],
         save_weights=run.save_weights, progress=False, loss_tol=run.loss_tol, max_steps=run.max_steps,
+        scale_of=run.scale_of,
     )  # fmt: skip
     if ds.sizes["time"] != len(layout.times) or not np.allclose(ds["time"], layout.times, rtol=TIME_RTOL, atol=0):
         raise ValueError(f"cells {_describe(layout, task)}: save times differ from the store's; report this as a bug")

@@ -5,7 +5,8 @@ A config has four tables::
     [problem]      kind = "matrix_completion", shape = [20, 20], rank = 3, observed = 200, seed = 0
     [grid]         depth = [1, 2, 3], init = ["gaussian"], scale = [0.1, 0.01], seed = [0, 1, 2, 3],
                    method = ["tsit5"], flow = ["layers"], lr = []   (each a list or a single value)
-    [integrate]    t1 = 100.0, saveat = 100, rtol = 1e-6, atol = 1e-9, width, save_weights, loss_tol, max_steps
+    [integrate]    t1 = 100.0, saveat = 100, rtol = 1e-6, atol = 1e-9, width, save_weights, loss_tol, max_steps,
+                   scale_of = "layer"
     [execution]    batch = "auto"   (cells per Dask task, vmapped together)
 
 Every cell of the grid shares one time axis, so the config defines it alone: ``integrate.t1`` with ``saveat`` a
@@ -150,6 +151,7 @@ class IntegrateConfig(_Table):
     save_weights: bool = False
     loss_tol: Positive | None = None
     max_steps: PosInt | None = None
+    scale_of: Literal["layer", "product"] = "layer"
 
 
 class ExecutionConfig(_Table):
@@ -244,6 +246,9 @@ def _check_cells(config: SweepConfig) -> None:
         for init in grid.init:
             for method in grid.method:
                 _check_cell(config.depths(), flow, init, method, grid.lr)
+    if run.scale_of == "layer" and math.inf in config.depths():
+        raise ValueError("config key 'integrate.scale_of' must be 'product' when grid.depth holds 'inf' (a per-layer "
+                         "scale has no infinite-depth limit); got 'layer'; set scale_of = \"product\"")  # fmt: skip
     if run.t1 is None and isinstance(run.saveat, int):
         raise ValueError("config key 'integrate.t1' is required when saveat is a count: every cell of a sweep shares "
                          "one time axis; give t1 = <end time>, or saveat = [list of times]")  # fmt: skip

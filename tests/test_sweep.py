@@ -236,10 +236,24 @@ def test_gradient_descent_lr_axis(client, tmp_path):
     ds = dln.sweep(config, tmp_path / "gd.zarr", client=client, progress=False).load()
     assert ds["loss"].dims == ("depth", "scale", "seed", "lr", "time") and ds.attrs["method"] == "gd"
     for lr in (0.1, 0.05):
-        ref = dln.integrate(dln.problem_from(ds), depth=2, scale=[0.1], seed=[0], method="gd", lr=lr,
+        ref = dln.integrate(dln.problem_from(ds), depth=2, scale=[0.1], seed=[0], method="gd", lr=lr, t1=2.0,
                             saveat=ds["time"].values[1:], progress=False)  # fmt: skip
         got = ds.sel(lr=lr)
         np.testing.assert_allclose(ref["time"].values, ds["time"].values, rtol=1e-12, atol=0)
         for name in ("loss", "product", "status", "num_steps"):
             np.testing.assert_array_equal(got[name].values, ref[name].values, err_msg=name)
         np.testing.assert_array_equal(got["num_steps"].values, round(2.0 / lr))  # GD: t1 / lr steps exactly
+
+
+def test_end_to_end_to_depth_infinity(client, tmp_path):
+    """The end-to-end flow at depth 2 and ∞ (scale_of='product'): cells equal integrate's, coordinate t included."""
+    config = {**CONFIG, "grid": {"depth": [2, "inf"], "scale": [0.1], "seed": [0], "method": "tsit5",
+                                 "flow": "end_to_end", "init": "balanced"},
+              "integrate": {"t1": 5.0, "saveat": 10, "scale_of": "product"}}  # fmt: skip
+    ds = dln.sweep(config, tmp_path / "e2e.zarr", client=client, progress=False).load()
+    ref = dln.integrate(dln.problem_from(ds), depth=[2, "inf"], scale=[0.1], seed=[0], method="tsit5",
+                        flow="end_to_end", init="balanced", scale_of="product", t1=5.0, saveat=ds["time"].values[1:],
+                        progress=False)  # fmt: skip
+    xr.testing.assert_identical(ds["t"], ref["t"])
+    for name in ("loss", "product", "singular_values", "status", "weights_final"):
+        np.testing.assert_array_equal(ds[name].values, ref[name].values, err_msg=name)

@@ -50,6 +50,7 @@ BAD = [
         "config key 'execution.batch': Input should be greater than or equal to 1 or Input should be 'auto'",
     ),
     (_with("grid", depth=[2, "inf"]), "depth 'inf' needs flow='end_to_end'"),
+    (_with("grid", depth=["inf"], flow="end_to_end", init="balanced"), "'integrate.scale_of' must be 'product'"),
     (_with("grid", flow=["end_to_end"]), "flow='end_to_end' needs a balanced init"),
     (_with("grid", method=["gd"]), "config key 'grid.lr' is required for method='gd'"),
     (_with("grid", lr=[0.1]), "config key 'grid.lr' applies only to method 'gd' or flow 'modified'"),
@@ -84,7 +85,9 @@ def test_toml_file_and_single_values():
     config = load_config(_with("grid", scale=0.1, method="tsit5"))
     assert config.grid.scale == [0.1] and config.grid.method == ["tsit5"]
     assert config.depths() == [1.0, 2.0]
-    assert load_config(_with("grid", depth=[2, "inf"], flow="end_to_end", init="balanced")).depths()[-1] == np.inf
+    e2e = _with("grid", depth=[2, "inf"], flow="end_to_end", init="balanced")
+    e2e["integrate"]["scale_of"] = "product"
+    assert load_config(e2e).depths()[-1] == np.inf
 
 
 def test_example_configs_are_valid():
