@@ -23,6 +23,7 @@ from .integration import integrate  # noqa: E402
 from .network import balancedness, init_layers, layer_shapes, product  # noqa: E402
 from .problems import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression  # noqa: E402
 from .solvers import METHODS, Status  # noqa: E402
+from .sweep import sweep  # noqa: E402
 
 __all__ = [
     "METHODS",
@@ -43,6 +44,7 @@ __all__ = [
     "sharpness",
     "sharpness_bounds",
     "stages",
+    "sweep",
     "init_layers",
     "integrate",
     "layer_shapes",

@@ -93,7 +93,7 @@ def effective_rank(ds_or_sv: Spectrum) -> xr.DataArray:
     sv = _singular_values(ds_or_sv)
     total = sv.sum("k", skipna=False)
     p = sv / total.where(total > 0, 1.0)
-    entropy = -xr.apply_ufunc(scipy.special.xlogy, p, p).sum("k", skipna=False)
+    entropy = -xr.apply_ufunc(scipy.special.xlogy, p, p, dask="allowed").sum("k", skipna=False)  # lazy on sweeps
     erank = np.exp(entropy).where(total > 0, 0.0).where(total.notnull())
     return erank.rename("effective_rank").assign_attrs(long_name="effective rank (Roy-Vetterli)", units="1")
 
@@ -357,9 +357,11 @@ def stages(ds: xr.Dataset, threshold: float = 1e-3, separation: float = 1.25) ->
         raise ValueError(f"separation must be a time ratio >= 1; got {separation!r}; 1 merges no jumps")
     sv, loss = _singular_values(ds), require_variable(ds, "loss")
     time = ds["time"].reset_coords(drop=True)
-    outs = xr.apply_ufunc(
+    lazy = {"output_dtypes": [np.float64] * 4, "dask_gufunc_kwargs": {"output_sizes": {"stage": sv.sizes["k"]}}}
+    outs = xr.apply_ufunc(  # dask="parallelized": one chunk of runs at a time on a lazily opened sweep store
         _stages_of_run, time, sv, loss, kwargs={"threshold": threshold, "separation": separation},
         input_core_dims=[["time"], ["time", "k"], ["time"]], output_core_dims=[["stage"]] * 4, vectorize=True,
+        dask="parallelized", **lazy,
     )  # fmt: skip
     names = ("start", "end", "plateau_loss", "rank")
     out = xr.Dataset(dict(zip(names, outs, strict=True))).assign_coords(stage=np.arange(1, sv.sizes["k"] + 1))

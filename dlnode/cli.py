@@ -1,4 +1,5 @@
-"""The `dlnode` command: `demo` (the main job), `info` (a stored dataset), `plot` (its figures), `bench`."""
+"""The `dlnode` command: `demo` (the main job), `info` (a stored dataset or sweep store), `plot` (its figures), `bench`,
+`run` (a sweep on Dask) and `export` (a sweep store to netCDF)."""
 
 from __future__ import annotations
 
@@ -113,7 +114,11 @@ def _meanings(ds) -> dict[int, str]:  # noqa: ANN001
 def info(path: Annotated[Path, typer.Argument(help="a dataset written by dlnode (.nc or .zarr)")]) -> None:
     """What a stored dataset holds: dims, variables, status counts, provenance."""
     import dlnode as dln
+    from dlnode import store
 
+    if store.is_sweep_store(path):  # read lazily: a sweep store may not fit in memory
+        typer.echo(store.describe(path))
+        return
     try:
         ds = dln.open(path)
     except (ValueError, FileNotFoundError, OSError) as exc:
@@ -161,6 +166,54 @@ def bench(
         _fail(f"bench: {module} exited with status {done.returncode}")
 
 
+@app.command("run")
+def run_command(
+    config: Annotated[Path, typer.Argument(help="a sweep config (TOML; see docs/sweeps.md)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the zarr store to write or resume (.zarr)")],
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="address of a running Dask scheduler, e.g. tcp://HOST:8786")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="processes of the local cluster")] = None,
+) -> None:
+    """Run (or resume) a sweep: every missing cell of the config's grid, on Dask, into one zarr store."""
+    import dlnode as dln
+    from dlnode import store
+
+    try:
+        dln.sweep(config, out, scheduler=scheduler, workers=workers)
+    except ValueError as exc:
+        _fail(str(exc))
+    except RuntimeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    except KeyboardInterrupt:
+        if not store.is_sweep_store(out):
+            typer.echo(f"interrupted before the store was written; nothing in {out}", err=True)
+            raise typer.Exit(code=130) from None
+        status = store.read_status(out)
+        done = int((~np.isin(status, store.REDO)).sum())
+        typer.echo(f"interrupted: {done} of {status.size} cells on disk in {out}; run the same command to finish",
+                   err=True)  # fmt: skip
+        raise typer.Exit(code=130) from None
+    typer.echo(f"wrote {out}  (`dlnode info {out}` summarises it)")
+
+
+@app.command("export")
+def export_command(
+    path: Annotated[Path, typer.Argument(help="a sweep store (.zarr)")],
+    out: Annotated[Path, typer.Argument(help="the netCDF file to write (.nc)")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace OUT if it exists")] = False,
+) -> None:
+    """Write a sweep store to one netCDF file (streamed chunk by chunk; pending cells stay NaN, status pending)."""
+    from dlnode import store
+
+    try:
+        pending = store.export(path, out, overwrite=overwrite)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {out}" + (f" ({pending} cells still pending)" if pending else ""))
+
+
 def main() -> None:
     """Entry point of the `dlnode` command: bad input ends with a one-line error, not a traceback."""
     try:
@@ -168,3 +221,7 @@ def main() -> None:
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

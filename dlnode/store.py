@@ -1,0 +1,319 @@
+"""The zarr store of a sweep: its layout, the template, region writes of cells, resume checks, lazy opening.
+
+The template is written first (coordinates, the problem, attrs with the full config and provenance; every cell
+variable filled with NaN, ``status`` with ``Status.PENDING``); then each task region-writes its cells, ``status``
+last, so a cell counts as done only once its status is on disk. Chunks are one task's cells (one cell with
+``batch = 1``), so tasks write disjoint chunks and need no lock. Zarr writes each chunk to a temporary file and
+renames it, so a process killed mid-write leaves the old chunk or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import diffrax
+import jax
+import numpy as np
+import xarray as xr
+import zarr
+import zarr.api.asynchronous
+
+from ._version import __version__
+from .dataset import RUN, STATUS_MEANINGS, VARIABLES, with_problem
+from .problems import Problem
+from .solvers import METHODS, Status
+from .sweep_config import SweepConfig, config_diff, layer_extent, save_times
+
+__all__ = ["SWEEP_ATTR", "Layout", "describe", "export", "is_sweep_store", "open_store", "prepare", "stored_chunks",
+           "write_cells"]  # fmt: skip
+
+SWEEP_ATTR = "dlnode_sweep_config"
+EXTRA_AXES = ("flow", "init", "method", "lr")  # grid axes beyond depth × scale × seed: dims only when swept
+INTEGERS = {"status": int(Status.PENDING), "num_steps": -1, "num_rejected": -1, "method_used": -1}
+METHOD_CODES = {name: i for i, name in enumerate(sorted(METHODS))}
+REDO = (int(Status.PENDING), int(Status.INTERRUPTED))  # cells a run computes; every other status is final
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where every cell of a config lives in the store: the dims, their coordinates, the chunking by task."""
+
+    config: SweepConfig
+    problem: Problem
+    axes: dict[str, list]  # run dims first (depth, scale, seed), then the swept extra axes
+    fixed: dict[str, Any]  # extra axes with a single value (lr None when no cell takes one)
+    times: np.ndarray
+    extent: tuple[int, int, int]  # (layer, out, in) of the padded weights
+    chunk: dict[str, int]  # cells per chunk along each run dim
+
+    @classmethod
+    def of(cls, config: SweepConfig, batch: int) -> Layout:
+        problem = config.problem.build()
+        grid = config.grid
+        axes: dict[str, list] = {"depth": config.depths(), "scale": list(grid.scale), "seed": list(grid.seed)}
+        fixed: dict[str, Any] = {}
+        for name in EXTRA_AXES:
+            values = list(getattr(grid, name)) or [None]
+            if len(values) > 1:
+                axes[name] = values
+            else:
+                fixed[name] = values[0]
+        n_scale, n_seed = len(axes["scale"]), len(axes["seed"])
+        if batch >= n_seed:
+            per_seed, per_scale = n_seed, min(n_scale, batch // n_seed)
+        else:
+            per_seed, per_scale = math.ceil(n_seed / math.ceil(n_seed / batch)), 1
+        chunk = {name: 1 for name in axes} | {"scale": per_scale, "seed": per_seed}
+        return cls(config, problem, axes, fixed, save_times(config, problem), layer_extent(config, problem), chunk)
+
+    @property
+    def run_dims(self) -> tuple[str, ...]:
+        return tuple(self.axes)
+
+    def dims_of(self, name: str) -> tuple[str, ...]:
+        dims = VARIABLES[name][0] if name in VARIABLES else RUN
+        return (*self.run_dims, *dims[len(RUN) :])
+
+    def sizes(self) -> dict[str, int]:
+        n_layer, n_out, n_in = self.extent
+        d_out, d_in = self.problem.d_out, self.problem.d_in
+        sizes = {k: len(v) for k, v in self.axes.items()}
+        return sizes | {"time": len(self.times), "row": d_out, "col": d_in, "k": min(d_out, d_in),
+                        "layer": n_layer, "out": n_out, "in": n_in}  # fmt: skip
+
+    def variables(self) -> list[str]:
+        names = [n for n in VARIABLES if n != "weights" or self.config.integrate.save_weights]
+        return [n for n in names if n != "status"] + ["method_used", "status"]  # status last: the done marker
+
+    def cells(self) -> int:
+        return math.prod(len(v) for v in self.axes.values())
+
+
+def _coords(layout: Layout) -> dict[str, Any]:
+    names = {
+        "depth": "network depth N (inf: N -> inf)",
+        "scale": "initialisation scale",
+        "seed": "initialisation seed",
+        "flow": "flow",
+        "init": "initialisation",
+        "method": "method requested",
+        "lr": "gradient-descent step",
+    }
+    coords: dict[str, Any] = {}
+    for name, values in layout.axes.items():
+        dtype = {"seed": np.int64, "depth": np.float64, "scale": np.float64, "lr": np.float64}.get(name, str)
+        coords[name] = (name, np.asarray(values, dtype=dtype), {"long_name": names[name]})
+    coords["time"] = ("time", layout.times, {"long_name": "flow time", "units": "time"})
+    if layout.fixed.get("flow") == "end_to_end":  # as integrate's end-to-end datasets: time is tau = N t
+        depth = np.asarray(layout.axes["depth"])[:, None]
+        with np.errstate(invalid="ignore"):
+            t = np.where(np.isinf(depth), np.nan, layout.times[None, :] / depth)
+        coords["time"][2]["long_name"] = "rescaled time tau = N t"
+        coords["t"] = (("depth", "time"), t, {"long_name": "per-layer gradient-flow time t = tau / N", "units": "time"})
+    return coords
+
+
+def _template(layout: Layout) -> tuple[xr.Dataset, dict]:
+    sizes, variables, encoding = layout.sizes(), {}, {}
+    for name in layout.variables():
+        dims = layout.dims_of(name)
+        shape = tuple(sizes[d] for d in dims)
+        chunks = tuple(layout.chunk.get(d, sizes[d]) for d in dims)
+        if name in INTEGERS:
+            dtype = np.int8 if name == "method_used" else np.int64
+            data = da.full(shape, INTEGERS[name], dtype=dtype, chunks=chunks)
+            encoding[name] = {"fill_value": INTEGERS[name]}
+        else:
+            data = da.full(shape, np.nan, chunks=chunks)
+        long_name, units = VARIABLES[name][1:] if name in VARIABLES else ("method that ran the cell", "1")
+        attrs = {"long_name": long_name, "units": units}
+        flags = {"status": STATUS_MEANINGS, "method_used": {v: k for k, v in METHOD_CODES.items()}}.get(name)
+        if flags:
+            attrs |= {"flag_values": " ".join(map(str, flags)), "flag_meanings": " ".join(flags.values())}
+        variables[name] = (dims, data, attrs)
+    ds = xr.Dataset(variables, coords=_coords(layout), attrs=_attrs(layout))
+    return with_problem(ds, layout.problem), encoding
+
+
+def _attrs(layout: Layout) -> dict[str, Any]:
+    config, run = layout.config, layout.config.integrate
+    single = {name: ("swept" if name in layout.axes else layout.fixed[name]) for name in EXTRA_AXES}
+    return {
+        "dlnode_format": "dlnode-dataset",
+        "dlnode_format_version": 1,
+        SWEEP_ATTR: config.canonical(),
+        "dlnode_version": __version__,
+        "problem": layout.problem.to_json(),
+        "flow": single["flow"],
+        "method": single["method"],
+        "init": single["init"],
+        "lr": math.nan if single["lr"] is None else single["lr"],
+        "swept_axes": " ".join(d for d in layout.axes if d in EXTRA_AXES),
+        "rtol": run.rtol,
+        "atol": run.atol,
+        "t1": math.nan if run.t1 is None else run.t1,
+        "saveat": run.saveat if isinstance(run.saveat, int) else "explicit",
+        "width": run.width or max(layout.problem.d_in, layout.problem.d_out),
+        "scale_of": run.scale_of,
+        "sweep_batch": math.prod(layout.chunk.values()),
+        "jax_version": jax.__version__,
+        "diffrax_version": diffrax.__version__,
+        "x64": int(jax.config.jax_enable_x64),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "Conventions": "CF-1.8",
+        "loss_convention": layout.problem.convention,
+        "sweep_runs": "[]",
+    }
+
+
+def is_sweep_store(path: str | os.PathLike) -> bool:
+    """Whether `path` is a zarr store that `dlnode.sweep` made (it carries the config attribute)."""
+    try:
+        return SWEEP_ATTR in zarr.open_group(os.fspath(path), mode="r").attrs
+    except (FileNotFoundError, OSError, ValueError, zarr.errors.GroupNotFoundError):
+        return False
+
+
+def prepare(path: str | os.PathLike, layout: Layout) -> np.ndarray:
+    """Write the template at `path`, or check that the store there is this config's; return ``status``."""
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        if not is_sweep_store(path):
+            raise ValueError(f"store {os.fspath(path)!r} exists and is not a dlnode sweep store (no {SWEEP_ATTR!r} "
+                             "attribute); give a new path, or remove it")  # fmt: skip
+        stored = zarr.open_group(os.fspath(path), mode="r").attrs[SWEEP_ATTR]
+        differ = config_diff(stored, layout.config.canonical())
+        if differ:
+            raise ValueError(f"store {os.fspath(path)!r} was made from a different config (keys differ: "
+                             f"{', '.join(differ)}); give a new store path, or run the store's own config "
+                             f"(`dlnode info {os.fspath(path)}` prints it)")  # fmt: skip
+        return read_status(path)
+    if path.exists():
+        path.rmdir()  # empty: replaced atomically below
+    ds, encoding = _template(layout)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False, encoding=encoding)
+        os.rename(tmp, path)  # a killed run leaves no half-written template behind
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return read_status(path)
+
+
+def stored_chunks(path: str | os.PathLike) -> dict[str, int] | None:
+    """Cells per chunk along each run dim of the sweep store at `path` (None when there is none): a re-run cuts
+    its tasks by the store's chunks, whatever ``batch = "auto"`` would pick today."""
+    if not is_sweep_store(path):
+        return None
+    status = open_store(path)["status"]
+    return dict(zip(status.dims, status.encoding["chunks"], strict=True))
+
+
+def read_status(path: str | os.PathLike) -> np.ndarray:
+    return np.asarray(zarr.open_group(os.fspath(path), mode="r")["status"][...])
+
+
+def write_cells(path: str | os.PathLike, layout: Layout, index: dict[str, slice], arrays: dict[str, np.ndarray],
+                pending: np.ndarray, names: list[str] | None = None) -> None:  # fmt: skip
+    """Region-write one task's cells (`arrays` over the task's run dims), ``status`` last; only `pending` cells.
+
+    `index` maps each run dim to the task's slice of it; `pending` (the task's run shape) marks the cells to write:
+    all of them on a first run, the missing ones when a task is redone after an interruption. `names` (default:
+    every variable, status last) writes only those.
+    """
+    whole = tuple(index[d] for d in layout.run_dims)
+    if pending.all():
+        blocks = [(whole, ())]
+    else:
+        blocks = [
+            (tuple(slice(w.start + i, w.start + i + 1) for w, i in zip(whole, cell, strict=True)),
+             tuple(slice(i, i + 1) for i in cell))
+            for cell in np.argwhere(pending)
+        ]  # fmt: skip
+    names = layout.variables() if names is None else names
+    asyncio.run(_write(os.fspath(path), names, blocks, arrays))
+
+
+async def _write(path: str, names: list[str], blocks: list, arrays: dict[str, np.ndarray]) -> None:
+    """Every variable but status concurrently (the writes are file I/O), then status once they are all on disk."""
+    group = await zarr.api.asynchronous.open_group(store=path, mode="r+")
+    targets = dict(zip(names, await asyncio.gather(*(group.getitem(n) for n in names)), strict=True))
+    for batch in ([n for n in names if n != "status"], [n for n in names if n == "status"]):
+        await asyncio.gather(*(targets[n].setitem(where, arrays[n][local]) for n in batch for where, local in blocks))
+
+
+def add_run(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one run's record (start, end, where, cells computed, outcome) to the store's ``sweep_runs``."""
+    group = zarr.open_group(os.fspath(path), mode="r+")
+    runs = json.loads(group.attrs.get("sweep_runs", "[]"))
+    group.attrs["sweep_runs"] = json.dumps([*runs, record])
+
+
+def open_store(path: str | os.PathLike) -> xr.Dataset:
+    """The sweep store opened lazily: Dask-backed variables chunked like the store (one task's cells a chunk)."""
+    if not is_sweep_store(path):
+        raise ValueError(f"path {os.fspath(path)!r} is not a dlnode sweep store; run `dlnode run CONFIG -o PATH` first")
+    return xr.open_zarr(os.fspath(path), consolidated=False, chunks={})
+
+
+def status_counts(status: np.ndarray) -> dict[str, int]:
+    """Cells by status name, in the order of `Status`, zero counts left out."""
+    return {s.meaning: int((status == s).sum()) for s in Status if (status == s).any()}
+
+
+def describe(path: str | os.PathLike) -> str:
+    """What `dlnode info` prints for a sweep store: grid, cells done and pending by status, provenance."""
+    ds = open_store(path)
+    status = ds["status"].values
+    lines = [f"{os.fspath(path)}: dlnode sweep store (dlnode {ds.attrs.get('dlnode_version', '?')}, "
+             f"created {ds.attrs.get('created', '?')})"]  # fmt: skip
+    run_dims = [d for d in ds["status"].dims]
+    for dim in run_dims:
+        values = ds[dim].values
+        shown = ", ".join(f"{v:g}" if isinstance(v, float | np.floating) else str(v) for v in values[:12])
+        lines.append(f"grid {dim} ({len(values)}): {shown}{', ...' if len(values) > 12 else ''}")
+    for name in EXTRA_AXES:
+        if name not in run_dims:
+            lines.append(f"{name}: {ds.attrs.get(name)}")
+    t = ds["time"].values
+    lines.append(f"time: {len(t)} points from {t[0]:g} to {t[-1]:g}")
+    done = int(np.isin(status, REDO, invert=True).sum())
+    lines.append(f"cells: {status.size}, done {done}, to compute {status.size - done}")
+    lines.append("status: " + ", ".join(f"{k} {v}" for k, v in status_counts(status).items()))
+    lines.append("problem: " + ", ".join(f"{k}={v}" for k, v in json.loads(ds.attrs["problem"]).items()))
+    for key in ("rtol", "atol", "t1", "width", "sweep_batch", "jax_version", "diffrax_version", "x64"):
+        lines.append(f"{key}: {ds.attrs.get(key)}")
+    runs = json.loads(ds.attrs.get("sweep_runs", "[]"))
+    for r in runs[-5:]:
+        lines.append(f"run {r.get('started')}: {r.get('computed')} cells computed on {r.get('where')}, "
+                     f"{r.get('outcome')} after {r.get('wall_s')} s")  # fmt: skip
+    lines.append(f"config: {ds.attrs[SWEEP_ATTR]}")
+    return "\n".join(lines)
+
+
+def export(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> int:
+    """Write the sweep store at `path` to one netCDF file `out` (streamed chunk by chunk); returns pending cells."""
+    out = Path(out)
+    if out.suffix != ".nc":
+        raise ValueError(f"out must be a netCDF path ending in .nc; got {os.fspath(out)!r}")
+    if out.exists() and not overwrite:
+        raise ValueError(f"out {os.fspath(out)!r} exists; pass --overwrite (overwrite=True) to replace it")
+    ds = open_store(path).drop_encoding()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
+    try:
+        ds.to_netcdf(tmp, engine="h5netcdf")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return int(np.isin(ds["status"].values, REDO).sum())

@@ -1,0 +1,279 @@
+"""`sweep`: a grid of `integrate` runs on Dask, written cell by cell into one zarr store, resumable.
+
+The grid is depth × scale × seed × (flow × init × method × lr where swept) of one problem (see
+`dlnode.sweep_config`). Cells that differ only in scale and seed share their shape: up to ``batch`` of them make
+one task, one `dlnode.integrate` call (vmapped over the batch). Tasks run on a `dask.distributed` cluster — a
+local one of processes by default, or any cluster through a scheduler address or a `Client` — and region-write
+their cells into the store (`dlnode.store`), ``status`` last. A task on a worker that dies is rescheduled by Dask;
+a run stopped any other way (Ctrl-C, a killed client, a restart) is resumed by running it again: cells whose
+status is on disk are kept, and the rest are computed exactly as an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import functools
+import itertools
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from ._version import __version__
+from .integration import integrate
+from .network import layer_shapes
+from .solvers import Status
+from .store import (
+    EXTRA_AXES,
+    METHOD_CODES,
+    REDO,
+    Layout,
+    add_run,
+    open_store,
+    prepare,
+    read_status,
+    status_counts,
+    stored_chunks,
+    write_cells,
+)
+from .sweep_config import SweepConfig, load_config
+
+__all__ = ["auto_batch", "sweep"]
+
+# vmap pays while the per-call overhead dominates: measured in benchmarks/sweep_scaling.py (docs/sweeps.md)
+AUTO_BATCH = ((1024, 16), (4096, 4))  # (at most this many state numbers per cell, cells per task)
+TIME_RTOL = 1e-12  # a cell's save times equal the store's up to rounding of t = k·lr for gradient descent
+
+
+def sweep(
+    config: SweepConfig | dict | str | os.PathLike,
+    store: str | os.PathLike,
+    client: Any = None,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Run every missing cell of a sweep on Dask into the zarr `store`; return the store opened lazily.
+
+    Parameters
+    ----------
+    config : a TOML path, a dict of its tables, or a `SweepConfig` (see `dlnode.sweep_config`).
+    store : a path ending in ``.zarr``: created with the template on the first run; on a re-run it must be this
+        config's store, and only cells whose status is pending (or interrupted) are computed.
+    client : a ``distributed.Client`` to run on (left open). Default: a local cluster of `workers` processes with
+        one thread each, closed at the end; `scheduler` (``tcp://HOST:8786``) connects to a running cluster instead.
+    workers : size of the local cluster (default: the CPUs this process may use).
+    progress : a bar over cells with the running counts by status, then a one-line summary on stderr.
+
+    Returns
+    -------
+    xarray.Dataset backed by Dask arrays, one chunk per task's cells; dims depth, scale, seed, then the swept
+    axes among flow, init, method, lr, then those of the dlnode schema.
+
+    Raises
+    ------
+    ValueError on a bad config or store path (before any work); RuntimeError when tasks raised (their cells stay
+    pending, every other cell is on disk); KeyboardInterrupt after Ctrl-C, once the finished cells are on disk.
+    """
+    cfg = load_config(config)
+    if Path(store).suffix != ".zarr":
+        raise ValueError(f"store must be a path ending in .zarr (a zarr directory); got {os.fspath(store)!r}")
+    if client is not None and scheduler is not None:
+        raise ValueError("give client or scheduler, not both; got both")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer (local cluster size); got {workers!r}")
+    batch = cfg.execution.batch if isinstance(cfg.execution.batch, int) else auto_batch(cfg)
+    layout = Layout.of(cfg, batch)
+    chunks = stored_chunks(store)
+    if chunks is not None and set(chunks) == set(layout.chunk):  # else prepare() names the config keys that differ
+        layout = dataclasses.replace(layout, chunk=chunks)
+    status = prepare(store, layout)
+    tasks = [t for t in _tasks(layout) if np.isin(status[_where(layout, t)], REDO).any()]
+    if tasks:
+        _execute(tasks, layout, Path(store), status, (client, scheduler, workers), progress)
+    return open_store(store)
+
+
+def auto_batch(config: SweepConfig) -> int:
+    """Cells per task when ``batch = "auto"``: many for small states (vmap removes per-call overhead), else 1."""
+    problem = config.problem.build()
+    width = config.integrate.width
+    size = max(
+        problem.d_out * problem.d_in
+        if math.isinf(d)
+        else sum(a * b for a, b in layer_shapes(int(d), problem.d_in, problem.d_out, width))
+        for d in config.depths()
+    )
+    return next((cells for limit, cells in AUTO_BATCH if size <= limit), 1)
+
+
+def _tasks(layout: Layout) -> list[dict[str, slice]]:
+    """The grid cut into tasks: each run dim in chunks of the layout's size (the store's chunks)."""
+    starts = [range(0, len(v), layout.chunk[d]) for d, v in layout.axes.items()]
+    return [
+        {d: slice(s, min(s + layout.chunk[d], len(layout.axes[d]))) for d, s in zip(layout.axes, combo, strict=True)}
+        for combo in itertools.product(*starts)
+    ]
+
+
+def _where(layout: Layout, task: dict[str, slice]) -> tuple[slice, ...]:
+    return tuple(task[d] for d in layout.run_dims)
+
+
+def _describe(layout: Layout, task: dict[str, slice]) -> str:
+    return ", ".join(f"{d} {layout.axes[d][s.start] if s.stop - s.start == 1 else layout.axes[d][s]}"
+                     for d, s in task.items())  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _layout(config_json: str, chunk: tuple[tuple[str, int], ...]) -> Layout:
+    return dataclasses.replace(Layout.of(SweepConfig.model_validate_json(config_json), 1), chunk=dict(chunk))
+
+
+def run_task(config_json: str, chunk: tuple, task: dict[str, slice], pending: np.ndarray, store: str) -> dict:
+    """One task, on a worker: one `integrate` call over its cells, region-written into `store` (status last)."""
+    layout = _layout(config_json, chunk)
+    value = {d: (layout.axes[d][task[d]][0] if d in layout.axes else layout.fixed[d]) for d in EXTRA_AXES}
+    run = layout.config.integrate
+    ds = integrate(
+        layout.problem, depth=layout.axes["depth"][task["depth"]][0], scale=layout.axes["scale"][task["scale"]],
+        seed=layout.axes["seed"][task["seed"]], width=run.width, init=value["init"], flow=value["flow"],
+        method=value["method"], lr=value["lr"], t1=run.t1, rtol=run.rtol, atol=run.atol, saveat=layout.times[1:],
+        save_weights=run.save_weights, progress=False, loss_tol=run.loss_tol, max_steps=run.max_steps,
+        scale_of=run.scale_of,
+    )  # fmt: skip
+    if ds.sizes["time"] != len(layout.times) or not np.allclose(ds["time"], layout.times, rtol=TIME_RTOL, atol=0):
+        raise ValueError(f"cells {_describe(layout, task)}: save times differ from the store's; report this as a bug")
+    arrays = _cell_arrays(layout, ds)
+    write_cells(store, layout, task, arrays, pending)
+    return {"status": arrays["status"][pending].tolist(), "compile_time": ds.attrs["compile_time"]}
+
+
+def _cell_arrays(layout: Layout, ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """The task's values of each store variable, shaped (task run dims, rest) and padded to the store's extent."""
+    run_shape = tuple(ds.sizes[d] if d in ds.sizes else 1 for d in layout.run_dims)
+    sizes = layout.sizes()
+    out = {"method_used": np.full(run_shape, METHOD_CODES[ds.attrs["method"]], dtype=np.int8)}
+    for name in layout.variables():
+        if name == "method_used":
+            continue
+        values = ds[name].values
+        rest = [sizes[d] for d in layout.dims_of(name)[len(run_shape) :]]
+        if list(values.shape[3:]) != rest:  # layer/out/in of a shallower depth: NaN beyond its own shapes
+            padded = np.full((*values.shape[:3], *rest), np.nan)
+            padded[(Ellipsis, *(slice(0, n) for n in values.shape[3:]))] = values
+            values = padded
+        out[name] = values.reshape(*run_shape, *rest)
+    return out
+
+
+@contextlib.contextmanager
+def _client(client: Any, scheduler: str | None, workers: int | None) -> Iterator[tuple[Any, str]]:
+    """The Dask client to use and a description of it; clients and clusters made here are closed at the end."""
+    if client is not None:
+        yield client, f"client {client.scheduler.address}"
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            own = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise ValueError(f"scheduler: cannot connect to {scheduler!r} ({exc}); start one with "
+                             "`dask scheduler` or leave out --scheduler for a local cluster") from None  # fmt: skip
+        with own:
+            yield own, f"scheduler {scheduler}"
+        return
+    n = workers or len(os.sched_getaffinity(0))
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=logging.ERROR)  # fmt: skip
+    try:
+        with Client(cluster) as own:
+            own.register_plugin(_ignore_interrupt())
+            yield own, f"local cluster of {n} processes"
+    finally:
+        cluster.close()
+
+
+def _ignore_interrupt() -> Any:
+    """A worker plugin: local workers ignore SIGINT, so Ctrl-C in a terminal (sent to the whole process group)
+    stops the client alone, which then closes the cluster — instead of every worker printing a traceback."""
+    from distributed import WorkerPlugin
+
+    class IgnoreInterrupt(WorkerPlugin):
+        name = "dlnode-ignore-sigint"
+
+        def setup(self, worker: Any) -> None:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreInterrupt()
+
+
+def _execute(tasks: list, layout: Layout, store: Path, status: np.ndarray, where: tuple, progress: bool) -> None:
+    """Submit every task, follow them with the bar, record the run in the store; raise on task errors."""
+    from distributed import as_completed
+
+    counts = Counter(status_counts(status[~np.isin(status, REDO)]))
+    before = sum(counts.values())
+    started, clock, computed, errors = _now(), time.perf_counter(), Counter(), []
+    bar = tqdm(total=status.size, initial=before, unit="cell", desc="sweep", disable=not progress, file=sys.stderr)
+    outcome, description = "interrupted", "not started"
+    try:
+        with _client(*where) as (client, description), bar:
+            common = (layout.config.canonical(), tuple(layout.chunk.items()))
+            path = os.fspath(store.resolve())
+            futures = {
+                client.submit(run_task, *common, t, np.isin(status[_where(layout, t)], REDO), path, pure=False,
+                              retries=0): t
+                for t in tasks
+            }  # fmt: skip
+            try:
+                for future in as_completed(futures):
+                    if future.status != "finished":
+                        errors.append((futures[future], future.exception()))
+                        continue
+                    names = [Status(s).meaning for s in future.result()["status"]]
+                    counts.update(names)
+                    computed.update(names)
+                    bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in counts.items()), refresh=False)
+                    bar.update(len(names))
+            except BaseException:
+                client.cancel(list(futures))  # a cluster we do not own keeps running: drop our tasks from it
+                raise
+        outcome = f"{len(errors)} failed tasks" if errors else "complete"
+    finally:
+        wall = time.perf_counter() - clock
+        record = {"started": started, "where": description, "host": socket.gethostname(),
+                  "computed": sum(computed.values()), "outcome": outcome, "wall_s": round(wall, 3),
+                  "dlnode_version": __version__}  # fmt: skip
+        add_run(store, record)
+        if progress:
+            by = ", ".join(f"{k} {v}" for k, v in computed.items()) or "none"
+            on_disk = int((~np.isin(read_status(store), REDO)).sum())
+            tqdm.write(f"sweep {store}: {on_disk} of {status.size} cells on disk ({before} before this run); "
+                       f"reported now: {sum(computed.values())} ({by}); {len(errors)} failed tasks; {outcome}; "
+                       f"{wall:.1f} s", file=sys.stderr)  # fmt: skip
+    if errors:
+        task, exc = errors[0]
+        raise RuntimeError(f"{len(errors)} sweep tasks raised (their cells stay pending, the rest are on disk); "
+                           f"first: {_describe(layout, task)}: {type(exc).__name__}: {exc}")  # fmt: skip
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,336 @@
+"""Sweep configuration: a TOML file read with `tomllib`, validated with pydantic, with one-line errors.
+
+A config has four tables::
+
+    [problem]      kind = "matrix_completion", shape = [20, 20], rank = 3, observed = 200, seed = 0
+    [grid]         depth = [1, 2, 3], init = ["gaussian"], scale = [0.1, 0.01], seed = [0, 1, 2, 3],
+                   method = ["tsit5"], flow = ["layers"], lr = []   (each a list or a single value)
+    [integrate]    t1 = 100.0, saveat = 100, rtol = 1e-6, atol = 1e-9, width, save_weights, loss_tol, max_steps,
+                   scale_of = "layer"
+    [execution]    batch = "auto"   (cells per Dask task, vmapped together)
+
+Every cell of the grid shares one time axis, so the config defines it alone: ``integrate.t1`` with ``saveat`` a
+count (t = 0 plus that many log-spaced times ending at t1, as `dlnode.integrate` lays them), or ``saveat`` an
+explicit list of times (then ``t1`` may be left out: each run stops at its last save time or on convergence).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .flows import FLOWS
+from .integration import log_times, time_unit
+from .network import INITS, layer_shapes
+from .problems import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression, _low_rank_target
+from .solvers import METHODS
+from .validation import check_flow
+
+__all__ = ["SweepConfig", "config_diff", "load_config", "save_times"]
+
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PosInt = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0)]
+Shape = Annotated[list[PosInt], Field(min_length=2, max_length=2)]
+GD_TIME_RTOL = 1e-9  # a GD save time is a whole number of steps when t/lr is this close to an integer
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class FactorizationConfig(_Table):
+    """½‖W − M‖²_F with an explicit `matrix`, or a random rank-`rank` M of `shape` from `seed`."""
+
+    kind: Literal["factorization"]
+    shape: Shape | None = None
+    rank: PosInt | None = None
+    seed: Seed = 0
+    matrix: list[list[Annotated[float, Field(allow_inf_nan=False)]]] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FactorizationConfig:
+        if (self.matrix is None) == (self.shape is None or self.rank is None):
+            raise ValueError("give either matrix = [[...], ...] or shape = [rows, cols] with rank")
+        return self
+
+    def build(self) -> Problem:
+        if self.matrix is not None:
+            return Factorization(np.asarray(self.matrix, dtype=np.float64))
+        return Factorization(_low_rank_target(tuple(self.shape), self.rank, np.random.default_rng(self.seed)))
+
+
+class RegressionConfig(_Table):
+    """Whitened regression (Σ_xx = I) with target singular values `singular_values`; shape = [d_out, d_in]."""
+
+    kind: Literal["regression"]
+    singular_values: Annotated[list[Positive], Field(min_length=1)]
+    shape: Shape
+    seed: Seed = 0
+
+    def build(self) -> Problem:
+        return Regression.whitened(self.singular_values, d_in=self.shape[1], d_out=self.shape[0], seed=self.seed)
+
+
+class MatrixCompletionConfig(_Table):
+    """`MatrixCompletion.random`: `observed` a count of entries or a fraction in (0, 1]."""
+
+    kind: Literal["matrix_completion"]
+    shape: Shape
+    rank: PosInt
+    observed: PosInt | Annotated[float, Field(gt=0, le=1)]
+    seed: Seed = 0
+    normalize: bool = False
+
+    def build(self) -> Problem:
+        return MatrixCompletion.random(tuple(self.shape), self.rank, self.observed, self.seed, self.normalize)
+
+
+class MatrixSensingConfig(_Table):
+    """`MatrixSensing.random` with `measurements` Gaussian measurements."""
+
+    kind: Literal["matrix_sensing"]
+    shape: Shape
+    rank: PosInt
+    measurements: PosInt
+    seed: Seed = 0
+
+    def build(self) -> Problem:
+        return MatrixSensing.random(tuple(self.shape), self.rank, self.measurements, self.seed)
+
+
+ProblemConfig = Annotated[
+    FactorizationConfig | RegressionConfig | MatrixCompletionConfig | MatrixSensingConfig, Field(discriminator="kind")
+]
+PROBLEM_TABLES = {m.model_fields["kind"].annotation.__args__[0]: m for m in ProblemConfig.__origin__.__args__}
+
+
+def _listed(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+class GridConfig(_Table):
+    """The grid axes: every combination of their values is one cell."""
+
+    depth: list[PosInt | Literal["inf"]]
+    scale: list[Positive]
+    seed: list[Seed] = [0]
+    init: list[Literal[tuple(INITS)]] = ["gaussian"]  # type: ignore[valid-type]
+    method: list[Literal[("auto", *sorted(METHODS))]] = ["auto"]  # type: ignore[valid-type]
+    flow: list[Literal[FLOWS]] = ["layers"]  # type: ignore[valid-type]
+    lr: list[Positive] = []
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_list(cls, value: Any) -> Any:
+        return _listed(value)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _distinct(cls, value: list) -> list:
+        if len({str(v) for v in value}) != len(value):
+            raise ValueError("values must not repeat")
+        return value
+
+
+class IntegrateConfig(_Table):
+    """The arguments of `dlnode.integrate` shared by every cell."""
+
+    t1: Positive | None = None
+    saveat: PosInt | Annotated[list[NonNegative], Field(min_length=1)] = 200
+    rtol: Positive = 1e-6
+    atol: Positive = 1e-9
+    width: PosInt | None = None
+    save_weights: bool = False
+    loss_tol: Positive | None = None
+    max_steps: PosInt | None = None
+    scale_of: Literal["layer", "product"] = "layer"
+
+
+class ExecutionConfig(_Table):
+    """How cells become Dask tasks: `batch` cells of one shape per task, vmapped ("auto": by the state size)."""
+
+    batch: PosInt | Literal["auto"] = "auto"
+
+
+class SweepConfig(_Table):
+    """A validated sweep config (see the module docstring)."""
+
+    problem: ProblemConfig
+    grid: GridConfig
+    integrate: IntegrateConfig = IntegrateConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+    def canonical(self) -> str:
+        """The config as sorted JSON: what the store records and compares on a re-run."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def depths(self) -> list[float]:
+        return [math.inf if d == "inf" else float(d) for d in self.grid.depth]
+
+
+def load_config(source: SweepConfig | dict | str | os.PathLike) -> SweepConfig:
+    """A `SweepConfig` from a TOML file path, a dict of tables, or a config; one-line ValueError on bad input."""
+    if isinstance(source, SweepConfig):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as f:
+                source = tomllib.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"config file does not exist: {os.fspath(source)!r}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config file {os.fspath(source)!r} is not valid TOML: {exc}") from None
+    if not isinstance(source, dict):
+        raise ValueError(f"config must be a TOML path, a dict or a SweepConfig; got {type(source).__name__}")
+    try:
+        config = SweepConfig.model_validate(source)
+    except ValidationError as exc:
+        raise ValueError(_one_line(exc)) from None
+    _check_cells(config)
+    return config
+
+
+def _key(loc: tuple) -> str:
+    """'grid.scale[0]' from pydantic's location, without the union members it tried ('constrained-int', …)."""
+    known = {name for model in (SweepConfig, GridConfig, IntegrateConfig, ExecutionConfig, *PROBLEM_TABLES.values())
+             for name in model.model_fields}  # fmt: skip
+    names = [p for p in loc if isinstance(p, str) and p in known]
+    return ".".join(names) + "".join(f"[{p}]" for p in loc if isinstance(p, int))
+
+
+def _one_line(exc: ValidationError) -> str:
+    """The first error as 'config key K: rule; got V' (with the allowed keys or values where there are some)."""
+    errors = exc.errors()
+    err, key = errors[0], _key(errors[0]["loc"])
+    same = [e for e in errors if _key(e["loc"]) == key]  # one per member of a union type (e.g. int | "inf")
+    others = len({_key(e["loc"]) for e in errors}) - 1
+    more = f" (and {others} more)" if others else ""
+    if err["type"] == "extra_forbidden":
+        key = ".".join(filter(None, (_key(err["loc"][:-1]), str(err["loc"][-1]))))
+        allowed = sorted(_table_model(err["loc"][:-1]).model_fields)
+        return f"config key {key!r} is not known; allowed keys here: {', '.join(allowed)}{more}"
+    if err["type"] == "union_tag_invalid":
+        tags = ", ".join(repr(t) for t in PROBLEM_TABLES)
+        return f"config key 'problem.kind' must be one of {tags}; got {err['ctx']['tag']!r}"
+    if err["type"] == "missing":
+        return f"config key {key!r} is required{more}"
+    rules = dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in same)
+    message = " or ".join(rules) if len(rules) > 1 else next(iter(rules))
+    got = err.get("input")
+    if isinstance(got, dict):
+        return f"config table {key!r}: {message}{more}"
+    return f"config key {key!r}: {message}; got {got!r}{more}"
+
+
+def _table_model(loc: tuple) -> type[BaseModel]:
+    tables = {"grid": GridConfig, "integrate": IntegrateConfig, "execution": ExecutionConfig}
+    if not loc:
+        return SweepConfig
+    if loc[0] == "problem":
+        return PROBLEM_TABLES.get(loc[1], FactorizationConfig) if len(loc) > 1 else SweepConfig
+    return tables.get(loc[0], SweepConfig)
+
+
+def _check_cells(config: SweepConfig) -> None:
+    """Rules that span tables: every grid cell must be a valid `integrate` call, on one time axis."""
+    grid, run = config.grid, config.integrate
+    for flow in grid.flow:
+        for init in grid.init:
+            for method in grid.method:
+                _check_cell(config.depths(), flow, init, method, grid.lr)
+    if run.scale_of == "layer" and math.inf in config.depths():
+        raise ValueError("config key 'integrate.scale_of' must be 'product' when grid.depth holds 'inf' (a per-layer "
+                         "scale has no infinite-depth limit); got 'layer'; set scale_of = \"product\"")  # fmt: skip
+    if run.t1 is None and isinstance(run.saveat, int):
+        raise ValueError("config key 'integrate.t1' is required when saveat is a count: every cell of a sweep shares "
+                         "one time axis; give t1 = <end time>, or saveat = [list of times]")  # fmt: skip
+    if isinstance(run.saveat, list):
+        ts = np.asarray(run.saveat)
+        if np.any(np.diff(ts) <= 0):
+            raise ValueError(f"config key 'integrate.saveat' must be strictly increasing; got {run.saveat[:6]}")
+        if run.t1 is not None and ts[-1] > run.t1:
+            raise ValueError(f"config key 'integrate.saveat' must end at or before t1={run.t1}; got {ts[-1]}")
+    if "gd" in grid.method and isinstance(run.saveat, list):
+        for lr in grid.lr:
+            steps = np.asarray(run.saveat) / lr
+            if not np.allclose(steps, np.rint(steps), rtol=GD_TIME_RTOL, atol=0):
+                raise ValueError(f"config key 'integrate.saveat': every time must be a whole number of GD steps "
+                                 f"(t = k lr) for lr={lr}; got {run.saveat[:6]}")  # fmt: skip
+    if "gd" in grid.method:
+        top = max(grid.lr)
+        for lr in grid.lr:
+            if not math.isclose(top / lr, round(top / lr), rel_tol=GD_TIME_RTOL):
+                raise ValueError(f"config key 'grid.lr': every lr must divide the largest ({top}) so that all GD runs "
+                                 f"share the save times; got {lr}")  # fmt: skip
+
+
+def _check_cell(depths: list[float], flow: str, init: str, method: str, lrs: list[float]) -> None:
+    try:
+        check_flow(flow, depths, init, method)
+    except ValueError as exc:
+        raise ValueError(
+            f"config grid: the cells flow={flow!r}, init={init!r}, method={method!r}: {exc}; "
+            "every combination of the grid axes must be valid (split it into two sweeps)"
+        ) from None
+    takes_lr = method == "gd" or flow == "modified"
+    if takes_lr and not lrs:
+        raise ValueError(
+            f"config key 'grid.lr' is required for method={method!r}, flow={flow!r} (the gradient-descent step); "
+            "give e.g. lr = [0.01]"
+        )
+    if lrs and not takes_lr:
+        raise ValueError(
+            f"config key 'grid.lr' applies only to method 'gd' or flow 'modified', and the grid crosses it with "
+            f"method={method!r}, flow={flow!r}; drop lr or split the sweep"
+        )
+
+
+def save_times(config: SweepConfig, problem: Problem) -> np.ndarray:
+    """The sweep's time axis, from the config alone (t = 0 first).
+
+    A count `saveat` gives the log-spaced grid of `dlnode.integrate` ending at t1; for gradient descent the times
+    are rounded to whole steps of the largest lr (which every lr divides), duplicates removed.
+    """
+    run = config.integrate
+    if isinstance(run.saveat, int):
+        ts = log_times(run.saveat, run.t1, time_unit(problem))
+    else:
+        ts = np.asarray(run.saveat, dtype=np.float64)
+    if ts[0] > 0:
+        ts = np.concatenate([[0.0], ts])
+    if "gd" in config.grid.method and isinstance(run.saveat, int):
+        top = max(config.grid.lr)
+        ts = np.unique(np.rint(ts / top)) * top
+    return ts
+
+
+def layer_extent(config: SweepConfig, problem: Problem) -> tuple[int, int, int]:
+    """(layers, out, in) of the padded per-layer weights over every finite depth of the grid (1, d_out, d_in at ∞)."""
+    finite = [int(d) for d in config.depths() if not math.isinf(d)]
+    if not finite:
+        return 1, problem.d_out, problem.d_in
+    shapes = [s for d in finite for s in layer_shapes(d, problem.d_in, problem.d_out, config.integrate.width)]
+    return max(finite), max(s[0] for s in shapes), max(s[1] for s in shapes)
+
+
+def config_diff(stored: str, current: str) -> list[str]:
+    """Dotted keys whose values differ between two canonical config JSON strings."""
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(tree, dict):
+            out: dict[str, Any] = {}
+            for k, v in tree.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix.rstrip("."): tree}
+
+    a, b = flat(json.loads(stored)), flat(json.loads(current))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))

@@ -1,0 +1,259 @@
+"""Sweeps on a real Dask cluster: the store equals plain `integrate` calls bitwise, survives a killed worker and a
+killed client, refuses foreign stores, and opens lazily for the analyses.
+
+One local cluster of two worker processes serves the module: the workers keep their compiled solvers between
+tests. Every reference value is a plain `dln.integrate` call on the same cell in this process.
+"""
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import dlnode as dln
+
+pytest.importorskip("distributed")
+from distributed import Client, LocalCluster  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+CONFIG = {
+    "problem": {"kind": "factorization", "shape": [4, 4], "rank": 2, "seed": 1},
+    "grid": {"depth": [1, 2], "scale": [0.1, 0.3], "seed": [0, 1], "method": "tsit5"},
+    "integrate": {"t1": 5.0, "saveat": 10},
+    "execution": {"batch": 1},
+}
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+NONDETERMINISTIC = ("wall_time",)  # seconds measured, the only value two identical runs do not share
+
+
+def _config(**grid):
+    return {**CONFIG, "grid": {**CONFIG["grid"], **grid}}
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as c:
+            yield c
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Each cell of CONFIG's problem by its own `integrate` call, on the store's time axis, keyed by cell."""
+    cache = {}
+
+    def cell(ds_store, depth, scale, seed):
+        key = (depth, scale, seed)
+        if key not in cache:
+            problem = dln.problem_from(ds_store)  # the store's own problem, rebuilt from its variables
+            cache[key] = dln.integrate(problem, depth=int(depth), scale=[scale], seed=[seed], method="tsit5",
+                                       t1=5.0, saveat=ds_store["time"].values[1:], progress=False)  # fmt: skip
+        return cache[key]
+
+    return cell
+
+
+def assert_equals_serial(store_ds: xr.Dataset, reference) -> None:
+    """Every cell of the store equals its own `integrate` call bitwise (wall time apart)."""
+    store_ds = store_ds.load()
+    assert (store_ds["status"] != dln.Status.PENDING).all()
+    for depth in store_ds.depth.values:
+        for scale in store_ds.scale.values:
+            for seed in store_ds.seed.values:
+                ref = reference(store_ds, depth, scale, seed).isel(depth=0, scale=0, seed=0)
+                got = store_ds.sel(depth=depth, scale=scale, seed=seed)
+                for name in ("loss", "product", "singular_values", "grad_norm", "balancedness", "status",
+                             "t_final", "num_steps", "num_rejected"):  # fmt: skip
+                    np.testing.assert_array_equal(got[name].values, ref[name].values, err_msg=name)
+                w = got["weights_final"].values
+                n = int(depth)
+                np.testing.assert_array_equal(w[:n], ref["weights_final"].values)
+                assert np.isnan(w[n:]).all()  # layers beyond this depth are padding
+                np.testing.assert_array_equal(got["time"].values, ref["time"].values)
+
+
+def _runs(path):
+    return json.loads(dln.open(path).attrs["sweep_runs"])
+
+
+def test_two_workers_equal_serial_bitwise(client, reference, tmp_path):
+    ds = dln.sweep(CONFIG, tmp_path / "s.zarr", client=client, progress=False)
+    assert ds["loss"].chunks is not None  # Dask-backed, one chunk per cell
+    assert ds["loss"].data.numblocks[:3] == (2, 2, 2)
+    assert ds.attrs["dlnode_format"] == "dlnode-dataset" and ds.attrs["dlnode_format_version"] == 1
+    assert_equals_serial(ds, reference)
+    counted = dln.integrate(dln.problem_from(ds.load()), depth=1, scale=0.1, seed=0, method="tsit5", t1=5.0,
+                            saveat=10, progress=False)  # fmt: skip
+    np.testing.assert_array_equal(ds["time"].values, counted["time"].values)  # integrate's own grid for saveat=10
+    again = dln.sweep(CONFIG, tmp_path / "s.zarr", client=client, progress=False)  # nothing left to compute
+    xr.testing.assert_identical(again.load(), ds.load())
+    assert [r["computed"] for r in _runs(tmp_path / "s.zarr")] == [8]
+
+
+def _arm_kill(marker: str) -> None:
+    """On a worker: the first task to write (of any worker) writes its data, not its status, and dies."""
+    sweep_module, store_module = importlib.import_module("dlnode.sweep"), importlib.import_module("dlnode.store")
+    original = store_module.write_cells
+
+    def dying(path, layout, task, arrays, pending, names=None):
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return original(path, layout, task, arrays, pending, names)
+        original(path, layout, task, arrays, pending, [n for n in layout.variables() if n != "status"])
+        os._exit(1)
+
+    sweep_module.write_cells = dying
+
+
+def test_killed_worker_mid_task_every_cell_once(client, reference, tmp_path):
+    marker = tmp_path / "killed"
+    client.run(_arm_kill, str(marker))
+    ds = dln.sweep(CONFIG, tmp_path / "k.zarr", client=client, progress=False)
+    assert marker.exists()  # a worker did die between its data and its status
+    assert_equals_serial(ds, reference)
+    assert [r["computed"] for r in _runs(tmp_path / "k.zarr")] == [8]  # each cell reported once: Dask's retry
+
+
+def _cli(args, **kwargs):
+    return subprocess.Popen([sys.executable, "-c", "from dlnode.cli import main; main()", *args], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+
+
+def _done(path) -> int:
+    import zarr
+
+    try:
+        status = zarr.open_group(os.fspath(path), mode="r")["status"][...]
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+        return 0
+    return int((status != dln.Status.PENDING).sum())
+
+
+def _write_toml(path, seeds) -> Path:
+    path.write_text(
+        '[problem]\nkind = "factorization"\nshape = [4, 4]\nrank = 2\nseed = 1\n'
+        f'[grid]\ndepth = [1, 2]\nscale = [0.1, 0.3]\nseed = {list(seeds)}\nmethod = "tsit5"\n'
+        "[integrate]\nt1 = 5.0\nsaveat = 10\n[execution]\nbatch = 1\n"
+    )
+    return path
+
+
+def _stop_mid_sweep(proc, store, sig) -> int:
+    t0 = time.monotonic()
+    while (done := _done(store)) == 0 and proc.poll() is None and time.monotonic() - t0 < 300:
+        time.sleep(0.01)
+    os.kill(proc.pid, sig)
+    return done
+
+
+def test_killed_client_rerun_completes_the_store(client, reference, tmp_path):
+    seeds = range(12)
+    config = _write_toml(tmp_path / "sweep.toml", seeds)
+    store = tmp_path / "c.zarr"
+    proc = _cli(["run", str(config), "-o", str(store), "--scheduler", client.scheduler.address])
+    done = _stop_mid_sweep(proc, store, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert 0 < done < 48, f"the client was to be killed mid-sweep; {done} of 48 cells were done"
+    ds = dln.sweep(config, store, client=client, progress=False)
+    assert_equals_serial(ds, reference)
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(client, reference, tmp_path):
+    config = _write_toml(tmp_path / "sweep.toml", range(12))
+    store = tmp_path / "i.zarr"
+    proc = _cli(["run", str(config), "-o", str(store), "--scheduler", client.scheduler.address])
+    _stop_mid_sweep(proc, store, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.startswith("interrupted")]
+    assert proc.returncode == 130, err
+    assert len(lines) == 1 and "run the same command to finish" in lines[0]
+    assert 0 < int(lines[0].split()[1]) <= 48
+    assert_equals_serial(dln.sweep(config, store, client=client, progress=False), reference)
+
+
+def test_changed_config_and_foreign_directories_are_refused(client, tmp_path):
+    store = tmp_path / "s.zarr"
+    dln.sweep(CONFIG, store, client=client, progress=False)
+    with pytest.raises(ValueError, match=r"different config \(keys differ: grid.scale, integrate.t1\)"):
+        dln.sweep({**_config(scale=[0.2, 0.3]), "integrate": {"t1": 6.0, "saveat": 10}}, store, client=client)
+    foreign = tmp_path / "foreign.zarr"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not a dlnode sweep store"):
+        dln.sweep(CONFIG, foreign, client=client)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]  # untouched
+    with pytest.raises(ValueError, match="path ending in .zarr"):
+        dln.sweep(CONFIG, tmp_path / "x.nc", client=client)
+
+
+def test_lazy_analysis_equals_eager(client, tmp_path):
+    store = tmp_path / "s.zarr"
+    lazy = dln.sweep(CONFIG, store, client=client, progress=False)
+    eager = dln.open(store)
+    for name in ("effective_rank", "numerical_rank", "stages", "recovery_error"):
+        result = getattr(lazy.dln, name)()
+        arrays = result.data_vars.values() if isinstance(result, xr.Dataset) else [result]
+        assert all(a.chunks is not None for a in arrays), name  # computed lazily, chunk by chunk
+        xr.testing.assert_identical(result.compute(), getattr(eager.dln, name)())
+
+
+def test_cli_info_and_export(client, tmp_path):
+    from typer.testing import CliRunner
+
+    from dlnode.cli import app
+
+    store = tmp_path / "s.zarr"
+    dln.sweep(CONFIG, store, client=client, progress=False)
+    runner = CliRunner()
+    info = runner.invoke(app, ["info", str(store)])
+    assert info.exit_code == 0, info.output
+    assert "grid depth (2): 1, 2" in info.output and "cells: 8, done 8, to compute 0" in info.output
+    assert "status: finished 8" in info.output
+    out = tmp_path / "out.nc"
+    assert runner.invoke(app, ["export", str(store), str(out)]).exit_code == 0
+    xr.testing.assert_identical(dln.open(out), dln.open(store))
+    refused = runner.invoke(app, ["export", str(store), str(out)])
+    assert refused.exit_code == 2 and "exists; pass --overwrite" in refused.output
+    assert runner.invoke(app, ["export", str(store), str(out), "--overwrite"]).exit_code == 0
+
+
+def test_gradient_descent_lr_axis(client, tmp_path):
+    """A swept lr becomes a dim; each GD cell equals its own integrate call, on the store's times (t = k lr)."""
+    config = {**CONFIG, "grid": {"depth": [2], "scale": [0.1], "seed": [0], "method": "gd", "lr": [0.1, 0.05]},
+              "integrate": {"t1": 2.0, "saveat": 10}}  # fmt: skip
+    ds = dln.sweep(config, tmp_path / "gd.zarr", client=client, progress=False).load()
+    assert ds["loss"].dims == ("depth", "scale", "seed", "lr", "time") and ds.attrs["method"] == "gd"
+    for lr in (0.1, 0.05):
+        ref = dln.integrate(dln.problem_from(ds), depth=2, scale=[0.1], seed=[0], method="gd", lr=lr, t1=2.0,
+                            saveat=ds["time"].values[1:], progress=False)  # fmt: skip
+        got = ds.sel(lr=lr)
+        np.testing.assert_allclose(ref["time"].values, ds["time"].values, rtol=1e-12, atol=0)
+        for name in ("loss", "product", "status", "num_steps"):
+            np.testing.assert_array_equal(got[name].values, ref[name].values, err_msg=name)
+        np.testing.assert_array_equal(got["num_steps"].values, round(2.0 / lr))  # GD: t1 / lr steps exactly
+
+
+def test_end_to_end_to_depth_infinity(client, tmp_path):
+    """The end-to-end flow at depth 2 and ∞ (scale_of='product'): cells equal integrate's, coordinate t included."""
+    config = {**CONFIG, "grid": {"depth": [2, "inf"], "scale": [0.1], "seed": [0], "method": "tsit5",
+                                 "flow": "end_to_end", "init": "balanced"},
+              "integrate": {"t1": 5.0, "saveat": 10, "scale_of": "product"}}  # fmt: skip
+    ds = dln.sweep(config, tmp_path / "e2e.zarr", client=client, progress=False).load()
+    ref = dln.integrate(dln.problem_from(ds), depth=[2, "inf"], scale=[0.1], seed=[0], method="tsit5",
+                        flow="end_to_end", init="balanced", scale_of="product", t1=5.0, saveat=ds["time"].values[1:],
+                        progress=False)  # fmt: skip
+    xr.testing.assert_identical(ds["t"], ref["t"])
+    for name in ("loss", "product", "singular_values", "status", "weights_final"):
+        np.testing.assert_array_equal(ds[name].values, ref[name].values, err_msg=name)
