@@ -112,22 +112,21 @@ def singular_values(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
     return _finish(fig, path)
 
 
-def rank_staircase(
-    ds: xr.Dataset, threshold: float = 1e-3, separation: float = 1.25, path: str | Path | None = None
-) -> Figure:
-    """Numerical rank #{σ_i > τ max_t σ_1} against log time with the detected stage ends (one panel per depth).
+def rank_staircase(ds: xr.Dataset, level: float = 0.5, learned: float = 0.05, path: str | Path | None = None) -> Figure:
+    """Modes learned (σ_k at or above `level` × its final value) against log time, with the stages' ends.
 
-    Circles mark each stage's end (the rank jump) at the rank reached; the loss is drawn in grey on the right axis.
+    One panel per depth, colour = scale, one line per seed; circles mark each stage's end (see
+    `dlnode.analysis.stages`) at the number of modes learned after it; the loss is drawn in grey on the right axis.
     """
-    rank = _positive_time(analysis.numerical_rank(ds, threshold, relative_to="max"))
-    found = analysis.stages(ds, threshold, separation)
+    count = _positive_time(analysis.modes_learned(ds, level, learned))
+    found = analysis.stages(ds, level, learned)
     loss_da = _positive_time(require_variable(ds, "loss"))
-    depths, scales = _values(rank, "depth"), _values(rank, "scale")
-    num_modes = found.sizes["stage"]
+    depths, scales = _values(count, "depth"), _values(count, "scale")
+    top = max(float(found["rank"].max()) if found["rank"].notnull().any() else 1.0, 1.0)
     fig, axes = _figure(1, len(depths))
     colors = _colors(len(scales))
     twins = [ax.twinx() for ax in axes[0]]
-    for where, r in _runs(rank):
+    for where, r in _runs(count):
         j, i = depths.index(where.get("depth")), scales.index(where.get("scale"))
         ax = axes[0, j]
         ax.plot(r["time"], r, drawstyle="steps-post", color=colors[i], lw=1.2, alpha=0.8)
@@ -135,13 +134,13 @@ def rank_staircase(
         ax.plot(st["end"], st["rank"], "o", color=colors[i], mfc="none")
         twins[j].plot(loss_da["time"], loss_da.sel(where), color="0.6", lw=0.8, ls="--")
     for j, ax in enumerate(axes[0]):
-        ax.set(xscale="log", xlabel=TIME_LABEL, title=_depth_label(depths[j]), ylim=(-0.3, num_modes + 0.3))
+        ax.set(xscale="log", xlabel=TIME_LABEL, title=_depth_label(depths[j]), ylim=(-0.3, top + 0.3))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         twins[j].set(yscale="log")
         if j:  # one loss scale for all depths, labelled on the right
             twins[j].sharey(twins[0])
             twins[j - 1].tick_params(labelright=False)
-    axes[0, 0].set_ylabel(rf"numerical rank, $\tau$ = {threshold:g} of max$_t\,\sigma_1$")
+    axes[0, 0].set_ylabel(rf"modes learned ($\sigma_k \geq$ {level:g} $\sigma_k$(end))")
     twins[-1].set_ylabel(r"loss $\ell(W)$ (grey, dashed)")
     handles = [axes[0, 0].plot([], [], color=c, label=f"scale {s}")[0] for c, s in zip(colors, scales, strict=True)]
     axes[0, 0].legend(handles=handles + axes[0, 0].plot([], [], "ko", mfc="none", label="stage end"), fontsize="small")
