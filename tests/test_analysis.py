@@ -544,6 +544,53 @@ def test_gradient_descent_converges_to_the_flow_with_order_one():
         assert order.item() == pytest.approx(1.0, abs=ORDER_ATOL), variable
 
 
+def test_compare_interpolates_the_flow_at_every_gd_time():
+    # GD at lr = 0.01 saves every step; the exact flow is saved every 0.04 only. compare() reports the error at all
+    # 301 GD times, the flow spline-interpolated between its saves, as if the flow had been saved at GD's times.
+    flow, (gd,) = decoupled_runs([0.01])
+    result = compare(gd, flow)
+    assert result.sizes["time"] == gd.sizes["time"] and int(result["interpolated"].sum()) == 225
+    prob = dln.Regression.whitened(S_WELL_SEPARATED, 3, 3, seed=0)
+    times = gd["time"].values
+    dense = build_dataset(prob, {(2, 0.3, 0): exact_flow_states(prob, 0.3, times)}, times, init="decoupled")
+    reference = compare(gd, dense)  # every time saved by both: no interpolation
+    assert not reference["interpolated"].any()
+    # compare's promise: the reported error is within `accuracy` (0.1) of the run's largest error of the true one;
+    # here, the flow's spline errs by ~(8h)⁴/384 ≈ 3e-5 relative near t = 0 (rate 2s = 8, h = 0.04) and less later
+    diff = abs(result["product_error"] - reference["product_error"])
+    assert float(diff.max()) <= 0.1 * float(reference["product_error"].max())
+    assert float(diff.max()) <= 3e-4
+    assert float(result["product_error"].max()) == pytest.approx(float(reference["product_error"].max()), rel=1e-3)
+
+
+def test_compare_refuses_a_save_grid_too_coarse_for_the_escape():
+    # From scale 1e-3 the modes escape at t ≈ ln(1/ε)/s_i in a rise of width ~1/s_i; a 12-point log grid holds
+    # no point inside most rises, so GD cannot be compared with it, only with a flow saved at GD's times.
+    prob = dln.Regression.whitened(S_WELL_SEPARATED, 3, 3, seed=0)
+    steps = np.arange(0, 801)
+    gd = gd_dataset(prob, [2], [1e-3], [0], 0.01, steps, init="decoupled")
+    coarse = np.concatenate([[0.0], np.geomspace(0.08, 8.0, 11)])
+    flow = build_dataset(prob, {(2, 1e-3, 0): exact_flow_states(prob, 1e-3, coarse)}, coarse, init="decoupled")
+    with pytest.raises(ValueError, match="too coarse to interpolate") as info:
+        compare(gd, flow)
+    assert "saveat=a['time'].values" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_gradient_descent_follows_the_modified_flow_with_order_two():
+    # Barrett & Dherin (2021): GD follows the flow of L + (lr/4)‖∇L‖² to O(lr²); the modified flow depends on lr,
+    # so each GD run needs its own reference, and one reference for several lr is refused.
+    prob = dln.Regression.whitened(S_WELL_SEPARATED, 3, 3, seed=0)
+    lrs, grid = [0.02, 0.01, 0.005], np.arange(0, 76) * 0.04
+    common = {"depth": 2, "init": "decoupled", "scale": 0.3, "saveat": grid, "progress": False}
+    runs = [dln.integrate(prob, method="gd", lr=lr, **common) for lr in lrs]
+    modified = [dln.integrate(prob, flow="modified", lr=lr, rtol=1e-10, atol=1e-12, **common) for lr in lrs]
+    assert convergence_order(modified, runs).item() == pytest.approx(2.0, abs=ORDER_ATOL)
+    with pytest.raises(ValueError, match="depends on lr and cannot serve runs"):
+        convergence_order(modified[0], runs)
+    with pytest.raises(ValueError, match="run at lr=0.02 is the modified flow for lr=0.005"):
+        convergence_order(modified[::-1], runs)
+
+
 # ------------------------------------------------------------------------------------ accessor and validation
 def test_accessor_delegates_to_the_analysis_functions():
     prob = dln.Regression.whitened([3.0, 1.0], 3, 3, seed=0)
@@ -579,7 +626,8 @@ def bad_calls() -> dict:
         (lambda: analysis.rrr_staircase(prob, [-1.0]), "times must be"),
         (lambda: analysis.stages(ds, level=1.5), "level must be in"),
         (lambda: analysis.stages(ds, learned=0), "learned must be in"),
-        (lambda: compare(ds, shifted), "share no time"),
+        (lambda: compare(ds, shifted), "saved times to be interpolated"),
+        (lambda: compare(ds, ds, accuracy=0), "accuracy must be in"),
         (lambda: compare(ds, ds["loss"]), "b must be a dlnode Dataset"),
         (lambda: gd_errors(ds, [ds]), "at least two"),
         (lambda: gd_errors(ds, [ds, ds]), "distinct positive"),
@@ -596,8 +644,8 @@ def bad_calls() -> dict:
 BAD_CALL_MATCHES = [
     "threshold must be in", "relative_to must be", "ds_or_sv must be", "p must be a positive",
     "target must be a non-zero", "target must have", "problem must be a MatrixCompletion", "eps must lie in",
-    "identity Hessian", "times must be", "level must be in", "learned must be in", "share no time",
-    "b must be a dlnode Dataset",
+    "identity Hessian", "times must be", "level must be in", "learned must be in", "saved times to be interpolated",
+    "accuracy must be in", "b must be a dlnode Dataset",
     "at least two", "distinct positive", "weights must chain", "k must be an integer", "univariate Regression",
     "convention must be", "depth must be a positive integer", "weights_final",
 ]  # fmt: skip
