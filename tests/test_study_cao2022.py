@@ -18,7 +18,7 @@ def test_every_check_passes(ds):
 
 
 def test_stages_equal_the_target_rank(ds):
-    assert bool((ds["status"] == dln.Status.CONVERGED).all())
+    assert bool((ds["status"] == dln.Status.CONVERGED).all()) and bool((ds["final_loss"] <= 1e-6).all())
     for rank in ds["rank"].values:
         np.testing.assert_array_equal(ds["num_stages"].sel(rank=rank).values, rank)
     # stages end in order: every escape after the previous one
