@@ -9,7 +9,7 @@ the target's modes, each mode starting at u₀ = scale^N): each mode's strength 
   t(u) = ∫_{u₀}^{u} dv / (N v^{2−2/N}(s − v)), which this study evaluates by quadrature;
 - escape (u = s/2) after ≈ u₀^{−(1−2/N)}/((N−2)s) for N ≥ 3 (polynomial in 1/u₀), ln(s/u₀ − 1)/(2s) for N = 2.
 
-The flow is integrated by `dlnode.integrate` until converged; the save grid is explicit (see `_save_grid`).
+The flow is integrated by `dlnode.integrate` until converged; the save grid is explicit (see `_integrate`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ QUICK = {"s": [3.0, 2.0, 1.0], "depth": [2, 3, 4], "scale": [1e-1, 1e-2]}
 FULL = {"s": [3.0, 2.0, 1.0], "depth": [2, 3, 4, 5, 6], "scale": [3e-1, 1e-1, 3e-2, 1e-2, 3e-3]}
 
 CURVE_RTOL = 1e-4  # the flow against the closed forms: the solver runs at rtol 1e-6 (global error ~100× that)
+POINTS = 100  # saved times per escape window; both passes save as many, so they share one compiled solver
 BAND = (0.02, 0.98)  # compare t(u) where u/s lies in this band, away from the ill-conditioned ends
 
 
@@ -52,27 +53,36 @@ def asymptotic_escape(u0: float, s: float, depth: int) -> float:
     return float(np.log(1 / u0) / (2 * s)) if depth == 2 else float(u0 ** (-(1 - 2 / depth)) / ((depth - 2) * s))
 
 
-def _save_grid(config: dict) -> np.ndarray:
-    # Explicit save times: a log grid from 1e-3 to well past the slowest escape, refined around every predicted
-    # escape (±6/s, 60 points). At depth N ≥ 3 a rise lasts ~1/s while it starts at ~u₀^{−(1−2/N)}/s, so on a log grid
-    # it falls between two saved times; the refinement lets the curves be compared inside every rise.
+def _save_grid(config: dict, escapes: np.ndarray, width: np.ndarray, points: int) -> np.ndarray:
+    """A log grid from 1e-3 to well past the slowest escape, with `points` points in ±`width` around each escape."""
     s = np.asarray(config["s"], dtype=float)
-    escapes = [
-        time_to(si / 2, scale**depth, si, depth) for depth in config["depth"] for scale in config["scale"] for si in s
-    ]
-    t_end = 3 * max(escapes) + 20 / s.min()
-    dense = [
-        np.linspace(max(t - 6 / si, 0), t + 6 / si, 60)
-        for t, si in zip(escapes, np.tile(s, len(escapes) // len(s)), strict=True)
-    ]
+    t_end = 3 * float(np.max(escapes)) + 20 / s.min()
+    dense = [np.linspace(max(t - w, 0), t + w, points) for t, w in zip(escapes.ravel(), width.ravel(), strict=True)]
     return np.unique(np.concatenate([[0.0], np.geomspace(1e-3, t_end, 300), *dense]))
+
+
+def _integrate(prob: dln.Regression, config: dict) -> xr.Dataset:
+    # Explicit save times, in two passes. At depth N ≥ 3 a rise lasts ~1/s while it starts at ~u₀^{−(1−2/N)}/s, so
+    # on the default log grid it falls between two saved times (the escape time then inherits the cell's width, up
+    # to 10 %). Pass 1 saves around each predicted escape, wide enough (±(6/s + 1e-4 t)) to hold the flow's own
+    # escape whatever the solver's error (~rtol t); pass 2 saves densely (±(6/s + the cell of pass 1))
+    # around the escapes pass 1 found, so that the curves are compared inside every rise.
+    s = np.asarray(config["s"], dtype=float)
+    u0 = np.asarray(config["scale"], dtype=float)[None, :, None] ** np.asarray(config["depth"])[:, None, None]
+    predicted = np.vectorize(time_to)(s / 2, u0, s, np.asarray(config["depth"])[:, None, None])
+    kw = {"depth": config["depth"], "init": "decoupled", "scale": config["scale"]}
+    first = dln.integrate(prob, saveat=_save_grid(config, predicted, 6 / s + 1e-4 * predicted, POINTS), **kw)
+    escapes = dln.escape_times(first).isel(seed=0).transpose("depth", "scale", "k")
+    found = np.where(np.isfinite(escapes), escapes, predicted)
+    cell = np.where(np.isfinite(escapes), escapes * escapes["resolution"], 1e-4 * predicted)
+    return dln.integrate(prob, saveat=_save_grid(config, found, 6 / s + cell, POINTS), **kw)
 
 
 def compute(config: dict) -> xr.Dataset:
     """The decoupled flow on whitened regression at each depth and scale, with the closed-form escape times."""
     s = np.asarray(config["s"], dtype=float)
     prob = dln.Regression.whitened(s, len(s), len(s), seed=0)
-    ds = dln.integrate(prob, depth=config["depth"], init="decoupled", scale=config["scale"], saveat=_save_grid(config))
+    ds = _integrate(prob, config)
     depth, scale = ds["depth"].values.astype(int), ds["scale"].values
     # the escape is where σ_k crosses half its final value, which the loss criterion leaves a little below s_k
     final = ds["singular_values"].isel(seed=0, time=-1).values
@@ -107,37 +117,43 @@ def _curve_error(ds: xr.Dataset) -> xr.DataArray:
             sv = ds["singular_values"].isel(depth=i, scale=j, seed=0).values
             for k, s in enumerate(ds["target_s"].values):
                 keep = (sv[:, k] > BAND[0] * s) & (sv[:, k] < BAND[1] * s)
-                exact = np.array([time_to(u, sc**n, s, n) for u in sv[keep, k]])
-                out[i, j, k] = np.max(np.abs(exact - t[keep]) / np.maximum(t[keep], 1 / s))
+                if keep.any():  # else NaN: the run never passed through the band, and the check fails
+                    exact = np.array([time_to(u, sc**n, s, n) for u in sv[keep, k]])
+                    out[i, j, k] = np.max(np.abs(exact - t[keep]) / np.maximum(t[keep], 1 / s))
     return xr.DataArray(out, dims=("depth", "scale", "k"), attrs={"long_name": "max |t(u(t)) - t| / t", "units": "1"})
 
 
 def check(ds: xr.Dataset) -> list[dict]:
     """The paper's claims against this run."""
     rows = []
-    err2 = float(ds["curve_error"].sel(depth=2).max())
+    err2 = float(ds["curve_error"].sel(depth=2).max(skipna=False))
     rows.append({
         "claim": "two-layer modes follow u(t) = s e^{2st}/(e^{2st} - 1 + s/u0)",
         "paper": "eq. 12 (exact)", "ours": f"max rel. time error {err2:.1e} (<= {CURVE_RTOL:g})",
         "passed": err2 <= CURVE_RTOL,
     })  # fmt: skip
     deep = ds["curve_error"].sel(depth=ds["depth"] > 2)
+    # a rise shorter than the save spacing has no saved point inside the band (NaN): said, not hidden
+    covered, total = int(deep.notnull().sum()), deep.size
     rows.append({
         "claim": "N-layer modes follow du/dt = N u^(2-2/N)(s - u)",
         "paper": "eq. 15 (exact)", "ours": f"max rel. time error {float(deep.max()):.1e} over N = "
-        f"{', '.join(str(int(n)) for n in deep['depth'].values)} (<= {CURVE_RTOL:g})",
-        "passed": float(deep.max()) <= CURVE_RTOL,
+        f"{', '.join(str(int(n)) for n in deep['depth'].values)} (<= {CURVE_RTOL:g}); {covered} of {total} rises "
+        "saved inside",
+        "passed": float(deep.max()) <= CURVE_RTOL and covered >= 0.9 * total,
     })  # fmt: skip
     # the escape is interpolated linearly in g = ln u against x = ln t inside a save cell of width Δ in x, which
     # errs by Δ²/8·|g''/g'| in x. At u = s/2, d ln u/dt = N u^{1−2/N}(s − u) = h and dh/dt / h = −(2/N) h, so
     # |g''/g'| = |1 − 2t(s/2)^{2−2/N}|; the bound is twice that, plus the flow's own error
     rel = abs(ds["escape"] / ds["escape_exact"] - 1)
     rate = 2 * (ds["target_s"] / 2) ** (2 - 2 / ds["depth"])
-    bound = 2 * ds["escape_resolution"] ** 2 / 8 * abs(1 - ds["escape_exact"] * rate) + CURVE_RTOL
+    model = 2 * ds["escape_resolution"] ** 2 / 8 * abs(1 - ds["escape_exact"] * rate)
+    bound = np.minimum(model, ds["escape_resolution"]) + CURVE_RTOL  # the crossing lies inside its cell, anyway
     rows.append({
         "claim": "escape time (u = s/2) equals its quadrature t(s/2)",
         "paper": "eq. 15",
-        "ours": f"max rel. error {float(rel.max()):.1e}; max error/bound {float((rel / bound).max()):.2f}",
+        "ours": f"max rel. error {float(rel.max(skipna=False)):.1e}; "
+        f"max error/bound {float((rel / bound).max(skipna=False)):.2f}",
         "passed": bool((rel <= bound).all()),
     })  # fmt: skip
     rows.extend(_asymptotic_rows(ds))
@@ -152,14 +168,23 @@ def _asymptotic_rows(ds: xr.Dataset) -> list[dict]:
         if n < 3 or ds.sizes["scale"] < 2:
             continue
         ratio = (ds["escape"] / ds["escape_asymptotic"]).sel(depth=n).isel(k=0)
+        exact = (ds["escape_exact"] / ds["escape_asymptotic"]).sel(depth=n).isel(k=0)
         u0 = ds["scale"].values.astype(float) ** n
-        slope = np.polyfit(np.log(u0), np.log(np.abs(ratio.values - 1)), 1)[0]
+        # fit where the correction (1e-3 or more) stands far above the flow's own error (~2e-5)
+        fit = np.abs(exact.values - 1) >= 1e-3
         smallest = float(ratio.isel(scale=int(np.argmin(u0))))
+        agree = float(abs(ratio - exact).max())  # ours against the quadrature, relative to the leading term
+        if fit.sum() >= 2:
+            slope = np.polyfit(np.log(u0[fit]), np.log(np.abs(ratio.values[fit] - 1)), 1)[0]
+            fitted = f"; slope {slope:.2f} (u0 >= {u0[fit].min():.0e})"
+            passed = abs(slope - (1 - 2 / n)) <= 0.1 * (1 - 2 / n)
+        else:
+            fitted, passed = "; correction below 1e-3 at every u0, no slope fitted", True
         rows.append({
             "claim": f"depth {n}: escape ~ u0^-(1-2/N)/((N-2)s), polynomial in 1/u0",
             "paper": f"ratio -> 1, |ratio - 1| ~ u0^{1 - 2 / n:.2f}",
-            "ours": f"ratio {smallest:.3f} at u0 = {u0.min():.0e}; slope {slope:.2f}",
-            "passed": abs(slope - (1 - 2 / n)) <= 0.1 * (1 - 2 / n) and abs(smallest - 1) < 0.5,
+            "ours": f"ratio {smallest:.4f} at u0 = {u0.min():.0e}" + fitted,
+            "passed": bool(passed) and agree <= CURVE_RTOL * 10,
         })  # fmt: skip
     return rows
 
