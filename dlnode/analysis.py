@@ -1,6 +1,6 @@
 """Analysis of dlnode trajectories: spectra, ranks, recovery, the Gidel staircase and saddle-to-saddle stages.
 
-Every function takes a Dataset in the schema of DESIGN.md §3 (or one of its DataArrays) and returns a DataArray
+Every function takes a Dataset in the schema of docs/schema.md (or one of its DataArrays) and returns a DataArray
 or Dataset that keeps the run coordinates (depth, scale, seed) and, where there is one, time. NaN, which pads a
 failed run after its last reached time, propagates to NaN. Gradient descent against the flow (sharpness, its
 bounds, layer alignment, discretisation error) lives in `dlnode.curvature`.
@@ -66,7 +66,7 @@ def numerical_rank(
     ----------
     ds_or_sv : a dlnode Dataset or its ``singular_values`` (dim ``k``).
     threshold : relative level τ in (0, 1).
-    relative_to : ``"current"``: σ_ref = σ_1(W(t)) (MATH.md §8); ``"max"``: σ_ref = max_t σ_1(W(t)) over each run,
+    relative_to : ``"current"``: σ_ref = σ_1(W(t)) (docs/math.md §8); ``"max"``: σ_ref = max_t σ_1(W(t)) over each run,
         so that a small initialisation counts as rank 0 and saddle-to-saddle learning shows as a staircase.
 
     Returns
@@ -222,7 +222,7 @@ def _check_eps(eps: Any) -> np.ndarray:
 def gidel_time(ds: xr.Dataset | xr.DataArray, eps: float | None = None) -> xr.DataArray:
     """Rescaled time τ = t / ln(1/ε).
 
-    For depth 2 from per-layer scale ε, mode i of the target is learned at τ → 1/s_i as ε → 0 (MATH.md §4): with
+    For depth 2 from per-layer scale ε, mode i of the target is learned at τ → 1/s_i as ε → 0 (docs/math.md §4): with
     dlnode's ½-loss a balanced mode obeys du/dt = 2u(s − u), u(0) = ε², and escapes at
     t ≈ ln(s/ε²)/(2s) = ln(1/ε)/s + O(1).
 
@@ -299,7 +299,7 @@ def rrr_staircase(problem: Problem, times: Any) -> xr.Dataset:
 
 
 def log_volume(ds: xr.Dataset) -> xr.DataArray:
-    """Log state-space volume of W(t) for the end-to-end metric of each run's depth (MATH.md §5).
+    """Log state-space volume of W(t) for the end-to-end metric of each run's depth (docs/math.md §5).
 
     log vol_N = Σ_{i<k} ln(N|σ_i^{2/N} − σ_k^{2/N}|) + (1/N − 1) Σ_i ln σ_i on the rescaled time axis, and
     log vol_∞ = Σ_{i<k} ln|ln σ_i² − ln σ_k²| − Σ_i ln σ_i (up to an additive constant; see

@@ -1,4 +1,4 @@
-"""Continuous versus discrete: GD against the flow on a shared time axis, and the fitted order in lr (MATH.md §7).
+"""Continuous versus discrete: GD against the flow on a shared time axis, and the fitted order in lr (docs/math.md §7).
 
 GD's step k sits at flow time t = k·lr, so a GD run and a flow saved at those times compare pointwise. The global
 error of GD against gradient flow is O(lr); against the modified flow of L + (lr/4)‖∇L‖² it is O(lr²).

@@ -21,7 +21,7 @@ import dlnode as dln
 
 NAME = "cao2022"
 TITLE = "Incremental learning: a rank-R target is learned in R saddle-to-saddle stages"
-PAPER = "Cao, Chen, Yang, Wang, Zhang, Sun (2022), arXiv 2212.14150"
+PAPER = "Cao et al. (2022), arXiv 2212.14150"
 
 QUICK = {"rank": [1, 2, 3, 4, 5], "dim": 6, "depth": [2, 3], "scale": [1e-2, 1e-3], "seed": [0], "sweep_scale": []}
 FULL = {"rank": [1, 2, 3, 4, 5], "dim": 8, "depth": [2, 3, 4], "scale": [1e-2, 1e-3], "seed": [0, 1, 2],

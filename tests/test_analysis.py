@@ -2,8 +2,8 @@
 
 Trajectories come from two references built here: a hand-written NumPy gradient-descent loop (GD is exactly that
 loop) and Saxe's closed form of the depth-2 balanced decoupled flow on whitened regression,
-u(t) = s e^{2st} / (e^{2st} − 1 + s/u₀) with dlnode's ½-loss (MATH.md §3). Both are stored in the dataset schema
-of DESIGN.md §3 by `build_dataset`.
+u(t) = s e^{2st} / (e^{2st} − 1 + s/u₀) with dlnode's ½-loss (docs/math.md §3). Both are stored in the dataset schema
+of docs/schema.md by `build_dataset`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ S_WELL_SEPARATED = [4.0, 2.0, 1.0]
 
 # ---------------------------------------------------------------------------------------------- dataset builders
 def layer_grads(layers: list[np.ndarray], e: np.ndarray) -> list[np.ndarray]:
-    """∂L/∂W_j = (W_N⋯W_{j+1})ᵀ E (W_{j−1}⋯W_1)ᵀ (MATH.md §1)."""
+    """∂L/∂W_j = (W_N⋯W_{j+1})ᵀ E (W_{j−1}⋯W_1)ᵀ (docs/math.md §1)."""
     below = [np.eye(layers[0].shape[1])]
     for w in layers[:-1]:
         below.append(w @ below[-1])
@@ -98,7 +98,7 @@ def _fill_run(data: dict, cell: tuple, problem, states: list) -> None:  # noqa: 
 
 
 def build_dataset(problem, runs: dict, times, lr: float | None = None, init: str = "gaussian") -> xr.Dataset:  # noqa: ANN001
-    """A Dataset in the schema of DESIGN.md §3 from {(depth, scale, seed): [layers or end-to-end matrix per time]}.
+    """A Dataset in the schema of docs/schema.md from {(depth, scale, seed): [layers or end-to-end matrix per time]}.
 
     A run with fewer states than times failed: its cells after the last state are NaN and its status is −2.
     """
@@ -423,7 +423,7 @@ def test_lanczos_equals_the_exact_hessian_spectrum(depth):
 
 @pytest.mark.parametrize("depth", [2, 3, 4])
 def test_sharpness_at_the_balanced_optimum_of_whitened_regression(depth):
-    # MATH.md §3: at the balanced optimum the top Hessian eigenvalue is N s_1^{2−2/N} (½-loss, whitened).
+    # docs/math.md §3: at the balanced optimum the top Hessian eigenvalue is N s_1^{2−2/N} (½-loss, whitened).
     prob = dln.Regression.whitened(S_WELL_SEPARATED, 3, 3, seed=1)
     u, s, vt = np.linalg.svd(prob.w_star)
     root = np.diag(s ** (1 / depth))
