@@ -157,10 +157,11 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(9.0, 3.4), layout="constrained")
+    fig = Figure(figsize=(10.0, 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     t = ds["time"].values
@@ -181,7 +182,7 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
                   label="depth 1" if k == 0 else None)  # fmt: skip
     left.set(xlim=(0, 1.4 / s.min()), ylim=(-0.02, 1.12), xlabel=r"rescaled time $t/\ln(1/\varepsilon)$")
     left.set_ylabel(r"$\sigma_k(W)/s_k$ (depth 2, decoupled init)")
-    left.legend(fontsize="small", loc="center right")
+    left.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     lr = ds["lr"].values
     e = eps[-1]
     right.plot(lr, abs(ds["escape_gd"] - ds["escape_flow"].sel(depth=2)).sel(scale=e).isel(k=-1), "o-",
@@ -189,6 +190,8 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     right.plot(lr, abs(ds["escape_gd"] - ds["escape_modified"]).sel(scale=e).isel(k=-1), "s-",
                label="GD vs modified flow")  # fmt: skip
     right.set(xscale="log", yscale="log", xlabel="step size lr [flow time per step]")
+    right.set_xticks(lr, [f"{x:g}" for x in lr])
+    right.xaxis.set_minor_formatter(NullFormatter())
     right.set_ylabel(rf"|escape-time difference| of $s_{{{len(s)}}}$ [time]")
     right.set_title(rf"$\varepsilon$ = {e:.0e}", fontsize="medium")
     right.legend(fontsize="small")
