@@ -6,8 +6,9 @@ one stage per escape (a mode's σ_k rising through half its final value); the cl
 durations follow the single-mode escape times (Saxe et al. 2014): at depth 2 the first stage lasts ≈ ln(1/ε)/s_1
 (linear in ln(1/ε)), at depth N ≥ 3 ≈ u₀^{−(1−2/N)}/((N−2)s_1) with u₀ ∝ ε^N, i.e. ∝ ε^{−(N−2)}.
 
-Runs use `dlnode.integrate` with its defaults (run until converged, default save grid); stage times are then
-interpolated inside cells of relative width ``resolution`` (~7 %), which the duration fits over decades absorb.
+Runs use `dlnode.integrate` with its defaults (run until converged, default save grid), one call per depth and
+scale; stage times are interpolated inside cells of relative width ``resolution`` (a few %), which the duration
+fits over decades absorb.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ FULL = {"rank": [1, 2, 3, 4, 5], "dim": 8, "depth": [2, 3, 4], "scale": [1e-2, 1
         "sweep_scale": [3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3]}  # fmt: skip
 
 SLOPE_ATOL = 0.15  # fitted exponents of the first stage's duration against ε, at these moderate ε
+RESOLUTION_MAX = 0.25  # largest save-grid cell at an escape, relative to its time, for the duration fits
 
 
 def target(rank: int, dim: int) -> dln.Factorization:
@@ -40,11 +42,19 @@ def target(rank: int, dim: int) -> dln.Factorization:
 
 
 def _stages(config: dict, rank: int, scales: list[float]) -> xr.Dataset:
+    # One `integrate` call per (depth, scale), each on its default save grid: one grid for all would be laid out
+    # for the slowest run (depth 4 from 1e-3 escapes after ~1e5) and start after the fast runs have escaped
+    # (depth 2 after ~2), leaving their whole rise in its first cell.
     prob = target(rank, config["dim"])
-    ds = dln.integrate(prob, depth=config["depth"], scale=scales, seed=config["seed"], progress=False)
-    found = dln.stages(ds)
-    loss = ds["loss"].isel(time=-1) / ds["loss"].isel(time=0)  # a check on the status: learned means small loss
-    return found[["num_stages", "end", "duration", "resolution"]].assign(status=ds["status"], final_loss=loss)
+    cells = []
+    for depth in config["depth"]:
+        for scale in scales:
+            ds = dln.integrate(prob, depth=depth, scale=scale, seed=config["seed"], progress=False)
+            found = dln.stages(ds)
+            loss = ds["loss"].isel(time=-1) / ds["loss"].isel(time=0)  # checks the status: learned means small loss
+            keep = found[["num_stages", "end", "duration", "resolution"]]
+            cells.append(keep.assign(status=ds["status"], final_loss=loss).reset_coords(drop=True))
+    return xr.combine_by_coords(cells, combine_attrs="drop_conflicts")
 
 
 def compute(config: dict) -> xr.Dataset:
@@ -60,6 +70,7 @@ def compute(config: dict) -> xr.Dataset:
             .isel(stage=0, drop=True)
             .assign_attrs(long_name="end of the first stage (rank 1)", units="time")
         )
+        out["first_resolution"] = sweep["resolution"].isel(stage=0, drop=True)
     out.attrs.update(dim=config["dim"], description="dlnode.stages of full factorisations, M = U diag(s) V^T")
     return out
 
@@ -93,6 +104,9 @@ def _duration_rows(ds: xr.Dataset) -> list[dict]:
     first = ds[name] if name == "first_end" else ds["end"].sel(rank=1).isel(stage=0)
     first = first.mean("seed")
     eps = first[dim].values.astype(float)
+    # the save-grid cell holding each escape, relative to it: a fit on escapes the grid did not resolve means nothing
+    res = ds["first_resolution"] if name == "first_end" else ds["resolution"].sel(rank=1).isel(stage=0)
+    coarse = float(res.max())
     rows = []
     s1 = float(ds["target_s"][0])
     for depth in first["depth"].values.astype(int):
@@ -107,8 +121,9 @@ def _duration_rows(ds: xr.Dataset) -> list[dict]:
             ours = f"d ln t_1 / d ln eps = {slope:.2f}"
         rows.append({
             "claim": f"depth {depth}: first stage lasts " + ("~ ln(1/eps)/s_1" if depth == 2 else "~ eps^-(N-2)"),
-            "paper": f"{expected:.3g}", "ours": ours + f" over eps = {eps.min():.0e} to {eps.max():.0e}",
-            "passed": bool(passed),
+            "paper": f"{expected:.3g}",
+            "ours": ours + f" over eps = {eps.min():.0e} to {eps.max():.0e} (save cells <= {coarse:.0%} of the times)",
+            "passed": bool(passed) and coarse <= RESOLUTION_MAX,
         })  # fmt: skip
     return rows
 
