@@ -14,7 +14,7 @@ compilation_cache()
 
 from . import accessor  # noqa: E402, F401  (accessor registers the ds.dln namespace)
 from ._version import __version__  # noqa: E402
-from .analysis import effective_rank, log_volume, numerical_rank, stages  # noqa: E402
+from .analysis import effective_rank, escape_times, log_volume, modes_learned, numerical_rank, stages  # noqa: E402
 from .curvature import sharpness, sharpness_bounds  # noqa: E402
 from .dataset import open_dataset as open  # noqa: E402, A004
 from .dataset import problem_from, save, validate  # noqa: E402
@@ -39,7 +39,9 @@ __all__ = [
     "compilation_cache",
     "convergence_order",
     "effective_rank",
+    "escape_times",
     "log_volume",
+    "modes_learned",
     "numerical_rank",
     "sharpness",
     "sharpness_bounds",

@@ -74,11 +74,14 @@ class DlnAccessor:
     def gidel_time(self, eps: float | None = None) -> xr.DataArray:
         return analysis.gidel_time(self._ds, eps)
 
-    def stages(self, threshold: float = 1e-3, separation: float = 1.25) -> xr.Dataset:
-        return analysis.stages(self._ds, threshold, separation)
+    def stages(self, level: float = 0.5, learned: float = 0.05) -> xr.Dataset:
+        return analysis.stages(self._ds, level, learned)
 
-    def compare(self, other: xr.Dataset, time_rtol: float = 1e-9) -> xr.Dataset:
-        return compare(self._ds, other, time_rtol)
+    def escape_times(self, level: float = 0.5, learned: float = 0.05) -> xr.DataArray:
+        return analysis.escape_times(self._ds, level, learned)
+
+    def compare(self, other: xr.Dataset, time_rtol: float = 1e-9, accuracy: float = 0.1) -> xr.Dataset:
+        return compare(self._ds, other, time_rtol, accuracy)
 
     def final(self, name: str) -> xr.DataArray:
         return analysis.final_values(self._ds[name])

@@ -1,6 +1,6 @@
 """Analysis of dlnode trajectories: spectra, ranks, recovery, the Gidel staircase and saddle-to-saddle stages.
 
-Every function takes a Dataset in the schema of DESIGN.md §3 (or one of its DataArrays) and returns a DataArray
+Every function takes a Dataset in the schema of docs/schema.md (or one of its DataArrays) and returns a DataArray
 or Dataset that keeps the run coordinates (depth, scale, seed) and, where there is one, time. NaN, which pads a
 failed run after its last reached time, propagates to NaN. Gradient descent against the flow (sharpness, its
 bounds, layer alignment, discretisation error) lives in `dlnode.curvature`.
@@ -21,8 +21,18 @@ import xarray as xr
 
 from . import endtoend
 from .problems import MatrixCompletion, Problem
+from .stages import escape_times, modes_learned, stages
 
-__all__ = ["effective_rank", "final_values", "gidel_time", "numerical_rank", "recovery_error", "rrr_staircase"]
+__all__ = [
+    "effective_rank",
+    "escape_times",
+    "final_values",
+    "modes_learned",
+    "gidel_time",
+    "numerical_rank",
+    "recovery_error",
+    "rrr_staircase",
+]
 __all__ += ["schatten_norm", "stages", "unobserved_loss"]
 
 Spectrum = xr.Dataset | xr.DataArray
@@ -56,7 +66,7 @@ def numerical_rank(
     ----------
     ds_or_sv : a dlnode Dataset or its ``singular_values`` (dim ``k``).
     threshold : relative level τ in (0, 1).
-    relative_to : ``"current"``: σ_ref = σ_1(W(t)) (MATH.md §8); ``"max"``: σ_ref = max_t σ_1(W(t)) over each run,
+    relative_to : ``"current"``: σ_ref = σ_1(W(t)) (docs/math.md §8); ``"max"``: σ_ref = max_t σ_1(W(t)) over each run,
         so that a small initialisation counts as rank 0 and saddle-to-saddle learning shows as a staircase.
 
     Returns
@@ -212,7 +222,7 @@ def _check_eps(eps: Any) -> np.ndarray:
 def gidel_time(ds: xr.Dataset | xr.DataArray, eps: float | None = None) -> xr.DataArray:
     """Rescaled time τ = t / ln(1/ε).
 
-    For depth 2 from per-layer scale ε, mode i of the target is learned at τ → 1/s_i as ε → 0 (MATH.md §4): with
+    For depth 2 from per-layer scale ε, mode i of the target is learned at τ → 1/s_i as ε → 0 (docs/math.md §4): with
     dlnode's ½-loss a balanced mode obeys du/dt = 2u(s − u), u(0) = ε², and escapes at
     t ≈ ln(s/ε²)/(2s) = ln(1/ε)/s + O(1).
 
@@ -288,89 +298,8 @@ def rrr_staircase(problem: Problem, times: Any) -> xr.Dataset:
     )
 
 
-def _crossing(t: np.ndarray, s: np.ndarray, level: float) -> float:
-    """Time of the last upward crossing of `level` by s(t), interpolated linearly in (ln t, ln s); NaN if none."""
-    above = s > level
-    if not above[-1] or above.all():
-        return np.nan
-    i = np.flatnonzero(~above)[-1]
-    if s[i] > 0:
-        frac = (np.log(level) - np.log(s[i])) / (np.log(s[i + 1]) - np.log(s[i]))
-    else:
-        frac = (level - s[i]) / (s[i + 1] - s[i])
-    return float(np.exp(np.log(t[i]) + frac * (np.log(t[i + 1]) - np.log(t[i]))))
-
-
-def _stages_of_run(t, sv, loss, threshold: float, separation: float):  # noqa: ANN001
-    """(start, end, plateau_loss, rank) of each stage of one run, NaN-padded to the number of modes."""
-    out = np.full((4, sv.shape[-1]), np.nan)
-    ok = (t > 0) & np.isfinite(loss) & np.all(np.isfinite(sv), axis=-1)
-    t, sv, loss = t[ok], sv[ok], loss[ok]
-    if t.size < 2 or not sv[:, 0].max() > 0:
-        return tuple(out)
-    level = threshold * sv[:, 0].max()
-    jumps = sorted((c, k + 1) for k in range(sv.shape[1]) if np.isfinite(c := _crossing(t, sv[:, k], level)))
-    groups: list[list[tuple[float, int]]] = []
-    for jump in jumps:
-        if groups and jump[0] < separation * groups[-1][-1][0]:
-            groups[-1].append(jump)
-        else:
-            groups.append([jump])
-    start = t[0]
-    for m, group in enumerate(groups):
-        end = group[0][0]
-        plateau = np.interp(np.log(end), np.log(t), loss)
-        out[:, m] = start, end, plateau, max(k for _, k in group)
-        start = end
-    return tuple(out)
-
-
-def stages(ds: xr.Dataset, threshold: float = 1e-3, separation: float = 1.25) -> xr.Dataset:
-    """Saddle-to-saddle stages of each run: a plateau of the loss ended by a jump of the numerical rank.
-
-    The rank is counted against the run's largest singular value, r(t) = #{i : σ_i(t) > τ max_s σ_1(s)}, so that
-    a small initialisation has rank 0. Mode k jumps at the last time σ_k(t) crosses τ max σ_1 upwards (and stays
-    above), interpolated linearly in (ln t, ln σ_k): the times do not depend on the save grid beyond the
-    interpolation error. Jumps closer than a factor `separation` in time merge into one stage. Stage m ends at its
-    jump (the escape from the saddle) and starts at the previous jump (the first saved positive time for m = 1);
-    its plateau loss is the loss at the jump, interpolated in ln t. For well-separated small-init problems the
-    number of stages is the target rank R (Cao et al. 2022), and for depth 2 stage i ends at ≈ ln(1/ε)/s_i.
-
-    Parameters
-    ----------
-    ds : a dlnode Dataset (``singular_values``, ``loss``).
-    threshold : relative level τ in (0, 1) of the numerical rank.
-    separation : jumps within this time ratio (≥ 1) are one stage.
-
-    Returns
-    -------
-    Dataset over the run dims and ``stage`` (1, 2, …; NaN-padded) with ``start``, ``end``, ``plateau_loss``,
-    ``rank`` (numerical rank after the jump) and ``num_stages``.
-
-    References
-    ----------
-    Cao et al. (2022), "Understanding incremental learning of gradient descent", arXiv 2212.14150.
-    """
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must be in (0, 1); got {threshold!r}; pass a relative level such as 1e-3")
-    if not separation >= 1:
-        raise ValueError(f"separation must be a time ratio >= 1; got {separation!r}; 1 merges no jumps")
-    sv, loss = _singular_values(ds), require_variable(ds, "loss")
-    time = ds["time"].reset_coords(drop=True)
-    lazy = {"output_dtypes": [np.float64] * 4, "dask_gufunc_kwargs": {"output_sizes": {"stage": sv.sizes["k"]}}}
-    outs = xr.apply_ufunc(  # dask="parallelized": one chunk of runs at a time on a lazily opened sweep store
-        _stages_of_run, time, sv, loss, kwargs={"threshold": threshold, "separation": separation},
-        input_core_dims=[["time"], ["time", "k"], ["time"]], output_core_dims=[["stage"]] * 4, vectorize=True,
-        dask="parallelized", **lazy,
-    )  # fmt: skip
-    names = ("start", "end", "plateau_loss", "rank")
-    out = xr.Dataset(dict(zip(names, outs, strict=True))).assign_coords(stage=np.arange(1, sv.sizes["k"] + 1))
-    out["num_stages"] = out["end"].notnull().sum("stage")
-    return out.assign_attrs(threshold=threshold, separation=separation)
-
-
 def log_volume(ds: xr.Dataset) -> xr.DataArray:
-    """Log state-space volume of W(t) for the end-to-end metric of each run's depth (MATH.md §5).
+    """Log state-space volume of W(t) for the end-to-end metric of each run's depth (docs/math.md §5).
 
     log vol_N = Σ_{i<k} ln(N|σ_i^{2/N} − σ_k^{2/N}|) + (1/N − 1) Σ_i ln σ_i on the rescaled time axis, and
     log vol_∞ = Σ_{i<k} ln|ln σ_i² − ln σ_k²| − Σ_i ln σ_i (up to an additive constant; see

@@ -1,4 +1,4 @@
-"""Curvature of the loss landscape: sharpness, its bounds at minimisers, and layer alignment (MATH.md §6).
+"""Curvature of the loss landscape: sharpness, its bounds at minimisers, and layer alignment (docs/math.md §6).
 
 The sharpness S = λ_max(∇²L), L(W_1, …, W_N) = ℓ(W_N⋯W_1) with ℓ the problem's own loss (dlnode's regression
 loss is (1/2n)‖WX − Y‖²_F, with a ½), is the stiffness of the flow and sets the largest stable GD step, 2/S.
@@ -174,7 +174,7 @@ def sharpness_bounds(
     - ``s_min`` = 2 L a ‖w*‖^{2−2/L}: every minimiser has S ≥ S_min;
     - ``upper`` = 8 L Λ ‖w*‖^{2−2/L}: the line their code draws (8LΛ at ‖w*‖ = 1), so S/S_min ≤ 4Λ/a below it;
     - ``aligned`` = 2‖w*‖^{2−2/L} λ_max(Σ̂ + (L−1) Σ̂^{1/2} u uᵀ Σ̂^{1/2}): the exact sharpness of the balanced
-      rank-one aligned minimiser (derived from ∇²R = 2JᵀΣ̂J at a minimiser, MATH.md §6).
+      rank-one aligned minimiser (derived from ∇²R = 2JᵀΣ̂J at a minimiser, docs/math.md §6).
 
     dlnode's loss is ℓ = (1/2n)‖WX − Y‖² = R/2, so with ``convention="dlnode"`` (default) all three are halved to
     compare with `sharpness`; ``"marion_chizat"`` gives the paper's values.

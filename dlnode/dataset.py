@@ -1,4 +1,4 @@
-"""The dataset schema (DESIGN.md §3): assembly from solver results, validation, and storage.
+"""The dataset schema (docs/schema.md): assembly from solver results, validation, and storage.
 
 A dataset written by `save` and read back by `open` is identical (`xarray.testing.assert_identical`).
 netCDF (h5netcdf) is for single runs and export; zarr is the working store of sweeps.
@@ -152,7 +152,7 @@ def validate(ds: xr.Dataset) -> None:
         if name not in ds:
             if name == "weights":
                 continue
-            raise ValueError(f"dataset is missing variable {name!r}; expected the dlnode schema (DESIGN.md §3)")
+            raise ValueError(f"dataset is missing variable {name!r}; expected the dlnode schema (docs/schema.md)")
         if tuple(ds[name].dims) != dims:
             raise ValueError(f"variable {name!r} must have dims {dims}; got {tuple(ds[name].dims)}")
         for key in ("long_name", "units"):

@@ -1,4 +1,4 @@
-"""Continuous versus discrete: GD against the flow on a shared time axis, and the fitted order in lr (MATH.md §7).
+"""Continuous versus discrete: GD against the flow on a shared time axis, and the fitted order in lr (docs/math.md §7).
 
 GD's step k sits at flow time t = k·lr, so a GD run and a flow saved at those times compare pointwise. The global
 error of GD against gradient flow is O(lr); against the modified flow of L + (lr/4)‖∇L‖² it is O(lr²).
@@ -13,10 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.interpolate
 import scipy.stats
 import xarray as xr
 
 __all__ = ["compare", "convergence_order", "gd_errors"]
+
+RUN_DIMS = ("depth", "scale", "seed")
 
 
 def _match_times(ta: np.ndarray, tb: np.ndarray, rtol: float) -> tuple[np.ndarray, np.ndarray]:
@@ -35,53 +38,168 @@ def _relative(x: xr.DataArray, y: xr.DataArray, dims: Sequence[str]) -> xr.DataA
     return np.sqrt(((x - y) ** 2).sum(dims, skipna=False)) / np.sqrt((y**2).sum(dims, skipna=False))
 
 
-def compare(a: xr.Dataset, b: xr.Dataset, time_rtol: float = 1e-9) -> xr.Dataset:
-    """Continuous versus discrete: run `a` against the reference `b` on their common times.
+NAMES = ("product", "loss", "singular_values")
+MIN_INTERPOLATION_POINTS = 7  # the error estimate fits a second spline through every other saved time (≥ 4 knots)
+
+
+def _check_pair(a: xr.Dataset, b: xr.Dataset) -> None:
+    for arg, ds in (("a", a), ("b", b)):
+        if not isinstance(ds, xr.Dataset) or any(v not in ds for v in NAMES) or "time" not in ds.dims:
+            raise ValueError(f"{arg} must be a dlnode Dataset with time, product, loss and singular_values")
+
+
+def _spline(t: np.ndarray, y: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cubic spline S of y(t) at `at`, and Richardson's estimate |S − S_half|/(2⁴ − 1) of its error, S_half the spline
+    through every other knot (a cubic spline's error is fourth order in the knot spacing)."""
+    full = scipy.interpolate.CubicSpline(t, y, axis=0)(at)
+    keep = np.unique(np.concatenate([np.arange(0, t.size, 2), [t.size - 1]]))
+    half = scipy.interpolate.CubicSpline(t[keep], y[keep], axis=0)(at)
+    return full, np.abs(full - half) / 15.0
+
+
+def _interpolate_run(tb: np.ndarray, fb: np.ndarray, ta: np.ndarray, exact: np.ndarray) -> tuple[np.ndarray, ...]:
+    """b's features (time, feature) at a's times: b's own value where it saved that time, else a cubic spline."""
+    values, estimate = np.full((ta.size, fb.shape[1]), np.nan), np.zeros((ta.size, fb.shape[1]))
+    valid = np.all(np.isfinite(fb), axis=1)
+    last = tb[valid][-1] if valid.any() else -np.inf
+    values[exact >= 0] = fb[exact[exact >= 0]]
+    todo = (exact < 0) & (ta <= last)
+    if todo.any():
+        if valid.sum() < MIN_INTERPOLATION_POINTS:
+            raise ValueError(
+                f"b must have at least {MIN_INTERPOLATION_POINTS} saved times to be interpolated at a's times; got "
+                f"{int(valid.sum())}; save b at a's times (saveat=a['time'].values)"
+            )
+        values[todo], estimate[todo] = _spline(tb[valid], fb[valid], ta[todo])
+    values[ta > last] = np.nan
+    return values, estimate
+
+
+def _b_at(a: xr.Dataset, b: xr.Dataset, time_rtol: float) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset, np.ndarray]:
+    """a's variables at its times within b's span; b's there, with their interpolation-error estimates; which
+    of those times b saved itself."""
+    ta_all, tb = a["time"].values, b["time"].values
+    tol = time_rtol * max(np.max(np.abs(ta_all)), np.max(np.abs(tb)), np.finfo(np.float64).tiny)
+    inside = (ta_all >= tb.min() - tol) & (ta_all <= tb.max() + tol)
+    if not inside.any():
+        raise ValueError(
+            f"a's times [{ta_all.min():g}, {ta_all.max():g}] lie outside b's [{tb.min():g}, {tb.max():g}]; compare "
+            "runs over a common time span"
+        )
+    sub_a = a[list(NAMES)].isel(time=np.flatnonzero(inside)).reset_coords(drop=True)
+    ia, ib = _match_times(sub_a["time"].values, tb, time_rtol)
+    exact = np.full(sub_a.sizes["time"], -1)
+    exact[ia] = ib
+    sub_b = b[list(NAMES)].reset_coords(drop=True)
+    sub_a, sub_b = xr.align(sub_a, sub_b, join="inner", exclude=["time"])
+    if any(sub_a.sizes[d] == 0 for d in sub_a.dims):
+        raise ValueError("a and b share no run (depth, scale, seed); compare runs with common coordinates")
+    ta = sub_a["time"].values
+    values, estimates = {}, {}
+    runs = [d for d in RUN_DIMS if d in sub_b.dims]
+    for name in NAMES:
+        da = sub_b[name].transpose(*runs, "time", ...)
+        flat = da.values.reshape(*da.shape[: len(runs)], tb.size, -1)
+        out, est = np.empty((*flat.shape[:-2], ta.size, flat.shape[-1])), None
+        est = np.empty_like(out)
+        for idx in np.ndindex(*flat.shape[:-2]):
+            out[idx], est[idx] = _interpolate_run(tb, flat[idx], ta, exact)
+        shape = (*da.shape[: len(runs)], ta.size, *da.shape[len(runs) + 1 :])
+        coords = {d: da[d] for d in runs} | {"time": ta}
+        values[name] = xr.DataArray(out.reshape(shape), dims=da.dims, coords=coords)
+        estimates[name] = xr.DataArray(est.reshape(shape), dims=da.dims, coords=coords)
+    return sub_a, xr.Dataset(values), xr.Dataset(estimates), exact >= 0
+
+
+def compare(a: xr.Dataset, b: xr.Dataset, time_rtol: float = 1e-9, accuracy: float = 0.1) -> xr.Dataset:
+    """Continuous versus discrete: run `a` against the reference `b` at every time `a` saved within `b`'s span.
 
     Errors relative to `b`: ``product_error`` = ‖W_a − W_b‖_F/‖W_b‖_F, ``loss_error`` = |ℓ_a − ℓ_b|/|ℓ_b|,
-    ``singular_values_error`` = ‖σ_a − σ_b‖_2/‖σ_b‖_2. GD's global error against the flow is O(lr) (MATH.md §7).
+    ``singular_values_error`` = ‖σ_a − σ_b‖_2/‖σ_b‖_2. GD's global error against the flow is O(lr) (see
+    docs/math.md, "Continuous versus discrete").
+
+    Where `b` saved the same time (within `time_rtol`) its value is used; elsewhere `b` is interpolated by a cubic
+    spline in time through its saved states. The spline's error is estimated by a second spline through every
+    other saved time (Richardson's |S − S_half|/15, S being fourth order); wherever that estimate exceeds `accuracy`
+    times the largest error reported for that run, the comparison is refused: a save grid too coarse for the
+    dynamics (e.g. a log grid across a fast escape) cannot pass for a small error.
 
     Parameters
     ----------
     a, b : dlnode Datasets, e.g. GD and the flow; runs align on their common depth/scale/seed.
     time_rtol : times match by value within time_rtol × the largest time (GD's t = step·lr is rounded
         differently from a flow's save times).
+    accuracy : largest interpolation error allowed, as a fraction of the run's largest reported error (floor 1e-12).
 
     Returns
     -------
-    Dataset over the common runs and times, with a's and b's method and lr in its attrs.
+    Dataset over the common runs and a's times within b's span, with a boolean coordinate ``interpolated``
+    and a's and b's method, flow and lr in its attrs.
+
+    Raises
+    ------
+    ValueError : when `b` cannot be interpolated at `a`'s times to that accuracy; the fix is to save `b` at `a`'s
+        times (``saveat=a["time"].values``) or on a finer grid.
     """
-    names = ("product", "loss", "singular_values")
-    for arg, ds in (("a", a), ("b", b)):
-        if not isinstance(ds, xr.Dataset) or any(v not in ds for v in names) or "time" not in ds.dims:
-            raise ValueError(f"{arg} must be a dlnode Dataset with time, product, loss and singular_values")
-    ia, ib = _match_times(a["time"].values, b["time"].values, time_rtol)
-    if ia.size == 0:
-        raise ValueError(f"a and b share no time value within time_rtol={time_rtol:g}; save them on a common grid")
-    sub_a = a[list(names)].isel(time=ia).reset_coords(drop=True)
-    sub_b = b[list(names)].isel(time=ib).reset_coords(drop=True).assign_coords(time=sub_a["time"].values)
-    sub_a, sub_b = xr.align(sub_a, sub_b, join="inner")
-    if any(sub_a.sizes[d] == 0 for d in sub_a.dims):
-        raise ValueError("a and b share no run (depth, scale, seed); compare runs with common coordinates")
-    out = xr.Dataset(
-        {
-            "product_error": _relative(sub_a["product"], sub_b["product"], ("row", "col")),
-            "loss_error": abs(sub_a["loss"] - sub_b["loss"]) / abs(sub_b["loss"]),
-            "singular_values_error": _relative(sub_a["singular_values"], sub_b["singular_values"], ("k",)),
-        }
-    )
+    _check_pair(a, b)
+    if not (isinstance(accuracy, (int, float)) and 0 < accuracy <= 1):
+        raise ValueError(f"accuracy must be in (0, 1], a fraction of the reported error; got {accuracy!r}; use 0.1")
+    sub_a, sub_b, estimate, exact = _b_at(a, b, time_rtol)
+    dims = {"product": ("row", "col"), "singular_values": ("k",)}
+    out = xr.Dataset()
+    for name in NAMES:
+        if name in dims:
+            error = _relative(sub_a[name], sub_b[name], dims[name])
+            est = np.sqrt((estimate[name] ** 2).sum(dims[name])) / np.sqrt((sub_b[name] ** 2).sum(dims[name]))
+        else:
+            error, est = abs(sub_a[name] - sub_b[name]) / abs(sub_b[name]), estimate[name] / abs(sub_b[name])
+        bad = (est > np.maximum(accuracy * error.max("time"), 1e-12)) & error.notnull()
+        if bool(bad.any()):
+            cell = bad.stack(cell=bad.dims)
+            where = {d: c.values[int(cell.values.argmax())] for d, c in cell["cell"].coords.items() if d != "cell"}
+            run = {d: v for d, v in where.items() if d != "time"}
+            raise ValueError(
+                f"b's save grid is too coarse to interpolate its {name} at a's times: at time {where['time']:.6g} "
+                f"the estimated interpolation error {float(est.sel(where)):.1e} exceeds accuracy={accuracy:g} x the "
+                f"run's largest error ({float(error.max('time').sel(run)):.1e}); save b at a's times "
+                "(saveat=a['time'].values) or on a finer grid"
+            )
+        out[f"{name}_error"] = error
     for var in out.data_vars.values():
         var.attrs.update(units="1", long_name=f"relative {var.name.replace('_error', '')} error of a against b")
+    out = out.assign_coords(interpolated=("time", ~exact))
     attrs = {f"{k}_{arg}": str(ds.attrs.get(k, "")) for k in ("method", "flow") for arg, ds in (("a", a), ("b", b))}
     return out.assign_attrs(attrs, lr_a=float(a.attrs.get("lr", np.nan)), lr_b=float(b.attrs.get("lr", np.nan)))
 
 
-def gd_errors(reference: xr.Dataset, runs: Sequence[xr.Dataset], time_rtol: float = 1e-9) -> xr.Dataset:
+def _references(reference: xr.Dataset | Sequence[xr.Dataset], runs: Sequence[xr.Dataset], lrs: list[float]):  # noqa: ANN202
+    """One reference per run: the same flow for all, or one per lr when the reference depends on lr."""
+    if isinstance(reference, xr.Dataset):
+        if reference.attrs.get("flow") == "modified":
+            raise ValueError(
+                f"reference is the modified flow for lr={float(reference.attrs.get('lr', np.nan)):g}, which depends "
+                f"on lr and cannot serve runs at lr {lrs}; pass one reference per run, in the runs' order"
+            )
+        return [reference] * len(runs)
+    refs = list(reference)
+    if len(refs) != len(runs) or not all(isinstance(r, xr.Dataset) for r in refs):
+        raise ValueError(f"reference must be one Dataset or one per run ({len(runs)}); got {len(refs)} references")
+    for ref, lr in zip(refs, lrs, strict=True):
+        ref_lr = float(ref.attrs.get("lr", np.nan))
+        if ref.attrs.get("flow") == "modified" and not np.isclose(ref_lr, lr, rtol=1e-12, atol=0):
+            raise ValueError(f"reference for the run at lr={lr:g} is the modified flow for lr={ref_lr:g}; match them")
+    return refs
+
+
+def gd_errors(
+    reference: xr.Dataset | Sequence[xr.Dataset], runs: Sequence[xr.Dataset], time_rtol: float = 1e-9
+) -> xr.Dataset:
     """Largest error over time of each GD run against a reference (the flow), stacked along ``lr``.
 
     Parameters
     ----------
-    reference : the flow's Dataset; saved at times the GD runs share (see `compare`).
+    reference : the flow's Dataset, or one reference per run (the modified flow depends on lr: one per lr, in the
+        runs' order). Each run is compared at its own times (see `compare`).
     runs : at least two GD Datasets with distinct ``attrs["lr"]``.
 
     Returns
@@ -94,10 +212,12 @@ def gd_errors(reference: xr.Dataset, runs: Sequence[xr.Dataset], time_rtol: floa
     lrs = [float(run.attrs.get("lr", np.nan)) for run in runs]
     if not all(np.isfinite(lr) and lr > 0 for lr in lrs) or len(set(lrs)) != len(lrs):
         raise ValueError(f"runs must have distinct positive attrs['lr']; got {lrs}; pass GD runs (method='gd')")
-    errors = [compare(run, reference, time_rtol).max("time", skipna=False) for run in runs]
+    refs = _references(reference, runs, lrs)
+    errors = [compare(run, ref, time_rtol).max("time", skipna=False) for run, ref in zip(runs, refs, strict=True)]
+    errors = [e.drop_vars("interpolated", errors="ignore") for e in errors]
     out = xr.concat(errors, dim=xr.DataArray(lrs, dims="lr", name="lr"), combine_attrs="drop").sortby("lr")
     out["lr"].attrs.update(long_name="step size", units="flow time per step")
-    return out.assign_attrs(description="max over shared times of the error of GD against the reference")
+    return out.assign_attrs(description="max over a's times of the error of GD against the reference")
 
 
 def fit_order(errors: xr.DataArray) -> xr.DataArray:
@@ -122,7 +242,7 @@ def convergence_order(
 
     Parameters
     ----------
-    reference, runs : see `gd_errors`.
+    reference, runs : see `gd_errors`; against the modified flow, one reference per run (its lr).
     variable : which error: ``product_error``, ``loss_error`` or ``singular_values_error``.
 
     Returns

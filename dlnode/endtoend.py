@@ -28,7 +28,7 @@ What was confirmed, and from where:
   (arXiv 2411.09004, in the issue lionellevine/MAIS#32) writes the same pair weight in layer singular values
   λ = σ^{1/N} as (λ_i^{2N} − λ_k^{2N})/(λ_i² − λ_k²), which is a_ik above, again without 1/N.
 - Not confirmed: the exact time normalisation of the infinite-depth limit in Cohen, Menon, Veraszto (2023). Their
-  text was not available to check (only abstracts); the convention here is the one of dlnode's MATH.md §5.
+  text was not available to check (only abstracts); the convention here is the one of docs/math.md §5.
 
 Convention: with ``rescale=True`` (the default) finite depths run on the rescaled time τ = N t, so that
 dW/dτ = −A_N(E)/N, the metric is N·g_N and depth ∞ (dW/dτ = −A_∞(E), metric g_∞) is their limit on the same time
@@ -296,7 +296,7 @@ def log_volume(sigma: Any, depth: int | float, rescale: bool = True) -> jax.Arra
     which tends to vol_∞ as N → ∞ with an O(1/N) error, so finite depths and depth ∞ are comparable on one
     scale. Without `rescale` it is the density of g_N itself, which is the first formula less
     (k(k−1)/2 + k/2) ln N = (k²/2) ln N, i.e. Π_{i<k}|σ_i^{2/N} − σ_k^{2/N}| Π_i σ_i^{1/N−1} times N^{−k/2}.
-    Against MATH.md §5, which states the densities up to a constant, the additive constants are: none at depth ∞,
+    Against docs/math.md §5, which states the densities up to a constant, the additive constants are: none at depth ∞,
     (k(k−1)/2) ln N with `rescale` and −(k/2) ln N without. The constant of the SVD Jacobian (the normalisation
     of the Haar measures of U and V) is dropped throughout, identically at every depth.
 

@@ -1,6 +1,6 @@
 """The dynamics dlnode integrates, each as a `Flow`: vector field f(t, y, args), loss, and saved observables.
 
-- ``layers``: per-layer gradient flow (MATH.md §1), y = (W_1, …, W_N),
+- ``layers``: per-layer gradient flow (docs/math.md §1), y = (W_1, …, W_N),
   dW_j/dt = −∂L/∂W_j = −(W_N⋯W_{j+1})ᵀ E (W_{j−1}⋯W_1)ᵀ with E = ∇ℓ(W).
 - ``modified``: the gradient flow of L̃ = L + (η/4)‖∇L‖² (Barrett & Dherin 2021, arXiv 2009.11162), which gradient
   descent with step η follows to O(η²): dW_j/dt = −(∇L + (η/2)∇²L ∇L)_j, the Hessian term by one jvp.

@@ -18,6 +18,8 @@ import numpy as np
 import xarray as xr
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
@@ -85,49 +87,69 @@ def loss(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
         labelled.add((i, j))
         ax.plot(y["time"], y, color=colors[i], ls=LINESTYLES[j % 4], lw=1.0, alpha=0.8, label=label)
     problem = json.loads(ds.attrs.get("problem", "{}")) if isinstance(ds.attrs.get("problem"), str) else {}
-    ax.set(xscale="log", yscale="log", xlabel=TIME_LABEL, ylabel=f"loss {problem.get('loss', 'l(W)')}")
+    ax.set(xscale="log", yscale="log", xlabel=_time_label(ds), ylabel=f"loss {problem.get('loss', 'l(W)')}")
     ax.legend(fontsize="small")
     return _finish(fig, path)
 
 
+def _time_label(ds: xr.Dataset) -> str:
+    if ds.attrs.get("flow") == "end_to_end":
+        return r"rescaled time $\tau = N t$ [end-to-end flow]"
+    return TIME_LABEL
+
+
+LEGEND_MAX = 6  # more singular values than this are coloured by index with a colour bar, not a legend
+
+
 def singular_values(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
-    """Singular values σ_k(W(t)) on log-log axes; rows = scale, columns = depth, colour = k, one line per seed."""
+    """Singular values σ_k(W(t)) on log-log axes; rows = scale, columns = depth, colour = k, one line per seed.
+
+    Up to six singular values are named in a legend; more are coloured by their index k on one colour bar.
+    """
     da = _positive_time(require_variable(ds, "singular_values"))
     depths, scales = _values(da, "depth"), _values(da, "scale")
     fig, axes = _figure(len(scales), len(depths))
-    colors = _colors(da.sizes["k"], "plasma")
+    n_k = da.sizes["k"]
+    colors = _colors(n_k, "plasma")
     for where, y in _runs(da):
         i, j = scales.index(where.get("scale")), depths.index(where.get("depth"))
         ax = axes[i, j]
         first = where.get("seed") == _values(da, "seed")[0]
-        for k in range(da.sizes["k"]):
-            label = rf"$\sigma_{k + 1}$" if first else None
+        for k in range(n_k):
+            label = rf"$\sigma_{{{k + 1}}}$" if first and n_k <= LEGEND_MAX else None
             ax.plot(y["time"], y.isel(k=k), color=colors[k], lw=1.0, alpha=0.8, label=label)
         ax.set(xscale="log", yscale="log", title=f"{_depth_label(depths[j])}, scale {scales[i]}")
+        ax.title.set_fontsize("medium")
     for ax in axes[-1]:
-        ax.set_xlabel(TIME_LABEL)
+        ax.set_xlabel(_time_label(ds))
     for ax in axes[:, 0]:
-        ax.set_ylabel(r"singular value $\sigma_k(W)$")
-    axes[0, -1].legend(fontsize="small")
+        ax.set_ylabel(r"singular value $\sigma_k(W)$ [units of W]")
+    if n_k <= LEGEND_MAX:
+        axes[0, -1].legend(fontsize="small")
+    else:
+        mappable = ScalarMappable(Normalize(0.5, n_k + 0.5), ListedColormap(colors))
+        mappable.set_array([])
+        bar = fig.colorbar(mappable, ax=axes, shrink=0.9, pad=0.01)
+        bar.set_label(r"index $k$ of $\sigma_k$ (1 = largest)")
+        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish(fig, path)
 
 
-def rank_staircase(
-    ds: xr.Dataset, threshold: float = 1e-3, separation: float = 1.25, path: str | Path | None = None
-) -> Figure:
-    """Numerical rank #{σ_i > τ max_t σ_1} against log time with the detected stage ends (one panel per depth).
+def rank_staircase(ds: xr.Dataset, level: float = 0.5, learned: float = 0.05, path: str | Path | None = None) -> Figure:
+    """Modes learned (σ_k at or above `level` × its final value) against log time, with the stages' ends.
 
-    Circles mark each stage's end (the rank jump) at the rank reached; the loss is drawn in grey on the right axis.
+    One panel per depth, colour = scale, one line per seed; circles mark each stage's end (see
+    `dlnode.analysis.stages`) at the number of modes learned after it; the loss is drawn in grey on the right axis.
     """
-    rank = _positive_time(analysis.numerical_rank(ds, threshold, relative_to="max"))
-    found = analysis.stages(ds, threshold, separation)
+    count = _positive_time(analysis.modes_learned(ds, level, learned))
+    found = analysis.stages(ds, level, learned)
     loss_da = _positive_time(require_variable(ds, "loss"))
-    depths, scales = _values(rank, "depth"), _values(rank, "scale")
-    num_modes = found.sizes["stage"]
+    depths, scales = _values(count, "depth"), _values(count, "scale")
+    top = max(float(found["rank"].max()) if found["rank"].notnull().any() else 1.0, 1.0)
     fig, axes = _figure(1, len(depths))
     colors = _colors(len(scales))
     twins = [ax.twinx() for ax in axes[0]]
-    for where, r in _runs(rank):
+    for where, r in _runs(count):
         j, i = depths.index(where.get("depth")), scales.index(where.get("scale"))
         ax = axes[0, j]
         ax.plot(r["time"], r, drawstyle="steps-post", color=colors[i], lw=1.2, alpha=0.8)
@@ -135,13 +157,13 @@ def rank_staircase(
         ax.plot(st["end"], st["rank"], "o", color=colors[i], mfc="none")
         twins[j].plot(loss_da["time"], loss_da.sel(where), color="0.6", lw=0.8, ls="--")
     for j, ax in enumerate(axes[0]):
-        ax.set(xscale="log", xlabel=TIME_LABEL, title=_depth_label(depths[j]), ylim=(-0.3, num_modes + 0.3))
+        ax.set(xscale="log", xlabel=_time_label(ds), title=_depth_label(depths[j]), ylim=(-0.3, top + 0.3))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         twins[j].set(yscale="log")
         if j:  # one loss scale for all depths, labelled on the right
             twins[j].sharey(twins[0])
             twins[j - 1].tick_params(labelright=False)
-    axes[0, 0].set_ylabel(rf"numerical rank, $\tau$ = {threshold:g} of max$_t\,\sigma_1$")
+    axes[0, 0].set_ylabel(rf"modes learned ($\sigma_k \geq$ {level:g} $\sigma_k$(end))")
     twins[-1].set_ylabel(r"loss $\ell(W)$ (grey, dashed)")
     handles = [axes[0, 0].plot([], [], color=c, label=f"scale {s}")[0] for c, s in zip(colors, scales, strict=True)]
     axes[0, 0].legend(handles=handles + axes[0, 0].plot([], [], "ko", mfc="none", label="stage end"), fontsize="small")

@@ -1,4 +1,4 @@
-"""Gradient flow through `integrate` against exact solutions (MATH.md §3): Saxe's modes and depth 1."""
+"""Gradient flow through `integrate` against exact solutions (docs/math.md §3): Saxe's modes and depth 1."""
 
 import numpy as np
 import pytest

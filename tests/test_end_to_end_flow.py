@@ -133,7 +133,7 @@ def test_log_volume_along_a_trajectory_matches_its_formula():
     logvol = ds.dln.log_volume()
     assert logvol.dims == ("depth", "scale", "seed", "time")
     s = ds["singular_values"].sel(depth=4.0).values[0, 0, -1]
-    x = s ** (2 / 4)  # MATH.md §5 on the rescaled axis: Σ_{i<k} ln(N|σ_i^{2/N} − σ_k^{2/N}|) + (1/N − 1) Σ ln σ_i
+    x = s ** (2 / 4)  # docs/math.md §5 on the rescaled axis: Σ_{i<k} ln(N|σ_i^{2/N} − σ_k^{2/N}|) + (1/N − 1) Σ ln σ_i
     pairs = sum(np.log(4 * abs(x[i] - x[k])) for i in range(3) for k in range(i + 1, 3))
     assert float(logvol.sel(depth=4.0)[0, 0, -1]) == pytest.approx(pairs + (1 / 4 - 1) * np.sum(np.log(s)), rel=1e-12)
     s = ds["singular_values"].sel(depth=math.inf).values[0, 0, -1]

@@ -52,7 +52,7 @@ def test_gd_changes_balancedness_by_lr_squared_times_the_gradient_term():
     w = dln.product(layers)
     e = prob.grad(w)
     g1, g2 = layers[1].T @ e, e @ layers[0].T
-    # D after one step minus D before = lr² (G_2ᵀG_2 − G_1G_1ᵀ) exactly (MATH.md §1)
+    # D after one step minus D before = lr² (G_2ᵀG_2 − G_1G_1ᵀ) exactly (docs/math.md §1)
     expected = np.linalg.norm(lr**2 * (g2.T @ g2 - g1 @ g1.T))
     assert abs(float(ds["balancedness"].values[0, 0, 0, -1]) - expected) < 1e-12 * max(expected, 1)
 

@@ -83,7 +83,7 @@ def test_auto_takes_the_explicit_path_when_nothing_is_stiff():
 
 def test_auto_takes_the_stiff_path_for_small_init_deep_flows():
     prob = dln.Regression.whitened([4.0, 2.0, 1.0], 3, 3, seed=0)
-    # MATH.md §3: a learned mode's curvature over an unlearned one's growth, (s/u0)^(1 - 2/N) = 800 here
+    # docs/math.md §3: a learned mode's curvature over an unlearned one's growth, (s/u0)^(1 - 2/N) = 800 here
     assert auto.predicted_stiffness(prob, 4, 0.05) == pytest.approx((4.0 / 0.05**4) ** 0.5, rel=1e-12)
     assert auto.predicted_stiffness(prob, 4, 0.05) > auto.STIFF_RATIO
     ds = dln.integrate(prob, depth=4, scale=0.05, t1=1.0, saveat=5, progress=False)

@@ -51,6 +51,7 @@ def check_png(fig: Figure, path) -> None:  # noqa: ANN001
     pixels = matplotlib.image.imread(path)
     assert pixels.shape[0] > 100 and pixels.shape[1] > 100
     assert np.ptp(pixels[..., :3]) > 0.5  # something is drawn: not a blank canvas
+    assert len(data) < 300_000  # small enough for a repository and a slide
     # facet grids label their outer panels only; every figure names both of its axes
     assert any(ax.get_xlabel() for ax in fig.axes) and any(ax.get_ylabel() for ax in fig.axes)
 
@@ -84,3 +85,22 @@ def test_accessor_plot_namespace(staircase, tmp_path):
     check_png(staircase.dln.plot.singular_values(path=path), path)
     assert isinstance(staircase.dln.plot.loss(), Figure)
     assert set(plot.PLOTS) == {"loss", "singular_values", "rank_staircase", "sharpness", "effective_rank", "gd_error"}
+
+
+def test_many_singular_values_get_a_colour_bar_not_a_legend(tmp_path):
+    # 30 singular values: a legend would squash the panels; they are coloured by index on one colour bar
+    prob = dln.MatrixCompletion.random(shape=(30, 30), rank=3, observed=450, seed=0)
+    steps = log_steps(300, 30)
+    runs = {(depth, 1e-2, 0): gd_states(prob, dln.init_layers(prob, depth, "gaussian", 1e-2, 0), 0.01, steps)
+            for depth in (1, 2)}  # fmt: skip
+    ds = build_dataset(prob, runs, steps * 0.01, lr=0.01)
+    path = tmp_path / "sv30.png"
+    fig = plot.singular_values(ds, path=path)
+    check_png(fig, path)
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    assert len(fig.axes) == 3 and "index $k$" in fig.axes[-1].get_ylabel()  # two panels and the colour bar
+
+
+def test_few_singular_values_get_typeset_subscripts(staircase):
+    legend = plot.singular_values(staircase).axes[len(staircase["depth"]) - 1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [r"$\sigma_{1}$", r"$\sigma_{2}$", r"$\sigma_{3}$"]

@@ -1,7 +1,7 @@
 """The stiff path of end-to-end flows (``method="rosenbrock"``, ``flow="end_to_end"``): singular coordinates.
 
-References: the end-to-end field in W (MATH.md §5) for the coordinate field; a derivative of the Cayley chart; the
-closed-form escape times of decoupled modes (MATH.md §3) at depth 8 and ∞ from σ = 1e-24, where W itself cannot
+References: the end-to-end field in W (docs/math.md §5) for the coordinate field; a derivative of the Cayley chart; the
+closed-form escape times of decoupled modes (docs/math.md §3) at depth 8 and ∞ from σ = 1e-24, where W itself cannot
 hold the unlearned modes; and a tight dopri8 integration of the W-space flow on coupled (completion) problems, one
 of them with a norm that diverges.
 """

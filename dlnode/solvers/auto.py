@@ -1,7 +1,7 @@
 """`method="auto"`: explicit (tsit5) or stiff (rosenbrock), chosen by a stiffness probe, with the reason recorded.
 
 Small-initialisation flows are not stiff at t = 0 — every Hessian eigenvalue is tiny near W = 0 — but become
-stiff after the first escape: a learned mode of strength s has curvature N s^{2−2/N} (MATH.md §3) while an
+stiff after the first escape: a learned mode of strength s has curvature N s^{2−2/N} (docs/math.md §3) while an
 unlearned mode still at u₀ = scale^N grows at the rate N u₀^{1−2/N} s. Their ratio (s/u₀)^{1−2/N} predicts the
 stiffness of the later plateaus before any integration; `rosenbrock.probe` measures it at the initial state
 (top Hessian eigenvalue by power iteration against the growth rate ‖f‖/‖y‖). Either one above `STIFF_RATIO`

@@ -1,7 +1,7 @@
 """The stiff path: a linearly implicit Rosenbrock–Wanner method with matrix-free conjugate-gradient stage solves.
 
 Small-initialisation gradient flows of deep linear networks are stiff after the first escape: learned modes relax
-at the rate λ_max(∇²L) while the next plateau creeps for a time ~ scale^{−(N−2)} (MATH.md §3–4). An explicit
+at the rate λ_max(∇²L) while the next plateau creeps for a time ~ scale^{−(N−2)} (docs/math.md §3–4). An explicit
 step is capped at ~2.6/λ_max; a linearly implicit step is not. The Jacobian of a gradient flow is J = −∇²L,
 symmetric, so every stage system (I + hγ∇²L) u = b is solved by conjugate gradients on Hessian-vector products
 (the tangent of ``jax.linearize`` of the field), and the n × n Jacobian is never formed.

@@ -4,7 +4,7 @@ Why. At small initialisation an unlearned mode's end-to-end singular value is ti
 scale 1e-3) while a learned one is of order one. In the entries of W — and in the per-layer products — everything
 below ε·σ_max ≈ 1e-16 is round-off, so after the first escape the plateau dynamics of the remaining modes (rates
 ~σ^{1−2/N}) cannot be integrated from W or from the layers: their escape times would come out of round-off. In
-singular coordinates σ_i is kept as ln σ_i, as small as it is, and the balanced end-to-end flow (MATH.md §5) on the
+singular coordinates σ_i is kept as ln σ_i, as small as it is, and the balanced end-to-end flow (docs/math.md §5) on the
 rescaled time τ = N t reads (derived from the SVD perturbation identities; checked against `end_to_end_field`)
 
     d ln σ_i/dτ = −G_ii σ_i^{1−2/N},   dU/dτ = U Ω_U,   dV/dτ = V Ω_V,   G = Uᵀ ∇ℓ(W) V,
