@@ -81,7 +81,7 @@ def _per_mode(ds: xr.Dataset, level: float, learned: float) -> xr.Dataset:
         _modes_of_run, time, sv, kwargs={"level": level, "learned": learned},
         input_core_dims=[["time"], ["time", "k"]], output_core_dims=[["part", "k"]], vectorize=True,
         dask="parallelized", output_dtypes=[float], dask_gufunc_kwargs={"output_sizes": {"part": 4}},
-    )  # fmt: skip  (lazy on sweep stores: one chunk per cell)
+    )  # fmt: skip
     names = ("escape", "rise_start", "rise_end", "resolution")
     return xr.Dataset({name: out.isel(part=i, drop=True) for i, name in enumerate(names)})
 
@@ -177,7 +177,7 @@ def stages(ds: xr.Dataset, level: float = 0.5, learned: float = 0.05) -> xr.Data
         input_core_dims=[["time"], ["time", "k"], ["time"]], output_core_dims=[["part", "stage"]], vectorize=True,
         dask="parallelized", output_dtypes=[float],
         dask_gufunc_kwargs={"output_sizes": {"part": 6, "stage": sv.sizes["k"]}},
-    )  # fmt: skip  (lazy on sweep stores: one chunk per cell)
+    )  # fmt: skip
     names = ("start", "end", "plateau_loss", "rank", "rise_end", "resolution")
     result = xr.Dataset({name: out.isel(part=i, drop=True) for i, name in enumerate(names)})
     result = result.assign_coords(stage=np.arange(1, sv.sizes["k"] + 1))
