@@ -4,15 +4,23 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
 
+from ._version import __version__
+from .dataset import STATUS_MEANINGS
+from .errors import DlnodeError
 from .plot import PLOTS
+from .solvers.core import Status
+from .storage import DATASET_SUFFIXES, atomic_path, check_output_path, is_dlnode_store
 
 DEMO_PATH = Path("data/demo.nc")
 DEMO_FIGURES = ("loss", "singular_values", "rank_staircase", "effective_rank")
@@ -24,17 +32,70 @@ app = typer.Typer(
 )
 
 
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT)
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace existing output files (dlnode's own only)")]
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+def check_outputs(paths: dict[Path, tuple[str, ...]], overwrite: bool, option: str = "--out") -> None:
+    """Check every output path (with its allowed suffixes) before any work: a bad one fails the command at once."""
+    for path, suffixes in paths.items():
+        replaceable = is_dlnode_store if suffixes == tuple(DATASET_SUFFIXES) else None
+        check_output_path(path, overwrite, suffixes, option, replaceable)
+
+
+def save_result(ds, out: Path, overwrite: bool) -> Path:  # noqa: ANN001
+    """Save a computed dataset; if `out` cannot be written after all (it appeared meanwhile, the disk filled),
+    the work is not lost: it goes to a file in the temporary directory, and the command says where."""
+    import dlnode as dln
+
+    try:
+        dln.save(ds, out, overwrite=overwrite)
+        return out
+    except (DlnodeError, OSError) as exc:
+        rescue = Path(tempfile.mkdtemp(prefix="dlnode-rescued-")) / out.name
+        dln.save(ds, rescue)
+        typer.echo(f"error: {exc}; the result was saved to {rescue} instead", err=True)
+        raise typer.Exit(code=2) from None
+
+
+def stop_if_interrupted(ds, out: Path | None) -> None:  # noqa: ANN001
+    """A run stopped by Ctrl-C returns what it computed with status INTERRUPTED: say so and exit 130."""
+    cells = int((np.asarray(ds["status"].values) == int(Status.INTERRUPTED)).sum())
+    if cells:
+        where = f"; the partial result was saved to {out}" if out is not None else ""
+        typer.echo(f"interrupted (Ctrl-C): {cells} run(s) stopped early{where}", err=True)
+        raise typer.Exit(code=INTERRUPTED)
+
+
+def write_figure(kind: str, ds, path: Path) -> None:  # noqa: ANN001
+    """A figure written atomically: an interrupted or failed plot leaves no partial image."""
+    with atomic_path(path, "--out") as tmp:
+        PLOTS[kind](ds, path=tmp)
+
+
+def image_suffixes() -> tuple[str, ...]:
+    from matplotlib.figure import Figure
+
+    return tuple(f".{k}" for k in sorted(Figure().canvas.get_supported_filetypes()))
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="where to write the dataset (.nc or .zarr)")] = DEMO_PATH,
     quick: Annotated[bool, typer.Option("--quick", help="a tiny problem (seconds), for smoke tests")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Depth 1/2/3 on a low-rank matrix-completion problem from small init: data, figures and a summary table."""
+    stem = out.with_suffix("") if out.suffix.lower() in DATASET_SUFFIXES else out
+    figures = [Path(f"{stem}_{kind}.png") for kind in DEMO_FIGURES]
+    if out == DEMO_PATH:
+        out.parent.mkdir(parents=True, exist_ok=True)  # the default folder is the demo's own
+    check_outputs({out: tuple(DATASET_SUFFIXES), **{f: (".png",) for f in figures}}, overwrite)
     import dlnode as dln
 
     if quick:
@@ -46,16 +107,12 @@ def demo(
     typer.echo(f"matrix completion {prob.d_out}x{prob.d_in}, rank {prob.rank}, {int(prob.mask.sum())} observed; "
                f"depths 1, 2, 3; gaussian init, scales {grid['scale']}, seeds {grid['seed']}")  # fmt: skip
     ds = dln.integrate(prob, depth=[1, 2, 3], init="gaussian", saveat=100, **grid)
-    try:
-        dln.save(ds, out)
-    except (ValueError, OSError) as exc:
-        _fail(f"--out: {exc}")
+    save_result(ds, out, overwrite)
+    stop_if_interrupted(ds, out)
     typer.echo(summary_table(ds, prob.target_matrix))
     typer.echo(f"wrote {out}  (open with dlnode.open; `dlnode info {out}` describes it)")
-    stem = out.with_suffix("") if out.suffix in (".nc", ".zarr") else out
-    for kind in DEMO_FIGURES:
-        path = Path(f"{stem}_{kind}.png")
-        PLOTS[kind](ds, path=path)
+    for kind, path in zip(DEMO_FIGURES, figures, strict=True):
+        write_figure(kind, ds, path)
         typer.echo(f"wrote {path}")
 
 
@@ -63,19 +120,20 @@ def demo(
 def plot_command(
     path: Annotated[Path, typer.Argument(help="a dataset written by dlnode (.nc or .zarr)")],
     kind: Annotated[str, typer.Option("--kind", "-k", help="figure kind (see --help)")] = "singular_values",
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write")] = Path("figure.png"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="image to write (.png, .pdf, .svg, ...)")] = Path(
+        "figure.png"
+    ),
+    overwrite: Overwrite = False,
 ) -> None:
     """A figure of a stored dataset: loss, singular_values, rank_staircase, sharpness, effective_rank."""
     import dlnode as dln
 
     if kind not in PLOTS or kind == "gd_error":
         choices = sorted(k for k in PLOTS if k != "gd_error")
-        _fail(f"--kind must be one of {choices}; got {kind!r}")
-    try:
-        ds = dln.open(path)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        _fail(f"PATH: {exc}")
-    PLOTS[kind](ds, path=out)
+        _fail(f"--kind must be one of {choices}; got {kind!r}; pass e.g. --kind loss")
+    check_outputs({out: image_suffixes()}, overwrite)
+    ds = dln.open(path)
+    write_figure(kind, ds, out)
     typer.echo(f"wrote {out}")
 
 
@@ -105,9 +163,8 @@ def summary_table(ds, target: np.ndarray) -> str:  # noqa: ANN001
     return "\n".join(rows)
 
 
-def _meanings(ds) -> dict[int, str]:  # noqa: ANN001
-    attrs = ds["status"].attrs
-    return dict(zip((int(v) for v in attrs["flag_values"].split()), attrs["flag_meanings"].split(), strict=True))
+def _meanings(ds) -> dict[int, str]:  # noqa: ANN001, ARG001 - the vocabulary is dlnode's (open checked the codes)
+    return STATUS_MEANINGS
 
 
 @app.command()
@@ -119,10 +176,7 @@ def info(path: Annotated[Path, typer.Argument(help="a dataset written by dlnode 
     if store.is_sweep_store(path):  # read lazily: a sweep store may not fit in memory
         typer.echo(store.describe(path))
         return
-    try:
-        ds = dln.open(path)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        _fail(f"PATH: {exc}")
+    ds = dln.open(path)
     typer.echo(f"{path}: dlnode dataset (version {ds.attrs.get('dlnode_version', '?')})")
     typer.echo("dims: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
     typer.echo("depth: " + ", ".join(f"{d:g}" for d in ds.depth.values) + "; scale: "
@@ -132,8 +186,11 @@ def info(path: Annotated[Path, typer.Argument(help="a dataset written by dlnode 
     typer.echo("variables: " + ", ".join(sorted(ds.data_vars)))
     status = ds["status"].values
     typer.echo("status: " + ", ".join(f"{name} {int((status == k).sum())}" for k, name in _meanings(ds).items()))
-    problem = json.loads(ds.attrs.get("problem", "{}"))
-    typer.echo("problem: " + ", ".join(f"{k}={v}" for k, v in problem.items()))
+    try:
+        problem = json.loads(ds.attrs.get("problem", "{}"))
+        typer.echo("problem: " + ", ".join(f"{k}={v}" for k, v in problem.items()))
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        typer.echo(f"problem: {str(ds.attrs.get('problem'))[:80]!r} (not the JSON dlnode writes)")
     keys = ("flow", "method", "method_reason", "init", "width", "rtol", "atol", "lr", "t1", "compile_time", "run_time",
             "jax_version", "diffrax_version", "x64", "created")  # fmt: skip
     for key in keys:
@@ -214,13 +271,60 @@ def export_command(
     typer.echo(f"wrote {out}" + (f" ({pending} cells still pending)" if pending else ""))
 
 
-def main() -> None:
-    """Entry point of the `dlnode` command: bad input ends with a one-line error, not a traceback."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `dlnode` command: never a bare traceback.
+
+    A refused input (any dlnode error, or a ValueError) is one line on stderr and exit code 2; an error of the
+    machine (disk full, out of memory) one line and exit code 1; Ctrl-C one line and exit code 130 (no partial
+    file is left: every write is atomic); anything else is a bug: one line saying so, with the traceback saved
+    to a file to report (``DLNODE_DEBUG=1`` shows it instead), exit code 1.
+    """
     try:
-        app()
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        app(args=argv, prog_name="dlnode")
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED and _caused_by_interrupt(exc):
+            _interrupted()
+        raise
+    except KeyboardInterrupt:
+        _interrupted()
+    except (DlnodeError, ValueError) as exc:
+        _exit(f"error: {exc}", 2)
+    except MemoryError:
+        _exit("error: out of memory; pass fewer save times (saveat), save_weights=False or a smaller grid", 1)
+    except OSError as exc:
+        _exit(f"error: {exc}", 1)
+    except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into a report instead of a traceback
+        if os.environ.get("DLNODE_DEBUG"):
+            raise
+        _exit(f"error: {type(exc).__name__}: {exc} -- this is a bug in dlnode {__version__}; please report it with "
+              f"the command you ran and the traceback saved in {_save_traceback()}", 1)  # fmt: skip
+
+
+def _exit(message: str, code: int) -> None:
+    typer.echo(" ".join(message.split()), err=True)
+    sys.exit(code)
+
+
+def _interrupted() -> None:
+    _exit("interrupted (Ctrl-C); no partial file was left behind", INTERRUPTED)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a SystemExit(130) is typer's answer to a KeyboardInterrupt (rather than a command's own exit)."""
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _save_traceback() -> str:
+    fd, name = tempfile.mkstemp(prefix="dlnode-bug-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"dlnode {__version__}, python {sys.version.split()[0]}\nargs: {sys.argv[1:]}\n\n")
+        f.write(traceback.format_exc())
+    return name
 
 
 if __name__ == "__main__":

@@ -9,18 +9,33 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from .errors import DatasetError, DlnodeError, fail, shown
 from .problems import Problem
 from .solvers.core import Status
+from .storage import (
+    DATASET_SUFFIXES,
+    HDF5_SIGNATURE,
+    atomic_path,
+    check_input_path,
+    check_output_path,
+    is_dlnode_store,
+    missing_chunks,
+    suffix_of,
+)
+from .validation import check_bool
 
-__all__ = ["STATUS_MEANINGS", "VARIABLES", "open_dataset", "problem_from", "problem_variables", "save", "to_dataset",
-           "validate"]  # fmt: skip
+__all__ = ["FORMAT", "FORMAT_VERSION", "STATUS_MEANINGS", "VARIABLES", "open_dataset", "problem_from",
+           "problem_variables", "save", "to_dataset", "validate"]  # fmt: skip
 
 RUN = ("depth", "scale", "seed")
+FORMAT = "dlnode-dataset"  # attrs["dlnode_format"] of every dataset dlnode writes
+FORMAT_VERSION = 1  # attrs["dlnode_format_version"]: raise it when the schema changes incompatibly
 STATUS_MEANINGS = {int(s): s.meaning for s in Status}
 
 # name → (dims, long_name, units)
@@ -98,7 +113,8 @@ def to_dataset(
             var_attrs["flag_values"] = " ".join(str(k) for k in STATUS_MEANINGS)
             var_attrs["flag_meanings"] = " ".join(STATUS_MEANINGS.values())
         variables[name] = (dims, np.stack(data[name]), var_attrs)
-    return xr.Dataset(variables, coords=coords, attrs=attrs)
+    return xr.Dataset(variables, coords=coords, attrs={"dlnode_format": FORMAT, "dlnode_format_version": FORMAT_VERSION,
+                                                       **attrs})  # fmt: skip
 
 
 def with_problem(ds: xr.Dataset, problem: Problem) -> xr.Dataset:
@@ -132,66 +148,282 @@ def problem_variables(problem: Problem) -> tuple[dict[str, tuple], str]:
 
 
 def problem_from(ds: xr.Dataset) -> Problem:
-    """The problem a dataset was integrated on, rebuilt from its ``problem_*`` variables."""
-    if "problem_fields" not in ds.attrs:
-        raise ValueError("dataset holds no problem fields (attrs['problem_fields']); pass the problem explicitly")
-    meta = json.loads(ds.attrs["problem_fields"])
+    """The problem a dataset was integrated on, rebuilt from its ``problem_*`` variables through the problem's
+    validating constructor (a stored problem that the constructor would refuse is refused here)."""
+    raw = ds.attrs.get("problem_fields")
+    if raw is None:
+        fail("ds", "holds no problem fields (attrs['problem_fields'])", None, "pass the problem explicitly")
+    where = "attrs['problem_fields']"
+    try:
+        meta = json.loads(raw) if isinstance(raw, str) else None
+    except (ValueError, RecursionError):
+        meta = None
+    if not isinstance(meta, dict) or set(meta) != {"kind", "scalars"} or not isinstance(meta["scalars"], dict):
+        fail(
+            where,
+            "must be the JSON object {kind, scalars} that dlnode writes",
+            shown(repr(raw)[:60]),
+            "the dataset is damaged; pass the problem explicitly",
+            kind=DatasetError,
+        )
     arrays = {}
     for name in ds.data_vars:
         if str(name).startswith(PROBLEM_PREFIX):
-            value = ds[name].values
-            arrays[str(name)[len(PROBLEM_PREFIX) :]] = (
-                value.astype(bool) if ds[name].attrs.get("dtype") == "bool" else value
-            )
-    return Problem.from_fields(meta["kind"], arrays, meta["scalars"])
+            arrays[str(name)[len(PROBLEM_PREFIX) :]] = ds[name].values
+    try:
+        return Problem.from_fields(meta["kind"], arrays, meta["scalars"])
+    except DlnodeError as exc:
+        inner = ", ".join(str(exc).split("; ")[:2])  # the constructor's rule and value, without its fix
+        fail(
+            where,
+            "must describe a valid problem",
+            shown(inner),
+            "the dataset is damaged; pass the problem explicitly",
+            kind=DatasetError,
+        )
+
+
+REQUIRED_COORDS = ("depth", "scale", "seed", "time")
+KEPT_ENCODING = ("dtype", "_FillValue", "missing_value", "scale_factor", "add_offset", "units", "calendar")
 
 
 def validate(ds: xr.Dataset) -> None:
-    """Raise ValueError unless `ds` follows the schema: required variables with their dims, long_name, units."""
+    """Raise `DatasetError` unless `ds` follows the schema exactly: format attrs, required variables with their
+    dims, long_name and units, the provenance attrs."""
+    _check_contents(ds, "ds")
     for name, (dims, _, _) in VARIABLES.items():
-        if name not in ds:
-            if name == "weights":
-                continue
-            raise ValueError(f"dataset is missing variable {name!r}; expected the dlnode schema (docs/schema.md)")
-        if tuple(ds[name].dims) != dims:
-            raise ValueError(f"variable {name!r} must have dims {dims}; got {tuple(ds[name].dims)}")
+        if name in ds and tuple(ds[name].dims) != dims:
+            fail(
+                "ds",
+                f"variable {name!r} must have dims {dims}",
+                tuple(ds[name].dims),
+                "rebuild it with integrate",
+                kind=DatasetError,
+            )
         for key in ("long_name", "units"):
-            if key not in ds[name].attrs:
-                raise ValueError(f"variable {name!r} lacks the attribute {key!r}")
+            if name in ds and key not in ds[name].attrs:
+                fail("ds", f"variable {name!r} lacks the attribute {key!r}", None, "rebuild it", kind=DatasetError)
     for key in ("dlnode_version", "problem", "method", "flow"):
         if key not in ds.attrs:
-            raise ValueError(f"dataset lacks the attribute {key!r}")
-    json.loads(ds.attrs["problem"])
+            fail("ds", f"lacks the attribute {key!r}", None, "rebuild it with integrate", kind=DatasetError)
+    try:
+        json.loads(ds.attrs["problem"])
+    except (ValueError, TypeError, RecursionError):
+        fail(
+            "ds",
+            "attrs['problem'] must be JSON",
+            shown(repr(ds.attrs["problem"])[:60]),
+            "rebuild it",
+            kind=DatasetError,
+        )
 
 
-def _format(path: str | os.PathLike) -> str:
-    suffix = os.fspath(path).rstrip("/").lower()
-    if suffix.endswith(".nc"):
-        return "netcdf"
-    if suffix.endswith(".zarr"):
-        return "zarr"
-    raise ValueError(f"path must end in .nc (netCDF) or .zarr; got {os.fspath(path)!r}")
+def _check_format(attrs: dict, where: str) -> None:
+    """The format attrs: ``dlnode_format == "dlnode-dataset"`` and a format version this dlnode reads."""
+    fmt, version = attrs.get("dlnode_format"), attrs.get("dlnode_format_version")
+    if fmt != FORMAT:
+        hint = (
+            f"written by dlnode {attrs['dlnode_version']} before format version {FORMAT_VERSION}; fix: re-run it"
+            if "dlnode_version" in attrs
+            else "a plain xarray or netCDF dataset?"
+        )
+        fail(
+            where,
+            "is not a dlnode dataset",
+            shown(f"no attrs['dlnode_format'] = {FORMAT!r} ({hint})"),
+            "open it with xarray.open_dataset instead",
+            kind=DatasetError,
+        )
+    if not isinstance(version, (int, np.integer)) or isinstance(version, bool) or version < 1:
+        fail(
+            where,
+            "has a damaged format version",
+            shown(f"dlnode_format_version={version!r}"),
+            f"expected an integer, {FORMAT_VERSION} for this dlnode",
+            kind=DatasetError,
+        )
+    if version > FORMAT_VERSION:
+        fail(
+            where,
+            f"was written by a newer dlnode (format version {int(version)}; this one reads {FORMAT_VERSION})",
+            None,
+            "upgrade dlnode (pip install -U dlnode)",
+            kind=DatasetError,
+        )
 
 
-def save(ds: xr.Dataset, path: str | os.PathLike) -> None:
-    """Write `ds` to netCDF (``.nc``, h5netcdf engine) or zarr (``.zarr``), chosen by the path's suffix."""
-    kind = _format(path)
-    parent = os.path.dirname(os.fspath(path).rstrip("/"))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
+def _check_contents(ds: xr.Dataset, where: str) -> None:
+    """What `open` and `save` require: the format attrs, every schema variable (``weights`` is optional) and
+    coordinate, each with at least the schema's dims, and status codes from the `Status` vocabulary."""
+    _check_format(ds.attrs, where)
+    missing = [n for n in VARIABLES if n != "weights" and n not in ds.data_vars]
+    missing += [f"coordinate {c}" for c in REQUIRED_COORDS if c not in ds.coords]
+    if missing:
+        fail(
+            where,
+            "is not a complete dlnode dataset",
+            shown(f"missing {', '.join(map(repr, missing))}"),
+            "restore it from a copy or re-run the computation",
+            kind=DatasetError,
+        )
+    for name, (dims, _, _) in VARIABLES.items():
+        if name in ds and not set(dims) <= set(ds[name].dims):
+            fail(
+                where,
+                f"variable {name!r} must have the dims {dims}",
+                shown(str(tuple(ds[name].dims))),
+                "keep every dim when subsetting, e.g. ds.isel(depth=[0]) rather than ds.isel(depth=0)",
+                kind=DatasetError,
+            )
+    status = np.asarray(ds["status"].values)
+    if status.dtype.kind not in "iu" or not np.isin(status, list(STATUS_MEANINGS)).all():
+        bad = np.unique(status[~np.isin(status, list(STATUS_MEANINGS))])[:5] if status.dtype.kind in "iuf" else []
+        fail(
+            where,
+            "variable 'status' must hold the integer codes of dlnode.Status",
+            shown(f"dtype {status.dtype}, values {list(bad)}"),
+            "the dataset is damaged",
+            kind=DatasetError,
+        )
+
+
+def save(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Write `ds` to netCDF (``.nc``, h5netcdf engine) or zarr (``.zarr``), chosen by the path's suffix.
+
+    Never destroys anything by accident: an existing `path` is refused unless ``overwrite=True``, and even then
+    only a dlnode dataset is replaced (never a foreign file or directory). The data go to a hidden temporary
+    sibling first and are renamed into place, so a failed or interrupted write leaves the old file as it was.
+    The parent directory must exist.
+
+    Raises
+    ------
+    DatasetError : `ds` is not a dlnode dataset (see `validate`).
+    PathExistsError, PathError : `path` exists, its directory is missing or not writable, or the write failed.
+    """
+    target = Path(os.fspath(path))
+    kind = DATASET_SUFFIXES[suffix_of(target, tuple(DATASET_SUFFIXES), "path")]
+    check_bool("overwrite", overwrite)
+    if not isinstance(ds, xr.Dataset):
+        fail("ds", "must be an xarray Dataset from dlnode.integrate", shown(type(ds).__name__), "pass the dataset")
+    out = ds.copy()
+    out.attrs.update(dlnode_format=FORMAT, dlnode_format_version=FORMAT_VERSION)
+    for variable in out.variables.values():  # a file's own layout (chunks, compressors) does not carry over
+        variable.encoding = {k: v for k, v in variable.encoding.items() if k in KEPT_ENCODING}
+    _check_contents(out, "ds")
+    if "problem_fields" in out.attrs:
+        problem_from(out)  # what open would refuse is not written
+    check_output_path(target, overwrite, tuple(DATASET_SUFFIXES), "path", is_dlnode_store)
+    with atomic_path(target) as tmp:
+        if kind == "netcdf":
+            out.to_netcdf(tmp, engine="h5netcdf")
+        else:
+            out.to_zarr(tmp, mode="w-", consolidated=False, write_empty_chunks=True)
+
+
+def open_dataset(path: str | os.PathLike, chunks: dict[str, int] | None = None) -> xr.Dataset:
+    """Read a dataset written by `save` (or a sweep store), checked: refuses what is not a dlnode dataset, a
+    damaged file (unreadable, variables missing, zarr chunks missing where the cell is not `PENDING`, a stored
+    problem its constructor refuses) with a one-line `DatasetError` naming what is wrong.
+
+    Parameters
+    ----------
+    path : a ``.nc`` file or a ``.zarr`` store.
+    chunks : None (default) loads everything into memory and closes the file; a dict such as
+        ``{"depth": 1, "scale": 1, "seed": 1}`` opens lazily with dask (close the dataset when done).
+    """
+    source, kind = check_input_path(path)
+    if chunks is not None and not isinstance(chunks, dict):
+        fail("chunks", "must be None or a dict of dim -> chunk size", chunks, 'pass e.g. chunks={"seed": 1}')
     if kind == "netcdf":
-        ds.to_netcdf(path, engine="h5netcdf")
-    else:
-        ds.to_zarr(path, mode="w", consolidated=False)
+        with open(source, "rb") as f:
+            head = f.read(8)
+        if head[:3] == b"CDF":
+            fail(
+                "path",
+                "is a netCDF-3 (classic) file, not a dlnode dataset (dlnode writes netCDF-4)",
+                str(source),
+                "open it with xarray.open_dataset",
+                kind=DatasetError,
+            )
+        if head != HDF5_SIGNATURE:
+            fail(
+                "path",
+                "is not a netCDF-4 (HDF5) file",
+                shown(f"{str(source)!r} starts with {head!r}"),
+                "pass a .nc file written by dlnode.save",
+                kind=DatasetError,
+            )
+    elif not ((source / "zarr.json").is_file() or (source / ".zgroup").is_file()):
+        fail(
+            "path",
+            "is a directory but not a zarr store (no zarr.json)",
+            str(source),
+            "pass a .zarr store written by dlnode",
+            kind=DatasetError,
+        )
+    ds = _read(source, kind, chunks)
+    try:
+        _check_contents(ds, f"path {str(source)!r}")
+        if kind == "zarr":
+            _check_chunks(source, ds)
+        if "problem_fields" in ds.attrs:
+            problem_from(ds)
+        if chunks is None:
+            ds = _load(ds, source)
+    except BaseException:
+        ds.close()
+        raise
+    return ds
 
 
-def open_dataset(path: str | os.PathLike) -> xr.Dataset:
-    """Read a dataset written by `save` (fully loaded into memory, file closed)."""
-    kind = _format(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"path does not exist: {os.fspath(path)!r}")
-    if kind == "netcdf":
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
+def _read(source: Path, kind: str, chunks: dict | None) -> xr.Dataset:
+    try:
+        if kind == "netcdf":
+            return xr.open_dataset(source, engine="h5netcdf", chunks=chunks)
+        return xr.open_zarr(source, consolidated=False, chunks=chunks)
+    except ImportError as exc:
+        fail("chunks", "needs dask", shown(str(exc)), "pip install dask, or pass chunks=None", kind=DatasetError)
+    except Exception as exc:  # noqa: BLE001 - whatever the reader says, the file is the cause: one line
+        fail(
+            "path",
+            f"cannot be read as {'netCDF-4' if kind == 'netcdf' else 'zarr'} (damaged or truncated?)",
+            shown(f"{str(source)!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
+            "restore it from a copy or re-run the computation",
+            kind=DatasetError,
+        )
+
+
+def _load(ds: xr.Dataset, source: Path) -> xr.Dataset:
+    try:
+        with ds:
             return ds.load()
-    with xr.open_zarr(path, consolidated=False) as ds:
-        return ds.load()
+    except Exception as exc:  # noqa: BLE001 - a chunk that cannot be decoded
+        fail(
+            "path",
+            "holds data that cannot be read (damaged?)",
+            shown(f"{str(source)!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
+            "restore it from a copy or re-run the computation",
+            kind=DatasetError,
+        )
+
+
+def _check_chunks(source: Path, ds: xr.Dataset) -> None:
+    """Missing zarr chunks are damage (they would read as NaN or 0), except data chunks whose cells are all
+    `PENDING` in a sweep store: those are the cells not run yet. The status variable itself must be complete."""
+    status = ds["status"].load()
+    pending = status.values == int(Status.PENDING)
+    missing = missing_chunks(source)
+    for name, regions in sorted(missing.items(), key=lambda item: item[0] != "status"):  # status first
+        dims = ds[name].dims if name in ds.variables else ()
+        per_cell = name in ds.data_vars and name != "status" and set(status.dims) <= set(dims)
+
+        def done(region: tuple[slice, ...], dims: tuple = dims) -> bool:
+            where = dict(zip(dims, region, strict=True))
+            return not pending[tuple(where[d] for d in status.dims)].all()
+
+        bad = [r for r in regions if done(r)] if per_cell else regions
+        if bad:
+            cells = " for cells that are not pending" if per_cell else ""
+            fail(f"path {str(source)!r}", "is damaged",
+                 shown(f"variable {name!r} has {len(bad)} missing chunk(s){cells} (they would read as fill values)"),
+                 "restore it from a copy or re-run the computation", kind=DatasetError)  # fmt: skip

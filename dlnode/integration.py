@@ -30,9 +30,13 @@ from .validation import (
     as_seeds,
     check_call,
     check_flow,
+    check_inits,
     check_max_steps,
+    check_memory,
     check_positive,
     check_saveat,
+    check_tolerances,
+    check_width,
 )
 
 __all__ = ["integrate"]
@@ -258,6 +262,8 @@ def _plan(problem: Problem, **kw: Any) -> _Plan:
     depths, scales, seeds = as_depths(kw["depth"]), as_scales(kw["scale"]), as_seeds(kw["seed"])
     flow, method, init, lr, t1 = kw["flow"], kw["method"], kw["init"], kw["lr"], kw["t1"]
     check_flow(flow, depths, init, method)
+    check_width(kw["width"])
+    check_inits(problem, depths, init, scales[0], seeds[0], kw["width"])
     scale_of = kw["scale_of"]
     if scale_of not in SCALE_OF:
         raise ValueError(f"scale_of must be one of {SCALE_OF}; got {scale_of!r}")
@@ -269,8 +275,7 @@ def _plan(problem: Problem, **kw: Any) -> _Plan:
         lr = check_positive("lr", lr, f" for {what} (the gradient-descent step)")
     elif lr is not None:
         raise ValueError(f"lr applies to method='gd' or flow='modified' only; got lr={lr!r}; drop lr")
-    rtol = None if kw["rtol"] is None else check_positive("rtol", kw["rtol"])
-    atol = None if kw["atol"] is None else check_positive("atol", kw["atol"])
+    rtol, atol = check_tolerances(kw["rtol"], kw["atol"])  # None: the defaults below
     if t1 is not None:
         t1 = check_positive("t1", t1, " (or None to run until converged)")
         if method == "gd" and t1 < lr:
@@ -282,6 +287,7 @@ def _plan(problem: Problem, **kw: Any) -> _Plan:
         check_positive("loss_tol", loss_tol)
     if kw["max_steps"] is not None:
         check_max_steps(kw["max_steps"])
+    check_memory(problem, depths, kw["width"], len(scales) * len(seeds), saveat, kw["save_weights"], t1 is None)
     if method == "auto":
         chosen, reason = choose_method(problem, depths, scales, init, kw["width"], flow, float(lr or math.nan),
                                        scale_of)  # fmt: skip

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .problems import Problem
+from .validation import call_init, check_positive, check_seed
 
 __all__ = ["INITS", "balancedness", "init_end_to_end", "init_layers", "layer_shapes", "product"]
 
@@ -103,7 +104,7 @@ INITS: dict[str, Callable[..., list[np.ndarray]]] = {
 
 def check_init(init: Any) -> None:
     """Raise a one-line ValueError unless `init` is a registered name or a callable."""
-    if not callable(init) and init not in INITS:
+    if not callable(init) and not (isinstance(init, str) and init in INITS):
         raise ValueError(f"unknown init {init!r}; expected one of {sorted(INITS)} or a callable")
 
 
@@ -128,18 +129,11 @@ def init_layers(
     seed : seed of the NumPy generator.
     """
     check_init(init)
-    if not np.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a positive finite number; got {scale!r}")
+    scale = check_positive("scale", scale)
     shapes = layer_shapes(depth, problem.d_in, problem.d_out, width)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     if callable(init):
-        layers = [np.asarray(w, dtype=np.float64) for w in init(shapes, scale, rng)]
-        got = [w.shape for w in layers]
-        if got != [tuple(s) for s in shapes]:
-            raise ValueError(f"init callable must return layers of shapes {shapes}; got {got}")
-        if not all(np.all(np.isfinite(w)) for w in layers):
-            raise ValueError("init callable returned non-finite weights; return finite arrays")
-        return layers
+        return call_init(init, shapes, scale, rng)  # the rules for what a callable returns live in validation
     return INITS[init](shapes, float(scale), rng, problem)
 
 

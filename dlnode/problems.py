@@ -24,38 +24,39 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .errors import fail, shown
+from .validation import as_array, check_bool, check_optional_int, check_positive_int, check_seed
+
 __all__ = ["KINDS", "Factorization", "MatrixCompletion", "MatrixSensing", "Problem", "Regression"]
 
 
 def _as_matrix(name: str, value: Any, ndim: int = 2) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-dimensional array; got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name} must not be empty; got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite; got {np.sum(~np.isfinite(arr))} NaN/inf entries")
-    return arr
+    return as_array(name, value, ndim)
 
 
 def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
-    return int(seed)
+    return check_seed(seed)
 
 
-def _check_rank(rank: Any, shape: tuple[int, int]) -> int:
-    if not isinstance(rank, (int, np.integer)) or not 1 <= rank <= min(shape):
-        raise ValueError(f"rank must be an integer in [1, min(shape)] = [1, {min(shape)}]; got {rank!r}")
+def _check_rank(rank: Any, shape: tuple[int, ...]) -> int:
+    if not isinstance(rank, (int, np.integer)) or isinstance(rank, (bool, np.bool_)) or not 1 <= rank <= min(shape):
+        fail("rank", f"must be an integer in [1, min(shape)] = [1, {min(shape)}]", rank, "pass e.g. rank=2")
     return int(rank)
 
 
 def _check_shape(shape: Any) -> tuple[int, int]:
     ok = isinstance(shape, (tuple, list)) and len(shape) == 2
-    ok = ok and all(isinstance(s, (int, np.integer)) and s >= 1 for s in shape)
+    ok = ok and all(isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) and s >= 1 for s in shape)
     if not ok:
-        raise ValueError(f"shape must be a pair of positive integers (rows, cols); got {shape!r}")
+        fail("shape", "must be a pair of positive integers (rows, cols)", shape, "pass e.g. shape=(20, 20)")
     return int(shape[0]), int(shape[1])
+
+
+def _labels(seed: Any, rank: Any, shape: tuple[int, ...]) -> tuple[int | None, int | None]:
+    """The optional `seed` and `rank` labels a problem records: None or integers in range (never a bool)."""
+    if seed is not None:
+        seed = check_seed(seed)
+    return seed, check_optional_int("rank", rank, 1, min(shape), "pass the rank of the target, or rank=None")
 
 
 def _low_rank_target(shape: tuple[int, int], rank: int, rng: np.random.Generator) -> np.ndarray:
@@ -150,16 +151,27 @@ class Problem:
         return arrays, scalars
 
     @staticmethod
-    def from_fields(kind: str, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> Problem:
-        """Rebuild a problem of `kind` from `fields()` output (e.g. as stored in a dataset)."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown problem kind {kind!r}; expected one of {sorted(KINDS)}")
+    def from_fields(kind: Any, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> Problem:
+        """Rebuild a problem of `kind` from `fields()` output (e.g. as stored in a dataset), through the
+        validating constructor of its class: fields that the constructor would refuse are refused here too."""
+        if not isinstance(kind, str) or kind not in KINDS:
+            fail("kind", f"must be one of {sorted(KINDS)}", kind, "the stored problem description is damaged")
         cls = KINDS[kind]
-        out = object.__new__(cls)
-        for f in dataclasses.fields(cls):
-            value = arrays[f.name] if f.name in arrays else scalars[f.name]
-            object.__setattr__(out, f.name, tuple(value) if isinstance(value, list) else value)
-        return out
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in arrays and n not in scalars]
+        extra = sorted((set(arrays) | set(scalars)) - set(names))
+        if missing or extra:
+            fail(
+                "fields",
+                f"of a {kind} problem must be exactly {names}",
+                shown(f"missing {missing}, unexpected {extra}"),
+                "the stored problem description is damaged",
+            )
+        return cls._rebuild({n: arrays[n] if n in arrays else scalars[n] for n in names})
+
+    @classmethod
+    def _rebuild(cls, fields: dict[str, Any]) -> Problem:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -185,9 +197,11 @@ class Regression(Problem):
         x = _as_matrix("X", X)
         y = _as_matrix("Y", Y)
         if x.shape[1] != y.shape[1]:
-            raise ValueError(
-                f"X and Y must have the same number of samples (columns); got X {x.shape}, Y {y.shape}; "
-                "pass X as (d_in, n) and Y as (d_out, n)"
+            fail(
+                "X and Y",
+                "must have the same number of samples (columns)",
+                shown(f"X {x.shape}, Y {y.shape}"),
+                "pass X as (d_in, n) and Y as (d_out, n)",
             )
         n = x.shape[1]
         w_star = np.linalg.lstsq(x.T, y.T, rcond=None)[0].T
@@ -208,14 +222,15 @@ class Regression(Problem):
 
         The loss is ℓ(W) = ½‖W − Σ_yx‖²_F, i.e. the data are taken to be noiseless (Σ_yy = Σ_yxΣ_yxᵀ).
         """
-        s = np.asarray(singular_values, dtype=np.float64).ravel()
         for name, val in (("d_in", d_in), ("d_out", d_out)):
-            if not isinstance(val, (int, np.integer)) or val < 1:
-                raise ValueError(f"{name} must be a positive integer; got {val!r}")
-        if s.size == 0 or s.size > min(d_in, d_out) or np.any(~np.isfinite(s)) or np.any(s <= 0):
-            raise ValueError(
-                "singular_values must be 1 to min(d_in, d_out) positive finite numbers; "
-                f"got {list(s)} for d_in={d_in}, d_out={d_out}"
+            check_positive_int(name, val)
+        s = as_array("singular_values", singular_values, ndim=None).ravel()
+        if s.size > min(d_in, d_out) or np.any(s <= 0):
+            fail(
+                "singular_values",
+                "must be 1 to min(d_in, d_out) positive finite numbers",
+                shown(f"{list(s)} for d_in={d_in}, d_out={d_out}"),
+                "drop the extra or non-positive values",
             )
         rng = np.random.default_rng(_check_seed(seed))
         r = s.size
@@ -224,6 +239,54 @@ class Regression(Problem):
         syx = (u * s) @ v.T
         out = object.__new__(cls)
         out._set(np.eye(d_in), syx, syx.copy(), 0.0, None, int(seed), tuple(float(x) for x in s))
+        return out
+
+    @classmethod
+    def _rebuild(cls, fields: dict[str, Any]) -> Regression:
+        """Regression from its moments (Σ_xx, Σ_yx, W*, ℓ*), checked: Σ_xx symmetric PSD, shapes that chain, W*
+        solving the normal equations W*Σ_xx = Σ_yx, ℓ* ≥ 0."""
+        sxx = _as_matrix("sigma_xx", fields["sigma_xx"])
+        syx = _as_matrix("sigma_yx", fields["sigma_yx"])
+        w_star = _as_matrix("minimiser", fields["minimiser"])
+        d = sxx.shape[0]
+        if sxx.shape != (d, d) or syx.shape[1] != d or w_star.shape != syx.shape:
+            fail(
+                "sigma_xx, sigma_yx, minimiser",
+                "must have shapes (d_in, d_in), (d_out, d_in), (d_out, d_in)",
+                shown(f"{sxx.shape}, {syx.shape}, {w_star.shape}"),
+                "the stored problem is damaged",
+            )
+        scale = max(float(np.abs(sxx).max()), 1e-300)
+        if not np.allclose(sxx, sxx.T, rtol=0, atol=1e-12 * scale) or np.linalg.eigvalsh(sxx)[0] < -1e-10 * scale:
+            fail(
+                "sigma_xx",
+                "must be symmetric positive semi-definite (X Xᵀ/n)",
+                shown("another matrix"),
+                "the stored problem is damaged",
+            )
+        residual = np.abs(w_star @ sxx - syx).max()
+        if residual > 1e-8 * (np.abs(syx).max() + np.abs(w_star).max() * scale):
+            fail(
+                "minimiser",
+                "must solve the normal equations W* sigma_xx = sigma_yx",
+                shown(f"residual {residual:.3g}"),
+                "the stored problem is damaged",
+            )
+        minimum = fields["minimum"]
+        if not isinstance(minimum, (int, float)) or isinstance(minimum, bool) or not 0 <= minimum < np.inf:
+            fail(
+                "minimum",
+                "must be a finite number >= 0 (the least-squares loss)",
+                minimum,
+                "the stored problem is damaged",
+            )
+        n = check_optional_int("n", fields["n"], 1, 2**63 - 1)
+        seed = None if fields["seed"] is None else check_seed(fields["seed"])
+        values = fields["whitened_values"]
+        if values is not None:
+            values = tuple(float(v) for v in as_array("whitened_values", values, ndim=1))
+        out = object.__new__(cls)
+        out._set(sxx, syx, w_star, float(minimum), n, seed, values)
         return out
 
     @property
@@ -279,17 +342,20 @@ class MatrixCompletion(Problem):
         rank: int | None = None,
     ) -> None:
         m = _as_matrix("target", target)
-        k = np.asarray(mask)
+        k = as_array("mask", mask, ndim=None, allow_bool=True)
         if k.shape != m.shape:
-            raise ValueError(f"mask must have the target's shape {m.shape}; got {k.shape}")
-        if k.dtype != bool and not np.all((k == 0) | (k == 1)):
-            raise ValueError("mask must be boolean (or 0/1); got other values")
+            fail(
+                "mask", f"must have the target's shape {m.shape}", shown(f"shape {k.shape}"), "pass a mask like target"
+            )
+        if not np.all((k == 0) | (k == 1)):
+            fail("mask", "must be boolean (or 0/1)", shown("other values"), "pass target != 0 or a bool array")
         k = k.astype(bool)
         if not k.any():
-            raise ValueError("mask must observe at least one entry; got an all-False mask")
+            fail("mask", "must observe at least one entry", shown("an all-False mask"), "set some entries True")
+        seed, rank = _labels(seed, rank, m.shape)
         for name, value in zip(
             ("target_matrix", "mask", "normalize", "seed", "rank"),
-            (m, k, bool(normalize), seed, rank),
+            (m, k, check_bool("normalize", normalize), seed, rank),
             strict=True,
         ):
             object.__setattr__(self, name, value)
@@ -313,12 +379,23 @@ class MatrixCompletion(Problem):
         elif isinstance(observed, (int, np.integer)) and not isinstance(observed, bool) and 1 <= observed <= total:
             count = int(observed)
         else:
-            raise ValueError(f"observed must be a count in [1, {total}] or a fraction in (0, 1]; got {observed!r}")
+            fail(
+                "observed",
+                f"must be a count in [1, {total}] or a fraction in (0, 1]",
+                observed,
+                "pass e.g. observed=0.3",
+            )
         rng = np.random.default_rng(_check_seed(seed))
         m = _low_rank_target(shape, rank, rng)
         mask = np.zeros(total, dtype=bool)
         mask[rng.choice(total, size=count, replace=False)] = True
         return cls(m, mask.reshape(shape), normalize, seed=int(seed), rank=rank)
+
+    @classmethod
+    def _rebuild(cls, fields: dict[str, Any]) -> MatrixCompletion:
+        return cls(
+            fields["target_matrix"], fields["mask"], fields["normalize"], seed=fields["seed"], rank=fields["rank"]
+        )
 
     @property
     def w_star(self) -> np.ndarray:
@@ -359,7 +436,13 @@ class MatrixSensing(Problem):
         a = _as_matrix("A", A, ndim=3)
         m = _as_matrix("target", target)
         if a.shape[1:] != m.shape:
-            raise ValueError(f"A must have shape (m, *target.shape) = (m, {m.shape[0]}, {m.shape[1]}); got {a.shape}")
+            fail(
+                "A",
+                f"must have shape (m, *target.shape) = (m, {m.shape[0]}, {m.shape[1]})",
+                shown(f"shape {a.shape}"),
+                "stack m matrices of the target's shape",
+            )
+        seed, rank = _labels(seed, rank, m.shape)
         for name, value in zip(("sensing", "target_matrix", "seed", "rank"), (a, m, seed, rank), strict=True):
             object.__setattr__(self, name, value)
 
@@ -368,12 +451,15 @@ class MatrixSensing(Problem):
         """Gaussian A_i with N(0, 1) entries and a low-rank target M = UVᵀ/√r with ‖M‖_F = √(rows·cols)."""
         shape = _check_shape(shape)
         rank = _check_rank(rank, shape)
-        if isinstance(measurements, bool) or not isinstance(measurements, (int, np.integer)) or measurements < 1:
-            raise ValueError(f"measurements must be a positive integer; got {measurements!r}")
+        check_positive_int("measurements", measurements, "pass e.g. measurements=200")
         rng = np.random.default_rng(_check_seed(seed))
         m = _low_rank_target(shape, rank, rng)
         a = rng.standard_normal((int(measurements), *shape))
         return cls(a, m, seed=int(seed), rank=rank)
+
+    @classmethod
+    def _rebuild(cls, fields: dict[str, Any]) -> MatrixSensing:
+        return cls(fields["sensing"], fields["target_matrix"], seed=fields["seed"], rank=fields["rank"])
 
     @property
     def w_star(self) -> np.ndarray:
@@ -406,6 +492,10 @@ class Factorization(Problem):
 
     def __init__(self, M: Any) -> None:
         object.__setattr__(self, "target_matrix", _as_matrix("M", M))
+
+    @classmethod
+    def _rebuild(cls, fields: dict[str, Any]) -> Factorization:
+        return cls(fields["target_matrix"])
 
     @property
     def w_star(self) -> np.ndarray:

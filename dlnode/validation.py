@@ -1,136 +1,430 @@
-"""Argument checks for the public entry points: one place, one-line messages (argument, rule, value, fix)."""
+"""Argument rules for the public entry points: one place, one-line messages (argument, rule, value, fix).
+
+Every rule runs before any work (no compile, no integration): a call that will fail fails at once. This module
+depends on nothing else in dlnode but `errors`, so problems, networks and integration can all use it.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from .network import check_init
-from .problems import Problem
+from .errors import ArgumentError, fail, shown
 
 __all__ = [
+    "MAX_SEED",
+    "as_array",
     "as_depths",
     "as_scales",
     "as_seeds",
+    "available_memory",
+    "call_init",
+    "check_bool",
+    "check_call",
+    "check_flow",
+    "check_inits",
     "check_max_steps",
+    "check_memory",
+    "check_optional_int",
     "check_positive",
+    "check_positive_int",
     "check_saveat",
+    "check_seed",
     "check_singular_depths",
+    "check_tolerances",
+    "check_width",
 ]
 
 INF_NAMES = ("inf", "infinity", "∞")
+MAX_SEED = 2**63 - 1  # seeds are stored as int64 coordinates
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if isinstance(value, (str, bytes, bool, np.bool_)) else repr(value)
+
+
+# --- numbers ----------------------------------------------------------------------------------------------------
+
+
+def check_positive(name: str, value: Any, fix: str = "") -> float:
+    """A positive finite real number (not a bool, not a string)."""
+    if not _is_real(value) or not (0 < value < math.inf):
+        fail(name, f"must be a positive finite number{fix}", shown(_kind(value)), f"pass e.g. {name}=0.1")
+    return float(value)
+
+
+def check_positive_int(name: str, value: Any, fix: str = "") -> int:
+    if not _is_int(value) or value < 1:
+        fail(name, "must be a positive integer", shown(_kind(value)), fix or f"pass e.g. {name}=2")
+    return int(value)
+
+
+def check_optional_int(name: str, value: Any, low: int, high: int, fix: str = "") -> int | None:
+    """None, or an integer in [low, high] (bools refused: True is not 1 here)."""
+    if value is None:
+        return None
+    if not _is_int(value) or not low <= value <= high:
+        fail(name, f"must be None or an integer in [{low}, {high}]", shown(_kind(value)), fix or f"pass {name}=None")
+    return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        fail(name, "must be True or False", shown(_kind(value)), f"pass {name}=True or {name}=False")
+    return bool(value)
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """A seed is an integer in [0, 2**63 − 1] (stored as an int64 coordinate)."""
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        fail(name, "must be a non-negative integer below 2**63", shown(_kind(seed)), f"pass e.g. {name}=0")
+    return int(seed)
+
+
+def check_tolerances(rtol: Any, atol: Any) -> tuple[float | None, float | None]:
+    """0 < rtol, atol < 1 (or None: the caller's default): an error estimate is accepted when below
+    atol + rtol·|y|, so a tolerance of 1 or more accepts errors as large as the state and controls no step."""
+    for name, value, example in (("rtol", rtol, "1e-6"), ("atol", atol, "1e-9")):
+        if value is None:
+            continue
+        check_positive(name, value)
+        if value >= 1:
+            fail(
+                name,
+                "must be < 1 (a tolerance of 1 or more accepts errors as large as the state: the step size "
+                "would not be controlled)",
+                value,
+                f"pass e.g. {name}={example}",
+            )
+    return (None if rtol is None else float(rtol)), (None if atol is None else float(atol))
+
+
+def check_width(width: Any) -> int | None:
+    """Hidden width: None (= max(d_in, d_out)) or a positive integer, whatever the flow."""
+    if width is not None and (not _is_int(width) or width < 1):
+        fail(
+            "width",
+            "must be a positive integer or None (= max(d_in, d_out))",
+            shown(_kind(width)),
+            "pass width=None or e.g. width=8",
+        )
+    return None if width is None else int(width)
+
+
+def check_max_steps(max_steps: Any) -> None:
+    """A step budget is a positive integer."""
+    check_positive_int("max_steps", max_steps, "pass e.g. max_steps=200000")
+
+
+# --- arrays -----------------------------------------------------------------------------------------------------
+
+
+def as_array(name: str, value: Any, ndim: int | None = 2, allow_bool: bool = False) -> np.ndarray:
+    """A finite, non-empty float64 array of `ndim` dimensions, refusing what a cast would silently change:
+    complex values (the imaginary part would be dropped), strings, bools (unless `allow_bool`), ragged lists."""
+    try:
+        raw = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        fail(
+            name,
+            "must be a rectangular array of real numbers",
+            shown(type(value).__name__),
+            f"pass a NumPy array ({str(exc).split('.')[0]})",
+        )
+    if np.iscomplexobj(raw):
+        fail(
+            name,
+            "must be real (complex values would lose their imaginary part)",
+            shown(f"dtype {raw.dtype}"),
+            f"pass {name}.real or abs({name}) explicitly",
+        )
+    if raw.dtype.kind == "b" and not allow_bool:
+        fail(name, "must hold numbers, not booleans", shown("a bool array"), f"pass {name}.astype(float)")
+    if raw.dtype.kind not in "biuf":
+        fail(name, "must hold real numbers", shown(f"dtype {raw.dtype} ({type(value).__name__})"), "pass a float array")
+    arr = raw.astype(np.float64)
+    if ndim is not None and arr.ndim != ndim:
+        fail(name, f"must be a {ndim}-dimensional array", shown(f"shape {arr.shape}"), "reshape it")
+    if arr.size == 0:
+        fail(name, "must not be empty", shown(f"shape {arr.shape}"), "pass at least one entry")
+    bad = int(np.sum(~np.isfinite(arr)))
+    if bad:
+        fail(name, "must be finite", shown(f"{bad} NaN/inf entries"), "remove or replace them")
+    return arr
+
+
+# --- the grid ---------------------------------------------------------------------------------------------------
+
+
+def _items(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple, range, np.ndarray)) else [value]
 
 
 def as_depths(depth: Any) -> list[float]:
     """Depths as floats (math.inf for ∞), unique and in the order given."""
-    items = list(depth) if isinstance(depth, (list, tuple, range, np.ndarray)) else [depth]
+    items = _items(depth)
     if not items:
-        raise ValueError("depth must name at least one depth; got an empty list")
+        fail("depth", "must name at least one depth", shown("an empty list"), "pass e.g. depth=[1, 2, 3]")
     out: list[float] = []
     for d in items:
         if isinstance(d, str) and d.strip().lower() in INF_NAMES:
             value = math.inf
-        elif isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1:
+        elif _is_int(d) and d >= 1:
             value = float(d)
         elif isinstance(d, (float, np.floating)) and (math.isinf(d) and d > 0 or (d.is_integer() and d >= 1)):
             value = float(d)
         else:
-            raise ValueError(f"depth must be a positive integer or 'inf'; got {d!r}")
+            fail("depth", "must be a positive integer or 'inf'", shown(_kind(d)), "pass e.g. depth=[1, 2, 3]")
         if value in out:
-            raise ValueError(f"depth must not repeat a value; got {items!r}")
+            fail("depth", "must not repeat a value", items, "list each depth once")
         out.append(value)
     return out
 
 
 def as_scales(scale: Any) -> list[float]:
-    items = list(scale) if isinstance(scale, (list, tuple, np.ndarray)) else [scale]
+    items = _items(scale)
     if not items:
-        raise ValueError("scale must name at least one scale; got an empty list")
-    out = []
-    for s in items:
-        if isinstance(s, bool) or not isinstance(s, (int, float, np.number)) or not (0 < s < math.inf):
-            raise ValueError(f"scale must be a positive finite number (per-layer init scale); got {s!r}")
-        out.append(float(s))
+        fail("scale", "must name at least one scale", shown("an empty list"), "pass e.g. scale=[0.1, 0.01]")
+    out = [check_positive("scale", s, " (per-layer init scale)") for s in items]
     if len(set(out)) != len(out):
-        raise ValueError(f"scale must not repeat a value; got {items!r}")
+        fail("scale", "must not repeat a value", items, "list each scale once")
     return out
 
 
 def as_seeds(seed: Any) -> list[int]:
     items = list(seed) if isinstance(seed, Iterable) and not isinstance(seed, (str, bytes)) else [seed]
     if not items:
-        raise ValueError("seed must name at least one seed; got an empty iterable")
+        fail("seed", "must name at least one seed", shown("an empty iterable"), "pass e.g. seed=range(4)")
     for s in items:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
-            raise ValueError(f"seed must be a non-negative integer or an iterable of them; got {s!r}")
+        if not _is_int(s) or not 0 <= s <= MAX_SEED:
+            fail(
+                "seed",
+                "must be a non-negative integer below 2**63 or an iterable of them",
+                shown(_kind(s)),
+                "pass e.g. seed=0 or seed=range(4)",
+            )
     if len(set(items)) != len(items):
-        raise ValueError(f"seed must not repeat a value; got {items!r}")
+        fail("seed", "must not repeat a value", items, "list each seed once")
     return [int(s) for s in items]
-
-
-def check_positive(name: str, value: Any, fix: str = "") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (0 < value < math.inf):
-        raise ValueError(f"{name} must be a positive finite number{fix}; got {value!r}")
-    return float(value)
 
 
 def check_saveat(saveat: Any) -> int | np.ndarray:
     """An int ≥ 1 (that many log-spaced times plus t = 0) or a 1-D increasing array of times ≥ 0."""
-    if isinstance(saveat, (int, np.integer)) and not isinstance(saveat, bool):
+    if _is_int(saveat):
         if saveat < 1:
-            raise ValueError(f"saveat must be a positive number of save times or an array of times; got {saveat}")
+            fail(
+                "saveat", "must be a positive number of save times or an array of times", saveat, "pass e.g. saveat=200"
+            )
         return int(saveat)
+    if isinstance(saveat, (bool, np.bool_, str, bytes)):
+        fail("saveat", "must be an int or a 1-D array of times", shown(_kind(saveat)), "pass e.g. saveat=200")
     try:
-        ts = np.asarray(saveat, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"saveat must be an int or a 1-D array of times; got {type(saveat).__name__}") from None
-    if ts.ndim != 1 or ts.size == 0 or not np.all(np.isfinite(ts)) or ts[0] < 0 or np.any(np.diff(ts) <= 0):
-        raise ValueError("saveat must be a 1-D array of finite, non-negative, strictly increasing times; "
-                         f"got {np.array2string(ts.ravel()[:6], precision=3)}")  # fmt: skip
+        ts = as_array("saveat", saveat, ndim=None)
+    except ArgumentError:
+        fail("saveat", "must be an int or a 1-D array of times", shown(type(saveat).__name__), "pass e.g. saveat=200")
+    if ts.ndim != 1 or ts[0] < 0 or np.any(np.diff(ts) <= 0):
+        fail(
+            "saveat",
+            "must be a 1-D array of finite, non-negative, strictly increasing times",
+            shown(np.array2string(ts.ravel()[:6], precision=3)),
+            "sort the times and drop repeats",
+        )
     return ts
 
 
+# --- combinations -----------------------------------------------------------------------------------------------
+
+
 def check_call(problem: Any, init: Any, flow: str, method: str, methods: Iterable[str], flows: Iterable[str]) -> None:
+    from .network import check_init  # network imports this module's rules
+    from .problems import Problem
+
     if not isinstance(problem, Problem):
-        raise ValueError(
-            f"problem must be a dlnode problem (Regression, MatrixCompletion, MatrixSensing, Factorization); "
-            f"got {type(problem).__name__}"
+        fail(
+            "problem",
+            "must be a dlnode problem (Regression, MatrixCompletion, MatrixSensing, Factorization)",
+            shown(type(problem).__name__),
+            "build one, e.g. dlnode.Regression(X, Y)",
         )
     check_init(init)
-    if flow not in flows:
-        raise ValueError(f"unknown flow {flow!r}; expected one of {sorted(flows)}")
-    if method not in methods:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(methods)}")
+    if not isinstance(flow, str) or flow not in flows:
+        fail(
+            "flow",
+            "must be a known flow",
+            None,
+            "pass e.g. flow='layers'",
+            text=f"unknown flow {flow!r}; expected one of {sorted(flows)}",
+        )
+    if not isinstance(method, str) or method not in methods:
+        fail(
+            "method",
+            "must be a known method",
+            None,
+            "pass e.g. method='auto'",
+            text=f"unknown method {method!r}; expected one of {sorted(methods)}",
+        )
 
 
 def check_flow(flow: str, depths: list[float], init: Any, method: str) -> None:
     """Combinations a flow does not allow: depth ∞ and unbalanced inits need ``end_to_end`` rules; GD is per-layer."""
     if flow != "end_to_end" and any(math.isinf(d) for d in depths):
-        raise ValueError(f"depth 'inf' needs flow='end_to_end' (the infinite-depth flow); got flow={flow!r}")
-    if flow == "end_to_end" and init not in ("balanced", "decoupled"):
-        raise ValueError(
-            f"flow='end_to_end' needs a balanced init (every D_j = 0): init='balanced' or 'decoupled'; got {init!r}"
+        fail(
+            "depth",
+            "'inf' needs flow='end_to_end' (the infinite-depth flow)",
+            shown(f"flow={flow!r}"),
+            "pass flow='end_to_end', init='balanced'",
+        )
+    if flow == "end_to_end" and not (isinstance(init, str) and init in ("balanced", "decoupled")):
+        fail(
+            "init",
+            "must be balanced for flow='end_to_end'",
+            init,
+            "pass init='balanced'",
+            text="flow='end_to_end' needs a balanced init (every D_j = 0): init='balanced' or 'decoupled'",
         )
     if flow == "end_to_end" and method == "rosenbrock":
         check_singular_depths(depths)
     if flow != "layers" and method == "gd":
-        raise ValueError(f"method='gd' is gradient descent on the layers: use flow='layers'; got flow={flow!r}")
+        fail(
+            "method",
+            "'gd' needs flow='layers'",
+            shown(f"flow={flow!r}"),
+            "use flow='layers'",
+            text="method='gd' is gradient descent on the layers: it needs flow='layers'",
+        )
 
 
 def check_singular_depths(depths: Iterable[float]) -> None:
     """The singular-coordinate path (``rosenbrock`` on ``end_to_end``) integrates ln σ: depth ≥ 2 (or ∞) only."""
     depths = list(depths)
     if any(d < 2 for d in depths):
-        raise ValueError(
-            "method='rosenbrock' on flow='end_to_end' integrates ln σ and needs depth >= 2 (σ may cross 0 at depth 1); "
-            f"got depths {[f'{d:g}' for d in depths]}; use tsit5 for depth 1"
+        fail(
+            "depth",
+            "must be >= 2 for method='rosenbrock' on flow='end_to_end' (it integrates ln σ, and σ may "
+            "cross 0 at depth 1)",
+            shown(f"depths {[f'{d:g}' for d in depths]}"),
+            "use tsit5 for depth 1",
         )
 
 
-def check_max_steps(max_steps: Any) -> None:
-    """A step budget is a positive integer."""
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}; pass e.g. max_steps=200000")
+# --- init callables ---------------------------------------------------------------------------------------------
+
+
+def call_init(init: Callable, shapes: Sequence[tuple[int, int]], scale: float, rng: np.random.Generator) -> list:
+    """Call a user's ``init(shapes, scale, rng) -> layers`` and check what it returns: one finite float array of
+    each shape in `shapes` (real, not None, nothing else)."""
+    name = getattr(init, "__name__", type(init).__name__)
+    fix = "write it as init(shapes, scale, rng) -> [W_1, ..., W_N] with W_j of shape shapes[j]"
+    try:
+        out = init(list(shapes), scale, rng)
+    except TypeError as exc:
+        if "argument" not in str(exc):  # a TypeError from inside the user's code is theirs to see
+            raise
+        fail("init", "callable must take (shapes, scale, rng)", shown(f"{name}: {exc}"), fix)
+    if out is None or isinstance(out, (str, bytes, np.ndarray)) or not isinstance(out, Sequence):
+        fail("init", "callable must return a list of layer arrays", shown(f"{name} returned {type(out).__name__}"), fix)
+    layers = [as_array(f"init layer {j + 1}", w) for j, w in enumerate(out)]
+    got = [w.shape for w in layers]
+    if got != [tuple(s) for s in shapes]:
+        fail(
+            "init",
+            f"callable must return layers of shapes {[tuple(s) for s in shapes]}",
+            shown(f"{name} returned {got}"),
+            fix,
+        )
+    return layers
+
+
+def check_inits(problem: Any, depths: Sequence[float], init: Any, scale: float, seed: int, width: int | None) -> None:
+    """Try a user's init callable once per depth (first scale and seed), so a bad one fails before any work."""
+    if not callable(init):
+        return
+    from .network import init_layers
+
+    for d in depths:
+        if math.isfinite(d):
+            init_layers(problem, int(d), init, scale, seed, width)
+
+
+# --- memory -----------------------------------------------------------------------------------------------------
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still use: MemAvailable, capped by a cgroup limit; None if unknown."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            limit = f.read().strip()
+            if limit.isdigit():
+                found.append(int(limit) - int(g.read().strip()))
+    except (OSError, ValueError):
+        pass
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return max(min(found), 0)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def check_memory(
+    problem: Any,
+    depths: Sequence[float],
+    width: int | None,
+    cells: int,
+    saveat: int | np.ndarray,
+    save_weights: bool,
+    until_converged: bool = False,
+    available: int | None = None,
+) -> int:
+    """Refuse a call whose saved trajectories cannot fit in memory; returns the estimate in bytes.
+
+    Per cell and saved time the dataset holds W (d_out·d_in), its singular values, three scalars and, with
+    `save_weights`, the layers padded to (layer, out, in); the arrays exist twice while the dataset is assembled.
+    Until converged (t1=None), a grid of `saveat` times continues at the same density up to the horizon: counted
+    twice.
+    """
+    save_weights = check_bool("save_weights", save_weights)
+    m, n = problem.d_out, problem.d_in
+    times = (saveat * (2 if until_converged else 1) + 1) if isinstance(saveat, int) else len(saveat) + 1
+    finite = [int(d) for d in depths if math.isfinite(d)]
+    hidden = max(m, n) if width is None else width
+    layers = max(finite, default=1)
+    per_time = m * n + min(m, n) + 3
+    weights = layers * max(m, hidden) * max(n, hidden) if save_weights and finite else 0
+    need = 2 * 8 * cells * len(depths) * times * (per_time + weights)
+    available = available_memory() if available is None else available
+    if available is not None and need > available:
+        argument = "save_weights" if weights > per_time else "saveat"
+        fail(
+            argument,
+            "asks for more memory than this machine has available",
+            shown(
+                f"about {_gib(need)} ({len(depths)} depths x {cells} cells x {times} times x "
+                f"{per_time + weights} numbers x 8 bytes, x2 while assembling) against {_gib(available)} "
+                "available"
+            ),
+            "save fewer times (e.g. saveat=200), pass save_weights=False, or split the grid over several calls",
+        )
+    return need

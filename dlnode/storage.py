@@ -1,0 +1,223 @@
+"""Files on disk, safely: output paths checked before any work, atomic writes, and what a zarr store lacks.
+
+Nothing here knows the dataset schema (that is `dataset`); these are the rules for paths:
+
+- an output path is checked before any work: a known suffix, an existing writable parent directory, and no
+  existing file or directory unless the caller allows replacing it (and then only one of dlnode's own);
+- a write goes to a hidden temporary sibling and is renamed into place, so an interrupted or failed write leaves
+  the old file (or nothing) behind, never half a file;
+- a zarr store lists its chunk files, so a chunk that is missing is found instead of read as fill values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import PathError, PathExistsError, PathMissingError, fail, shown
+
+__all__ = ["DATASET_SUFFIXES", "atomic_path", "check_input_path", "check_output_path", "is_dlnode_store",
+           "missing_chunks", "suffix_of"]  # fmt: skip
+
+DATASET_SUFFIXES = {".nc": "netcdf", ".zarr": "zarr"}
+LABELS = {".nc": ".nc (netCDF)", ".zarr": ".zarr (zarr store)"}
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+FORMAT_ATTR = "dlnode_format"
+
+
+def suffix_of(path: Path, suffixes: Sequence[str], argument: str) -> str:
+    """The path's suffix (lower case) if it is one of `suffixes`; a one-line error otherwise."""
+    suffix = path.suffix.lower()
+    if suffix not in suffixes:
+        names = " or ".join(LABELS.get(x, x) for x in suffixes)
+        fail(argument, f"must end in {names}", str(path), f"name it e.g. {path.stem or 'out'}{suffixes[0]}")
+    return suffix
+
+
+def check_input_path(path: Any, argument: str = "path") -> tuple[Path, str]:
+    """An existing dataset path: (path, "netcdf" | "zarr"); netCDF is a file, zarr a directory."""
+    path = Path(os.fspath(path))
+    kind = DATASET_SUFFIXES[suffix_of(path, tuple(DATASET_SUFFIXES), argument)]
+    if not path.exists():
+        fail(
+            argument,
+            "does not exist",
+            str(path),
+            "check the path",
+            kind=PathMissingError,
+            text=f"{argument} does not exist: {str(path)!r}",
+        )
+    if kind == "netcdf" and path.is_dir():
+        fail(argument, "is a directory, not a netCDF file", str(path), "pass the .nc file itself", kind=PathError)
+    if kind == "zarr" and not path.is_dir():
+        fail(argument, "is a file, not a zarr store (a directory)", str(path), "pass the .zarr directory", PathError)
+    return path, kind
+
+
+def check_output_path(
+    path: Any,
+    overwrite: bool = False,
+    suffixes: Sequence[str] = tuple(DATASET_SUFFIXES),
+    argument: str = "path",
+    replaceable: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Check, before any work, that `path` can be written: a known suffix, an existing writable parent, and no
+    existing entry unless `overwrite` (then it must be a file, or a directory that `replaceable` accepts: a
+    directory that is not dlnode's own is never replaced)."""
+    path = Path(os.fspath(path))
+    suffix_of(path, suffixes, argument)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        fail(
+            argument,
+            "must be in an existing directory",
+            shown(f"{str(path)!r}: {str(parent)!r} does not exist"),
+            f"create it first (mkdir -p {parent}) or choose another path",
+            kind=PathError,
+        )
+    try:
+        with open(parent / f".{path.name}.probe-{secrets.token_hex(4)}", "wb") as probe:
+            pass
+        os.unlink(probe.name)
+    except OSError as exc:
+        fail(
+            argument,
+            "must be in a writable directory",
+            shown(f"{str(parent)!r}: {exc.strerror or exc}"),
+            "choose a directory you can write to",
+            kind=PathError,
+        )
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            fail(
+                argument,
+                "already exists",
+                str(path),
+                "pass overwrite=True (CLI: --overwrite) to replace it, or choose another path",
+                kind=PathExistsError,
+            )
+        ok = path.is_file() if replaceable is None else replaceable(path)
+        if not ok:
+            what = "a directory" if path.is_dir() else "a file"
+            fail(
+                argument,
+                "exists and is not a dlnode dataset, so it is not replaced even with overwrite",
+                shown(f"{str(path)!r} ({what})"),
+                "move it away yourself or choose another path",
+                kind=PathExistsError,
+            )
+    return path
+
+
+def is_dlnode_store(path: Path) -> bool:
+    """Whether `path` is a file or zarr store that dlnode wrote (its root attrs carry ``dlnode_format``)."""
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        return _zarr_root_attrs(path).get(FORMAT_ATTR) is not None
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != HDF5_SIGNATURE:
+                return False
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            return h5.attrs.get(FORMAT_ATTR) is not None
+    except (OSError, ValueError):
+        return False
+
+
+def _zarr_root_attrs(path: Path) -> dict:
+    for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        try:
+            meta = json.loads((path / name).read_text())
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(meta, dict):
+            attrs = meta.get(key, {}) if key else meta
+            return attrs if isinstance(attrs, dict) else {}
+    return {}
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, argument: str = "path") -> Iterator[Path]:
+    """Yield a hidden temporary sibling of `path` to write; on success it replaces `path` in one rename
+    (a directory: the old one is moved aside first and removed last), on any failure or interrupt it is removed.
+
+    The sibling keeps `path`'s suffix, so writers that choose a format by suffix (matplotlib) still work.
+    """
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = path.with_name(f".{path.stem}.partial-{token}{path.suffix}")
+    try:
+        try:
+            yield tmp
+            _replace(tmp, path, token)
+        except OSError as exc:
+            if isinstance(exc, PathError):
+                raise
+            fail(
+                argument,
+                "could not be written",
+                shown(f"{str(path)!r}: {exc.strerror or exc}"),
+                "check the free disk space and the permissions",
+                kind=PathError,
+            )
+    finally:
+        _remove(tmp)
+
+
+def _replace(tmp: Path, path: Path, token: str) -> None:
+    if not tmp.is_dir() or not path.is_dir():
+        os.replace(tmp, path)  # atomic for files (and for a directory onto nothing)
+        return
+    aside = path.with_name(f".{path.stem}.replaced-{token}{path.suffix}")
+    os.rename(path, aside)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(aside, path)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def missing_chunks(path: Path) -> dict[str, list[tuple[slice, ...]]]:
+    """For each array of a local zarr store, the index regions of the chunks (or shards) that have no file."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    out: dict[str, list[tuple[slice, ...]]] = {}
+    for name, arr in group.arrays():
+        unit = getattr(arr, "shards", None) or arr.chunks
+        grid = [math.ceil(n / c) if c else 0 for n, c in zip(arr.shape, unit, strict=True)]
+        folder = path / name
+        stored = {str(p.relative_to(folder)).replace(os.sep, "/") for p in folder.rglob("*") if p.is_file()}
+        gaps = []
+        for coords in _grid(grid):
+            if arr.metadata.encode_chunk_key(coords) not in stored:
+                gaps.append(tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, unit, strict=True)))
+        if gaps:
+            out[name] = gaps
+    return out
+
+
+def _grid(shape: list[int]) -> Iterator[tuple[int, ...]]:
+    import itertools
+
+    return itertools.product(*(range(n) for n in shape))
