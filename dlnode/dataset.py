@@ -222,18 +222,12 @@ def _check_format(attrs: dict, where: str) -> None:
     """The format attrs: ``dlnode_format == "dlnode-dataset"`` and a format version this dlnode reads."""
     fmt, version = attrs.get("dlnode_format"), attrs.get("dlnode_format_version")
     if fmt != FORMAT:
-        hint = (
-            f"written by dlnode {attrs['dlnode_version']} before format version {FORMAT_VERSION}; fix: re-run it"
-            if "dlnode_version" in attrs
-            else "a plain xarray or netCDF dataset?"
-        )
-        fail(
-            where,
-            "is not a dlnode dataset",
-            shown(f"no attrs['dlnode_format'] = {FORMAT!r} ({hint})"),
-            "open it with xarray.open_dataset instead",
-            kind=DatasetError,
-        )
+        if fmt is None and "dlnode_version" in attrs:  # written by dlnode before the format attrs existed
+            fail(where, f"was written by dlnode {attrs['dlnode_version']} before format version {FORMAT_VERSION}",
+                 shown(f"no attrs['dlnode_format'] = {FORMAT!r}"), "re-run it with this dlnode (or read it with "
+                 "xarray.open_dataset)", kind=DatasetError)  # fmt: skip
+        fail(where, "is not a dlnode dataset", shown(f"no attrs['dlnode_format'] = {FORMAT!r} (a plain xarray or "
+             "netCDF dataset?)"), "open it with xarray.open_dataset instead", kind=DatasetError)  # fmt: skip
     if not isinstance(version, (int, np.integer)) or isinstance(version, bool) or version < 1:
         fail(
             where,
@@ -281,7 +275,7 @@ def _check_contents(ds: xr.Dataset, where: str) -> None:
         fail(
             where,
             "variable 'status' must hold the integer codes of dlnode.Status",
-            shown(f"dtype {status.dtype}, values {list(bad)}"),
+            shown(f"dtype {status.dtype}, values {[int(b) if b == b else b for b in bad]}"),
             "the dataset is damaged",
             kind=DatasetError,
         )

@@ -229,7 +229,7 @@ class Regression(Problem):
             fail(
                 "singular_values",
                 "must be 1 to min(d_in, d_out) positive finite numbers",
-                shown(f"{list(s)} for d_in={d_in}, d_out={d_out}"),
+                shown(f"{[float(x) for x in s]} for d_in={d_in}, d_out={d_out}"),
                 "drop the extra or non-positive values",
             )
         rng = np.random.default_rng(_check_seed(seed))
@@ -280,7 +280,7 @@ class Regression(Problem):
                 minimum,
                 "the stored problem is damaged",
             )
-        n = check_optional_int("n", fields["n"], 1, 2**63 - 1)
+        n = check_optional_int("n", fields["n"], 1, 2**63 - 1, "the stored problem is damaged")
         seed = None if fields["seed"] is None else check_seed(fields["seed"])
         values = fields["whitened_values"]
         if values is not None:

@@ -23,8 +23,15 @@ from typing import Any
 
 from .errors import PathError, PathExistsError, PathMissingError, fail, shown
 
-__all__ = ["DATASET_SUFFIXES", "atomic_path", "check_input_path", "check_output_path", "is_dlnode_store",
-           "missing_chunks", "suffix_of"]  # fmt: skip
+__all__ = [
+    "DATASET_SUFFIXES",
+    "atomic_path",
+    "check_input_path",
+    "check_output_path",
+    "is_dlnode_store",
+    "missing_chunks",
+    "suffix_of",
+]
 
 DATASET_SUFFIXES = {".nc": "netcdf", ".zarr": "zarr"}
 LABELS = {".nc": ".nc (netCDF)", ".zarr": ".zarr (zarr store)"}
@@ -49,9 +56,9 @@ def check_input_path(path: Any, argument: str = "path") -> tuple[Path, str]:
         fail(
             argument,
             "does not exist",
-            str(path),
+            None,
             "check the path",
-            kind=PathMissingError,
+            PathMissingError,
             text=f"{argument} does not exist: {str(path)!r}",
         )
     if kind == "netcdf" and path.is_dir():
@@ -75,11 +82,12 @@ def check_output_path(
     suffix_of(path, suffixes, argument)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
+        why = "is not a directory" if parent.exists() else "does not exist"
         fail(
             argument,
             "must be in an existing directory",
-            shown(f"{str(path)!r}: {str(parent)!r} does not exist"),
-            f"create it first (mkdir -p {parent}) or choose another path",
+            shown(f"{str(path)!r}: {str(parent)!r} {why}"),
+            f"create the directory first (mkdir -p {parent}) or choose another path",
             kind=PathError,
         )
     try:

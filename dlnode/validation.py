@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArgumentError, fail, shown
+from .errors import fail, shown
 
 __all__ = [
     "MAX_SEED",
@@ -58,10 +58,18 @@ def _kind(value: Any) -> str:
 # --- numbers ----------------------------------------------------------------------------------------------------
 
 
+EXAMPLES = {"rtol": "1e-6", "atol": "1e-9", "loss_tol": "1e-8", "t1": "10.0", "lr": "0.01", "scale": "0.1"}
+
+
 def check_positive(name: str, value: Any, fix: str = "") -> float:
     """A positive finite real number (not a bool, not a string)."""
     if not _is_real(value) or not (0 < value < math.inf):
-        fail(name, f"must be a positive finite number{fix}", shown(_kind(value)), f"pass e.g. {name}=0.1")
+        fail(
+            name,
+            f"must be a positive finite number{fix}",
+            shown(_kind(value)),
+            f"pass e.g. {name}={EXAMPLES.get(name, '1.0')}",
+        )
     return float(value)
 
 
@@ -161,7 +169,7 @@ def as_array(name: str, value: Any, ndim: int | None = 2, allow_bool: bool = Fal
         fail(name, "must not be empty", shown(f"shape {arr.shape}"), "pass at least one entry")
     bad = int(np.sum(~np.isfinite(arr)))
     if bad:
-        fail(name, "must be finite", shown(f"{bad} NaN/inf entries"), "remove or replace them")
+        fail(name, "must be finite", shown(f"{bad} NaN/inf entr{'y' if bad == 1 else 'ies'}"), "remove or replace them")
     return arr
 
 
@@ -228,13 +236,10 @@ def check_saveat(saveat: Any) -> int | np.ndarray:
                 "saveat", "must be a positive number of save times or an array of times", saveat, "pass e.g. saveat=200"
             )
         return int(saveat)
-    if isinstance(saveat, (bool, np.bool_, str, bytes)):
+    if isinstance(saveat, (bool, np.bool_, str, bytes)) or saveat is None:
         fail("saveat", "must be an int or a 1-D array of times", shown(_kind(saveat)), "pass e.g. saveat=200")
-    try:
-        ts = as_array("saveat", saveat, ndim=None)
-    except ArgumentError:
-        fail("saveat", "must be an int or a 1-D array of times", shown(type(saveat).__name__), "pass e.g. saveat=200")
-    if ts.ndim != 1 or ts[0] < 0 or np.any(np.diff(ts) <= 0):
+    ts = as_array("saveat", saveat, ndim=1)
+    if ts[0] < 0 or np.any(np.diff(ts) <= 0):
         fail(
             "saveat",
             "must be a 1-D array of finite, non-negative, strictly increasing times",

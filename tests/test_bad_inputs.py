@@ -427,3 +427,16 @@ def test_bad_files_and_paths_are_refused_with_one_line(files, call, kind, argume
     assert (files.root / "mine.txt").read_text() == "a file of the user's"
     assert (files.root / "foreign.zarr" / "notes.txt").read_text() == "a folder of the user's"
     assert (files.root / "foreign.nc").read_text() == "not dlnode's"
+
+
+@pytest.mark.parametrize(("depth", "scale"), [(400, 0.1), (60, 1e6), (1000, 1e-3), (3, 1e-300)])
+def test_planning_arithmetic_survives_extreme_depths_and_scales(depth, scale):
+    """scale^depth under- or overflows a float (0.1^400, 1e6^60): the planning works in logarithms instead of
+    raising ZeroDivisionError/OverflowError."""
+    from dlnode import integration
+    from dlnode.solvers.auto import predicted_stiffness
+
+    horizon = getattr(integration, "escape_estimate", None) or integration.default_t_max
+    assert 0 < horizon(MC, [float(depth)], [scale]) < math.inf
+    ratio = predicted_stiffness(MC, float(depth), scale)
+    assert ratio >= 0 and (ratio > 1) == (scale < 1)  # (s/u₀)^(1−2/N) with s of order 1: above 1 iff u₀ is small

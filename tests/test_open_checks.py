@@ -79,7 +79,10 @@ def test_chunks_opens_lazily_with_dask(ds, tmp_path, suffix):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"drop": "dlnode_format"}, r"is not a dlnode dataset; got no attrs\['dlnode_format'\].*written by dlnode"),
+        (
+            {"drop": "dlnode_format"},
+            r"was written by dlnode .* before format version 1; got no attrs\['dlnode_format'\]",
+        ),
         ({"set": ("dlnode_format_version", 7)}, r"written by a newer dlnode \(format version 7.*upgrade dlnode"),
         ({"set": ("dlnode_format_version", "one")}, "damaged format version"),
         ({"set": ("dlnode_format", "netcdf")}, "is not a dlnode dataset"),
