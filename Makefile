@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/dlnode demo
+	$(BIN)/dlnode demo --overwrite
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check dlnode tests benchmarks

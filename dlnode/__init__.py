@@ -19,6 +19,7 @@ from .curvature import sharpness, sharpness_bounds  # noqa: E402
 from .dataset import open_dataset as open  # noqa: E402, A004
 from .dataset import problem_from, save, validate  # noqa: E402
 from .discrete import compare, convergence_order  # noqa: E402
+from .errors import DlnodeError  # noqa: E402
 from .integration import integrate  # noqa: E402
 from .network import balancedness, init_layers, layer_shapes, product  # noqa: E402
 from .problems import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression  # noqa: E402
@@ -27,6 +28,7 @@ from .sweep import sweep  # noqa: E402
 
 __all__ = [
     "METHODS",
+    "DlnodeError",
     "Factorization",
     "MatrixCompletion",
     "MatrixSensing",

@@ -308,10 +308,21 @@ def save(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> No
         problem_from(out)  # what open would refuse is not written
     check_output_path(target, overwrite, tuple(DATASET_SUFFIXES), "path", is_dlnode_store)
     with atomic_path(target) as tmp:
-        if kind == "netcdf":
-            out.to_netcdf(tmp, engine="h5netcdf")
-        else:
-            out.to_zarr(tmp, mode="w-", consolidated=False, write_empty_chunks=True)
+        try:
+            if kind == "netcdf":
+                out.to_netcdf(tmp, engine="h5netcdf")
+            else:
+                out.to_zarr(tmp, mode="w-", consolidated=False, write_empty_chunks=True)
+        except OSError:
+            raise  # the machine's (disk full, permissions): atomic_path says so
+        except Exception as exc:  # noqa: BLE001 - the writer refused something in ds (an attribute netCDF cannot hold)
+            fail(
+                "ds",
+                f"cannot be stored as {'netCDF' if kind == 'netcdf' else 'zarr'}",
+                shown(f"{type(exc).__name__}: {str(exc).splitlines()[0][:150] if str(exc) else ''}"),
+                "store attributes as strings (json.dumps) or numbers, or save to .zarr",
+                kind=DatasetError,
+            )
 
 
 def open_dataset(path: str | os.PathLike, chunks: dict[str, int] | None = None) -> xr.Dataset:

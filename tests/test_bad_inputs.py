@@ -295,6 +295,36 @@ STORAGE = [
         DatasetError,
         "problem_fields",
     ),  # fmt: skip
+    (
+        "save a dict attribute to netCDF",
+        lambda f: dln.save(f.ds.assign_attrs(config={"a": 1}), f.root / "x.nc"),
+        DatasetError,
+        "ds",
+    ),
+    (
+        "save a None attribute to netCDF",
+        lambda f: dln.save(f.ds.assign_attrs(x=None), f.root / "x.nc"),
+        DatasetError,
+        "ds",
+    ),
+    (
+        "save a NUL in a string to netCDF",
+        lambda f: dln.save(f.ds.assign_attrs(note="a\x00b"), f.root / "x.nc"),
+        DatasetError,
+        "ds",
+    ),
+    (
+        "save a 2**70 attribute to netCDF",
+        lambda f: dln.save(f.ds.assign_attrs(n=2**70), f.root / "x.nc"),
+        DatasetError,
+        "ds",
+    ),
+    (
+        "save a bool attribute to netCDF",
+        lambda f: dln.save(f.ds.assign_attrs(b=True), f.root / "x.nc"),
+        DatasetError,
+        "ds",
+    ),
     ("open missing", lambda f: dln.open(f.root / "nothing.nc"), PathMissingError, "path"),
     ("open unknown suffix", lambda f: dln.open(f.root / "mine.txt"), ArgumentError, "path"),
     ("open plain netCDF", lambda f: dln.open(f.root / "plain.nc"), DatasetError, "path"),
