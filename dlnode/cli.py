@@ -72,9 +72,9 @@ def stop_if_interrupted(ds, out: Path | None) -> None:  # noqa: ANN001
         raise typer.Exit(code=INTERRUPTED)
 
 
-def write_figure(kind: str, ds, path: Path) -> None:  # noqa: ANN001
+def write_figure(kind: str, ds, path: Path, overwrite: bool) -> None:  # noqa: ANN001
     """A figure written atomically: an interrupted or failed plot leaves no partial image."""
-    with atomic_path(path, "--out") as tmp:
+    with atomic_path(path, "--out", replace=overwrite) as tmp:
         PLOTS[kind](ds, path=tmp)
 
 
@@ -112,7 +112,7 @@ def demo(
     typer.echo(summary_table(ds, prob.target_matrix))
     typer.echo(f"wrote {out}  (open with dlnode.open; `dlnode info {out}` describes it)")
     for kind, path in zip(DEMO_FIGURES, figures, strict=True):
-        write_figure(kind, ds, path)
+        write_figure(kind, ds, path, overwrite)
         typer.echo(f"wrote {path}")
 
 
@@ -133,7 +133,7 @@ def plot_command(
         _fail(f"--kind must be one of {choices}; got {kind!r}; pass e.g. --kind loss")
     check_outputs({out: image_suffixes()}, overwrite)
     ds = dln.open(path)
-    write_figure(kind, ds, out)
+    write_figure(kind, ds, out, overwrite)
     typer.echo(f"wrote {out}")
 
 

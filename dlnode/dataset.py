@@ -294,7 +294,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> No
     DatasetError : `ds` is not a dlnode dataset (see `validate`).
     PathExistsError, PathError : `path` exists, its directory is missing or not writable, or the write failed.
     """
-    target = Path(os.fspath(path))
+    target = Path(os.fspath(path)).expanduser()
     kind = DATASET_SUFFIXES[suffix_of(target, tuple(DATASET_SUFFIXES), "path")]
     check_bool("overwrite", overwrite)
     if not isinstance(ds, xr.Dataset):
@@ -307,7 +307,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> No
     if "problem_fields" in out.attrs:
         problem_from(out)  # what open would refuse is not written
     check_output_path(target, overwrite, tuple(DATASET_SUFFIXES), "path", is_dlnode_store)
-    with atomic_path(target) as tmp:
+    with atomic_path(target, replace=overwrite) as tmp:
         try:
             if kind == "netcdf":
                 out.to_netcdf(tmp, engine="h5netcdf")
@@ -414,12 +414,20 @@ def _load(ds: xr.Dataset, source: Path) -> xr.Dataset:
 
 def _check_chunks(source: Path, ds: xr.Dataset) -> None:
     """Missing zarr chunks are damage (they would read as NaN or 0), except data chunks whose cells are all
-    `PENDING` in a sweep store: those are the cells not run yet. The status variable itself must be complete."""
+    `PENDING` in a sweep store: those are the cells not run yet.
+
+    `save` writes every chunk. A sweep store's writer may leave out integer chunks that hold only the fill value
+    (zarr does by default), so there a missing integer chunk is accepted; a missing float chunk (which would read
+    as NaN) of a cell that is not pending is damage everywhere, and so is any missing chunk of a `save`d store.
+    """
     status = ds["status"].load()
     pending = status.values == int(Status.PENDING)
+    sweep = "dlnode_sweep_config" in ds.attrs
     missing = missing_chunks(source)
     for name, regions in sorted(missing.items(), key=lambda item: item[0] != "status"):  # status first
         dims = ds[name].dims if name in ds.variables else ()
+        if sweep and ds[name].dtype.kind in "iub":
+            continue
         per_cell = name in ds.data_vars and name != "status" and set(status.dims) <= set(dims)
 
         def done(region: tuple[slice, ...], dims: tuple = dims) -> bool:

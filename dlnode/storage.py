@@ -50,7 +50,7 @@ def suffix_of(path: Path, suffixes: Sequence[str], argument: str) -> str:
 
 def check_input_path(path: Any, argument: str = "path") -> tuple[Path, str]:
     """An existing dataset path: (path, "netcdf" | "zarr"); netCDF is a file, zarr a directory."""
-    path = Path(os.fspath(path))
+    path = Path(os.fspath(path)).expanduser()
     kind = DATASET_SUFFIXES[suffix_of(path, tuple(DATASET_SUFFIXES), argument)]
     if not path.exists():
         fail(
@@ -78,7 +78,7 @@ def check_output_path(
     """Check, before any work, that `path` can be written: a known suffix, an existing writable parent, and no
     existing entry unless `overwrite` (then it must be a file, or a directory that `replaceable` accepts: a
     directory that is not dlnode's own is never replaced)."""
-    path = Path(os.fspath(path))
+    path = Path(os.fspath(path)).expanduser()
     suffix_of(path, suffixes, argument)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -157,18 +157,23 @@ def _zarr_root_attrs(path: Path) -> dict:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path, argument: str = "path") -> Iterator[Path]:
-    """Yield a hidden temporary sibling of `path` to write; on success it replaces `path` in one rename
+def atomic_path(path: Path, argument: str = "path", replace: bool = False) -> Iterator[Path]:
+    """Yield a hidden temporary sibling of `path` to write; on success it takes `path`'s place in one rename
     (a directory: the old one is moved aside first and removed last), on any failure or interrupt it is removed.
 
-    The sibling keeps `path`'s suffix, so writers that choose a format by suffix (matplotlib) still work.
+    Unless `replace`, the last step never clobbers: if `path` appeared while the data were written (another
+    process), `PathExistsError` is raised and nothing is replaced. The sibling keeps `path`'s suffix, so writers
+    that choose a format by suffix (matplotlib) still work.
     """
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmp = path.with_name(f".{path.stem}.partial-{token}{path.suffix}")
     try:
         try:
             yield tmp
-            _replace(tmp, path, token)
+            if replace:
+                _replace(tmp, path, token)
+            else:
+                _place(tmp, path, argument)
         except OSError as exc:
             if isinstance(exc, PathError):
                 raise
@@ -181,6 +186,32 @@ def atomic_path(path: Path, argument: str = "path") -> Iterator[Path]:
             )
     finally:
         _remove(tmp)
+
+
+def _place(tmp: Path, path: Path, argument: str) -> None:
+    """Move `tmp` to `path`, which must not exist (a hard link is the atomic no-clobber rename for files)."""
+    try:
+        if tmp.is_dir():
+            if path.exists() or path.is_symlink():
+                raise FileExistsError(path)
+            os.rename(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links
+                if path.exists() or path.is_symlink():
+                    raise FileExistsError(path) from None
+                os.replace(tmp, path)
+    except FileExistsError:
+        fail(
+            argument,
+            "appeared while the data were written, and is not replaced",
+            str(path),
+            "pass overwrite=True (CLI: --overwrite) to replace it, or choose another path",
+            PathExistsError,
+        )
 
 
 def _replace(tmp: Path, path: Path, token: str) -> None:

@@ -52,15 +52,23 @@ def test_a_missing_chunk_of_a_finished_cell_is_damage(ds, tmp_path):
         dln.open(path)
 
 
-def test_a_deleted_status_chunk_is_damage_even_in_a_sweep(ds, tmp_path):
-    """A missing status chunk would read as 0 (finished): status must always be complete."""
+def test_a_deleted_status_chunk_is_found_through_the_data(ds, tmp_path):
+    """A missing status chunk reads as 0 (finished): in a sweep store (whose writer may leave out integer chunks
+    of fill values) the data of the pending cell then have missing chunks of a 'finished' cell, which is damage;
+    in a saved store any missing chunk is damage."""
     path = tmp_path / "sweep.zarr"
     sweep_store(ds, path)
     for chunk in (path / "status" / "c").rglob("*"):
         if chunk.is_file():
             chunk.unlink()
-    with pytest.raises(DatasetError, match="variable 'status' has 1 missing chunk"):
+    with pytest.raises(DatasetError, match="missing chunk.* for cells that are not pending"):
         dln.open(path)
+    dln.save(ds, tmp_path / "saved.zarr")
+    for chunk in (tmp_path / "saved.zarr" / "num_steps" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()
+    with pytest.raises(DatasetError, match="variable 'num_steps' has 1 missing chunk"):
+        dln.open(tmp_path / "saved.zarr")
 
 
 @pytest.mark.parametrize("suffix", [".nc", ".zarr"])

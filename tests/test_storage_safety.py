@@ -98,3 +98,27 @@ def test_a_store_opened_lazily_can_replace_itself(ds, tmp_path):
     lazy.close()
     np.testing.assert_array_equal(dln.open(path)["loss"].values, 3 * ds["loss"].values)
     assert _listing(tmp_path) == ["run.zarr"]
+
+
+def test_a_file_that_appears_while_writing_is_not_replaced(ds, tmp_path, monkeypatch):
+    """Another process creates the path after the check: the finished write does not clobber it."""
+    path = tmp_path / "run.nc"
+    original = xr.Dataset.to_netcdf
+
+    def meanwhile(self, target, *args, **kwargs):
+        path.write_text("the other process's result")
+        return original(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", meanwhile)
+    with pytest.raises(PathExistsError, match="appeared while the data were written"):
+        dln.save(ds, path)
+    assert path.read_text() == "the other process's result" and _listing(tmp_path) == ["run.nc"]
+
+
+def test_a_zarr_v2_store_is_checked_too(ds, tmp_path):
+    path = tmp_path / "v2.zarr"
+    ds.to_zarr(path, zarr_format=2, consolidated=False, write_empty_chunks=True)  # every chunk, as save writes
+    xr.testing.assert_identical(dln.open(path), ds)
+    (path / "loss" / "0.0.0.0").unlink()
+    with pytest.raises(ValueError, match="variable 'loss' has 1 missing chunk"):
+        dln.open(path)
