@@ -184,6 +184,7 @@ def problem_from(ds: xr.Dataset) -> Problem:
 
 
 REQUIRED_COORDS = ("depth", "scale", "seed", "time")
+SWEEP_WITNESSES = ("loss", "product", "singular_values", "grad_norm", "t_final")
 KEPT_ENCODING = ("dtype", "_FillValue", "missing_value", "scale_factor", "add_offset", "units", "calendar")
 
 
@@ -416,9 +417,11 @@ def _check_chunks(source: Path, ds: xr.Dataset) -> None:
     """Missing zarr chunks are damage (they would read as NaN or 0), except data chunks whose cells are all
     `PENDING` in a sweep store: those are the cells not run yet.
 
-    `save` writes every chunk. A sweep store's writer may leave out integer chunks that hold only the fill value
-    (zarr does by default), so there a missing integer chunk is accepted; a missing float chunk (which would read
-    as NaN) of a cell that is not pending is damage everywhere, and so is any missing chunk of a `save`d store.
+    `save` writes every chunk, so in a saved store any other missing chunk is damage. A sweep store's writer may
+    leave out chunks that hold only the fill value (zarr's default: a status still PENDING, NaN balancedness of an
+    end-to-end run, the absent layers of depth ∞), which cannot be told from a deleted chunk; there the witnesses
+    are the variables every cell that ran holds finite values in (`SWEEP_WITNESSES`: its state at t = 0 and the
+    time it reached), so a deleted data chunk is still found.
     """
     status = ds["status"].load()
     pending = status.values == int(Status.PENDING)
@@ -426,7 +429,7 @@ def _check_chunks(source: Path, ds: xr.Dataset) -> None:
     missing = missing_chunks(source)
     for name, regions in sorted(missing.items(), key=lambda item: item[0] != "status"):  # status first
         dims = ds[name].dims if name in ds.variables else ()
-        if sweep and ds[name].dtype.kind in "iub":
+        if sweep and name not in SWEEP_WITNESSES:
             continue
         per_cell = name in ds.data_vars and name != "status" and set(status.dims) <= set(dims)
 
