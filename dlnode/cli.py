@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 from pathlib import Path
 from typing import Annotated
@@ -33,6 +35,7 @@ app = typer.Typer(
 
 
 INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT)
+SIGINTS = [0]  # Ctrl-Cs seen during this command, even one whose KeyboardInterrupt Python swallowed
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace existing output files (dlnode's own only)")]
 
 
@@ -64,12 +67,31 @@ def save_result(ds, out: Path, overwrite: bool) -> Path:  # noqa: ANN001
 
 
 def stop_if_interrupted(ds, out: Path | None) -> None:  # noqa: ANN001
-    """A run stopped by Ctrl-C returns what it computed with status INTERRUPTED: say so and exit 130."""
+    """A run stopped by Ctrl-C returns what it computed with status INTERRUPTED: say so and exit 130. So does a
+    Ctrl-C that came while the run could not stop (its KeyboardInterrupt raised inside a garbage-collector
+    callback, where Python ignores it): the finished result is kept, the rest of the command is not done."""
     cells = int((np.asarray(ds["status"].values) == int(Status.INTERRUPTED)).sum())
-    if cells:
-        where = f"; the partial result was saved to {out}" if out is not None else ""
-        typer.echo(f"interrupted (Ctrl-C): {cells} run(s) stopped early{where}", err=True)
+    if cells or SIGINTS[0]:
+        where = f"; the result so far was saved to {out}" if out is not None else ""
+        what = f"{cells} run(s) stopped early" if cells else "the runs had finished"
+        typer.echo(f"interrupted (Ctrl-C): {what}{where}", err=True)
         raise typer.Exit(code=INTERRUPTED)
+
+
+def _count_sigint(signum: int, frame) -> None:  # noqa: ANN001, ARG001
+    SIGINTS[0] += 1
+    raise KeyboardInterrupt
+
+
+def _unraisable(hook):  # noqa: ANN001, ANN202
+    """sys.unraisablehook that drops a KeyboardInterrupt Python could not raise (it is counted in SIGINTS and
+    stops the command at its next step) instead of printing its traceback; anything else goes to `hook`."""
+
+    def quiet(unraisable) -> None:  # noqa: ANN001
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            hook(unraisable)
+
+    return quiet
 
 
 def write_figure(kind: str, ds, path: Path, overwrite: bool) -> None:  # noqa: ANN001
@@ -112,6 +134,8 @@ def demo(
     typer.echo(summary_table(ds, prob.target_matrix))
     typer.echo(f"wrote {out}  (open with dlnode.open; `dlnode info {out}` describes it)")
     for kind, path in zip(DEMO_FIGURES, figures, strict=True):
+        if SIGINTS[0]:
+            raise KeyboardInterrupt
         write_figure(kind, ds, path, overwrite)
         typer.echo(f"wrote {path}")
 
@@ -279,6 +303,12 @@ def main(argv: list[str] | None = None) -> None:
     file is left: every write is atomic); anything else is a bug: one line saying so, with the traceback saved
     to a file to report (``DLNODE_DEBUG=1`` shows it instead), exit code 1.
     """
+    SIGINTS[0] = 0
+    previous = signal.getsignal(signal.SIGINT)
+    count = previous is signal.default_int_handler and threading.current_thread() is threading.main_thread()
+    if count:  # a background job's ignored SIGINT stays ignored
+        signal.signal(signal.SIGINT, _count_sigint)
+    hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     try:
         app(args=argv, prog_name="dlnode")
     except SystemExit as exc:
@@ -298,6 +328,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _exit(f"error: {type(exc).__name__}: {exc} -- this is a bug in dlnode {__version__}; please report it with "
               f"the command you ran and the traceback saved in {_save_traceback()}", 1)  # fmt: skip
+    finally:
+        sys.unraisablehook = hook
+        if count:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _exit(message: str, code: int) -> None:
@@ -310,12 +344,13 @@ def _interrupted() -> None:
 
 
 def _caused_by_interrupt(exc: BaseException) -> bool:
-    """Whether a SystemExit(130) is typer's answer to a KeyboardInterrupt (rather than a command's own exit)."""
-    seen = exc.__context__
+    """Whether a SystemExit(130) is typer's answer to a KeyboardInterrupt (``raise Exit(130) from interrupt``),
+    rather than a command's own exit after it said what it kept (``raise Exit(130) from None``)."""
+    seen = exc.__context__  # the typer Exit that sys.exit was called for
     while seen is not None:
         if isinstance(seen, KeyboardInterrupt):
             return True
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__
     return False
 
 
