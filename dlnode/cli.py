@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -309,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     if count:  # a background job's ignored SIGINT stays ignored
         signal.signal(signal.SIGINT, _count_sigint)
     hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
+    show, warnings.showwarning = warnings.showwarning, _one_line_warning
     try:
         app(args=argv, prog_name="dlnode")
     except SystemExit as exc:
@@ -329,9 +331,14 @@ def main(argv: list[str] | None = None) -> None:
         _exit(f"error: {type(exc).__name__}: {exc} -- this is a bug in dlnode {__version__}; please report it with "
               f"the command you ran and the traceback saved in {_save_traceback()}", 1)  # fmt: skip
     finally:
-        sys.unraisablehook = hook
+        sys.unraisablehook, warnings.showwarning = hook, show
         if count:
             signal.signal(signal.SIGINT, previous)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001, ARG001
+    """Warnings on the command line: one line each, without the source line Python would print under them."""
+    typer.echo(" ".join(f"warning: {message}".split()), err=True)
 
 
 def _exit(message: str, code: int) -> None:

@@ -283,3 +283,23 @@ def test_a_command_that_handles_ctrl_c_itself_is_not_reported_twice(capsys, monk
     finally:
         cli.app.registered_commands.pop()
     assert code == 130 and one_line(err) == "interrupted: 3 of 8 cells on disk"
+
+
+def test_warnings_are_one_line(stored, capsys, tmp_path, monkeypatch):
+    import warnings
+
+    ds, _ = stored
+    partial = ds.copy(deep=True)
+    partial["status"].values[0, 0, 0] = int(dln.Status.INTERRUPTED)
+
+    def warns(*args, **kwargs):
+        warnings.warn("dlnode: 1 of 2 runs did not converge: depth 1 interrupted", stacklevel=2)
+        return partial
+
+    monkeypatch.setattr(dln, "integrate", warns)
+    code, _, err = dlnode(capsys, "demo", "--quick", "-o", tmp_path / "demo.nc")
+    assert code == 130
+    assert err.strip().splitlines() == [
+        "warning: dlnode: 1 of 2 runs did not converge: depth 1 interrupted",
+        f"interrupted (Ctrl-C): 1 run(s) stopped early; the result so far was saved to {tmp_path / 'demo.nc'}",
+    ]
