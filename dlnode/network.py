@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import fail
 from .problems import Problem
 from .validation import call_init, check_positive, check_seed
 
@@ -105,7 +106,8 @@ INITS: dict[str, Callable[..., list[np.ndarray]]] = {
 def check_init(init: Any) -> None:
     """Raise a one-line ValueError unless `init` is a registered name or a callable."""
     if not callable(init) and not (isinstance(init, str) and init in INITS):
-        raise ValueError(f"unknown init {init!r}; expected one of {sorted(INITS)} or a callable")
+        fail("init", "must be a known name or a callable", None, "pass e.g. init='gaussian'",
+             text=f"unknown init {init!r}; expected one of {sorted(INITS)} or a callable")  # fmt: skip
 
 
 def init_layers(
