@@ -1,6 +1,6 @@
 """Property tests over random small problems, depths, inits, scales and methods (hypothesis, derandomised).
 
-Invariants of the exact gradient flow that every integration must keep (MATH.md §1 in the project's docs):
+Invariants of the exact gradient flow that every integration must keep (docs/math.md):
 dℓ/dt = −‖∇L‖² ≤ 0 (the loss never increases) and dD_j/dt = 0 (balancedness is conserved); gradient descent is
 its explicit Euler discretisation, so GD with step lr tracks the flow with a global error of first order in lr;
 and a dataset round-trips through storage unchanged. Problems are 2 × 2 so that every example reuses one
