@@ -251,6 +251,8 @@ def _check_contents(ds: xr.Dataset, where: str) -> None:
     """What `open` and `save` require: the format attrs, every schema variable (``weights`` is optional) and
     coordinate, each with at least the schema's dims, and status codes from the `Status` vocabulary."""
     _check_format(ds.attrs, where)
+    if "study" in ds.attrs:  # a study's own dataset (studies.run): its own dims and variables, not the run schema
+        return
     missing = [n for n in VARIABLES if n != "weights" and n not in ds.data_vars]
     missing += [f"coordinate {c}" for c in REQUIRED_COORDS if c not in ds.coords]
     if missing:
@@ -288,7 +290,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> No
     Never destroys anything by accident: an existing `path` is refused unless ``overwrite=True``, and even then
     only a dlnode dataset is replaced (never a foreign file or directory). The data go to a hidden temporary
     sibling first and are renamed into place, so a failed or interrupted write leaves the old file as it was.
-    The parent directory must exist.
+    Missing parent directories are created.
 
     Raises
     ------
@@ -307,7 +309,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> No
     _check_contents(out, "ds")
     if "problem_fields" in out.attrs:
         problem_from(out)  # what open would refuse is not written
-    check_output_path(target, overwrite, tuple(DATASET_SUFFIXES), "path", is_dlnode_store)
+    check_output_path(target, overwrite, tuple(DATASET_SUFFIXES), "path", is_dlnode_store, make_parents=True)
     with atomic_path(target, replace=overwrite) as tmp:
         try:
             if kind == "netcdf":

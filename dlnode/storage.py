@@ -74,6 +74,7 @@ def check_output_path(
     suffixes: Sequence[str] = tuple(DATASET_SUFFIXES),
     argument: str = "path",
     replaceable: Callable[[Path], bool] | None = None,
+    make_parents: bool = False,
 ) -> Path:
     """Check, before any work, that `path` can be written: a known suffix, an existing writable parent, and no
     existing entry unless `overwrite` (then it must be a file, or a directory that `replaceable` accepts: a
@@ -81,6 +82,12 @@ def check_output_path(
     path = Path(os.fspath(path)).expanduser()
     suffix_of(path, suffixes, argument)
     parent = path.parent if str(path.parent) else Path(".")
+    if make_parents and not parent.exists() and not parent.is_symlink():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = shown(f"{str(parent)!r}: {exc.strerror or exc}")
+            fail(argument, "must be in a directory that can be created", why, "choose another path", kind=PathError)
     if not parent.is_dir():
         why = "is not a directory" if parent.exists() else "does not exist"
         fail(

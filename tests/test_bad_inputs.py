@@ -282,7 +282,6 @@ STORAGE = [
         PathExistsError,
         "path",
     ),  # fmt: skip
-    ("save missing parent", lambda f: dln.save(f.ds, f.root / "nope" / "x.nc"), PathError, "path"),
     ("save parent is a file", lambda f: dln.save(f.ds, f.root / "mine.txt" / "x.nc"), PathError, "path"),
     ("save a DataArray", lambda f: dln.save(f.ds["loss"], f.root / "x.nc"), ArgumentError, "ds"),
     ("save a plain Dataset", lambda f: dln.save(xr.Dataset({"a": 1}), f.root / "x.nc"), DatasetError, "ds"),

@@ -122,3 +122,19 @@ def test_a_zarr_v2_store_is_checked_too(ds, tmp_path):
     (path / "loss" / "0.0.0.0").unlink()
     with pytest.raises(ValueError, match="variable 'loss' has 1 missing chunk"):
         dln.open(path)
+
+
+def test_missing_parent_directories_are_created(ds, tmp_path):
+    path = tmp_path / "data" / "runs" / "run.nc"
+    dln.save(ds, path)
+    xr.testing.assert_identical(dln.open(path), ds)
+
+
+def test_a_study_dataset_keeps_its_own_dims(ds, tmp_path):
+    """A study's dataset (attrs["study"]) is derived from runs and has dims of its own: stored and read like any
+    dlnode dataset (format attrs), without the run schema."""
+    table = xr.Dataset({"escape_time": ("depth", np.array([1.0, 2.0]))}, coords={"depth": [2.0, 3.0]},
+                       attrs={"study": "example"})  # fmt: skip
+    dln.save(table, tmp_path / "study.nc")
+    back = dln.open(tmp_path / "study.nc")
+    xr.testing.assert_identical(back, table.assign_attrs(dlnode_format="dlnode-dataset", dlnode_format_version=1))
