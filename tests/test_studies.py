@@ -46,3 +46,20 @@ def test_study_command_lists_and_rejects_unknown_names():
     assert bad.exit_code == 2 and "NAME must be one of" in bad.output
     missing = runner.invoke(cli.app, ["study"])
     assert missing.exit_code == 2 and "NAME is required" in missing.output
+
+
+def test_study_command_prints_the_table_and_exits_1_on_a_failed_check(tmp_path, monkeypatch):
+    rows = [{"claim": "deeper is lower", "paper": "yes", "ours": "2.9 vs 19", "passed": True},
+            {"claim": "depth 2 recovers", "paper": "yes", "ours": "error 0.02", "passed": False}]  # fmt: skip
+
+    def fake_run(name, quick, outdir, overwrite, config):
+        assert (name, quick, outdir, overwrite, config) == ("arora2019", True, tmp_path, False, None)
+        return None, rows, [tmp_path / "figures" / "arora2019-spectra.png"], 12.5
+
+    monkeypatch.setattr(studies, "run", fake_run)
+    result = CliRunner().invoke(cli.app, ["study", "arora2019", "--quick", "-o", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "depth 2 recovers" in result.output and "FAIL" in result.output
+    assert "1/2 checks passed; runtime 12.5 s" in result.output
+    rows[1]["passed"] = True
+    assert CliRunner().invoke(cli.app, ["study", "arora2019", "--quick", "-o", str(tmp_path)]).exit_code == 0
