@@ -13,9 +13,9 @@ Their code (github.com/roosephu/deep_matrix_factorization), mapped to dlnode:
   loss ½Σ_Ω (the same trajectory on the time t/|Ω|: dlnode's default horizon, set from the target's norm, is too
   short for the normalised loss) and reports times and losses in the normalised convention.
 - initialisation: each layer N(0, s^{2/N}/n) with end-to-end scale s = 1e-3 (``init_scale``), i.e. dlnode's
-  ``init="gaussian"`` with per-layer ``scale = s^{1/N}``. Depth ∞ is the balanced end-to-end flow of Cohen, Menon
-  & Veraszto with W(0) = s·Q_out Q_inᵀ (``flow="end_to_end"``, ``init="balanced"``, end-to-end scale s), on its
-  rescaled time τ = N t.
+  ``init="gaussian"`` with ``scale=s, scale_of="product"`` (each layer s^{1/N}). Depth ∞ is the balanced
+  end-to-end flow of Cohen, Menon & Veraszto with W(0) = s·Q_out Q_inᵀ (``flow="end_to_end"``,
+  ``init="balanced"``, ``scale=s, scale_of="product"``), on its rescaled time τ = N t.
 - metrics: their test loss (mean over all n² entries of the squared error) is ‖W − M‖²_F/n² = (relative error)²
   because ‖M‖_F = n; this study reports the relative error ‖W − M‖_F/‖M‖_F and the effective rank of W
   (Roy–Vetterli, exp of the entropy of σ/Σσ).
@@ -108,13 +108,16 @@ def _run(prob: dln.MatrixCompletion, depth: float, config: dict) -> xr.Dataset:
     common = {"seed": config["init_seed"], "saveat": config["saveat"], "loss_tol": config["loss_tol"]}
     s = config["init_scale"]
     if np.isfinite(depth):
-        return dln.integrate(prob, depth=int(depth), init="gaussian", scale=s ** (1 / depth), progress=False, **common)
+        return dln.integrate(
+            prob, depth=int(depth), init="gaussian", scale=s, scale_of="product", progress=False, **common
+        )
     return dln.integrate(
         prob,
         depth="inf",
         flow="end_to_end",
         init="balanced",
         scale=s,
+        scale_of="product",
         method=config["method_inf"],
         progress=False,
         **common,
@@ -207,8 +210,8 @@ def compute(config: dict) -> xr.Dataset:
         "lr_mapping": "their lr eta = dlnode lr 2 eta; their step k = dlnode flow time 2 eta k (this study: flow)",
         "time_convention": "run_time is the flow time of MatrixCompletion(normalize=True), = |Omega| x that of the "
         "unnormalised loss the flow was integrated on (the same trajectory)",
-        "init_convention": "layers N(0, s^(2/N)/n), s = init_scale: dlnode init='gaussian', scale=s^(1/N); "
-        "depth inf: flow='end_to_end', init='balanced', scale=s (time tau = N t)",
+        "init_convention": "layers N(0, s^(2/N)/n), s = init_scale: dlnode init='gaussian', scale=s, "
+        "scale_of='product'; depth inf: flow='end_to_end', init='balanced', scale=s, scale_of='product' (tau = N t)",
     }
     return xr.Dataset(variables, coords=coords, attrs=attrs)
 

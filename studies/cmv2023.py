@@ -64,6 +64,7 @@ def compute(config: dict) -> xr.Dataset:
         flow="end_to_end",
         init="balanced",
         scale=config["scale"],
+        scale_of="product",
         seed=config["init_seed"],
         saveat=config["saveat"],
         method=config["method"],
