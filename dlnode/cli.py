@@ -140,6 +140,13 @@ def info(path: Annotated[Path, typer.Argument(help="a dataset written by dlnode 
         ds = dln.open(path)
     except (ValueError, FileNotFoundError, OSError) as exc:
         _fail(f"PATH: {exc}")
+    if "study" in ds.attrs:  # a study's dataset (studies.run): its own dims, not the run schema
+        typer.echo(f"{path}: dlnode study {ds.attrs['study']!r}, {ds.attrs.get('study_paper', '')}")
+        typer.echo("dims: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
+        typer.echo("variables: " + ", ".join(sorted(ds.data_vars)))
+        config, runtime = ds.attrs.get("study_config", "?"), ds.attrs.get("study_runtime", 0.0)
+        typer.echo(f"configuration: {config}; runtime {runtime:.1f} s")
+        return
     typer.echo(f"{path}: dlnode dataset (version {ds.attrs.get('dlnode_version', '?')})")
     typer.echo("dims: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
     typer.echo("depth: " + ", ".join(f"{d:g}" for d in ds.depth.values) + "; scale: "

@@ -27,6 +27,9 @@ def test_demo_quick_runs_the_flagship_study_and_prints_its_table(tmp_path):
     for kind in ("spectra", "rank-vs-depth"):
         size = (tmp_path / "figures" / f"arora2019-{kind}.png").stat().st_size
         assert 10_000 < size < 300_000
+    info = _run("info", str(tmp_path / "data" / "arora2019.nc"))
+    assert info.returncode == 0, info.stderr
+    assert "dlnode study 'arora2019'" in info.stdout and "effective_rank" in info.stdout
     again = _run("demo", "--quick", "-o", str(tmp_path))
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
