@@ -19,13 +19,13 @@ demo: $(BIN)/.installed
 	$(BIN)/dlnode demo --overwrite
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check dlnode tests benchmarks
-	$(BIN)/ruff format --check dlnode tests benchmarks
+	$(BIN)/ruff check dlnode tests benchmarks studies
+	$(BIN)/ruff format --check dlnode tests benchmarks studies
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check --fix dlnode tests benchmarks
-	$(BIN)/ruff format dlnode tests benchmarks
+	$(BIN)/ruff check --fix dlnode tests benchmarks studies
+	$(BIN)/ruff format dlnode tests benchmarks studies
 
 clean:
-	rm -rf $(VENV) data/demo.nc .pytest_cache
+	rm -rf $(VENV) data/arora2019.nc figures/arora2019-*.png .pytest_cache

@@ -70,16 +70,17 @@ def sweep_time(client, config: dict, repeats: int, scratch: Path) -> float:  # n
 
 def loop_time(config: dict, repeats: int) -> float:
     """Median wall time of a plain loop of `integrate` calls, one per cell, compiled once beforehand."""
-    from dlnode.sweep_config import load_config, save_times
+    from dlnode.store import Layout
+    from dlnode.sweep_config import load_config
 
     cfg = load_config(config)
-    problem = cfg.problem.build()
-    ts = save_times(cfg, problem)[1:]
+    layout = Layout.of(cfg, 1)  # the sweep's time axis and its rtol, atol (resolved once for the grid)
+    problem, ts = layout.problem, layout.times[1:]
 
     def once() -> None:
         for seed in cfg.grid.seed:
             dln.integrate(problem, depth=cfg.grid.depth[0], scale=cfg.grid.scale, seed=[seed], method="tsit5",
-                          t1=cfg.integrate.t1, saveat=ts, rtol=cfg.integrate.rtol, atol=cfg.integrate.atol,
+                          t1=cfg.integrate.t1, saveat=ts, rtol=layout.rtol, atol=layout.atol,
                           progress=False)  # fmt: skip
 
     once()

@@ -1,5 +1,5 @@
-"""The `dlnode` command: `demo` (the main job), `info` (a stored dataset or sweep store), `plot` (its figures), `bench`,
-`run` (a sweep on Dask) and `export` (a sweep store to netCDF)."""
+"""The `dlnode` command: `demo` (the main job), `study` (one paper's result), `info` (a stored dataset or sweep
+store), `plot` (its figures), `bench`, `run` (a sweep on Dask) and `export` (a sweep store to netCDF)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,6 @@ from .plot import PLOTS
 from .solvers.core import Status
 from .storage import DATASET_SUFFIXES, atomic_path, check_output_path, is_dlnode_store
 
-DEMO_PATH = Path("data/demo.nc")
-DEMO_FIGURES = ("loss", "singular_values", "rank_staircase", "effective_rank")
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -50,21 +48,6 @@ def check_outputs(paths: dict[Path, tuple[str, ...]], overwrite: bool, option: s
     for path, suffixes in paths.items():
         replaceable = is_dlnode_store if suffixes == tuple(DATASET_SUFFIXES) else None
         check_output_path(path, overwrite, suffixes, option, replaceable)
-
-
-def save_result(ds, out: Path, overwrite: bool) -> Path:  # noqa: ANN001
-    """Save a computed dataset; if `out` cannot be written after all (it appeared meanwhile, the disk filled),
-    the work is not lost: it goes to a file in the temporary directory, and the command says where."""
-    import dlnode as dln
-
-    try:
-        dln.save(ds, out, overwrite=overwrite)
-        return out
-    except (DlnodeError, OSError) as exc:
-        rescue = Path(tempfile.mkdtemp(prefix="dlnode-rescued-")) / out.name
-        dln.save(ds, rescue)
-        typer.echo(f"error: {exc}; the result was saved to {rescue} instead", err=True)
-        raise typer.Exit(code=2) from None
 
 
 def stop_if_interrupted(ds, out: Path | None) -> None:  # noqa: ANN001
@@ -107,38 +90,81 @@ def image_suffixes() -> tuple[str, ...]:
     return tuple(f".{k}" for k in sorted(Figure().canvas.get_supported_filetypes()))
 
 
+DEMO_STUDY = "arora2019"
+
+
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="where to write the dataset (.nc or .zarr)")] = DEMO_PATH,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for data/ and figures/")] = Path("."),
     quick: Annotated[bool, typer.Option("--quick", help="a tiny problem (seconds), for smoke tests")] = False,
-    overwrite: Overwrite = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace the results of an earlier demo")] = False,
 ) -> None:
-    """Depth 1/2/3 on a low-rank matrix-completion problem from small init: data, figures and a summary table."""
-    stem = out.with_suffix("") if out.suffix.lower() in DATASET_SUFFIXES else out
-    figures = [Path(f"{stem}_{kind}.png") for kind in DEMO_FIGURES]
-    if out == DEMO_PATH:
-        out.parent.mkdir(parents=True, exist_ok=True)  # the default folder is the demo's own
-    check_outputs({out: tuple(DATASET_SUFFIXES), **{f: (".png",) for f in figures}}, overwrite)
-    import dlnode as dln
+    """The flagship study (Arora et al. 2019, depth lowers the rank of a matrix completion) in its quick mode:
+    data, figures and the table of the paper's claims against our numbers. Same as `dlnode study arora2019 --quick`."""
+    studies = _studies()
+    config = studies.load(DEMO_STUDY).SMOKE if quick else None
+    _run_study(DEMO_STUDY, True, out, overwrite, config, "smoke-test" if quick else None)
 
-    if quick:
-        prob = dln.MatrixCompletion.random(shape=(12, 12), rank=2, observed=70, seed=0)
-        grid = {"scale": [1e-1], "seed": [0, 1]}
-    else:
-        prob = dln.MatrixCompletion.random(shape=(30, 30), rank=3, observed=450, seed=0)
-        grid = {"scale": [1e-1, 1e-2], "seed": [0, 1, 2]}
-    typer.echo(f"matrix completion {prob.d_out}x{prob.d_in}, rank {prob.rank}, {int(prob.mask.sum())} observed; "
-               f"depths 1, 2, 3; gaussian init, scales {grid['scale']}, seeds {grid['seed']}")  # fmt: skip
-    ds = dln.integrate(prob, depth=[1, 2, 3], init="gaussian", saveat=100, **grid)
-    save_result(ds, out, overwrite)
-    stop_if_interrupted(ds, out)
-    typer.echo(summary_table(ds, prob.target_matrix))
-    typer.echo(f"wrote {out}  (open with dlnode.open; `dlnode info {out}` describes it)")
-    for kind, path in zip(DEMO_FIGURES, figures, strict=True):
-        if SIGINTS[0]:
-            raise KeyboardInterrupt
-        write_figure(kind, ds, path, overwrite)
+
+def _studies():  # noqa: ANN202 - the studies package of a dlnode install
+    try:
+        import studies
+    except ImportError:
+        _fail("the studies package is not installed; install dlnode from a checkout with `pip install -e .`")
+    return studies
+
+
+def _run_study(
+    name: str, quick: bool, out: Path, overwrite: bool, config: dict | None = None, label: str | None = None
+) -> None:
+    studies = _studies()
+    module = studies.load(name)
+    size = label or ("quick" if quick else "full")
+    typer.echo(f"{name}: {module.TITLE}\n{module.PAPER}; {size} configuration")
+    try:
+        ds, rows, figures, runtime = studies.run(name, quick=quick, outdir=out, overwrite=overwrite, config=config)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    data_path, _ = studies.outputs(name, out)
+    typer.echo(f"wrote {data_path}  (open with dlnode.open)")
+    if "status" in ds:
+        stop_if_interrupted(ds, data_path)
+    for path in figures:
         typer.echo(f"wrote {path}")
+    typer.echo(studies.format_table(rows, runtime))
+    if not all(r["passed"] for r in rows):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def study(
+    name: Annotated[str | None, typer.Argument(help="the study to run (see --list)")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="the small configuration (about a minute)")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for data/NAME.nc and figures/NAME-*.png")] = Path(
+        "."
+    ),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace this study's earlier results")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="list the studies and exit")] = False,
+) -> None:
+    """Reproduce one paper's result: data, figures, and a table of its claims against our numbers (exit status 1
+    when a check fails)."""
+    studies = _studies()
+    if list_:
+        for key in studies.STUDIES:
+            try:
+                module = studies.load(key)
+            except ModuleNotFoundError as exc:
+                if exc.name != f"studies.{key}":
+                    raise
+                typer.echo(f"{key:<18} (not in this install)")
+                continue
+            typer.echo(f"{key:<18} {module.PAPER}: {module.TITLE}")
+        return
+    if name is None:
+        _fail(f"NAME is required: one of {list(studies.STUDIES)}; or pass --list")
+    if name not in studies.STUDIES:
+        _fail(f"NAME must be one of {list(studies.STUDIES)}; got {name!r}; see `dlnode study --list`")
+    _run_study(name, quick, out, overwrite)
 
 
 @app.command("plot")
@@ -162,32 +188,6 @@ def plot_command(
     typer.echo(f"wrote {out}")
 
 
-def summary_table(ds, target: np.ndarray) -> str:  # noqa: ANN001
-    """Final loss, effective rank, numerical rank, recovery error and status counts per depth and scale."""
-    from .analysis import effective_rank, numerical_rank
-
-    final = ds.isel(time=-1)
-    erank = effective_rank(final)
-    nrank = numerical_rank(final)
-    error = np.sqrt(((final["product"] - target) ** 2).sum(("row", "col"))) / np.linalg.norm(target)
-    rows = [
-        f"{'depth':>5} {'scale':>8} {'final loss':>11} {'eff. rank':>9} {'num. rank':>9} {'rel. error':>10}  status"
-    ]
-    for d in ds.depth.values:
-        for s in ds.scale.values:
-            sel = {"depth": d, "scale": s}
-            status = ds["status"].sel(sel).values
-            counts = ", ".join(f"{int((status == k).sum())} {name}" for k, name in _meanings(ds).items()
-                               if (status == k).any())  # fmt: skip
-            rows.append(
-                f"{d:>5g} {s:>8.0e} {float(final['loss'].sel(sel).median()):>11.3e} "
-                f"{float(erank.sel(sel).median()):>9.2f} {float(nrank.sel(sel).median()):>9.0f} "
-                f"{float(error.sel(sel).median()):>10.3e}  {counts}"
-            )
-    rows.append("(medians over seeds; ranks of W at the end, numerical rank at 1e-3 of the top singular value)")
-    return "\n".join(rows)
-
-
 def _meanings(ds) -> dict[int, str]:  # noqa: ANN001, ARG001 - the vocabulary is dlnode's (open checked the codes)
     return STATUS_MEANINGS
 
@@ -202,6 +202,13 @@ def info(path: Annotated[Path, typer.Argument(help="a dataset written by dlnode 
         typer.echo(store.describe(path))
         return
     ds = dln.open(path)
+    if "study" in ds.attrs:  # a study's dataset (studies.run): its own dims, not the run schema
+        typer.echo(f"{path}: dlnode study {ds.attrs['study']!r}, {ds.attrs.get('study_paper', '')}")
+        typer.echo("dims: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
+        typer.echo("variables: " + ", ".join(sorted(ds.data_vars)))
+        config, runtime = ds.attrs.get("study_config", "?"), ds.attrs.get("study_runtime", 0.0)
+        typer.echo(f"configuration: {config}; runtime {runtime:.1f} s")
+        return
     typer.echo(f"{path}: dlnode dataset (version {ds.attrs.get('dlnode_version', '?')})")
     typer.echo("dims: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
     typer.echo("depth: " + ", ".join(f"{d:g}" for d in ds.depth.values) + "; scale: "

@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import json
 import math
 import os
 import shutil
+import types
 import uuid
 from pathlib import Path
 from typing import Any
 
 import dask.array as da
-import diffrax
-import jax
 import numpy as np
 import xarray as xr
 import zarr
 import zarr.api.asynchronous
 
-from ._version import __version__
+from . import integration
 from .dataset import RUN, STATUS_MEANINGS, VARIABLES, with_problem
 from .problems import Problem
 from .solvers import METHODS, Status
@@ -42,6 +40,7 @@ EXTRA_AXES = ("flow", "init", "method", "lr")  # grid axes beyond depth × scale
 INTEGERS = {"status": int(Status.PENDING), "num_steps": -1, "num_rejected": -1, "method_used": -1}
 METHOD_CODES = {name: i for i, name in enumerate(sorted(METHODS))}
 REDO = (int(Status.PENDING), int(Status.INTERRUPTED))  # cells a run computes; every other status is final
+PER_CALL_ATTRS = ("compile_time", "run_time", "config")  # attrs of one integrate call that no store-wide value has
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +54,13 @@ class Layout:
     times: np.ndarray
     extent: tuple[int, int, int]  # (layer, out, in) of the padded weights
     chunk: dict[str, int]  # cells per chunk along each run dim
+    rtol: float  # one rtol and atol for every cell (the config's, or integrate's defaults over the whole grid)
+    atol: float
 
     @classmethod
-    def of(cls, config: SweepConfig, batch: int) -> Layout:
+    def of(cls, config: SweepConfig, batch: int, tolerances: tuple[float, float] | None = None) -> Layout:
+        """The layout of `config` cut in tasks of `batch` cells; `tolerances` (rtol, atol) as resolved before (a
+        store's own), else resolved here."""
         problem = config.problem.build()
         grid = config.grid
         axes: dict[str, list] = {"depth": config.depths(), "scale": list(grid.scale), "seed": list(grid.seed)}
@@ -74,7 +77,14 @@ class Layout:
         else:
             per_seed, per_scale = math.ceil(n_seed / math.ceil(n_seed / batch)), 1
         chunk = {name: 1 for name in axes} | {"scale": per_scale, "seed": per_seed}
-        return cls(config, problem, axes, fixed, save_times(config, problem), layer_extent(config, problem), chunk)
+        times = save_times(config, problem)
+        if tolerances is None:
+            tolerances = _tolerances(config, problem, times)
+        return cls(config, problem, axes, fixed, times, layer_extent(config, problem), chunk, *map(float, tolerances))
+
+    def plan(self) -> Any:
+        """`dlnode.integrate`'s plan of the whole grid as one call, with the store's rtol and atol."""
+        return _grid_plan(self.config, self.problem, self.times, self.config.grid.flow[0], self.rtol, self.atol)
 
     @property
     def run_dims(self) -> tuple[str, ...]:
@@ -97,6 +107,30 @@ class Layout:
 
     def cells(self) -> int:
         return math.prod(len(v) for v in self.axes.values())
+
+
+def _grid_plan(config: SweepConfig, problem: Problem, times: np.ndarray, flow: str, rtol: float | None,
+               atol: float | None) -> Any:  # fmt: skip
+    """`integrate`'s plan of every depth and scale of the grid in one call, as a task calls it: the first init,
+    the largest lr, the requested method (``auto`` planned as ``tsit5``: what it chooses is per task)."""
+    grid, run = config.grid, config.integrate
+    method = grid.method[0] if grid.method[0] != "auto" else "tsit5"
+    return integration._plan(
+        problem, depth=config.depths(), width=run.width, init=grid.init[0], scale=list(grid.scale), seed=[0],
+        flow=flow, method=method, lr=max(grid.lr) if grid.lr else None, t1=run.t1, rtol=rtol, atol=atol,
+        saveat=times[1:], save_weights=run.save_weights, progress=False, loss_tol=run.loss_tol,
+        max_steps=run.max_steps, scale_of=run.scale_of,
+    )  # fmt: skip
+
+
+def _tolerances(config: SweepConfig, problem: Problem, times: np.ndarray) -> tuple[float, float]:
+    """(rtol, atol) for every cell: the config's, or integrate's defaults over all depths and scales of the grid
+    (the tightest over the swept flows), so every cell equals a plain `integrate` call given these two values."""
+    run = config.integrate
+    rtol = run.rtol
+    if rtol is None:
+        rtol = min(_grid_plan(config, problem, times, f, None, None).controls.rtol for f in config.grid.flow)
+    return rtol, _grid_plan(config, problem, times, config.grid.flow[0], rtol, run.atol).controls.atol
 
 
 def _coords(layout: Layout) -> dict[str, Any]:
@@ -146,34 +180,39 @@ def _template(layout: Layout) -> tuple[xr.Dataset, dict]:
 
 
 def _attrs(layout: Layout) -> dict[str, Any]:
-    config, run = layout.config, layout.config.integrate
-    single = {name: ("swept" if name in layout.axes else layout.fixed[name]) for name in EXTRA_AXES}
-    return {
+    """`dlnode.integrate`'s attrs for the whole grid as one call (one builder, so the two keep the same keys and
+    meanings), less the per-call timings, with the swept axes marked ``"swept"`` and the sweep's own keys."""
+    runs = {d: types.SimpleNamespace(ts=layout.times, compile_time=0.0, wall_time=0.0) for d in layout.axes["depth"]}
+    attrs = {k: v for k, v in integration._attrs(layout.plan(), runs).items() if k not in PER_CALL_ATTRS}
+    for name in ("flow", "init", "lr"):
+        if name in layout.axes:
+            attrs[name] = "swept"
+    attrs |= _method_attrs(layout)
+    run = layout.config.integrate
+    attrs["saveat"] = run.saveat if isinstance(run.saveat, int) else "explicit"  # the config's: tasks pass times
+    if attrs["method"] == "per cell" and run.max_steps is None:
+        attrs["max_steps"] = "per cell: the default of the method that ran"
+    return attrs | {
         "dlnode_format": "dlnode-dataset",
         "dlnode_format_version": 1,
-        SWEEP_ATTR: config.canonical(),
-        "dlnode_version": __version__,
-        "problem": layout.problem.to_json(),
-        "flow": single["flow"],
-        "method": single["method"],
-        "init": single["init"],
-        "lr": math.nan if single["lr"] is None else single["lr"],
+        SWEEP_ATTR: layout.config.canonical(),
         "swept_axes": " ".join(d for d in layout.axes if d in EXTRA_AXES),
-        "rtol": run.rtol,
-        "atol": run.atol,
-        "t1": math.nan if run.t1 is None else run.t1,
-        "saveat": run.saveat if isinstance(run.saveat, int) else "explicit",
-        "width": run.width or max(layout.problem.d_in, layout.problem.d_out),
-        "scale_of": run.scale_of,
         "sweep_batch": math.prod(layout.chunk.values()),
-        "jax_version": jax.__version__,
-        "diffrax_version": diffrax.__version__,
-        "x64": int(jax.config.jax_enable_x64),
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "Conventions": "CF-1.8",
-        "loss_convention": layout.problem.convention,
         "sweep_runs": "[]",
     }
+
+
+def _method_attrs(layout: Layout) -> dict[str, str]:
+    """As in `integrate`: ``method`` is the method that ran, ``method_requested`` the one asked for. A store has
+    one ``method`` only when every cell ran the same, known before any runs (a given method); else ``"per cell"``,
+    and the variable ``method_used`` holds it."""
+    if "method" in layout.axes:
+        return {"method": "per cell", "method_requested": "swept", "method_reason": "swept: the method coordinate"}
+    requested = layout.fixed["method"]
+    if requested == "auto":
+        reason = "auto: chosen per task (one depth and its batch of cells), in method_used"
+        return {"method": "per cell", "method_requested": "auto", "method_reason": reason}
+    return {"method": requested, "method_requested": requested, "method_reason": "given"}
 
 
 def is_sweep_store(path: str | os.PathLike) -> bool:
@@ -192,7 +231,7 @@ def prepare(path: str | os.PathLike, layout: Layout) -> np.ndarray:
             raise ValueError(f"store {os.fspath(path)!r} exists and is not a dlnode sweep store (no {SWEEP_ATTR!r} "
                              "attribute); give a new path, or remove it")  # fmt: skip
         stored = zarr.open_group(os.fspath(path), mode="r").attrs[SWEEP_ATTR]
-        differ = config_diff(stored, layout.config.canonical())
+        differ = [k for k in config_diff(stored, layout.config.canonical()) if not k.startswith("execution.")]
         if differ:
             raise ValueError(f"store {os.fspath(path)!r} was made from a different config (keys differ: "
                              f"{', '.join(differ)}); give a new store path, or run the store's own config "
@@ -208,6 +247,15 @@ def prepare(path: str | os.PathLike, layout: Layout) -> np.ndarray:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return read_status(path)
+
+
+def stored_tolerances(path: str | os.PathLike) -> tuple[float, float] | None:
+    """(rtol, atol) of the sweep store at `path` (None when there is none): a re-run computes its cells with the
+    store's, so every cell of a store shares one pair whatever integrate's defaults are today."""
+    if not is_sweep_store(path):
+        return None
+    attrs = zarr.open_group(os.fspath(path), mode="r").attrs
+    return float(attrs["rtol"]), float(attrs["atol"])
 
 
 def stored_chunks(path: str | os.PathLike) -> dict[str, int] | None:

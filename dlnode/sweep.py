@@ -17,7 +17,6 @@ import datetime
 import functools
 import itertools
 import logging
-import math
 import os
 import signal
 import socket
@@ -35,7 +34,6 @@ from tqdm.auto import tqdm
 
 from ._version import __version__
 from .integration import integrate
-from .network import layer_shapes
 from .solvers import Status
 from .store import (
     EXTRA_AXES,
@@ -48,9 +46,10 @@ from .store import (
     read_status,
     status_counts,
     stored_chunks,
+    stored_tolerances,
     write_cells,
 )
-from .sweep_config import SweepConfig, load_config
+from .sweep_config import SweepConfig, grid_layer_shapes, load_config
 
 __all__ = ["auto_batch", "sweep"]
 
@@ -98,7 +97,7 @@ def sweep(
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a positive integer (local cluster size); got {workers!r}")
     batch = cfg.execution.batch if isinstance(cfg.execution.batch, int) else auto_batch(cfg)
-    layout = Layout.of(cfg, batch)
+    layout = Layout.of(cfg, batch, stored_tolerances(store))
     chunks = stored_chunks(store)
     if chunks is not None and set(chunks) == set(layout.chunk):  # else prepare() names the config keys that differ
         layout = dataclasses.replace(layout, chunk=chunks)
@@ -111,14 +110,8 @@ def sweep(
 
 def auto_batch(config: SweepConfig) -> int:
     """Cells per task when ``batch = "auto"``: many for small states (vmap removes per-call overhead), else 1."""
-    problem = config.problem.build()
-    width = config.integrate.width
-    size = max(
-        problem.d_out * problem.d_in
-        if math.isinf(d)
-        else sum(a * b for a, b in layer_shapes(int(d), problem.d_in, problem.d_out, width))
-        for d in config.depths()
-    )
+    shapes = grid_layer_shapes(config, config.problem.build())
+    size = max(sum(a * b for a, b in per_depth) for per_depth in shapes.values())
     return next((cells for limit, cells in AUTO_BATCH if size <= limit), 1)
 
 
@@ -141,19 +134,21 @@ def _describe(layout: Layout, task: dict[str, slice]) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _layout(config_json: str, chunk: tuple[tuple[str, int], ...]) -> Layout:
-    return dataclasses.replace(Layout.of(SweepConfig.model_validate_json(config_json), 1), chunk=dict(chunk))
+def _layout(config_json: str, chunk: tuple[tuple[str, int], ...], tolerances: tuple[float, float]) -> Layout:
+    return dataclasses.replace(Layout.of(SweepConfig.model_validate_json(config_json), 1, tolerances),
+                               chunk=dict(chunk))  # fmt: skip
 
 
-def run_task(config_json: str, chunk: tuple, task: dict[str, slice], pending: np.ndarray, store: str) -> dict:
+def run_task(config_json: str, chunk: tuple, tolerances: tuple[float, float], task: dict[str, slice],
+             pending: np.ndarray, store: str) -> dict:  # fmt: skip
     """One task, on a worker: one `integrate` call over its cells, region-written into `store` (status last)."""
-    layout = _layout(config_json, chunk)
+    layout = _layout(config_json, chunk, tolerances)
     value = {d: (layout.axes[d][task[d]][0] if d in layout.axes else layout.fixed[d]) for d in EXTRA_AXES}
     run = layout.config.integrate
     ds = integrate(
         layout.problem, depth=layout.axes["depth"][task["depth"]][0], scale=layout.axes["scale"][task["scale"]],
         seed=layout.axes["seed"][task["seed"]], width=run.width, init=value["init"], flow=value["flow"],
-        method=value["method"], lr=value["lr"], t1=run.t1, rtol=run.rtol, atol=run.atol, saveat=layout.times[1:],
+        method=value["method"], lr=value["lr"], t1=run.t1, rtol=layout.rtol, atol=layout.atol, saveat=layout.times[1:],
         save_weights=run.save_weights, progress=False, loss_tol=run.loss_tol, max_steps=run.max_steps,
         scale_of=run.scale_of,
     )  # fmt: skip
@@ -236,7 +231,7 @@ def _execute(tasks: list, layout: Layout, store: Path, status: np.ndarray, where
     outcome, description = "interrupted", "not started"
     try:
         with _client(*where) as (client, description), bar:
-            common = (layout.config.canonical(), tuple(layout.chunk.items()))
+            common = (layout.config.canonical(), tuple(layout.chunk.items()), (layout.rtol, layout.atol))
             path = os.fspath(store.resolve())
             futures = {
                 client.submit(run_task, *common, t, np.isin(status[_where(layout, t)], REDO), path, pure=False,

@@ -5,13 +5,15 @@ A config has four tables::
     [problem]      kind = "matrix_completion", shape = [20, 20], rank = 3, observed = 200, seed = 0
     [grid]         depth = [1, 2, 3], init = ["gaussian"], scale = [0.1, 0.01], seed = [0, 1, 2, 3],
                    method = ["tsit5"], flow = ["layers"], lr = []   (each a list or a single value)
-    [integrate]    t1 = 100.0, saveat = 100, rtol = 1e-6, atol = 1e-9, width, save_weights, loss_tol, max_steps,
+    [integrate]    t1 = 100.0, saveat = 100, rtol, atol, width, save_weights, loss_tol, max_steps,
                    scale_of = "layer"
     [execution]    batch = "auto"   (cells per Dask task, vmapped together)
 
 Every cell of the grid shares one time axis, so the config defines it alone: ``integrate.t1`` with ``saveat`` a
 count (t = 0 plus that many log-spaced times ending at t1, as `dlnode.integrate` lays them), or ``saveat`` an
 explicit list of times (then ``t1`` may be left out: each run stops at its last save time or on convergence).
+Likewise one ``rtol`` and ``atol`` hold for every cell: the config's, or `dlnode.integrate`'s defaults resolved once
+over the whole grid (`dlnode.store.Layout`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .problems import Factorization, MatrixCompletion, MatrixSensing, Problem, R
 from .solvers import METHODS
 from .validation import check_flow
 
-__all__ = ["SweepConfig", "config_diff", "load_config", "save_times"]
+__all__ = ["SweepConfig", "config_diff", "grid_layer_shapes", "load_config", "save_times"]
 
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -135,7 +137,7 @@ class GridConfig(_Table):
     @field_validator("*", mode="after")
     @classmethod
     def _distinct(cls, value: list) -> list:
-        if len({str(v) for v in value}) != len(value):
+        if len(set(value)) != len(value):  # by value: 1 and 1.0 are one scale
             raise ValueError("values must not repeat")
         return value
 
@@ -145,8 +147,8 @@ class IntegrateConfig(_Table):
 
     t1: Positive | None = None
     saveat: PosInt | Annotated[list[NonNegative], Field(min_length=1)] = 200
-    rtol: Positive = 1e-6
-    atol: Positive = 1e-9
+    rtol: Positive | None = None  # None: integrate's default over the whole grid, one value for every cell
+    atol: Positive | None = None
     width: PosInt | None = None
     save_weights: bool = False
     loss_tol: Positive | None = None
@@ -169,8 +171,9 @@ class SweepConfig(_Table):
     execution: ExecutionConfig = ExecutionConfig()
 
     def canonical(self) -> str:
-        """The config as sorted JSON: what the store records and compares on a re-run."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """The config as sorted JSON, `execution` left out: what the store records and compares on a re-run (how
+        cells are cut into tasks changes no cell; a re-run cuts its tasks by the store's chunks)."""
+        return json.dumps(self.model_dump(mode="json", exclude={"execution"}), sort_keys=True)
 
     def depths(self) -> list[float]:
         return [math.inf if d == "inf" else float(d) for d in self.grid.depth]
@@ -266,6 +269,9 @@ def _check_cells(config: SweepConfig) -> None:
                                  f"(t = k lr) for lr={lr}; got {run.saveat[:6]}")  # fmt: skip
     if "gd" in grid.method:
         top = max(grid.lr)
+        if run.t1 is not None and run.t1 < top:
+            raise ValueError(f"config key 'integrate.t1' must be at least the largest lr ({top}) with method 'gd' (one "
+                             f"step); got {run.t1}; give t1 >= {top} or smaller lr values")  # fmt: skip
         for lr in grid.lr:
             if not math.isclose(top / lr, round(top / lr), rel_tol=GD_TIME_RTOL):
                 raise ValueError(f"config key 'grid.lr': every lr must divide the largest ({top}) so that all GD runs "
@@ -297,7 +303,7 @@ def save_times(config: SweepConfig, problem: Problem) -> np.ndarray:
     """The sweep's time axis, from the config alone (t = 0 first).
 
     A count `saveat` gives the log-spaced grid of `dlnode.integrate` ending at t1; for gradient descent the times
-    are rounded to whole steps of the largest lr (which every lr divides), duplicates removed.
+    are rounded to whole steps of the largest lr (which every lr divides), never past t1, duplicates removed.
     """
     run = config.integrate
     if isinstance(run.saveat, int):
@@ -308,17 +314,25 @@ def save_times(config: SweepConfig, problem: Problem) -> np.ndarray:
         ts = np.concatenate([[0.0], ts])
     if "gd" in config.grid.method and isinstance(run.saveat, int):
         top = max(config.grid.lr)
-        ts = np.unique(np.rint(ts / top)) * top
+        last = math.floor(run.t1 / top * (1 + GD_TIME_RTOL))  # the last whole step at or before t1
+        ts = np.unique(np.minimum(np.rint(ts / top), last)) * top
     return ts
+
+
+def grid_layer_shapes(config: SweepConfig, problem: Problem) -> dict[float, list[tuple[int, int]]]:
+    """The (out, in) shape of each layer at every depth of the grid; depth ∞ carries W alone: [(d_out, d_in)]."""
+    return {d: [(problem.d_out, problem.d_in)] if math.isinf(d)
+            else layer_shapes(int(d), problem.d_in, problem.d_out, config.integrate.width)
+            for d in config.depths()}  # fmt: skip
 
 
 def layer_extent(config: SweepConfig, problem: Problem) -> tuple[int, int, int]:
     """(layers, out, in) of the padded per-layer weights over every finite depth of the grid (1, d_out, d_in at ∞)."""
-    finite = [int(d) for d in config.depths() if not math.isinf(d)]
+    finite = [s for d, s in grid_layer_shapes(config, problem).items() if not math.isinf(d)]
     if not finite:
         return 1, problem.d_out, problem.d_in
-    shapes = [s for d in finite for s in layer_shapes(d, problem.d_in, problem.d_out, config.integrate.width)]
-    return max(finite), max(s[0] for s in shapes), max(s[1] for s in shapes)
+    shapes = [s for per_depth in finite for s in per_depth]
+    return max(map(len, finite)), max(s[0] for s in shapes), max(s[1] for s in shapes)
 
 
 def config_diff(stored: str, current: str) -> list[str]:

@@ -16,20 +16,34 @@ def _run(*args):
                           capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
-def test_demo_quick_writes_a_dataset_and_prints_a_summary(tmp_path):
-    out = tmp_path / "demo.nc"
-    proc = _run("demo", "--quick", "-o", str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert "eff. rank" in proc.stdout and "converged" in proc.stdout
+def test_demo_quick_runs_the_flagship_study_and_prints_its_table(tmp_path):
+    """`dlnode demo --quick` is the arora2019 study at its smoke-test size: dataset, figures, a passing table."""
+    proc = _run("demo", "--quick", "-o", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "Arora, Cohen, Hu, Luo (2019)" in proc.stdout and "checks passed" in proc.stdout
+    assert "FAIL" not in proc.stdout
+    ds = dln.open(tmp_path / "data" / "arora2019.nc")
+    assert ds.attrs["study"] == "arora2019" and list(ds.depth.values) == [1.0, 3.0]
+    for kind in ("spectra", "rank-vs-depth"):
+        size = (tmp_path / "figures" / f"arora2019-{kind}.png").stat().st_size
+        assert 10_000 < size < 300_000
+    info = _run("info", str(tmp_path / "data" / "arora2019.nc"))
+    assert info.returncode == 0, info.stderr
+    assert "dlnode study 'arora2019'" in info.stdout and "effective_rank" in info.stdout
+    again = _run("demo", "--quick", "-o", str(tmp_path))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_info_and_plot_describe_a_stored_run(tmp_path):
+    prob = dln.MatrixCompletion.random(shape=(6, 6), rank=1, observed=20, seed=0)
+    out = tmp_path / "run.nc"
+    dln.save(dln.integrate(prob, depth=[1, 2], scale=0.1, saveat=20, progress=False), out)
     ds = dln.open(out)
     dln.validate(ds)
-    assert list(ds.depth.values) == [1.0, 2.0, 3.0]
     info = _run("info", str(out))
     assert info.returncode == 0, info.stderr
     assert "status:" in info.stdout and "matrix_completion" in info.stdout
     xr.testing.assert_identical(ds, dln.open(out))
-    for kind in ("loss", "singular_values", "rank_staircase", "effective_rank"):
-        assert (tmp_path / f"demo_{kind}.png").stat().st_size > 10_000
     fig = tmp_path / "sv.png"
     proc = _run("plot", str(out), "--kind", "sharpness", "-o", str(fig))
     assert proc.returncode == 0, proc.stderr

@@ -19,6 +19,7 @@ import pytest
 import xarray as xr
 
 import dlnode as dln
+from dlnode.integration import default_rtol
 
 pytest.importorskip("distributed")
 from distributed import Client, LocalCluster  # noqa: E402
@@ -34,6 +35,7 @@ CONFIG = {
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
 NONDETERMINISTIC = ("wall_time",)  # seconds measured, the only value two identical runs do not share
+PER_LAYER = ("weights_final", "weights")  # padded with NaN beyond a cell's depth in the store
 
 
 def _config(**grid):
@@ -49,7 +51,8 @@ def client():
 
 @pytest.fixture(scope="module")
 def reference():
-    """Each cell of CONFIG's problem by its own `integrate` call, on the store's time axis, keyed by cell."""
+    """Each cell of CONFIG's problem by its own `integrate` call, on the store's time axis and with the store's
+    rtol and atol (resolved once over the whole grid), keyed by cell."""
     cache = {}
 
     def cell(ds_store, depth, scale, seed):
@@ -57,14 +60,15 @@ def reference():
         if key not in cache:
             problem = dln.problem_from(ds_store)  # the store's own problem, rebuilt from its variables
             cache[key] = dln.integrate(problem, depth=int(depth), scale=[scale], seed=[seed], method="tsit5",
-                                       t1=5.0, saveat=ds_store["time"].values[1:], progress=False)  # fmt: skip
+                                       t1=5.0, saveat=ds_store["time"].values[1:], rtol=ds_store.attrs["rtol"],
+                                       atol=ds_store.attrs["atol"], progress=False)  # fmt: skip
         return cache[key]
 
     return cell
 
 
 def assert_equals_serial(store_ds: xr.Dataset, reference) -> None:
-    """Every cell of the store equals its own `integrate` call bitwise (wall time apart)."""
+    """Every cell of the store equals its own `integrate` call bitwise, in every variable (NONDETERMINISTIC apart)."""
     store_ds = store_ds.load()
     assert (store_ds["status"] != dln.Status.PENDING).all()
     for depth in store_ds.depth.values:
@@ -72,14 +76,30 @@ def assert_equals_serial(store_ds: xr.Dataset, reference) -> None:
             for seed in store_ds.seed.values:
                 ref = reference(store_ds, depth, scale, seed).isel(depth=0, scale=0, seed=0)
                 got = store_ds.sel(depth=depth, scale=scale, seed=seed)
-                for name in ("loss", "product", "singular_values", "grad_norm", "balancedness", "status",
-                             "t_final", "num_steps", "num_rejected"):  # fmt: skip
-                    np.testing.assert_array_equal(got[name].values, ref[name].values, err_msg=name)
-                w = got["weights_final"].values
-                n = int(depth)
-                np.testing.assert_array_equal(w[:n], ref["weights_final"].values)
-                assert np.isnan(w[n:]).all()  # layers beyond this depth are padding
+                compared = [n for n in ref.data_vars if n not in NONDETERMINISTIC]
+                assert set(compared) - set(PER_LAYER) >= {"loss", "product", "status", "num_steps"}
+                for name in compared:
+                    values, n = got[name].values, int(depth)
+                    if name in PER_LAYER:  # layers beyond this depth are padding
+                        values, padding = values[..., :n, :, :], values[..., n:, :, :]
+                        assert np.isnan(padding).all(), name
+                    np.testing.assert_array_equal(values, ref[name].values, err_msg=name)
                 np.testing.assert_array_equal(got["time"].values, ref["time"].values)
+
+
+def assert_attrs_as_integrate(store_ds: xr.Dataset, ref: xr.Dataset) -> None:
+    """The store carries every attr of an `integrate` dataset (its per-call timings apart) with the same value:
+    one builder makes both; ``method`` is the method that ran in both."""
+    from dlnode.store import PER_CALL_ATTRS
+
+    missing = set(ref.attrs) - set(PER_CALL_ATTRS) - set(store_ds.attrs)
+    assert not missing, missing
+    own = {"created", "saveat"}  # the store's creation; its config's save count (a task passes the times)
+    for key in set(ref.attrs) - set(PER_CALL_ATTRS) - own:
+        a, b = store_ds.attrs[key], ref.attrs[key]
+        assert a == b or (isinstance(a, float) and np.isnan(a) and np.isnan(b)), (key, a, b)
+    assert store_ds.attrs["method"] == store_ds.attrs["method_requested"] == "tsit5"
+    assert store_ds.attrs["saveat"] == CONFIG["integrate"]["saveat"]
 
 
 def _runs(path):
@@ -92,8 +112,12 @@ def test_two_workers_equal_serial_bitwise(client, reference, tmp_path):
     assert ds["loss"].data.numblocks[:3] == (2, 2, 2)
     assert ds.attrs["dlnode_format"] == "dlnode-dataset" and ds.attrs["dlnode_format_version"] == 1
     assert_equals_serial(ds, reference)
+    assert_attrs_as_integrate(ds, reference(ds, 1.0, 0.1, 0))
     counted = dln.integrate(dln.problem_from(ds.load()), depth=1, scale=0.1, seed=0, method="tsit5", t1=5.0,
                             saveat=10, progress=False)  # fmt: skip
+    problem, scales = dln.problem_from(ds.load()), CONFIG["grid"]["scale"]
+    rtol = default_rtol(problem, [1, 2], scales)  # integrate's defaults over the whole grid
+    assert (ds.attrs["rtol"], ds.attrs["atol"]) == (rtol, 1e-3 * rtol * min(scales))
     np.testing.assert_array_equal(ds["time"].values, counted["time"].values)  # integrate's own grid for saveat=10
     again = dln.sweep(CONFIG, tmp_path / "s.zarr", client=client, progress=False)  # nothing left to compute
     xr.testing.assert_identical(again.load(), ds.load())
@@ -185,7 +209,10 @@ def test_ctrl_c_stops_cleanly_and_resumes(client, reference, tmp_path):
 
 def test_changed_config_and_foreign_directories_are_refused(client, tmp_path):
     store = tmp_path / "s.zarr"
-    dln.sweep(CONFIG, store, client=client, progress=False)
+    first = dln.sweep(CONFIG, store, client=client, progress=False).load()
+    rebatched = {**CONFIG, "execution": {"batch": 4}}  # how cells make tasks is no part of the config: accepted
+    xr.testing.assert_identical(dln.sweep(rebatched, store, client=client, progress=False).load(), first)
+    assert [r["computed"] for r in _runs(store)] == [8]  # nothing recomputed: the store's chunks are kept
     with pytest.raises(ValueError, match=r"different config \(keys differ: grid.scale, integrate.t1\)"):
         dln.sweep({**_config(scale=[0.2, 0.3]), "integrate": {"t1": 6.0, "saveat": 10}}, store, client=client)
     foreign = tmp_path / "foreign.zarr"
@@ -202,11 +229,16 @@ def test_lazy_analysis_equals_eager(client, tmp_path):
     store = tmp_path / "s.zarr"
     lazy = dln.sweep(CONFIG, store, client=client, progress=False)
     eager = dln.open(store)
-    for name in ("effective_rank", "numerical_rank", "stages", "recovery_error"):
+    for name in ("effective_rank", "numerical_rank", "stages", "escape_times", "recovery_error"):
         result = getattr(lazy.dln, name)()
         arrays = result.data_vars.values() if isinstance(result, xr.Dataset) else [result]
         assert all(a.chunks is not None for a in arrays), name  # computed lazily, chunk by chunk
         xr.testing.assert_identical(result.compute(), getattr(eager.dln, name)())
+    for function in (dln.stages, dln.escape_times):  # the module functions as the accessor
+        result = function(lazy)
+        arrays = result.data_vars.values() if isinstance(result, xr.Dataset) else [result]
+        assert all(a.chunks is not None for a in arrays), function.__name__
+        xr.testing.assert_identical(result.compute(), function(eager))
 
 
 def test_cli_info_and_export(client, tmp_path):
@@ -237,7 +269,8 @@ def test_gradient_descent_lr_axis(client, tmp_path):
     assert ds["loss"].dims == ("depth", "scale", "seed", "lr", "time") and ds.attrs["method"] == "gd"
     for lr in (0.1, 0.05):
         ref = dln.integrate(dln.problem_from(ds), depth=2, scale=[0.1], seed=[0], method="gd", lr=lr, t1=2.0,
-                            saveat=ds["time"].values[1:], progress=False)  # fmt: skip
+                            saveat=ds["time"].values[1:], rtol=ds.attrs["rtol"], atol=ds.attrs["atol"],
+                            progress=False)  # fmt: skip
         got = ds.sel(lr=lr)
         np.testing.assert_allclose(ref["time"].values, ds["time"].values, rtol=1e-12, atol=0)
         for name in ("loss", "product", "status", "num_steps"):
@@ -253,7 +286,7 @@ def test_end_to_end_to_depth_infinity(client, tmp_path):
     ds = dln.sweep(config, tmp_path / "e2e.zarr", client=client, progress=False).load()
     ref = dln.integrate(dln.problem_from(ds), depth=[2, "inf"], scale=[0.1], seed=[0], method="tsit5",
                         flow="end_to_end", init="balanced", scale_of="product", t1=5.0, saveat=ds["time"].values[1:],
-                        progress=False)  # fmt: skip
+                        rtol=ds.attrs["rtol"], atol=ds.attrs["atol"], progress=False)  # fmt: skip
     xr.testing.assert_identical(ds["t"], ref["t"])
     for name in ("loss", "product", "singular_values", "status", "weights_final"):
         np.testing.assert_array_equal(ds[name].values, ref[name].values, err_msg=name)

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 import dlnode as dln
 from dlnode.cli import app
+from dlnode.integration import default_rtol
+from dlnode.store import Layout, _template
 from dlnode.sweep import auto_batch
 from dlnode.sweep_config import load_config, save_times
 
@@ -34,6 +36,8 @@ BAD = [
     (_with("grid", scale=[-1.0]), "config key 'grid.scale[0]': Input should be greater than 0; got -1.0"),
     (_with("grid", seed=["3"]), "config key 'grid.seed[0]': Input should be a valid integer; got '3'"),
     (_with("grid", seed=[1, 1]), "config key 'grid.seed': values must not repeat; got [1, 1]"),
+    (_with("grid", scale=[1, 1.0]), "config key 'grid.scale': values must not repeat; got [1, 1.0]"),
+    (_with("grid", scale=[0.1, 1e-1, 0.3]), "config key 'grid.scale': values must not repeat; got [0.1, 0.1, 0.3]"),
     (_with("grid", init=["zeros"]), "config key 'grid.init[0]': Input should be 'gaussian', 'orthogonal'"),
     (
         _with("grid", depth=[0]),
@@ -55,6 +59,10 @@ BAD = [
     (_with("grid", method=["gd"]), "config key 'grid.lr' is required for method='gd'"),
     (_with("grid", lr=[0.1]), "config key 'grid.lr' applies only to method 'gd' or flow 'modified'"),
     (_with("grid", method=["gd"], lr=[0.1, 0.03]), "every lr must divide the largest (0.1)"),
+    (
+        {**_with("grid", method=["gd"], lr=[0.5, 0.25]), "integrate": {"t1": 0.4, "saveat": 10}},
+        "config key 'integrate.t1' must be at least the largest lr (0.5) with method 'gd' (one step); got 0.4",
+    ),
 ]
 
 
@@ -128,3 +136,48 @@ def test_store_path_refusals_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="workers must be a positive integer"):
         dln.sweep(BASE, tmp_path / "y.zarr", workers=0)
     assert not (tmp_path / "y.zarr").exists()
+
+
+def test_gradient_descent_times_never_pass_t1():
+    """Rounding to whole steps of the largest lr stops at the last step at or before t1 (2.06 → 2.0, not 2.1)."""
+    config = load_config({**_with("grid", method=["gd"], lr=[0.1, 0.05]), "integrate": {"t1": 2.06, "saveat": 10}})
+    ts = save_times(config, config.problem.build())
+    assert ts[-1] == 2.0 and np.all(ts <= 2.06) and np.all(np.diff(ts) > 0)
+    for lr in (0.1, 0.05):
+        np.testing.assert_allclose(ts / lr, np.rint(ts / lr), rtol=0, atol=1e-9)
+
+
+def test_one_rtol_and_atol_for_the_whole_grid():
+    """Unset tolerances are integrate's defaults over every depth and scale of the grid (a deep, small-scale cell
+    tightens rtol for all; the smallest scale sets atol); given ones are kept; a store's own ones win."""
+    config = load_config(_with("grid", depth=[1, 4], scale=[1e-3, 0.3]))
+    problem = config.problem.build()
+    layout = Layout.of(config, 1)
+    rtol = default_rtol(problem, [1, 4], [1e-3, 0.3])
+    assert rtol < 1e-6  # tightened by the depth-4 cell at scale 1e-3: the grid's value, not a cell's own
+    assert default_rtol(problem, [1], [0.3]) == 1e-6
+    assert (layout.rtol, layout.atol) == (rtol, 1e-3 * rtol * 1e-3)
+    attrs = _template(layout)[0].attrs
+    assert (attrs["rtol"], attrs["atol"]) == (layout.rtol, layout.atol)
+    given = Layout.of(load_config(_with("integrate", rtol=1e-8, atol=1e-12)), 1)
+    assert (given.rtol, given.atol) == (1e-8, 1e-12)
+    only_rtol = Layout.of(load_config(_with("integrate", rtol=1e-8)), 1)
+    assert only_rtol.atol == 1e-3 * 1e-8 * 0.1  # atol follows the given rtol
+    assert (Layout.of(config, 1, (1e-7, 1e-11)).rtol, Layout.of(config, 1, (1e-7, 1e-11)).atol) == (1e-7, 1e-11)
+
+
+def test_execution_is_no_part_of_the_compared_config():
+    """A re-run with another batch is the same config (cells do not depend on how they are cut into tasks)."""
+    a = load_config(_with("execution", batch=1))
+    b = load_config(_with("execution", batch=8))
+    assert a.canonical() == b.canonical() and "execution" not in a.canonical()
+
+
+def test_store_method_attrs_follow_integrate():
+    """``method`` is the method that ran, as in integrate: the given one, or "per cell" (see method_used)."""
+    given = _template(Layout.of(load_config(BASE), 1))[0].attrs
+    assert (given["method"], given["method_requested"], given["method_reason"]) == ("tsit5", "tsit5", "given")
+    auto = _template(Layout.of(load_config(_with("grid", method="auto")), 1))[0].attrs
+    assert (auto["method"], auto["method_requested"]) == ("per cell", "auto")
+    swept = _template(Layout.of(load_config(_with("grid", method=["tsit5", "dopri5"])), 1))[0].attrs
+    assert (swept["method"], swept["method_requested"]) == ("per cell", "swept")
