@@ -155,15 +155,14 @@ def _order_rows(ds: xr.Dataset) -> list[dict]:
 def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     """The staircase in rescaled time for each ε, and GD against the flow at the smallest ε."""
     from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
+
+    from dlnode.plot import figure, finish
 
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(10.0, 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    fig, axes = figure(1, 2, panel=(5.0, 3.6))
+    left, right = axes[0]
     t = ds["time"].values
     eps = np.sort(ds["scale"].values)[::-1]
     colors = [colormaps["viridis"](x) for x in np.linspace(0.0, 0.85, len(eps))]
@@ -196,5 +195,5 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     right.set_title(rf"$\varepsilon$ = {e:.0e}", fontsize="medium")
     right.legend(fontsize="small")
     path = outdir / f"{NAME}-staircase.png"
-    fig.savefig(path, dpi=110)
+    finish(fig, path, dpi=110)
     return [path]

@@ -211,15 +211,12 @@ def _zoom(ax, ds: xr.Dataset, n: int) -> None:  # noqa: ANN001
 
 def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     """Mode curves against the closed forms, and escape time against u₀ for each depth."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from dlnode.plot import figure, finish
 
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     depths = ds["depth"].values.astype(int)
-    fig = Figure(figsize=(2.9 * len(depths), 5.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, len(depths), squeeze=False)
+    fig, axes = figure(2, len(depths), panel=(2.9, 2.7))
     scale = ds["scale"].values[-1]
     t = ds["time"].values
     for j, n in enumerate(depths):
@@ -237,10 +234,9 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     axes[0, 0].plot([], [], "k:", label="closed form")
     axes[0, 0].legend(fontsize="small", title=f"per-layer scale {scale:g}", title_fontsize="small")
     first = outdir / f"{NAME}-modes.png"
-    fig.savefig(first, dpi=110)
-    fig = Figure(figsize=(4.6, 3.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    finish(fig, first, dpi=110)
+    fig, axes = figure(panel=(4.6, 3.4))
+    ax = axes[0, 0]
     for i, n in enumerate(depths):
         u0 = ds["scale"].values ** n
         ax.plot(u0, ds["escape"].sel(depth=n).isel(k=0), "o", color=f"C{i}", label=f"depth {n}")
@@ -250,5 +246,5 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     ax.set_ylabel(rf"escape time of $s_1$ = {ds['target_s'].values[0]:g} ($u = s/2$)")
     ax.legend(fontsize="small")
     second = outdir / f"{NAME}-escape.png"
-    fig.savefig(second, dpi=110)
+    finish(fig, second, dpi=110)
     return [first, second]
