@@ -25,6 +25,8 @@ import xarray as xr
 
 import dlnode as dln
 
+from ._common import figure, save_figure
+
 NAME = "cao2022"
 TITLE = "Incremental learning: a rank-R target is learned in R saddle-to-saddle stages"
 PAPER = "Cao et al. (2022), arXiv 2212.14150"
@@ -138,12 +140,8 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     """Stage ends against the target rank (one panel per depth), and the first stage's end against ε."""
     from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 
-    from dlnode.plot import figure, finish
-
-    outdir = pathlib.Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     depths = ds["depth"].values.astype(int)
-    fig, axes = figure(1, len(depths) + 1, panel=(3.3, 3.2))
+    fig, axes = figure(ncols=len(depths) + 1, width=3.3, height=3.2)
     axes = axes[0]
     scale = float(ds["scale"].min())
     for ax, depth in zip(axes[:-1], depths, strict=True):
@@ -165,6 +163,4 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     ax.set(xscale="log", yscale="log", xlabel=r"per-layer init scale $\varepsilon$", title="first stage, rank 1")
     ax.set_ylabel("duration [flow time]")
     ax.legend(fontsize="small")
-    path = outdir / f"{NAME}-stages.png"
-    finish(fig, path, dpi=110)
-    return [path]
+    return [save_figure(fig, outdir, f"{NAME}-stages.png")]

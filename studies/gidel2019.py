@@ -24,6 +24,8 @@ import xarray as xr
 
 import dlnode as dln
 
+from ._common import figure, save_figure
+
 NAME = "gidel2019"
 TITLE = "Saddle-to-saddle staircase of two-layer linear networks from vanishing init, flow and gradient descent"
 PAPER = "Gidel, Bach, Lacoste-Julien (2019), arXiv 1904.13262"
@@ -157,11 +159,7 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     from matplotlib import colormaps
     from matplotlib.ticker import NullFormatter
 
-    from dlnode.plot import figure, finish
-
-    outdir = pathlib.Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    fig, axes = figure(1, 2, panel=(5.0, 3.6))
+    fig, axes = figure(ncols=2, width=5.0, height=3.6)
     left, right = axes[0]
     t = ds["time"].values
     eps = np.sort(ds["scale"].values)[::-1]
@@ -194,6 +192,4 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     right.set_ylabel(rf"|escape-time difference| of $s_{{{len(s)}}}$ [time]")
     right.set_title(rf"$\varepsilon$ = {e:.0e}", fontsize="medium")
     right.legend(fontsize="small")
-    path = outdir / f"{NAME}-staircase.png"
-    finish(fig, path, dpi=110)
-    return [path]
+    return [save_figure(fig, outdir, f"{NAME}-staircase.png")]
