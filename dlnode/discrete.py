@@ -59,6 +59,26 @@ def _check_pair(a: xr.Dataset, b: xr.Dataset) -> None:
             )
 
 
+def _plain_time(a: xr.Dataset, b: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
+    """When one of the two runs on the end-to-end flow's rescaled time τ = N t (it has the coordinate ``t``) and the
+    other on plain time, put the rescaled one on t, so a balanced per-layer run and its end-to-end flow compare."""
+    rescaled = ["t" in ds.coords for ds in (a, b)]
+    if rescaled[0] == rescaled[1]:
+        return a, b
+    out = []
+    for arg, ds, is_rescaled in (("a", a, rescaled[0]), ("b", b, rescaled[1])):
+        if is_rescaled:
+            if ds.sizes["depth"] != 1 or not np.isfinite(ds["depth"].values).all():
+                raise ValueError(
+                    f"{arg} runs on the rescaled time tau = N t of the end-to-end flow at depths "
+                    f"{[float(d) for d in ds['depth'].values]}, the other on plain time t; compare one finite depth "
+                    f"at a time: {arg}.sel(depth=[N])"
+                )
+            ds = ds.assign_coords(time=ds["t"].isel(depth=0).values).drop_vars("t")
+        out.append(ds)
+    return out[0], out[1]
+
+
 def _spline(t: np.ndarray, y: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cubic spline S of y(t) at `at`, and Richardson's estimate |S − S_half|/(2⁴ − 1) of its error, S_half the spline
     through every other knot (a cubic spline's error is fourth order in the knot spacing)."""
@@ -129,8 +149,9 @@ def compare(a: xr.Dataset, b: xr.Dataset, time_rtol: float = 1e-9, accuracy: flo
     ``singular_values_error`` = ‖σ_a − σ_b‖_2/‖σ_b‖_2. GD's global error against the flow is O(lr) (see
     docs/math.md, "Continuous versus discrete").
 
-    Where `b` saved the same time (within `time_rtol`) its value is used; elsewhere `b` is interpolated by a cubic
-    spline in time through its saved states. The spline's error is estimated by a second spline through every
+    An end-to-end run (time τ = N t, with the coordinate ``t``) against a per-layer one is compared on t, one depth
+    at a time. Where `b` saved the same time (within `time_rtol`) its value is used; elsewhere `b` is interpolated
+    by a cubic spline in time through its saved states. The spline's error is estimated by a second spline through every
     other saved time (Richardson's |S − S_half|/15, S being fourth order); wherever that estimate exceeds `accuracy`
     times the largest error reported for that run, the comparison is refused: a save grid too coarse for the
     dynamics (e.g. a log grid across a fast escape) cannot pass for a small error.
@@ -153,6 +174,7 @@ def compare(a: xr.Dataset, b: xr.Dataset, time_rtol: float = 1e-9, accuracy: flo
         times (``saveat=a["time"].values``) or on a finer grid.
     """
     _check_pair(a, b)
+    a, b = _plain_time(a, b)
     if not (is_real(accuracy) and 0 < accuracy <= 1):
         raise ValueError(f"accuracy must be in (0, 1], a fraction of the reported error; got {accuracy!r}; use 0.1")
     sub_a, sub_b, estimate, exact = _b_at(a, b, time_rtol)
