@@ -53,7 +53,9 @@ def require_variable(ds: xr.Dataset, name: str) -> xr.DataArray:
     """`ds[name]`, or a one-line ValueError naming what the dataset holds instead."""
     if not isinstance(ds, xr.Dataset) or name not in ds:
         got = list(ds.data_vars) if isinstance(ds, xr.Dataset) else type(ds).__name__
-        raise ValueError(f"ds must be a dlnode Dataset with variable {name!r}; got {got}")
+        raise ValueError(
+            f"ds must be a dlnode Dataset with variable {name!r}; got {got}; pass the dataset of dlnode.integrate"
+        )
     return ds[name]
 
 
@@ -145,15 +147,13 @@ def final_values(da: xr.DataArray) -> xr.DataArray:
     `da` without ``time`` (NaN where every time is NaN).
     """
     if not isinstance(da, xr.DataArray) or "time" not in da.dims:
-        raise ValueError(f"da must be a DataArray with dim 'time'; got {type(da).__name__}")
-    values = np.moveaxis(da.values, da.get_axis_num("time"), -1)
-    valid = ~np.isnan(values)
-    last = values.shape[-1] - 1 - np.argmax(valid[..., ::-1], axis=-1)
-    out = np.take_along_axis(values, last[..., None], axis=-1)[..., 0]
-    out = np.where(valid.any(axis=-1), out, np.nan)
-    dims = [d for d in da.dims if d != "time"]
-    coords = {name: c for name, c in da.coords.items() if "time" not in c.dims}
-    return xr.DataArray(out, dims=dims, coords=coords, name=da.name, attrs=da.attrs)
+        raise ValueError(f"da must be a DataArray with dim 'time'; got {type(da).__name__}; pass e.g. ds['loss']")
+    along_time = [name for name, c in da.coords.items() if "time" in c.dims]
+    da = da.drop_vars(along_time)
+    index = xr.DataArray(np.arange(da.sizes["time"]), dims="time")
+    last = (da.notnull() * index).argmax("time")
+    # the one value at `last` (NaN where every time is NaN), by masked sums: lazy on sweep stores, exact
+    return da.where(index == last).sum("time", min_count=1, keep_attrs=True)
 
 
 def recovery_error(ds: xr.Dataset, target: Problem | Any) -> xr.DataArray:

@@ -17,6 +17,8 @@ import scipy.interpolate
 import scipy.stats
 import xarray as xr
 
+from .stages import is_real
+
 __all__ = ["compare", "convergence_order", "gd_errors"]
 
 RUN_DIMS = ("depth", "scale", "seed")
@@ -44,8 +46,37 @@ MIN_INTERPOLATION_POINTS = 7  # the error estimate fits a second spline through 
 
 def _check_pair(a: xr.Dataset, b: xr.Dataset) -> None:
     for arg, ds in (("a", a), ("b", b)):
-        if not isinstance(ds, xr.Dataset) or any(v not in ds for v in NAMES) or "time" not in ds.dims:
-            raise ValueError(f"{arg} must be a dlnode Dataset with time, product, loss and singular_values")
+        if not isinstance(ds, xr.Dataset):
+            raise ValueError(
+                f"{arg} must be a dlnode Dataset with time, product, loss and singular_values; got a "
+                f"{type(ds).__name__}; pass the whole dataset of dlnode.integrate, not one of its variables"
+            )
+        missing = [v for v in (*NAMES, "time") if v not in ds.variables]
+        if missing or "time" not in ds.dims:
+            raise ValueError(
+                f"{arg} must be a dlnode Dataset with time, product, loss and singular_values; it lacks "
+                f"{missing or ['the time dim']}; pass the dataset of dlnode.integrate (keep those variables)"
+            )
+
+
+def _plain_time(a: xr.Dataset, b: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
+    """When one of the two runs on the end-to-end flow's rescaled time τ = N t (it has the coordinate ``t``) and the
+    other on plain time, put the rescaled one on t, so a balanced per-layer run and its end-to-end flow compare."""
+    rescaled = ["t" in ds.coords for ds in (a, b)]
+    if rescaled[0] == rescaled[1]:
+        return a, b
+    out = []
+    for arg, ds, is_rescaled in (("a", a, rescaled[0]), ("b", b, rescaled[1])):
+        if is_rescaled:
+            if ds.sizes["depth"] != 1 or not np.isfinite(ds["depth"].values).all():
+                raise ValueError(
+                    f"{arg} runs on the rescaled time tau = N t of the end-to-end flow at depths "
+                    f"{[float(d) for d in ds['depth'].values]}, the other on plain time t; compare one finite depth "
+                    f"at a time: {arg}.sel(depth=[N])"
+                )
+            ds = ds.assign_coords(time=ds["t"].isel(depth=0).values).drop_vars("t")
+        out.append(ds)
+    return out[0], out[1]
 
 
 def _spline(t: np.ndarray, y: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +131,7 @@ def _b_at(a: xr.Dataset, b: xr.Dataset, time_rtol: float) -> tuple[xr.Dataset, x
     for name in NAMES:
         da = sub_b[name].transpose(*runs, "time", ...)
         flat = da.values.reshape(*da.shape[: len(runs)], tb.size, -1)
-        out, est = np.empty((*flat.shape[:-2], ta.size, flat.shape[-1])), None
+        out = np.empty((*flat.shape[:-2], ta.size, flat.shape[-1]))
         est = np.empty_like(out)
         for idx in np.ndindex(*flat.shape[:-2]):
             out[idx], est[idx] = _interpolate_run(tb, flat[idx], ta, exact)
@@ -118,8 +149,9 @@ def compare(a: xr.Dataset, b: xr.Dataset, time_rtol: float = 1e-9, accuracy: flo
     ``singular_values_error`` = ‖σ_a − σ_b‖_2/‖σ_b‖_2. GD's global error against the flow is O(lr) (see
     docs/math.md, "Continuous versus discrete").
 
-    Where `b` saved the same time (within `time_rtol`) its value is used; elsewhere `b` is interpolated by a cubic
-    spline in time through its saved states. The spline's error is estimated by a second spline through every
+    An end-to-end run (time τ = N t, with the coordinate ``t``) against a per-layer one is compared on t, one depth
+    at a time. Where `b` saved the same time (within `time_rtol`) its value is used; elsewhere `b` is interpolated
+    by a cubic spline in time through its saved states. The spline's error is estimated by a second spline through every
     other saved time (Richardson's |S − S_half|/15, S being fourth order); wherever that estimate exceeds `accuracy`
     times the largest error reported for that run, the comparison is refused: a save grid too coarse for the
     dynamics (e.g. a log grid across a fast escape) cannot pass for a small error.
@@ -142,7 +174,8 @@ def compare(a: xr.Dataset, b: xr.Dataset, time_rtol: float = 1e-9, accuracy: flo
         times (``saveat=a["time"].values``) or on a finer grid.
     """
     _check_pair(a, b)
-    if not (isinstance(accuracy, (int, float)) and 0 < accuracy <= 1):
+    a, b = _plain_time(a, b)
+    if not (is_real(accuracy) and 0 < accuracy <= 1):
         raise ValueError(f"accuracy must be in (0, 1], a fraction of the reported error; got {accuracy!r}; use 0.1")
     sub_a, sub_b, estimate, exact = _b_at(a, b, time_rtol)
     dims = {"product": ("row", "col"), "singular_values": ("k",)}
@@ -192,7 +225,10 @@ def _references(reference: xr.Dataset | Sequence[xr.Dataset], runs: Sequence[xr.
 
 
 def gd_errors(
-    reference: xr.Dataset | Sequence[xr.Dataset], runs: Sequence[xr.Dataset], time_rtol: float = 1e-9
+    reference: xr.Dataset | Sequence[xr.Dataset],
+    runs: Sequence[xr.Dataset],
+    time_rtol: float = 1e-9,
+    accuracy: float = 0.1,
 ) -> xr.Dataset:
     """Largest error over time of each GD run against a reference (the flow), stacked along ``lr``.
 
@@ -201,19 +237,30 @@ def gd_errors(
     reference : the flow's Dataset, or one reference per run (the modified flow depends on lr: one per lr, in the
         runs' order). Each run is compared at its own times (see `compare`).
     runs : at least two GD Datasets with distinct ``attrs["lr"]``.
+    time_rtol, accuracy : passed to `compare`.
 
     Returns
     -------
     Dataset over ``lr`` (ascending) and the runs' dims with the maxima over time of `compare`'s errors; a run
     that diverged has NaN errors, not a maximum over its surviving part.
     """
-    if isinstance(runs, xr.Dataset) or len(runs) < 2:
-        raise ValueError("runs must be a sequence of at least two GD Datasets with different attrs['lr']")
+    if isinstance(runs, xr.Dataset) or not isinstance(runs, Sequence) or len(runs) < 2:
+        got = f"{len(runs)} run(s)" if isinstance(runs, Sequence) else f"a {type(runs).__name__}"
+        raise ValueError(
+            f"runs must be a sequence of at least two GD Datasets with different attrs['lr']; got {got}; pass a list "
+            "such as [dlnode.integrate(p, method='gd', lr=lr) for lr in (0.02, 0.01, 0.005)]"
+        )
+    if not all(isinstance(run, xr.Dataset) for run in runs):
+        raise ValueError(
+            f"runs must hold GD Datasets; got {[type(run).__name__ for run in runs]}; pass datasets of dlnode.integrate"
+        )
     lrs = [float(run.attrs.get("lr", np.nan)) for run in runs]
     if not all(np.isfinite(lr) and lr > 0 for lr in lrs) or len(set(lrs)) != len(lrs):
         raise ValueError(f"runs must have distinct positive attrs['lr']; got {lrs}; pass GD runs (method='gd')")
     refs = _references(reference, runs, lrs)
-    errors = [compare(run, ref, time_rtol).max("time", skipna=False) for run, ref in zip(runs, refs, strict=True)]
+    errors = [
+        compare(run, ref, time_rtol, accuracy).max("time", skipna=False) for run, ref in zip(runs, refs, strict=True)
+    ]
     errors = [e.drop_vars("interpolated", errors="ignore") for e in errors]
     out = xr.concat(errors, dim=xr.DataArray(lrs, dims="lr", name="lr"), combine_attrs="drop").sortby("lr")
     out["lr"].attrs.update(long_name="step size", units="flow time per step")
@@ -233,7 +280,11 @@ def fit_order(errors: xr.DataArray) -> xr.DataArray:
 
 
 def convergence_order(
-    reference: xr.Dataset, runs: Sequence[xr.Dataset], variable: str = "product_error"
+    reference: xr.Dataset | Sequence[xr.Dataset],
+    runs: Sequence[xr.Dataset],
+    variable: str = "product_error",
+    time_rtol: float = 1e-9,
+    accuracy: float = 0.1,
 ) -> xr.DataArray:
     """Fitted convergence order of GD towards the flow: slope of ln(max_t error) against ln(lr) (`linregress`).
 
@@ -244,12 +295,14 @@ def convergence_order(
     ----------
     reference, runs : see `gd_errors`; against the modified flow, one reference per run (its lr).
     variable : which error: ``product_error``, ``loss_error`` or ``singular_values_error``.
+    time_rtol, accuracy : passed to `compare`.
 
     Returns
     -------
     DataArray of slopes over the runs' dims (``.item()`` for a single run).
     """
-    errors = gd_errors(reference, runs)
-    if variable not in errors:
-        raise ValueError(f"variable must be one of {sorted(errors.data_vars)}; got {variable!r}")
+    names = [f"{name}_error" for name in NAMES]
+    if variable not in names:
+        raise ValueError(f"variable must be one of {names}; got {variable!r}; use 'product_error'")
+    errors = gd_errors(reference, runs, time_rtol, accuracy)
     return fit_order(errors[variable])

@@ -30,22 +30,28 @@ from .dataset import problem_from
 from .discrete import fit_order
 from .problems import Problem, Regression
 
-__all__ = ["PLOTS", "effective_rank", "gd_error", "loss", "rank_staircase", "sharpness", "singular_values"]
+__all__ = ["PLOTS", "effective_rank", "figure", "finish", "gd_error", "loss", "rank_staircase", "sharpness"]
+__all__ += ["singular_values"]
 
 TIME_LABEL = r"time $t$ [flow time; GD: step $\times$ lr]"
 RUN_DIMS = ("depth", "scale", "seed")
 LINESTYLES = ("-", "--", ":", "-.")
 
 
-def _figure(nrows: int = 1, ncols: int = 1) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained")
+def figure(nrows: int = 1, ncols: int = 1, panel: tuple[float, float] = (4.2, 3.2)) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout figure on its own Agg canvas (no pyplot) and its (nrows, ncols) array of axes.
+
+    `panel` is the (width, height) of each panel in inches; the figure is ncols × width by nrows × height.
+    """
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def _finish(fig: Figure, path: str | Path | None) -> Figure:
+def finish(fig: Figure, path: str | Path | None, dpi: int = 120) -> Figure:
+    """Save `fig` to `path` (PNG, PDF, SVG … by its suffix) at `dpi` when a path is given; return `fig`."""
     if path is not None:
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=dpi)
     return fig
 
 
@@ -76,7 +82,7 @@ def _positive_time(da: xr.DataArray) -> xr.DataArray:
 def loss(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
     """Loss ℓ(W(t)) on log-log axes: colour = depth, line style = scale, one line per seed."""
     da = _positive_time(require_variable(ds, "loss"))
-    fig, axes = _figure()
+    fig, axes = figure()
     ax = axes[0, 0]
     depths, scales = _values(da, "depth"), _values(da, "scale")
     colors = _colors(len(depths))
@@ -89,7 +95,7 @@ def loss(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
     problem = json.loads(ds.attrs.get("problem", "{}")) if isinstance(ds.attrs.get("problem"), str) else {}
     ax.set(xscale="log", yscale="log", xlabel=_time_label(ds), ylabel=f"loss {problem.get('loss', 'l(W)')}")
     ax.legend(fontsize="small")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def _time_label(ds: xr.Dataset) -> str:
@@ -108,7 +114,7 @@ def singular_values(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
     """
     da = _positive_time(require_variable(ds, "singular_values"))
     depths, scales = _values(da, "depth"), _values(da, "scale")
-    fig, axes = _figure(len(scales), len(depths))
+    fig, axes = figure(len(scales), len(depths))
     n_k = da.sizes["k"]
     colors = _colors(n_k, "plasma")
     for where, y in _runs(da):
@@ -132,7 +138,7 @@ def singular_values(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
         bar = fig.colorbar(mappable, ax=axes, shrink=0.9, pad=0.01)
         bar.set_label(r"index $k$ of $\sigma_k$ (1 = largest)")
         bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def rank_staircase(ds: xr.Dataset, level: float = 0.5, learned: float = 0.05, path: str | Path | None = None) -> Figure:
@@ -146,7 +152,7 @@ def rank_staircase(ds: xr.Dataset, level: float = 0.5, learned: float = 0.05, pa
     loss_da = _positive_time(require_variable(ds, "loss"))
     depths, scales = _values(count, "depth"), _values(count, "scale")
     top = max(float(found["rank"].max()) if found["rank"].notnull().any() else 1.0, 1.0)
-    fig, axes = _figure(1, len(depths))
+    fig, axes = figure(1, len(depths))
     colors = _colors(len(scales))
     twins = [ax.twinx() for ax in axes[0]]
     for where, r in _runs(count):
@@ -167,7 +173,7 @@ def rank_staircase(ds: xr.Dataset, level: float = 0.5, learned: float = 0.05, pa
     twins[-1].set_ylabel(r"loss $\ell(W)$ (grey, dashed)")
     handles = [axes[0, 0].plot([], [], color=c, label=f"scale {s}")[0] for c, s in zip(colors, scales, strict=True)]
     axes[0, 0].legend(handles=handles + axes[0, 0].plot([], [], "ko", mfc="none", label="stage end"), fontsize="small")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def sharpness(ds: xr.Dataset, problem: Problem | None = None, path: str | Path | None = None) -> Figure:
@@ -186,7 +192,7 @@ def sharpness(ds: xr.Dataset, problem: Problem | None = None, path: str | Path |
     else:
         values = sharpness_of(ds.drop_vars("weights", errors="ignore"), problem)
     values = values.sel(depth=np.isfinite(values["depth"]))
-    fig, axes = _figure()
+    fig, axes = figure()
     ax = axes[0, 0]
     scales = _values(values, "scale")
     colors = _colors(len(scales))
@@ -203,7 +209,7 @@ def sharpness(ds: xr.Dataset, problem: Problem | None = None, path: str | Path |
     ax.set(xlabel="depth $L$", ylabel=r"sharpness $\lambda_{\max}(\nabla^2 L)$ [1/time]", yscale="log")
     ax.set_title(r"final weights; loss with $\frac{1}{2}$ (dlnode)", fontsize="medium")
     ax.legend(fontsize="small")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def effective_rank(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
@@ -213,7 +219,7 @@ def effective_rank(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
     finite = depth[np.isfinite(depth)]
     position = np.where(np.isfinite(depth), depth, (finite.max() + 1) if finite.size else 1.0)
     erank = erank.assign_coords(position=("depth", position))
-    fig, axes = _figure()
+    fig, axes = figure()
     ax = axes[0, 0]
     scales = _values(erank, "scale")
     for color, scale in zip(_colors(len(scales)), scales, strict=True):
@@ -224,7 +230,7 @@ def effective_rank(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
     ax.set_xticks(position, [("∞" if not np.isfinite(d) else f"{d:g}") for d in depth])
     ax.set(xlabel="depth $N$", ylabel=r"effective rank $e^{-\sum_i p_i \ln p_i}$, $p = \sigma / \sum \sigma$")
     ax.legend(fontsize="small")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def gd_error(errors: xr.Dataset, variable: str = "product_error", path: str | Path | None = None) -> Figure:
@@ -236,7 +242,7 @@ def gd_error(errors: xr.Dataset, variable: str = "product_error", path: str | Pa
     if "lr" not in da.dims:
         raise ValueError("errors must have an 'lr' dim; pass the result of dlnode.curvature.gd_errors")
     order = fit_order(da)
-    fig, axes = _figure()
+    fig, axes = figure()
     ax = axes[0, 0]
     log_lr = np.log(da["lr"].values)
     runs = list(_runs(da))
@@ -250,7 +256,7 @@ def gd_error(errors: xr.Dataset, variable: str = "product_error", path: str | Pa
     ax.xaxis.set_minor_formatter(NullFormatter())  # after set_xscale, which installs its own
     ax.set_ylabel(f"max$_t$ relative {variable.replace('_error', '').replace('_', ' ')} error")
     ax.legend(fontsize="small")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 PLOTS = {

@@ -21,28 +21,40 @@ arXiv 1904.13262 (escape at ≈ ln(1/ε)/s_i); Cao et al. (2022), arXiv 2212.141
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import xarray as xr
+
+from . import analysis  # analysis imports this module first; its helpers are looked up at call time
 
 __all__ = ["escape_times", "modes_learned", "stages"]
 
 RISE = (0.25, 0.75)  # the central half of a rise, as fractions of the mode's final value
 
 
+def is_real(x: object) -> bool:
+    """A real number (Python or NumPy, e.g. np.float32), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
 def _check(level: float, learned: float) -> None:
-    if not (isinstance(level, (int, float)) and 0 < level < 1):
+    if not (is_real(level) and 0 < level < 1):
         raise ValueError(f"level must be in (0, 1), a fraction of each mode's final value; got {level!r}; use 0.5")
-    if not (isinstance(learned, (int, float)) and 0 < learned < 1):
+    if not (is_real(learned) and 0 < learned < 1):
         raise ValueError(
             f"learned must be in (0, 1), a fraction of the largest final singular value; got {learned!r}; use 0.05"
         )
 
 
 def _inputs(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
-    if not isinstance(ds, xr.Dataset) or "singular_values" not in ds or "loss" not in ds or "time" not in ds.dims:
-        got = list(ds.data_vars) if isinstance(ds, xr.Dataset) else type(ds).__name__
-        raise ValueError(f"ds must be a dlnode Dataset with time, singular_values and loss; got {got}")
-    return ds["time"].reset_coords(drop=True), ds["singular_values"], ds["loss"]
+    sv, loss = analysis.require_variable(ds, "singular_values"), analysis.require_variable(ds, "loss")
+    if "time" not in sv.dims or "time" not in loss.dims or "k" not in sv.dims:
+        raise ValueError(
+            f"ds must have singular_values over (time, k) and loss over time; got {sv.dims} and {loss.dims}; pass "
+            "the dataset of dlnode.integrate, not a selection at one time"
+        )
+    return ds["time"].reset_coords(drop=True), sv, loss
 
 
 def _crossing(t: np.ndarray, s: np.ndarray, level: float) -> tuple[float, int]:
@@ -118,7 +130,7 @@ def _stages_of_run(t, sv, loss, level: float, learned: float) -> np.ndarray:  # 
     out = np.full((6, sv.shape[-1]), np.nan)
     escape, lo, hi, res = _modes_of_run(t, sv, level, learned)
     found = np.flatnonzero(np.isfinite(escape))
-    ok = np.isfinite(t) & np.isfinite(loss)
+    ok = np.isfinite(t) & np.isfinite(loss) & np.all(np.isfinite(sv), axis=-1)  # as in _modes_of_run
     if not found.size or ok.sum() < 2:
         return out
     final = sv[np.flatnonzero(ok)[-1]]
@@ -202,15 +214,8 @@ def modes_learned(ds: xr.Dataset, level: float = 0.5, learned: float = 0.05) -> 
     """
     _check(level, learned)
     _, sv, _ = _inputs(ds)
-    final = _final(sv)
+    final = analysis.final_values(sv)
     counted = final >= learned * final.isel(k=0)
     up = (sv >= level * final) & counted
     out = up.sum("k").astype(np.float64).where(sv.isel(k=0).notnull())
     return out.rename("modes_learned").assign_attrs(long_name=f"modes above {level:g} of their final value", units="1")
-
-
-def _final(sv: xr.DataArray) -> xr.DataArray:
-    """Each run's spectrum at its last time with a finite spectrum."""
-    valid = sv.isel(k=0).notnull()
-    last = (valid * xr.DataArray(np.arange(sv.sizes["time"]), dims="time")).argmax("time")
-    return sv.isel(time=last).reset_coords(drop=True)

@@ -1,12 +1,13 @@
-"""Helpers shared by the study modules: check rows, NaN-padded stacking and figure set-up (no dlnode internals)."""
+"""Helpers shared by the study modules: check rows, NaN-padded stacking, and figures through `dlnode.plot`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from dlnode import plot
 
 __all__ = ["depth_label", "figure", "pad_stack", "row", "save_figure"]
 
@@ -30,10 +31,8 @@ def depth_label(depth: float) -> str:
 
 
 def figure(ncols: int = 1, nrows: int = 1, width: float = 4.4, height: float = 3.4) -> tuple[Figure, np.ndarray]:
-    """A figure on the Agg canvas (no pyplot state), constrained layout, axes as a 2-d array."""
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
+    """`dlnode.plot.figure`: on the Agg canvas (no pyplot state), constrained layout, axes as a 2-d array."""
+    return plot.figure(nrows, ncols, panel=(width, height))
 
 
 def save_figure(fig: Figure, outdir: Path, name: str) -> Path:
@@ -41,5 +40,5 @@ def save_figure(fig: Figure, outdir: Path, name: str) -> Path:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / name
-    fig.savefig(path, dpi=110)
+    plot.finish(fig, path, dpi=110)
     return path

@@ -24,6 +24,8 @@ import xarray as xr
 
 import dlnode as dln
 
+from ._common import figure, save_figure
+
 NAME = "gidel2019"
 TITLE = "Saddle-to-saddle staircase of two-layer linear networks from vanishing init, flow and gradient descent"
 PAPER = "Gidel, Bach, Lacoste-Julien (2019), arXiv 1904.13262"
@@ -155,15 +157,10 @@ def _order_rows(ds: xr.Dataset) -> list[dict]:
 def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     """The staircase in rescaled time for each ε, and GD against the flow at the smallest ε."""
     from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
-    outdir = pathlib.Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(10.0, 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    fig, axes = figure(ncols=2, width=5.0, height=3.6)
+    left, right = axes[0]
     t = ds["time"].values
     eps = np.sort(ds["scale"].values)[::-1]
     colors = [colormaps["viridis"](x) for x in np.linspace(0.0, 0.85, len(eps))]
@@ -195,6 +192,4 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     right.set_ylabel(rf"|escape-time difference| of $s_{{{len(s)}}}$ [time]")
     right.set_title(rf"$\varepsilon$ = {e:.0e}", fontsize="medium")
     right.legend(fontsize="small")
-    path = outdir / f"{NAME}-staircase.png"
-    fig.savefig(path, dpi=110)
-    return [path]
+    return [save_figure(fig, outdir, f"{NAME}-staircase.png")]

@@ -22,6 +22,8 @@ import xarray as xr
 
 import dlnode as dln
 
+from ._common import figure, save_figure
+
 NAME = "saxe2014"
 TITLE = "Exact mode dynamics of deep linear networks: closed forms and escape time against depth and init"
 PAPER = "Saxe, McClelland, Ganguli (2014), arXiv 1312.6120"
@@ -211,15 +213,8 @@ def _zoom(ax, ds: xr.Dataset, n: int) -> None:  # noqa: ANN001
 
 def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     """Mode curves against the closed forms, and escape time against u₀ for each depth."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    outdir = pathlib.Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     depths = ds["depth"].values.astype(int)
-    fig = Figure(figsize=(2.9 * len(depths), 5.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, len(depths), squeeze=False)
+    fig, axes = figure(ncols=len(depths), nrows=2, width=2.9, height=2.7)
     scale = ds["scale"].values[-1]
     t = ds["time"].values
     for j, n in enumerate(depths):
@@ -236,11 +231,9 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     axes[1, 0].set_ylabel(r"$u_k / s_k$ (dots: saved times)")
     axes[0, 0].plot([], [], "k:", label="closed form")
     axes[0, 0].legend(fontsize="small", title=f"per-layer scale {scale:g}", title_fontsize="small")
-    first = outdir / f"{NAME}-modes.png"
-    fig.savefig(first, dpi=110)
-    fig = Figure(figsize=(4.6, 3.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    first = save_figure(fig, outdir, f"{NAME}-modes.png")
+    fig, axes = figure(width=4.6, height=3.4)
+    ax = axes[0, 0]
     for i, n in enumerate(depths):
         u0 = ds["scale"].values ** n
         ax.plot(u0, ds["escape"].sel(depth=n).isel(k=0), "o", color=f"C{i}", label=f"depth {n}")
@@ -249,6 +242,5 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     ax.set(xscale="log", yscale="log", xlabel=r"initial mode strength $u_0$ = scale$^N$")
     ax.set_ylabel(rf"escape time of $s_1$ = {ds['target_s'].values[0]:g} ($u = s/2$)")
     ax.legend(fontsize="small")
-    second = outdir / f"{NAME}-escape.png"
-    fig.savefig(second, dpi=110)
+    second = save_figure(fig, outdir, f"{NAME}-escape.png")
     return [first, second]

@@ -106,6 +106,9 @@ def test_layers_and_end_to_end_start_from_the_same_product_and_agree(scale_of):
     # the end-to-end dataset's coordinate t is the per-layer time of the other run
     np.testing.assert_allclose(e2e["t"].isel(depth=0).values, layers["time"].values, rtol=1e-14)
     np.testing.assert_allclose(w_e2e, w_layers, rtol=0, atol=1e-7)
+    # and through the public comparison, which puts the end-to-end run on its plain time t
+    errors = dln.compare(layers, e2e)
+    assert float(errors["product_error"].max()) < 1e-7 and errors.sizes["time"] == len(tau)
 
 
 def test_scale_of_product_gives_one_initial_product_at_every_depth():

@@ -6,7 +6,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
-from test_analysis import build_dataset, decoupled_runs, gd_states, log_steps, univariate_problem
+from reference_runs import build_dataset, decoupled_runs, gd_states, log_steps, univariate_problem
 
 import dlnode as dln
 import dlnode.accessor  # noqa: F401  (registers ds.dln)

@@ -1,0 +1,119 @@
+"""Tests of dlnode.discrete: GD against the flow (compare, gd_errors) and the fitted convergence order in lr.
+
+References: the exact depth-2 flow of `reference_runs` (Saxe's closed form) and a hand-written NumPy GD loop; GD's
+global error against the flow is O(lr) and against the modified flow O(lr²) (Barrett & Dherin 2021).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from reference_runs import S_WELL_SEPARATED, build_dataset, decoupled_runs, exact_flow_states, gd_dataset
+
+import dlnode as dln
+import dlnode.accessor  # noqa: F401  (registers ds.dln)
+from dlnode.discrete import compare, convergence_order, gd_errors
+
+# Explicit Euler has global error O(lr): the fitted order of GD against the exact flow is 1 up to O(lr) terms.
+ORDER_ATOL = 0.15
+
+
+def test_compare_matches_times_by_value():
+    flow, (gd,) = decoupled_runs([0.01])
+    same = compare(flow, flow)
+    assert same.sizes["time"] == flow.sizes["time"] and float(abs(same["product_error"]).max()) == 0.0
+    result = flow.dln.compare(gd)  # flow against GD: the flow's 76 grid times are all GD steps (t = 4k·0.01)
+    assert result.sizes["time"] == flow.sizes["time"]
+    np.testing.assert_allclose(result["time"].values, flow["time"].values)
+    error = compare(gd, flow)
+    assert error.attrs["lr_a"] == 0.01 and np.isnan(error.attrs["lr_b"])
+    assert 0 < float(error["product_error"].max()) < 0.1  # O(lr·s) for lr = 0.01, s ≤ 4
+
+
+def test_gradient_descent_converges_to_the_flow_with_order_one():
+    lrs = [0.02, 0.01, 0.005, 0.0025]
+    flow, runs = decoupled_runs(lrs)
+    errors = gd_errors(flow, runs)
+    np.testing.assert_array_equal(errors["lr"].values, sorted(lrs))
+    for variable in ("product_error", "loss_error", "singular_values_error"):
+        order = convergence_order(flow, runs, variable)
+        assert order.item() == pytest.approx(1.0, abs=ORDER_ATOL), variable
+
+
+def test_compare_interpolates_the_flow_at_every_gd_time():
+    # GD at lr = 0.01 saves every step; the exact flow is saved every 0.04 only. compare() reports the error at all
+    # 301 GD times, the flow spline-interpolated between its saves, as if the flow had been saved at GD's times.
+    flow, (gd,) = decoupled_runs([0.01])
+    result = compare(gd, flow)
+    assert result.sizes["time"] == gd.sizes["time"] and int(result["interpolated"].sum()) == 225
+    prob = dln.Regression.whitened(S_WELL_SEPARATED, 3, 3, seed=0)
+    times = gd["time"].values
+    dense = build_dataset(prob, {(2, 0.3, 0): exact_flow_states(prob, 0.3, times)}, times, init="decoupled")
+    reference = compare(gd, dense)  # every time saved by both: no interpolation
+    assert not reference["interpolated"].any()
+    # compare's promise: the reported error is within `accuracy` (0.1) of the run's largest error of the true one;
+    # here, the flow's spline errs by ~(8h)⁴/384 ≈ 3e-5 relative near t = 0 (rate 2s = 8, h = 0.04) and less later
+    diff = abs(result["product_error"] - reference["product_error"])
+    assert float(diff.max()) <= 0.1 * float(reference["product_error"].max())
+    assert float(diff.max()) <= 3e-4
+    assert float(result["product_error"].max()) == pytest.approx(float(reference["product_error"].max()), rel=1e-3)
+
+
+def test_compare_refuses_a_save_grid_too_coarse_for_the_escape():
+    # From scale 1e-3 the modes escape at t ≈ ln(1/ε)/s_i in a rise of width ~1/s_i; a 12-point log grid holds
+    # no point inside most rises, so GD cannot be compared with it, only with a flow saved at GD's times.
+    prob = dln.Regression.whitened(S_WELL_SEPARATED, 3, 3, seed=0)
+    steps = np.arange(0, 801)
+    gd = gd_dataset(prob, [2], [1e-3], [0], 0.01, steps, init="decoupled")
+    coarse = np.concatenate([[0.0], np.geomspace(0.08, 8.0, 11)])
+    flow = build_dataset(prob, {(2, 1e-3, 0): exact_flow_states(prob, 1e-3, coarse)}, coarse, init="decoupled")
+    with pytest.raises(ValueError, match="too coarse to interpolate") as info:
+        compare(gd, flow)
+    assert "saveat=a['time'].values" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_gradient_descent_follows_the_modified_flow_with_order_two():
+    # Barrett & Dherin (2021): GD follows the flow of L + (lr/4)‖∇L‖² to O(lr²); the modified flow depends on lr,
+    # so each GD run needs its own reference, and one reference for several lr is refused.
+    prob = dln.Regression.whitened(S_WELL_SEPARATED, 3, 3, seed=0)
+    lrs, grid = [0.02, 0.01, 0.005], np.arange(0, 76) * 0.04
+    common = {"depth": 2, "init": "decoupled", "scale": 0.3, "saveat": grid, "t1": grid[-1], "progress": False}
+    runs = [dln.integrate(prob, method="gd", lr=lr, **common) for lr in lrs]
+    modified = [dln.integrate(prob, flow="modified", lr=lr, rtol=1e-10, atol=1e-12, **common) for lr in lrs]
+    assert convergence_order(modified, runs).item() == pytest.approx(2.0, abs=ORDER_ATOL)
+    with pytest.raises(ValueError, match="depends on lr and cannot serve runs"):
+        convergence_order(modified[0], runs)
+    with pytest.raises(ValueError, match="run at lr=0.02 is the modified flow for lr=0.005"):
+        convergence_order(modified[::-1], runs)
+
+
+def test_accuracy_reaches_compare_and_accepts_numpy_floats():
+    # the flow saved every 0.04 is spline-interpolated at GD's steps (error ~3e-5 relative, see above): within the
+    # default accuracy of 0.1 × the largest error, not within 1e-6 × it, which gd_errors and convergence_order
+    # must pass on to compare and refuse
+    flow, runs = decoupled_runs([0.02, 0.01])
+    default = gd_errors(flow, runs)
+    xr.testing.assert_identical(gd_errors(flow, runs, accuracy=np.float32(0.1)), default)
+    xr.testing.assert_identical(compare(runs[1], flow, accuracy=np.float64(0.1)), compare(runs[1], flow))
+    with pytest.raises(ValueError, match="too coarse to interpolate"):
+        gd_errors(flow, runs, accuracy=1e-6)
+    with pytest.raises(ValueError, match="too coarse to interpolate"):
+        convergence_order(flow, runs, accuracy=1e-6)
+
+
+def test_errors_say_what_was_received():
+    flow, (gd,) = decoupled_runs([0.02], end_time=0.4)
+    cases = [
+        (lambda: compare(gd, flow["loss"]), "b must be a dlnode Dataset.*got a DataArray"),
+        (lambda: compare(gd.drop_vars("product"), flow), r"a must be a dlnode Dataset.*lacks \['product'\]"),
+        (lambda: gd_errors(flow, [gd]), r"at least two GD Datasets.*got 1 run\(s\)"),
+        (lambda: gd_errors(flow, gd), "at least two GD Datasets.*got a Dataset"),
+        (lambda: gd_errors(flow, [gd, gd["loss"]]), r"runs must hold GD Datasets; got \['Dataset', 'DataArray'\]"),
+        (lambda: convergence_order(flow, [gd, gd], "error"), "variable must be one of"),
+        (lambda: compare(gd, flow, accuracy=True), "accuracy must be in"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match) as info:
+            call()
+        assert "\n" not in str(info.value)
