@@ -54,7 +54,8 @@ def stop_if_interrupted(ds, out: Path | None) -> None:  # noqa: ANN001
     """A run stopped by Ctrl-C returns what it computed with status INTERRUPTED: say so and exit 130. So does a
     Ctrl-C that came while the run could not stop (its KeyboardInterrupt raised inside a garbage-collector
     callback, where Python ignores it): the finished result is kept, the rest of the command is not done."""
-    cells = int((np.asarray(ds["status"].values) == int(Status.INTERRUPTED)).sum())
+    status = ds["status"].values if ds is not None and "status" in ds else np.zeros(0)  # a study may hold none
+    cells = int((np.asarray(status) == int(Status.INTERRUPTED)).sum())
     if cells or SIGINTS[0]:
         where = f"; the result so far was saved to {out}" if out is not None else ""
         what = f"{cells} run(s) stopped early" if cells else "the runs had finished"
@@ -127,8 +128,7 @@ def _run_study(
         _fail(str(exc))
     data_path, _ = studies.outputs(name, out)
     typer.echo(f"wrote {data_path}  (open with dlnode.open)")
-    if "status" in ds:
-        stop_if_interrupted(ds, data_path)
+    stop_if_interrupted(ds, data_path)
     for path in figures:
         typer.echo(f"wrote {path}")
     typer.echo(studies.format_table(rows, runtime))

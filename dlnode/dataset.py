@@ -336,8 +336,10 @@ def open_dataset(path: str | os.PathLike, chunks: dict[str, int] | None = None) 
     Parameters
     ----------
     path : a ``.nc`` file or a ``.zarr`` store.
-    chunks : None (default) loads everything into memory and closes the file; a dict such as
-        ``{"depth": 1, "scale": 1, "seed": 1}`` opens lazily with dask (close the dataset when done).
+    chunks : None (default) loads everything into memory and closes the file — except a sweep store, which opens
+        lazily with the store's own chunks (one task's cells a chunk: a grid larger than memory stays on disk);
+        a dict such as ``{"depth": 1, "scale": 1, "seed": 1}`` opens lazily with dask (close the dataset when
+        done); ``{}`` keeps the file's own chunks.
     """
     source, kind = check_input_path(path)
     if chunks is not None and not isinstance(chunks, dict):
@@ -370,6 +372,10 @@ def open_dataset(path: str | os.PathLike, chunks: dict[str, int] | None = None) 
             kind=DatasetError,
         )
     ds = _read(source, kind, chunks)
+    if chunks is None and kind == "zarr" and SWEEP_CONFIG_ATTR in ds.attrs:
+        ds.close()
+        chunks = {}
+        ds = _read(source, kind, chunks)
     try:
         _check_contents(ds, f"path {str(source)!r}")
         if kind == "zarr":
@@ -382,6 +388,9 @@ def open_dataset(path: str | os.PathLike, chunks: dict[str, int] | None = None) 
         ds.close()
         raise
     return ds
+
+
+SWEEP_CONFIG_ATTR = "dlnode_sweep_config"  # the attribute that marks a sweep store (see dlnode.store)
 
 
 def _read(source: Path, kind: str, chunks: dict | None) -> xr.Dataset:
@@ -425,7 +434,7 @@ def _check_chunks(source: Path, ds: xr.Dataset) -> None:
     are the variables every cell that ran holds finite values in (`SWEEP_WITNESSES`: its state at t = 0 and the
     time it reached), so a deleted data chunk is still found.
     """
-    status = ds["status"].load()
+    status = ds["status"].compute()  # not .load(): that would load it into the lazily opened dataset
     pending = status.values == int(Status.PENDING)
     sweep = "dlnode_sweep_config" in ds.attrs
     missing = missing_chunks(source)

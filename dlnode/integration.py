@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ._version import __version__
 from .dataset import to_dataset, with_problem
 from .endtoend import recover_layers
+from .errors import fail, shown
 from .flows import FLOWS, get_flow
 from .network import init_layers, product
 from .problems import Problem
@@ -266,25 +267,30 @@ def _plan(problem: Problem, **kw: Any) -> _Plan:
     check_inits(problem, depths, init, scales[0], seeds[0], kw["width"])
     scale_of = kw["scale_of"]
     if scale_of not in SCALE_OF:
-        raise ValueError(f"scale_of must be one of {SCALE_OF}; got {scale_of!r}")
+        fail("scale_of", f"must be one of {SCALE_OF}", scale_of, "pass scale_of='layer' or scale_of='product'")
     if scale_of == "layer" and any(math.isinf(d) for d in depths):
-        raise ValueError("depth 'inf' needs scale_of='product' (a per-layer scale has no infinite-depth limit); "
-                         "got scale_of='layer'; pass scale_of='product' to give the end-to-end scale")  # fmt: skip
+        fail("scale_of", "must be 'product' with depth 'inf' (a per-layer scale has no infinite-depth limit)",
+             scale_of, "pass scale_of='product' to give the end-to-end scale")  # fmt: skip
     if method == "gd" or flow == "modified":
         what = "method='gd'" if method == "gd" else "flow='modified'"
         lr = check_positive("lr", lr, f" for {what} (the gradient-descent step)")
     elif lr is not None:
-        raise ValueError(f"lr applies to method='gd' or flow='modified' only; got lr={lr!r}; drop lr")
+        fail("lr", "applies to method='gd' or flow='modified' only", lr, "drop lr, or pass method='gd'")
     rtol, atol = check_tolerances(kw["rtol"], kw["atol"])  # None: the defaults below
     if t1 is not None:
         t1 = check_positive("t1", t1, " (or None to run until converged)")
         if method == "gd" and t1 < lr:
-            raise ValueError(f"t1 must be at least lr for method='gd' (one step); got t1={t1:g}, lr={lr:g}; "
-                             f"pass t1 >= {lr:g} or a smaller lr")  # fmt: skip
+            fail("t1", f"must be at least lr={lr:g} for method='gd' (one step)", t1,
+                 f"pass t1 >= {lr:g} or a smaller lr")  # fmt: skip
     saveat = check_saveat(kw["saveat"])
     loss_tol = kw["loss_tol"]
     if loss_tol is not None:
         check_positive("loss_tol", loss_tol)
+        if loss_tol >= 1:
+            fail("loss_tol", "must be below 1 (a fraction of the initial loss gap l0 - l*: 1 stops at t = 0)",
+                 loss_tol, "pass e.g. loss_tol=1e-8")  # fmt: skip
+    if not isinstance(kw["progress"], (bool, np.bool_)):
+        fail("progress", "must be True or False", kw["progress"], "pass progress=False to hide the progress bar")
     if kw["max_steps"] is not None:
         check_max_steps(kw["max_steps"])
     check_memory(problem, depths, kw["width"], len(scales) * len(seeds), saveat, kw["save_weights"], t1 is None)
@@ -304,7 +310,8 @@ def _plan(problem: Problem, **kw: Any) -> _Plan:
     if isinstance(saveat, np.ndarray):
         t1 = float(saveat[-1]) if t1 is None else t1
         if saveat[-1] > t1:
-            raise ValueError(f"saveat must end at or before t1={t1}; got a last time {saveat[-1]}")
+            fail("saveat", f"must end at or before t1={t1:g}", shown(f"a last time {saveat[-1]:g}"),
+                 "drop the later times or raise t1")  # fmt: skip
         times = saveat if saveat[0] == 0 else np.concatenate([[0.0], saveat])
     elif until_converged:
         t1 = HORIZON_FACTOR * escape

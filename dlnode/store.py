@@ -27,7 +27,7 @@ import zarr
 import zarr.api.asynchronous
 
 from . import integration
-from .dataset import RUN, STATUS_MEANINGS, VARIABLES, with_problem
+from .dataset import RUN, STATUS_MEANINGS, SWEEP_CONFIG_ATTR, VARIABLES, with_problem
 from .problems import Problem
 from .solvers import METHODS, Status
 from .sweep_config import SweepConfig, config_diff, layer_extent, save_times
@@ -35,7 +35,7 @@ from .sweep_config import SweepConfig, config_diff, layer_extent, save_times
 __all__ = ["SWEEP_ATTR", "Layout", "describe", "export", "is_sweep_store", "open_store", "prepare", "stored_chunks",
            "write_cells"]  # fmt: skip
 
-SWEEP_ATTR = "dlnode_sweep_config"
+SWEEP_ATTR = SWEEP_CONFIG_ATTR
 EXTRA_AXES = ("flow", "init", "method", "lr")  # grid axes beyond depth × scale × seed: dims only when swept
 INTEGERS = {"status": int(Status.PENDING), "num_steps": -1, "num_rejected": -1, "method_used": -1}
 METHOD_CODES = {name: i for i, name in enumerate(sorted(METHODS))}

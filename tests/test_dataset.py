@@ -98,7 +98,7 @@ def test_diverging_gd_is_marked_and_keeps_what_it_computed():
         ({"t1": 0.0}, "t1 must be a positive finite number"),
         ({"rtol": 0}, "rtol must be a positive finite number"),
         ({"init": "he"}, "unknown init 'he'"),
-        ({"t1": 1.0, "saveat": [0.5, 2.0]}, "saveat must end at or before t1=1.0"),
+        ({"t1": 1.0, "saveat": [0.5, 2.0]}, "saveat must end at or before t1=1"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(kwargs, match):

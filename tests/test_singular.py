@@ -189,13 +189,13 @@ def test_bad_input_is_refused_before_integration():
         dln.integrate(prob, depth=3, flow="end_to_end", init="balanced", method="rosenbrock", max_steps=0,
                       progress=False)  # fmt: skip
     assert singular.unknowns(6, 4) == 15 + 6 + 4 == sum(singular._Chart(6, 4, 4).sizes) + 4
-    with pytest.raises(ValueError, match="needs depth >= 2"):
+    with pytest.raises(ValueError, match="must be >= 2 for method=.rosenbrock. on flow=.end_to_end."):
         singular.make_batch(get_flow("end_to_end", type(prob), 1.0))
 
 
 def test_depth_one_is_refused_with_the_rule():
     prob = dln.Factorization(np.eye(3))
-    with pytest.raises(ValueError, match="needs depth >= 2"):
+    with pytest.raises(ValueError, match="must be >= 2 for method=.rosenbrock. on flow=.end_to_end."):
         dln.integrate(prob, depth=[1, 2], flow="end_to_end", init="balanced", method="rosenbrock", progress=False)
 
 

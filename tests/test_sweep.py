@@ -228,7 +228,10 @@ def test_changed_config_and_foreign_directories_are_refused(client, tmp_path):
 def test_lazy_analysis_equals_eager(client, tmp_path):
     store = tmp_path / "s.zarr"
     lazy = dln.sweep(CONFIG, store, client=client, progress=False)
-    eager = dln.open(store)
+    opened = dln.open(store)  # a sweep store opens lazily too: one chunk per task, nothing loaded
+    assert all(opened[v].chunks is not None for v in ("loss", "product", "status"))
+    xr.testing.assert_identical(opened.compute(), lazy.compute())
+    eager = opened.load()
     for name in ("effective_rank", "numerical_rank", "stages", "escape_times", "recovery_error"):
         result = getattr(lazy.dln, name)()
         arrays = result.data_vars.values() if isinstance(result, xr.Dataset) else [result]
