@@ -198,3 +198,13 @@ def test_the_planned_grid_resolves_the_fastest_and_the_slowest_escape():
     assert ts[1] <= 1e-2 * fast and ts[-1] >= 1e4 * slow
     ratios = ts[2:] / ts[1:-1]
     np.testing.assert_allclose(ratios, 10 ** (GRID_DECADES / 39), rtol=1e-9)  # one density over the whole range
+
+
+def test_a_huge_init_keeps_its_true_initial_loss_and_says_no_step():
+    # per-layer scale 1e6 at depth 3: W(0) ~ 1e18, far too stiff for an explicit first step
+    prob = dln.MatrixCompletion.random((30, 30), 3, 450, seed=0)
+    with pytest.warns(UserWarning, match="no_step"):
+        ds = dln.integrate(prob, depth=3, scale=1e6, method="tsit5", progress=False)
+    assert int(ds["status"].values.ravel()[0]) == dln.Status.NO_STEP
+    w0 = dln.product(dln.init_layers(prob, 3, "gaussian", 1e6, 0))
+    assert float(ds["loss"].isel(time=0).values.ravel()[0]) == pytest.approx(float(prob.loss(w0)), rel=1e-12)

@@ -83,7 +83,15 @@ def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple
             rejected=st["rejected"] + jnp.where(active, sol.stats["num_rejected_steps"], 0),
             status=keep(status, st["status"]).astype(jnp.int64),
         )
-        return sol.ys[0], flow.observe(new["y"], args), new
+        # saves at the start time are the state itself (diffrax fills saves of a failed first step with inf)
+        at_start = ts <= t0
+        start_obs = flow.observe(st["y"], args)
+        obs = jax.tree_util.tree_map(
+            lambda saved, now: jnp.where(at_start.reshape((-1,) + (1,) * (saved.ndim - 1)), now[None], saved),
+            sol.ys[0],
+            start_obs,
+        )
+        return obs, flow.observe(new["y"], args), new
 
     def final(st: dict) -> Any:
         return st["y"]
