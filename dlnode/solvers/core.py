@@ -136,6 +136,16 @@ COMPILE = {"seconds": 0.0}
 _COMPILED: dict = {}
 
 
+def batched(start: Any, window: Any, final: Any) -> tuple[Any, Any, Any]:
+    """The jitted, vmapped (start, window, final) of a `Method` from per-cell functions: ``start(y0, arrays, c)``,
+    ``window(state, arrays, ts, c)`` and ``final(state)``, the batch on the leading axis of y0 and state."""
+    return (
+        jax.jit(jax.vmap(start, in_axes=(0, None, None))),
+        jax.jit(jax.vmap(window, in_axes=(0, None, None, None))),
+        jax.jit(jax.vmap(final)),
+    )
+
+
 def call(fn: Any, *args: Any) -> Any:
     """Run the jitted `fn` on `args`, compiling ahead of time once per abstract signature (timed in `COMPILE`)."""
     leaves, treedef = jax.tree_util.tree_flatten(args)

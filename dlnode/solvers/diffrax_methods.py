@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..flows import Flow
-from .core import TRACE_COUNT, Method, call, stop_flags
+from .core import TRACE_COUNT, Method, batched, call, stop_flags
 
 __all__ = ["DIFFRAX"]
 
@@ -96,11 +96,7 @@ def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple
     def final(st: dict) -> Any:
         return st["y"]
 
-    return (
-        jax.jit(jax.vmap(start, in_axes=(0, None, None))),
-        jax.jit(jax.vmap(window, in_axes=(0, None, None, None))),
-        jax.jit(jax.vmap(final)),
-    )
+    return batched(start, window, final)
 
 
 def _summary(st: dict) -> dict[str, np.ndarray]:

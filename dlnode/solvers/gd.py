@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..flows import Flow, layer_gradients
-from .core import TRACE_COUNT, Method, call, stop_flags
+from .core import TRACE_COUNT, Method, batched, call, stop_flags
 
 __all__ = ["GD"]
 
@@ -54,11 +54,7 @@ def _functions(problem_cls: type, flow: Flow) -> tuple[Callable, Callable, Calla
     def final(st: dict) -> Any:
         return st["y"]
 
-    return (
-        jax.jit(jax.vmap(start, in_axes=(0, None, None))),
-        jax.jit(jax.vmap(window, in_axes=(0, None, None, None))),
-        jax.jit(jax.vmap(final)),
-    )
+    return batched(start, window, final)
 
 
 def _supports(flow: Flow) -> str | None:

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..flows import Flow
 from ..validation import check_singular_depths
-from .core import TRACE_COUNT
+from .core import TRACE_COUNT, batched
 from .rosenbrock import SHAMPINE, error_norm, settle, step_factor
 
 # Shampine's order-4 method, not the layer path's RODAS3: on the depth-8 factorisation (σ(0) = 1e-24) RODAS3 took
@@ -318,11 +318,7 @@ def _batch(flow: Flow) -> tuple[Callable, Callable, Callable]:
         s = st["s"]
         return product(s.u, s.v, s.ell)
 
-    return (
-        jax.jit(jax.vmap(start, in_axes=(0, None, None))),
-        jax.jit(jax.vmap(window, in_axes=(0, None, None, None))),
-        jax.jit(jax.vmap(final)),
-    )
+    return batched(start, window, final)
 
 
 def summary(st: dict) -> dict[str, np.ndarray]:
