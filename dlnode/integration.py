@@ -19,7 +19,7 @@ from ._version import __version__
 from .dataset import to_dataset, with_problem
 from .endtoend import recover_layers
 from .errors import fail, shown
-from .flows import FLOWS, get_flow
+from .flows import FLOWS, get_flow, pack_layers, unpack_layers
 from .network import init_layers, product
 from .problems import Problem
 from .solvers import METHODS, Controls, Solution, Status, solve
@@ -395,8 +395,12 @@ def _run_depth(plan: _Plan, depth: float, show: Callable) -> Solution:
     y0 = _initial_states(plan, depth)
     flow = get_flow(plan.flow, type(plan.problem), depth, plan.save_weights and plan.flow != "end_to_end")
     horizon = Horizon() if plan.until_converged and not isinstance(plan.saveat, np.ndarray) else None
+    if not flow.end_to_end:
+        y0 = pack_layers(y0)
     sol = solve(plan.method, flow, plan.problem.arrays(), y0, plan.times, plan.controls,
                 until_converged=plan.until_converged, horizon=horizon, on_window=show)  # fmt: skip
+    if not flow.end_to_end:
+        sol = dataclasses.replace(sol, final=unpack_layers(sol.final))
     if plan.method == "gd":
         sol = dataclasses.replace(sol, step=np.rint(sol.ts / plan.controls.lr).astype(np.int64))
     if plan.flow != "end_to_end":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dlnode as dln
-from dlnode.flows import flat_problem, layer_gradients
+from dlnode.flows import Stacked, flat_problem, initial_balancedness, layer_gradients, pack_layers, unpack_layers
 
 EXACT = 1e-12
 
@@ -58,12 +58,49 @@ def test_callable_init_is_validated():
         dln.init_layers(prob, 2, "xavier", 0.5)
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3, 5])
+@pytest.mark.parametrize("depth", [1, 2, 3, 5, 7])
 def test_analytic_layer_gradient_equals_autodiff(depth):
+    """Depth 7 holds its equal hidden layers as one `Stacked` array (scanned passes); the others are unrolled."""
     prob = dln.MatrixCompletion.random((5, 4), 2, 12, seed=0)
     layers = tuple(jnp.asarray(w) for w in dln.init_layers(prob, depth, "gaussian", 0.7, seed=1, width=6))
-    grads, w, e = layer_gradients(layers, type(prob).grad_fn, prob.arrays())
+    state = pack_layers(layers, batch=False)
+    assert isinstance(state, Stacked) == (depth == 7)
+    grads, w, e = layer_gradients(state, type(prob).grad_fn, prob.arrays())
+    grads = unpack_layers(grads, batch=False)
     loss, _ = flat_problem(type(prob))
     auto = jax.grad(loss)(layers, prob.arrays())
     for g, a in zip(grads, auto, strict=True):
         assert np.max(np.abs(g - a)) <= EXACT * max(1.0, float(np.max(np.abs(a))))
+
+
+def test_stacked_state_round_trips_and_keeps_balancedness():
+    prob = dln.MatrixCompletion.random((5, 4), 2, 12, seed=0)
+    cells = [dln.init_layers(prob, 8, "gaussian", 0.7, seed=s, width=6) for s in range(3)]
+    batch = tuple(np.stack([c[j] for c in cells]) for j in range(8))
+    state = pack_layers(batch)
+    assert isinstance(state, Stacked) and state.hidden.shape == (3, 6, 6, 6)
+    for a, b in zip(unpack_layers(state), batch, strict=True):
+        assert np.array_equal(a, b)
+    one = tuple(jnp.asarray(w) for w in cells[0])
+    stacked = initial_balancedness(pack_layers(one, batch=False))
+    plain = initial_balancedness(one)
+    flat = [stacked[0], *stacked[1], stacked[2]]
+    assert len(flat) == len(plain) == 7
+    for a, b in zip(flat, plain, strict=True):
+        assert np.max(np.abs(a - b)) <= 1e-14
+
+
+def test_stacked_and_unrolled_states_integrate_the_same_flow(monkeypatch):
+    """The same depth-7 run with its hidden layers stacked (scanned) and unrolled: one trajectory to round-off."""
+    import dlnode.flows as flows
+
+    prob = dln.MatrixCompletion.random((4, 4), 2, 10, seed=0)
+    kw = dict(depth=7, init="gaussian", scale=0.8, seed=[0, 1], method="tsit5", t1=2.0, saveat=5, save_weights=True,
+              progress=False)  # fmt: skip
+    stacked = dln.integrate(prob, **kw)
+    monkeypatch.setattr(flows, "SCAN_DEPTH", 100)
+    unrolled = dln.integrate(prob, **kw)
+    for name in ("product", "weights", "weights_final", "balancedness", "grad_norm"):
+        diff = float(np.abs(stacked[name] - unrolled[name]).max())
+        assert diff <= 1e-12 * max(1.0, float(np.abs(unrolled[name]).max())), name
+    assert np.array_equal(stacked["num_steps"], unrolled["num_steps"])

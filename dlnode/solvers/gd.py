@@ -37,7 +37,7 @@ def _functions(problem_cls: type, flow: Flow) -> tuple[Callable, Callable, Calla
             converged, diverged = stop_flags(problem_cls.loss_from_grad(w, e, arrays), loss0, arrays["loss_min"], c)
             status = jnp.where(diverged, -2, jnp.where(converged, 1, 0)).astype(jnp.int64)
             go = status == 0
-            y = tuple(jnp.where(go, a - c["lr"] * g, a) for a, g in zip(y, grads, strict=True))
+            y = jax.tree_util.tree_map(lambda a, g: jnp.where(go, a - c["lr"] * g, a), y, grads)
             return y, n + go, status
 
         def advance(carry, target):

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..flows import Flow
+from ..flows import Flow, pack_layers
 from .core import TRACE_COUNT, stop_flags
 from .krylov import cg, power_iteration
 from .tableaus import DOPRI5, ExplicitTableau
@@ -440,7 +440,7 @@ def probe(flow: Flow, y0: Any, arrays: dict, lr: float = math.nan) -> tuple[bool
         raise ValueError(f"probe needs a per-layer flow (symmetric Jacobian −∇²L); got flow={flow.name!r}")
     if not isinstance(y0, (tuple, list)) or not y0 or any(np.ndim(w) != 2 for w in y0):
         raise ValueError("y0 must be a non-empty tuple of 2-d layer matrices (one state, no batch axis)")
-    y0 = tuple(jnp.asarray(w, jnp.float64) for w in y0)
+    y0 = pack_layers(tuple(jnp.asarray(w, jnp.float64) for w in y0), batch=False)
     arrays = jax.tree_util.tree_map(jnp.asarray, arrays)
     args = flow.prepare(y0, arrays, {"lr": jnp.float64(lr)})
     lam, rate = (float(v) for v in _probe_numbers(flow)(y0, args))
