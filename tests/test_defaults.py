@@ -77,6 +77,29 @@ def test_no_step_is_reported_when_nothing_could_be_integrated():
     assert int(ds["num_steps"].values.ravel()[0]) == 0
 
 
+class _PoisonedCompletion(dln.MatrixCompletion):
+    """A completion whose gradient is NaN once ‖W‖_F passes half of ‖W*‖_F: a field that breaks mid-run."""
+
+    @classmethod
+    def grad_fn(cls, w, arrays):
+        import jax.numpy as jnp
+
+        g = super().grad_fn(w, arrays)
+        return jnp.where(jnp.sqrt(jnp.sum(w * w)) > 0.5 * jnp.sqrt(jnp.sum(arrays["w_star"] ** 2)), jnp.nan, g)
+
+
+@pytest.mark.parametrize("method", ["tsit5", "rosenbrock"])
+def test_a_field_that_breaks_mid_run_says_solver_failure_and_keeps_what_was_integrated(method):
+    prob = _PoisonedCompletion(SMALL.target(), SMALL.mask)
+    ds = dln.integrate(prob, depth=2, scale=0.1, t1=100.0, saveat=20, method=method, progress=False)
+    assert int(ds["status"].values.ravel()[0]) == dln.Status.SOLVER_FAILURE
+    assert int(ds["num_steps"].values.ravel()[0]) > 0
+    t_final = float(ds["t_final"].values.ravel()[0])
+    assert 0.0 < t_final < 100.0
+    reached = ds["loss"].squeeze().sel(time=slice(0.0, t_final))
+    assert reached.size >= 2 and bool(np.isfinite(reached).all())  # the partial trajectory is kept
+
+
 def test_gd_with_t1_below_one_step_is_refused_before_any_work():
     with pytest.raises(ValueError, match="t1 must be at least lr"):
         dln.integrate(SMALL, depth=2, method="gd", lr=10.0, t1=5.0, progress=False)

@@ -37,7 +37,7 @@ class Status(enum.IntEnum):
     CONVERGED = 1  # ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*)
     MAX_STEPS = -1  # the step budget ran out first
     DIVERGED = -2  # the loss became non-finite or grew past diverge·ℓ₀
-    SOLVER_FAILURE = -3  # repeated rejections or a failed linear solve
+    SOLVER_FAILURE = -3  # repeated rejections, a failed linear solve, or steps shrinking to nothing
     NOT_CONVERGED = -4  # t1=None: the horizon was reached while the loss criterion still did not hold
     NO_STEP = -5  # not a single step could be taken
     INTERRUPTED = -6  # stopped by the user (Ctrl-C); the trajectory up to then is kept
@@ -53,7 +53,7 @@ MESSAGES = {
     Status.CONVERGED: "converged: the loss criterion holds",
     Status.MAX_STEPS: "stopped: the step budget (max_steps) ran out; raise max_steps or loosen rtol",
     Status.DIVERGED: "stopped: the loss became non-finite or diverged",
-    Status.SOLVER_FAILURE: "stopped: the solver failed (repeated step rejections)",
+    Status.SOLVER_FAILURE: "stopped: the solver failed (every step rejected, or steps shrinking to nothing)",
     Status.NOT_CONVERGED: "not converged: the horizon was reached while the loss was still above the criterion",
     Status.NO_STEP: "no step could be taken (the initial state or the first step is not finite)",
     Status.INTERRUPTED: "interrupted by the user; the trajectory up to then is kept",

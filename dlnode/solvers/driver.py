@@ -25,6 +25,9 @@ from .core import COMPILE, MESSAGES, RUNS, Controls, Method, Solution, Status
 
 __all__ = ["Horizon", "WINDOW", "drive"]
 
+# a window that advances t by less than this fraction of |t| is stalled (a step size some 1e4 below the
+# resolution of t itself: legitimate steps, even the compensated ones of long plateaus, are far above it)
+STALL = 1e-3 * float(np.finfo(np.float64).eps)
 WINDOW = 16  # save times per window (one compiled shape for every window)
 REACHED_RTOL = 1e-12  # a save time counts as reached when t_cell >= ts·(1 − this)
 
@@ -131,14 +134,17 @@ def drive(
                 method_status = np.where(running, int(Status.INTERRUPTED), summ["status"])
                 summ = dict(summ, status=method_status)
                 break
+            # a window in which a running cell short of its save times did not move its time (every attempt
+            # rejected), or moved it by less than STALL·|t| (accepted steps shrinking towards a point the field
+            # cannot pass, e.g. a NaN region) cannot go on: the solver failed, whatever budget is left
+            behind = ~saved.filled[:, k : k + len(window)].all(axis=1)
+            prev_t = previous if previous is not None else np.zeros_like(summ["t"])
+            stuck = running & behind & (summ["t"] - prev_t <= STALL * np.abs(summ["t"]))
+            summ = dict(summ, status=np.where(stuck, int(Status.SOLVER_FAILURE), summ["status"]))
             attempts = summ["steps"] + summ["rejected"]
-            out_of_budget = running & (attempts >= controls.max_steps)
+            out_of_budget = (summ["status"] == 0) & (attempts >= controls.max_steps)
             summ = dict(summ, status=np.where(out_of_budget, int(Status.MAX_STEPS), summ["status"]))
-            if previous is not None:  # a window in which a running cell neither moved nor tried: it cannot go on
-                behind = ~saved.filled[:, k : k + len(window)].all(axis=1)
-                stuck = (summ["status"] == 0) & behind & (summ["t"] <= previous[0]) & (attempts <= previous[1])
-                summ = dict(summ, status=np.where(stuck, int(Status.SOLVER_FAILURE), summ["status"]))
-            previous = (summ["t"], attempts)
+            previous = summ["t"]
             running = summ["status"] == 0
             if not running.any():
                 break
