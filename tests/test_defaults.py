@@ -210,6 +210,22 @@ def test_default_rtol_tightens_with_the_plateau_and_is_recorded():
     assert ds.attrs["rtol"] == DEFAULT_RTOL and ds.attrs["atol"] == pytest.approx(1e-3 * DEFAULT_RTOL * 0.5)
 
 
+@pytest.mark.slow
+def test_the_default_tolerances_meet_the_accuracy_target_on_a_stiff_plateau():
+    """The claim behind the default rtol: on a case past the stiffness threshold (depth 4 from 1e-3, a sharp escape
+    after a long plateau) the product stays within 1e-4 of a reference at rtol 1e-10 at every time it reached."""
+    deep = dln.MatrixCompletion.random((10, 10), 3, 60, seed=0)
+    ds = dln.integrate(deep, depth=4, scale=1e-3, progress=False)
+    assert int(ds["status"].values.ravel()[0]) == dln.Status.CONVERGED and ds.attrs["rtol"] < 1e-6
+    times = ds["time"].values
+    ref = dln.integrate(deep, depth=4, scale=1e-3, method="rosenbrock", rtol=1e-10, atol=1e-16, t1=float(times[-1]),
+                        saveat=times, loss_tol=None, progress=False)  # fmt: skip
+    reached = times <= float(ds["t_final"].max())
+    diff = np.sqrt(((ds["product"] - ref["product"]) ** 2).sum(("row", "col"))).squeeze().values
+    size = np.sqrt((ref["product"] ** 2).sum(("row", "col"))).squeeze().values
+    assert float(np.max((diff / size)[reached])) <= 1e-4
+
+
 def test_the_planned_grid_resolves_the_fastest_and_the_slowest_escape():
     from dlnode.integration import GRID_DECADES, escape_estimate, planned_times
 
