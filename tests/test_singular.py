@@ -123,6 +123,12 @@ def test_coupled_completion_agrees_with_a_tight_w_space_reference(shape):
     assert np.sum(ds.singular_values.isel(depth=0, scale=0, seed=0).values[-1] > 0.1) == 2
 
 
+def _balanced_depth3(**kw):
+    """integrate's keywords for a depth-3 end-to-end run from a balanced product of scale 1e-3, plus `kw`."""
+    base = dict(depth=3, flow="end_to_end", init="balanced", scale_of="product", scale=1e-3, progress=False)
+    return {**base, **kw}
+
+
 def test_norm_diverges_where_the_low_rank_fit_is_at_infinity():
     """Razin & Cohen (2020): complete [[?, 1], [1, 0]] from a balanced init with det W(0) > 0 (seed 3). The sign of
     det W is kept along the flow (det W = Π det W_j, and no balanced layer can become singular), so a fit needs
@@ -132,17 +138,7 @@ def test_norm_diverges_where_the_low_rank_fit_is_at_infinity():
     prob = dln.MatrixCompletion(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[False, True], [True, True]]))
     t1 = 1e3
     times = np.concatenate([[0.0], np.logspace(0, np.log10(t1), 25)])
-    kw = dict(
-        depth=3,
-        flow="end_to_end",
-        init="balanced",
-        scale_of="product",
-        scale=1e-3,
-        seed=3,
-        t1=t1,
-        saveat=times,
-        progress=False,
-    )
+    kw = _balanced_depth3(seed=3, t1=t1, saveat=times)
     ref = dln.integrate(prob, method="dopri8", rtol=1e-12, atol=1e-15, max_steps=1_000_000, **kw)
     ds = dln.integrate(prob, method="rosenbrock", rtol=COUPLED_RTOL, atol=COUPLED_RTOL * 1e-3, **kw)
     assert ds.status.item() == 0 and ref.status.item() == 0
@@ -162,16 +158,7 @@ def test_norm_diverges_where_the_low_rank_fit_is_at_infinity():
 def test_a_run_out_of_steps_keeps_what_it_reached():
     prob = dln.MatrixCompletion.random((5, 5), 2, 15, seed=2)
     times = np.logspace(-1, 3, 30)
-    kw = dict(
-        depth=3,
-        flow="end_to_end",
-        init="balanced",
-        scale_of="product",
-        scale=1e-3,
-        t1=1e3,
-        saveat=times,
-        progress=False,
-    )
+    kw = _balanced_depth3(t1=1e3, saveat=times)
     full = dln.integrate(prob, method="rosenbrock", **kw)
     cut = dln.integrate(prob, method="rosenbrock", max_steps=40, **kw)
     assert full.status.item() in (0, 1) and cut.status.item() == -1
