@@ -23,6 +23,7 @@ from .errors import DlnodeError  # noqa: E402
 from .integration import integrate  # noqa: E402
 from .network import balancedness, init_layers, layer_shapes, product  # noqa: E402
 from .problems import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression  # noqa: E402
+from .resuming import resume  # noqa: E402
 from .solvers import METHODS, Status  # noqa: E402
 from .sweep import sweep  # noqa: E402
 
@@ -55,6 +56,7 @@ __all__ = [
     "open",
     "problem_from",
     "product",
+    "resume",
     "save",
     "validate",
 ]

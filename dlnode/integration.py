@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import warnings
@@ -22,6 +23,7 @@ from .errors import fail, shown
 from .flows import FLOWS, get_flow, pack_layers, unpack_layers
 from .network import init_layers, product
 from .problems import Problem
+from .resuming import remember
 from .solvers import METHODS, Controls, Solution, Status, solve
 from .solvers.auto import choose_method, gradient_scale, predicted_stiffness
 from .solvers.driver import Horizon
@@ -188,7 +190,8 @@ def integrate(
     max_steps : budget of attempted steps per run (MAX_STEPS when exhausted; default: the method's own).
 
     Ctrl-C stops the run between windows: the dataset up to then is returned, the runs still going marked
-    INTERRUPTED (a second Ctrl-C gives up waiting for the window in progress).
+    INTERRUPTED (a second Ctrl-C gives up waiting for the window in progress); `dlnode.resume` continues it to
+    the result of an uninterrupted call.
 
     Returns
     -------
@@ -198,14 +201,31 @@ def integrate(
     plan = _plan(problem, depth=depth, width=width, init=init, scale=scale, seed=seed, flow=flow, method=method,
                  lr=lr, t1=t1, rtol=rtol, atol=atol, saveat=saveat, save_weights=save_weights, progress=progress,
                  loss_tol=loss_tol, max_steps=max_steps, scale_of=scale_of)  # fmt: skip
+    return _assemble(plan, _run_grid(plan))
+
+
+def _assemble(plan: _Plan, raw: dict[float, Solution]) -> Any:
+    """The dataset of the runs of `plan` (one Solution per depth run so far); an interrupted one is remembered
+    for `resume`."""
     cut = plan.until_converged and not isinstance(plan.saveat, np.ndarray)
-    runs = _common_grid(_run_grid(plan), cut, plan.controls.lr)
+    runs = _common_grid(raw, cut, plan.controls.lr)
     ds = to_dataset(runs, plan.scales, plan.seeds, _attrs(plan, runs), plan.save_weights)
     if plan.flow == "end_to_end":
         ds = _with_plain_time(ds)
     if plan.until_converged:
-        _warn_unconverged(ds, problem)
-    return with_problem(ds, problem)
+        _warn_unconverged(ds, plan.problem)
+    ds = with_problem(ds, plan.problem)
+    stopped = [d for d, sol in raw.items() if sol.checkpoint is not None]
+    if stopped:  # Ctrl-C: `dlnode.resume(ds)` runs the rest
+        done = {d: sol for d, sol in raw.items() if sol.checkpoint is None}
+        remember(ds, functools.partial(_continue, plan, done, stopped[0], raw[stopped[0]].checkpoint))
+    return ds
+
+
+def _continue(plan: _Plan, done: dict, depth: float, checkpoint: Any, progress: bool | None) -> Any:
+    """The rest of an interrupted call: the depth it stopped in from its checkpoint, then the depths not begun."""
+    plan = plan if progress is None else dataclasses.replace(plan, progress=progress)
+    return _assemble(plan, _run_grid(plan, done, depth, checkpoint))
 
 
 def _cells(da: Any) -> list[dict]:
@@ -225,7 +245,7 @@ def _warn_unconverged(ds: Any, problem: Problem) -> None:
     parts = []
     for where in _cells(status):
         code = int(status.sel(where))
-        if code == int(Status.CONVERGED):
+        if code in (int(Status.CONVERGED), int(Status.INTERRUPTED)):  # Ctrl-C is its own message
             continue
         sv = ds["singular_values"].sel(where).isel(k=0).dropna("time").values
         note = ""
@@ -332,20 +352,25 @@ def _plan(problem: Problem, **kw: Any) -> _Plan:
                  times, bool(kw["save_weights"]), bool(kw["progress"]), until_converged, controls)  # fmt: skip
 
 
-def _run_grid(plan: _Plan) -> dict[float, Solution]:
-    runs = {}
+def _run_grid(plan: _Plan, done: dict[float, Solution] | None = None, depth: float | None = None,
+              checkpoint: Any = None) -> dict[float, Solution]:  # fmt: skip
+    """Run the depths of `plan` not in `done`, the one at `depth` from `checkpoint`; stop at an interrupt."""
+    runs = dict(done or {})
     bar = tqdm(total=len(plan.depths), desc="dlnode", unit="depth", delay=1.0, disable=not plan.progress, leave=False)
     with bar:
+        bar.update(len(runs))
         for d in plan.depths:
+            if d in runs:
+                continue
 
             def show(t: float, summ: dict, d: float = d) -> None:
                 counts = np.unique(summ["status"], return_counts=True)
                 text = ", ".join(f"{Status(int(k)).meaning} {n}" for k, n in zip(*counts, strict=True))
                 bar.set_postfix_str(f"depth {d:g}, {plan.method}, t {t:.3g}: {text}", refresh=True)
 
-            runs[d] = _run_depth(plan, d, show)
+            runs[d] = _run_depth(plan, d, show, checkpoint if d == depth else None)
             bar.update()
-            if (runs[d].status == Status.INTERRUPTED).any():
+            if runs[d].checkpoint is not None:
                 break  # Ctrl-C: no further depth is started; the dataset holds what ran
     return runs
 
@@ -390,15 +415,16 @@ def _initial_states(plan: _Plan, depth: float) -> Any:
     return tuple(np.stack([c[j] for c in layers]) for j in range(n))
 
 
-def _run_depth(plan: _Plan, depth: float, show: Callable) -> Solution:
-    """One vmapped batch: every (scale, seed) cell of one depth."""
-    y0 = _initial_states(plan, depth)
+def _run_depth(plan: _Plan, depth: float, show: Callable, checkpoint: Any = None) -> Solution:
+    """One vmapped batch: every (scale, seed) cell of one depth (continued from `checkpoint` when given)."""
+    y0 = None if checkpoint is not None else _initial_states(plan, depth)
     flow = get_flow(plan.flow, type(plan.problem), depth, plan.save_weights and plan.flow != "end_to_end")
     horizon = Horizon() if plan.until_converged and not isinstance(plan.saveat, np.ndarray) else None
-    if not flow.end_to_end:
+    if not flow.end_to_end and checkpoint is None:
         y0 = pack_layers(y0)
     sol = solve(plan.method, flow, plan.problem.arrays(), y0, plan.times, plan.controls,
-                until_converged=plan.until_converged, horizon=horizon, on_window=show)  # fmt: skip
+                until_converged=plan.until_converged, horizon=horizon, on_window=show,
+                checkpoint=checkpoint)  # fmt: skip
     if not flow.end_to_end:
         sol = dataclasses.replace(sol, final=unpack_layers(sol.final))
     if plan.method == "gd":

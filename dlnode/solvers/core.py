@@ -83,6 +83,7 @@ class Solution:
     compile_time: float
     messages: tuple[str, ...]
     step: np.ndarray | None = None
+    checkpoint: Any = None  # an interrupted run's `driver.Checkpoint`: `drive(..., checkpoint=...)` continues it
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The windowed driver: every method integrates a batch in windows of save times, with one loop around them.
 
 Between windows the driver fills the save times each cell reached, shows progress, checks for Ctrl-C (the cells
-still running get status INTERRUPTED and keep what they integrated), extends the horizon of an until-converged
+still running get status INTERRUPTED and keep what they integrated, and the result carries a `Checkpoint` from
+which `drive` continues the run bit for bit), extends the horizon of an until-converged
 run while its loss is still falling, and stops as soon as no cell is running. A run is integrated once: the save
 grid of an until-converged run is laid out ahead (log-spaced up to the horizon) and cut after the latest time a
 cell needed.
@@ -10,6 +11,7 @@ cell needed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import signal
 import threading
@@ -21,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import fail, shown
 from .core import COMPILE, MESSAGES, RUNS, Controls, Method, Solution, Status
 
-__all__ = ["Horizon", "WINDOW", "drive"]
+__all__ = ["Checkpoint", "Horizon", "WINDOW", "drive"]
 
 # a window that advances t by less than this fraction of |t| is stalled (a step size some 1e4 below the
 # resolution of t itself: legitimate steps, even the compensated ones of long plateaus, are far above it)
@@ -87,6 +90,34 @@ def _controls_tree(c: Controls, window_steps: int) -> dict[str, Any]:
     return tree
 
 
+@dataclasses.dataclass
+class Checkpoint:
+    """Where an interrupted `drive` stopped: the carried solver state and the driver's bookkeeping at a window
+    boundary, in memory. `drive(..., checkpoint=...)` continues from it to exactly (bitwise) the result of a run
+    that was never interrupted. It resumes once (the state of some methods, scipy's solvers, is changed in place).
+    """
+
+    method: str
+    controls: dict  # the traced controls the run was started with; a resume must pass the same
+    until_converged: bool
+    horizon: Horizon | None
+    state: Any
+    saved: _Saved
+    end_obs: Any
+    ts: np.ndarray
+    k: int  # first save time of the next window
+    extensions: int
+    previous: np.ndarray | None  # the time each cell had reached at the window before (the stall check)
+    wall: float  # run and compile seconds spent before the interrupt
+    compile_time: float
+    spent: bool = False
+
+
+def _interrupt_requested(flag: dict) -> bool:
+    """Whether Ctrl-C was pressed; checked once between windows (tests replace it to interrupt after k windows)."""
+    return bool(flag["hit"])
+
+
 def drive(
     method: Method,
     flow: Any,
@@ -99,6 +130,7 @@ def drive(
     horizon: Horizon | None = None,
     on_window: Callable[[float, dict], None] | None = None,
     window_steps: int | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> Solution:
     """Integrate the batch `y0` with `method` over the save times `ts` (ts[0] = 0), window by window.
 
@@ -106,16 +138,29 @@ def drive(
     decades while the loss is still falling) without converging gets NOT_CONVERGED, and the loss criterion in
     `controls` decides CONVERGED. Otherwise a cell that reaches ts[-1] gets FINISHED. Integration stops as soon as
     no cell is running; the saves after that are held (converged cells) or NaN.
+
+    Ctrl-C is checked between windows: the cells still running get INTERRUPTED and the Solution carries a
+    `Checkpoint`; passing it back as `checkpoint` (with the same method, flow, arrays and controls; `y0` and `ts`
+    are then taken from it) continues the run, and the Solution returned is the whole run's, equal bit for bit to
+    one never interrupted.
     """
     RUNS["n"] += 1
-    ts = np.asarray(ts, dtype=np.float64)
     c = _controls_tree(controls, window_steps or method.window_steps)
     arrays_j = jax.tree_util.tree_map(jnp.asarray, arrays)
     compiled_before, start = COMPILE["seconds"], time.perf_counter()
-    state = method.start(flow, y0, arrays_j, c)
-    saved: _Saved | None = None
-    end_obs = None
-    extensions, k, previous = 0, 0, None
+    if checkpoint is None:
+        ts = np.asarray(ts, dtype=np.float64)
+        state = method.start(flow, y0, arrays_j, c)
+        saved, end_obs, extensions, k, previous = None, None, 0, 0, None
+        wall_before = compile_before_ck = 0.0
+    else:
+        _check_checkpoint(checkpoint, method, c, until_converged, horizon)
+        checkpoint.spent = True
+        ts, state, k, extensions, previous = checkpoint.ts, checkpoint.state, checkpoint.k, checkpoint.extensions, (
+            checkpoint.previous)  # fmt: skip
+        saved, end_obs = copy.deepcopy(checkpoint.saved), checkpoint.end_obs
+        wall_before, compile_before_ck = checkpoint.wall, checkpoint.compile_time
+    stopped = None
     with _sigint_flag() as flag:
         while True:
             window = ts[k : k + WINDOW]
@@ -130,10 +175,6 @@ def drive(
             end_obs = last if end_obs is None else _where_cells(running | (summ["status"] == 1), last, end_obs)
             if on_window is not None:
                 on_window(float(np.max(summ["t"])), summ)
-            if flag["hit"]:
-                method_status = np.where(running, int(Status.INTERRUPTED), summ["status"])
-                summ = dict(summ, status=method_status)
-                break
             # a window in which a running cell short of its save times did not move its time (every attempt
             # rejected), or moved it by less than STALL·|t| (accepted steps shrinking towards a point the field
             # cannot pass, e.g. a NaN region) cannot go on: the solver failed, whatever budget is left
@@ -151,8 +192,7 @@ def drive(
             pending = ~saved.filled & running[:, None]
             if pending.any():
                 k = int(np.argmax(pending.any(axis=0)))
-                continue
-            if (
+            elif (
                 until_converged
                 and horizon is not None
                 and extensions < horizon.extensions
@@ -163,12 +203,38 @@ def drive(
                 saved.grow(len(extra))
                 extensions += 1
                 k = len(ts) - len(extra)
-                continue
-            break
+            else:
+                break
+            if _interrupt_requested(flag):  # at a window boundary: everything the next window needs is known
+                stopped = Checkpoint(method.name, c, until_converged, horizon, state, copy.deepcopy(saved),
+                                     end_obs, ts, k, extensions, previous, 0.0, 0.0)  # fmt: skip
+                summ = dict(summ, status=np.where(running, int(Status.INTERRUPTED), summ["status"]))
+                break
     final_state = method.final(flow, state)
     compile_time = COMPILE["seconds"] - compiled_before
     wall = time.perf_counter() - start - compile_time
-    return _finish(saved, end_obs, ts, summ, final_state, until_converged, wall, compile_time)
+    if stopped is not None:
+        stopped.wall, stopped.compile_time = wall_before + wall, compile_before_ck + compile_time
+    sol = _finish(saved, end_obs, ts, summ, final_state, until_converged, wall + wall_before,
+                  compile_time + compile_before_ck)  # fmt: skip
+    return dataclasses.replace(sol, checkpoint=stopped)
+
+
+def _check_checkpoint(ck: Checkpoint, method: Method, c: dict, until_converged: bool, horizon: Horizon | None) -> None:
+    """A checkpoint continues only the run it came from, once."""
+    if not isinstance(ck, Checkpoint):
+        fail("checkpoint", "must be the checkpoint of an interrupted run (Solution.checkpoint)", type(ck).__name__,
+             "pass the checkpoint an interrupted run returned")  # fmt: skip
+    if ck.spent:
+        fail("checkpoint", "was already resumed (a checkpoint continues its run once)", shown("a spent checkpoint"),
+             "resume from the checkpoint of the latest interrupted result")  # fmt: skip
+    same = {"method": (ck.method, method.name), "until_converged": (ck.until_converged, until_converged),
+            "horizon": (ck.horizon, horizon)}  # fmt: skip
+    same.update({f"controls {k}": (ck.controls[k], c[k]) for k in ck.controls})
+    for name, (was, now) in same.items():
+        if not (was == now or (isinstance(was, float) and np.isnan(was) and np.isnan(now))):
+            fail("checkpoint", f"continues a run with {name} {was!r} only", now,
+                 f"resume with the arguments of the interrupted run ({name} {was!r})")  # fmt: skip
 
 
 def _empty(obs: Any, count: int) -> _Saved:

@@ -66,9 +66,11 @@ def solve(
     until_converged: bool = False,
     horizon: Horizon | None = None,
     on_window: Any = None,
+    checkpoint: Any = None,
 ) -> Solution:
     """Integrate a batch of initial states `y0` (a pytree whose leaves have the batch as leading axis: the layer
     tuple, or the end-to-end matrix) under `flow` and observe at `ts` (ts[0] = 0), window by window.
+    `checkpoint` (the `Solution.checkpoint` of an interrupted run) continues that run instead (see `drive`).
 
     Raises
     ------
@@ -81,4 +83,4 @@ def solve(
     if reason:
         raise ValueError(reason)
     return drive(entry, flow, arrays, y0, ts, controls, until_converged=until_converged, horizon=horizon,
-                 on_window=on_window)  # fmt: skip
+                 on_window=on_window, checkpoint=checkpoint)  # fmt: skip
