@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import xarray as xr
@@ -24,6 +24,7 @@ from .storage import (
     atomic_path,
     check_input_path,
     check_output_path,
+    damaged_hdf5_array,
     is_dlnode_store,
     missing_chunks,
     suffix_of,
@@ -313,6 +314,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> No
     with atomic_path(target, replace=overwrite) as tmp:
         try:
             if kind == "netcdf":
+                _with_checksums(out)
                 out.to_netcdf(tmp, engine="h5netcdf")
             else:
                 out.to_zarr(tmp, mode="w-", consolidated=False, write_empty_chunks=True)
@@ -328,10 +330,20 @@ def save(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> No
             )
 
 
+def _with_checksums(ds: xr.Dataset) -> None:
+    """Ask HDF5 for a Fletcher-32 checksum on every chunk of every numeric array: a damaged chunk then fails to
+    read (found by `open`) instead of reading as wrong numbers. (Scalars cannot be chunked and get none.)"""
+    for variable in ds.variables.values():
+        if variable.ndim and variable.dtype.kind in "biuf":
+            variable.encoding["fletcher32"] = True
+
+
 def open_dataset(path: str | os.PathLike, chunks: dict[str, int] | None = None) -> xr.Dataset:
     """Read a dataset written by `save` (or a sweep store), checked: refuses what is not a dlnode dataset, a
-    damaged file (unreadable, variables missing, zarr chunks missing where the cell is not `PENDING`, a stored
-    problem its constructor refuses) with a one-line `DatasetError` naming what is wrong.
+    damaged file (unreadable, variables missing, zarr chunks missing where the cell is not `PENDING`, a netCDF
+    chunk that fails its checksum, a run that says it finished but has no finite initial loss, a stored problem
+    its constructor refuses) with a one-line `DatasetError` naming what is wrong. A file opened lazily
+    (`chunks` given) is checked chunk by chunk when read, not here.
 
     Parameters
     ----------
@@ -384,6 +396,13 @@ def open_dataset(path: str | os.PathLike, chunks: dict[str, int] | None = None) 
             problem_from(ds)
         if chunks is None:
             ds = _load(ds, source)
+        _check_complete(ds, source)
+    except DlnodeError:
+        ds.close()
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged chunk read by a check (status, the problem): name it
+        ds.close()
+        _unreadable(source, damaged_hdf5_array(source) if kind == "netcdf" else None, exc)
     except BaseException:
         ds.close()
         raise
@@ -401,27 +420,64 @@ def _read(source: Path, kind: str, chunks: dict | None) -> xr.Dataset:
     except ImportError as exc:
         fail("chunks", "needs dask", shown(str(exc)), "pip install dask, or pass chunks=None", kind=DatasetError)
     except Exception as exc:  # noqa: BLE001 - whatever the reader says, the file is the cause: one line
+        name = damaged_hdf5_array(source) if kind == "netcdf" else None
+        if name is not None:  # an index coordinate is read on opening
+            _unreadable(source, name, exc)
         fail(
             "path",
             f"cannot be read as {'netCDF-4' if kind == 'netcdf' else 'zarr'} (damaged or truncated?)",
-            shown(f"{str(source)!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
+            shown(f"{str(source)!r}: {_first_line(exc)}"),
             "restore it from a copy or re-run the computation",
             kind=DatasetError,
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _unreadable(source: Path, name: str | None, exc: BaseException) -> NoReturn:
+    what = f"variable {name!r}" if name else "a variable"
+    fail(f"path {str(source)!r}", "is damaged",
+         shown(f"{what} cannot be read: a chunk fails its checksum or cannot be decoded ({_first_line(exc)})"),
+         "restore it from a copy or re-run the computation", kind=DatasetError)  # fmt: skip
 
 
 def _load(ds: xr.Dataset, source: Path) -> xr.Dataset:
-    try:
-        with ds:
-            return ds.load()
-    except Exception as exc:  # noqa: BLE001 - a chunk that cannot be decoded
-        fail(
-            "path",
-            "holds data that cannot be read (damaged?)",
-            shown(f"{str(source)!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
-            "restore it from a copy or re-run the computation",
-            kind=DatasetError,
-        )
+    """Read every variable into memory, one at a time, so that a damaged one is named."""
+    with ds:
+        for name, variable in ds.variables.items():
+            try:
+                variable.load()
+            except Exception as exc:  # noqa: BLE001 - a chunk that fails its checksum or cannot be decoded
+                _unreadable(source, name, exc)
+        return ds.load()
+
+
+# statuses that say a run went to its end: it had a finite initial loss (else it would have diverged at once) and
+# reached a finite time
+RAN = (int(Status.FINISHED), int(Status.CONVERGED), int(Status.NOT_CONVERGED))
+
+
+def _check_complete(ds: xr.Dataset, source: Path) -> None:
+    """A cell whose status says it ran holds a finite loss at t = 0 and a finite `t_final`: data that read as NaN
+    (a chunk lost, a variable overwritten) where the status promises numbers is damage."""
+    if "study" in ds.attrs or not len(ds["time"]):
+        return
+    read = {}
+    for name, part in (("status", ds["status"]), ("loss", ds["loss"].isel(time=0)), ("t_final", ds["t_final"])):
+        try:
+            read[name] = np.asarray(part.values)
+        except Exception as exc:  # noqa: BLE001 - a lazily opened file, read here for the first time
+            _unreadable(source, name, exc)
+    ran = np.isin(read.pop("status"), RAN)
+    for name, values in read.items():
+        bad = ran & ~np.isfinite(values)
+        if bad.any():
+            what = "at time 0 " if name == "loss" else ""
+            fail(f"path {str(source)!r}", "is damaged",
+                 shown(f"variable {name!r} is not finite {what}in {int(bad.sum())} run(s) whose status says they ran"),
+                 "restore it from a copy or re-run the computation", kind=DatasetError)  # fmt: skip
 
 
 def _check_chunks(source: Path, ds: xr.Dataset) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "atomic_path",
     "check_input_path",
     "check_output_path",
+    "damaged_hdf5_array",
     "is_dlnode_store",
     "missing_chunks",
     "suffix_of",
@@ -149,6 +150,25 @@ def is_dlnode_store(path: Path) -> bool:
             return h5.attrs.get(FORMAT_ATTR) is not None
     except (OSError, ValueError):
         return False
+
+
+def damaged_hdf5_array(path: Path) -> str | None:
+    """The name of the first array of an HDF5 (netCDF-4) file that cannot be read whole (a chunk that fails its
+    checksum or its filter), or None if every array reads (or the file does not open at all)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            names: list[str] = []
+            h5.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+            for name in names:
+                try:
+                    h5[name][()]
+                except (OSError, ValueError, RuntimeError):
+                    return name
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return None
 
 
 def _zarr_root_attrs(path: Path) -> dict:
