@@ -5,18 +5,25 @@ Nothing here knows the dataset schema (that is `dataset`); these are the rules f
 - an output path is checked before any work: a known suffix, an existing writable parent directory, and no
   existing file or directory unless the caller allows replacing it (and then only one of dlnode's own);
 - a write goes to a hidden temporary sibling and is renamed into place, so an interrupted or failed write leaves
-  the old file (or nothing) behind, never half a file;
+  the old file (or nothing) behind, never half a file; a zarr store (a directory) replaces another in one atomic
+  exchange where the system has one (Linux), otherwise in two renames whose leftover after a kill is reported;
 - a zarr store lists its chunk files, so a chunk that is missing is found instead of read as fill values.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
+import glob
 import json
 import math
 import os
 import secrets
+import shlex
 import shutil
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,7 @@ __all__ = [
     "damaged_hdf5_array",
     "is_dlnode_store",
     "missing_chunks",
+    "replacement_cut_short",
     "suffix_of",
 ]
 
@@ -53,6 +61,7 @@ def check_input_path(path: Any, argument: str = "path") -> tuple[Path, str]:
     """An existing dataset path: (path, "netcdf" | "zarr"); netCDF is a file, zarr a directory."""
     path = Path(os.fspath(path)).expanduser()
     kind = DATASET_SUFFIXES[suffix_of(path, tuple(DATASET_SUFFIXES), argument)]
+    replacement_cut_short(path, argument)
     if not path.exists():
         fail(
             argument,
@@ -82,6 +91,7 @@ def check_output_path(
     directory that is not dlnode's own is never replaced)."""
     path = Path(os.fspath(path)).expanduser()
     suffix_of(path, suffixes, argument)
+    replacement_cut_short(path, argument)
     parent = path.parent if str(path.parent) else Path(".")
     if make_parents and not parent.exists() and not parent.is_symlink():
         try:
@@ -193,7 +203,7 @@ def atomic_path(path: Path, argument: str = "path", replace: bool = False) -> It
     that choose a format by suffix (matplotlib) still work.
     """
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
-    tmp = path.with_name(f".{path.stem}.partial-{token}{path.suffix}")
+    tmp = path.with_name(f".{path.stem}{PARTIAL}{token}{path.suffix}")
     try:
         try:
             yield tmp
@@ -242,10 +252,16 @@ def _place(tmp: Path, path: Path, argument: str) -> None:
 
 
 def _replace(tmp: Path, path: Path, token: str) -> None:
+    """Put `tmp` in `path`'s place. Files, or a directory onto nothing: one rename. A directory onto a directory:
+    one atomic exchange where the system has one (the old store ends in `tmp`, removed by the caller); otherwise
+    two renames through a hidden sibling, whose leftover after a kill between them `replacement_cut_short` finds.
+    """
     if not tmp.is_dir() or not path.is_dir():
         os.replace(tmp, path)  # atomic for files (and for a directory onto nothing)
         return
-    aside = path.with_name(f".{path.stem}.replaced-{token}{path.suffix}")
+    if _exchange(tmp, path):
+        return
+    aside = path.with_name(f".{path.stem}{ASIDE}{token}{path.suffix}")
     os.rename(path, aside)
     try:
         os.rename(tmp, path)
@@ -253,6 +269,60 @@ def _replace(tmp: Path, path: Path, token: str) -> None:
         os.rename(aside, path)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+ASIDE = ".replaced-"  # the hidden sibling a replaced store waits in between the two renames of the fallback
+PARTIAL = ".partial-"
+RENAME_EXCHANGE = 2  # linux/fs.h: swap two existing paths atomically
+AT_FDCWD = -100
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM}
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap `a` and `b` in one step (Linux renameat2 with RENAME_EXCHANGE): True if done, False where the system
+    or the file system has no such call (then nothing changed)."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE:
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@functools.cache
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def replacement_cut_short(path: Path, argument: str = "path") -> None:
+    """If `path` is missing because a replacement of it was killed between its two renames (the fallback of
+    `_replace`), say in one line where the previous store and the new one are and how to put one back."""
+    if path.exists() or path.is_symlink() or not path.parent.is_dir():
+        return
+    asides = sorted(path.parent.glob(f".{glob.escape(path.stem)}{ASIDE}*{glob.escape(path.suffix)}"))
+    if not asides:
+        return
+    aside = asides[-1]
+    token = aside.name[len(f".{path.stem}{ASIDE}") : len(aside.name) - len(path.suffix)]
+    new = path.with_name(f".{path.stem}{PARTIAL}{token}{path.suffix}")
+    where = f"the previous store is in {aside.name!r}" + (f", the new one in {new.name!r}" if new.is_dir() else "")
+    fix = f"put one back: mv {shlex.quote(str(aside))} {shlex.quote(str(path))}"
+    if new.is_dir():
+        fix += f" (or {shlex.quote(str(new))} for the new one)"
+    fail(argument, "is missing", shown(where), fix, PathMissingError,
+         text=f"{argument} {str(path)!r} is missing: a replacement of it was cut short (killed between its two "
+         "renames)")  # fmt: skip
 
 
 def _remove(path: Path) -> None:
