@@ -159,7 +159,7 @@ def _drive_args():
     y0 = tuple(np.stack([w, w]) for w in dln.init_layers(problem, 2, "gaussian", 0.5, 0))
     ts = np.concatenate([[0.0], np.linspace(0.1, 6.0, 40)])
     controls = Controls(t1=6.0, rtol=1e-6, atol=1e-9, lr=np.nan, loss_tol=-np.inf, diverge=1e12, max_steps=10_000)
-    return get_flow("layers", type(problem), 2), problem.arrays(), y0, ts, controls
+    return get_flow("layers", type(problem), 2.0, False), problem.arrays(), y0, ts, controls  # as integrate asks
 
 
 def test_a_real_ctrl_c_between_windows_gives_a_checkpoint_that_continues_bitwise():
@@ -193,3 +193,10 @@ def test_a_checkpoint_continues_only_its_own_run(monkeypatch):
                                         checkpoint=part.checkpoint), "checkpoint", "rtol")  # fmt: skip
     one_line_error(lambda: driver.drive(dln.METHODS["dopri5"], flow, arrays, None, None, controls,
                                         checkpoint=part.checkpoint), "checkpoint", "method")  # fmt: skip
+    monkeypatch.setattr(driver, "_interrupt_requested", lambda flag: False)
+    assert (
+        driver.drive(dln.METHODS["tsit5"], flow, arrays, None, None, controls, checkpoint=part.checkpoint).checkpoint
+        is None
+    )
+    one_line_error(lambda: driver.drive(dln.METHODS["tsit5"], flow, arrays, None, None, controls,
+                                        checkpoint=part.checkpoint), "already resumed")  # fmt: skip
