@@ -28,9 +28,6 @@ from .core import COMPILE, MESSAGES, RUNS, Controls, Method, Solution, Status
 
 __all__ = ["Checkpoint", "Horizon", "WINDOW", "drive"]
 
-# a window that advances t by less than this fraction of |t| is stalled (a step size some 1e4 below the
-# resolution of t itself: legitimate steps, even the compensated ones of long plateaus, are far above it)
-STALL = 1e-3 * float(np.finfo(np.float64).eps)
 WINDOW = 16  # save times per window (one compiled shape for every window)
 REACHED_RTOL = 1e-12  # a save time counts as reached when t_cell >= ts·(1 − this)
 
@@ -107,10 +104,18 @@ class Checkpoint:
     ts: np.ndarray
     k: int  # first save time of the next window
     extensions: int
-    previous: np.ndarray | None  # the time each cell had reached at the window before (the stall check)
+    previous: tuple | None  # the time each cell had reached at the window before, as `_clock` (the stall check)
     wall: float  # run and compile seconds spent before the interrupt
     compile_time: float
     spent: bool = False
+
+
+def _clock(summ: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's time as (high, low) parts: the compensated sum of the Rosenbrock paths (whose steps can be far
+    below the resolution of t itself on long plateaus), or (t, 0)."""
+    if "t_lo" in summ:
+        return np.asarray(summ["t_hi"]), np.asarray(summ["t_lo"])
+    return np.asarray(summ["t"]), np.zeros_like(np.asarray(summ["t"]))
 
 
 def _interrupt_requested(flag: dict) -> bool:
@@ -175,17 +180,20 @@ def drive(
             end_obs = last if end_obs is None else _where_cells(running | (summ["status"] == 1), last, end_obs)
             if on_window is not None:
                 on_window(float(np.max(summ["t"])), summ)
-            # a window in which a running cell short of its save times did not move its time (every attempt
-            # rejected), or moved it by less than STALL·|t| (accepted steps shrinking towards a point the field
-            # cannot pass, e.g. a NaN region) cannot go on: the solver failed, whatever budget is left
+            # a window in which a running cell short of its save times did not move its time at all — every
+            # attempt rejected, or accepted steps that shrank below what the time (compensated, where the method
+            # keeps it so) can resolve, e.g. towards a state the field cannot pass — cannot go on: the solver
+            # failed, whatever budget is left
             behind = ~saved.filled[:, k : k + len(window)].all(axis=1)
-            prev_t = previous if previous is not None else np.zeros_like(summ["t"])
-            stuck = running & behind & (summ["t"] - prev_t <= STALL * np.abs(summ["t"]))
+            clock = _clock(summ)
+            prev = previous if previous is not None else (np.zeros_like(clock[0]), np.zeros_like(clock[1]))
+            moved = (clock[0] - prev[0]) + (clock[1] - prev[1])
+            stuck = running & behind & (moved <= 0)
             summ = dict(summ, status=np.where(stuck, int(Status.SOLVER_FAILURE), summ["status"]))
             attempts = summ["steps"] + summ["rejected"]
             out_of_budget = (summ["status"] == 0) & (attempts >= controls.max_steps)
             summ = dict(summ, status=np.where(out_of_budget, int(Status.MAX_STEPS), summ["status"]))
-            previous = summ["t"]
+            previous = clock
             running = summ["status"] == 0
             if not running.any():
                 break

@@ -403,8 +403,8 @@ def _batch(flow: Flow, switching: bool = True, counts: bool = False) -> tuple[Ca
 def summary(st: dict) -> dict[str, np.ndarray]:
     """Host arrays t, steps, rejected, status of a window state (explicit: accepted explicit steps)."""
     s = jax.device_get(st["s"])
-    return {"t": s.t_hi + s.t_lo, "steps": s.steps, "rejected": s.rejected, "status": s.status,
-            "explicit": s.explicit}  # fmt: skip
+    return {"t": s.t_hi + s.t_lo, "t_hi": s.t_hi, "t_lo": s.t_lo, "steps": s.steps, "rejected": s.rejected,
+            "status": s.status, "explicit": s.explicit}  # fmt: skip
 
 
 @cache

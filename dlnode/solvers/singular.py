@@ -336,4 +336,5 @@ def _batch(flow: Flow) -> tuple[Callable, Callable, Callable]:
 def summary(st: dict) -> dict[str, np.ndarray]:
     """Host arrays t, steps, rejected, status of a window state."""
     s = jax.device_get(st["s"])
-    return {"t": s.t_hi + s.t_lo, "steps": s.steps, "rejected": s.rejected, "status": s.status}
+    return {"t": s.t_hi + s.t_lo, "t_hi": s.t_hi, "t_lo": s.t_lo, "steps": s.steps, "rejected": s.rejected,
+            "status": s.status}  # fmt: skip
