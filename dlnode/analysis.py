@@ -307,9 +307,21 @@ def log_volume(ds: xr.Dataset) -> xr.DataArray:
     implicit regularisation as a bias towards high volume (arXiv 2210.12497).
     """
     sv = require_variable(ds, "singular_values")
-    parts = []
-    for depth in sv["depth"].values:
-        values = sv.sel(depth=depth).values
-        parts.append(np.asarray(endtoend.log_volume(values, float(depth) if np.isinf(depth) else int(depth))))
-    out = xr.DataArray(np.stack(parts), dims=sv.dims[:-1], coords={d: sv[d] for d in sv.dims[:-1] if d in sv.coords})
+    if "depth" not in sv.coords or "k" not in sv.dims:
+        raise ValueError(f"ds must have singular_values over 'k' with a depth coordinate; got dims {sv.dims}; pass "
+                         "the dataset of dlnode.integrate")  # fmt: skip
+    out = xr.apply_ufunc(
+        _log_volume_block, sv, sv["depth"].reset_coords(drop=True), input_core_dims=[["k"], []],
+        dask="parallelized", output_dtypes=[np.float64],
+    )  # fmt: skip  # lazy on sweep stores: one block at a time, the same numbers as on the whole array
     return out.rename("log_volume").assign_attrs(long_name="log state-space volume of W (end-to-end metric)", units="1")
+
+
+def _log_volume_block(sv: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """`endtoend.log_volume` of each spectrum (trailing axis) at its own depth (`depth` broadcast to sv[..., 0])."""
+    depth = np.broadcast_to(depth, sv.shape[:-1])
+    out = np.empty(sv.shape[:-1])
+    for d in np.unique(depth):
+        where = depth == d
+        out[where] = np.asarray(endtoend.log_volume(sv[where], float(d) if np.isinf(d) else int(d)))
+    return out

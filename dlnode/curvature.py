@@ -136,8 +136,8 @@ def _per_run(ds: xr.Dataset, func: Any, output_core_dims: list[str]) -> xr.DataA
 
     return xr.apply_ufunc(
         one, ds[name], ds["depth"], input_core_dims=[["layer", "out", "in"], []],
-        output_core_dims=[output_core_dims], vectorize=True, output_dtypes=[np.float64],
-    )  # fmt: skip
+        output_core_dims=[output_core_dims], vectorize=True, output_dtypes=[np.float64], dask="parallelized",
+    )  # fmt: skip  # lazy on sweep stores (chunked by cell)
 
 
 def sharpness_of(ds: xr.Dataset, problem: Problem, exact: bool = False) -> xr.DataArray:

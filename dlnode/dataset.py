@@ -31,10 +31,11 @@ from .storage import (
 )
 from .validation import check_bool
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "STATUS_MEANINGS", "VARIABLES", "open_dataset", "problem_from",
+__all__ = ["FORMAT", "FORMAT_VERSION", "GRID_DIMS", "STATUS_MEANINGS", "VARIABLES", "open_dataset", "problem_from",
            "problem_variables", "save", "to_dataset", "validate"]  # fmt: skip
 
 RUN = ("depth", "scale", "seed")
+GRID_DIMS = ("flow", "init", "method", "lr")  # a sweep's swept axes beyond RUN: dims after RUN, in this order
 FORMAT = "dlnode-dataset"  # attrs["dlnode_format"] of every dataset dlnode writes
 FORMAT_VERSION = 1  # attrs["dlnode_format_version"]: raise it when the schema changes incompatibly
 STATUS_MEANINGS = {int(s): s.meaning for s in Status}
@@ -190,16 +191,26 @@ KEPT_ENCODING = ("dtype", "_FillValue", "missing_value", "scale_factor", "add_of
 
 
 def validate(ds: xr.Dataset) -> None:
-    """Raise `DatasetError` unless `ds` follows the schema exactly: format attrs, required variables with their
-    dims, long_name and units, the provenance attrs."""
+    """Raise `DatasetError` unless `ds` follows the schema: format attrs, required variables with their dims,
+    long_name and units, the provenance attrs.
+
+    The dims of every variable are the schema's, except that a sweep's swept axes (`GRID_DIMS`: flow, init,
+    method, lr, those the dataset has as dims, each with its coordinate) follow the run dims in every per-cell
+    variable, in that order."""
     _check_contents(ds, "ds")
+    grid = tuple(d for d in GRID_DIMS if d in ds.dims)
+    for d in grid:
+        if d not in ds.coords:
+            fail("ds", f"swept dim {d!r} must have its coordinate", None, "rebuild it with dlnode.sweep",
+                 kind=DatasetError)  # fmt: skip
     for name, (dims, _, _) in VARIABLES.items():
-        if name in ds and tuple(ds[name].dims) != dims:
+        expected = (*RUN, *grid, *dims[len(RUN) :])
+        if name in ds and tuple(ds[name].dims) != expected:
             fail(
                 "ds",
-                f"variable {name!r} must have dims {dims}",
+                f"variable {name!r} must have dims {expected}",
                 tuple(ds[name].dims),
-                "rebuild it with integrate",
+                "rebuild it with integrate (or dlnode.sweep)",
                 kind=DatasetError,
             )
         for key in ("long_name", "units"):

@@ -1,8 +1,12 @@
 """Figures from dlnode datasets.
 
 Every function takes a dataset (or an analysis result), returns a `matplotlib.figure.Figure` and, given `path`,
-saves it there. Figures are drawn on the Agg canvas directly, without pyplot: importing this module changes no
-global backend (an interactive session keeps its own) and no figure stays registered in pyplot's figure manager.
+saves it there. On a lazily opened sweep store each figure loads only what it draws: the variable it plots (one
+panel at a time for `singular_values`) or the reduced result of its analysis, never the whole store. A sweep's
+swept axes (lr, method, flow, init) are not drawn: select one value first, e.g. ``ds.sel(lr=0.1)``.
+
+Figures are drawn on the Agg canvas directly, without pyplot: importing this module changes no global backend (an
+interactive session keeps its own) and no figure stays registered in pyplot's figure manager.
 `PLOTS` maps the names that ``dlnode plot PATH --kind KIND`` accepts to these functions.
 """
 
@@ -26,7 +30,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from . import analysis
 from .analysis import require_variable
 from .curvature import sharpness_bounds, sharpness_of
-from .dataset import problem_from
+from .dataset import GRID_DIMS, problem_from
 from .discrete import fit_order
 from .problems import Problem, Regression
 
@@ -59,6 +63,22 @@ def _values(da: xr.DataArray, dim: str) -> list[Any]:
     return list(da[dim].values) if dim in da.dims else [None]
 
 
+def _selection(ds: xr.Dataset, dim: str) -> str:
+    """How to select the first value of `dim`: ``ds.sel(lr=0.1)``; a dict for ``method``, which is also the name of
+    `xarray.Dataset.sel`'s own keyword."""
+    first = ds[dim].values[0].item() if dim in ds.coords else 0
+    return f"ds.sel({{{dim!r}: {first!r}}})" if dim == "method" else f"ds.sel({dim}={first!r})"
+
+
+def _drawable(ds: xr.Dataset, kind: str) -> xr.Dataset:
+    """`ds` without the sweep's swept axes of one value (lazily); a one-line error naming a swept axis of several."""
+    for dim in GRID_DIMS:
+        if isinstance(ds, xr.Dataset) and dim in ds.dims and ds.sizes[dim] > 1:
+            raise ValueError(f"plot {kind}: ds has the swept dim {dim!r} ({ds.sizes[dim]} values), which the figure "
+                             f"does not draw; select one first, e.g. {_selection(ds, dim)}")  # fmt: skip
+    return ds.isel({d: 0 for d in GRID_DIMS if d in ds.dims}) if isinstance(ds, xr.Dataset) else ds
+
+
 def _runs(da: xr.DataArray, dims: tuple[str, ...] = RUN_DIMS) -> Iterator[tuple[dict, xr.DataArray]]:
     """(coordinates, sub-array) of every combination of the run dims that `da` has."""
     present = [d for d in dims if d in da.dims]
@@ -81,7 +101,8 @@ def _positive_time(da: xr.DataArray) -> xr.DataArray:
 
 def loss(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
     """Loss ℓ(W(t)) on log-log axes: colour = depth, line style = scale, one line per seed."""
-    da = _positive_time(require_variable(ds, "loss"))
+    ds = _drawable(ds, "loss")
+    da = _positive_time(require_variable(ds, "loss")).compute()  # what it draws, loaded once
     fig, axes = figure()
     ax = axes[0, 0]
     depths, scales = _values(da, "depth"), _values(da, "scale")
@@ -112,18 +133,20 @@ def singular_values(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
 
     Up to six singular values are named in a legend; more are coloured by their index k on one colour bar.
     """
+    ds = _drawable(ds, "singular_values")
     da = _positive_time(require_variable(ds, "singular_values"))
     depths, scales = _values(da, "depth"), _values(da, "scale")
     fig, axes = figure(len(scales), len(depths))
     n_k = da.sizes["k"]
     colors = _colors(n_k, "plasma")
-    for where, y in _runs(da):
+    for where, panel in _runs(da, ("scale", "depth")):
         i, j = scales.index(where.get("scale")), depths.index(where.get("depth"))
         ax = axes[i, j]
-        first = where.get("seed") == _values(da, "seed")[0]
-        for k in range(n_k):
-            label = rf"$\sigma_{{{k + 1}}}$" if first and n_k <= LEGEND_MAX else None
-            ax.plot(y["time"], y.isel(k=k), color=colors[k], lw=1.0, alpha=0.8, label=label)
+        panel = panel.compute()  # one panel's spectra at a time: a lazily opened store stays on disk
+        for s, (_, y) in enumerate(_runs(panel, ("seed",))):
+            for k in range(n_k):
+                label = rf"$\sigma_{{{k + 1}}}$" if s == 0 and n_k <= LEGEND_MAX else None
+                ax.plot(y["time"], y.isel(k=k), color=colors[k], lw=1.0, alpha=0.8, label=label)
         ax.set(xscale="log", yscale="log", title=f"{_depth_label(depths[j])}, scale {scales[i]}")
         ax.title.set_fontsize("medium")
     for ax in axes[-1]:
@@ -147,9 +170,10 @@ def rank_staircase(ds: xr.Dataset, level: float = 0.5, learned: float = 0.05, pa
     One panel per depth, colour = scale, one line per seed; circles mark each stage's end (see
     `dlnode.analysis.stages`) at the number of modes learned after it; the loss is drawn in grey on the right axis.
     """
-    count = _positive_time(analysis.modes_learned(ds, level, learned))
-    found = analysis.stages(ds, level, learned)
-    loss_da = _positive_time(require_variable(ds, "loss"))
+    ds = _drawable(ds, "rank_staircase")
+    count = _positive_time(analysis.modes_learned(ds, level, learned)).compute()  # reduced results, loaded once
+    found = analysis.stages(ds, level, learned).compute()
+    loss_da = _positive_time(require_variable(ds, "loss")).compute()
     depths, scales = _values(count, "depth"), _values(count, "scale")
     top = max(float(found["rank"].max()) if found["rank"].notnull().any() else 1.0, 1.0)
     fig, axes = figure(1, len(depths))
@@ -183,6 +207,7 @@ def sharpness(ds: xr.Dataset, problem: Problem | None = None, path: str | Path |
     problem stored in the dataset). The bounds are drawn for a univariate `Regression`, in dlnode's ½-loss
     convention (see `sharpness_bounds`).
     """
+    ds = _drawable(ds, "sharpness")
     if problem is None and "problem_fields" in ds.attrs:
         problem = problem_from(ds)
     if "sharpness" in ds:
@@ -191,7 +216,7 @@ def sharpness(ds: xr.Dataset, problem: Problem | None = None, path: str | Path |
         raise ValueError("problem is required to compute the sharpness; or pass a dataset with a 'sharpness' variable")
     else:
         values = sharpness_of(ds.drop_vars("weights", errors="ignore"), problem)
-    values = values.sel(depth=np.isfinite(values["depth"]))
+    values = values.sel(depth=np.isfinite(values["depth"])).compute()
     fig, axes = figure()
     ax = axes[0, 0]
     scales = _values(values, "scale")
@@ -214,7 +239,8 @@ def sharpness(ds: xr.Dataset, problem: Problem | None = None, path: str | Path |
 
 def effective_rank(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
     """Effective rank of W at each run's last reached time against depth (mean ± std over seeds; ∞ at the right)."""
-    erank = analysis.final_values(analysis.effective_rank(ds))
+    ds = _drawable(ds, "effective_rank")
+    erank = analysis.final_values(analysis.effective_rank(ds)).compute()  # the reduced result, loaded once
     depth = erank["depth"].values
     finite = depth[np.isfinite(depth)]
     position = np.where(np.isfinite(depth), depth, (finite.max() + 1) if finite.size else 1.0)

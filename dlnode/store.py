@@ -27,7 +27,7 @@ import zarr
 import zarr.api.asynchronous
 
 from . import integration
-from .dataset import RUN, STATUS_MEANINGS, SWEEP_CONFIG_ATTR, VARIABLES, with_problem
+from .dataset import GRID_DIMS, RUN, STATUS_MEANINGS, SWEEP_CONFIG_ATTR, VARIABLES, with_problem
 from .problems import Problem
 from .solvers import METHODS, Status
 from .sweep_config import SweepConfig, config_diff, layer_extent, save_times
@@ -36,7 +36,7 @@ __all__ = ["SWEEP_ATTR", "Layout", "describe", "export", "is_sweep_store", "open
            "write_cells"]  # fmt: skip
 
 SWEEP_ATTR = SWEEP_CONFIG_ATTR
-EXTRA_AXES = ("flow", "init", "method", "lr")  # grid axes beyond depth × scale × seed: dims only when swept
+EXTRA_AXES = GRID_DIMS  # grid axes beyond depth × scale × seed: dims only when swept
 INTEGERS = {"status": int(Status.PENDING), "num_steps": -1, "num_rejected": -1, "method_used": -1}
 METHOD_CODES = {name: i for i, name in enumerate(sorted(METHODS))}
 REDO = (int(Status.PENDING), int(Status.INTERRUPTED))  # cells a run computes; every other status is final

@@ -1,0 +1,146 @@
+"""Sweep stores with swept axes (lr, method) pass `dln.validate`, and the analyses and plots run on them lazily.
+
+Two small real stores made by `dln.sweep` (a gradient-descent grid over two step sizes, a flow grid over two
+methods), on an in-process Dask cluster that is closed before the tests read them: what the tests compute then runs
+on Dask's local scheduler, whose tasks a callback can see. The references are the same functions on the store
+loaded into memory (eager NumPy), on a selection of the swept axis, and `dlnode.endtoend.log_volume` on one cell.
+"""
+
+import logging
+import re
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import dlnode as dln
+from dlnode.errors import DatasetError
+
+pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array")
+from dask.callbacks import Callback  # noqa: E402
+from distributed import Client, LocalCluster  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+BASE = {
+    "problem": {"kind": "factorization", "shape": [4, 4], "rank": 2, "seed": 1},
+    "integrate": {"t1": 2.0, "saveat": 10},
+    "execution": {"batch": 1},
+}
+GRIDS = {
+    "lr": {"depth": [1, 2], "scale": [0.1], "seed": [0, 1], "method": "gd", "lr": [0.1, 0.05]},
+    "method": {"depth": [1, 2], "scale": [0.1], "seed": [0, 1], "method": ["tsit5", "dopri5"]},
+}
+# Lanczos (ARPACK eigsh, tol=0: to machine precision) on Dask's worker threads may differ from the same call on the
+# main thread in the last bit of the sharpness (measured: 3e-17 relative); every other analysis is bitwise equal
+ITERATIVE = {"sharpness": 1e-14}
+ANALYSES = ("effective_rank", "numerical_rank", "stages", "escape_times", "recovery_error", "log_volume",
+            "sharpness", "layer_alignment")  # fmt: skip
+PLOTS = {  # figure → the store variables it may read
+    "loss": {"loss"},
+    "singular_values": {"singular_values"},
+    "rank_staircase": {"singular_values", "loss"},
+    "effective_rank": {"singular_values"},
+    "sharpness": {"weights_final"} | {f"problem_{n}" for n in ("target",)},
+}
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """{swept dim: path of its store}, made by a real sweep (cells in worker threads of this process)."""
+    root = tmp_path_factory.mktemp("swept")
+    cluster_kw = {"n_workers": 1, "threads_per_worker": 1, "processes": False, "dashboard_address": None}
+    with LocalCluster(silence_logs=logging.ERROR, **cluster_kw) as cluster, Client(cluster) as client:
+        for dim, grid in GRIDS.items():
+            dln.sweep({**BASE, "grid": grid}, root / f"{dim}.zarr", client=client, progress=False)
+    return {dim: root / f"{dim}.zarr" for dim in GRIDS}
+
+
+def _lazy(result):
+    arrays = result.data_vars.values() if isinstance(result, xr.Dataset) else [result]
+    return all(isinstance(a.data, da.Array) for a in arrays)
+
+
+@pytest.mark.parametrize("dim", list(GRIDS))
+def test_validate_accepts_the_swept_axes(stores, dim):
+    ds = dln.open(stores[dim])
+    assert ds["loss"].dims == ("depth", "scale", "seed", dim, "time")
+    dln.validate(ds)
+    dln.validate(ds.load())
+    swapped = ds.assign(loss=ds["loss"].transpose("depth", "scale", "seed", "time", dim))
+    with pytest.raises(DatasetError, match=rf"'loss' must have dims \('depth', 'scale', 'seed', '{dim}', 'time'\)"):
+        dln.validate(swapped)
+    with pytest.raises(DatasetError, match=f"swept dim '{dim}' must have its coordinate"):
+        dln.validate(ds.drop_vars(dim))
+
+
+@pytest.mark.parametrize("dim", list(GRIDS))
+def test_analyses_on_swept_axes_lazy_equal_eager_and_per_slice(stores, dim):
+    lazy = dln.open(stores[dim])
+    eager = dln.open(stores[dim]).load()
+    for name in ANALYSES:
+        result = getattr(lazy.dln, name)()
+        assert _lazy(result), name  # still Dask arrays before .compute()
+        expected = getattr(eager.dln, name)()
+        assert dim in expected.dims, name
+        if name in ITERATIVE:
+            xr.testing.assert_allclose(result.compute(), expected, rtol=ITERATIVE[name], atol=0)
+        else:
+            xr.testing.assert_identical(result.compute(), expected)
+        for value in eager[dim].values:  # a swept axis is one more broadcast dim: each slice on its own agrees
+            alone = getattr(eager.sel({dim: [value]}).dln, name)()
+            xr.testing.assert_identical(alone, expected.sel({dim: [value]}))
+
+
+def test_log_volume_lazy_in_any_chunking_equals_eager(stores):
+    from dlnode.endtoend import log_volume
+
+    path = stores["lr"]
+    eager = dln.open(path).load().dln.log_volume()
+    for chunks in ({}, {"depth": 2, "seed": 2}):  # the store's own chunks (one cell), then every depth in one block
+        lazy = dln.open(path, chunks=chunks).dln.log_volume()
+        assert isinstance(lazy.data, da.Array)
+        xr.testing.assert_identical(lazy.compute(), eager)
+    ds = dln.open(path).load()
+    cell = {"depth": 2.0, "scale": 0.1, "seed": 1, "lr": 0.05}
+    np.testing.assert_array_equal(eager.sel(cell).values,
+                                  np.asarray(log_volume(ds["singular_values"].sel(cell).values, 2)))  # fmt: skip
+    assert np.isfinite(eager.sel(cell).values[1:]).all()
+
+
+def _lines(fig):
+    return [np.asarray(line.get_xydata()) for ax in fig.axes for line in ax.get_lines()]
+
+
+@pytest.mark.parametrize("kind", list(PLOTS))
+def test_plots_load_only_what_they_draw(stores, kind):
+    lazy = dln.open(stores["lr"]).sel(lr=0.1)
+    names = set(lazy.variables)
+    read = []
+
+    def start(dsk):
+        read.append({m for key in dsk for m in re.findall(r"open_dataset-([a-z_]+)-", str(key)) if m in names})
+
+    with Callback(start=start):
+        fig = getattr(lazy.dln.plot, kind)()
+    assert set().union(*read) <= PLOTS[kind], read
+    if kind == "singular_values":  # one panel (depth × scale) per load
+        assert len(read) == lazy.sizes["depth"] * lazy.sizes["scale"]
+    assert all(isinstance(lazy[v].data, da.Array) for v in ("loss", "singular_values", "product"))  # not loaded
+    eager = getattr(dln.open(stores["lr"]).load().sel(lr=0.1).dln.plot, kind)()
+    got, expected = _lines(fig), _lines(eager)
+    assert len(got) == len(expected) > 0
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(("dim", "fix"), [("lr", "ds.sel(lr=0.1)"), ("method", "ds.sel({'method': 'tsit5'})")])
+def test_plots_refuse_a_swept_axis_in_one_line(stores, dim, fix):
+    ds = dln.open(stores[dim])
+    for kind in PLOTS:
+        with pytest.raises(ValueError, match=re.escape(f"swept dim '{dim}' (2 values)")) as info:
+            getattr(ds.dln.plot, kind)()
+        assert str(info.value).endswith(f"select one first, e.g. {fix}") and "\n" not in str(info.value)
+    selected = eval(fix, {"ds": ds})  # the fix the message names works
+    assert _lines(selected.dln.plot.loss())
