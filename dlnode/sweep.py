@@ -56,6 +56,15 @@ __all__ = ["auto_batch", "sweep"]
 # vmap pays while the per-call overhead dominates: measured in benchmarks/sweep_scaling.py (docs/sweeps.md)
 AUTO_BATCH = ((1024, 16), (4096, 4))  # (at most this many state numbers per cell, cells per task)
 TIME_RTOL = 1e-12  # a cell's save times equal the store's up to rounding of t = k·lr for gradient descent
+# The local cluster has no dashboard, so Dask's statistical profiler (a sample every 10 ms) and its fast monitors
+# (event-loop tick every 20 ms, memory every 100 ms, system every 500 ms) would only take CPU from the workers:
+# idle with 2 workers they cost ~7 % of a core by default, ~1.5 % so (benchmarks/sweep_scaling.py).
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+}
 
 
 def sweep(
@@ -141,7 +150,12 @@ def _layout(config_json: str, chunk: tuple[tuple[str, int], ...], tolerances: tu
 
 def run_task(config_json: str, chunk: tuple, tolerances: tuple[float, float], task: dict[str, slice],
              pending: np.ndarray, store: str) -> dict:  # fmt: skip
-    """One task, on a worker: one `integrate` call over its cells, region-written into `store` (status last)."""
+    """One task, on a worker: one `integrate` call over its cells, region-written into `store` (status last).
+
+    Returns the cells' status codes, the compile time, and where the task's time went: ``wall_s`` (the whole task),
+    ``integrate_s`` and ``write_s`` (wall), ``thread_cpu_s`` (CPU of the thread that ran it) and ``process_cpu_s``
+    (of the whole worker process meanwhile: its other threads too, e.g. a BLAS or XLA pool, the event loop)."""
+    clock, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
     layout = _layout(config_json, chunk, tolerances)
     value = {d: (layout.axes[d][task[d]][0] if d in layout.axes else layout.fixed[d]) for d in EXTRA_AXES}
     run = layout.config.integrate
@@ -155,8 +169,12 @@ def run_task(config_json: str, chunk: tuple, tolerances: tuple[float, float], ta
     if ds.sizes["time"] != len(layout.times) or not np.allclose(ds["time"], layout.times, rtol=TIME_RTOL, atol=0):
         raise ValueError(f"cells {_describe(layout, task)}: save times differ from the store's; report this as a bug")
     arrays = _cell_arrays(layout, ds)
+    written = time.perf_counter()
     write_cells(store, layout, task, arrays, pending)
-    return {"status": arrays["status"][pending].tolist(), "compile_time": ds.attrs["compile_time"]}
+    end = time.perf_counter()
+    return {"status": arrays["status"][pending].tolist(), "compile_s": ds.attrs["compile_time"],
+            "wall_s": end - clock, "integrate_s": written - clock, "write_s": end - written,
+            "thread_cpu_s": time.thread_time() - cpu, "process_cpu_s": time.process_time() - process}  # fmt: skip
 
 
 def _cell_arrays(layout: Layout, ds: xr.Dataset) -> dict[str, np.ndarray]:
@@ -183,7 +201,7 @@ def _client(client: Any, scheduler: str | None, workers: int | None) -> Iterator
     if client is not None:
         yield client, f"client {client.scheduler.address}"
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if scheduler is not None:
         try:
@@ -195,14 +213,23 @@ def _client(client: Any, scheduler: str | None, workers: int | None) -> Iterator
             yield own, f"scheduler {scheduler}"
         return
     n = workers or len(os.sched_getaffinity(0))
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.ERROR)  # fmt: skip
+    cluster = local_cluster(n)
     try:
         with Client(cluster) as own:
             own.register_plugin(_ignore_interrupt())
             yield own, f"local cluster of {n} processes"
     finally:
         cluster.close()
+
+
+def local_cluster(workers: int) -> Any:
+    """The local cluster `sweep` starts: `workers` processes of one thread each, no dashboard, no profiler."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set(LOCAL_CLUSTER_CONFIG):  # read when the scheduler and the nannies start (and sent to workers)
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=logging.ERROR)  # fmt: skip
 
 
 def _ignore_interrupt() -> Any:
@@ -226,7 +253,7 @@ def _execute(tasks: list, layout: Layout, store: Path, status: np.ndarray, where
 
     counts = Counter(status_counts(status[~np.isin(status, REDO)]))
     before = sum(counts.values())
-    started, clock, computed, errors = _now(), time.perf_counter(), Counter(), []
+    started, clock, computed, errors, spent = _now(), time.perf_counter(), Counter(), [], []
     bar = tqdm(total=status.size, initial=before, unit="cell", desc="sweep", disable=not progress, file=sys.stderr)
     outcome, description = "interrupted", "not started"
     try:
@@ -243,7 +270,9 @@ def _execute(tasks: list, layout: Layout, store: Path, status: np.ndarray, where
                     if future.status != "finished":
                         errors.append((futures[future], future.exception()))
                         continue
-                    names = [Status(s).meaning for s in future.result()["status"]]
+                    result = future.result()
+                    spent.append({k: v for k, v in result.items() if k.endswith("_s")})
+                    names = [Status(s).meaning for s in result["status"]]
                     counts.update(names)
                     computed.update(names)
                     bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in counts.items()), refresh=False)
@@ -256,7 +285,8 @@ def _execute(tasks: list, layout: Layout, store: Path, status: np.ndarray, where
         wall = time.perf_counter() - clock
         record = {"started": started, "where": description, "host": socket.gethostname(),
                   "computed": sum(computed.values()), "outcome": outcome, "wall_s": round(wall, 3),
-                  "dlnode_version": __version__}  # fmt: skip
+                  "dlnode_version": __version__, "tasks_done": len(spent),
+                  "task_seconds": {k: round(v, 3) for k, v in sum(map(Counter, spent), Counter()).items()}}  # fmt: skip
         add_run(store, record)
         if progress:
             by = ", ".join(f"{k} {v}" for k, v in computed.items()) or "none"

@@ -6,6 +6,7 @@ on Dask's local scheduler, whose tasks a callback can see. The references are th
 loaded into memory (eager NumPy), on a selection of the swept axis, and `dlnode.endtoend.log_volume` on one cell.
 """
 
+import json
 import logging
 import re
 
@@ -144,3 +145,33 @@ def test_plots_refuse_a_swept_axis_in_one_line(stores, dim, fix):
         assert str(info.value).endswith(f"select one first, e.g. {fix}") and "\n" not in str(info.value)
     selected = eval(fix, {"ds": ds})  # the fix the message names works
     assert _lines(selected.dln.plot.loss())
+
+
+def test_run_record_accounts_for_the_tasks_time(stores):
+    """Each run's record says how many tasks finished and where their time went (summed over tasks)."""
+    for path in stores.values():
+        (record,) = json.loads(dln.open(path).attrs["sweep_runs"])
+        spent = record["task_seconds"]
+        assert record["tasks_done"] == record["computed"] == 8  # batch 1: one cell a task
+        assert set(spent) == {"wall_s", "integrate_s", "write_s", "compile_s", "thread_cpu_s", "process_cpu_s"}
+        assert 0 < spent["integrate_s"] + spent["write_s"] <= spent["wall_s"] <= record["wall_s"]  # one worker
+        assert spent["compile_s"] <= spent["integrate_s"]
+
+
+def _upkeep_config():
+    import dask
+
+    from dlnode.sweep import LOCAL_CLUSTER_CONFIG
+
+    return {key: dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG}
+
+
+def test_local_cluster_workers_run_without_profiler_or_fast_monitors():
+    """The cluster `dln.sweep` starts has no dashboard: its worker processes get the config that turns Dask's
+    profiler off and slows its monitors (benchmarks/sweep_scaling.py measures what that saves)."""
+    from dlnode.sweep import LOCAL_CLUSTER_CONFIG, local_cluster
+
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        (got,) = client.run(_upkeep_config).values()
+        assert got == LOCAL_CLUSTER_CONFIG
+    assert _upkeep_config() != LOCAL_CLUSTER_CONFIG  # this process's own config is left as it was
