@@ -1,16 +1,18 @@
 """Sweeps on Dask: 2 workers against 1 on a CPU-bound grid, the per-cell overhead of the Dask path against a plain
 loop of `dln.integrate` calls, and what vmap batching (``[execution] batch``) gains per cell.
 
-Two rows explain the 2-against-1 figure without relying on a quiet machine: the hardware's own ceiling (the plain
-loop in 1 process against 2 independent processes on half the cells each, no Dask at all: no scheduler can beat
-that ratio), and where the CPU of one 2-worker sweep went (inside the tasks: integrate, zarr writes, the CPU of the
-task's thread against the worker process's; the worker processes; this process, which holds the client, the
-scheduler and the nannies of a local cluster; every other process on the machine), with the bytes each task sends.
+Further rows explain the 2-against-1 figure in terms that depend little on how busy the machine is: the hardware's
+own ceiling (the plain loop in 1 process against 2 independent processes on half the cells each, no Dask at all: no
+scheduler beats that ratio); where the CPU of one sweep on 1 and on 2 workers went (inside the tasks: integrate,
+zarr writes; the worker processes; this process, which holds the client, the scheduler and the nannies of the local
+cluster; every other process on the machine) with the bytes each task sends; and the CPU a 2-worker local cluster
+spends on its own upkeep while idle, with distributed's defaults and as `dln.sweep` starts it. The clusters are
+the one `dln.sweep` starts (`dlnode.sweep.local_cluster`).
 
 Every figure is the median of `--repeats` runs after a warm-up that compiles each shape in every worker (compile
 time is apart: workers keep their compiled solvers), all measured in one run of this script::
 
-    python -m benchmarks.sweep_scaling            # ~3 min on 2 cores
+    python -m benchmarks.sweep_scaling            # ~5 min on 2 cores
     python -m benchmarks.sweep_scaling --repeats 5
 
 BLAS, OpenMP and XLA are pinned to one thread per process before numpy and jax load, so one worker uses one core.

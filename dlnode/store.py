@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import types
 import uuid
 from pathlib import Path
@@ -289,13 +290,29 @@ def write_cells(path: str | os.PathLike, layout: Layout, index: dict[str, slice]
             for cell in np.argwhere(pending)
         ]  # fmt: skip
     names = layout.variables() if names is None else names
-    asyncio.run(_write(os.fspath(path), names, blocks, arrays))
+    key = (os.fspath(path), layout.config.canonical(), tuple(layout.chunk.items()))
+    asyncio.run(_write(key, names, blocks, arrays))
 
 
-async def _write(path: str, names: list[str], blocks: list, arrays: dict[str, np.ndarray]) -> None:
+# The store's arrays as opened by the last tasks of this process, by (path, config, chunks): opening them reads
+# every array's metadata (about 40 % of a task's writes, benchmarks/sweep_scaling.py); a store at that path with
+# that config and chunks has the same arrays (prepare refuses any other config there), even if it was made again.
+_OPENED: dict[tuple, dict[str, Any]] = {}
+_OPENED_LOCK = threading.Lock()  # a worker of several threads runs several tasks at once
+OPENED_STORES = 4
+
+
+async def _write(key: tuple, names: list[str], blocks: list, arrays: dict[str, np.ndarray]) -> None:
     """Every variable but status concurrently (the writes are file I/O), then status once they are all on disk."""
-    group = await zarr.api.asynchronous.open_group(store=path, mode="r+")
-    targets = dict(zip(names, await asyncio.gather(*(group.getitem(n) for n in names)), strict=True))
+    with _OPENED_LOCK:
+        targets = _OPENED.get(key, {})
+    if not set(names) <= set(targets):
+        group = await zarr.api.asynchronous.open_group(store=key[0], mode="r+")
+        targets = dict(zip(names, await asyncio.gather(*(group.getitem(n) for n in names)), strict=True))
+        with _OPENED_LOCK:
+            while len(_OPENED) >= OPENED_STORES:
+                _OPENED.pop(next(iter(_OPENED)))
+            _OPENED[key] = targets
     for batch in ([n for n in names if n != "status"], [n for n in names if n == "status"]):
         await asyncio.gather(*(targets[n].setitem(where, arrays[n][local]) for n in batch for where, local in blocks))
 

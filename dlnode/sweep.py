@@ -58,7 +58,7 @@ AUTO_BATCH = ((1024, 16), (4096, 4))  # (at most this many state numbers per cel
 TIME_RTOL = 1e-12  # a cell's save times equal the store's up to rounding of t = k·lr for gradient descent
 # The local cluster has no dashboard, so Dask's statistical profiler (a sample every 10 ms) and its fast monitors
 # (event-loop tick every 20 ms, memory every 100 ms, system every 500 ms) would only take CPU from the workers:
-# idle with 2 workers they cost ~7 % of a core by default, ~1.5 % so (benchmarks/sweep_scaling.py).
+# idle with 2 workers they cost 4-7 % of a core by default, ~1.5 % so (benchmarks/sweep_scaling.py).
 LOCAL_CLUSTER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",
@@ -153,8 +153,9 @@ def run_task(config_json: str, chunk: tuple, tolerances: tuple[float, float], ta
     """One task, on a worker: one `integrate` call over its cells, region-written into `store` (status last).
 
     Returns the cells' status codes, the compile time, and where the task's time went: ``wall_s`` (the whole task),
-    ``integrate_s`` and ``write_s`` (wall), ``thread_cpu_s`` (CPU of the thread that ran it) and ``process_cpu_s``
-    (of the whole worker process meanwhile: its other threads too, e.g. a BLAS or XLA pool, the event loop)."""
+    ``integrate_s`` (its ``compile_s`` included) and ``write_s`` (wall), ``thread_cpu_s`` (CPU of the thread that
+    ran it: JAX runs compiled code on threads of its own, so mostly Python) and ``process_cpu_s`` (of the whole
+    worker process meanwhile: JAX's threads, the event loop, and other tasks on a worker of several threads)."""
     clock, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
     layout = _layout(config_json, chunk, tolerances)
     value = {d: (layout.axes[d][task[d]][0] if d in layout.axes else layout.fixed[d]) for d in EXTRA_AXES}

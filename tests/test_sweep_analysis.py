@@ -175,3 +175,26 @@ def test_local_cluster_workers_run_without_profiler_or_fast_monitors():
         (got,) = client.run(_upkeep_config).values()
         assert got == LOCAL_CLUSTER_CONFIG
     assert _upkeep_config() != LOCAL_CLUSTER_CONFIG  # this process's own config is left as it was
+
+
+def test_store_made_again_at_the_same_path_is_written_in_full(tmp_path):
+    """Workers keep the arrays of the stores they wrote open (by path, config and chunks): a store removed and
+    made again at that path, with the same config or another, is still written cell for cell."""
+    import shutil
+
+    path, other = tmp_path / "again.zarr", tmp_path / "other.zarr"
+    first = {**BASE, "grid": GRIDS["lr"]}
+    second = {**BASE, "grid": {**GRIDS["lr"], "seed": [2, 3]}}
+    cluster_kw = {"n_workers": 1, "threads_per_worker": 1, "processes": False, "dashboard_address": None}
+    with LocalCluster(silence_logs=logging.ERROR, **cluster_kw) as cluster, Client(cluster) as client:
+        before = dln.sweep(first, path, client=client, progress=False).load()
+        for config in (first, second):
+            shutil.rmtree(path)
+            again = dln.sweep(config, path, client=client, progress=False).load()
+            fresh = dln.sweep(config, other, client=client, progress=False).load()
+            shutil.rmtree(other)
+            assert (again["status"] != dln.Status.PENDING).all()
+            for name in ("loss", "product", "weights_final", "status", "num_steps"):
+                xr.testing.assert_identical(again[name], fresh[name])
+        xr.testing.assert_identical(dln.sweep(first, other, client=client, progress=False).load()["loss"],
+                                    before["loss"])  # fmt: skip
