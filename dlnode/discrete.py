@@ -202,7 +202,16 @@ def compare(a: xr.Dataset, b: xr.Dataset, time_rtol: float = 1e-9, accuracy: flo
         var.attrs.update(units="1", long_name=f"relative {var.name.replace('_error', '')} error of a against b")
     out = out.assign_coords(interpolated=("time", ~exact))
     attrs = {f"{k}_{arg}": str(ds.attrs.get(k, "")) for k in ("method", "flow") for arg, ds in (("a", a), ("b", b))}
-    return out.assign_attrs(attrs, lr_a=float(a.attrs.get("lr", np.nan)), lr_b=float(b.attrs.get("lr", np.nan)))
+    return out.assign_attrs(attrs, lr_a=_lr(a), lr_b=_lr(b))
+
+
+def _lr(ds: xr.Dataset) -> float:
+    """The step size of a run: ``attrs["lr"]``, or in a sweep over lr (``attrs["lr"] == "swept"``) the ``lr``
+    coordinate of a selection of one value (NaN while the selection keeps several: they are a dim of the result)."""
+    if "lr" in ds.coords and ds["lr"].size == 1:
+        return float(ds["lr"].values.reshape(-1)[0])
+    lr = ds.attrs.get("lr", np.nan)
+    return float(lr) if is_real(lr) else np.nan
 
 
 def _references(reference: xr.Dataset | Sequence[xr.Dataset], runs: Sequence[xr.Dataset], lrs: list[float]):  # noqa: ANN202
@@ -210,7 +219,7 @@ def _references(reference: xr.Dataset | Sequence[xr.Dataset], runs: Sequence[xr.
     if isinstance(reference, xr.Dataset):
         if reference.attrs.get("flow") == "modified":
             raise ValueError(
-                f"reference is the modified flow for lr={float(reference.attrs.get('lr', np.nan)):g}, which depends "
+                f"reference is the modified flow for lr={_lr(reference):g}, which depends "
                 f"on lr and cannot serve runs at lr {lrs}; pass one reference per run, in the runs' order"
             )
         return [reference] * len(runs)
@@ -218,7 +227,7 @@ def _references(reference: xr.Dataset | Sequence[xr.Dataset], runs: Sequence[xr.
     if len(refs) != len(runs) or not all(isinstance(r, xr.Dataset) for r in refs):
         raise ValueError(f"reference must be one Dataset or one per run ({len(runs)}); got {len(refs)} references")
     for ref, lr in zip(refs, lrs, strict=True):
-        ref_lr = float(ref.attrs.get("lr", np.nan))
+        ref_lr = _lr(ref)
         if ref.attrs.get("flow") == "modified" and not np.isclose(ref_lr, lr, rtol=1e-12, atol=0):
             raise ValueError(f"reference for the run at lr={lr:g} is the modified flow for lr={ref_lr:g}; match them")
     return refs
@@ -254,7 +263,7 @@ def gd_errors(
         raise ValueError(
             f"runs must hold GD Datasets; got {[type(run).__name__ for run in runs]}; pass datasets of dlnode.integrate"
         )
-    lrs = [float(run.attrs.get("lr", np.nan)) for run in runs]
+    lrs = [_lr(run) for run in runs]
     if not all(np.isfinite(lr) and lr > 0 for lr in lrs) or len(set(lrs)) != len(lrs):
         raise ValueError(f"runs must have distinct positive attrs['lr']; got {lrs}; pass GD runs (method='gd')")
     refs = _references(reference, runs, lrs)

@@ -198,3 +198,19 @@ def test_store_made_again_at_the_same_path_is_written_in_full(tmp_path):
                 xr.testing.assert_identical(again[name], fresh[name])
         xr.testing.assert_identical(dln.sweep(first, other, client=client, progress=False).load()["loss"],
                                     before["loss"])  # fmt: skip
+
+
+def test_compare_a_selection_of_the_swept_lr_against_the_flow(stores):
+    """`dln.compare` of a cell selected at one lr of the sweep equals its comparison as a plain GD run (the step size
+    comes from the lr coordinate: the store's attrs['lr'] is 'swept')."""
+    ds = dln.open(stores["lr"]).load().isel(seed=[0])
+    problem, times = dln.problem_from(ds), ds["time"].values[1:]
+    run = {"depth": [1, 2], "scale": [0.1], "seed": [0], "t1": 2.0, "saveat": times, "progress": False}
+    flow = dln.integrate(problem, method="tsit5", rtol=1e-10, atol=1e-12, **run)
+    for lr in (0.1, 0.05):
+        gd = dln.integrate(problem, method="gd", lr=lr, rtol=ds.attrs["rtol"], atol=ds.attrs["atol"], **run)
+        got, expected = dln.compare(ds.sel(lr=lr), flow), dln.compare(gd, flow)
+        assert got.attrs["lr_a"] == expected.attrs["lr_a"] == lr
+        assert set(got.data_vars) == set(expected.data_vars) and expected.data_vars
+        for name in expected.data_vars:
+            np.testing.assert_array_equal(got[name].values, expected[name].values, err_msg=name)
