@@ -123,8 +123,8 @@ def test_coupled_completion_agrees_with_a_tight_w_space_reference(shape):
     assert np.sum(ds.singular_values.isel(depth=0, scale=0, seed=0).values[-1] > 0.1) == 2
 
 
-def _balanced_depth3(**kw):
-    """integrate's keywords for a depth-3 end-to-end run from a balanced product of scale 1e-3, plus `kw`."""
+def _balanced_product(**kw):
+    """integrate's keywords for an end-to-end run (depth 3 unless `kw` says) from a balanced product of scale 1e-3."""
     base = dict(depth=3, flow="end_to_end", init="balanced", scale_of="product", scale=1e-3, progress=False)
     return {**base, **kw}
 
@@ -138,7 +138,7 @@ def test_norm_diverges_where_the_low_rank_fit_is_at_infinity():
     prob = dln.MatrixCompletion(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[False, True], [True, True]]))
     t1 = 1e3
     times = np.concatenate([[0.0], np.logspace(0, np.log10(t1), 25)])
-    kw = _balanced_depth3(seed=3, t1=t1, saveat=times)
+    kw = _balanced_product(seed=3, t1=t1, saveat=times)
     ref = dln.integrate(prob, method="dopri8", rtol=1e-12, atol=1e-15, max_steps=1_000_000, **kw)
     ds = dln.integrate(prob, method="rosenbrock", rtol=COUPLED_RTOL, atol=COUPLED_RTOL * 1e-3, **kw)
     assert ds.status.item() == 0 and ref.status.item() == 0
@@ -158,7 +158,7 @@ def test_norm_diverges_where_the_low_rank_fit_is_at_infinity():
 def test_a_run_out_of_steps_keeps_what_it_reached():
     prob = dln.MatrixCompletion.random((5, 5), 2, 15, seed=2)
     times = np.logspace(-1, 3, 30)
-    kw = _balanced_depth3(t1=1e3, saveat=times)
+    kw = _balanced_product(t1=1e3, saveat=times)
     full = dln.integrate(prob, method="rosenbrock", **kw)
     cut = dln.integrate(prob, method="rosenbrock", max_steps=40, **kw)
     assert full.status.item() in (0, 1) and cut.status.item() == -1
@@ -203,3 +203,28 @@ def test_auto_takes_singular_coordinates_for_stiff_end_to_end_flows():
     mild = dln.integrate(prob, depth=4, scale=0.5, **kw)
     assert mild.attrs["method"] == "tsit5"
     assert auto.predicted_stiffness(prob, 4, 0.5, "end_to_end", "product") <= auto.STIFF_RATIO
+
+
+@pytest.mark.parametrize("depth", [4, "inf"])
+def test_matrix_free_stage_solves_agree_with_the_dense_lu(monkeypatch, depth):
+    """The two ways of solving the stage systems — GMRES on Jacobian-vector products with the pair-local
+    preconditioner, and the LU of the formed Jacobian — give one trajectory to the tolerance, through the plateau and
+    every escape of a 6 × 6 completion."""
+    prob = dln.MatrixCompletion.random((6, 6), 2, 24, seed=1)
+    times = np.concatenate([[0.0], np.logspace(-1, 4, 60)])
+    kw = _balanced_product(depth=depth, t1=float(times[-1]), saveat=times, method="rosenbrock", rtol=1e-8,
+                          atol=1e-11)  # fmt: skip
+    runs = {}
+    for name, limit in (("dense", 10**9), ("krylov", 0)):
+        monkeypatch.setattr(singular, "DENSE_MAX_UNKNOWNS", limit)
+        singular._batch.cache_clear()
+        runs[name] = dln.integrate(prob, **kw)
+    singular._batch.cache_clear()
+    for ds in runs.values():
+        assert ds.status.item() in (0, 1)
+    w, w_ref = (runs[k]["product"].isel(depth=0, scale=0, seed=0).values for k in ("krylov", "dense"))
+    reached = runs["krylov"].time.values <= min(float(r.t_final.max()) for r in runs.values())
+    err = np.linalg.norm(w - w_ref, axis=(1, 2)) / np.linalg.norm(w_ref, axis=(1, 2))
+    assert err[reached].max() <= 1e-5, err[reached].max()
+    loss = runs["krylov"].loss.isel(depth=0, scale=0, seed=0).values[reached]
+    assert loss[-1] < 1e-6 * loss[0]  # through the escapes

@@ -8,8 +8,8 @@ stiffness of the later plateaus before any integration; `rosenbrock.probe` measu
 selects the stiff path.
 
 End-to-end flows start at σ = scale (no per-layer product), so their prediction is (s_max/scale)^{1−2/N} (s_max/scale
-at depth ∞); their stiff path works in singular coordinates with a dense Jacobian (`dlnode.solvers.singular`), so it is
-chosen only while that state is small (at most `SINGULAR_MAX_UNKNOWNS` numbers) and every depth is ≥ 2.
+at depth ∞); their stiff path works in singular coordinates (`dlnode.solvers.singular`: a dense Jacobian for small
+states, GMRES with a preconditioner diagonal in the singular bases for large ones), chosen when every depth is ≥ 2.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ EXPLICIT, STIFF = "tsit5", "rosenbrock"
 # the same explicit (DOPRI5) steps until h·λ_max says otherwise: its overhead is one Hessian-vector product a step.
 # (Arora et al.'s completion, 30,000 unknowns, is predicted mild from t = 0 yet takes tsit5 ~50× longer.)
 LARGE_STATE = 2000
-SINGULAR_MAX_UNKNOWNS = 2500  # m(m−1)/2 + n(n−1)/2 + min(m, n): a dense LU of this size per step (d ≈ 50)
 
 
 def gradient_scale(problem: Problem) -> float:
@@ -102,10 +101,8 @@ def choose_method(
         if min(depths) < 2:
             return EXPLICIT, f"{stiff_reason}, but depth 1 has no singular-coordinate path -> {EXPLICIT}"
         q = singular.unknowns(problem.d_out, problem.d_in)
-        if q > SINGULAR_MAX_UNKNOWNS:
-            return EXPLICIT, (f"{stiff_reason}, but singular coordinates would need a dense {q}-unknown LU per step "
-                              f"(> {SINGULAR_MAX_UNKNOWNS}) -> {EXPLICIT}")  # fmt: skip
-        return STIFF, f"{stiff_reason} -> {STIFF} in singular coordinates ({q} unknowns)"
+        solves = "dense LU" if q <= singular.DENSE_MAX_UNKNOWNS else "matrix-free GMRES"
+        return STIFF, f"{stiff_reason} -> {STIFF} in singular coordinates ({q} unknowns, {solves} stage solves)"
     if worst > STIFF_RATIO:
         return STIFF, f"{stiff_reason} -> {STIFF}"
     deep = [d for d in depths if d >= 2]
