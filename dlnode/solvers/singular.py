@@ -292,18 +292,25 @@ def _attempt_krylov(field: Callable, z0: Any, h: Any, sc: Any, origin_field: Cal
     needs_field = jnp.asarray([i == 0 or not np.array_equal(tab.a[i], tab.a[i - 1]) for i in range(stages)])
 
     def stage(i, carry):
-        us, f, ok = carry
+        us, aus, f, ok = carry
         f = jax.lax.cond(needs_field[i], lambda _: field(z0 + a[i] @ us), lambda _: f, None)
         rhs = hg * f + tab.gamma * (c[i] @ us)
-        # right-preconditioned (u = M⁻¹y, GMRES on y ↦ A M⁻¹ y), so GMRES's residual is the true one
-        y, _ = jax.scipy.sparse.linalg.gmres(lambda y: matvec(precond(y)), rhs, rhs, tol=0.0, atol=atol,
+        # first guess: the least-squares combination of the earlier stage solutions (their products A u_j are
+        # known from their residuals), then GMRES on the rest, right-preconditioned (x = x₀ + M⁻¹y, GMRES on
+        # y ↦ A M⁻¹ y) so that its residual is the true one
+        earlier = jnp.where((jnp.arange(stages) < i)[:, None], aus, 0.0)
+        coef = jnp.linalg.lstsq(earlier.T, rhs, rcond=1e-10)[0]
+        x0, r0 = coef @ us, rhs - coef @ earlier
+        y, _ = jax.scipy.sparse.linalg.gmres(lambda y: matvec(precond(y)), r0, r0, tol=0.0, atol=atol,
                                              restart=KRYLOV_RESTART, maxiter=KRYLOV_CYCLES)  # fmt: skip
-        u = precond(y)
-        ok = ok & (error_norm((rhs - matvec(u)) / sc) <= 2.0 * KRYLOV_TOL)
-        return us.at[i].set(u), f, ok
+        u = x0 + precond(y)
+        au = matvec(u)
+        ok = ok & (error_norm((rhs - au) / sc) <= 2.0 * KRYLOV_TOL)
+        return us.at[i].set(u), aus.at[i].set(au), f, ok
 
-    init = (jnp.zeros((stages, *z0.shape), z0.dtype), jnp.zeros_like(z0), jnp.ones((), bool))
-    us, _, ok = jax.lax.fori_loop(0, stages, stage, init)
+    zeros = jnp.zeros((stages, *z0.shape), z0.dtype)
+    init = (zeros, zeros, jnp.zeros_like(z0), jnp.ones((), bool))
+    us, _, _, ok = jax.lax.fori_loop(0, stages, stage, init)
     z1 = z0 + jnp.asarray(tab.m) @ us
     err = error_norm((jnp.asarray(tab.e) @ us) / sc)
     return z1, jnp.where(ok, err, jnp.inf)
