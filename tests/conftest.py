@@ -1,16 +1,27 @@
-"""Shared test set-up: float64 (dlnode switches it on at import) and a persistent compilation cache for the
-processes the suite starts (CLI runs, studies, sweep workers), so they reuse what earlier ones compiled.
+"""Shared test set-up: float64 (dlnode switches it on at import), a persistent compilation cache for the suite (so a
+second run of the tests, and CI's later tests, reuse compiled solvers), and compiled code released after each
+test module."""
 
-The test process itself keeps its compiled functions in memory and does not read the persistent cache: once in a
-full run it crashed (a segmentation fault inside XLA while deserialising a valid cached executable), and it gains
-little from it, since it compiles each function once anyway."""
-
+import gc
 import os
 from pathlib import Path
 
 os.environ.setdefault("DLNODE_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".cache" / "jax-tests"))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import dlnode  # noqa: E402
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
-dlnode.compilation_cache(None)
+from dlnode.solvers import core  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop every compiled function after each test module (later modules reload theirs from the persistent cache).
+    XLA maps each compiled executable's code into memory, some hundreds of mappings each (6,400 after the 13 tests of
+    test_resume alone); kept for the whole suite they passed the kernel's limit on mappings per process
+    (vm.max_map_count, 65,530 by default) and a compilation late in the run crashed with a segmentation fault."""
+    yield
+    core._COMPILED.clear()
+    jax.clear_caches()
+    gc.collect()
