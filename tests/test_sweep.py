@@ -195,7 +195,8 @@ def test_killed_client_rerun_completes_the_store(client, reference, tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_resumes(client, reference, tmp_path):
-    config = _write_toml(tmp_path / "sweep.toml", range(12))
+    # 160 cells: with warm workers 48 tiny cells can all finish between the first one and the Ctrl-C
+    config = _write_toml(tmp_path / "sweep.toml", range(40))
     store = tmp_path / "i.zarr"
     proc = _cli(["run", str(config), "-o", str(store), "--scheduler", client.scheduler.address])
     _stop_mid_sweep(proc, store, signal.SIGINT)
@@ -203,7 +204,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(client, reference, tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("interrupted")]
     assert proc.returncode == 130, err
     assert len(lines) == 1 and "run the same command to finish" in lines[0]
-    assert 0 < int(lines[0].split()[1]) <= 48
+    assert 0 < int(lines[0].split()[1]) <= 160
     assert_equals_serial(dln.sweep(config, store, client=client, progress=False), reference)
 
 
