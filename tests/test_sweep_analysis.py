@@ -154,7 +154,9 @@ def test_run_record_accounts_for_the_tasks_time(stores):
         spent = record["task_seconds"]
         assert record["tasks_done"] == record["computed"] == 8  # batch 1: one cell a task
         assert set(spent) == {"wall_s", "integrate_s", "write_s", "compile_s", "thread_cpu_s", "process_cpu_s"}
-        assert 0 < spent["integrate_s"] + spent["write_s"] <= spent["wall_s"] <= record["wall_s"]  # one worker
+        # one worker; the seconds are rounded to milliseconds in the record, so their sum may pass the wall by that
+        assert 0 < spent["integrate_s"] + spent["write_s"] <= spent["wall_s"] + 2e-3
+        assert spent["wall_s"] <= record["wall_s"]
         assert spent["compile_s"] <= spent["integrate_s"]
 
 
