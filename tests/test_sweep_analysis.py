@@ -33,8 +33,10 @@ GRIDS = {
     "lr": {"depth": [1, 2], "scale": [0.1], "seed": [0, 1], "method": "gd", "lr": [0.1, 0.05]},
     "method": {"depth": [1, 2], "scale": [0.1], "seed": [0, 1], "method": ["tsit5", "dopri5"]},
 }
-# Lanczos (ARPACK eigsh, tol=0: to machine precision) on Dask's worker threads may differ from the same call on the
-# main thread in the last bit of the sharpness (measured: 3e-17 relative); every other analysis is bitwise equal
+# Lanczos (ARPACK eigsh, tol=0: to machine precision) may differ from one call to the next on the same cell in the
+# last bits of the sharpness: its dot products and Hessian-vector products sum in an order that depends on where the
+# arrays lie in memory (measured: 3e-17 relative between Dask's worker threads and the main thread; a fresh-clone CI
+# run saw it between two main-thread calls). Every other analysis is bitwise equal.
 ITERATIVE = {"sharpness": 1e-14}
 ANALYSES = ("effective_rank", "numerical_rank", "stages", "escape_times", "recovery_error", "log_volume",
             "sharpness", "layer_alignment")  # fmt: skip
@@ -85,13 +87,17 @@ def test_analyses_on_swept_axes_lazy_equal_eager_and_per_slice(stores, dim):
         assert _lazy(result), name  # still Dask arrays before .compute()
         expected = getattr(eager.dln, name)()
         assert dim in expected.dims, name
-        if name in ITERATIVE:
-            xr.testing.assert_allclose(result.compute(), expected, rtol=ITERATIVE[name], atol=0)
-        else:
-            xr.testing.assert_identical(result.compute(), expected)
+        _assert_agree(name, result.compute(), expected)
         for value in eager[dim].values:  # a swept axis is one more broadcast dim: each slice on its own agrees
             alone = getattr(eager.sel({dim: [value]}).dln, name)()
-            xr.testing.assert_identical(alone, expected.sel({dim: [value]}))
+            _assert_agree(name, alone, expected.sel({dim: [value]}))
+
+
+def _assert_agree(name, got, expected):
+    if name in ITERATIVE:
+        xr.testing.assert_allclose(got, expected, rtol=ITERATIVE[name], atol=0)
+    else:
+        xr.testing.assert_identical(got, expected)
 
 
 def test_log_volume_lazy_in_any_chunking_equals_eager(stores):
