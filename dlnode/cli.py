@@ -270,6 +270,8 @@ def run_command(
 
     try:
         dln.sweep(config, out, scheduler=scheduler, workers=workers)
+        if SIGINTS[0]:  # a Ctrl-C whose KeyboardInterrupt Python could not raise (it came inside a finaliser)
+            raise KeyboardInterrupt
     except ValueError as exc:
         _fail(str(exc))
     except RuntimeError as exc:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ._version import __version__
 from .integration import integrate
+from .interrupts import sigint_flag
 from .solvers import Status
 from .store import (
     EXTRA_AXES,
@@ -55,6 +56,7 @@ __all__ = ["auto_batch", "sweep"]
 
 # vmap pays while the per-call overhead dominates: measured in benchmarks/sweep_scaling.py (docs/sweeps.md)
 AUTO_BATCH = ((1024, 16), (4096, 4))  # (at most this many state numbers per cell, cells per task)
+POLL_S = 0.05  # how often the wait for a sweep's tasks looks for results and for Ctrl-C
 TIME_RTOL = 1e-12  # a cell's save times equal the store's up to rounding of t = k·lr for gradient descent
 # The local cluster has no dashboard, so Dask's statistical profiler (a sample every 10 ms) and its fast monitors
 # (event-loop tick every 20 ms, memory every 100 ms, system every 500 ms) would only take CPU from the workers:
@@ -267,7 +269,7 @@ def _execute(tasks: list, layout: Layout, store: Path, status: np.ndarray, where
                 for t in tasks
             }  # fmt: skip
             try:
-                for future in as_completed(futures):
+                for future in _until_interrupted(as_completed(futures)):
                     if future.status != "finished":
                         errors.append((futures[future], future.exception()))
                         continue
@@ -299,6 +301,22 @@ def _execute(tasks: list, layout: Layout, store: Path, status: np.ndarray, where
         task, exc = errors[0]
         raise RuntimeError(f"{len(errors)} sweep tasks raised (their cells stay pending, the rest are on disk); "
                            f"first: {_describe(layout, task)}: {type(exc).__name__}: {exc}")  # fmt: skip
+
+
+def _until_interrupted(completed: Any) -> Iterator[Any]:
+    """The futures of a distributed ``as_completed`` as they finish; KeyboardInterrupt, raised here, once Ctrl-C
+    was pressed (it is looked at every `POLL_S` seconds: a signal handler that raised at a random line of the main
+    thread could be swallowed by a finaliser, and the sweep would run on to the end)."""
+    with sigint_flag() as flag:
+        while not completed.is_empty():
+            if flag["hit"]:
+                raise KeyboardInterrupt
+            ready = completed.next_batch(block=False)
+            if not ready:
+                time.sleep(POLL_S)
+            yield from ready
+        if flag["hit"]:
+            raise KeyboardInterrupt
 
 
 def _now() -> str:

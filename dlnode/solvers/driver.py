@@ -10,13 +10,10 @@ cell needed.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import fail, shown
+from ..interrupts import sigint_flag
 from .core import COMPILE, MESSAGES, RUNS, Controls, Method, Solution, Status
 
 __all__ = ["Checkpoint", "Horizon", "WINDOW", "drive"]
@@ -59,26 +57,6 @@ class _Saved:
 
         self.values = jax.tree_util.tree_map(pad, self.values)
         self.filled = np.concatenate([self.filled, np.zeros((self.filled.shape[0], extra), bool)], axis=1)
-
-
-@contextlib.contextmanager
-def _sigint_flag() -> Iterator[dict]:
-    """Within the block, Ctrl-C sets flag["hit"] instead of raising (main thread only; elsewhere nothing changes)."""
-    flag = {"hit": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        if flag["hit"]:  # a second Ctrl-C while a window runs: give up waiting
-            raise KeyboardInterrupt
-        flag["hit"] = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _controls_tree(c: Controls, window_steps: int) -> dict[str, Any]:
@@ -166,7 +144,7 @@ def drive(
         saved, end_obs = copy.deepcopy(checkpoint.saved), checkpoint.end_obs
         wall_before, compile_before_ck = checkpoint.wall, checkpoint.compile_time
     stopped = None
-    with _sigint_flag() as flag:
+    with sigint_flag() as flag:
         while True:
             window = ts[k : k + WINDOW]
             padded = np.concatenate([window, np.full(WINDOW - len(window), window[-1])])
