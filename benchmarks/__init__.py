@@ -2,15 +2,12 @@
 
 Importing the package pins every thread pool to one thread before numpy, scipy, jax or torch load theirs, so the
 comparison is per core and small LU factorisations do not fight over the cores: run the scripts as modules
-(``python -m benchmarks.<name>``), or set these variables yourself before anything imports numpy.
+(``python -m benchmarks.<name>``), or set these variables yourself before anything imports numpy. XLA computes on
+one thread per process already: that is dlnode's default (``DLNODE_XLA_THREADS``, `dlnode.xla_threads`).
 """
 
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
-if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = " ".join(
-        [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"]
-    ).strip()
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -15,7 +15,8 @@ time is apart: workers keep their compiled solvers), all measured in one run of 
     python -m benchmarks.sweep_scaling            # ~5 min on 2 cores
     python -m benchmarks.sweep_scaling --repeats 5
 
-BLAS, OpenMP and XLA are pinned to one thread per process before numpy and jax load, so one worker uses one core.
+BLAS and OpenMP are pinned to one thread per process before numpy loads, and XLA computes on one thread per process
+(dlnode's default, `dlnode.xla_threads`), so one worker uses one core.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402

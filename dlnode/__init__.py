@@ -1,7 +1,8 @@
 """dlnode: training of deep linear networks as continuous dynamical systems.
 
 Float64 is switched on in JAX on import (``jax_enable_x64``); datasets record it in their attrs. JAX's persistent
-compilation cache is on (see `dlnode.cache`).
+compilation cache is on (see `dlnode.cache`). XLA's CPU runtime computes on one thread per process unless
+``DLNODE_XLA_THREADS`` says otherwise (see `dlnode.xla_threads`).
 """
 
 import jax
@@ -11,6 +12,10 @@ jax.config.update("jax_enable_x64", True)
 from .cache import compilation_cache  # noqa: E402
 
 compilation_cache()
+
+from .xla_threads import limit_xla_threads  # noqa: E402
+
+limit_xla_threads()
 
 from . import accessor  # noqa: E402, F401  (accessor registers the ds.dln namespace)
 from ._version import __version__  # noqa: E402
