@@ -175,6 +175,14 @@ def plot_command(
         "figure.png"
     ),
     overwrite: Overwrite = False,
+    sel: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sel",
+            help="DIM=VALUE: the value of a sweep's swept dim (lr, method, flow, init) to draw; "
+            "repeat for several dims",
+        ),
+    ] = None,  # fmt: skip
 ) -> None:
     """A figure of a stored dataset: loss, singular_values, rank_staircase, sharpness, effective_rank."""
     import dlnode as dln
@@ -182,10 +190,60 @@ def plot_command(
     if kind not in PLOTS or kind == "gd_error":
         choices = sorted(k for k in PLOTS if k != "gd_error")
         _fail(f"--kind must be one of {choices}; got {kind!r}; pass e.g. --kind loss")
+    wanted = _parse_sel(sel or [])
     check_outputs({out: image_suffixes()}, overwrite)
-    ds = dln.open(path)
+    ds = _select(dln.open(path), wanted)
     write_figure(kind, ds, out, overwrite)
     typer.echo(f"wrote {out}")
+
+
+def _parse_sel(items: list[str]) -> dict[str, str]:
+    """{dim: value text} of the --sel options; one line naming a malformed or repeated one."""
+    from dlnode.dataset import GRID_DIMS
+
+    wanted: dict[str, str] = {}
+    for item in items:
+        dim, eq, value = item.partition("=")
+        if not eq or not value or dim not in GRID_DIMS:
+            _fail(f"--sel must be DIM=VALUE with DIM one of {list(GRID_DIMS)} (a sweep's swept dims); got {item!r}; "
+                  "pass e.g. --sel lr=0.1")  # fmt: skip
+        if dim in wanted:
+            _fail(f"--sel gives {dim!r} twice ({wanted[dim]!r} and {value!r}); pass one value per dim")
+        wanted[dim] = value
+    return wanted
+
+
+def _select(ds, wanted: dict[str, str]):  # noqa: ANN001, ANN202
+    """`ds` at the --sel values (lazily); one line for a dim the dataset lacks, a value it lacks, or a swept dim of
+    several values left unselected (the figures draw one value of each)."""
+    from dlnode.dataset import GRID_DIMS
+
+    def shown(values) -> str:  # noqa: ANN001
+        return ", ".join(f"{v:g}" if isinstance(v, float | np.floating) else str(v) for v in values)
+
+    where = {}
+    for dim, text in wanted.items():
+        if dim not in ds.dims:
+            swept = [d for d in GRID_DIMS if d in ds.dims]
+            _fail(f"--sel {dim}={text}: the dataset has no swept dim {dim!r} (it has {swept or 'none'}); "
+                  "leave that --sel out")  # fmt: skip
+        values = ds[dim].values
+        if values.dtype.kind in "fiu":
+            try:
+                hits = np.flatnonzero(np.isclose(values.astype(float), float(text), rtol=1e-12, atol=0))
+            except ValueError:
+                hits = np.zeros(0, int)
+        else:
+            hits = np.flatnonzero(values.astype(str) == text)
+        if hits.size != 1:
+            _fail(f"--sel {dim}={text}: {dim} has the values {shown(values)}; pass one of them")
+        where[dim] = int(hits[0])
+    ds = ds.isel(where)
+    for dim in GRID_DIMS:
+        if dim in ds.dims and ds.sizes[dim] > 1:
+            _fail(f"--sel: the dataset has the swept dim {dim!r} ({ds.sizes[dim]} values: {shown(ds[dim].values)}), "
+                  f"which the figure does not draw; pass e.g. --sel {dim}={shown(ds[dim].values[:1])}")  # fmt: skip
+    return ds
 
 
 def _meanings(ds) -> dict[int, str]:  # noqa: ANN001, ARG001 - the vocabulary is dlnode's (open checked the codes)

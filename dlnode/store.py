@@ -360,8 +360,10 @@ def describe(path: str | os.PathLike) -> str:
         lines.append(f"{key}: {ds.attrs.get(key)}")
     runs = json.loads(ds.attrs.get("sweep_runs", "[]"))
     for r in runs[-5:]:
+        spent = ", ".join(f"{k.removesuffix('_s')} {v:g} s" for k, v in r.get("task_seconds", {}).items())
+        tasks = f"; {r['tasks_done']} tasks spent {spent or 'nothing'}" if "tasks_done" in r else ""
         lines.append(f"run {r.get('started')}: {r.get('computed')} cells computed on {r.get('where')}, "
-                     f"{r.get('outcome')} after {r.get('wall_s')} s")  # fmt: skip
+                     f"{r.get('outcome')} after {r.get('wall_s')} s{tasks}")  # fmt: skip
     lines.append(f"config: {ds.attrs[SWEEP_ATTR]}")
     return "\n".join(lines)
 

@@ -222,3 +222,47 @@ def test_compare_a_selection_of_the_swept_lr_against_the_flow(stores):
         assert set(got.data_vars) == set(expected.data_vars) and expected.data_vars
         for name in expected.data_vars:
             np.testing.assert_array_equal(got[name].values, expected[name].values, err_msg=name)
+
+
+def test_cli_plot_draws_one_value_of_a_swept_axis_with_sel(stores, tmp_path):
+    from typer.testing import CliRunner
+
+    from dlnode.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "lr.png"
+    done = runner.invoke(app, ["plot", str(stores["lr"]), "--kind", "loss", "--sel", "lr=0.05", "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    assert out.stat().st_size > 0
+    done = runner.invoke(app, ["plot", str(stores["method"]), "-k", "loss", "--sel", "method=dopri5", "-o",
+                               str(tmp_path / "m.png")])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    refused = {  # arguments → the one line it gets (exit 2, nothing written)
+        (): "--sel: the dataset has the swept dim 'lr' (2 values: 0.1, 0.05), which the figure does not draw; "
+        "pass e.g. --sel lr=0.1",
+        ("--sel", "lr=0.3"): "--sel lr=0.3: lr has the values 0.1, 0.05; pass one of them",
+        ("--sel", "lr=fast"): "--sel lr=fast: lr has the values 0.1, 0.05; pass one of them",
+        ("--sel", "method=tsit5"): "--sel method=tsit5: the dataset has no swept dim 'method' (it has ['lr'])",
+        ("--sel", "depth=2"): "--sel must be DIM=VALUE with DIM one of ['flow', 'init', 'method', 'lr']",
+        ("--sel", "lr"): "--sel must be DIM=VALUE",
+        ("--sel", "lr=0.1", "--sel", "lr=0.05"): "--sel gives 'lr' twice ('0.1' and '0.05')",
+    }
+    for args, line in refused.items():
+        target = tmp_path / "refused.png"
+        done = runner.invoke(app, ["plot", str(stores["lr"]), "-k", "loss", *args, "-o", str(target)])
+        assert done.exit_code == 2, (args, done.output)
+        assert done.output.count("\n") == 1 and f"error: {line}" in done.output, (args, done.output)
+        assert not target.exists()
+
+
+def test_cli_info_shows_where_the_tasks_time_went(stores):
+    from typer.testing import CliRunner
+
+    from dlnode.cli import app
+
+    done = CliRunner().invoke(app, ["info", str(stores["lr"])])
+    assert done.exit_code == 0, done.output
+    (record,) = json.loads(dln.open(stores["lr"]).attrs["sweep_runs"])
+    (line,) = [ln for ln in done.output.splitlines() if ln.startswith("run ")]
+    assert f"; {record['tasks_done']} tasks spent " in line
+    assert f"integrate {record['task_seconds']['integrate_s']:g} s" in line
