@@ -262,3 +262,63 @@ def test_probe_not_stiff_at_start(depth, scale):
     stiff_now, reason = stiff.probe(flow, y0, STAGED.arrays())
     assert not stiff_now, reason
     assert "lambda_max" in reason
+
+
+def _state_after_step(x0, x1, t0, t1, f0=None):
+    """A stiff-path state whose last accepted step went from (t0, x0) to (t1, x1): explicit when the field at x0
+    is given, else a Rosenbrock step."""
+    x0, x1 = jnp.asarray(x0, float), jnp.asarray(x1, float)
+    zero = jnp.zeros(())
+    explicit = jnp.asarray(f0 is not None)
+    f0 = jnp.full_like(x0, jnp.nan) if f0 is None else jnp.asarray(f0, float)  # a Rosenbrock step must not read it
+    return stiff._State(x1, jnp.asarray(t1, float), zero, zero, x1, zero, 0, 0, 0, 0, None, 0, False, x0,
+                        jnp.asarray(t0, float), zero, f0, explicit)  # fmt: skip
+
+
+def test_dense_output_is_exact_on_quadratics_and_holds_outside_the_step():
+    a, b, c = np.array([1.0, -2.0]), np.array([0.5, 3.0]), np.array([-1.5, 0.25])
+
+    def x(t):
+        return a + b * t + c * t * t
+
+    t0, t1 = 2.0, 2.7
+    s = _state_after_step(x(t0), x(t1), t0, t1)
+    cubic = _state_after_step(x(t0), x(t1), t0, t1, f0=b + 2 * c * t0)  # after an explicit step
+
+    def field(_):
+        return jnp.asarray(b + 2 * c * t1)  # x'(t1), the only field value the interpolants take
+
+    for t in np.linspace(t0, t1, 8)[1:-1]:
+        np.testing.assert_allclose(np.asarray(stiff.dense(field, s, t)), x(t), rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(np.asarray(stiff.dense(field, cubic, t)), x(t), rtol=1e-14, atol=1e-14)
+    for t in (t0 - 0.1, t1, t1 + 0.1):  # not inside the last step: the state reached
+        np.testing.assert_array_equal(np.asarray(stiff.dense(field, s, t)), x(t1))
+
+
+@pytest.mark.parametrize(("explicit", "order"), [(False, 3), (True, 4)])
+def test_dense_output_error_order_and_bounded_on_a_stiff_component(explicit, order):
+    """O(h³) after a Rosenbrock step (quadratic), O(h⁴) after an explicit one (cubic Hermite): fitted slopes."""
+    errors, hs = [], [0.2, 0.1, 0.05, 0.025]
+    for h in hs:  # x' = −x from x(0) = 1, exact end values: only the interpolant errs
+        s = _state_after_step([1.0], [np.exp(-h)], 0.0, h, f0=[-1.0] if explicit else None)
+        mid = stiff.dense(lambda v: -v, s, h / 3)
+        errors.append(abs(float(mid[0]) - np.exp(-h / 3)))
+    slope = np.polyfit(np.log(hs), np.log(errors), 1)[0]
+    assert abs(slope - order) < 0.1, slope
+    if explicit:
+        return
+    lam, h = 1e6, 1.0  # a component that decayed within the step (h·λ = 1e6): stays within [0, x0], no h·λ
+    s = _state_after_step([1.0], [0.0], 0.0, h)
+    values = [float(stiff.dense(lambda v: -lam * v, s, t)[0]) for t in np.linspace(0, h, 11)[1:-1]]
+    assert all(0 <= v <= 1 for v in values), values
+
+
+def test_save_times_do_not_change_the_steps():
+    """Steps land on the last save time only; the saves between are interpolated. So a grid with twice the saves
+    takes the very same steps, and the saves both grids share are bitwise equal."""
+    fine = np.linspace(0.0, 3.0, 13)
+    coarse_obs, _, coarse_steps = _direct(SMALL, 3, 0.6, [0, 1], TIMES, 1e-6, switching=True)
+    fine_obs, _, fine_steps = _direct(SMALL, 3, 0.6, [0, 1], fine, 1e-6, switching=True)
+    for a, b in zip(coarse_steps, fine_steps, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fine_obs[:, ::2], coarse_obs)
