@@ -12,9 +12,8 @@ components); 3 field evaluations and 4 CG solves per step, each CG started from 
 earlier stage solutions. While accuracy, not stability, limits the step (h·λ_max ≤ `SWITCH`), steps are explicit
 (Dormand–Prince 5(4)), as in LSODA. Time is carried as a compensated two-float sum (t_hi, t_lo), never fed to the
 (autonomous) field, so plateaus of 10¹⁸ time units still resolve steps of order one; steps land exactly on the
-last save time of each window, and the saves between come from a quadratic dense output (`dense`), so dense save
-grids do not cut the steps short; step growth is capped per step and by h·γ·λ_max ≤ `STIFF_CEILING` (a larger
-h·λ_max loses the slow subspace to round-off).
+save times; step growth is capped per step and by h·γ·λ_max ≤ `STIFF_CEILING` (a larger h·λ_max loses the slow
+subspace to round-off).
 
 Why RODAS3 and not Shampine's order-4 method (`SHAMPINE`, kept for the singular path of `dlnode.solvers.singular`, where
 it takes half the steps): measured on the Arora et al. completion (rtol 1e-4 / 1e-6 / 1e-8, same CG tolerance),
@@ -131,11 +130,6 @@ class _State(NamedTuple):
     basis: Any  # the last attempt's stage basis (A-orthonormal rows, their A-products, its h): CG's first guess
     explicit: Any  # accepted explicit steps (of `steps`)
     implicit: Any  # the last step was a Rosenbrock step (hysteresis of the switch)
-    x_prev: Any  # the state where the last accepted step began (dense output on [tp, t])
-    tp_hi: Any  # its time, compensated as t
-    tp_lo: Any
-    f_prev: Any  # the field at x_prev
-    prev_explicit: Any  # the last accepted step was explicit
 
 
 def _two_sum_add(hi: Any, lo: Any, h: Any) -> tuple[Any, Any]:
@@ -221,7 +215,7 @@ def _attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, prev: tuple, tab:
     hv = -jvp(v)
     lam = jnp.abs(jnp.vdot(v, hv))
     v = hv / jnp.maximum(jnp.linalg.norm(hv), jnp.finfo(hv.dtype).tiny)
-    return x1, err, ok, lam, v, iters, (pb, apb, h), f0
+    return x1, err, ok, lam, v, iters, (pb, apb, h)
 
 
 def step_factor(err: Any, ok: Any, order: Any, fails: Any) -> Any:
@@ -261,7 +255,7 @@ def _explicit_attempt(field: Callable, x: Any, h: Any, sc: Any, v: Any, tab: Exp
     err = error_norm(h * (jnp.asarray(tab.e) @ ks) / sc)
     hv = -jvp(v)
     lam = jnp.abs(jnp.vdot(v, hv))
-    return x1, err, lam, hv / jnp.maximum(jnp.linalg.norm(hv), jnp.finfo(hv.dtype).tiny), f0
+    return x1, err, lam, hv / jnp.maximum(jnp.linalg.norm(hv), jnp.finfo(hv.dtype).tiny)
 
 
 def _step(
@@ -281,14 +275,14 @@ def _step(
     sc = c["atol"] + c["rtol"] * jnp.abs(s.x)
 
     def explicit_branch(_):
-        x1, err, lam, v, f0 = _explicit_attempt(field, s.x, h, sc, s.v)
-        return x1, err, jnp.ones((), bool), lam, v, s.basis, f0
+        x1, err, lam, v = _explicit_attempt(field, s.x, h, sc, s.v)
+        return x1, err, jnp.ones((), bool), lam, v, s.basis
 
     def rosenbrock_branch(_):
-        x1, err, ok, lam, v, _, basis, f0 = _attempt(field, s.x, h, sc, s.v, s.basis)
-        return x1, err, ok, lam, v, basis, f0
+        x1, err, ok, lam, v, _, basis = _attempt(field, s.x, h, sc, s.v, s.basis)
+        return x1, err, ok, lam, v, basis
 
-    x1, err, ok, lam, v, basis, f0 = jax.lax.cond(explicit, explicit_branch, rosenbrock_branch, None)
+    x1, err, ok, lam, v, basis = jax.lax.cond(explicit, explicit_branch, rosenbrock_branch, None)
     accept = ok & jnp.isfinite(err) & (err <= 1.0) & jnp.all(jnp.isfinite(x1))
     order = jnp.where(explicit, DOPRI5.order, TABLEAU.order)
     fac = step_factor(err, ok, order, s.fails)
@@ -305,40 +299,7 @@ def _step(
         pick(x1, s.x), pick(t_hi, s.t_hi), pick(t_lo, s.t_lo), h_next, v, lam,
         s.steps + accept, s.rejected + (1 - accept), fails, status.astype(s.status.dtype), basis,
         s.explicit + (accept & explicit), jnp.where(s.status == 0, ~explicit, s.implicit),
-        pick(s.x, s.x_prev), pick(s.t_hi, s.tp_hi), pick(s.t_lo, s.tp_lo), pick(f0, s.f_prev),
-        pick(explicit, s.prev_explicit),
     )  # fmt: skip
-
-
-def dense(field: Callable, s: _State, target: Any) -> Any:
-    """The state at `target` when it lies inside the last accepted step [tp, t], else the state reached.
-
-    After an explicit step (h·λ_max ≤ `EXPLICIT_STABLE`: not stiff) the cubic Hermite interpolant through x₀, x₁
-    and the field at both, error O(h⁴). After a Rosenbrock step the quadratic p(θ) = x₁ − (1−θ)h f(x₁) +
-    (1−θ)²(x₀ − x₁ + h f(x₁)) through x₀, x₁ and the field at x₁, error O(h³), the order of the accepted local
-    error estimate (RODAS3's embedded method has order 2). It takes no field value at x₀, so it stays bounded on
-    stiff components: a component that decays within the step (x₁ ≈ 0, f(x₁) ≈ 0) is interpolated as (1−θ)² x₀,
-    where the cubic would carry h f(x₀), i.e. the step's h·λ (up to `STIFF_CEILING`), into the saved values.
-    """
-    span = (s.t_hi - s.tp_hi) + (s.t_lo - s.tp_lo)
-    back = (s.t_hi - target) + s.t_lo  # t − target: how far the last step went past the save time
-    inside = (back > 0) & (back < span)
-
-    def interpolate(_):
-        h, x0, x1 = span, s.x_prev, s.x
-        f1 = field(x1)
-        w = back / jnp.where(inside, span, 1.0)  # 1 − θ
-        quadratic = x1 - w * h * f1 + w * w * (x0 - x1 + h * f1)
-        theta = 1.0 - w  # Hermite basis on θ ∈ [0, 1]
-        cubic = (
-            ((1 + 2 * theta) * w * w) * x0
-            + (theta * w * w * h) * s.f_prev
-            + (theta * theta * (3 - 2 * theta)) * x1
-            - (theta * theta * w * h) * f1
-        )
-        return jnp.where(s.prev_explicit, cubic, quadratic)
-
-    return jax.lax.cond(inside, interpolate, lambda _: s.x, None)
 
 
 def _initial_state(field: Callable, x0: Any, c: dict) -> _State:
@@ -352,8 +313,7 @@ def _initial_state(field: Callable, x0: Any, c: dict) -> _State:
     h0 = jnp.minimum(jnp.minimum(h0, c["t1"]), STIFF_CEILING / (TABLEAU.gamma * jnp.maximum(lam, 1e-300)))
     zero, izero = jnp.zeros((), x0.dtype), jnp.zeros((), jnp.int64)
     basis = (jnp.zeros((len(TABLEAU.m), *x0.shape), x0.dtype),) * 2 + (h0,)
-    no = jnp.zeros((), bool)
-    return _State(x0, zero, zero, h0, v, lam, izero, izero, izero, izero, basis, izero, no, x0, zero, zero, f0, no)
+    return _State(x0, zero, zero, h0, v, lam, izero, izero, izero, izero, basis, izero, jnp.zeros((), bool))
 
 
 def _check_flow(flow: Flow) -> str | None:
@@ -371,10 +331,9 @@ def make_batch(flow: Flow, switching: bool = True, counts: bool = False) -> tupl
 
     ``start(y0, arrays, c) -> state``; ``window(state, arrays, ts, c) -> (observables at ts, observables at the
     state reached, state)``: Rosenbrock (`TABLEAU`) steps, and explicit (`DOPRI5`) steps while the batch is not
-    stiff (`SWITCH`), landing on the window's last save time (the others by `dense`), until each cell is done,
-    reached ts[-1], or spent ``c["window_steps"]`` attempts in the window (or ``c["max_steps"]`` in all);
-    ``final(state) -> layers``. `switching=False` takes Rosenbrock steps only; `counts=True` reports accepted
-    explicit steps in the state.
+    stiff (`SWITCH`), landing on every save time, until each cell is done, reached ts[-1], or spent
+    ``c["window_steps"]`` attempts in the window (or ``c["max_steps"]`` in all); ``final(state) -> layers``.
+    `switching=False` takes Rosenbrock steps only; `counts=True` reports accepted explicit steps in the state.
 
     Raises
     ------
@@ -411,7 +370,6 @@ def _batch(flow: Flow, switching: bool = True, counts: bool = False) -> tuple[Ca
         args, loss0 = st["args"], st["loss0"]
         field, loss, unravel = closures(st["y_like"], args)
         spent = st["s"].steps + st["s"].rejected
-        ts = jnp.asarray(ts, st["s"].x.dtype)
 
         def advance(s: _State, target: Any) -> tuple[_State, dict]:
             def cond(s):
@@ -419,13 +377,13 @@ def _batch(flow: Flow, switching: bool = True, counts: bool = False) -> tuple[Ca
                 budget = (attempts < c["max_steps"]) & (attempts - spent < c["window_steps"])
                 return (s.status == 0) & ((target - s.t_hi) - s.t_lo > 0) & budget
 
-            def body(s):  # steps land on the window's last save time only; the others are dense output
-                return _step(field, loss, loss0, arrays["loss_min"], c, ts[-1], s, batch_max)
+            def body(s):
+                return _step(field, loss, loss0, arrays["loss_min"], c, target, s, batch_max)
 
             s = jax.lax.while_loop(cond, body, s)
-            return s, flow.observe(unravel(dense(field, s, target)), args)
+            return s, flow.observe(unravel(s.x), args)
 
-        s, obs = jax.lax.scan(advance, st["s"], ts)
+        s, obs = jax.lax.scan(advance, st["s"], jnp.asarray(ts, st["s"].x.dtype))
         return obs, flow.observe(unravel(s.x), args), dict(st, s=s)
 
     def final(st: dict) -> Any:
