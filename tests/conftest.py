@@ -9,7 +9,6 @@ from pathlib import Path
 os.environ.setdefault("DLNODE_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".cache" / "jax-tests"))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from dlnode.solvers import core  # noqa: E402
@@ -22,6 +21,5 @@ def _release_compiled_code():
     test_resume alone); kept for the whole suite they passed the kernel's limit on mappings per process
     (vm.max_map_count, 65,530 by default) and a compilation late in the run crashed with a segmentation fault."""
     yield
-    core._COMPILED.clear()
-    jax.clear_caches()
+    core.release_compiled()
     gc.collect()

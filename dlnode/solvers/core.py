@@ -7,6 +7,7 @@ user asked for, and *converged* only when the loss criterion held.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import time
@@ -134,7 +135,13 @@ class Method:
 
 # Seconds spent compiling, summed over every `call`: the driver reports compile time apart from run time.
 COMPILE = {"seconds": 0.0}
-_COMPILED: dict = {}
+# Compiled executables kept in memory. XLA maps each executable's code into memory, and a process that compiles
+# without end (a notebook, a sweep worker going through many shapes) would pass the kernel's limit of 65,530
+# mappings per process and crash. Past COMPILED_MAX, the least recently used half is dropped, with JAX's own
+# caches (`jax.clear_caches`, which hold executables too): a dropped one comes back from JAX's persistent cache when
+# it is needed again, and other jitted functions of the process are traced again on their next call.
+COMPILED_MAX = 48
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
 
 
 def batched(start: Any, window: Any, final: Any) -> tuple[Any, Any, Any]:
@@ -147,6 +154,13 @@ def batched(start: Any, window: Any, final: Any) -> tuple[Any, Any, Any]:
     )
 
 
+def release_compiled(keep: int = 0) -> None:
+    """Drop compiled executables but the `keep` most recently used, and JAX's own caches (see `COMPILED_MAX`)."""
+    while len(_COMPILED) > keep:
+        _COMPILED.popitem(last=False)
+    jax.clear_caches()
+
+
 def call(fn: Any, *args: Any) -> Any:
     """Run the jitted `fn` on `args`, compiling ahead of time once per abstract signature (timed in `COMPILE`)."""
     leaves, treedef = jax.tree_util.tree_flatten(args)
@@ -157,4 +171,8 @@ def call(fn: Any, *args: Any) -> Any:
         compiled = fn.lower(*args).compile()
         COMPILE["seconds"] += time.perf_counter() - start
         _COMPILED[key] = compiled
+        if len(_COMPILED) > COMPILED_MAX:
+            release_compiled(keep=COMPILED_MAX // 2)
+    else:
+        _COMPILED.move_to_end(key)
     return compiled(*args)
