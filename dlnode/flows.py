@@ -170,6 +170,7 @@ def _summary(w: Any, e: Any, problem_cls: type, arrays: dict) -> dict[str, Any]:
     }
 
 
+@cache
 def _layer_flow(problem_cls: type, save_weights: bool, modified: bool) -> Flow:
     grad_fn = problem_cls.grad_fn
 
@@ -202,9 +203,8 @@ def _layer_flow(problem_cls: type, save_weights: bool, modified: bool) -> Flow:
     return Flow("modified" if modified else "layers", field, loss, observe, prepare, problem_cls=problem_cls)
 
 
+@cache
 def _end_to_end_flow(problem_cls: type, depth: float) -> Flow:
-    depth = math.inf if math.isinf(depth) else int(depth)
-
     def field(t: Any, w: Any, args: dict) -> Any:
         return end_to_end_field(w, problem_cls.grad_fn(w, args["problem"]), depth, rescale=True)
 
@@ -227,12 +227,13 @@ def _end_to_end_flow(problem_cls: type, depth: float) -> Flow:
                 symmetric_jacobian=False, end_to_end=True, rescaled_time=True, problem_cls=problem_cls)  # fmt: skip
 
 
-@cache
 def get_flow(name: str, problem_cls: type, depth: float, save_weights: bool = False) -> Flow:
-    """The (cached) Flow of a kind for a problem class; `depth` matters only for ``end_to_end``."""
+    """The Flow of a kind for a problem class; `depth` matters only for ``end_to_end``. Cached on what matters,
+    normalised (depth 2 and 2.0 are one flow, and every depth one layer flow), so that equal flows share their
+    compiled solvers."""
     if name == "end_to_end":
-        return _end_to_end_flow(problem_cls, depth)
-    return _layer_flow(problem_cls, save_weights, modified=name == "modified")
+        return _end_to_end_flow(problem_cls, math.inf if math.isinf(depth) else int(depth))
+    return _layer_flow(problem_cls, bool(save_weights), name == "modified")
 
 
 def flat_problem(problem_cls: type) -> tuple[Callable, Callable]:

@@ -89,3 +89,17 @@ def test_auto_takes_the_stiff_path_for_small_init_deep_flows():
     ds = dln.integrate(prob, depth=4, scale=0.05, t1=1.0, saveat=5, progress=False)
     assert ds.attrs["method"] == "rosenbrock"
     assert "predicted plateau stiffness" in ds.attrs["method_reason"]
+
+
+def test_equal_flows_are_one_flow_and_share_compiled_solvers():
+    """get_flow is cached on what defines the flow: depth 2 and 2.0 are one end-to-end flow, and the layer flow is
+    one for every depth (an extra Flow object would compile every solver again)."""
+    from dlnode.flows import get_flow
+
+    cls = dln.Factorization
+    assert get_flow("layers", cls, 2) is get_flow("layers", cls, 2.0, False) is get_flow("layers", cls, 7, 0)
+    assert get_flow("layers", cls, 2, True) is not get_flow("layers", cls, 2)  # it observes the weights too
+    assert get_flow("modified", cls, 2) is not get_flow("layers", cls, 2)
+    assert get_flow("end_to_end", cls, 2) is get_flow("end_to_end", cls, 2.0)
+    assert get_flow("end_to_end", cls, float("inf")) is get_flow("end_to_end", cls, np.inf)
+    assert get_flow("end_to_end", cls, 3) is not get_flow("end_to_end", cls, 2)
