@@ -19,13 +19,11 @@ __all__ = ["sigint_flag"]
 @contextlib.contextmanager
 def sigint_flag() -> Iterator[dict]:
     """Within the block, Ctrl-C sets flag["hit"] instead of raising; a second Ctrl-C raises KeyboardInterrupt (the
-    user gives up waiting). Main thread only (elsewhere nothing changes); a SIGINT that is ignored stays ignored;
-    the previous handler is restored on leaving."""
+    user gives up waiting). Main thread only (elsewhere nothing changes); the previous handler is restored on
+    leaving. The flag is set up even where SIGINT was ignored (a process a shell started in the background
+    inherits that), so a SIGINT sent to a run stops it wherever the process was started."""
     flag = {"hit": False}
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
-        signal.SIG_IGN,
-        None,
-    ):
+    if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 

@@ -150,8 +150,12 @@ def test_killed_worker_mid_task_every_cell_once(client, reference, tmp_path):
 
 
 def _cli(args, **kwargs):
-    return subprocess.Popen([sys.executable, "-c", "from dlnode.cli import main; main()", *args], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+    """`dlnode ARGS` as from a terminal: a process a shell starts in the background inherits SIGINT ignored, and
+    so would this one when the suite runs so; a terminal's foreground command has the default handler."""
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "from dlnode.cli import main; main()")  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
 
 
 def _done(path) -> int:
@@ -249,12 +253,12 @@ class _Completed:
 def test_a_ctrl_c_inside_a_finaliser_still_stops_the_wait():
     from dlnode.sweep import _until_interrupted
 
-    seen = []
+    seen, before = [], signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         for result in _until_interrupted(_Completed(5)):
             seen.append(result)
     assert seen == [4, 3, 2]  # the poll that received the SIGINT hands over its result, then the wait stops
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before is back
+    assert signal.getsignal(signal.SIGINT) is before  # the handler before is back
 
 
 def test_changed_config_and_foreign_directories_are_refused(client, tmp_path):
