@@ -217,9 +217,7 @@ def _select(ds, wanted: dict[str, str]):  # noqa: ANN001, ANN202
     """`ds` at the --sel values (lazily); one line for a dim the dataset lacks, a value it lacks, or a swept dim of
     several values left unselected (the figures draw one value of each)."""
     from dlnode.dataset import GRID_DIMS
-
-    def shown(values) -> str:  # noqa: ANN001
-        return ", ".join(f"{v:g}" if isinstance(v, float | np.floating) else str(v) for v in values)
+    from dlnode.store import shown_values as shown
 
     where = {}
     for dim, text in wanted.items():

@@ -336,6 +336,11 @@ def status_counts(status: np.ndarray) -> dict[str, int]:
     return {s.meaning: int((status == s).sum()) for s in Status if (status == s).any()}
 
 
+def shown_values(values: Any) -> str:
+    """Coordinate values as a user reads them: floats in %g, the rest as text, comma-separated."""
+    return ", ".join(f"{v:g}" if isinstance(v, float | np.floating) else str(v) for v in values)
+
+
 def describe(path: str | os.PathLike) -> str:
     """What `dlnode info` prints for a sweep store: grid, cells done and pending by status, provenance."""
     ds = open_store(path)
@@ -345,7 +350,7 @@ def describe(path: str | os.PathLike) -> str:
     run_dims = [d for d in ds["status"].dims]
     for dim in run_dims:
         values = ds[dim].values
-        shown = ", ".join(f"{v:g}" if isinstance(v, float | np.floating) else str(v) for v in values[:12])
+        shown = shown_values(values[:12])
         lines.append(f"grid {dim} ({len(values)}): {shown}{', ...' if len(values) > 12 else ''}")
     for name in EXTRA_AXES:
         if name not in run_dims:
