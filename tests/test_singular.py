@@ -17,7 +17,7 @@ from scipy.integrate import quad
 import dlnode as dln
 from dlnode.endtoend import end_to_end_field
 from dlnode.flows import get_flow
-from dlnode.solvers import auto, singular
+from dlnode.solvers import TRACE_COUNT, auto, singular
 
 TARGET_SV = np.array([3.0, 2.0, 1.0, 0.5, 0.0, 0.0])
 # Escape times at rtol 1e-9 against the quadrature of the scalar law: the saves bracket each predicted time on a grid
@@ -50,6 +50,39 @@ def test_coordinate_field_is_the_end_to_end_field(m, n, depth):
     expected = np.asarray(end_to_end_field(w, gradient(w), depth))
     np.testing.assert_allclose(w_dot, expected, atol=1e-13 * np.abs(expected).max())
     np.testing.assert_array_equal(np.asarray(om_u), -np.asarray(om_u).T)
+
+
+@pytest.mark.parametrize(("m", "n"), [(5, 5), (6, 4), (4, 6)])
+@pytest.mark.parametrize("depth", [2, 3, 7, math.inf])
+def test_rate_from_coordinates_is_the_end_to_end_energy(m, n, depth):
+    """−dℓ/dτ = Σ_ik (a_ik/N) (UᵀEV)_ik² from ln σ alone equals ⟨E, −F⟩ for the W-space field F, with a tie (two
+    equal σ, where the closed form is 0/0) and, for a rectangular W, the zero modes of the padding."""
+    rng = np.random.default_rng(3)
+    u, v = _frames(rng, m, n)
+    s = np.sort(rng.uniform(0.1, 2.0, min(m, n)))[::-1]
+    s[2] = s[1]
+    w = (u[:, : len(s)] * s) @ v[:, : len(s)].T
+    e = rng.normal(size=(m, n))
+    g = u.T @ e @ v
+    weights = singular.operator_weights(jnp.log(s), m, n, singular.depth_power(depth))
+    rate = float(jnp.sum(weights * g * g))
+    expected = -float(np.sum(e * np.asarray(end_to_end_field(w, e, depth))))
+    assert rate == pytest.approx(expected, rel=1e-12)
+
+
+def test_one_compiled_solver_serves_every_depth():
+    """Depth is a traced number of the singular path: depths 2, 3 and ∞ of one shape trace its solver once, and the
+    product at each depth is the one a run of that depth alone gives."""
+    prob = dln.MatrixCompletion.random((5, 5), 2, 18, seed=4)
+    kw = _balanced_product(method="rosenbrock", t1=30.0, saveat=6, rtol=1e-8, atol=1e-13)
+    singular._batch.cache_clear()
+    before = TRACE_COUNT["n"]
+    together = dln.integrate(prob, **{**kw, "depth": [2, 3, "inf"]})
+    assert TRACE_COUNT["n"] - before == 2  # start and window, once for the three depths
+    for k, depth in enumerate([2, 3, "inf"]):
+        alone = dln.integrate(prob, **{**kw, "depth": depth})
+        np.testing.assert_array_equal(together["product"].isel(depth=k).values, alone["product"].isel(depth=0).values)
+    assert TRACE_COUNT["n"] - before == 2
 
 
 def test_cayley_chart_velocity_moves_the_frame_by_omega():

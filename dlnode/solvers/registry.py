@@ -35,8 +35,7 @@ def _rosenbrock_supports(flow: Flow) -> str | None:
 
 def _rosenbrock_start(flow: Flow, y0: Any, arrays: dict, c: dict) -> Any:
     if flow.end_to_end:
-        coords = singular.initial_coordinates(flow, np.asarray(y0), arrays)
-        return call(singular.make_batch(flow)[0], coords, arrays, c)
+        return singular.start(flow, np.asarray(y0), arrays, c)
     return call(rosenbrock.make_batch(flow)[0], y0, arrays, c)
 
 

@@ -24,7 +24,8 @@ preconditioned by the part of J that is local to each pair (i, k) of singular ve
 (`local_jacobian`): with ∇²ℓ ≈ p I it is a 2 × 2 block per pair whose p-part is the end-to-end operator's weight
 a_ik/N — the operator is diagonal in the singular bases — and whose G-part carries the fast turning of frames with
 nearly equal σ. Tableau, step control, compensated time and landing on the save times are those of
-`dlnode.solvers.rosenbrock`.
+`dlnode.solvers.rosenbrock`. Depth enters only through c = 2/N (0 at depth ∞: D_ik = 2σ_k^c(e^{c(ln σ_i − ln σ_k)} −
+1)/c tends to 2(ln σ_i − ln σ_k)), a traced number in the state, so one compiled solver serves every depth of a shape.
 
 Ties. ``balanced`` and ``decoupled`` inits start with equal σ, where the frames are not defined; inside each cluster
 of equal σ they are taken as the eigenvectors of the symmetric part of G, the limit of the SVD frames as τ → 0⁺.
@@ -49,14 +50,22 @@ import numpy as np
 
 from ..flows import Flow
 from ..validation import check_singular_depths
-from .core import TRACE_COUNT, batched
+from .core import TRACE_COUNT, batched, call
 from .rosenbrock import SHAMPINE, error_norm, settle, step_factor
 
 # Shampine's order-4 method, not the layer path's RODAS3: on the depth-8 factorisation (σ(0) = 1e-24) RODAS3 took
 # 5833 steps and 7.3 s where this takes 2793 and 2.9 s (rtol 1e-7, measured).
 TABLEAU = SHAMPINE
 
-__all__ = ["initial_coordinates", "make_batch", "singular_field", "unknowns"]
+__all__ = [
+    "depth_power",
+    "initial_coordinates",
+    "make_batch",
+    "operator_weights",
+    "singular_field",
+    "start",
+    "unknowns",
+]
 
 TIE_RTOL = 1e-9  # singular values closer than this (relatively) at t = 0 form one cluster
 # Above this many unknowns the stage systems are solved matrix-free (GMRES on Jacobian-vector products with the
@@ -81,11 +90,48 @@ class _State(NamedTuple):
     status: Any
 
 
+def depth_power(depth: float) -> float:
+    """c = 2/N, the exponent through which depth enters the flow in singular coordinates (0 at depth ∞). The solver
+    carries it as a traced number, so one compiled solver serves every depth of a shape."""
+    return 0.0 if math.isinf(depth) else 2.0 / float(depth)
+
+
+def _exprel(z: Any) -> Any:
+    """(e^z − 1)/z, 1 at z = 0, accurate for every z (and differentiable through the small-|z| branch)."""
+    small = jnp.abs(z) < 1e-8
+    z_safe = jnp.where(small, 1.0, z)
+    return jnp.where(small, 1.0 + 0.5 * z, jnp.expm1(z_safe) / z_safe)
+
+
+def _pair_gaps(lp: Any, valid: Any, c: Any) -> tuple[Any, Any]:
+    """(D, keep): D_ik = N(σ_i^{2/N} − σ_k^{2/N}) with c = 2/N (2(ln σ_i − ln σ_k) at c = 0, depth ∞) over the padded
+    ln σ `lp`, and the pairs where Ω is nonzero: not both zero modes (at depth ∞: both nonzero), D ≠ 0, i ≠ k.
+
+    Both nonzero: D = 2 σ_k^c (e^{cΔ} − 1)/c, Δ = ln σ_i − ln σ_k, which is 2Δ at c = 0; one zero mode:
+    D = ±(2/c) σ^c (unused at depth ∞). One formula for every depth: the selection is on the scalar c only."""
+    vi, vk = valid[:, None], valid[None, :]
+    both = vi & vk
+    at_infinity = c == 0
+    inv = jnp.where(at_infinity, 0.0, 1.0 / jnp.where(at_infinity, 1.0, c))
+    delta = lp[:, None] - lp[None, :]
+    pw = jnp.exp(c * lp)
+    d_both = 2.0 * pw[None, :] * (jnp.expm1(c * delta) * inv + at_infinity * delta)
+    pv = jnp.where(valid, pw, 0.0)
+    d = jnp.where(both, d_both, 2.0 * inv * (pv[:, None] - pv[None, :]))
+    keep = (both | ((vi | vk) & ~at_infinity)) & ~jnp.eye(lp.shape[0], dtype=bool) & (d != 0)
+    return d, keep
+
+
 def singular_field(u: Any, v: Any, ell: Any, gradient: Callable[[Any], Any], depth: float) -> tuple:
     """(Ω_U, Ω_V, d ln σ/dτ, W) of the rescaled balanced end-to-end flow at W = U[:, :r] diag(e^ℓ) V[:, :r]ᵀ.
 
     `gradient(W)` is ∇ℓ(W); `depth` an integer ≥ 2 or inf. Ω_U, Ω_V are skew (m × m, n × n).
     """
+    return _field(u, v, ell, gradient, depth_power(depth))
+
+
+def _field(u: Any, v: Any, ell: Any, gradient: Callable[[Any], Any], c: Any) -> tuple:
+    """`singular_field` with depth given as c = 2/N (traced)."""
     m, n, r = u.shape[0], v.shape[0], ell.shape[0]
     p_dim = max(m, n)
     s = jnp.exp(ell)
@@ -95,20 +141,8 @@ def singular_field(u: Any, v: Any, ell: Any, gradient: Callable[[Any], Any], dep
     valid = jnp.arange(p_dim) < r
     sp = jnp.zeros(p_dim, s.dtype).at[:r].set(s)
     lp = jnp.zeros(p_dim, s.dtype).at[:r].set(ell)
-    vi, vk = valid[:, None], valid[None, :]
-    both = vi & vk
-    if math.isinf(depth):
-        d = 2.0 * (lp[:, None] - lp[None, :])
-        keep = both
-        rate = s
-    else:
-        c = 2.0 / depth
-        d_both = depth * jnp.exp(c * lp[None, :]) * jnp.expm1(c * (lp[:, None] - lp[None, :]))
-        p = jnp.where(valid, jnp.exp(c * lp), 0.0)
-        d = jnp.where(both, d_both, depth * (p[:, None] - p[None, :]))
-        keep = vi | vk
-        rate = jnp.exp((1.0 - c) * ell)
-    keep = keep & ~jnp.eye(p_dim, dtype=bool) & (d != 0)
+    d, keep = _pair_gaps(lp, valid, c)
+    rate = jnp.exp((1.0 - c) * ell)
     d_safe = jnp.where(keep, d, 1.0)
     om_u = jnp.where(keep, (gp * sp[None, :] + sp[:, None] * gp.T) / d_safe, 0.0)
     om_v = jnp.where(keep, (sp[:, None] * gp + gp.T * sp[None, :]) / d_safe, 0.0)
@@ -116,6 +150,23 @@ def singular_field(u: Any, v: Any, ell: Any, gradient: Callable[[Any], Any], dep
     om_u, om_v = jnp.where(upper, om_u, 0.0), jnp.where(upper, om_v, 0.0)
     om_u, om_v = om_u - om_u.T, om_v - om_v.T  # skew by construction (D is antisymmetric up to round-off)
     return om_u[:m, :m], om_v[:n, :n], -jnp.diagonal(g)[:r] * rate, w
+
+
+def operator_weights(ell: Any, m: int, n: int, c: Any) -> Any:
+    """The m × n weights a_ik/N of the end-to-end operator in the singular bases, (U^T A_N(E) V)_ik / N = a_ik G_ik / N
+    (docs/math.md §5), from ln σ (length r) and c = 2/N; a^∞ at c = 0.
+
+    Both nonzero: a_ik/N = (σ_i² − σ_k²)/D_ik = σ_max^{2−c} φ(2Δ)/φ(cΔ), φ(z) = (e^z − 1)/z, Δ = −|ln σ_i − ln σ_k|
+    (σ_i^{2−c} on the diagonal); one zero mode: σ^{2−c} c/2 (0 at depth ∞); two: 0."""
+    r, k = ell.shape[0], max(m, n)
+    valid = jnp.arange(k) < r
+    lp = jnp.zeros(k, ell.dtype).at[:r].set(ell)
+    top = jnp.maximum(lp[:, None], lp[None, :])
+    delta = -jnp.abs(lp[:, None] - lp[None, :])
+    both = jnp.exp((2.0 - c) * top) * _exprel(2.0 * delta) / _exprel(c * delta)
+    one = 0.5 * c * jnp.exp((2.0 - c) * jnp.where(valid, lp, -jnp.inf))
+    weights = jnp.where(valid[:, None] & valid[None, :], both, one[:, None] + one[None, :])
+    return weights[:m, :n]
 
 
 def _cayley(a: Any) -> Any:
@@ -157,17 +208,17 @@ class _Chart(NamedTuple):
         a, b, ell = self.split(z)
         return u0 @ _cayley(a), v0 @ _cayley(b), ell
 
-    def field(self, z: Any, u0: Any, v0: Any, gradient: Callable, depth: float, at_origin: bool = False) -> Any:
-        """dz/dτ in the chart. `at_origin`: a function with the same value and first derivative at A = B = 0 (the
-        Cayley map cay(A) = I + A + O(A²) and (I + A/2)Ω(I − A/2) = Ω + ½[A, Ω] + O(A²)), cheaper to differentiate:
-        no linear solves in the n Jacobian tangents."""
+    def field(self, z: Any, u0: Any, v0: Any, gradient: Callable, c: Any, at_origin: bool = False) -> Any:
+        """dz/dτ in the chart, depth given as c = 2/N (`depth_power`). `at_origin`: a function with the same value
+        and first derivative at A = B = 0 (the Cayley map cay(A) = I + A + O(A²) and (I + A/2)Ω(I − A/2) =
+        Ω + ½[A, Ω] + O(A²)), cheaper to differentiate: no linear solves in the n Jacobian tangents."""
         a, b, ell = self.split(z)
         if at_origin:
             eye_m, eye_n = jnp.eye(self.m, dtype=z.dtype), jnp.eye(self.n, dtype=z.dtype)
-            om_u, om_v, dell, _ = singular_field(u0 @ (eye_m + a), v0 @ (eye_n + b), ell, gradient, depth)
+            om_u, om_v, dell, _ = _field(u0 @ (eye_m + a), v0 @ (eye_n + b), ell, gradient, c)
             da, db = om_u + 0.5 * (a @ om_u - om_u @ a), om_v + 0.5 * (b @ om_v - om_v @ b)
         else:
-            om_u, om_v, dell, _ = singular_field(u0 @ _cayley(a), v0 @ _cayley(b), ell, gradient, depth)
+            om_u, om_v, dell, _ = _field(u0 @ _cayley(a), v0 @ _cayley(b), ell, gradient, c)
             da, db = _chart_velocity(a, om_u), _chart_velocity(b, om_v)
         return jnp.concatenate([da[np.triu_indices(self.m, 1)], db[np.triu_indices(self.n, 1)], dell])
 
@@ -201,7 +252,7 @@ def _attempt(field: Callable, z0: Any, h: Any, sc: Any, origin_field: Callable) 
     return z1, error_norm((jnp.asarray(tab.e) @ us) / sc)
 
 
-def local_jacobian(chart: _Chart, u: Any, v: Any, ell: Any, gradient: Callable, depth: float, p: Any) -> tuple:
+def local_jacobian(chart: _Chart, u: Any, v: Any, ell: Any, gradient: Callable, c: Any, p: Any) -> tuple:
     """The part of J = ∂(dz/dτ)/∂z at the chart origin that is local to each pair and to each ln σ_i, for
     ∇²ℓ ≈ p I (p its mean eigenvalue): (λ₊, λ₋, ρ_A, ρ_B, ρ_ℓ).
 
@@ -222,17 +273,7 @@ def local_jacobian(chart: _Chart, u: Any, v: Any, ell: Any, gradient: Callable, 
     gd = jnp.zeros(k, s.dtype).at[: min(m, n)].set(jnp.diagonal(g))
     sp = jnp.zeros(k, s.dtype).at[:r].set(s)
     lp = jnp.zeros(k, s.dtype).at[:r].set(ell)
-    valid = jnp.arange(k) < r
-    both = valid[:, None] & valid[None, :]
-    if math.isinf(depth):
-        d = 2.0 * (lp[:, None] - lp[None, :])
-        keep, c = both, 0.0
-    else:
-        c = 2.0 / depth
-        pw = jnp.where(valid, jnp.exp(c * lp), 0.0)
-        d = depth * (pw[:, None] - pw[None, :])
-        keep = valid[:, None] | valid[None, :]
-    keep = keep & (d != 0)
+    d, keep = _pair_gaps(lp, jnp.arange(k) < r, c)
     d_safe = jnp.where(keep, d, 1.0)
     si, sk, gi, gk = sp[:, None], sp[None, :], gd[:, None], gd[None, :]
     plus = jnp.where(keep, (si + sk) * ((gi - gk) - p * (si - sk)) / d_safe, 0.0)
@@ -364,17 +405,24 @@ def make_batch(flow: Flow) -> tuple[Callable, Callable, Callable]:
     """Jitted, vmapped (start, window, final) functions for a batch of (U, ln σ, V) (see `initial_coordinates`):
     Rosenbrock steps in singular coordinates, with the same window contract as `rosenbrock.make_batch` and the
     saved singular values taken from ln σ (exact down to any size) instead of an SVD of W; ``final`` gives W.
+
+    One set serves every depth of a problem class: ``start`` reads the depth as ``c["depth_power"]`` = 2/N (0 at
+    depth ∞, see `depth_power`), a traced number that the state carries on; `start` below supplies it.
     """
     reason = check(flow)
     if reason:
         raise ValueError(reason)
-    return _batch(flow)
+    return _batch(flow.problem_cls)
+
+
+def start(flow: Flow, w0: np.ndarray, arrays: dict, c: dict) -> dict:
+    """The batch state of `make_batch` for end-to-end matrices w0 (B, m, n) under `flow` (its depth included)."""
+    coords = initial_coordinates(flow, w0, arrays)
+    return call(make_batch(flow)[0], coords, arrays, {**c, "depth_power": np.float64(depth_power(flow.depth))})
 
 
 @cache
-def _batch(flow: Flow) -> tuple[Callable, Callable, Callable]:
-    depth = flow.depth
-
+def _batch(problem_cls: type) -> tuple[Callable, Callable, Callable]:
     def product(u, v, ell):
         return (u[:, : ell.shape[0]] * jnp.exp(ell)) @ v[:, : ell.shape[0]].T
 
@@ -382,37 +430,48 @@ def _batch(flow: Flow) -> tuple[Callable, Callable, Callable]:
         chart = _Chart(u0.shape[0], v0.shape[0], ell0.shape[0])
 
         def gradient(w):
-            return flow.gradient(w, arrays)
+            return problem_cls.grad_fn(w, arrays)
 
         return chart, gradient
+
+    def loss(w: Any, arrays: dict) -> Any:
+        return problem_cls.loss_fn(w, arrays)
 
     def start(y0: tuple, arrays: dict, c: dict) -> dict:
         TRACE_COUNT["n"] += 1
         u0, ell0, v0 = y0
         chart, gradient = parts(u0, v0, ell0, arrays)
-        args = flow.prepare(None, arrays, c)
+        power = c["depth_power"]
         qa, qb = chart.sizes
         sc = c["atol"] + c["rtol"]
         z0 = jnp.concatenate([jnp.zeros(qa + qb, ell0.dtype), ell0])
-        f0 = chart.field(z0, u0, v0, gradient, depth)
+        f0 = chart.field(z0, u0, v0, gradient, power)
         h0 = jnp.minimum(0.01 / jnp.maximum(error_norm(f0 / sc), 1e-300), c["t1"])
         zero, izero = jnp.zeros((), ell0.dtype), jnp.zeros((), jnp.int64)
         state = _State(u0, v0, ell0, zero, zero, h0, izero, izero, izero, izero)
-        p = mean_hessian(flow.problem_cls, arrays, (u0.shape[0], v0.shape[0]))
-        return {"s": state, "args": args, "loss0": flow.loss(product(u0, v0, ell0), args), "p": p}
+        p = mean_hessian(problem_cls, arrays, (u0.shape[0], v0.shape[0]))
+        return {"s": state, "loss0": loss(product(u0, v0, ell0), arrays), "p": p, "depth_power": power}
 
     def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
         TRACE_COUNT["n"] += 1
-        args, loss0, s0 = st["args"], st["loss0"], st["s"]
+        loss0, s0, power = st["loss0"], st["s"], st["depth_power"]
         chart, gradient = parts(s0.u, s0.v, s0.ell, arrays)
         qa, qb = chart.sizes
         sc = c["atol"] + c["rtol"]
         spent = s0.steps + s0.rejected
 
         def observe(s: _State) -> dict:
-            out = flow.observe(product(s.u, s.v, s.ell), args)
-            out["singular_values"] = jnp.sort(jnp.exp(s.ell))[::-1]
-            return out
+            """The observables of the end-to-end flow (`dlnode.flows`), from the coordinates: σ from ln σ (exact
+            down to any size), and the rate −dℓ/dτ = Σ_ik (a_ik/N) G_ik² without an SVD of W."""
+            w = product(s.u, s.v, s.ell)
+            e = gradient(w)
+            g = s.u.T @ e @ s.v
+            rate = jnp.sum(operator_weights(s.ell, chart.m, chart.n, power) * g * g)
+            return {
+                "loss": problem_cls.loss_from_grad(w, e, arrays), "product": w,
+                "singular_values": jnp.sort(jnp.exp(s.ell))[::-1], "grad_norm": jnp.sqrt(jnp.maximum(rate, 0.0)),
+                "balancedness": jnp.full((), jnp.nan, w.dtype),
+            }  # fmt: skip
 
         def step(s: _State, target: Any) -> _State:
             rem = (target - s.t_hi) - s.t_lo
@@ -420,14 +479,14 @@ def _batch(flow: Flow) -> tuple[Callable, Callable, Callable]:
             land = s.h >= rem
 
             def field(z):
-                return chart.field(z, s.u, s.v, gradient, depth)
+                return chart.field(z, s.u, s.v, gradient, power)
 
             def origin_field(z):
-                return chart.field(z, s.u, s.v, gradient, depth, at_origin=True)
+                return chart.field(z, s.u, s.v, gradient, power, at_origin=True)
 
             z0 = jnp.concatenate([jnp.zeros(qa + qb, s.ell.dtype), s.ell])
             if z0.shape[0] > DENSE_MAX_UNKNOWNS:
-                local = local_jacobian(chart, s.u, s.v, s.ell, gradient, depth, st["p"])
+                local = local_jacobian(chart, s.u, s.v, s.ell, gradient, power, st["p"])
                 z1, err = _attempt_krylov(field, z0, h, sc, origin_field, chart, local)
             else:
                 z1, err = _attempt(field, z0, h, sc, origin_field)
@@ -437,7 +496,7 @@ def _batch(flow: Flow) -> tuple[Callable, Callable, Callable]:
             accept = finite & (err <= 1.0)
             fac = step_factor(err, finite, TABLEAU.order, s.fails)
             h_next = jnp.where(accept & land, jnp.maximum(h * fac, s.h), h * fac)
-            loss1 = flow.loss(product(u1, v1, ell1), args)
+            loss1 = loss(product(u1, v1, ell1), arrays)
             t_hi, t_lo, fails, status = settle(accept, loss1, loss0, arrays["loss_min"], c, s, h, land, target)
 
             def pick(new, old):
