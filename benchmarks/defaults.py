@@ -88,12 +88,21 @@ def run_case(name: str, out: Path, method: str | None = None) -> dict:
     loss, loss0 = ds["loss"].isel(time=-1).values, ds["loss"].isel(time=0).values
     ratio = (loss - prob.loss_min) / (loss0 - prob.loss_min)
     return {
-        "case": name, "method": ds.attrs["method"], "reason": ds.attrs["method_reason"],
+        "case": name, "method": _methods(ds), "reason": ds.attrs["method_reason"],
         "status": sorted({dln.Status(int(s)).meaning for s in ds["status"].values.ravel()}),
         "loss_ratio": float(np.nanmax(ratio)), "drift": _drift(ds), "compile": float(ds.attrs["compile_time"]),
         "run": float(ds.attrs["run_time"]), "total": total, "steps": int(ds["num_steps"].max()),
         "t_end": float(ds["time"][-1]),
     }  # fmt: skip
+
+
+def _methods(ds) -> str:
+    """The method that ran, or each depth's when auto chose per depth (``method_used``)."""
+    if "method_used" not in ds:
+        return ds.attrs["method"]
+    names = ds["method_used"].attrs["flag_meanings"].split()
+    used = ds["method_used"].isel(scale=0, seed=0).values
+    return "per depth: " + ", ".join(f"{d:g} {names[int(c)]}" for d, c in zip(ds["depth"].values, used, strict=True))
 
 
 def _drift(ds) -> float:

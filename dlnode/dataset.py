@@ -18,6 +18,7 @@ import xarray as xr
 from .errors import DatasetError, DlnodeError, fail, shown
 from .problems import Problem
 from .solvers.core import Status
+from .solvers.registry import METHODS
 from .storage import (
     DATASET_SUFFIXES,
     HDF5_SIGNATURE,
@@ -39,6 +40,12 @@ GRID_DIMS = ("flow", "init", "method", "lr")  # a sweep's swept axes beyond RUN:
 FORMAT = "dlnode-dataset"  # attrs["dlnode_format"] of every dataset dlnode writes
 FORMAT_VERSION = 1  # attrs["dlnode_format_version"]: raise it when the schema changes incompatibly
 STATUS_MEANINGS = {int(s): s.meaning for s in Status}
+# `method_used` (a sweep store's, and a dataset's whose depths ran different methods): int8 codes of the methods
+METHOD_CODES = {name: i for i, name in enumerate(sorted(METHODS))}
+METHOD_USED_ATTRS = {
+    "long_name": "method that ran the cell", "units": "1",
+    "flag_values": " ".join(str(i) for i in METHOD_CODES.values()), "flag_meanings": " ".join(METHOD_CODES),
+}  # fmt: skip
 
 # name → (dims, long_name, units)
 VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .dataset import to_dataset, with_problem
+from .dataset import METHOD_CODES, METHOD_USED_ATTRS, to_dataset, with_problem
 from .endtoend import recover_layers
 from .errors import fail, shown
 from .flows import FLOWS, get_flow, pack_layers, unpack_layers
@@ -25,7 +25,7 @@ from .network import init_layers, product
 from .problems import Problem
 from .resuming import remember
 from .solvers import METHODS, Controls, Solution, Status, solve
-from .solvers.auto import choose_method, gradient_scale, predicted_stiffness
+from .solvers.auto import PER_DEPTH, choose_methods, gradient_scale, predicted_stiffness
 from .solvers.driver import Horizon
 from .validation import (
     as_depths,
@@ -210,6 +210,11 @@ def _assemble(plan: _Plan, raw: dict[float, Solution]) -> Any:
     cut = plan.until_converged and not isinstance(plan.saveat, np.ndarray)
     runs = _common_grid(raw, cut, plan.controls.lr)
     ds = to_dataset(runs, plan.scales, plan.seeds, _attrs(plan, runs), plan.save_weights)
+    if plan.method == PER_DEPTH:  # as in a sweep store: the method each cell ran
+        codes = np.array([METHOD_CODES[plan.methods[d]] for d in runs], dtype=np.int8)
+        shape = (len(runs), len(plan.scales), len(plan.seeds))
+        ds["method_used"] = (("depth", "scale", "seed"), np.broadcast_to(codes[:, None, None], shape).copy(),
+                             METHOD_USED_ATTRS)  # fmt: skip
     if plan.flow == "end_to_end":
         ds = _with_plain_time(ds)
     if plan.until_converged:
@@ -279,6 +284,14 @@ class _Plan:
     progress: bool
     until_converged: bool
     controls: Controls
+    methods: dict[float, str]  # the method each depth runs (`method` is that one method, or "per depth")
+    max_steps_given: bool
+
+    def controls_at(self, depth: float) -> Controls:
+        """The controls of one depth's run: the default step budget is that of the method it runs."""
+        if self.max_steps_given:
+            return self.controls
+        return dataclasses.replace(self.controls, max_steps=METHODS[self.methods[depth]].max_steps)
 
 
 def _plan(problem: Problem, **kw: Any) -> _Plan:
@@ -317,10 +330,10 @@ def _plan(problem: Problem, **kw: Any) -> _Plan:
         check_max_steps(kw["max_steps"])
     check_memory(problem, depths, kw["width"], len(scales) * len(seeds), saveat, kw["save_weights"], t1 is None)
     if method == "auto":
-        chosen, reason = choose_method(problem, depths, scales, init, kw["width"], flow, float(lr or math.nan),
-                                       scale_of)  # fmt: skip
+        methods, chosen, reason = choose_methods(problem, depths, scales, init, kw["width"], flow,
+                                                 float(lr or math.nan), scale_of)  # fmt: skip
     else:
-        chosen, reason = method, "given"
+        methods, chosen, reason = dict.fromkeys(depths, method), method, "given"
     if rtol is None:
         rtol = default_rtol(problem, depths, scales, flow, scale_of)
     if atol is None:  # 1e-3·rtol of the smallest initial weights: a tiny init keeps its relative accuracy
@@ -346,10 +359,11 @@ def _plan(problem: Problem, **kw: Any) -> _Plan:
     controls = Controls(
         t1=float(times[-1]) if until_converged else t1, rtol=rtol, atol=atol, lr=float(lr or math.nan),
         loss_tol=loss_tol or (DEFAULT_LOSS_TOL if kw["t1"] is None else -math.inf), diverge=DIVERGENCE_FACTOR,
-        max_steps=kw["max_steps"] or METHODS[chosen].max_steps,
+        max_steps=kw["max_steps"] or max(METHODS[m].max_steps for m in methods.values()),
     )  # fmt: skip
     return _Plan(problem, depths, scales, seeds, init, kw["width"], flow, scale_of, chosen, method, reason, saveat,
-                 times, bool(kw["save_weights"]), bool(kw["progress"]), until_converged, controls)  # fmt: skip
+                 times, bool(kw["save_weights"]), bool(kw["progress"]), until_converged, controls, methods,
+                 kw["max_steps"] is not None)  # fmt: skip
 
 
 def _run_grid(plan: _Plan, done: dict[float, Solution] | None = None, depth: float | None = None,
@@ -366,7 +380,7 @@ def _run_grid(plan: _Plan, done: dict[float, Solution] | None = None, depth: flo
             def show(t: float, summ: dict, d: float = d) -> None:
                 counts = np.unique(summ["status"], return_counts=True)
                 text = ", ".join(f"{Status(int(k)).meaning} {n}" for k, n in zip(*counts, strict=True))
-                bar.set_postfix_str(f"depth {d:g}, {plan.method}, t {t:.3g}: {text}", refresh=True)
+                bar.set_postfix_str(f"depth {d:g}, {plan.methods[d]}, t {t:.3g}: {text}", refresh=True)
 
             runs[d] = _run_depth(plan, d, show, checkpoint if d == depth else None)
             bar.update()
@@ -422,7 +436,7 @@ def _run_depth(plan: _Plan, depth: float, show: Callable, checkpoint: Any = None
     horizon = Horizon() if plan.until_converged and not isinstance(plan.saveat, np.ndarray) else None
     if not flow.end_to_end and checkpoint is None:
         y0 = pack_layers(y0)
-    sol = solve(plan.method, flow, plan.problem.arrays(), y0, plan.times, plan.controls,
+    sol = solve(plan.methods[depth], flow, plan.problem.arrays(), y0, plan.times, plan.controls_at(depth),
                 until_converged=plan.until_converged, horizon=horizon, on_window=show,
                 checkpoint=checkpoint)  # fmt: skip
     if not flow.end_to_end:
@@ -490,7 +504,9 @@ def _attrs(plan: _Plan, runs: dict) -> dict[str, Any]:
         "loss_tol": controls.loss_tol,
         "stop_rule": "l - l* <= loss_tol * (l0 - l*)  (status 1); l > diverge * l0 or non-finite (status -2)",
         "diverge": controls.diverge,
-        "max_steps": int(controls.max_steps),
+        "max_steps": int(controls.max_steps)
+        if plan.max_steps_given or plan.method != PER_DEPTH
+        else "per depth: the default of the method that ran",
         "saveat": plan.saveat if isinstance(plan.saveat, int) else "explicit",
         "init": init_name,
         "scale_of": plan.scale_of,

@@ -28,9 +28,17 @@ import zarr
 import zarr.api.asynchronous
 
 from . import integration
-from .dataset import GRID_DIMS, RUN, STATUS_MEANINGS, SWEEP_CONFIG_ATTR, VARIABLES, with_problem
+from .dataset import (
+    GRID_DIMS,
+    METHOD_USED_ATTRS,
+    RUN,
+    STATUS_MEANINGS,
+    SWEEP_CONFIG_ATTR,
+    VARIABLES,
+    with_problem,
+)
 from .problems import Problem
-from .solvers import METHODS, Status
+from .solvers import Status
 from .sweep_config import SweepConfig, config_diff, layer_extent, save_times
 
 __all__ = ["SWEEP_ATTR", "Layout", "describe", "export", "is_sweep_store", "open_store", "prepare", "stored_chunks",
@@ -39,7 +47,6 @@ __all__ = ["SWEEP_ATTR", "Layout", "describe", "export", "is_sweep_store", "open
 SWEEP_ATTR = SWEEP_CONFIG_ATTR
 EXTRA_AXES = GRID_DIMS  # grid axes beyond depth × scale × seed: dims only when swept
 INTEGERS = {"status": int(Status.PENDING), "num_steps": -1, "num_rejected": -1, "method_used": -1}
-METHOD_CODES = {name: i for i, name in enumerate(sorted(METHODS))}
 REDO = (int(Status.PENDING), int(Status.INTERRUPTED))  # cells a run computes; every other status is final
 PER_CALL_ATTRS = ("compile_time", "run_time", "config")  # attrs of one integrate call that no store-wide value has
 
@@ -170,11 +177,15 @@ def _template(layout: Layout) -> tuple[xr.Dataset, dict]:
             encoding[name] = {"fill_value": INTEGERS[name]}
         else:
             data = da.full(shape, np.nan, chunks=chunks)
-        long_name, units = VARIABLES[name][1:] if name in VARIABLES else ("method that ran the cell", "1")
-        attrs = {"long_name": long_name, "units": units}
-        flags = {"status": STATUS_MEANINGS, "method_used": {v: k for k, v in METHOD_CODES.items()}}.get(name)
-        if flags:
-            attrs |= {"flag_values": " ".join(map(str, flags)), "flag_meanings": " ".join(flags.values())}
+        if name == "method_used":
+            attrs = dict(METHOD_USED_ATTRS)
+        else:
+            attrs = {"long_name": VARIABLES[name][1], "units": VARIABLES[name][2]}
+        if name == "status":
+            attrs |= {
+                "flag_values": " ".join(map(str, STATUS_MEANINGS)),
+                "flag_meanings": " ".join(STATUS_MEANINGS.values()),
+            }
         variables[name] = (dims, data, attrs)
     ds = xr.Dataset(variables, coords=_coords(layout), attrs=_attrs(layout))
     return with_problem(ds, layout.problem), encoding

@@ -33,12 +33,12 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from ._version import __version__
+from .dataset import METHOD_CODES
 from .integration import integrate
 from .interrupts import sigint_flag
 from .solvers import Status
 from .store import (
     EXTRA_AXES,
-    METHOD_CODES,
     REDO,
     Layout,
     add_run,

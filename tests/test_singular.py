@@ -238,6 +238,31 @@ def test_auto_takes_singular_coordinates_for_stiff_end_to_end_flows():
     assert auto.predicted_stiffness(prob, 4, 0.5, "end_to_end", "product") <= auto.STIFF_RATIO
 
 
+def test_auto_chooses_per_depth_and_says_which_method_ran_each(tmp_path):
+    """A depth without a plateau (the end-to-end flow at depth 2) is not handed the stiff path because another depth
+    of the call needs it: auto picks per depth, the dataset's ``method`` says "per depth" and ``method_used`` says
+    which ran each cell, and each depth's run is the one a call of that depth alone with that method gives."""
+    prob = dln.MatrixCompletion.random((6, 6), 2, 22, seed=2)
+    kw = dict(flow="end_to_end", init="balanced", scale_of="product", scale=1e-8, t1=50.0, saveat=8, rtol=1e-7,
+              atol=1e-12, progress=False)  # fmt: skip
+    ds = dln.integrate(prob, depth=[2, 4], **kw)
+    assert ds.attrs["method"] == "per depth" and ds.attrs["method_requested"] == "auto"
+    assert "depth 2: predicted stiffness 1 <= 100 -> tsit5" in ds.attrs["method_reason"]
+    assert "depth 4: predicted plateau stiffness" in ds.attrs["method_reason"]
+    assert ds.attrs["max_steps"] == "per depth: the default of the method that ran"
+    names = dict(enumerate(ds["method_used"].attrs["flag_meanings"].split()))
+    used = {float(d): {names[int(c)] for c in ds["method_used"].sel(depth=d).values.ravel()} for d in ds.depth.values}
+    assert used == {2.0: {"tsit5"}, 4.0: {"rosenbrock"}}
+    for depth, method in ((2, "tsit5"), (4, "rosenbrock")):
+        alone = dln.integrate(prob, depth=depth, method=method, **kw)
+        np.testing.assert_array_equal(ds["product"].sel(depth=depth).values, alone["product"].isel(depth=0).values)
+        assert "method_used" not in alone
+    dln.save(ds, tmp_path / "mixed.nc")
+    np.testing.assert_array_equal(dln.open(tmp_path / "mixed.nc")["method_used"].values, ds["method_used"].values)
+    same = dln.integrate(prob, depth=[4, 6], **kw)  # both stiff: one method, as before
+    assert same.attrs["method"] == "rosenbrock" and "method_used" not in same
+
+
 @pytest.mark.parametrize("depth", [4, "inf"])
 def test_matrix_free_stage_solves_agree_with_the_dense_lu(monkeypatch, depth):
     """The two ways of solving the stage systems — GMRES on Jacobian-vector products with the pair-local
