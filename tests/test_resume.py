@@ -105,6 +105,22 @@ def test_a_run_interrupted_twice_resumes_twice(monkeypatch):
     assert_bitwise_equal(dln.resume(second), want)
 
 
+@pytest.mark.parametrize(("k", "stopped"), [(1, 2.0), (4, 4.0)])
+def test_a_call_whose_depths_run_different_methods_resumes(monkeypatch, k, stopped):
+    """auto gives depth 2 tsit5 and depth 4 the singular path here ("per depth"): a Ctrl-C in either depth's run
+    resumes to the uninterrupted dataset, method_used included."""
+    problem = dln.MatrixCompletion.random((6, 6), 2, 22, seed=2)
+    kw = {"depth": [2, 4], "flow": "end_to_end", "init": "balanced", "scale_of": "product", "scale": 1e-8,
+          "t1": 50.0, "saveat": 40, "rtol": 1e-7, "atol": 1e-12, "progress": False}  # fmt: skip
+    want = dln.integrate(problem, **kw)  # 41 save times: three windows of each depth
+    assert want.attrs["method"] == "per depth"
+    seen = interrupt_at(monkeypatch, k)
+    got = dln.integrate(problem, **kw)
+    assert seen["n"] >= k
+    assert (got["status"].sel(depth=stopped) == int(dln.Status.INTERRUPTED)).all()
+    assert_bitwise_equal(dln.resume(got), want)
+
+
 def test_scipy_resumes_too(monkeypatch):
     problem = dln.Regression.whitened([2.0, 1.0], 2, 2, seed=0)
     kw = {"depth": 2, "scale": 0.5, "seed": [0, 1], "method": "scipy:LSODA", "t1": 6.0, "saveat": 40,
