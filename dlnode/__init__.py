@@ -5,6 +5,9 @@ compilation cache is on (see `dlnode.cache`). XLA's CPU runtime computes on one 
 ``DLNODE_XLA_THREADS`` says otherwise (see `dlnode.xla_threads`).
 """
 
+import os
+import sys
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -15,7 +18,15 @@ compilation_cache()
 
 from .xla_threads import limit_xla_threads  # noqa: E402
 
-limit_xla_threads()
+try:
+    limit_xla_threads()
+except ValueError as _refused:
+    # the `dlnode` command imports this package before its own error handling can run: say it as that command
+    # says every refused input, one line and exit code 2, instead of a traceback
+    if os.path.basename(sys.argv[0]) == "dlnode":
+        sys.stderr.write(f"error: {_refused}\n")
+        sys.exit(2)
+    raise
 
 from . import accessor  # noqa: E402, F401  (accessor registers the ds.dln namespace)
 from ._version import __version__  # noqa: E402

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,15 @@ def test_values():
     assert requested_threads("1") == 1
     assert requested_threads(" 3 ") == 3
     assert requested_threads("ALL") is None
+
+
+def test_the_dlnode_command_says_a_bad_value_in_one_line():
+    """The command imports dlnode before its own error handling runs: a bad value is still one line, exit code 2."""
+    command = Path(sys.executable).parent / "dlnode"
+    assert command.exists(), f"the dlnode command is not installed beside {sys.executable}"
+    done = subprocess.run([str(command), "info", "nothing.nc"], env={**os.environ, ENV: "none"}, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    want = f"error: {ENV} must be a positive integer or 'all' (XLA's own pool, one thread per CPU); got 'none'; "
+    assert done.stderr.splitlines() == [want + "unset it for one thread"]
