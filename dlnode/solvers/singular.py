@@ -216,7 +216,10 @@ class _Chart(NamedTuple):
         if at_origin:
             eye_m, eye_n = jnp.eye(self.m, dtype=z.dtype), jnp.eye(self.n, dtype=z.dtype)
             om_u, om_v, dell, _ = _field(u0 @ (eye_m + a), v0 @ (eye_n + b), ell, gradient, c)
-            da, db = om_u + 0.5 * (a @ om_u - om_u @ a), om_v + 0.5 * (b @ om_v - om_v @ b)
+            # the brackets' derivative at A = 0 is ½[Ȧ, Ω]: Ω held constant there drops the two products A Ω̇ that
+            # vanish at the origin from every Jacobian-vector product (same value and Jacobian at the origin)
+            hold_u, hold_v = jax.lax.stop_gradient(om_u), jax.lax.stop_gradient(om_v)
+            da, db = om_u + 0.5 * (a @ hold_u - hold_u @ a), om_v + 0.5 * (b @ hold_v - hold_v @ b)
         else:
             om_u, om_v, dell, _ = _field(u0 @ _cayley(a), v0 @ _cayley(b), ell, gradient, c)
             da, db = _chart_velocity(a, om_u), _chart_velocity(b, om_v)
