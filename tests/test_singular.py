@@ -85,6 +85,29 @@ def test_one_compiled_solver_serves_every_depth():
     assert TRACE_COUNT["n"] - before == 2
 
 
+@pytest.mark.parametrize(("m", "n"), [(5, 5), (6, 4)])
+@pytest.mark.parametrize("depth", [3, math.inf])
+def test_the_cheaper_origin_field_has_the_chart_fields_value_and_jacobian(m, n, depth):
+    """The Rosenbrock steps take J from `field(..., at_origin=True)`, a cheaper function that must agree with the
+    Cayley chart's field to first order at A = B = 0: same value and same Jacobian there (forward mode)."""
+    rng = np.random.default_rng(5)
+    u, v = _frames(rng, m, n)
+    ell = np.log(np.sort(rng.uniform(0.1, 2.0, min(m, n)))[::-1])
+    target = jnp.asarray(rng.normal(size=(m, n)))
+
+    def gradient(w):
+        return w - target
+
+    chart = singular._Chart(m, n, len(ell))
+    z0 = jnp.concatenate([jnp.zeros(sum(chart.sizes)), jnp.asarray(ell)])
+    c = singular.depth_power(depth)
+    exact = jax.jacfwd(lambda z: chart.field(z, jnp.asarray(u), jnp.asarray(v), gradient, c))(z0)
+    cheap = jax.jacfwd(lambda z: chart.field(z, jnp.asarray(u), jnp.asarray(v), gradient, c, at_origin=True))(z0)
+    np.testing.assert_allclose(cheap, exact, rtol=0, atol=1e-12 * np.abs(exact).max())
+    value = chart.field(z0, jnp.asarray(u), jnp.asarray(v), gradient, c, at_origin=True)
+    np.testing.assert_allclose(value, chart.field(z0, jnp.asarray(u), jnp.asarray(v), gradient, c), rtol=1e-14)
+
+
 def test_cayley_chart_velocity_moves_the_frame_by_omega():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(4, 4)) * 0.7
