@@ -132,11 +132,16 @@ def singular_field(u: Any, v: Any, ell: Any, gradient: Callable[[Any], Any], dep
 
 def _field(u: Any, v: Any, ell: Any, gradient: Callable[[Any], Any], c: Any) -> tuple:
     """`singular_field` with depth given as c = 2/N (traced)."""
-    m, n, r = u.shape[0], v.shape[0], ell.shape[0]
+    r = ell.shape[0]
+    w = (u[:, :r] * jnp.exp(ell)) @ v[:, :r].T
+    return (*_rotations(u.T @ gradient(w) @ v, ell, c), w)
+
+
+def _rotations(g: Any, ell: Any, c: Any) -> tuple:
+    """(Ω_U, Ω_V, d ln σ/dτ) from G = Uᵀ∇ℓ(W)V (m × n) and ln σ, depth as c = 2/N."""
+    m, n, r = g.shape[0], g.shape[1], ell.shape[0]
     p_dim = max(m, n)
     s = jnp.exp(ell)
-    w = (u[:, :r] * s) @ v[:, :r].T
-    g = u.T @ gradient(w) @ v
     gp = jnp.zeros((p_dim, p_dim), g.dtype).at[:m, :n].set(g)
     valid = jnp.arange(p_dim) < r
     sp = jnp.zeros(p_dim, s.dtype).at[:r].set(s)
@@ -149,7 +154,7 @@ def _field(u: Any, v: Any, ell: Any, gradient: Callable[[Any], Any], c: Any) -> 
     upper = jnp.triu(jnp.ones((p_dim, p_dim), bool), 1)
     om_u, om_v = jnp.where(upper, om_u, 0.0), jnp.where(upper, om_v, 0.0)
     om_u, om_v = om_u - om_u.T, om_v - om_v.T  # skew by construction (D is antisymmetric up to round-off)
-    return om_u[:m, :m], om_v[:n, :n], -jnp.diagonal(g)[:r] * rate, w
+    return om_u[:m, :m], om_v[:n, :n], -jnp.diagonal(g)[:r] * rate
 
 
 def operator_weights(ell: Any, m: int, n: int, c: Any) -> Any:
@@ -214,8 +219,15 @@ class _Chart(NamedTuple):
         Ω + ½[A, Ω] + O(A²)), cheaper to differentiate: no linear solves in the n Jacobian tangents."""
         a, b, ell = self.split(z)
         if at_origin:
-            eye_m, eye_n = jnp.eye(self.m, dtype=z.dtype), jnp.eye(self.n, dtype=z.dtype)
-            om_u, om_v, dell, _ = _field(u0 @ (eye_m + a), v0 @ (eye_n + b), ell, gradient, c)
+            # first order in (A, B), with the factors that vanish at the origin held constant: W = U₀(Σ + AΣ + ΣBᵀ)V₀ᵀ
+            # and G = Uᵀ∇ℓV = G₀ + AᵀG₀ + G₀B (G₀ = U₀ᵀ∇ℓ(W)V₀): two products each way per Jacobian-vector product
+            r = ell.shape[0]
+            s = jnp.exp(ell)
+            inner = jnp.zeros((self.m, self.n), z.dtype).at[:r, :r].set(jnp.diag(s))
+            inner = inner.at[:, :r].add(a[:, :r] * s).at[:r, :].add((b[:, :r] * s).T)
+            g = u0.T @ gradient(u0 @ inner @ v0.T) @ v0
+            held = jax.lax.stop_gradient(g)
+            om_u, om_v, dell = _rotations(g + a.T @ held + held @ b, ell, c)
             # the brackets' derivative at A = 0 is ½[Ȧ, Ω]: Ω held constant there drops the two products A Ω̇ that
             # vanish at the origin from every Jacobian-vector product (same value and Jacobian at the origin)
             hold_u, hold_v = jax.lax.stop_gradient(om_u), jax.lax.stop_gradient(om_v)
