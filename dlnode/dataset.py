@@ -40,6 +40,7 @@ GRID_DIMS = ("flow", "init", "method", "lr")  # a sweep's swept axes beyond RUN:
 FORMAT = "dlnode-dataset"  # attrs["dlnode_format"] of every dataset dlnode writes
 FORMAT_VERSION = 1  # attrs["dlnode_format_version"]: raise it when the schema changes incompatibly
 STATUS_MEANINGS = {int(s): s.meaning for s in Status}
+STATUS_FLAGS = {"flag_values": " ".join(map(str, STATUS_MEANINGS)), "flag_meanings": " ".join(STATUS_MEANINGS.values())}
 # `method_used` (a sweep store's, and a dataset's whose depths ran different methods): int8 codes of the methods
 METHOD_CODES = {name: i for i, name in enumerate(sorted(METHODS))}
 METHOD_USED_ATTRS = {
@@ -119,8 +120,7 @@ def to_dataset(
             continue
         var_attrs = {"long_name": long_name, "units": units}
         if name == "status":
-            var_attrs["flag_values"] = " ".join(str(k) for k in STATUS_MEANINGS)
-            var_attrs["flag_meanings"] = " ".join(STATUS_MEANINGS.values())
+            var_attrs |= STATUS_FLAGS
         variables[name] = (dims, np.stack(data[name]), var_attrs)
     return xr.Dataset(variables, coords=coords, attrs={"dlnode_format": FORMAT, "dlnode_format_version": FORMAT_VERSION,
                                                        **attrs})  # fmt: skip

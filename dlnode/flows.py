@@ -27,7 +27,16 @@ import numpy as np
 from .endtoend import end_to_end_field
 from .network import product
 
-__all__ = ["FLOWS", "Flow", "Stacked", "get_flow", "layer_gradients", "pack_layers", "unpack_layers"]
+__all__ = [
+    "FLOWS",
+    "Flow",
+    "Stacked",
+    "end_to_end_observables",
+    "get_flow",
+    "layer_gradients",
+    "pack_layers",
+    "unpack_layers",
+]
 
 FLOWS = ("layers", "modified", "end_to_end")
 
@@ -162,11 +171,20 @@ def initial_balancedness(layers: Any) -> tuple:
     return (head, inner, tail)
 
 
-def _summary(w: Any, e: Any, problem_cls: type, arrays: dict) -> dict[str, Any]:
+def _summary(w: Any, e: Any, problem_cls: type, arrays: dict, singular_values: Any = None) -> dict[str, Any]:
+    """Loss, W and its singular values (by an SVD of W unless given)."""
+    sv = jnp.linalg.svd(w, compute_uv=False) if singular_values is None else singular_values
+    return {"loss": problem_cls.loss_from_grad(w, e, arrays), "product": w, "singular_values": sv}
+
+
+def end_to_end_observables(w: Any, e: Any, problem_cls: type, arrays: dict, singular_values: Any, rate: Any) -> dict:
+    """What an end-to-end run saves at W (E = ∇ℓ(W)), given its singular values (None: an SVD of W) and the rate
+    −dℓ/dτ: the one set of observables for every method (the singular-coordinate path passes σ and the rate from
+    its coordinates)."""
     return {
-        "loss": problem_cls.loss_from_grad(w, e, arrays),
-        "product": w,
-        "singular_values": jnp.linalg.svd(w, compute_uv=False),
+        **_summary(w, e, problem_cls, arrays, singular_values),
+        "grad_norm": jnp.sqrt(jnp.maximum(rate, 0.0)),
+        "balancedness": jnp.full((), jnp.nan, w.dtype),  # balanced by construction: nothing is integrated to drift
     }
 
 
@@ -213,12 +231,9 @@ def _end_to_end_flow(problem_cls: type, depth: float) -> Flow:
 
     def observe(w: Any, args: dict) -> dict[str, Any]:
         e = problem_cls.grad_fn(w, args["problem"])
-        out = _summary(w, e, problem_cls, args["problem"])
         # −dℓ/dτ = ⟨E, A_N(E)⟩/N = Σ_j ‖G_j‖²/N for the balanced layers: finite at N = ∞
         rate = -jnp.sum(e * end_to_end_field(w, e, depth, rescale=True))
-        out["grad_norm"] = jnp.sqrt(jnp.maximum(rate, 0.0))
-        out["balancedness"] = jnp.full((), jnp.nan)  # balanced by construction: nothing is integrated to drift
-        return out
+        return end_to_end_observables(w, e, problem_cls, args["problem"], None, rate)
 
     def prepare(y0: Any, arrays: dict, c: dict) -> dict:
         return {"problem": arrays, "lr": c["lr"]}

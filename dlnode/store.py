@@ -32,7 +32,7 @@ from .dataset import (
     GRID_DIMS,
     METHOD_USED_ATTRS,
     RUN,
-    STATUS_MEANINGS,
+    STATUS_FLAGS,
     SWEEP_CONFIG_ATTR,
     VARIABLES,
     with_problem,
@@ -182,10 +182,7 @@ def _template(layout: Layout) -> tuple[xr.Dataset, dict]:
         else:
             attrs = {"long_name": VARIABLES[name][1], "units": VARIABLES[name][2]}
         if name == "status":
-            attrs |= {
-                "flag_values": " ".join(map(str, STATUS_MEANINGS)),
-                "flag_meanings": " ".join(STATUS_MEANINGS.values()),
-            }
+            attrs |= STATUS_FLAGS
         variables[name] = (dims, data, attrs)
     ds = xr.Dataset(variables, coords=_coords(layout), attrs=_attrs(layout))
     return with_problem(ds, layout.problem), encoding
