@@ -108,6 +108,37 @@ def test_the_cheaper_origin_field_has_the_chart_fields_value_and_jacobian(m, n, 
     np.testing.assert_allclose(value, chart.field(z0, jnp.asarray(u), jnp.asarray(v), gradient, c), rtol=1e-14)
 
 
+@pytest.mark.parametrize(("m", "n"), [(5, 5), (6, 4), (4, 6)])
+def test_step_error_is_the_change_of_w_per_pair(m, n):
+    """A step's error is measured as the change of W in each pair's entries relative to the pair's size: for a small
+    chart move e = (A, B, δ ln σ), the scaled pair entries have squares summing to (δW_ik² + δW_ki²)/(σ_i + σ_k)²
+    (δW = Uᵀ(W' − W)V), so turning a pair of nearly equal σ together costs almost nothing."""
+    rng = np.random.default_rng(3)
+    u, v = _frames(rng, m, n)
+    k = min(m, n)
+    sigma = np.array([2.0, 1.0, 1.0 + 1e-9, 0.3, 0.1, 0.05])[:k]  # a near tie: its turning is (almost) a gauge
+    chart = singular._Chart(m, n, k)
+    eps = 1e-7
+    e = eps * rng.normal(size=sum(chart.sizes) + k)
+    w = (u[:, :k] * sigma) @ v[:, :k].T
+    z = jnp.asarray(np.concatenate([e[:-k], np.log(sigma) + e[-k:]]))
+    u1, v1, ell1 = (np.asarray(x) for x in chart.frames(jnp.asarray(u), jnp.asarray(v), z))
+    d = u.T @ ((u1[:, :k] * np.exp(ell1)) @ v1[:, :k].T - w) @ v
+    scaled = np.asarray(singular.scaled_error(chart, jnp.asarray(np.log(sigma)), jnp.asarray(e)))
+    sa, sb = (np.asarray(chart.skew(jnp.asarray(x), size)) for x, size in
+              ((scaled[: chart.sizes[0]], m), (scaled[chart.sizes[0] : -k], n)))  # fmt: skip
+    for i in range(k):
+        for j in range(i + 1, k):
+            in_w = (d[i, j] ** 2 + d[j, i] ** 2) / (sigma[i] + sigma[j]) ** 2
+            np.testing.assert_allclose(sa[i, j] ** 2 + sb[i, j] ** 2, in_w, rtol=1e-5)
+    np.testing.assert_array_equal(scaled[-k:], e[-k:])  # ln σ: already a relative change
+    # the near tie's turning is weighted by its relative gap, the shear by 1
+    pair = (1, 2)
+    turn = 0.5 * (np.asarray(chart.skew(jnp.asarray(e[: chart.sizes[0]]), m))[pair]
+                  + np.asarray(chart.skew(jnp.asarray(e[chart.sizes[0] : -k]), n))[pair])  # fmt: skip
+    assert abs(0.5 * (sa[pair] + sb[pair])) <= 1e-9 * abs(turn)
+
+
 def test_cayley_chart_velocity_moves_the_frame_by_omega():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(4, 4)) * 0.7
