@@ -126,8 +126,8 @@ PER_DEPTH = "per depth"  # `integrate`'s ``method`` attribute when auto chose di
 def choose_methods(problem: Problem, depths: Sequence[float], *rest: Any) -> tuple[dict[float, str], str, str]:
     """(method of each depth, the call's method, reason): `choose_method` for each depth on its own, so that a depth
     that is not stiff is not handed the stiff path because another depth of the call is (the balanced end-to-end
-    flow at depth 2 has no plateau: on a 100 × 100 completion tsit5 converges in 7 s where the singular path, which
-    depths 4 and ∞ need, took 250 s). The call's method is the one every depth runs, or `PER_DEPTH`. `rest`: the
+    flow at depth 2 has no plateau: on a 100 × 100 completion tsit5 converges in 5 s where the singular path, which
+    depths 4 and ∞ need, takes 14 s). The call's method is the one every depth runs, or `PER_DEPTH`. `rest`: the
     other arguments of `choose_method`, in its order."""
     per = {d: choose_method(problem, [d], *rest) for d in depths}
     methods = {d: m for d, (m, _) in per.items()}
