@@ -306,7 +306,8 @@ def _execute(tasks: list, layout: Layout, store: Path, status: np.ndarray, where
 def _until_interrupted(completed: Any) -> Iterator[Any]:
     """The futures of a distributed ``as_completed`` as they finish; KeyboardInterrupt, raised here, once Ctrl-C
     was pressed (it is looked at every `POLL_S` seconds: a signal handler that raised at a random line of the main
-    thread could be swallowed by a finaliser, and the sweep would run on to the end)."""
+    thread could be swallowed by a finaliser, and the sweep would run on to the end). A Ctrl-C that arrives with
+    the last results stops nothing: every task is done, and the sweep reports itself complete."""
     with sigint_flag() as flag:
         while not completed.is_empty():
             if flag["hit"]:
@@ -315,8 +316,6 @@ def _until_interrupted(completed: Any) -> Iterator[Any]:
             if not ready:
                 time.sleep(POLL_S)
             yield from ready
-        if flag["hit"]:
-            raise KeyboardInterrupt
 
 
 def _now() -> str:

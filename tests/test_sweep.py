@@ -237,14 +237,14 @@ class _KillOnCollect:
 class _Completed:
     """A stand-in for distributed's as_completed: `n` results, one per poll; the first poll drops a _KillOnCollect."""
 
-    def __init__(self, n):
-        self.left = n
+    def __init__(self, n, kill_at=3):
+        self.left, self.kill_at = n, kill_at
 
     def is_empty(self):
         return self.left == 0
 
     def next_batch(self, block=True):
-        if self.left == 3:
+        if self.left == self.kill_at:
             _KillOnCollect()  # collected at once, in this frame: the SIGINT arrives inside its __del__
         self.left -= 1
         return [self.left]
@@ -259,6 +259,13 @@ def test_a_ctrl_c_inside_a_finaliser_still_stops_the_wait():
             seen.append(result)
     assert seen == [4, 3, 2]  # the poll that received the SIGINT hands over its result, then the wait stops
     assert signal.getsignal(signal.SIGINT) is before  # the handler before is back
+
+
+def test_a_ctrl_c_with_the_last_results_does_not_call_a_complete_sweep_interrupted():
+    from dlnode.sweep import _until_interrupted
+
+    seen = list(_until_interrupted(_Completed(5, kill_at=1)))  # the SIGINT comes with the last poll
+    assert seen == [4, 3, 2, 1, 0]  # every result handed over, and no KeyboardInterrupt: nothing was left to stop
 
 
 def test_changed_config_and_foreign_directories_are_refused(client, tmp_path):

@@ -74,7 +74,7 @@ __all__ = [
 
 TIE_RTOL = 1e-9  # singular values closer than this (relatively) at t = 0 form one cluster
 # Above this many unknowns the stage systems are solved matrix-free (GMRES on Jacobian-vector products with the
-# diagonal preconditioner of `preconditioner_weights`) instead of forming J by q tangents and factoring it.
+# pair-local preconditioner of `local_jacobian`) instead of forming J by q tangents and factoring it.
 DENSE_MAX_UNKNOWNS = 300
 KRYLOV_TOL = 1e-2  # stage residual allowed, in units of the step's error tolerance (rms)
 # GMRES: Krylov space per cycle and cycles (90 products at most); a solve short of KRYLOV_TOL after them fails the
