@@ -175,6 +175,35 @@ def test_the_persistent_compile_cache_is_used_by_a_second_process(tmp_path):
     assert any((tmp_path / "cache").iterdir())
 
 
+@pytest.mark.parametrize(
+    ("kw", "callbacks"),
+    [
+        ({"method": "rosenbrock"}, False),
+        ({"method": "gd", "lr": 0.1}, False),
+        ({"method": "rosenbrock", "flow": "end_to_end", "init": "balanced"}, False),  # the singular path
+        ({"method": "tsit5"}, True),  # diffrax checks its save times with equinox's runtime errors
+    ],
+)
+def test_which_compiled_programs_the_persistent_cache_can_keep(monkeypatch, kw, callbacks):
+    """JAX writes no program that holds a host callback to its persistent cache. dlnode's own methods hold none, so a
+    second process reuses their compiled solvers; the diffrax methods hold diffrax's checks (README, docs/solvers.md
+    say so), which also shows that the check sees a callback where there is one."""
+    from dlnode.solvers import diffrax_methods, gd, registry, singular
+
+    texts = []
+
+    def recording(fn, *args):
+        texts.append(fn.lower(*args).as_text())
+        return core.call(fn, *args)
+
+    for module in (registry, gd, singular, diffrax_methods):
+        monkeypatch.setattr(module, "call", recording)
+    prob = dln.MatrixCompletion.random((4, 4), 2, 10, seed=0)
+    dln.integrate(prob, depth=3, scale=0.3, t1=1.0, saveat=4, progress=False, **kw)
+    assert len(texts) >= 3  # start, window, final
+    assert any("callback" in t for t in texts) == callbacks
+
+
 def test_ctrl_c_returns_the_trajectory_so_far_with_status_interrupted(tmp_path):
     script = textwrap.dedent(
         """
