@@ -67,6 +67,7 @@ __all__ = [
     "initial_coordinates",
     "make_batch",
     "operator_weights",
+    "scaled_error",
     "singular_field",
     "start",
     "unknowns",
