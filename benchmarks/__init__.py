@@ -3,7 +3,7 @@
 Importing the package pins every thread pool to one thread before numpy, scipy, jax or torch load theirs, so the
 comparison is per core and small LU factorisations do not fight over the cores: run the scripts as modules
 (``python -m benchmarks.<name>``), or set these variables yourself before anything imports numpy. XLA computes on
-one thread per process already: that is dlnode's default (``DLNODE_XLA_THREADS``, `dlnode.xla_threads`).
+one thread per process already: that is dlnode's default (``DLNODE_XLA_THREADS``, `dlnode.runtime.xla_threads`).
 """
 
 import os

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import dlnode as dln
-from dlnode.endtoend import recover_layers
+from dlnode.flows.endtoend import recover_layers
 
 from .stiff_targets import d10_completion
 

@@ -7,7 +7,7 @@ scheduler beats that ratio); where the CPU of one sweep on 1 and on 2 workers we
 zarr writes; the worker processes; this process, which holds the client, the scheduler and the nannies of the local
 cluster; every other process on the machine) with the bytes each task sends; and the CPU a 2-worker local cluster
 spends on its own upkeep while idle, with distributed's defaults and as `dln.sweep` starts it. The clusters are
-the one `dln.sweep` starts (`dlnode.sweep.local_cluster`).
+the one `dln.sweep` starts (`dlnode.sweeps.sweep.local_cluster`).
 
 Every figure is the median of `--repeats` runs after a warm-up that compiles each shape in every worker (compile
 time is apart: workers keep their compiled solvers), all measured in one run of this script::
@@ -16,7 +16,7 @@ time is apart: workers keep their compiled solvers), all measured in one run of 
     python -m benchmarks.sweep_scaling --repeats 5
 
 BLAS and OpenMP are pinned to one thread per process before numpy loads, and XLA computes on one thread per process
-(dlnode's default, `dlnode.xla_threads`), so one worker uses one core.
+(dlnode's default, `dlnode.runtime.xla_threads`), so one worker uses one core.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def sweep_time(client, config: dict, repeats: int, scratch: Path) -> float:  # n
 def _plain_loop(config: dict) -> Callable[[list[int]], None]:
     """A plain loop of `integrate` calls over the given seeds of `config`, one per cell, on the sweep's time axis
     with its rtol, atol (resolved once for the grid)."""
-    from dlnode.store import Layout
-    from dlnode.sweep_config import load_config
+    from dlnode.sweeps.config import load_config
+    from dlnode.sweeps.store import Layout
 
     cfg = load_config(config)
     layout = Layout.of(cfg, 1)
@@ -160,9 +160,9 @@ def where_cpu_goes(client, config: dict, scratch: Path) -> list[str]:  # noqa: A
     """One sweep on `client` (warm: run after `sweep_time`) with its CPU accounted for, by psutil and by the tasks."""
     from distributed.protocol.pickle import dumps
 
-    from dlnode.store import REDO, Layout
-    from dlnode.sweep import _tasks, run_task
-    from dlnode.sweep_config import load_config
+    from dlnode.sweeps.config import load_config
+    from dlnode.sweeps.store import REDO, Layout
+    from dlnode.sweeps.sweep import _tasks, run_task
 
     store = scratch / f"{uuid.uuid4().hex}.zarr"
     workers_before = client.run(_process_cpu)
@@ -217,7 +217,7 @@ def main() -> None:
     args = parser.parse_args()
     from distributed import Client, LocalCluster
 
-    from dlnode.sweep import local_cluster
+    from dlnode.sweeps.sweep import local_cluster
 
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)

@@ -30,8 +30,8 @@ import numpy as np
 import xarray as xr
 
 import dlnode as dln
-from dlnode.curvature import sharpness
-from dlnode.endtoend import recover_layers
+from dlnode.analysis.curvature import sharpness
+from dlnode.flows.endtoend import recover_layers
 
 from .peers import TORCH_INSTALL, Run, flow_run, jax_gd, torch_gd
 

@@ -3,6 +3,7 @@ store), `plot` (its figures), `bench`, `run` (a sweep on Dask) and `export` (a s
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -18,12 +19,12 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from ._version import __version__
-from .dataset import STATUS_MEANINGS
-from .errors import DlnodeError
-from .plot import PLOTS
-from .solvers.core import Status
-from .storage import DATASET_SUFFIXES, atomic_path, check_output_path, is_dlnode_store
+from dlnode._version import __version__
+from dlnode.analysis.plot import PLOTS
+from dlnode.data.schema import STATUS_MEANINGS
+from dlnode.data.storage import DATASET_SUFFIXES, atomic_path, check_output_path, is_dlnode_store
+from dlnode.errors import DlnodeError
+from dlnode.solvers.core import Status
 
 app = typer.Typer(
     add_completion=False,
@@ -108,8 +109,9 @@ def demo(
 
 
 def _studies():  # noqa: ANN202 - the studies package of a dlnode install
+    # reached by name: the library does not depend on the studies, which sit on top of it
     try:
-        import studies
+        studies = importlib.import_module("studies")
     except ImportError:
         _fail("the studies package is not installed; install dlnode from a checkout with `pip install -e .`")
     return studies
@@ -199,7 +201,7 @@ def plot_command(
 
 def _parse_sel(items: list[str]) -> dict[str, str]:
     """{dim: value text} of the --sel options; one line naming a malformed or repeated one."""
-    from dlnode.dataset import GRID_DIMS
+    from dlnode.data.schema import GRID_DIMS
 
     wanted: dict[str, str] = {}
     for item in items:
@@ -216,8 +218,8 @@ def _parse_sel(items: list[str]) -> dict[str, str]:
 def _select(ds, wanted: dict[str, str]):  # noqa: ANN001, ANN202
     """`ds` at the --sel values (lazily); one line for a dim the dataset lacks, a value it lacks, or a swept dim of
     several values left unselected (the figures draw one value of each)."""
-    from dlnode.dataset import GRID_DIMS
-    from dlnode.store import shown_values as shown
+    from dlnode.data.schema import GRID_DIMS
+    from dlnode.sweeps.store import shown_values as shown
 
     where = {}
     for dim, text in wanted.items():
@@ -252,7 +254,7 @@ def _meanings(ds) -> dict[int, str]:  # noqa: ANN001, ARG001 - the vocabulary is
 def info(path: Annotated[Path, typer.Argument(help="a dataset written by dlnode (.nc or .zarr)")]) -> None:
     """What a stored dataset holds: dims, variables, status counts, provenance."""
     import dlnode as dln
-    from dlnode import store
+    from dlnode.sweeps import store
 
     if store.is_sweep_store(path):  # read lazily: a sweep store may not fit in memory
         typer.echo(store.describe(path))
@@ -322,7 +324,7 @@ def run_command(
 ) -> None:
     """Run (or resume) a sweep: every missing cell of the config's grid, on Dask, into one zarr store."""
     import dlnode as dln
-    from dlnode import store
+    from dlnode.sweeps import store
 
     try:
         dln.sweep(config, out, scheduler=scheduler, workers=workers)
@@ -352,7 +354,7 @@ def export_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace OUT if it exists")] = False,
 ) -> None:
     """Write a sweep store to one netCDF file (streamed chunk by chunk; pending cells stay NaN, status pending)."""
-    from dlnode import store
+    from dlnode.sweeps import store
 
     try:
         pending = store.export(path, out, overwrite=overwrite)

@@ -1,4 +1,4 @@
-"""Helpers shared by the study modules: check rows, NaN-padded stacking, and figures through `dlnode.plot`."""
+"""Helpers shared by the study modules: check rows, NaN-padded stacking, and figures through `dlnode.analysis.plot`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from dlnode import plot
+from dlnode.analysis import plot
 
 __all__ = ["depth_label", "figure", "pad_stack", "row", "save_figure"]
 
@@ -31,7 +31,7 @@ def depth_label(depth: float) -> str:
 
 
 def figure(ncols: int = 1, nrows: int = 1, width: float = 4.4, height: float = 3.4) -> tuple[Figure, np.ndarray]:
-    """`dlnode.plot.figure`: on the Agg canvas (no pyplot state), constrained layout, axes as a 2-d array."""
+    """`dlnode.analysis.plot.figure`: on the Agg canvas (no pyplot state), constrained layout, axes as a 2-d array."""
     return plot.figure(nrows, ncols, panel=(width, height))
 
 

@@ -1,8 +1,8 @@
 """Cao et al. (2022): deep matrix factorisation of a rank-R target passes R saddle-escaping stages.
 
 Full factorisation ℓ(W) = ½‖W − M‖²_F of a d×d target M = U diag(s_1 … s_R) Vᵀ with s_i = 4·2^{1−i} (rank R = 1 … 5),
-deep linear networks of depth N from a small Gaussian initialisation of per-layer scale ε. `dlnode.stages` counts
-one stage per escape (a mode's σ_k rising through half its final value); the claim is R stages. The stage
+deep linear networks of depth N from a small Gaussian initialisation of per-layer scale ε. `dlnode.analysis.stages`
+counts one stage per escape (a mode's σ_k rising through half its final value); the claim is R stages. The stage
 durations follow the single-mode escape times (Saxe et al. 2014): at depth 2 the first stage lasts ≈ ln(1/ε)/s_1
 (linear in ln(1/ε)), at depth N ≥ 3 ≈ u₀^{−(1−2/N)}/((N−2)s_1) with u₀ ∝ ε^N, i.e. ∝ ε^{−(N−2)}.
 
@@ -79,7 +79,7 @@ def compute(config: dict) -> xr.Dataset:
             .assign_attrs(long_name="end of the first stage (rank 1)", units="time")
         )
         out["first_resolution"] = sweep["resolution"].isel(stage=0, drop=True)
-    out.attrs.update(dim=config["dim"], description="dlnode.stages of full factorisations, M = U diag(s) V^T")
+    out.attrs.update(dim=config["dim"], description="dlnode.analysis.stages of full factorisations, M = U diag(s) V^T")
     return out
 
 

@@ -1,4 +1,5 @@
-"""Tests of dlnode.analysis, dlnode.curvature and the ds.dln accessor against closed forms and invariants.
+"""Tests of dlnode.analysis.spectra, dlnode.analysis.curvature and the ds.dln accessor against closed forms and
+invariants.
 
 Trajectories come from the references of `reference_runs` (a hand-written NumPy GD loop and Saxe's closed form of the
 depth-2 flow). The stages are tested in test_stages.py, GD against the flow in test_discrete.py.
@@ -25,10 +26,10 @@ from reference_runs import (
 )
 
 import dlnode as dln
-import dlnode.accessor  # noqa: F401  (registers ds.dln)
-from dlnode import analysis
-from dlnode.curvature import layer_alignment, sharpness, sharpness_bounds, sharpness_of
-from dlnode.discrete import compare, gd_errors
+import dlnode.analysis.accessor  # noqa: F401  (registers ds.dln)
+from dlnode.analysis import spectra as analysis
+from dlnode.analysis.curvature import layer_alignment, sharpness, sharpness_bounds, sharpness_of
+from dlnode.analysis.discrete import compare, gd_errors
 
 # ARPACK runs to machine precision, and a Ritz value's error is the square of its residual, so Lanczos and eigvalsh
 # agree far below 1e-8.

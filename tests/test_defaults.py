@@ -46,7 +46,7 @@ def test_until_converged_integrates_once_and_converges_on_a_normalised_completio
 def test_the_time_unit_is_the_gradient_at_zero():
     prob = _normalised_completion()
     g = np.linalg.norm(prob.grad(np.zeros(prob.w_star.shape)), 2)
-    from dlnode.integration import time_unit
+    from dlnode.run.integrate import time_unit
 
     assert time_unit(prob) == pytest.approx(1 / g, rel=1e-12)
     assert g < np.linalg.norm(prob.target(), 2) / 10  # the normalisation makes it much smaller than |target|
@@ -149,7 +149,7 @@ def test_scale_of_product_gives_one_initial_product_at_every_depth():
 
 
 def test_planning_works_in_logarithms_for_deep_or_large_inits():
-    from dlnode.integration import escape_estimate
+    from dlnode.run.integrate import escape_estimate
 
     for depth, scale in ((400, 1e-3), (60, 1e6), (3, 1e-300)):
         assert math.isfinite(escape_estimate(SMALL, [depth], [scale]))
@@ -228,7 +228,7 @@ def test_ctrl_c_returns_the_trajectory_so_far_with_status_interrupted(tmp_path):
 
 
 def test_default_rtol_tightens_with_the_plateau_and_is_recorded():
-    from dlnode.integration import DEFAULT_RTOL, MIN_DEFAULT_RTOL, STIFFNESS_FREE, default_rtol
+    from dlnode.run.integrate import DEFAULT_RTOL, MIN_DEFAULT_RTOL, STIFFNESS_FREE, default_rtol
     from dlnode.solvers.auto import predicted_stiffness
 
     mild = dln.Factorization(np.diag([2.0, 1.0]))
@@ -259,7 +259,7 @@ def test_the_default_tolerances_meet_the_accuracy_target_on_a_stiff_plateau():
 
 
 def test_the_planned_grid_resolves_the_fastest_and_the_slowest_escape():
-    from dlnode.integration import GRID_DECADES, escape_estimate, planned_times
+    from dlnode.run.integrate import GRID_DECADES, escape_estimate, planned_times
 
     prob = dln.Regression.whitened([2.0, 1.0], 3, 3, seed=0)
     depths, scales = [2, 4], [0.3, 1e-3]

@@ -1,4 +1,4 @@
-"""Tests of dlnode.discrete: GD against the flow (compare, gd_errors) and the fitted convergence order in lr.
+"""Tests of dlnode.analysis.discrete: GD against the flow (compare, gd_errors) and the fitted convergence order in lr.
 
 References: the exact depth-2 flow of `reference_runs` (Saxe's closed form) and a hand-written NumPy GD loop; GD's
 global error against the flow is O(lr) and against the modified flow O(lr²) (Barrett & Dherin 2021).
@@ -12,8 +12,8 @@ import xarray as xr
 from reference_runs import S_WELL_SEPARATED, build_dataset, decoupled_runs, exact_flow_states, gd_dataset
 
 import dlnode as dln
-import dlnode.accessor  # noqa: F401  (registers ds.dln)
-from dlnode.discrete import compare, convergence_order, gd_errors
+import dlnode.analysis.accessor  # noqa: F401  (registers ds.dln)
+from dlnode.analysis.discrete import compare, convergence_order, gd_errors
 
 # Explicit Euler has global error O(lr): the fitted order of GD against the exact flow is 1 up to O(lr) terms.
 ORDER_ATOL = 0.15

@@ -9,8 +9,8 @@ from scipy.integrate import cumulative_simpson
 from scipy.stats import linregress
 
 import dlnode as dln
-from dlnode.endtoend import end_to_end_field, metric, recover_layers
-from dlnode.network import init_end_to_end
+from dlnode.flows.endtoend import end_to_end_field, metric, recover_layers
+from dlnode.problems.network import init_end_to_end
 
 TIGHT = dict(method="dopri8", rtol=1e-11, atol=1e-13, progress=False)
 MATCH = 1e-7  # two 8th-order solves at rtol 1e-11 over O(1) times agree far below this

@@ -17,14 +17,7 @@ import numpy as np
 import pytest
 
 import dlnode
-from dlnode.endtoend import (
-    apply_operator,
-    end_to_end_field,
-    log_volume,
-    metric,
-    operator_weights,
-    recover_layers,
-)
+from dlnode.flows.endtoend import apply_operator, end_to_end_field, log_volume, metric, operator_weights, recover_layers
 
 EPS = np.finfo(np.float64).eps
 # The weights are a few float64 operations (log1p, expm1, pow) each within an ulp or two; their condition number

@@ -68,7 +68,7 @@ def test_run_until_converged_stops_on_the_loss_criterion():
     # one pass: the save grid ends at the first save time at or after the latest convergence
     assert float(ds.time[-2]) < float(ds["t_final"].max()) <= float(ds.time[-1])
     # `saveat` sets the density of the planned log grid: 40 times per GRID_DECADES decades
-    from dlnode.integration import GRID_DECADES
+    from dlnode.run.integrate import GRID_DECADES
 
     ratios = ds.time.values[2:] / ds.time.values[1:-1]
     np.testing.assert_allclose(ratios, 10 ** (GRID_DECADES / 39), rtol=1e-9)
@@ -94,7 +94,7 @@ def test_auto_takes_the_stiff_path_for_small_init_deep_flows():
 def test_equal_flows_are_one_flow_and_share_compiled_solvers():
     """get_flow is cached on what defines the flow: depth 2 and 2.0 are one end-to-end flow, and the layer flow is
     one for every depth (an extra Flow object would compile every solver again)."""
-    from dlnode.flows import get_flow
+    from dlnode.flows.flow import get_flow
 
     cls = dln.Factorization
     assert get_flow("layers", cls, 2) is get_flow("layers", cls, 2.0, False) is get_flow("layers", cls, 7, 0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dlnode as dln
-from dlnode.flows import Stacked, flat_problem, initial_balancedness, layer_gradients, pack_layers, unpack_layers
+from dlnode.flows.flow import Stacked, flat_problem, initial_balancedness, layer_gradients, pack_layers, unpack_layers
 
 EXACT = 1e-12
 
@@ -92,7 +92,7 @@ def test_stacked_state_round_trips_and_keeps_balancedness():
 
 def test_stacked_and_unrolled_states_integrate_the_same_flow(monkeypatch):
     """The same depth-7 run with its hidden layers stacked (scanned) and unrolled: one trajectory to round-off."""
-    import dlnode.flows as flows
+    import dlnode.flows.flow as flows
 
     prob = dln.MatrixCompletion.random((4, 4), 2, 10, seed=0)
     kw = dict(depth=7, init="gaussian", scale=0.8, seed=[0, 1], method="tsit5", t1=2.0, saveat=5, save_weights=True,

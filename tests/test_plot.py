@@ -1,4 +1,4 @@
-"""Every figure of dlnode.plot renders a non-blank, labelled PNG from a small dataset."""
+"""Every figure of dlnode.analysis.plot renders a non-blank, labelled PNG from a small dataset."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from matplotlib.figure import Figure
 from reference_runs import build_dataset, decoupled_runs, gd_states, log_steps, univariate_problem
 
 import dlnode as dln
-import dlnode.accessor  # noqa: F401  (registers ds.dln)
-from dlnode import plot
-from dlnode.discrete import gd_errors
+import dlnode.analysis.accessor  # noqa: F401  (registers ds.dln)
+from dlnode.analysis import plot
+from dlnode.analysis.discrete import gd_errors
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import dlnode as dln
 from dlnode.errors import ArgumentError
-from dlnode.flows import get_flow
+from dlnode.flows.flow import get_flow
 from dlnode.solvers import driver
 from dlnode.solvers.core import Controls
 

@@ -15,8 +15,8 @@ import pytest
 from scipy.integrate import quad
 
 import dlnode as dln
-from dlnode.endtoend import end_to_end_field
-from dlnode.flows import get_flow
+from dlnode.flows.endtoend import end_to_end_field
+from dlnode.flows.flow import get_flow
 from dlnode.solvers import TRACE_COUNT, auto, singular
 
 TARGET_SV = np.array([3.0, 2.0, 1.0, 0.5, 0.0, 0.0])

@@ -1,4 +1,5 @@
-"""Tests of dlnode.stages (escape times, stages, modes learned) against Saxe's closed form and Gidel's GD scaling.
+"""Tests of dlnode.analysis.stages (escape times, stages, modes learned) against Saxe's closed form and Gidel's GD
+scaling.
 
 Trajectories come from the references of `reference_runs`: a hand-written NumPy GD loop and the closed form of the
 depth-2 balanced decoupled flow, u(t) = s e^{2st} / (e^{2st} − 1 + s/u₀) with dlnode's ½-loss.
@@ -12,7 +13,7 @@ import xarray as xr
 from reference_runs import S_WELL_SEPARATED, build_dataset, exact_flow_states, gd_dataset, layer_grads, log_steps
 
 import dlnode as dln
-from dlnode import analysis
+from dlnode.analysis import spectra as analysis
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])

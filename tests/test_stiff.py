@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import dlnode as dln
-from dlnode.flows import get_flow
+from dlnode.flows.flow import get_flow
 from dlnode.solvers import rosenbrock as stiff
 from dlnode.solvers.krylov import cg
 from dlnode.solvers.tableaus import DOPRI5

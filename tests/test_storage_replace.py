@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 
 import dlnode as dln
-from dlnode import storage
+from dlnode.data import storage
 from dlnode.errors import PathMissingError
 
 PROB = dln.MatrixCompletion.random((3, 3), 1, 6, seed=0)

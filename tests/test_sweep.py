@@ -19,7 +19,7 @@ import pytest
 import xarray as xr
 
 import dlnode as dln
-from dlnode.integration import default_rtol
+from dlnode.run.integrate import default_rtol
 
 pytest.importorskip("distributed")
 from distributed import Client, LocalCluster  # noqa: E402
@@ -90,7 +90,7 @@ def assert_equals_serial(store_ds: xr.Dataset, reference) -> None:
 def assert_attrs_as_integrate(store_ds: xr.Dataset, ref: xr.Dataset) -> None:
     """The store carries every attr of an `integrate` dataset (its per-call timings apart) with the same value:
     one builder makes both; ``method`` is the method that ran in both."""
-    from dlnode.store import PER_CALL_ATTRS
+    from dlnode.sweeps.store import PER_CALL_ATTRS
 
     missing = set(ref.attrs) - set(PER_CALL_ATTRS) - set(store_ds.attrs)
     assert not missing, missing
@@ -126,7 +126,10 @@ def test_two_workers_equal_serial_bitwise(client, reference, tmp_path):
 
 def _arm_kill(marker: str) -> None:
     """On a worker: the first task to write (of any worker) writes its data, not its status, and dies."""
-    sweep_module, store_module = importlib.import_module("dlnode.sweep"), importlib.import_module("dlnode.store")
+    sweep_module, store_module = (
+        importlib.import_module("dlnode.sweeps.sweep"),
+        importlib.import_module("dlnode.sweeps.store"),
+    )
     original = store_module.write_cells
 
     def dying(path, layout, task, arrays, pending, names=None):
@@ -251,7 +254,7 @@ class _Completed:
 
 
 def test_a_ctrl_c_inside_a_finaliser_still_stops_the_wait():
-    from dlnode.sweep import _until_interrupted
+    from dlnode.sweeps.sweep import _until_interrupted
 
     seen, before = [], signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
@@ -262,7 +265,7 @@ def test_a_ctrl_c_inside_a_finaliser_still_stops_the_wait():
 
 
 def test_a_ctrl_c_with_the_last_results_does_not_call_a_complete_sweep_interrupted():
-    from dlnode.sweep import _until_interrupted
+    from dlnode.sweeps.sweep import _until_interrupted
 
     seen = list(_until_interrupted(_Completed(5, kill_at=1)))  # the SIGINT comes with the last poll
     assert seen == [4, 3, 2, 1, 0]  # every result handed over, and no KeyboardInterrupt: nothing was left to stop

@@ -3,7 +3,7 @@
 Two small real stores made by `dln.sweep` (a gradient-descent grid over two step sizes, a flow grid over two
 methods), on an in-process Dask cluster that is closed before the tests read them: what the tests compute then runs
 on Dask's local scheduler, whose tasks a callback can see. The references are the same functions on the store
-loaded into memory (eager NumPy), on a selection of the swept axis, and `dlnode.endtoend.log_volume` on one cell.
+loaded into memory (eager NumPy), on a selection of the swept axis, and `dlnode.flows.endtoend.log_volume` on one cell.
 """
 
 import json
@@ -101,7 +101,7 @@ def _assert_agree(name, got, expected):
 
 
 def test_log_volume_lazy_in_any_chunking_equals_eager(stores):
-    from dlnode.endtoend import log_volume
+    from dlnode.flows.endtoend import log_volume
 
     path = stores["lr"]
     eager = dln.open(path).load().dln.log_volume()
@@ -169,7 +169,7 @@ def test_run_record_accounts_for_the_tasks_time(stores):
 def _upkeep_config():
     import dask
 
-    from dlnode.sweep import LOCAL_CLUSTER_CONFIG
+    from dlnode.sweeps.sweep import LOCAL_CLUSTER_CONFIG
 
     return {key: dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG}
 
@@ -177,7 +177,7 @@ def _upkeep_config():
 def test_local_cluster_workers_run_without_profiler_or_fast_monitors():
     """The cluster `dln.sweep` starts has no dashboard: its worker processes get the config that turns Dask's
     profiler off and slows its monitors (benchmarks/sweep_scaling.py measures what that saves)."""
-    from dlnode.sweep import LOCAL_CLUSTER_CONFIG, local_cluster
+    from dlnode.sweeps.sweep import LOCAL_CLUSTER_CONFIG, local_cluster
 
     with local_cluster(1) as cluster, Client(cluster) as client:
         (got,) = client.run(_upkeep_config).values()

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 import dlnode as dln
 from dlnode.cli import app
-from dlnode.integration import default_rtol
-from dlnode.store import Layout, _template
-from dlnode.sweep import auto_batch
-from dlnode.sweep_config import load_config, save_times
+from dlnode.run.integrate import default_rtol
+from dlnode.sweeps.config import load_config, save_times
+from dlnode.sweeps.store import Layout, _template
+from dlnode.sweeps.sweep import auto_batch
 
 BASE = {
     "problem": {"kind": "factorization", "shape": [4, 4], "rank": 2, "seed": 1},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dlnode.xla_threads import ENV, requested_threads
+from dlnode.runtime.xla_threads import ENV, requested_threads
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from ..flows import get_flow
-from ..network import init_layers, layer_shapes
-from ..problems import Problem
-from . import rosenbrock as stiff
-from . import singular
+from dlnode.flows.flow import get_flow
+from dlnode.problems.kinds import Problem
+from dlnode.problems.network import init_layers, layer_shapes
+from dlnode.solvers import rosenbrock as stiff
+from dlnode.solvers import singular
 
 __all__ = ["STIFF_RATIO", "choose_method", "predicted_stiffness"]
 

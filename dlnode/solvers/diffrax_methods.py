@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..flows import Flow
-from .core import TRACE_COUNT, Method, batched, call, stop_flags
+from dlnode.flows.flow import Flow
+from dlnode.solvers.core import TRACE_COUNT, Method, batched, call, stop_flags
 
 __all__ = ["DIFFRAX"]
 

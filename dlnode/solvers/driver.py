@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import fail, shown
-from ..interrupts import sigint_flag
-from .core import COMPILE, MESSAGES, RUNS, Controls, Method, Solution, Status
+from dlnode.errors import fail, shown
+from dlnode.runtime.interrupts import sigint_flag
+from dlnode.solvers.core import COMPILE, MESSAGES, RUNS, Controls, Method, Solution, Status
 
 __all__ = ["Checkpoint", "Horizon", "WINDOW", "drive"]
 

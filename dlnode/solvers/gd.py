@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..flows import Flow, layer_gradients
-from .core import TRACE_COUNT, Method, batched, call, stop_flags
+from dlnode.flows.flow import Flow, layer_gradients
+from dlnode.solvers.core import TRACE_COUNT, Method, batched, call, stop_flags
 
 __all__ = ["GD"]
 

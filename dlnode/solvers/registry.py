@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ..flows import Flow
-from . import rosenbrock, singular
-from .core import Controls, Method, Solution, call
-from .diffrax_methods import DIFFRAX
-from .driver import Horizon, drive
-from .gd import GD
-from .scipy_methods import SCIPY
+from dlnode.flows.flow import Flow
+from dlnode.solvers import rosenbrock, singular
+from dlnode.solvers.core import Controls, Method, Solution, call
+from dlnode.solvers.diffrax_methods import DIFFRAX
+from dlnode.solvers.driver import Horizon, drive
+from dlnode.solvers.gd import GD
+from dlnode.solvers.scipy_methods import SCIPY
 
 __all__ = ["METHODS", "solve"]
 

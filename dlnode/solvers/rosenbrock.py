@@ -42,10 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..flows import Flow, pack_layers
-from .core import TRACE_COUNT, stop_flags
-from .krylov import cg, power_iteration
-from .tableaus import DOPRI5, ExplicitTableau
+from dlnode.flows.flow import Flow, pack_layers
+from dlnode.solvers.core import TRACE_COUNT, stop_flags
+from dlnode.solvers.krylov import cg, power_iteration
+from dlnode.solvers.tableaus import DOPRI5, ExplicitTableau
 
 __all__ = [
     "RODAS3", "SHAMPINE", "TABLEAU", "Tableau", "error_norm", "make_batch", "probe", "settle", "step_factor",

@@ -18,8 +18,8 @@ import numpy as np
 import scipy.integrate
 from jax.flatten_util import ravel_pytree
 
-from ..flows import Flow
-from .core import COMPILE, TRACE_COUNT, Method, stop_flags
+from dlnode.flows.flow import Flow
+from dlnode.solvers.core import COMPILE, TRACE_COUNT, Method, stop_flags
 
 __all__ = ["SCIPY"]
 

@@ -44,7 +44,7 @@ completion. A 30 × 30 completion at depth ∞ (1068 steps) ran in 9 s matrix-fr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -53,10 +53,10 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
-from ..flows import Flow, end_to_end_observables
-from ..validation import check_singular_depths
-from .core import TRACE_COUNT, batched, call
-from .rosenbrock import SHAMPINE, error_norm, settle, step_factor
+from dlnode.errors import fail, shown
+from dlnode.flows.flow import Flow, end_to_end_observables
+from dlnode.solvers.core import TRACE_COUNT, batched, call
+from dlnode.solvers.rosenbrock import SHAMPINE, error_norm, settle, step_factor
 
 # Shampine's order-4 method, not the layer path's RODAS3: on the depth-8 factorisation (σ(0) = 1e-24) RODAS3 took
 # 5833 steps and 7.3 s where this takes 2793 and 2.9 s (rtol 1e-7, measured).
@@ -306,7 +306,7 @@ def local_jacobian(chart: _Chart, u: Any, v: Any, ell: Any, gradient: Callable, 
     a G_ii − b G_kk + p(σ_k b − σ_i a), so (dΩ_U, dΩ_V)_ik is a symmetric 2 × 2 block in (a, b) with eigenvalues
     λ₊ = (σ_i + σ_k)[(G_ii − G_kk) − p(σ_i − σ_k)]/D_ik along a = b (the frames turning together: fast when σ_i ≈ σ_k
     and G_ii ≠ G_kk) and λ₋ = (σ_i − σ_k)[(G_ii + G_kk) − p(σ_i + σ_k)]/D_ik along a = −b (whose p part is the operator
-    weight −p a_ik/N of `dlnode.endtoend`: the operator is diagonal in the singular bases). For a square W these
+    weight −p a_ik/N of `dlnode.flows.endtoend`: the operator is diagonal in the singular bases). For a square W these
     blocks are used whole; for a rectangular one, only their diagonals ρ_A, ρ_B (A and B have different pairs).
     d ln σ_i/dτ = −G_ii σ_i^{1−2/N} gives ρ_ℓ = −(1 − 2/N) G_ii σ_i^{1−2/N} − p σ_i^{2−2/N}. Left out: the
     off-diagonal G_ik and ∇²ℓ − pI, which couple pairs; GMRES takes care of them."""
@@ -507,7 +507,7 @@ def _batch(problem_cls: type) -> tuple[Callable, Callable, Callable]:
         spent = s0.steps + s0.rejected
 
         def observe(s: _State) -> dict:
-            """The observables of the end-to-end flow (`dlnode.flows`), from the coordinates: σ from ln σ (exact
+            """The observables of the end-to-end flow (`dlnode.flows.flow`), from the coordinates: σ from ln σ (exact
             down to any size), and the rate −dℓ/dτ = Σ_ik (a_ik/N) G_ik² without an SVD of W."""
             w = product(s.u, s.v, s.ell)
             e = gradient(w)
@@ -573,3 +573,16 @@ def summary(st: dict) -> dict[str, np.ndarray]:
     s = jax.device_get(st["s"])
     return {"t": s.t_hi + s.t_lo, "t_hi": s.t_hi, "t_lo": s.t_lo, "steps": s.steps, "rejected": s.rejected,
             "status": s.status}  # fmt: skip
+
+
+def check_singular_depths(depths: Iterable[float]) -> None:
+    """The singular-coordinate path (``rosenbrock`` on ``end_to_end``) integrates ln σ: depth ≥ 2 (or ∞) only."""
+    depths = list(depths)
+    if any(d < 2 for d in depths):
+        fail(
+            "depth",
+            "must be >= 2 for method='rosenbrock' on flow='end_to_end' (it integrates ln σ, and σ may "
+            "cross 0 at depth 1)",
+            shown(f"depths {[f'{d:g}' for d in depths]}"),
+            "use tsit5 for depth 1",
+        )

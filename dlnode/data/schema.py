@@ -15,22 +15,12 @@ from typing import Any, NoReturn
 import numpy as np
 import xarray as xr
 
-from .errors import DatasetError, DlnodeError, fail, shown
-from .problems import Problem
-from .solvers.core import Status
-from .solvers.registry import METHODS
-from .storage import (
-    DATASET_SUFFIXES,
-    HDF5_SIGNATURE,
-    atomic_path,
-    check_input_path,
-    check_output_path,
-    damaged_hdf5_array,
-    is_dlnode_store,
-    missing_chunks,
-    suffix_of,
-)
-from .validation import check_bool
+from dlnode.errors import DatasetError, DlnodeError, fail, shown
+from dlnode.problems.kinds import Problem
+from dlnode.solvers.core import Status
+from dlnode.solvers.registry import METHODS
+from dlnode.data.storage import DATASET_SUFFIXES, HDF5_SIGNATURE, atomic_path, check_input_path, check_output_path, damaged_hdf5_array, is_dlnode_store, missing_chunks, suffix_of
+from dlnode.checks import check_bool
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "GRID_DIMS", "STATUS_MEANINGS", "VARIABLES", "open_dataset", "problem_from",
            "problem_variables", "save", "to_dataset", "validate"]  # fmt: skip
@@ -208,7 +198,7 @@ def validate(ds: xr.Dataset) -> None:
     grid = tuple(d for d in GRID_DIMS if d in ds.dims)
     for d in grid:
         if d not in ds.coords:
-            fail("ds", f"swept dim {d!r} must have its coordinate", None, "rebuild it with dlnode.sweep",
+            fail("ds", f"swept dim {d!r} must have its coordinate", None, "rebuild it with dlnode.sweeps.sweep",
                  kind=DatasetError)  # fmt: skip
     for name, (dims, _, _) in VARIABLES.items():
         expected = (*RUN, *grid, *dims[len(RUN) :])
@@ -217,7 +207,7 @@ def validate(ds: xr.Dataset) -> None:
                 "ds",
                 f"variable {name!r} must have dims {expected}",
                 tuple(ds[name].dims),
-                "rebuild it with integrate (or dlnode.sweep)",
+                "rebuild it with integrate (or dlnode.sweeps.sweep)",
                 kind=DatasetError,
             )
         for key in ("long_name", "units"):
@@ -427,7 +417,7 @@ def open_dataset(path: str | os.PathLike, chunks: dict[str, int] | None = None) 
     return ds
 
 
-SWEEP_CONFIG_ATTR = "dlnode_sweep_config"  # the attribute that marks a sweep store (see dlnode.store)
+SWEEP_CONFIG_ATTR = "dlnode_sweep_config"  # the attribute that marks a sweep store (see dlnode.sweeps.store)
 
 
 def _read(source: Path, kind: str, chunks: dict | None) -> xr.Dataset:

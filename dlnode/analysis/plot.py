@@ -27,12 +27,12 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from . import analysis
-from .analysis import require_variable
-from .curvature import sharpness_bounds, sharpness_of
-from .dataset import GRID_DIMS, problem_from
-from .discrete import fit_order
-from .problems import Problem, Regression
+from dlnode.analysis import spectra as analysis
+from dlnode.analysis.curvature import sharpness_bounds, sharpness_of
+from dlnode.analysis.discrete import fit_order
+from dlnode.analysis.variables import require_variable
+from dlnode.data.schema import GRID_DIMS, problem_from
+from dlnode.problems.kinds import Problem, Regression
 
 __all__ = ["PLOTS", "effective_rank", "figure", "finish", "gd_error", "loss", "rank_staircase", "sharpness"]
 __all__ += ["singular_values"]
@@ -168,7 +168,8 @@ def rank_staircase(ds: xr.Dataset, level: float = 0.5, learned: float = 0.05, pa
     """Modes learned (σ_k at or above `level` × its final value) against log time, with the stages' ends.
 
     One panel per depth, colour = scale, one line per seed; circles mark each stage's end (see
-    `dlnode.analysis.stages`) at the number of modes learned after it; the loss is drawn in grey on the right axis.
+    `dlnode.analysis.stages.stages`) at the number of modes learned after it; the loss is drawn in grey on the right
+    axis.
     """
     ds = _drawable(ds, "rank_staircase")
     count = _positive_time(analysis.modes_learned(ds, level, learned)).compute()  # reduced results, loaded once
@@ -262,11 +263,11 @@ def effective_rank(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
 def gd_error(errors: xr.Dataset, variable: str = "product_error", path: str | Path | None = None) -> Figure:
     """Largest GD-vs-flow error against the step size (log-log) with the fitted order.
 
-    `errors` is the Dataset of `dlnode.curvature.gd_errors`; `variable` one of its errors.
+    `errors` is the Dataset of `dlnode.analysis.curvature.gd_errors`; `variable` one of its errors.
     """
     da = require_variable(errors, variable)
     if "lr" not in da.dims:
-        raise ValueError("errors must have an 'lr' dim; pass the result of dlnode.curvature.gd_errors")
+        raise ValueError("errors must have an 'lr' dim; pass the result of dlnode.analysis.curvature.gd_errors")
     order = fit_order(da)
     fig, axes = figure()
     ax = axes[0, 0]

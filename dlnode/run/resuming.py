@@ -12,8 +12,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .errors import fail, shown
-from .solvers.core import Status
+from dlnode.errors import fail, shown
+from dlnode.solvers.core import Status
 
 __all__ = ["remember", "resume"]
 

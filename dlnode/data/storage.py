@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import PathError, PathExistsError, PathMissingError, fail, shown
+from dlnode.errors import PathError, PathExistsError, PathMissingError, fail, shown
 
 __all__ = [
     "DATASET_SUFFIXES",

@@ -1,11 +1,11 @@
 """`sweep`: a grid of `integrate` runs on Dask, written cell by cell into one zarr store, resumable.
 
 The grid is depth × scale × seed × (flow × init × method × lr where swept) of one problem (see
-`dlnode.sweep_config`). Cells that differ only in scale and seed share their shape: up to ``batch`` of them make
+`dlnode.sweeps.config`). Cells that differ only in scale and seed share their shape: up to ``batch`` of them make
 one task, one `dlnode.integrate` call (vmapped over the batch). Tasks run on a `dask.distributed` cluster — a
 local one of processes by default, or any cluster through a scheduler address or a `Client` — and region-write
-their cells into the store (`dlnode.store`), ``status`` last. A task on a worker that dies is rescheduled by Dask;
-a run stopped any other way (Ctrl-C, a killed client, a restart) is resumed by running it again: cells whose
+their cells into the store (`dlnode.sweeps.store`), ``status`` last. A task on a worker that dies is rescheduled by
+Dask; a run stopped any other way (Ctrl-C, a killed client, a restart) is resumed by running it again: cells whose
 status is on disk are kept, and the rest are computed exactly as an uninterrupted run would have.
 """
 
@@ -32,12 +32,13 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from ._version import __version__
-from .dataset import METHOD_CODES
-from .integration import integrate
-from .interrupts import sigint_flag
-from .solvers import Status
-from .store import (
+from dlnode._version import __version__
+from dlnode.data.schema import METHOD_CODES
+from dlnode.run.integrate import integrate
+from dlnode.runtime.interrupts import sigint_flag
+from dlnode.solvers import Status
+from dlnode.sweeps.config import SweepConfig, grid_layer_shapes, load_config
+from dlnode.sweeps.store import (
     EXTRA_AXES,
     REDO,
     Layout,
@@ -50,7 +51,6 @@ from .store import (
     stored_tolerances,
     write_cells,
 )
-from .sweep_config import SweepConfig, grid_layer_shapes, load_config
 
 __all__ = ["auto_batch", "sweep"]
 
@@ -82,7 +82,7 @@ def sweep(
 
     Parameters
     ----------
-    config : a TOML path, a dict of its tables, or a `SweepConfig` (see `dlnode.sweep_config`).
+    config : a TOML path, a dict of its tables, or a `SweepConfig` (see `dlnode.sweeps.config`).
     store : a path ending in ``.zarr``: created with the template on the first run; on a re-run it must be this
         config's store, and only cells whose status is pending (or interrupted) are computed.
     client : a ``distributed.Client`` to run on (left open). Default: a local cluster of `workers` processes with

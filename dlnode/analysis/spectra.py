@@ -3,7 +3,7 @@
 Every function takes a Dataset in the schema of docs/schema.md (or one of its DataArrays) and returns a DataArray
 or Dataset that keeps the run coordinates (depth, scale, seed) and, where there is one, time. NaN, which pads a
 failed run after its last reached time, propagates to NaN. Gradient descent against the flow (sharpness, its
-bounds, layer alignment, discretisation error) lives in `dlnode.curvature`.
+bounds, layer alignment, discretisation error) lives in `dlnode.analysis.curvature`.
 
 References
 ----------
@@ -19,9 +19,10 @@ import numpy as np
 import scipy.special
 import xarray as xr
 
-from . import endtoend
-from .problems import MatrixCompletion, Problem
-from .stages import escape_times, modes_learned, stages
+from dlnode.analysis.stages import escape_times, modes_learned, stages
+from dlnode.analysis.variables import final_values, require_variable
+from dlnode.flows import endtoend
+from dlnode.problems.kinds import MatrixCompletion, Problem
 
 __all__ = [
     "effective_rank",
@@ -47,16 +48,6 @@ def _singular_values(ds_or_sv: Spectrum) -> xr.DataArray:
             "pass the dataset returned by dlnode.integrate"
         )
     return sv
-
-
-def require_variable(ds: xr.Dataset, name: str) -> xr.DataArray:
-    """`ds[name]`, or a one-line ValueError naming what the dataset holds instead."""
-    if not isinstance(ds, xr.Dataset) or name not in ds:
-        got = list(ds.data_vars) if isinstance(ds, xr.Dataset) else type(ds).__name__
-        raise ValueError(
-            f"ds must be a dlnode Dataset with variable {name!r}; got {got}; pass the dataset of dlnode.integrate"
-        )
-    return ds[name]
 
 
 def numerical_rank(
@@ -133,27 +124,6 @@ def schatten_norm(ds_or_sv: Spectrum, p: float) -> xr.DataArray:
         ratio = sv / top.where(top > 0, 1.0)
         out = top * (ratio**p).sum("k", skipna=False) ** (1.0 / p)
     return out.rename("schatten_norm").assign_attrs(long_name=f"Schatten {p:g}-norm of W", units="1")
-
-
-def final_values(da: xr.DataArray) -> xr.DataArray:
-    """Each element's value at its run's last non-NaN time: the end of the run, or where a failed run stopped.
-
-    Parameters
-    ----------
-    da : a DataArray with dim ``time``.
-
-    Returns
-    -------
-    `da` without ``time`` (NaN where every time is NaN).
-    """
-    if not isinstance(da, xr.DataArray) or "time" not in da.dims:
-        raise ValueError(f"da must be a DataArray with dim 'time'; got {type(da).__name__}; pass e.g. ds['loss']")
-    along_time = [name for name, c in da.coords.items() if "time" in c.dims]
-    da = da.drop_vars(along_time)
-    index = xr.DataArray(np.arange(da.sizes["time"]), dims="time")
-    last = (da.notnull() * index).argmax("time")
-    # the one value at `last` (NaN where every time is NaN), by masked sums: lazy on sweep stores, exact
-    return da.where(index == last).sum("time", min_count=1, keep_attrs=True)
 
 
 def recovery_error(ds: xr.Dataset, target: Problem | Any) -> xr.DataArray:
@@ -303,7 +273,7 @@ def log_volume(ds: xr.Dataset) -> xr.DataArray:
 
     log vol_N = Σ_{i<k} ln(N|σ_i^{2/N} − σ_k^{2/N}|) + (1/N − 1) Σ_i ln σ_i on the rescaled time axis, and
     log vol_∞ = Σ_{i<k} ln|ln σ_i² − ln σ_k²| − Σ_i ln σ_i (up to an additive constant; see
-    `dlnode.endtoend.log_volume`). Small singular values carry large volume: Cohen, Menon, Veraszto's reading of
+    `dlnode.flows.endtoend.log_volume`). Small singular values carry large volume: Cohen, Menon, Veraszto's reading of
     implicit regularisation as a bias towards high volume (arXiv 2210.12497).
     """
     sv = require_variable(ds, "singular_values")

@@ -27,8 +27,7 @@ import xarray as xr
 import zarr
 import zarr.api.asynchronous
 
-from . import integration
-from .dataset import (
+from dlnode.data.schema import (
     GRID_DIMS,
     METHOD_USED_ATTRS,
     RUN,
@@ -37,9 +36,10 @@ from .dataset import (
     VARIABLES,
     with_problem,
 )
-from .problems import Problem
-from .solvers import Status
-from .sweep_config import SweepConfig, config_diff, layer_extent, save_times
+from dlnode.problems.kinds import Problem
+from dlnode.run import integrate as integration
+from dlnode.solvers import Status
+from dlnode.sweeps.config import SweepConfig, config_diff, layer_extent, save_times
 
 __all__ = ["SWEEP_ATTR", "Layout", "describe", "export", "is_sweep_store", "open_store", "prepare", "stored_chunks",
            "write_cells"]  # fmt: skip
@@ -225,7 +225,7 @@ def _method_attrs(layout: Layout) -> dict[str, str]:
 
 
 def is_sweep_store(path: str | os.PathLike) -> bool:
-    """Whether `path` is a zarr store that `dlnode.sweep` made (it carries the config attribute)."""
+    """Whether `path` is a zarr store that `dlnode.sweeps.sweep` made (it carries the config attribute)."""
     try:
         return SWEEP_ATTR in zarr.open_group(os.fspath(path), mode="r").attrs
     except (FileNotFoundError, OSError, ValueError, zarr.errors.GroupNotFoundError):

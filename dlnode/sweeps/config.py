@@ -13,7 +13,7 @@ Every cell of the grid shares one time axis, so the config defines it alone: ``i
 count (t = 0 plus that many log-spaced times ending at t1, as `dlnode.integrate` lays them), or ``saveat`` an
 explicit list of times (then ``t1`` may be left out: each run stops at its last save time or on convergence).
 Likewise one ``rtol`` and ``atol`` hold for every cell: the config's, or `dlnode.integrate`'s defaults resolved once
-over the whole grid (`dlnode.store.Layout`).
+over the whole grid (`dlnode.sweeps.store.Layout`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .flows import FLOWS
-from .integration import log_times, time_unit
-from .network import INITS, layer_shapes
-from .problems import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression, _low_rank_target
-from .solvers import METHODS
-from .validation import check_flow
+from dlnode.flows.flow import FLOWS
+from dlnode.problems.kinds import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression, _low_rank_target
+from dlnode.problems.network import INITS, layer_shapes
+from dlnode.run.integrate import log_times, time_unit
+from dlnode.run.rules import check_flow
+from dlnode.solvers import METHODS
 
 __all__ = ["SweepConfig", "config_diff", "grid_layer_shapes", "load_config", "save_times"]
 

@@ -16,31 +16,28 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._version import __version__
-from .dataset import METHOD_CODES, METHOD_USED_ATTRS, to_dataset, with_problem
-from .endtoend import recover_layers
-from .errors import fail, shown
-from .flows import FLOWS, get_flow, pack_layers, unpack_layers
-from .network import init_layers, product
-from .problems import Problem
-from .resuming import remember
-from .solvers import METHODS, Controls, Solution, Status, solve
-from .solvers.auto import PER_DEPTH, choose_methods, gradient_scale, predicted_stiffness
-from .solvers.driver import Horizon
-from .validation import (
+from dlnode._version import __version__
+from dlnode.checks import (
     as_depths,
     as_scales,
     as_seeds,
-    check_call,
-    check_flow,
-    check_inits,
     check_max_steps,
-    check_memory,
     check_positive,
     check_saveat,
     check_tolerances,
     check_width,
 )
+from dlnode.data.schema import METHOD_CODES, METHOD_USED_ATTRS, to_dataset, with_problem
+from dlnode.errors import fail, shown
+from dlnode.flows.endtoend import recover_layers
+from dlnode.flows.flow import FLOWS, get_flow, pack_layers, unpack_layers
+from dlnode.problems.kinds import Problem
+from dlnode.problems.network import init_layers, product
+from dlnode.run.resuming import remember
+from dlnode.run.rules import check_call, check_flow, check_inits, check_memory
+from dlnode.solvers import METHODS, Controls, Solution, Status, solve
+from dlnode.solvers.auto import PER_DEPTH, choose_methods, gradient_scale, predicted_stiffness
+from dlnode.solvers.driver import Horizon
 
 __all__ = ["integrate"]
 

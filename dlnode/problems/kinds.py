@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import fail, shown
-from .validation import as_array, check_bool, check_optional_int, check_positive_int, check_seed
+from dlnode.checks import as_array, check_bool, check_optional_int, check_positive_int, check_seed
+from dlnode.errors import fail, shown
 
 __all__ = ["KINDS", "Factorization", "MatrixCompletion", "MatrixSensing", "Problem", "Regression"]
 

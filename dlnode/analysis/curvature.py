@@ -2,7 +2,7 @@
 
 The sharpness S = λ_max(∇²L), L(W_1, …, W_N) = ℓ(W_N⋯W_1) with ℓ the problem's own loss (dlnode's regression
 loss is (1/2n)‖WX − Y‖²_F, with a ½), is the stiffness of the flow and sets the largest stable GD step, 2/S.
-Below it, GD follows the flow with a global error O(lr) (see `dlnode.discrete`). Marion and Chizat's levels of
+Below it, GD follows the flow with a global error O(lr) (see `dlnode.analysis.discrete`). Marion and Chizat's levels of
 S at minimisers and the alignment of consecutive layers describe the flat, aligned minimisers that small
 initialisation finds.
 
@@ -25,8 +25,8 @@ import scipy.sparse.linalg
 import scipy.stats
 import xarray as xr
 
-from .network import product
-from .problems import Problem, Regression
+from dlnode.problems.kinds import Problem, Regression
+from dlnode.problems.network import product
 
 __all__ = ["layer_alignment", "sharpness", "sharpness_bounds", "sharpness_of"]
 

@@ -5,7 +5,7 @@
 - ``modified``: the gradient flow of L̃ = L + (η/4)‖∇L‖² (Barrett & Dherin 2021, arXiv 2009.11162), which gradient
   descent with step η follows to O(η²): dW_j/dt = −(∇L + (η/2)∇²L ∇L)_j, the Hessian term by one jvp.
 - ``end_to_end``: for balanced layers, W alone, dW/dτ = −A_N(E)/N on the rescaled time τ = N t (or −A_∞(E) at
-  depth ∞); see `dlnode.endtoend`.
+  depth ∞); see `dlnode.flows.endtoend`.
 
 `args` is a dict: "problem" (the problem's arrays, see `Problem.arrays`), "d0" (initial balancedness, per-layer
 flows) and "lr" (the modified flow's η, a traced value). Flows are cached per (kind, problem class, options), so
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .endtoend import end_to_end_field
-from .network import product
+from dlnode.flows.endtoend import end_to_end_field
+from dlnode.problems.network import product
 
 __all__ = [
     "FLOWS",

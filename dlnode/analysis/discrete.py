@@ -17,7 +17,7 @@ import scipy.interpolate
 import scipy.stats
 import xarray as xr
 
-from .stages import is_real
+from dlnode.analysis.variables import is_real
 
 __all__ = ["compare", "convergence_order", "gd_errors"]
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import fail
-from .problems import Problem
-from .validation import call_init, check_positive, check_seed
+from dlnode.checks import call_init, check_positive, check_seed
+from dlnode.errors import fail
+from dlnode.problems.kinds import Problem
 
 __all__ = ["INITS", "balancedness", "init_end_to_end", "init_layers", "layer_shapes", "product"]
 

@@ -1,4 +1,5 @@
-"""The ``ds.dln`` namespace: one-line delegations to `dlnode.analysis`, `dlnode.curvature` and `dlnode.plot`.
+"""The ``ds.dln`` namespace: one-line delegations to `dlnode.analysis.spectra`, `dlnode.analysis.curvature` and
+`dlnode.analysis.plot`.
 
 Importing this module registers the accessor (``import dlnode`` does it). Each method is the function of the same
 name applied to the dataset; see that function for the mathematics.
@@ -11,17 +12,18 @@ from typing import Any
 import xarray as xr
 from matplotlib.figure import Figure
 
-from . import analysis, plot
-from .curvature import layer_alignment, sharpness_of
-from .dataset import problem_from
-from .discrete import compare
-from .problems import Problem
+from dlnode.analysis import plot
+from dlnode.analysis import spectra as analysis
+from dlnode.analysis.curvature import layer_alignment, sharpness_of
+from dlnode.analysis.discrete import compare
+from dlnode.data.schema import problem_from
+from dlnode.problems.kinds import Problem
 
 __all__ = ["DlnAccessor"]
 
 
 class _PlotNamespace:
-    """``ds.dln.plot.<kind>(...)``: the figures of `dlnode.plot` for this dataset."""
+    """``ds.dln.plot.<kind>(...)``: the figures of `dlnode.analysis.plot` for this dataset."""
 
     def __init__(self, ds: xr.Dataset) -> None:
         self._ds = ds

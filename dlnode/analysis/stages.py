@@ -21,21 +21,14 @@ arXiv 1904.13262 (escape at ≈ ln(1/ε)/s_i); Cao et al. (2022), arXiv 2212.141
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import xarray as xr
 
-from . import analysis  # analysis imports this module first; its helpers are looked up at call time
+from dlnode.analysis.variables import final_values, is_real, require_variable
 
 __all__ = ["escape_times", "modes_learned", "stages"]
 
 RISE = (0.25, 0.75)  # the central half of a rise, as fractions of the mode's final value
-
-
-def is_real(x: object) -> bool:
-    """A real number (Python or NumPy, e.g. np.float32), not a bool."""
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
 def _check(level: float, learned: float) -> None:
@@ -48,7 +41,7 @@ def _check(level: float, learned: float) -> None:
 
 
 def _inputs(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
-    sv, loss = analysis.require_variable(ds, "singular_values"), analysis.require_variable(ds, "loss")
+    sv, loss = require_variable(ds, "singular_values"), require_variable(ds, "loss")
     if "time" not in sv.dims or "time" not in loss.dims or "k" not in sv.dims:
         raise ValueError(
             f"ds must have singular_values over (time, k) and loss over time; got {sv.dims} and {loss.dims}; pass "
@@ -214,7 +207,7 @@ def modes_learned(ds: xr.Dataset, level: float = 0.5, learned: float = 0.05) -> 
     """
     _check(level, learned)
     _, sv, _ = _inputs(ds)
-    final = analysis.final_values(sv)
+    final = final_values(sv)
     counted = final >= learned * final.isel(k=0)
     up = (sv >= level * final) & counted
     out = up.sum("k").astype(np.float64).where(sv.isel(k=0).notnull())

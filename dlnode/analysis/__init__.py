@@ -1,0 +1,2 @@
+"""Functions Dataset in, DataArray out (spectra, stages, curvature, continuous against discrete), the ``ds.dln``
+accessor and the plots."""

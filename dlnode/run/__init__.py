@@ -1,0 +1,1 @@
+"""One call: its rules (`rules`), `integrate`, and `resume`."""

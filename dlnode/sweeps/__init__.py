@@ -1,0 +1,1 @@
+"""Grids of calls: the config, the zarr store, and their execution on Dask."""
