@@ -41,6 +41,7 @@ from dlnode.problems.kinds import Factorization, MatrixCompletion, MatrixSensing
 from dlnode.problems.network import balancedness, init_layers, layer_shapes, product  # noqa: E402
 from dlnode.run.integrate import integrate  # noqa: E402
 from dlnode.run.resuming import resume  # noqa: E402
+from dlnode.run.saveat import SaveAt  # noqa: E402
 from dlnode.solvers import METHODS, Status  # noqa: E402
 from dlnode.sweeps.sweep import sweep  # noqa: E402
 
@@ -52,6 +53,7 @@ __all__ = [
     "MatrixSensing",
     "Problem",
     "Regression",
+    "SaveAt",
     "Status",
     "__version__",
     "balancedness",

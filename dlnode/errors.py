@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 __all__ = ["ArgumentError", "DatasetError", "DlnodeError", "PathError", "PathExistsError", "PathMissingError", "fail",
-           "shown"]  # fmt: skip
+           "refused", "shown"]  # fmt: skip
 
 
 class DlnodeError(Exception):
@@ -33,6 +33,12 @@ class DlnodeError(Exception):
 class ArgumentError(DlnodeError, ValueError):
     """An argument that breaks a rule (type, range, or a combination of arguments)."""
 
+    @classmethod
+    def said(cls, text: str) -> ArgumentError:
+        """An error whose message is already written in one piece (``<argument> <rule>; got <value>; <fix>``):
+        its first word is the argument."""
+        return cls(text.split(" ", 1)[0].strip("`'\""), "", None, "", text=text)
+
 
 class DatasetError(DlnodeError, ValueError):
     """A file or dataset that is not a dlnode dataset, or one that is damaged."""
@@ -48,6 +54,11 @@ class PathExistsError(PathError, FileExistsError):
 
 class PathMissingError(PathError, FileNotFoundError):
     """An input path that does not exist."""
+
+
+def refused(text: str) -> ArgumentError:
+    """The `ArgumentError` of a message written in one piece (``raise refused(f"lr must be ...; got {lr}; ...")``)."""
+    return ArgumentError.said(text)
 
 
 def fail(

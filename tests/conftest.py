@@ -9,9 +9,29 @@ from pathlib import Path
 os.environ.setdefault("DLNODE_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".cache" / "jax-tests"))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from dlnode.solvers import core  # noqa: E402
+
+# JAX's own record of tracing (one event per function traced to a jaxpr): tests count traces with it to show that a
+# new t1, rtol, lr or depth reuses a compiled solver.
+TRACES = {"n": 0}
+_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+
+
+def _count_trace(event: str, duration: float, **kwargs) -> None:
+    if event == _TRACE_EVENT:
+        TRACES["n"] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_trace)
+
+
+@pytest.fixture
+def traces():
+    """A callable giving the number of functions JAX has traced so far in this process."""
+    return lambda: TRACES["n"]
 
 
 @pytest.fixture(autouse=True, scope="module")

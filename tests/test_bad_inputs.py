@@ -462,8 +462,8 @@ def test_bad_files_and_paths_are_refused_with_one_line(files, call, kind, argume
 def test_planning_arithmetic_survives_extreme_depths_and_scales(depth, scale):
     """scale^depth under- or overflows a float (0.1^400, 1e6^60): the planning works in logarithms instead of
     raising ZeroDivisionError/OverflowError."""
-    from dlnode.run import integrate as integration
-    from dlnode.solvers.auto import predicted_stiffness
+    from dlnode.flows import scales as integration
+    from dlnode.flows.scales import predicted_stiffness
 
     horizon = getattr(integration, "escape_estimate", None) or integration.default_t_max
     assert 0 < horizon(MC, [float(depth)], [scale]) < math.inf

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import dlnode as dln
-from dlnode.solvers import TRACE_COUNT, auto
+from dlnode.flows import scales
+from dlnode.solvers import auto
 
 PROB = dln.MatrixCompletion.random((6, 5), 2, 18, seed=1)
 TIMES = np.linspace(0.0, 3.0, 7)
@@ -43,20 +44,20 @@ def test_balancedness_drift_scales_with_the_tolerance():
     assert drifts[0] / drifts[2] > 100
 
 
-def test_changing_t1_saveat_rtol_or_lr_does_not_retrace():
+def test_changing_t1_saveat_rtol_or_lr_does_not_retrace(traces):
     # save grids are padded to a power of two (at least 16), so any grid of 17 to 32 times shares one compile
     prob = dln.Regression.whitened([2.0, 1.0], 3, 3, seed=0)
     kw = dict(depth=2, init="gaussian", scale=0.3, seed=0, progress=False)
     dln.integrate(prob, method="tsit5", t1=2.0, saveat=20, rtol=1e-6, **kw)
-    before = TRACE_COUNT["n"]
+    before = traces()
     dln.integrate(prob, method="tsit5", t1=5.0, saveat=20, rtol=1e-8, atol=1e-12, **kw)
     dln.integrate(prob, method="tsit5", t1=3.0, saveat=np.linspace(0.1, 3.0, 17), rtol=1e-5, **kw)
-    assert TRACE_COUNT["n"] == before
+    assert traces() == before
     dln.integrate(prob, method="gd", lr=0.1, t1=2.0, saveat=np.arange(1, 21) * 0.1, **kw)
-    before = TRACE_COUNT["n"]
+    before = traces()
     dln.integrate(prob, method="gd", lr=0.05, t1=4.0, saveat=np.arange(1, 21) * 0.2, **kw)
     dln.integrate(prob, method="gd", lr=0.02, t1=1.0, saveat=np.arange(1, 25) * 0.04, **kw)  # same size bucket
-    assert TRACE_COUNT["n"] == before
+    assert traces() == before
 
 
 def test_run_until_converged_stops_on_the_loss_criterion():
@@ -68,7 +69,7 @@ def test_run_until_converged_stops_on_the_loss_criterion():
     # one pass: the save grid ends at the first save time at or after the latest convergence
     assert float(ds.time[-2]) < float(ds["t_final"].max()) <= float(ds.time[-1])
     # `saveat` sets the density of the planned log grid: 40 times per GRID_DECADES decades
-    from dlnode.run.integrate import GRID_DECADES
+    from dlnode.run.plan import GRID_DECADES
 
     ratios = ds.time.values[2:] / ds.time.values[1:-1]
     np.testing.assert_allclose(ratios, 10 ** (GRID_DECADES / 39), rtol=1e-9)
@@ -84,8 +85,8 @@ def test_auto_takes_the_explicit_path_when_nothing_is_stiff():
 def test_auto_takes_the_stiff_path_for_small_init_deep_flows():
     prob = dln.Regression.whitened([4.0, 2.0, 1.0], 3, 3, seed=0)
     # docs/math.md §3: a learned mode's curvature over an unlearned one's growth, (s/u0)^(1 - 2/N) = 800 here
-    assert auto.predicted_stiffness(prob, 4, 0.05) == pytest.approx((4.0 / 0.05**4) ** 0.5, rel=1e-12)
-    assert auto.predicted_stiffness(prob, 4, 0.05) > auto.STIFF_RATIO
+    assert scales.predicted_stiffness(prob, 4, 0.05) == pytest.approx((4.0 / 0.05**4) ** 0.5, rel=1e-12)
+    assert scales.predicted_stiffness(prob, 4, 0.05) > auto.STIFF_RATIO
     ds = dln.integrate(prob, depth=4, scale=0.05, t1=1.0, saveat=5, progress=False)
     assert ds.attrs["method"] == "rosenbrock"
     assert "predicted plateau stiffness" in ds.attrs["method_reason"]

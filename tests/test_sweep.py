@@ -19,7 +19,7 @@ import pytest
 import xarray as xr
 
 import dlnode as dln
-from dlnode.run.integrate import default_rtol
+from dlnode.run.plan import default_rtol
 
 pytest.importorskip("distributed")
 from distributed import Client, LocalCluster  # noqa: E402

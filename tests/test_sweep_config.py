@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import dlnode as dln
 from dlnode.cli import app
-from dlnode.run.integrate import default_rtol
+from dlnode.run.plan import default_rtol
 from dlnode.sweeps.config import load_config, save_times
 from dlnode.sweeps.store import Layout, _template
 from dlnode.sweeps.sweep import auto_batch
@@ -54,14 +54,26 @@ BAD = [
         "config key 'execution.batch': Input should be greater than or equal to 1 or Input should be 'auto'",
     ),
     (_with("grid", depth=[2, "inf"]), "depth 'inf' needs flow='end_to_end'"),
-    (_with("grid", depth=["inf"], flow="end_to_end", init="balanced"), "'integrate.scale_of' must be 'product'"),
+    (
+        _with("grid", depth=["inf"], flow="end_to_end", init="balanced"),
+        "config key 'integrate.scale_of', in the cells flow='end_to_end', init='balanced', method='tsit5': "
+        "scale_of must be 'product' with depth 'inf'",
+    ),
     (_with("grid", flow=["end_to_end"]), "flow='end_to_end' needs a balanced init"),
-    (_with("grid", method=["gd"]), "config key 'grid.lr' is required for method='gd'"),
-    (_with("grid", lr=[0.1]), "config key 'grid.lr' applies only to method 'gd' or flow 'modified'"),
+    (
+        _with("grid", method=["gd"]),
+        "config key 'grid.lr', in the cells flow='layers', init='gaussian', method='gd': lr must be",
+    ),
+    (
+        _with("grid", lr=[0.1]),
+        "config key 'grid.lr', in the cells flow='layers', init='gaussian', method='tsit5', lr=0.1: "
+        "lr applies to method='gd' or flow='modified' only",
+    ),
     (_with("grid", method=["gd"], lr=[0.1, 0.03]), "every lr must divide the largest (0.1)"),
     (
         {**_with("grid", method=["gd"], lr=[0.5, 0.25]), "integrate": {"t1": 0.4, "saveat": 10}},
-        "config key 'integrate.t1' must be at least the largest lr (0.5) with method 'gd' (one step); got 0.4",
+        "config key 'integrate.t1', in the cells flow='layers', init='gaussian', method='gd', lr=0.5: "
+        "t1 must be at least lr=0.5 for method='gd' (one step); got 0.4",
     ),
 ]
 

@@ -25,6 +25,7 @@ import scipy.sparse.linalg
 import scipy.stats
 import xarray as xr
 
+from dlnode.errors import refused
 from dlnode.problems.kinds import Problem, Regression
 from dlnode.problems.network import product
 
@@ -58,16 +59,16 @@ def _hessian(kind: type[Problem], shapes: Shapes, x: jax.Array, arrays: dict) ->
 def _check_layers(problem: Problem, weights: Sequence[Any]) -> list[np.ndarray]:
     layers = [np.asarray(w, dtype=np.float64) for w in weights]
     if not layers or any(w.ndim != 2 for w in layers):
-        raise ValueError(f"weights must be a non-empty sequence of 2-d layers W_1..W_N; got {len(layers)} arrays")
+        raise refused(f"weights must be a non-empty sequence of 2-d layers W_1..W_N; got {len(layers)} arrays")
     shapes = [w.shape for w in layers]
     chained = all(shapes[j][1] == shapes[j - 1][0] for j in range(1, len(shapes)))
     if not chained or shapes[0][1] != problem.d_in or shapes[-1][0] != problem.d_out:
-        raise ValueError(
+        raise refused(
             f"weights must chain from d_in={problem.d_in} to d_out={problem.d_out} (W_j of shape (d_j, d_j-1)); "
             f"got shapes {shapes}"
         )
     if not all(np.all(np.isfinite(w)) for w in layers):
-        raise ValueError("weights must be finite; got NaN or inf entries (a failed run has no sharpness)")
+        raise refused("weights must be finite; got NaN or inf entries (a failed run has no sharpness)")
     return layers
 
 
@@ -94,7 +95,7 @@ def sharpness(problem: Problem, weights: Sequence[Any], k: int = 1, exact: bool 
     x = jnp.concatenate([jnp.ravel(w) for w in layers])
     n = x.size
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer in [1, {n}] (the number of parameters); got {k!r}")
+        raise refused(f"k must be an integer in [1, {n}] (the number of parameters); got {k!r}")
     kind, arrays = type(problem), problem.arrays()
     if exact or k >= n - 1:
         values = np.linalg.eigvalsh(np.asarray(_hessian(kind, shapes, x, arrays)))[::-1][:k]
@@ -128,7 +129,7 @@ def _per_run(ds: xr.Dataset, func: Any, output_core_dims: list[str]) -> xr.DataA
     """Apply func(layers) to every run (and saved time, when ``weights`` is present) of a dataset."""
     name = "weights" if "weights" in ds else "weights_final"
     if name not in ds or "depth" not in ds.coords:
-        raise ValueError("ds must be a dlnode Dataset with a depth coordinate and 'weights_final' (or 'weights')")
+        raise refused("ds must be a dlnode Dataset with a depth coordinate and 'weights_final' (or 'weights')")
     d_in = ds.sizes["col"] if "col" in ds.dims else ds.sizes["in"]
 
     def one(weights: np.ndarray, depth: float) -> Any:
@@ -154,7 +155,7 @@ def sharpness_of(ds: xr.Dataset, problem: Problem, exact: bool = False) -> xr.Da
     DataArray over the run dims (and ``time``); NaN for depth ∞ (no layers) and for non-finite weights.
     """
     if not isinstance(problem, Problem):
-        raise ValueError(f"problem must be a dlnode Problem; got {type(problem).__name__}")
+        raise refused(f"problem must be a dlnode Problem; got {type(problem).__name__}")
 
     def one(layers: list[np.ndarray] | None) -> float:
         return np.nan if layers is None else sharpness(problem, layers, exact=exact)
@@ -191,16 +192,16 @@ def sharpness_bounds(
     """
     if not isinstance(problem, Regression) or problem.d_out != 1:
         got = f"{type(problem).__name__} with d_out={getattr(problem, 'd_out', None)}"
-        raise ValueError(f"problem must be a univariate Regression (d_out = 1); got {got}")
+        raise refused(f"problem must be a univariate Regression (d_out = 1); got {got}")
     if convention not in ("dlnode", "marion_chizat"):
-        raise ValueError(f"convention must be 'dlnode' or 'marion_chizat'; got {convention!r}")
+        raise refused(f"convention must be 'dlnode' or 'marion_chizat'; got {convention!r}")
     depths = np.atleast_1d(np.asarray(depth))
     if depths.ndim != 1 or not np.issubdtype(depths.dtype, np.integer) or np.any(depths < 1):
-        raise ValueError(f"depth must be a positive integer or a list of them; got {depth!r}")
+        raise refused(f"depth must be a positive integer or a list of them; got {depth!r}")
     w = problem.w_star[0]
     norm = float(np.linalg.norm(w))
     if not norm > 0:
-        raise ValueError("problem must have a non-zero least-squares solution w*; got w* = 0")
+        raise refused("problem must have a non-zero least-squares solution w*; got w* = 0")
     sxx, u = problem.sigma_xx, w / norm
     evals, evecs = np.linalg.eigh(sxx)
     root = (evecs * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T

@@ -18,6 +18,7 @@ import scipy.stats
 import xarray as xr
 
 from dlnode.analysis.variables import is_real
+from dlnode.errors import refused
 
 __all__ = ["compare", "convergence_order", "gd_errors"]
 
@@ -47,13 +48,13 @@ MIN_INTERPOLATION_POINTS = 7  # the error estimate fits a second spline through 
 def _check_pair(a: xr.Dataset, b: xr.Dataset) -> None:
     for arg, ds in (("a", a), ("b", b)):
         if not isinstance(ds, xr.Dataset):
-            raise ValueError(
+            raise refused(
                 f"{arg} must be a dlnode Dataset with time, product, loss and singular_values; got a "
                 f"{type(ds).__name__}; pass the whole dataset of dlnode.integrate, not one of its variables"
             )
         missing = [v for v in (*NAMES, "time") if v not in ds.variables]
         if missing or "time" not in ds.dims:
-            raise ValueError(
+            raise refused(
                 f"{arg} must be a dlnode Dataset with time, product, loss and singular_values; it lacks "
                 f"{missing or ['the time dim']}; pass the dataset of dlnode.integrate (keep those variables)"
             )
@@ -69,7 +70,7 @@ def _plain_time(a: xr.Dataset, b: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
     for arg, ds, is_rescaled in (("a", a, rescaled[0]), ("b", b, rescaled[1])):
         if is_rescaled:
             if ds.sizes["depth"] != 1 or not np.isfinite(ds["depth"].values).all():
-                raise ValueError(
+                raise refused(
                     f"{arg} runs on the rescaled time tau = N t of the end-to-end flow at depths "
                     f"{[float(d) for d in ds['depth'].values]}, the other on plain time t; compare one finite depth "
                     f"at a time: {arg}.sel(depth=[N])"
@@ -97,7 +98,7 @@ def _interpolate_run(tb: np.ndarray, fb: np.ndarray, ta: np.ndarray, exact: np.n
     todo = (exact < 0) & (ta <= last)
     if todo.any():
         if valid.sum() < MIN_INTERPOLATION_POINTS:
-            raise ValueError(
+            raise refused(
                 f"b must have at least {MIN_INTERPOLATION_POINTS} saved times to be interpolated at a's times; got "
                 f"{int(valid.sum())}; save b at a's times (saveat=a['time'].values)"
             )
@@ -113,7 +114,7 @@ def _b_at(a: xr.Dataset, b: xr.Dataset, time_rtol: float) -> tuple[xr.Dataset, x
     tol = time_rtol * max(np.max(np.abs(ta_all)), np.max(np.abs(tb)), np.finfo(np.float64).tiny)
     inside = (ta_all >= tb.min() - tol) & (ta_all <= tb.max() + tol)
     if not inside.any():
-        raise ValueError(
+        raise refused(
             f"a's times [{ta_all.min():g}, {ta_all.max():g}] lie outside b's [{tb.min():g}, {tb.max():g}]; compare "
             "runs over a common time span"
         )
@@ -124,7 +125,7 @@ def _b_at(a: xr.Dataset, b: xr.Dataset, time_rtol: float) -> tuple[xr.Dataset, x
     sub_b = b[list(NAMES)].reset_coords(drop=True)
     sub_a, sub_b = xr.align(sub_a, sub_b, join="inner", exclude=["time"])
     if any(sub_a.sizes[d] == 0 for d in sub_a.dims):
-        raise ValueError("a and b share no run (depth, scale, seed); compare runs with common coordinates")
+        raise refused("a and b share no run (depth, scale, seed); compare runs with common coordinates")
     ta = sub_a["time"].values
     values, estimates = {}, {}
     runs = [d for d in RUN_DIMS if d in sub_b.dims]
@@ -176,7 +177,7 @@ def compare(a: xr.Dataset, b: xr.Dataset, time_rtol: float = 1e-9, accuracy: flo
     _check_pair(a, b)
     a, b = _plain_time(a, b)
     if not (is_real(accuracy) and 0 < accuracy <= 1):
-        raise ValueError(f"accuracy must be in (0, 1], a fraction of the reported error; got {accuracy!r}; use 0.1")
+        raise refused(f"accuracy must be in (0, 1], a fraction of the reported error; got {accuracy!r}; use 0.1")
     sub_a, sub_b, estimate, exact = _b_at(a, b, time_rtol)
     dims = {"product": ("row", "col"), "singular_values": ("k",)}
     out = xr.Dataset()
@@ -191,7 +192,7 @@ def compare(a: xr.Dataset, b: xr.Dataset, time_rtol: float = 1e-9, accuracy: flo
             cell = bad.stack(cell=bad.dims)
             where = {d: c.values[int(cell.values.argmax())] for d, c in cell["cell"].coords.items() if d != "cell"}
             run = {d: v for d, v in where.items() if d != "time"}
-            raise ValueError(
+            raise refused(
                 f"b's save grid is too coarse to interpolate its {name} at a's times: at time {where['time']:.6g} "
                 f"the estimated interpolation error {float(est.sel(where)):.1e} exceeds accuracy={accuracy:g} x the "
                 f"run's largest error ({float(error.max('time').sel(run)):.1e}); save b at a's times "
@@ -218,18 +219,18 @@ def _references(reference: xr.Dataset | Sequence[xr.Dataset], runs: Sequence[xr.
     """One reference per run: the same flow for all, or one per lr when the reference depends on lr."""
     if isinstance(reference, xr.Dataset):
         if reference.attrs.get("flow") == "modified":
-            raise ValueError(
+            raise refused(
                 f"reference is the modified flow for lr={_lr(reference):g}, which depends "
                 f"on lr and cannot serve runs at lr {lrs}; pass one reference per run, in the runs' order"
             )
         return [reference] * len(runs)
     refs = list(reference)
     if len(refs) != len(runs) or not all(isinstance(r, xr.Dataset) for r in refs):
-        raise ValueError(f"reference must be one Dataset or one per run ({len(runs)}); got {len(refs)} references")
+        raise refused(f"reference must be one Dataset or one per run ({len(runs)}); got {len(refs)} references")
     for ref, lr in zip(refs, lrs, strict=True):
         ref_lr = _lr(ref)
         if ref.attrs.get("flow") == "modified" and not np.isclose(ref_lr, lr, rtol=1e-12, atol=0):
-            raise ValueError(f"reference for the run at lr={lr:g} is the modified flow for lr={ref_lr:g}; match them")
+            raise refused(f"reference for the run at lr={lr:g} is the modified flow for lr={ref_lr:g}; match them")
     return refs
 
 
@@ -255,17 +256,17 @@ def gd_errors(
     """
     if isinstance(runs, xr.Dataset) or not isinstance(runs, Sequence) or len(runs) < 2:
         got = f"{len(runs)} run(s)" if isinstance(runs, Sequence) else f"a {type(runs).__name__}"
-        raise ValueError(
+        raise refused(
             f"runs must be a sequence of at least two GD Datasets with different attrs['lr']; got {got}; pass a list "
             "such as [dlnode.integrate(p, method='gd', lr=lr) for lr in (0.02, 0.01, 0.005)]"
         )
     if not all(isinstance(run, xr.Dataset) for run in runs):
-        raise ValueError(
+        raise refused(
             f"runs must hold GD Datasets; got {[type(run).__name__ for run in runs]}; pass datasets of dlnode.integrate"
         )
     lrs = [_lr(run) for run in runs]
     if not all(np.isfinite(lr) and lr > 0 for lr in lrs) or len(set(lrs)) != len(lrs):
-        raise ValueError(f"runs must have distinct positive attrs['lr']; got {lrs}; pass GD runs (method='gd')")
+        raise refused(f"runs must have distinct positive attrs['lr']; got {lrs}; pass GD runs (method='gd')")
     refs = _references(reference, runs, lrs)
     errors = [
         compare(run, ref, time_rtol, accuracy).max("time", skipna=False) for run, ref in zip(runs, refs, strict=True)
@@ -312,6 +313,6 @@ def convergence_order(
     """
     names = [f"{name}_error" for name in NAMES]
     if variable not in names:
-        raise ValueError(f"variable must be one of {names}; got {variable!r}; use 'product_error'")
+        raise refused(f"variable must be one of {names}; got {variable!r}; use 'product_error'")
     errors = gd_errors(reference, runs, time_rtol, accuracy)
     return fit_order(errors[variable])

@@ -32,6 +32,7 @@ from dlnode.analysis.curvature import sharpness_bounds, sharpness_of
 from dlnode.analysis.discrete import fit_order
 from dlnode.analysis.variables import require_variable
 from dlnode.data.schema import GRID_DIMS, problem_from
+from dlnode.errors import refused
 from dlnode.problems.kinds import Problem, Regression
 
 __all__ = ["PLOTS", "effective_rank", "figure", "finish", "gd_error", "loss", "rank_staircase", "sharpness"]
@@ -74,7 +75,7 @@ def _drawable(ds: xr.Dataset, kind: str) -> xr.Dataset:
     """`ds` without the sweep's swept axes of one value (lazily); a one-line error naming a swept axis of several."""
     for dim in GRID_DIMS:
         if isinstance(ds, xr.Dataset) and dim in ds.dims and ds.sizes[dim] > 1:
-            raise ValueError(f"plot {kind}: ds has the swept dim {dim!r} ({ds.sizes[dim]} values), which the figure "
+            raise refused(f"plot {kind}: ds has the swept dim {dim!r} ({ds.sizes[dim]} values), which the figure "
                              f"does not draw; select one first, e.g. {_selection(ds, dim)}")  # fmt: skip
     return ds.isel({d: 0 for d in GRID_DIMS if d in ds.dims}) if isinstance(ds, xr.Dataset) else ds
 
@@ -214,7 +215,7 @@ def sharpness(ds: xr.Dataset, problem: Problem | None = None, path: str | Path |
     if "sharpness" in ds:
         values = ds["sharpness"]
     elif problem is None:
-        raise ValueError("problem is required to compute the sharpness; or pass a dataset with a 'sharpness' variable")
+        raise refused("problem is required to compute the sharpness; or pass a dataset with a 'sharpness' variable")
     else:
         values = sharpness_of(ds.drop_vars("weights", errors="ignore"), problem)
     values = values.sel(depth=np.isfinite(values["depth"])).compute()
@@ -267,7 +268,7 @@ def gd_error(errors: xr.Dataset, variable: str = "product_error", path: str | Pa
     """
     da = require_variable(errors, variable)
     if "lr" not in da.dims:
-        raise ValueError("errors must have an 'lr' dim; pass the result of dlnode.analysis.curvature.gd_errors")
+        raise refused("errors must have an 'lr' dim; pass the result of dlnode.analysis.curvature.gd_errors")
     order = fit_order(da)
     fig, axes = figure()
     ax = axes[0, 0]

@@ -21,6 +21,7 @@ import xarray as xr
 
 from dlnode.analysis.stages import escape_times, modes_learned, stages
 from dlnode.analysis.variables import final_values, require_variable
+from dlnode.errors import refused
 from dlnode.flows import endtoend
 from dlnode.problems.kinds import MatrixCompletion, Problem
 
@@ -43,7 +44,7 @@ def _singular_values(ds_or_sv: Spectrum) -> xr.DataArray:
     sv = ds_or_sv.get("singular_values") if isinstance(ds_or_sv, xr.Dataset) else ds_or_sv
     if not isinstance(sv, xr.DataArray) or "k" not in sv.dims:
         got = list(ds_or_sv.data_vars) if isinstance(ds_or_sv, xr.Dataset) else type(ds_or_sv).__name__
-        raise ValueError(
+        raise refused(
             f"ds_or_sv must be a Dataset with 'singular_values' or a DataArray with dim 'k'; got {got}; "
             "pass the dataset returned by dlnode.integrate"
         )
@@ -67,9 +68,9 @@ def numerical_rank(
     DataArray without ``k`` (float, NaN where the spectrum is NaN); 0 for the zero matrix.
     """
     if not 0 < threshold < 1:
-        raise ValueError(f"threshold must be in (0, 1); got {threshold!r}; pass a relative level such as 1e-3")
+        raise refused(f"threshold must be in (0, 1); got {threshold!r}; pass a relative level such as 1e-3")
     if relative_to not in ("current", "max"):
-        raise ValueError(f"relative_to must be 'current' or 'max'; got {relative_to!r}")
+        raise refused(f"relative_to must be 'current' or 'max'; got {relative_to!r}")
     sv = _singular_values(ds_or_sv)
     top = sv.max("k", skipna=False)
     ref = top.max("time") if relative_to == "max" and "time" in sv.dims else top
@@ -115,7 +116,7 @@ def schatten_norm(ds_or_sv: Spectrum, p: float) -> xr.DataArray:
     DataArray without ``k``.
     """
     if isinstance(p, bool) or not isinstance(p, (int, float, np.number)) or not p > 0:
-        raise ValueError(f"p must be a positive number (or inf); got {p!r}; use p=1 for the nuclear norm")
+        raise refused(f"p must be a positive number (or inf); got {p!r}; use p=1 for the nuclear norm")
     sv = _singular_values(ds_or_sv)
     top = sv.max("k", skipna=False)
     if np.isinf(p):
@@ -142,10 +143,10 @@ def recovery_error(ds: xr.Dataset, target: Problem | Any) -> xr.DataArray:
     w = require_variable(ds, "product")
     m = np.asarray(target.w_star if isinstance(target, Problem) else target, dtype=np.float64)
     if m.shape != (w.sizes["row"], w.sizes["col"]):
-        raise ValueError(f"target must have the product's shape {(w.sizes['row'], w.sizes['col'])}; got {m.shape}")
+        raise refused(f"target must have the product's shape {(w.sizes['row'], w.sizes['col'])}; got {m.shape}")
     norm = float(np.linalg.norm(m))
     if not norm > 0:
-        raise ValueError(f"target must be a non-zero finite matrix; got ||M||_F = {norm}")
+        raise refused(f"target must be a non-zero finite matrix; got ||M||_F = {norm}")
     diff = w - xr.DataArray(m, dims=("row", "col"))
     err = np.sqrt((diff**2).sum(("row", "col"), skipna=False)) / norm
     return err.rename("recovery_error").assign_attrs(long_name="||W - M||_F / ||M||_F", units="1")
@@ -167,15 +168,13 @@ def unobserved_loss(ds: xr.Dataset, problem: MatrixCompletion) -> xr.DataArray:
     DataArray over the run dims and time.
     """
     if not isinstance(problem, MatrixCompletion):
-        raise ValueError(f"problem must be a MatrixCompletion; got {type(problem).__name__}")
+        raise refused(f"problem must be a MatrixCompletion; got {type(problem).__name__}")
     w = require_variable(ds, "product")
     if problem.mask.shape != (w.sizes["row"], w.sizes["col"]):
-        raise ValueError(
-            f"problem shape {problem.mask.shape} must match the product's {(w.sizes['row'], w.sizes['col'])}"
-        )
+        raise refused(f"problem shape {problem.mask.shape} must match the product's {(w.sizes['row'], w.sizes['col'])}")
     hidden = ~problem.mask
     if not hidden.any():
-        raise ValueError("problem must leave at least one entry unobserved; got a full mask (use recovery_error)")
+        raise refused("problem must leave at least one entry unobserved; got a full mask (use recovery_error)")
     weight = xr.DataArray(hidden / (hidden.sum() if problem.normalize else 1.0), dims=("row", "col"))
     diff = w - xr.DataArray(problem.target_matrix, dims=("row", "col"))
     loss = 0.5 * (weight * diff**2).sum(("row", "col"), skipna=False)
@@ -185,7 +184,7 @@ def unobserved_loss(ds: xr.Dataset, problem: MatrixCompletion) -> xr.DataArray:
 def _check_eps(eps: Any) -> np.ndarray:
     arr = np.asarray(eps, dtype=np.float64)
     if arr.size == 0 or not np.all((arr > 0) & (arr < 1)):
-        raise ValueError(f"eps must lie in (0, 1) (the initialisation scale); got {eps!r}")
+        raise refused(f"eps must lie in (0, 1) (the initialisation scale); got {eps!r}")
     return arr
 
 
@@ -211,10 +210,10 @@ def gidel_time(ds: xr.Dataset | xr.DataArray, eps: float | None = None) -> xr.Da
     networks", arXiv 1904.13262.
     """
     if "time" not in ds.coords:
-        raise ValueError("ds must have a 'time' coordinate; pass a dlnode Dataset")
+        raise refused("ds must have a 'time' coordinate; pass a dlnode Dataset")
     if eps is None:
         if "scale" not in ds.coords:
-            raise ValueError("eps is required when ds has no 'scale' coordinate; pass the initialisation scale")
+            raise refused("eps is required when ds has no 'scale' coordinate; pass the initialisation scale")
         scale = ds["scale"]
         _check_eps(scale.values)
     else:
@@ -246,13 +245,13 @@ def rrr_staircase(problem: Problem, times: Any) -> xr.Dataset:
     """
     delta = np.random.default_rng(0).standard_normal((problem.d_out, problem.d_in))
     if not np.allclose(np.asarray(problem.grad(problem.w_star + delta)), delta, rtol=1e-12, atol=1e-12):
-        raise ValueError(
+        raise refused(
             f"problem must have an identity Hessian (whitened regression, factorisation); got {problem.kind} "
             "with another loss, for which the staircase times are not 1/s_i"
         )
     tau = np.asarray(times, dtype=np.float64)
     if tau.ndim != 1 or not np.all(np.isfinite(tau) & (tau >= 0)):
-        raise ValueError(f"times must be a 1-d array of non-negative rescaled times; got {times!r}")
+        raise refused(f"times must be a 1-d array of non-negative rescaled times; got {times!r}")
     u, s, vt = np.linalg.svd(problem.w_star, full_matrices=False)
     learned = tau[:, None] * s[None, :] > 1.0
     sv = np.where(learned, s[None, :], 0.0)
@@ -278,7 +277,7 @@ def log_volume(ds: xr.Dataset) -> xr.DataArray:
     """
     sv = require_variable(ds, "singular_values")
     if "depth" not in sv.coords or "k" not in sv.dims:
-        raise ValueError(f"ds must have singular_values over 'k' with a depth coordinate; got dims {sv.dims}; pass "
+        raise refused(f"ds must have singular_values over 'k' with a depth coordinate; got dims {sv.dims}; pass "
                          "the dataset of dlnode.integrate")  # fmt: skip
     out = xr.apply_ufunc(
         _log_volume_block, sv, sv["depth"].reset_coords(drop=True), input_core_dims=[["k"], []],

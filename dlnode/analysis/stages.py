@@ -25,6 +25,7 @@ import numpy as np
 import xarray as xr
 
 from dlnode.analysis.variables import final_values, is_real, require_variable
+from dlnode.errors import refused
 
 __all__ = ["escape_times", "modes_learned", "stages"]
 
@@ -33,9 +34,9 @@ RISE = (0.25, 0.75)  # the central half of a rise, as fractions of the mode's fi
 
 def _check(level: float, learned: float) -> None:
     if not (is_real(level) and 0 < level < 1):
-        raise ValueError(f"level must be in (0, 1), a fraction of each mode's final value; got {level!r}; use 0.5")
+        raise refused(f"level must be in (0, 1), a fraction of each mode's final value; got {level!r}; use 0.5")
     if not (is_real(learned) and 0 < learned < 1):
-        raise ValueError(
+        raise refused(
             f"learned must be in (0, 1), a fraction of the largest final singular value; got {learned!r}; use 0.05"
         )
 
@@ -43,7 +44,7 @@ def _check(level: float, learned: float) -> None:
 def _inputs(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
     sv, loss = require_variable(ds, "singular_values"), require_variable(ds, "loss")
     if "time" not in sv.dims or "time" not in loss.dims or "k" not in sv.dims:
-        raise ValueError(
+        raise refused(
             f"ds must have singular_values over (time, k) and loss over time; got {sv.dims} and {loss.dims}; pass "
             "the dataset of dlnode.integrate, not a selection at one time"
         )

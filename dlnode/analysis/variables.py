@@ -7,6 +7,8 @@ import numbers
 import numpy as np
 import xarray as xr
 
+from dlnode.errors import refused
+
 __all__ = ["final_values", "is_real", "require_variable"]
 
 
@@ -14,7 +16,7 @@ def require_variable(ds: xr.Dataset, name: str) -> xr.DataArray:
     """`ds[name]`, or a one-line ValueError naming what the dataset holds instead."""
     if not isinstance(ds, xr.Dataset) or name not in ds:
         got = list(ds.data_vars) if isinstance(ds, xr.Dataset) else type(ds).__name__
-        raise ValueError(
+        raise refused(
             f"ds must be a dlnode Dataset with variable {name!r}; got {got}; pass the dataset of dlnode.integrate"
         )
     return ds[name]
@@ -32,7 +34,7 @@ def final_values(da: xr.DataArray) -> xr.DataArray:
     `da` without ``time`` (NaN where every time is NaN).
     """
     if not isinstance(da, xr.DataArray) or "time" not in da.dims:
-        raise ValueError(f"da must be a DataArray with dim 'time'; got {type(da).__name__}; pass e.g. ds['loss']")
+        raise refused(f"da must be a DataArray with dim 'time'; got {type(da).__name__}; pass e.g. ds['loss']")
     along_time = [name for name, c in da.coords.items() if "time" in c.dims]
     da = da.drop_vars(along_time)
     index = xr.DataArray(np.arange(da.sizes["time"]), dims="time")

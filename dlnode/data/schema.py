@@ -56,6 +56,19 @@ VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
 _SCALAR_OBS = ("loss", "grad_norm", "balancedness")
 
 
+# The long names of the coordinates, one definition for `integrate`'s datasets and the sweep stores.
+COORD_NAMES = {
+    "depth": "network depth N (inf: N -> inf)",
+    "scale": "initialisation scale (per layer or end to end: see the scale_of attribute)",
+    "seed": "initialisation seed",
+    "time": "flow time",
+    "flow": "flow",
+    "init": "initialisation",
+    "method": "method requested",
+    "lr": "gradient-descent step",
+}
+
+
 def _pad_layers(layers: Sequence[np.ndarray], lead: tuple, n_layer: int, n_out: int, n_in: int) -> np.ndarray:
     """Stack per-layer arrays of shape (*lead, d_j, d_{j−1}) into (*lead, layer, out, in), NaN-padded."""
     out = np.full((*lead, n_layer, n_out, n_in), np.nan)
@@ -97,10 +110,10 @@ def to_dataset(
         data["num_rejected"].append(cell(sol.num_rejected))
         data["wall_time"].append(np.full(shape, sol.wall_time / (shape[0] * shape[1])))
     coords: dict[str, Any] = {
-        "depth": ("depth", np.asarray(depths, dtype=np.float64), {"long_name": "network depth N (inf: N -> inf)"}),
-        "scale": ("scale", np.asarray(scales, dtype=np.float64), {"long_name": "per-layer initialisation scale"}),
-        "seed": ("seed", np.asarray(seeds, dtype=np.int64), {"long_name": "initialisation seed"}),
-        "time": ("time", first.ts, {"long_name": "flow time", "units": "time"}),
+        "depth": ("depth", np.asarray(depths, dtype=np.float64), {"long_name": COORD_NAMES["depth"]}),
+        "scale": ("scale", np.asarray(scales, dtype=np.float64), {"long_name": COORD_NAMES["scale"]}),
+        "seed": ("seed", np.asarray(seeds, dtype=np.int64), {"long_name": COORD_NAMES["seed"]}),
+        "time": ("time", first.ts, {"long_name": COORD_NAMES["time"], "units": "time"}),
     }
     if first.step is not None:
         coords["step"] = ("time", first.step, {"long_name": "gradient-descent step (time = step * lr)"})

@@ -62,6 +62,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlnode.errors import refused
+
 __all__ = ["apply_operator", "end_to_end_field", "log_volume", "metric", "operator_weights", "recover_layers"]
 
 
@@ -71,14 +73,14 @@ def check_depth(depth: Any, allow_inf: bool = True) -> int | float:
         return math.inf
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
         allowed = "a positive integer or inf (math.inf or 'inf')" if allow_inf else "a positive integer"
-        raise ValueError(f"depth must be {allowed}; got {depth!r}")
+        raise refused(f"depth must be {allowed}; got {depth!r}")
     return int(depth)
 
 
 def _as_matrix(name: str, value: Any) -> jax.Array:
     arr = jnp.asarray(value, dtype=jnp.float64)
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-dimensional array (a matrix); got shape {arr.shape}")
+        raise refused(f"{name} must be a 2-dimensional array (a matrix); got shape {arr.shape}")
     return arr
 
 
@@ -153,7 +155,7 @@ def _apply(w: jax.Array, z: jax.Array, depth: int | float) -> jax.Array:
 def _check_pair(w: Any, z: Any, z_name: str) -> tuple[jax.Array, jax.Array]:
     w, z = _as_matrix("W", w), _as_matrix(z_name, z)
     if z.shape != w.shape:
-        raise ValueError(f"{z_name} must have W's shape {w.shape}; got {z.shape}")
+        raise refused(f"{z_name} must have W's shape {w.shape}; got {z.shape}")
     return w, z
 
 
@@ -322,7 +324,7 @@ def log_volume(sigma: Any, depth: int | float, rescale: bool = True) -> jax.Arra
     depth = check_depth(depth)
     s = jnp.asarray(sigma, dtype=jnp.float64)
     if s.ndim < 1 or s.shape[-1] < 1:
-        raise ValueError(f"sigma must have the singular values on a non-empty trailing axis; got shape {s.shape}")
+        raise refused(f"sigma must have the singular values on a non-empty trailing axis; got shape {s.shape}")
     return _log_volume(s, depth, bool(rescale))
 
 
@@ -366,17 +368,17 @@ def recover_layers(W: Any, depth: int, width: int | None = None) -> list[np.ndar
     depth = check_depth(depth, allow_inf=False)
     w = np.asarray(_as_matrix("W", W))
     if not np.all(np.isfinite(w)):
-        raise ValueError(f"W must be finite; got {int(np.sum(~np.isfinite(w)))} NaN/inf entries")
+        raise refused(f"W must be finite; got {int(np.sum(~np.isfinite(w)))} NaN/inf entries")
     d_out, d_in = w.shape
     width = max(d_in, d_out) if width is None else width
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
-        raise ValueError(f"width must be a positive integer or None (= max(d_in, d_out)); got {width!r}")
+        raise refused(f"width must be a positive integer or None (= max(d_in, d_out)); got {width!r}")
     if depth == 1:
         return [w.copy()]
     u, s, vt = np.linalg.svd(w, full_matrices=False)
     rank = _numerical_rank(s, w.shape)
     if rank > width:
-        raise ValueError(f"width must be at least rank(W) = {rank} to represent W; got width={width}; widen it")
+        raise refused(f"width must be at least rank(W) = {rank} to represent W; got width={width}; widen it")
     r = min(d_in, d_out, int(width))
     root = s[:r] ** (1.0 / depth)
     frames = [vt[:r].T] + [np.eye(int(width), r)] * (depth - 1) + [u[:, :r]]

@@ -29,7 +29,9 @@ from dlnode.problems.network import product
 
 __all__ = [
     "FLOWS",
+    "FLOW_KINDS",
     "Flow",
+    "FlowKind",
     "Stacked",
     "end_to_end_observables",
     "get_flow",
@@ -38,7 +40,22 @@ __all__ = [
     "unpack_layers",
 ]
 
-FLOWS = ("layers", "modified", "end_to_end")
+
+@dataclasses.dataclass(frozen=True)
+class FlowKind:
+    """What a kind of flow asks of a call, whatever the problem: the rules of `dlnode.run.rules` read these."""
+
+    name: str
+    needs_lr: bool = False  # defined by a step size (the modified flow is GD's to second order in lr)
+    end_to_end: bool = False  # the state is W of balanced layers: a balanced init, and depth inf allowed
+
+
+FLOW_KINDS = {
+    "layers": FlowKind("layers"),
+    "modified": FlowKind("modified", needs_lr=True),
+    "end_to_end": FlowKind("end_to_end", end_to_end=True),
+}
+FLOWS = tuple(FLOW_KINDS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dlnode.checks import call_init, check_positive, check_seed
-from dlnode.errors import fail
+from dlnode.errors import fail, refused
 from dlnode.problems.kinds import Problem
 
 __all__ = ["INITS", "balancedness", "init_end_to_end", "init_layers", "layer_shapes", "product"]
@@ -25,10 +25,10 @@ Shapes = list[tuple[int, int]]
 def layer_shapes(depth: int, d_in: int, d_out: int, width: int | None = None) -> Shapes:
     """Shapes (d_j, d_{j−1}) of W_1 … W_N; `width` defaults to max(d_in, d_out)."""
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth must be a positive integer (or 'inf' for the end-to-end flow); got {depth!r}")
+        raise refused(f"depth must be a positive integer (or 'inf' for the end-to-end flow); got {depth!r}")
     width = max(d_in, d_out) if width is None else width
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
-        raise ValueError(f"width must be a positive integer or None (= max(d_in, d_out)); got {width!r}")
+        raise refused(f"width must be a positive integer or None (= max(d_in, d_out)); got {width!r}")
     dims = [d_in] + [int(width)] * (depth - 1) + [d_out]
     return [(dims[j + 1], dims[j]) for j in range(depth)]
 
@@ -147,9 +147,9 @@ def init_end_to_end(problem: Problem, init: str, scale: float, seed: int) -> np.
     the ones `init_layers` builds with per-layer scale scale^{1/N} (up to the hidden frames).
     """
     if init not in ("balanced", "decoupled"):
-        raise ValueError(f"init for the end-to-end flow must be 'balanced' or 'decoupled'; got {init!r}")
+        raise refused(f"init for the end-to-end flow must be 'balanced' or 'decoupled'; got {init!r}")
     if not np.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a positive finite number; got {scale!r}")
+        raise refused(f"scale must be a positive finite number; got {scale!r}")
     shapes = layer_shapes(1, problem.d_in, problem.d_out)
     rng = np.random.default_rng(seed)
     return INITS[init](shapes, float(scale), rng, problem)[0]

@@ -17,110 +17,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dlnode._version import __version__
-from dlnode.checks import (
-    as_depths,
-    as_scales,
-    as_seeds,
-    check_max_steps,
-    check_positive,
-    check_saveat,
-    check_tolerances,
-    check_width,
-)
 from dlnode.data.schema import METHOD_CODES, METHOD_USED_ATTRS, to_dataset, with_problem
-from dlnode.errors import fail, shown
 from dlnode.flows.endtoend import recover_layers
-from dlnode.flows.flow import FLOWS, get_flow, pack_layers, unpack_layers
+from dlnode.flows.flow import get_flow, pack_layers, unpack_layers
 from dlnode.problems.kinds import Problem
 from dlnode.problems.network import init_layers, product
+from dlnode.run.plan import Plan
 from dlnode.run.resuming import remember
-from dlnode.run.rules import check_call, check_flow, check_inits, check_memory
-from dlnode.solvers import METHODS, Controls, Solution, Status, solve
-from dlnode.solvers.auto import PER_DEPTH, choose_methods, gradient_scale, predicted_stiffness
+from dlnode.run.saveat import SaveAt
+from dlnode.solvers import Solution, Status, solve
+from dlnode.solvers.auto import PER_DEPTH
 from dlnode.solvers.driver import Horizon
 
-__all__ = ["integrate"]
-
-PUBLIC_METHODS = ("auto", *METHODS)
-SCALE_OF = ("layer", "product")
-DEFAULT_LOSS_TOL = 1e-8  # stop when ℓ − ℓ* ≤ 1e-8 (ℓ₀ − ℓ*) if t1 is None
-DIVERGENCE_FACTOR = 1e12  # a run whose loss grows past 1e12·ℓ₀ is marked diverged
-HORIZON_FACTOR = 1e4  # an until-converged run's planned horizon: this many times the slowest escape estimate
-GRID_DECADES = 4.0  # `saveat` log-spaced times span this many decades, ending 10× past the slowest escape estimate
-
-
-def time_unit(problem: Problem) -> float:
-    """1/‖∇ℓ(0)‖₂: the time a mode of the strength the problem's own gradient has needs to grow by e at depth 1.
-
-    The gradient at W = 0 (the small-init limit) carries the problem's normalisation and mask: for a completion
-    normalised by |Ω| it is |Ω| times smaller than the target, and so is every rate of the flow.
-    """
-    return 1.0 / max(gradient_scale(problem), 1e-300)
-
-
-def escape_estimate(problem: Problem, depths: Sequence[float], scales: Sequence[float], flow: str = "layers",
-                    scale_of: str = "layer", slowest: bool = True) -> float:  # fmt: skip
-    """The slowest cell's escape time from its initial scale (the closed forms of docs/math.md §3), in flow time.
-
-    A mode starting at u₀ (per-layer scale s: u₀ = s^N; ``scale_of="product"``: u₀ = s) escapes after
-    ln(1/u₀)/2 (N ≤ 2) or u₀^{−(1−2/N)}/(N−2) time units; the end-to-end flow runs on τ = N t, where that is N
-    times longer (1/u₀ at N = ∞). Computed in logarithms, so no depth or scale overflows. `slowest=False` gives
-    the fastest cell's.
-    """
-    logs = []  # log of each cell's escape time in time units
-    for n in depths:
-        for s in scales:
-            log_u0 = math.log(s) * (1.0 if scale_of == "product" or math.isinf(n) else n)
-            log_u0 = min(log_u0, 0.0)
-            rescale = 0.0 if flow != "end_to_end" or math.isinf(n) else math.log(n)
-            if math.isinf(n):
-                log_t = -log_u0
-            elif n <= 2:
-                log_t = math.log(max(-log_u0, 1.0)) + rescale
-            else:
-                log_t = -(1 - 2 / n) * log_u0 - math.log(n - 2) + rescale
-            logs.append(max(log_t, 0.0))
-    return time_unit(problem) * math.exp(min(max(logs) if slowest else min(logs), 600.0))
-
-
-DEFAULT_RTOL, MIN_DEFAULT_RTOL = 1e-6, 1e-9
-STIFFNESS_FREE = 1e3  # below this predicted plateau stiffness the default rtol is not tightened
-MIN_DEFAULT_RTOL_END_TO_END = 1e-7  # singular coordinates carry ln σ: a tiny σ keeps its relative accuracy
-
-
-def default_rtol(problem: Problem, depths: Sequence[float], scales: Sequence[float], flow: str = "layers",
-                 scale_of: str = "layer") -> float:  # fmt: skip
-    """1e-6, tightened by the square root of the largest predicted plateau stiffness beyond 1e3, never below 1e-9
-    (1e-7 for end-to-end flows)."""
-    worst = max(predicted_stiffness(problem, d, s, flow, scale_of) for d in depths for s in scales)
-    floor = MIN_DEFAULT_RTOL_END_TO_END if flow == "end_to_end" else MIN_DEFAULT_RTOL
-    return float(min(DEFAULT_RTOL, max(floor, DEFAULT_RTOL * max(worst / STIFFNESS_FREE, 1.0) ** -0.5)))
-
-
-def log_times(count: int, t1: float, unit: float) -> np.ndarray:
-    """t = 0 plus `count` log-spaced times ending at t1, starting at min(10⁻² unit, 10⁻³ t1)."""
-    start = min(1e-2 * unit, 1e-3 * t1)
-    ts = np.concatenate([[0.0], np.logspace(np.log10(start), np.log10(t1), count)])
-    ts[-1] = t1  # exactly: 10**log10(t1) may round past the end of the integration interval
-    return ts
-
-
-def planned_times(count: int, escape: float, horizon: float, fastest: float | None = None) -> np.ndarray:
-    """The save grid of an until-converged run: t = 0, then log-spaced times at `count` per `GRID_DECADES` decades,
-    from 10⁻⁴ of the end (10× past the slowest escape estimate) or 10⁻² of the fastest cell's escape estimate,
-    whichever is earlier, up to the horizon: every cell's escape falls inside the grid at the same density."""
-    end = 10.0 * escape
-    start = end * 10.0**-GRID_DECADES
-    if fastest is not None:
-        start = min(start, 1e-2 * fastest)
-    ratio = 10.0 ** (GRID_DECADES / max(count - 1, 1))
-    total = max(count, int(math.ceil(math.log(max(horizon / start, 1.0)) / math.log(ratio))) + 1)
-    return np.concatenate([[0.0], start * ratio ** np.arange(total)])
-
-
-def _gd_grid(ts: np.ndarray, lr: float) -> np.ndarray:
-    """Save times rounded to whole steps (t = k·lr), duplicates removed."""
-    return np.unique(np.rint(ts / lr)) * lr
+__all__ = ["dataset_attrs", "integrate", "run_plan"]
 
 
 def integrate(
@@ -136,7 +45,7 @@ def integrate(
     t1: float | None = None,
     rtol: float | None = None,
     atol: float | None = None,
-    saveat: int | Sequence[float] = 200,
+    saveat: SaveAt | int | Sequence[float] = 200,
     save_weights: bool = False,
     progress: bool = True,
     loss_tol: float | None = None,
@@ -179,9 +88,11 @@ def integrate(
         10×10 depth-4 completion from per-layer scale 1e-3, r ≈ 2.6e6: 1e-2 off a tight reference at rtol 1e-6;
         Arora et al.'s completion, r ≈ 160, is 6e-6 off at 1e-6). atol: 1e-3·rtol
         times the smallest per-layer init scale below 1 (at scale 1e-8, atol 1e-9 shifted escapes by 3e-3).
-    saveat : number of log-spaced save times (plus t = 0; with t1=None, their density: `saveat` per
-        `GRID_DECADES` decades), or an explicit increasing array of times.
-    save_weights : also store the per-layer weights at every saved time.
+    saveat : a `dlnode.SaveAt` (what is saved, and when), or its short forms: a number of log-spaced save times
+        (plus t = 0; with t1=None, their density: `saveat` per `GRID_DECADES` decades), or an explicit increasing
+        array of times.
+    save_weights : also store the per-layer weights at every saved time (with a short form of `saveat`; a SaveAt
+        says it as ``weights=True``).
     progress : show a progress bar for runs longer than a second.
     loss_tol : convergence threshold (default 1e-8 when t1 is None, off otherwise).
     max_steps : budget of attempted steps per run (MAX_STEPS when exhausted; default: the method's own).
@@ -194,19 +105,20 @@ def integrate(
     -------
     xarray.Dataset with the schema of docs/schema.md; ``status`` holds `dlnode.Status` codes.
     """
-    check_call(problem, init, flow, method, PUBLIC_METHODS, FLOWS)
-    plan = _plan(problem, depth=depth, width=width, init=init, scale=scale, seed=seed, flow=flow, method=method,
-                 lr=lr, t1=t1, rtol=rtol, atol=atol, saveat=saveat, save_weights=save_weights, progress=progress,
-                 loss_tol=loss_tol, max_steps=max_steps, scale_of=scale_of)  # fmt: skip
+    return run_plan(Plan.build(**locals()))  # the arguments of this call, exactly: Plan.build takes the same
+
+
+def run_plan(plan: Plan) -> Any:
+    """Run a validated `Plan` (what `integrate` does with the plan of its arguments) and return its Dataset."""
     return _assemble(plan, _run_grid(plan))
 
 
-def _assemble(plan: _Plan, raw: dict[float, Solution]) -> Any:
+def _assemble(plan: Plan, raw: dict[float, Solution]) -> Any:
     """The dataset of the runs of `plan` (one Solution per depth run so far); an interrupted one is remembered
     for `resume`."""
     cut = plan.until_converged and not isinstance(plan.saveat, np.ndarray)
     runs = _common_grid(raw, cut, plan.controls.lr)
-    ds = to_dataset(runs, plan.scales, plan.seeds, _attrs(plan, runs), plan.save_weights)
+    ds = to_dataset(runs, plan.scales, plan.seeds, dataset_attrs(plan, runs), plan.save_weights)
     if plan.method == PER_DEPTH:  # as in a sweep store: the method each cell ran
         codes = np.array([METHOD_CODES[plan.methods[d]] for d in runs], dtype=np.int8)
         shape = (len(runs), len(plan.scales), len(plan.seeds))
@@ -224,7 +136,7 @@ def _assemble(plan: _Plan, raw: dict[float, Solution]) -> Any:
     return ds
 
 
-def _continue(plan: _Plan, done: dict, depth: float, checkpoint: Any, progress: bool | None) -> Any:
+def _continue(plan: Plan, done: dict, depth: float, checkpoint: Any, progress: bool | None) -> Any:
     """The rest of an interrupted call: the depth it stopped in from its checkpoint, then the depths not begun."""
     plan = plan if progress is None else dataclasses.replace(plan, progress=progress)
     return _assemble(plan, _run_grid(plan, done, depth, checkpoint))
@@ -260,110 +172,7 @@ def _warn_unconverged(ds: Any, problem: Problem) -> None:
         warnings.warn(f"dlnode: {len(parts)} of {status.size} runs did not converge: {shown}", stacklevel=3)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    """Validated arguments of one `integrate` call, and the save grid they give."""
-
-    problem: Problem
-    depths: list[float]
-    scales: list[float]
-    seeds: list[int]
-    init: Any
-    width: int | None
-    flow: str
-    scale_of: str
-    method: str
-    requested: str
-    reason: str
-    saveat: int | np.ndarray
-    times: np.ndarray
-    save_weights: bool
-    progress: bool
-    until_converged: bool
-    controls: Controls
-    methods: dict[float, str]  # the method each depth runs (`method` is that one method, or "per depth")
-    max_steps_given: bool
-
-    def controls_at(self, depth: float) -> Controls:
-        """The controls of one depth's run: the default step budget is that of the method it runs."""
-        if self.max_steps_given:
-            return self.controls
-        return dataclasses.replace(self.controls, max_steps=METHODS[self.methods[depth]].max_steps)
-
-
-def _plan(problem: Problem, **kw: Any) -> _Plan:
-    depths, scales, seeds = as_depths(kw["depth"]), as_scales(kw["scale"]), as_seeds(kw["seed"])
-    flow, method, init, lr, t1 = kw["flow"], kw["method"], kw["init"], kw["lr"], kw["t1"]
-    check_flow(flow, depths, init, method)
-    check_width(kw["width"])
-    check_inits(problem, depths, init, scales[0], seeds[0], kw["width"])
-    scale_of = kw["scale_of"]
-    if scale_of not in SCALE_OF:
-        fail("scale_of", f"must be one of {SCALE_OF}", scale_of, "pass scale_of='layer' or scale_of='product'")
-    if scale_of == "layer" and any(math.isinf(d) for d in depths):
-        fail("scale_of", "must be 'product' with depth 'inf' (a per-layer scale has no infinite-depth limit)",
-             scale_of, "pass scale_of='product' to give the end-to-end scale")  # fmt: skip
-    if method == "gd" or flow == "modified":
-        what = "method='gd'" if method == "gd" else "flow='modified'"
-        lr = check_positive("lr", lr, f" for {what} (the gradient-descent step)")
-    elif lr is not None:
-        fail("lr", "applies to method='gd' or flow='modified' only", lr, "drop lr, or pass method='gd'")
-    rtol, atol = check_tolerances(kw["rtol"], kw["atol"])  # None: the defaults below
-    if t1 is not None:
-        t1 = check_positive("t1", t1, " (or None to run until converged)")
-        if method == "gd" and t1 < lr:
-            fail("t1", f"must be at least lr={lr:g} for method='gd' (one step)", t1,
-                 f"pass t1 >= {lr:g} or a smaller lr")  # fmt: skip
-    saveat = check_saveat(kw["saveat"])
-    loss_tol = kw["loss_tol"]
-    if loss_tol is not None:
-        check_positive("loss_tol", loss_tol)
-        if loss_tol >= 1:
-            fail("loss_tol", "must be below 1 (a fraction of the initial loss gap l0 - l*: 1 stops at t = 0)",
-                 loss_tol, "pass e.g. loss_tol=1e-8")  # fmt: skip
-    if not isinstance(kw["progress"], (bool, np.bool_)):
-        fail("progress", "must be True or False", kw["progress"], "pass progress=False to hide the progress bar")
-    if kw["max_steps"] is not None:
-        check_max_steps(kw["max_steps"])
-    check_memory(problem, depths, kw["width"], len(scales) * len(seeds), saveat, kw["save_weights"], t1 is None)
-    if method == "auto":
-        methods, chosen, reason = choose_methods(problem, depths, scales, init, kw["width"], flow,
-                                                 float(lr or math.nan), scale_of)  # fmt: skip
-    else:
-        methods, chosen, reason = dict.fromkeys(depths, method), method, "given"
-    if rtol is None:
-        rtol = default_rtol(problem, depths, scales, flow, scale_of)
-    if atol is None:  # 1e-3·rtol of the smallest initial weights: a tiny init keeps its relative accuracy
-        per_layer = [s ** (1.0 / d) if scale_of == "product" and not math.isinf(d) else s for d in depths
-                     for s in scales]  # fmt: skip
-        atol = 1e-3 * rtol * min(1.0, min(per_layer))
-    until_converged = t1 is None
-    escape = escape_estimate(problem, depths, scales, flow, scale_of)
-    if isinstance(saveat, np.ndarray):
-        t1 = float(saveat[-1]) if t1 is None else t1
-        if saveat[-1] > t1:
-            fail("saveat", f"must end at or before t1={t1:g}", shown(f"a last time {saveat[-1]:g}"),
-                 "drop the later times or raise t1")  # fmt: skip
-        times = saveat if saveat[0] == 0 else np.concatenate([[0.0], saveat])
-    elif until_converged:
-        t1 = HORIZON_FACTOR * escape
-        fastest = escape_estimate(problem, depths, scales, flow, scale_of, slowest=False)
-        times = planned_times(saveat, escape, t1, fastest)
-    else:
-        times = log_times(saveat, t1, time_unit(problem))
-    if chosen == "gd":
-        times = _gd_grid(times, lr)
-    controls = Controls(
-        t1=float(times[-1]) if until_converged else t1, rtol=rtol, atol=atol, lr=float(lr or math.nan),
-        loss_tol=loss_tol or (DEFAULT_LOSS_TOL if kw["t1"] is None else -math.inf), diverge=DIVERGENCE_FACTOR,
-        max_steps=kw["max_steps"] or max(METHODS[m].max_steps for m in methods.values()),
-    )  # fmt: skip
-    return _Plan(problem, depths, scales, seeds, init, kw["width"], flow, scale_of, chosen, method, reason, saveat,
-                 times, bool(kw["save_weights"]), bool(kw["progress"]), until_converged, controls, methods,
-                 kw["max_steps"] is not None)  # fmt: skip
-
-
-def _run_grid(plan: _Plan, done: dict[float, Solution] | None = None, depth: float | None = None,
+def _run_grid(plan: Plan, done: dict[float, Solution] | None = None, depth: float | None = None,
               checkpoint: Any = None) -> dict[float, Solution]:  # fmt: skip
     """Run the depths of `plan` not in `done`, the one at `depth` from `checkpoint`; stop at an interrupt."""
     runs = dict(done or {})
@@ -412,7 +221,7 @@ def _common_grid(runs: dict[float, Solution], cut: bool, lr: float) -> dict[floa
     return {d: resize(sol) for d, sol in runs.items()}
 
 
-def _initial_states(plan: _Plan, depth: float) -> Any:
+def _initial_states(plan: Plan, depth: float) -> Any:
     """The batch of initial states of one depth: layer tuples, or W(0) = the product of those layers."""
     problem, cells = plan.problem, [(s, seed) for s in plan.scales for seed in plan.seeds]
     if math.isinf(depth):  # the end-to-end limit: the depth-1 draw of the same balanced frames
@@ -426,7 +235,7 @@ def _initial_states(plan: _Plan, depth: float) -> Any:
     return tuple(np.stack([c[j] for c in layers]) for j in range(n))
 
 
-def _run_depth(plan: _Plan, depth: float, show: Callable, checkpoint: Any = None) -> Solution:
+def _run_depth(plan: Plan, depth: float, show: Callable, checkpoint: Any = None) -> Solution:
     """One vmapped batch: every (scale, seed) cell of one depth (continued from `checkpoint` when given)."""
     y0 = None if checkpoint is not None else _initial_states(plan, depth)
     flow = get_flow(plan.flow, type(plan.problem), depth, plan.save_weights and plan.flow != "end_to_end")
@@ -481,7 +290,7 @@ def _recover_or_nan(w: np.ndarray, depth: int, width: int | None) -> list[np.nda
     return [np.full_like(a, np.nan) for a in recover_layers(np.zeros_like(w), depth, width)]
 
 
-def _attrs(plan: _Plan, runs: dict) -> dict[str, Any]:
+def dataset_attrs(plan: Plan, runs: dict) -> dict[str, Any]:
     controls = plan.controls
     problem, init = plan.problem, plan.init
     init_name = init if isinstance(init, str) else f"callable:{getattr(init, '__name__', type(init).__name__)}"

@@ -13,13 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from dlnode.checks import check_bool
+from dlnode.checks import check_bool, check_positive
 from dlnode.errors import fail, shown
+from dlnode.flows.flow import FLOW_KINDS, get_flow
 from dlnode.problems.kinds import Problem
 from dlnode.problems.network import check_init, init_layers
+from dlnode.solvers import METHODS
 from dlnode.solvers.singular import check_singular_depths
 
-__all__ = ["available_memory", "check_call", "check_flow", "check_inits", "check_memory"]
+__all__ = ["SCALE_OF", "available_memory", "check_arguments", "check_call", "check_flow", "check_inits", "check_memory"]
+
+SCALE_OF = ("layer", "product")
 
 
 def check_call(problem: Any, init: Any, flow: str, method: str, methods: Iterable[str], flows: Iterable[str]) -> None:
@@ -49,33 +53,74 @@ def check_call(problem: Any, init: Any, flow: str, method: str, methods: Iterabl
         )
 
 
-def check_flow(flow: str, depths: list[float], init: Any, method: str) -> None:
-    """Combinations a flow does not allow: depth ∞ and unbalanced inits need ``end_to_end`` rules; GD is per-layer."""
-    if flow != "end_to_end" and any(math.isinf(d) for d in depths):
+def check_flow(flow: str, depths: list[float], init: Any, method: str, problem_cls: type | None = None) -> None:
+    """Combinations of flow, depth, init and method, read from the capabilities the flow kind (`FLOW_KINDS`) and
+    the method (`Method.supports`, `Method.needs_lr`) declare: depth ∞ and a balanced init belong to end-to-end
+    flows; a method refuses the flows it cannot integrate (checked on the flow of each depth when the problem class
+    is known)."""
+    kind = FLOW_KINDS[flow]
+    if not kind.end_to_end and any(math.isinf(d) for d in depths):
         fail(
             "depth",
             "'inf' needs flow='end_to_end' (the infinite-depth flow)",
             shown(f"flow={flow!r}"),
             "pass flow='end_to_end', init='balanced'",
         )
-    if flow == "end_to_end" and not (isinstance(init, str) and init in ("balanced", "decoupled")):
+    if kind.end_to_end and not (isinstance(init, str) and init in ("balanced", "decoupled")):
         fail(
             "init",
-            "must be balanced for flow='end_to_end'",
+            f"must be balanced for flow={flow!r}",
             init,
             "pass init='balanced'",
-            text="flow='end_to_end' needs a balanced init (every D_j = 0): init='balanced' or 'decoupled'",
+            text=f"flow={flow!r} needs a balanced init (every D_j = 0): init='balanced' or 'decoupled'",
         )
-    if flow == "end_to_end" and method == "rosenbrock":
-        check_singular_depths(depths)
-    if flow != "layers" and method == "gd":
+    entry = METHODS.get(method)
+    if entry is None:  # auto chooses among the methods that support the flow
+        return
+    if entry.needs_lr and kind.end_to_end or (entry.needs_lr and kind.needs_lr):
         fail(
             "method",
-            "'gd' needs flow='layers'",
+            f"{method!r} needs flow='layers'",
             shown(f"flow={flow!r}"),
             "use flow='layers'",
-            text="method='gd' is gradient descent on the layers: it needs flow='layers'",
+            text=f"method={method!r} is gradient descent on the layers: it needs flow='layers'",
         )
+    if kind.end_to_end and entry.name == "rosenbrock":  # the singular-coordinate path: a rule on the depths
+        check_singular_depths(depths)
+    if problem_cls is None:
+        return
+    for d in depths:
+        reason = entry.supports(get_flow(flow, problem_cls, d))
+        if reason:
+            fail("method", "must support the flow", shown(f"depth {d:g}"),
+                 "pass method='auto' (it picks a method that supports the flow)", text=reason)  # fmt: skip
+
+
+def check_arguments(depths: list[float], init: Any, flow: str, method: str, lr: Any, t1: Any, saveat: Any,
+                    scale_of: Any, problem_cls: type | None = None) -> tuple[float | None, float | None]:  # fmt: skip
+    """The rules that tie a call's arguments together, in one place for `integrate`, a sweep config and the
+    command line (each says them with the same message). Returns (lr, t1) as floats (or None)."""
+    check_flow(flow, depths, init, method, problem_cls)
+    if scale_of not in SCALE_OF:
+        fail("scale_of", f"must be one of {SCALE_OF}", scale_of, "pass scale_of='layer' or scale_of='product'")
+    if scale_of == "layer" and any(math.isinf(d) for d in depths):
+        fail("scale_of", "must be 'product' with depth 'inf' (a per-layer scale has no infinite-depth limit)",
+             scale_of, "pass scale_of='product' to give the end-to-end scale")  # fmt: skip
+    entry, kind = METHODS.get(method), FLOW_KINDS[flow]
+    if (entry is not None and entry.needs_lr) or kind.needs_lr:
+        what = f"method={method!r}" if entry is not None and entry.needs_lr else f"flow={flow!r}"
+        lr = check_positive("lr", lr, f" for {what} (the gradient-descent step)")
+    elif lr is not None:
+        fail("lr", "applies to method='gd' or flow='modified' only", lr, "drop lr, or pass method='gd'")
+    if t1 is not None:
+        t1 = check_positive("t1", t1, " (or None to run until converged)")
+        if entry is not None and entry.needs_lr and t1 < lr:
+            fail("t1", f"must be at least lr={lr:g} for method={method!r} (one step)", t1,
+                 f"pass t1 >= {lr:g} or a smaller lr")  # fmt: skip
+    if isinstance(saveat, np.ndarray) and t1 is not None and saveat[-1] > t1:
+        fail("saveat", f"must end at or before t1={t1:g}", shown(f"a last time {saveat[-1]:g}"),
+             "drop the later times or raise t1")  # fmt: skip
+    return lr, t1
 
 
 def check_inits(problem: Any, depths: Sequence[float], init: Any, scale: float, seed: int, width: int | None) -> None:

@@ -23,6 +23,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from dlnode.errors import refused
+
 __all__ = ["ENV", "limit_xla_threads", "requested_threads"]
 
 ENV = "DLNODE_XLA_THREADS"
@@ -38,7 +40,7 @@ def requested_threads(value: str | None = None) -> int | None:
     except ValueError:
         threads = 0
     if threads < 1:
-        raise ValueError(f"{ENV} must be a positive integer or 'all' (XLA's own pool, one thread per CPU); "
+        raise refused(f"{ENV} must be a positive integer or 'all' (XLA's own pool, one thread per CPU); "
                          f"got {value!r}; unset it for one thread")  # fmt: skip
     return threads
 

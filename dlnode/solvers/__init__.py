@@ -1,7 +1,7 @@
 """The solver layer: one registry of methods (`METHODS`), a shared core (`Status`, `Controls`, `Solution`, the stop
 rule), and one module per method family. The only package that imports diffrax or scipy.integrate."""
 
-from dlnode.solvers.core import MESSAGES, TRACE_COUNT, Controls, Method, Solution, Status, stop_flags
+from dlnode.solvers.core import MESSAGES, Controls, Method, Solution, Status, stop_flags
 from dlnode.solvers.registry import METHODS, solve
 
-__all__ = ["MESSAGES", "METHODS", "TRACE_COUNT", "Controls", "Method", "Solution", "Status", "solve", "stop_flags"]
+__all__ = ["MESSAGES", "METHODS", "Controls", "Method", "Solution", "Status", "solve", "stop_flags"]

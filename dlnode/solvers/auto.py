@@ -18,9 +18,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from dlnode.flows.flow import get_flow
+from dlnode.flows.scales import predicted_stiffness
 from dlnode.problems.kinds import Problem
 from dlnode.problems.network import init_layers, layer_shapes
 from dlnode.solvers import rosenbrock as stiff
@@ -34,47 +33,6 @@ EXPLICIT, STIFF = "tsit5", "rosenbrock"
 # the same explicit (DOPRI5) steps until h·λ_max says otherwise: its overhead is one Hessian-vector product a step.
 # (Arora et al.'s completion, 30,000 unknowns, is predicted mild from t = 0 yet takes tsit5 ~50× longer.)
 LARGE_STATE = 2000
-
-
-def gradient_scale(problem: Problem) -> float:
-    """‖∇ℓ(0)‖₂: the strength of the top mode as the flow sees it from small init (it carries the loss's
-    normalisation and, for completion, the mask), the s of the mode equations."""
-    return float(np.linalg.norm(problem.grad(np.zeros((problem.d_out, problem.d_in))), 2))
-
-
-def hessian_scale(problem: Problem, iterations: int = 50) -> float:
-    """λ_max of the loss Hessian H (ℓ is quadratic: ∇ℓ(W) = H(W − W*)), by power iteration on the problem's own
-    operator: 1 for completion and factorisation (1/|Ω| normalised), λ_max(Σ_xx) for regression."""
-    arrays = problem.arrays()
-    v = np.random.default_rng(0).standard_normal(problem.w_star.shape)
-    lam = 0.0
-    for _ in range(iterations):
-        hv = np.asarray(type(problem).hessian_op(v, arrays))
-        lam = float(np.linalg.norm(hv))
-        if lam == 0.0:
-            return 0.0
-        v = hv / lam
-    return lam
-
-
-def predicted_stiffness(problem: Problem, depth: float, scale: float, flow: str = "layers",
-                        scale_of: str = "layer") -> float:  # fmt: skip
-    """The sharpness once the top mode is learned over the growth rate of a mode still at u₀, in logarithms.
-
-    Learned: curvature N s*^{2−2/N}·h (s* = ‖W*‖₂, h = λ_max of the loss Hessian); unlearned: growth rate
-    N u₀^{1−2/N}·g (g = ‖∇ℓ(0)‖₂); u₀ = scale^N (per-layer scale) or scale (``scale_of="product"``, depth ∞).
-    For whitened regression (s* = g, h = 1) this is (s/u₀)^{1−2/N}; at depth ∞ s*²h/(u₀ g).
-    """
-    g = max(gradient_scale(problem), 1e-300)
-    s_star = max(float(np.linalg.norm(problem.w_star, 2)), 1e-300)
-    h = max(hessian_scale(problem), 1e-300)
-    log_u0 = math.log(scale) * (1.0 if scale_of == "product" or math.isinf(depth) else depth)
-    if math.isinf(depth):
-        return math.exp(min(2 * math.log(s_star) + math.log(h) - log_u0 - math.log(g), 700.0))
-    if depth <= 2:
-        return 1.0 if depth == 2 else scale / g
-    c = 1.0 - 2.0 / depth
-    return math.exp(min((1 + c) * math.log(s_star) + math.log(h) - c * log_u0 - math.log(g), 700.0))
 
 
 def choose_method(

@@ -20,8 +20,7 @@ import numpy as np
 __all__ = [
     "COMPILE",
     "MESSAGES",
-    "RUNS",
-    "TRACE_COUNT",
+    "RUNNING",
     "Controls",
     "Method",
     "Solution",
@@ -48,6 +47,28 @@ class Status(enum.IntEnum):
     def meaning(self) -> str:
         return self.name.lower()
 
+    @property
+    def message(self) -> str:
+        """What the status says to a person (also `Solution.messages`)."""
+        return MESSAGES[self]
+
+    @staticmethod
+    def where(cond: Any, status: Status | Any, otherwise: Any) -> Any:
+        """`status` where `cond` holds, `otherwise` elsewhere: how jitted solver code sets a status (by name,
+        never a bare code), as diffrax's ``RESULTS.where`` does."""
+        value = jnp.asarray(int(status), dtype=jnp.int64) if isinstance(status, Status) else status
+        return jnp.where(cond, value, otherwise)
+
+    @staticmethod
+    def of_stop(converged: Any, diverged: Any) -> Any:
+        """The stop rule's status of an accepted step: DIVERGED, else CONVERGED, else `RUNNING`."""
+        running = jnp.asarray(RUNNING, dtype=jnp.int64)
+        return Status.where(diverged, Status.DIVERGED, Status.where(converged, Status.CONVERGED, running))
+
+
+# A method's state holds 0 while a cell runs; the driver turns a cell that reached t1 into FINISHED (also 0).
+RUNNING = 0
+
 
 MESSAGES = {
     Status.FINISHED: "reached the requested t1",
@@ -60,13 +81,6 @@ MESSAGES = {
     Status.INTERRUPTED: "interrupted by the user; the trajectory up to then is kept",
     Status.PENDING: "not run yet",
 }
-
-# Incremented once per batch integration (one per depth of an `integrate` call): tests count passes with it.
-RUNS = {"n": 0}
-
-# Incremented each time a solver body is traced: tests use it to show that new t1/rtol/lr/save times reuse
-# the compiled code.
-TRACE_COUNT = {"n": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +145,7 @@ class Method:
     advance: Any
     summary: Any
     final: Any
+    needs_lr: bool = False  # a discrete method: its step is the user's lr (gradient descent), not chosen by control
 
 
 # Seconds spent compiling, summed over every `call`: the driver reports compile time apart from run time.

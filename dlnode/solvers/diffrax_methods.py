@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlnode.flows.flow import Flow
-from dlnode.solvers.core import TRACE_COUNT, Method, batched, call, stop_flags
+from dlnode.solvers.core import RUNNING, Method, Status, batched, call, stop_flags
 
 __all__ = ["DIFFRAX"]
 
@@ -26,10 +26,12 @@ WINDOW_STEPS = 4096  # steps per diffeqsolve (static: diffrax sizes its loop by 
 
 
 def _status(result: Any, converged: Any) -> Any:
-    """diffrax's result → running (0: reached the window's end or its step budget), 1, −2 or −3."""
-    event = jnp.where(converged, 1, -2)
+    """diffrax's result → RUNNING (reached the window's end or its step budget), CONVERGED, DIVERGED or
+    SOLVER_FAILURE."""
+    event = Status.where(converged, Status.CONVERGED, jnp.int64(Status.DIVERGED))
     ok = (result == diffrax.RESULTS.successful) | (result == diffrax.RESULTS.max_steps_reached)
-    return jnp.where(ok, 0, jnp.where(result == diffrax.RESULTS.event_occurred, event, -3))
+    failed = Status.where(result == diffrax.RESULTS.event_occurred, event, jnp.int64(Status.SOLVER_FAILURE))
+    return Status.where(ok, RUNNING, failed)
 
 
 @cache
@@ -44,9 +46,8 @@ def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple
                 "loss0": flow.loss(y0, args)}  # fmt: skip
 
     def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
-        TRACE_COUNT["n"] += 1
         args, loss0, t0 = st["args"], st["loss0"], st["t"]
-        active = (st["status"] == 0) & (ts[-1] > t0) & (st["steps"] + st["rejected"] < c["max_steps"])
+        active = (st["status"] == RUNNING) & (ts[-1] > t0) & (st["steps"] + st["rejected"] < c["max_steps"])
         # an inactive cell integrates a dummy sliver and keeps its state (vmap runs every cell's loop anyway)
         t1 = jnp.where(active, ts[-1], t0 + jnp.maximum(jnp.abs(t0), 1.0) * 1e-6)
         saves = jnp.clip(ts, t0, t1)
@@ -70,7 +71,7 @@ def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple
         ok_state = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(y1)]))
         converged_at_end = stop_flags(flow.loss(y1, args), loss0, arrays["loss_min"], c)[0]
         status = _status(sol.result, converged_at_end)
-        status = jnp.where(ok_state | (status != 0), status, -3)
+        status = Status.where(~ok_state & (status == RUNNING), Status.SOLVER_FAILURE, status)
 
         def keep(new, old):
             return jnp.where(active, new, old)

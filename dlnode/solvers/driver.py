@@ -22,7 +22,7 @@ import numpy as np
 
 from dlnode.errors import fail, shown
 from dlnode.runtime.interrupts import sigint_flag
-from dlnode.solvers.core import COMPILE, MESSAGES, RUNS, Controls, Method, Solution, Status
+from dlnode.solvers.core import COMPILE, MESSAGES, RUNNING, Controls, Method, Solution, Status
 
 __all__ = ["Checkpoint", "Horizon", "WINDOW", "drive"]
 
@@ -127,7 +127,6 @@ def drive(
     are then taken from it) continues the run, and the Solution returned is the whole run's, equal bit for bit to
     one never interrupted.
     """
-    RUNS["n"] += 1
     c = _controls_tree(controls, window_steps or method.window_steps)
     arrays_j = jax.tree_util.tree_map(jnp.asarray, arrays)
     compiled_before, start = COMPILE["seconds"], time.perf_counter()
@@ -154,7 +153,7 @@ def drive(
             if saved is None:
                 saved = _empty(obs, len(ts))
             _fill(saved, obs, window, k, summ)
-            running = summ["status"] == 0
+            running = summ["status"] == RUNNING
             end_obs = last if end_obs is None else _where_cells(running | (summ["status"] == 1), last, end_obs)
             if on_window is not None:
                 on_window(float(np.max(summ["t"])), summ)
@@ -169,10 +168,10 @@ def drive(
             stuck = running & behind & (moved <= 0)
             summ = dict(summ, status=np.where(stuck, int(Status.SOLVER_FAILURE), summ["status"]))
             attempts = summ["steps"] + summ["rejected"]
-            out_of_budget = (summ["status"] == 0) & (attempts >= controls.max_steps)
+            out_of_budget = (summ["status"] == RUNNING) & (attempts >= controls.max_steps)
             summ = dict(summ, status=np.where(out_of_budget, int(Status.MAX_STEPS), summ["status"]))
             previous = clock
-            running = summ["status"] == 0
+            running = summ["status"] == RUNNING
             if not running.any():
                 break
             pending = ~saved.filled & running[:, None]
@@ -284,7 +283,7 @@ def _finish(
     status = np.asarray(summ["status"], dtype=np.int64).copy()
     t_final = np.asarray(summ["t"], dtype=np.float64)
     steps = np.asarray(summ["steps"], dtype=np.int64)
-    running = status == 0
+    running = status == RUNNING
     status[running] = int(Status.NOT_CONVERGED if until_converged else Status.FINISHED)
     status[(steps == 0) & (t_final <= 0) & (status != Status.CONVERGED) & (status != Status.INTERRUPTED)] = int(
         Status.NO_STEP

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlnode.flows.flow import Flow, layer_gradients
-from dlnode.solvers.core import TRACE_COUNT, Method, batched, call, stop_flags
+from dlnode.solvers.core import RUNNING, Method, Status, batched, call, stop_flags
 
 __all__ = ["GD"]
 
@@ -26,7 +26,6 @@ def _functions(problem_cls: type, flow: Flow) -> tuple[Callable, Callable, Calla
         return {"y": y0, "n": zero, "status": zero, "args": args, "loss0": flow.loss(y0, args), "lr": c["lr"]}
 
     def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
-        TRACE_COUNT["n"] += 1
         args, loss0 = st["args"], st["loss0"]
         steps = jnp.rint(ts / c["lr"]).astype(jnp.int64)
         n_start = st["n"]
@@ -35,8 +34,8 @@ def _functions(problem_cls: type, flow: Flow) -> tuple[Callable, Callable, Calla
             y, n, _ = carry
             grads, w, e = layer_gradients(y, problem_cls.grad_fn, arrays)
             converged, diverged = stop_flags(problem_cls.loss_from_grad(w, e, arrays), loss0, arrays["loss_min"], c)
-            status = jnp.where(diverged, -2, jnp.where(converged, 1, 0)).astype(jnp.int64)
-            go = status == 0
+            status = Status.of_stop(converged, diverged)
+            go = status == RUNNING
             y = jax.tree_util.tree_map(lambda a, g: jnp.where(go, a - c["lr"] * g, a), y, grads)
             return y, n + go, status
 
@@ -75,6 +74,7 @@ def _method() -> Method:
         advance=lambda flow, st, arrays, ts, c: call(_functions(flow.problem_cls, flow)[1], st, arrays, ts, c),
         summary=_summary,
         final=lambda flow, st: call(_functions(flow.problem_cls, flow)[2], st),
+        needs_lr=True,
     )  # fmt: skip
 
 

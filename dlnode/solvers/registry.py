@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from dlnode.errors import refused
 from dlnode.flows.flow import Flow
 from dlnode.solvers import rosenbrock, singular
 from dlnode.solvers.core import Controls, Method, Solution, call
@@ -76,10 +77,10 @@ def solve(
     ValueError : for an unknown method or a flow the method does not support.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+        raise refused(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
     entry = METHODS[method]
     reason = entry.supports(flow)
     if reason:
-        raise ValueError(reason)
+        raise refused(reason)
     return drive(entry, flow, arrays, y0, ts, controls, until_converged=until_converged, horizon=horizon,
                  on_window=on_window, checkpoint=checkpoint)  # fmt: skip

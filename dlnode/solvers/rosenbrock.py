@@ -42,8 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from dlnode.errors import refused
 from dlnode.flows.flow import Flow, pack_layers
-from dlnode.solvers.core import TRACE_COUNT, stop_flags
+from dlnode.solvers.core import RUNNING, Status, stop_flags
 from dlnode.solvers.krylov import cg, power_iteration
 from dlnode.solvers.tableaus import DOPRI5, ExplicitTableau
 
@@ -235,9 +236,8 @@ def settle(
     t_hi, t_lo = jnp.where(land, target, t_hi), jnp.where(land, 0.0, t_lo)
     converged, diverged = stop_flags(loss1, loss0, loss_min, c)
     fails = jnp.where(accept, 0, s.fails + 1)
-    status = jnp.where(
-        accept, jnp.where(diverged, -2, jnp.where(converged, 1, 0)), jnp.where(fails > MAX_REJECTS, -3, 0)
-    )
+    rejected = Status.where(fails > MAX_REJECTS, Status.SOLVER_FAILURE, jnp.int64(RUNNING))
+    status = jnp.where(accept, Status.of_stop(converged, diverged), rejected)
     return t_hi, t_lo, fails, status
 
 
@@ -267,7 +267,7 @@ def _step(
     rem = (target - s.t_hi) - s.t_lo
     lam_safe = jnp.maximum(s.lam, 1e-300)
     wants_implicit = s.h * s.lam > jnp.where(s.implicit, SWITCH_BACK, SWITCH)
-    explicit = batch_max(jnp.where((s.status == 0) & (rem > 0) & wants_implicit, 1.0, 0.0)) == 0
+    explicit = batch_max(jnp.where((s.status == RUNNING) & (rem > 0) & wants_implicit, 1.0, 0.0)) == 0
     h_acc = jnp.minimum(s.h, rem)  # the accuracy step, landing on the target when it reaches it
     h = jnp.where(explicit, jnp.minimum(h_acc, EXPLICIT_STABLE / lam_safe), h_acc)
     capped = h < h_acc
@@ -298,7 +298,7 @@ def _step(
     return _State(
         pick(x1, s.x), pick(t_hi, s.t_hi), pick(t_lo, s.t_lo), h_next, v, lam,
         s.steps + accept, s.rejected + (1 - accept), fails, status.astype(s.status.dtype), basis,
-        s.explicit + (accept & explicit), jnp.where(s.status == 0, ~explicit, s.implicit),
+        s.explicit + (accept & explicit), jnp.where(s.status == RUNNING, ~explicit, s.implicit),
     )  # fmt: skip
 
 
@@ -341,7 +341,7 @@ def make_batch(flow: Flow, switching: bool = True, counts: bool = False) -> tupl
     """
     reason = _check_flow(flow)
     if reason:
-        raise ValueError(reason)
+        raise refused(reason)
     return _batch(flow, switching, counts)
 
 
@@ -359,14 +359,12 @@ def _batch(flow: Flow, switching: bool = True, counts: bool = False) -> tuple[Ca
         return field, loss, unravel
 
     def start(y0: Any, arrays: dict, c: dict) -> dict:
-        TRACE_COUNT["n"] += 1
         args = flow.prepare(y0, arrays, c)
         field, loss, _ = closures(y0, args)
         x0 = ravel_pytree(y0)[0]
         return {"s": _initial_state(field, x0, c), "args": args, "loss0": loss(x0), "y_like": y0}
 
     def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
-        TRACE_COUNT["n"] += 1
         args, loss0 = st["args"], st["loss0"]
         field, loss, unravel = closures(st["y_like"], args)
         spent = st["s"].steps + st["s"].rejected
@@ -375,7 +373,7 @@ def _batch(flow: Flow, switching: bool = True, counts: bool = False) -> tuple[Ca
             def cond(s):
                 attempts = s.steps + s.rejected
                 budget = (attempts < c["max_steps"]) & (attempts - spent < c["window_steps"])
-                return (s.status == 0) & ((target - s.t_hi) - s.t_lo > 0) & budget
+                return (s.status == RUNNING) & ((target - s.t_hi) - s.t_lo > 0) & budget
 
             def body(s):
                 return _step(field, loss, loss0, arrays["loss_min"], c, target, s, batch_max)
@@ -437,9 +435,9 @@ def probe(flow: Flow, y0: Any, arrays: dict, lr: float = math.nan) -> tuple[bool
     (stiff, reason): whether to take the stiff path, and a one-line reason with the numbers.
     """
     if not flow.symmetric_jacobian:
-        raise ValueError(f"probe needs a per-layer flow (symmetric Jacobian −∇²L); got flow={flow.name!r}")
+        raise refused(f"probe needs a per-layer flow (symmetric Jacobian −∇²L); got flow={flow.name!r}")
     if not isinstance(y0, (tuple, list)) or not y0 or any(np.ndim(w) != 2 for w in y0):
-        raise ValueError("y0 must be a non-empty tuple of 2-d layer matrices (one state, no batch axis)")
+        raise refused("y0 must be a non-empty tuple of 2-d layer matrices (one state, no batch axis)")
     y0 = pack_layers(tuple(jnp.asarray(w, jnp.float64) for w in y0), batch=False)
     arrays = jax.tree_util.tree_map(jnp.asarray, arrays)
     args = flow.prepare(y0, arrays, {"lr": jnp.float64(lr)})

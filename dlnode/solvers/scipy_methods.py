@@ -19,7 +19,7 @@ import scipy.integrate
 from jax.flatten_util import ravel_pytree
 
 from dlnode.flows.flow import Flow
-from dlnode.solvers.core import COMPILE, TRACE_COUNT, Method, stop_flags
+from dlnode.solvers.core import COMPILE, RUNNING, Method, Status, stop_flags
 
 __all__ = ["SCIPY"]
 
@@ -34,7 +34,6 @@ def _functions(flow: Flow, template: tuple) -> dict[str, Callable]:
     _, unravel = ravel_pytree(jax.tree_util.tree_unflatten(template[0], [jnp.zeros(s) for s in template[1]]))
 
     def rhs(y, args):
-        TRACE_COUNT["n"] += 1
         return ravel_pytree(flow.field(0.0, unravel(y), args))[0]
 
     fns = {
@@ -66,7 +65,7 @@ def _start(name: str) -> Callable:
                 lambda t, y, args=args, rhs=rhs: np.asarray(rhs(y, args)), 0.0, flat, float(c["t1"]), **kwargs
             )
             cells.append({"solver": solver, "args": args, "loss0": float(fns["loss"](flat, args)), "steps": 0,
-                          "status": 0, "y": flat, "t": 0.0})  # fmt: skip
+                          "status": RUNNING, "y": flat, "t": 0.0})  # fmt: skip
         if cells:  # the first right-hand side and Jacobian calls compile
             fns["rhs"](cells[0]["y"], cells[0]["args"]).block_until_ready()
             if name in IMPLICIT:
@@ -85,12 +84,12 @@ def _advance(flow: Flow, st: dict, arrays: dict, ts: np.ndarray, c: dict) -> tup
         saved = np.repeat(cell["y"][None], len(ts), axis=0)
         k = int(np.searchsorted(ts, cell["t"], side="right"))
         budget = cell["steps"] + float(c["window_steps"])
-        while cell["status"] == 0 and solver.status == "running" and k < len(ts):
+        while cell["status"] == RUNNING and solver.status == "running" and k < len(ts):
             if cell["steps"] >= min(budget, float(c["max_steps"])):
                 break
             solver.step()
             if solver.status == "failed":
-                cell["status"] = -3
+                cell["status"] = int(Status.SOLVER_FAILURE)
                 break
             cell["steps"] += 1
             interp = solver.dense_output()
@@ -101,7 +100,7 @@ def _advance(flow: Flow, st: dict, arrays: dict, ts: np.ndarray, c: dict) -> tup
             converged, diverged = stop_flags(float(fns["loss"](solver.y, cell["args"])), cell["loss0"],
                                              st["loss_min"], c)  # fmt: skip
             if diverged or converged:
-                cell["status"] = -2 if diverged else 1
+                cell["status"] = int(Status.DIVERGED if diverged else Status.CONVERGED)
         saved[k:] = cell["y"]
         saved_all.append(jax.device_get(fns["obs"](jnp.asarray(np.nan_to_num(saved)), cell["args"])))
         ends.append(jax.device_get(fns["obs"](jnp.asarray(cell["y"][None]), cell["args"])))

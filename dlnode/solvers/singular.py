@@ -53,9 +53,9 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
-from dlnode.errors import fail, shown
+from dlnode.errors import fail, refused, shown
 from dlnode.flows.flow import Flow, end_to_end_observables
-from dlnode.solvers.core import TRACE_COUNT, batched, call
+from dlnode.solvers.core import RUNNING, batched, call
 from dlnode.solvers.rosenbrock import SHAMPINE, error_norm, settle, step_factor
 
 # Shampine's order-4 method, not the layer path's RODAS3: on the depth-8 factorisation (σ(0) = 1e-24) RODAS3 took
@@ -426,7 +426,7 @@ def initial_coordinates(flow: Flow, w0: np.ndarray, arrays: dict) -> tuple[np.nd
     for w in np.asarray(w0, dtype=np.float64):
         u, s, vt = np.linalg.svd(w, full_matrices=True)
         if not np.all(s > 1e-300):
-            raise ValueError(
+            raise refused(
                 f"method='rosenbrock' on flow='end_to_end' needs W(0) of full rank (ln σ coordinates); "
                 f"got singular values down to {s.min():.3g}; use init 'balanced' or 'decoupled' with scale > 0"
             )
@@ -457,7 +457,7 @@ def make_batch(flow: Flow) -> tuple[Callable, Callable, Callable]:
     """
     reason = check(flow)
     if reason:
-        raise ValueError(reason)
+        raise refused(reason)
     return _batch(flow.problem_cls)
 
 
@@ -484,7 +484,6 @@ def _batch(problem_cls: type) -> tuple[Callable, Callable, Callable]:
         return problem_cls.loss_fn(w, arrays)
 
     def start(y0: tuple, arrays: dict, c: dict) -> dict:
-        TRACE_COUNT["n"] += 1
         u0, ell0, v0 = y0
         chart, gradient = parts(u0, v0, ell0, arrays)
         power = c["depth_power"]
@@ -499,7 +498,6 @@ def _batch(problem_cls: type) -> tuple[Callable, Callable, Callable]:
         return {"s": state, "loss0": loss(product(u0, v0, ell0), arrays), "p": p, "depth_power": power}
 
     def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
-        TRACE_COUNT["n"] += 1
         loss0, s0, power = st["loss0"], st["s"], st["depth_power"]
         chart, gradient = parts(s0.u, s0.v, s0.ell, arrays)
         qa, qb = chart.sizes
@@ -553,7 +551,7 @@ def _batch(problem_cls: type) -> tuple[Callable, Callable, Callable]:
             def cond(s):
                 attempts = s.steps + s.rejected
                 budget = (attempts < c["max_steps"]) & (attempts - spent < c["window_steps"])
-                return (s.status == 0) & ((target - s.t_hi) - s.t_lo > 0) & budget
+                return (s.status == RUNNING) & ((target - s.t_hi) - s.t_lo > 0) & budget
 
             s = jax.lax.while_loop(cond, lambda s: step(s, target), s)
             return s, observe(s)

@@ -27,11 +27,13 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dlnode.errors import ArgumentError, DlnodeError
 from dlnode.flows.flow import FLOWS
+from dlnode.flows.scales import time_unit
 from dlnode.problems.kinds import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression, _low_rank_target
 from dlnode.problems.network import INITS, layer_shapes
-from dlnode.run.integrate import log_times, time_unit
-from dlnode.run.rules import check_flow
+from dlnode.run.plan import log_times
+from dlnode.run.rules import check_arguments
 from dlnode.solvers import METHODS
 
 __all__ = ["SweepConfig", "config_diff", "grid_layer_shapes", "load_config", "save_times"]
@@ -112,6 +114,8 @@ ProblemConfig = Annotated[
     FactorizationConfig | RegressionConfig | MatrixCompletionConfig | MatrixSensingConfig, Field(discriminator="kind")
 ]
 PROBLEM_TABLES = {m.model_fields["kind"].annotation.__args__[0]: m for m in ProblemConfig.__origin__.__args__}
+PROBLEM_CLASSES = {"factorization": Factorization, "regression": Regression, "matrix_completion": MatrixCompletion,
+                   "matrix_sensing": MatrixSensing}  # fmt: skip
 
 
 def _listed(value: Any) -> Any:
@@ -188,15 +192,15 @@ def load_config(source: SweepConfig | dict | str | os.PathLike) -> SweepConfig:
             with open(source, "rb") as f:
                 source = tomllib.load(f)
         except FileNotFoundError:
-            raise ValueError(f"config file does not exist: {os.fspath(source)!r}") from None
+            raise _refused(f"config file does not exist: {os.fspath(source)!r}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"config file {os.fspath(source)!r} is not valid TOML: {exc}") from None
+            raise _refused(f"config file {os.fspath(source)!r} is not valid TOML: {exc}") from None
     if not isinstance(source, dict):
-        raise ValueError(f"config must be a TOML path, a dict or a SweepConfig; got {type(source).__name__}")
+        raise _refused(f"config must be a TOML path, a dict or a SweepConfig; got {type(source).__name__}")
     try:
         config = SweepConfig.model_validate(source)
     except ValidationError as exc:
-        raise ValueError(_one_line(exc)) from None
+        raise _refused(_one_line(exc)) from None
     _check_cells(config)
     return config
 
@@ -243,60 +247,58 @@ def _table_model(loc: tuple) -> type[BaseModel]:
 
 
 def _check_cells(config: SweepConfig) -> None:
-    """Rules that span tables: every grid cell must be a valid `integrate` call, on one time axis."""
+    """Rules that span tables: every grid cell must be a valid `integrate` call (the rules of
+    `dlnode.run.rules.check_arguments`, said with their own message), and all share one time axis."""
     grid, run = config.grid, config.integrate
+    saveat = np.asarray(run.saveat, dtype=np.float64) if isinstance(run.saveat, list) else run.saveat
+    problem_cls = PROBLEM_CLASSES[config.problem.kind]
     for flow in grid.flow:
         for init in grid.init:
             for method in grid.method:
-                _check_cell(config.depths(), flow, init, method, grid.lr)
-    if run.scale_of == "layer" and math.inf in config.depths():
-        raise ValueError("config key 'integrate.scale_of' must be 'product' when grid.depth holds 'inf' (a per-layer "
-                         "scale has no infinite-depth limit); got 'layer'; set scale_of = \"product\"")  # fmt: skip
+                for lr in grid.lr or [None]:
+                    _check_cell(config.depths(), init, flow, method, lr, run, saveat, problem_cls)
     if run.t1 is None and isinstance(run.saveat, int):
-        raise ValueError("config key 'integrate.t1' is required when saveat is a count: every cell of a sweep shares "
-                         "one time axis; give t1 = <end time>, or saveat = [list of times]")  # fmt: skip
+        raise _refused("config key 'integrate.t1' is required when saveat is a count: every cell of a sweep shares "
+                       "one time axis; give t1 = <end time>, or saveat = [list of times]")  # fmt: skip
     if isinstance(run.saveat, list):
         ts = np.asarray(run.saveat)
         if np.any(np.diff(ts) <= 0):
-            raise ValueError(f"config key 'integrate.saveat' must be strictly increasing; got {run.saveat[:6]}")
-        if run.t1 is not None and ts[-1] > run.t1:
-            raise ValueError(f"config key 'integrate.saveat' must end at or before t1={run.t1}; got {ts[-1]}")
+            raise _refused(f"config key 'integrate.saveat' must be strictly increasing; got {run.saveat[:6]}")
     if "gd" in grid.method and isinstance(run.saveat, list):
         for lr in grid.lr:
             steps = np.asarray(run.saveat) / lr
             if not np.allclose(steps, np.rint(steps), rtol=GD_TIME_RTOL, atol=0):
-                raise ValueError(f"config key 'integrate.saveat': every time must be a whole number of GD steps "
-                                 f"(t = k lr) for lr={lr}; got {run.saveat[:6]}")  # fmt: skip
-    if "gd" in grid.method:
+                raise _refused(f"config key 'integrate.saveat': every time must be a whole number of GD steps "
+                               f"(t = k lr) for lr={lr}; got {run.saveat[:6]}")  # fmt: skip
+    if "gd" in grid.method and grid.lr:
         top = max(grid.lr)
-        if run.t1 is not None and run.t1 < top:
-            raise ValueError(f"config key 'integrate.t1' must be at least the largest lr ({top}) with method 'gd' (one "
-                             f"step); got {run.t1}; give t1 >= {top} or smaller lr values")  # fmt: skip
         for lr in grid.lr:
             if not math.isclose(top / lr, round(top / lr), rel_tol=GD_TIME_RTOL):
-                raise ValueError(f"config key 'grid.lr': every lr must divide the largest ({top}) so that all GD runs "
-                                 f"share the save times; got {lr}")  # fmt: skip
+                raise _refused(f"config key 'grid.lr': every lr must divide the largest ({top}) so that all GD runs "
+                               f"share the save times; got {lr}")  # fmt: skip
 
 
-def _check_cell(depths: list[float], flow: str, init: str, method: str, lrs: list[float]) -> None:
+def _check_cell(depths: list[float], init: str, flow: str, method: str, lr: float | None, run: IntegrateConfig,
+                saveat: Any, problem_cls: type) -> None:  # fmt: skip
+    """One combination of the grid axes, through the rules every `integrate` call obeys."""
     try:
-        check_flow(flow, depths, init, method)
-    except ValueError as exc:
-        raise ValueError(
-            f"config grid: the cells flow={flow!r}, init={init!r}, method={method!r}: {exc}; "
-            "every combination of the grid axes must be valid (split it into two sweeps)"
+        check_arguments(depths, init, flow, method, lr, run.t1, saveat, run.scale_of, problem_cls)
+    except DlnodeError as exc:
+        cell = f"flow={flow!r}, init={init!r}, method={method!r}" + (f", lr={lr!r}" if lr is not None else "")
+        raise _refused(
+            f"config key {CONFIG_KEYS.get(exc.argument, 'grid')!r}, in the cells {cell}: {exc}; every combination "
+            "of the grid axes must be a valid dlnode.integrate call (split the sweep where it is not)"
         ) from None
-    takes_lr = method == "gd" or flow == "modified"
-    if takes_lr and not lrs:
-        raise ValueError(
-            f"config key 'grid.lr' is required for method={method!r}, flow={flow!r} (the gradient-descent step); "
-            "give e.g. lr = [0.01]"
-        )
-    if lrs and not takes_lr:
-        raise ValueError(
-            f"config key 'grid.lr' applies only to method 'gd' or flow 'modified', and the grid crosses it with "
-            f"method={method!r}, flow={flow!r}; drop lr or split the sweep"
-        )
+
+
+# where each argument of integrate lives in a config
+CONFIG_KEYS = {"depth": "grid.depth", "init": "grid.init", "flow": "grid.flow", "method": "grid.method",
+               "lr": "grid.lr", "t1": "integrate.t1", "saveat": "integrate.saveat",
+               "scale_of": "integrate.scale_of"}  # fmt: skip
+
+
+def _refused(text: str) -> ArgumentError:
+    return ArgumentError("config", "", None, "", text=text)
 
 
 def save_times(config: SweepConfig, problem: Problem) -> np.ndarray:

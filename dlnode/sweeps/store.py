@@ -28,6 +28,7 @@ import zarr
 import zarr.api.asynchronous
 
 from dlnode.data.schema import (
+    COORD_NAMES,
     GRID_DIMS,
     METHOD_USED_ATTRS,
     RUN,
@@ -36,8 +37,10 @@ from dlnode.data.schema import (
     VARIABLES,
     with_problem,
 )
+from dlnode.errors import refused
 from dlnode.problems.kinds import Problem
-from dlnode.run import integrate as integration
+from dlnode.run.integrate import dataset_attrs
+from dlnode.run.plan import Plan
 from dlnode.solvers import Status
 from dlnode.sweeps.config import SweepConfig, config_diff, layer_extent, save_times
 
@@ -123,7 +126,7 @@ def _grid_plan(config: SweepConfig, problem: Problem, times: np.ndarray, flow: s
     the largest lr, the requested method (``auto`` planned as ``tsit5``: what it chooses is per task)."""
     grid, run = config.grid, config.integrate
     method = grid.method[0] if grid.method[0] != "auto" else "tsit5"
-    return integration._plan(
+    return Plan.build(
         problem, depth=config.depths(), width=run.width, init=grid.init[0], scale=list(grid.scale), seed=[0],
         flow=flow, method=method, lr=max(grid.lr) if grid.lr else None, t1=run.t1, rtol=rtol, atol=atol,
         saveat=times[1:], save_weights=run.save_weights, progress=False, loss_tol=run.loss_tol,
@@ -142,20 +145,11 @@ def _tolerances(config: SweepConfig, problem: Problem, times: np.ndarray) -> tup
 
 
 def _coords(layout: Layout) -> dict[str, Any]:
-    names = {
-        "depth": "network depth N (inf: N -> inf)",
-        "scale": "initialisation scale",
-        "seed": "initialisation seed",
-        "flow": "flow",
-        "init": "initialisation",
-        "method": "method requested",
-        "lr": "gradient-descent step",
-    }
     coords: dict[str, Any] = {}
     for name, values in layout.axes.items():
         dtype = {"seed": np.int64, "depth": np.float64, "scale": np.float64, "lr": np.float64}.get(name, str)
-        coords[name] = (name, np.asarray(values, dtype=dtype), {"long_name": names[name]})
-    coords["time"] = ("time", layout.times, {"long_name": "flow time", "units": "time"})
+        coords[name] = (name, np.asarray(values, dtype=dtype), {"long_name": COORD_NAMES[name]})
+    coords["time"] = ("time", layout.times, {"long_name": COORD_NAMES["time"], "units": "time"})
     if layout.fixed.get("flow") == "end_to_end":  # as integrate's end-to-end datasets: time is tau = N t
         depth = np.asarray(layout.axes["depth"])[:, None]
         with np.errstate(invalid="ignore"):
@@ -192,7 +186,7 @@ def _attrs(layout: Layout) -> dict[str, Any]:
     """`dlnode.integrate`'s attrs for the whole grid as one call (one builder, so the two keep the same keys and
     meanings), less the per-call timings, with the swept axes marked ``"swept"`` and the sweep's own keys."""
     runs = {d: types.SimpleNamespace(ts=layout.times, compile_time=0.0, wall_time=0.0) for d in layout.axes["depth"]}
-    attrs = {k: v for k, v in integration._attrs(layout.plan(), runs).items() if k not in PER_CALL_ATTRS}
+    attrs = {k: v for k, v in dataset_attrs(layout.plan(), runs).items() if k not in PER_CALL_ATTRS}
     for name in ("flow", "init", "lr"):
         if name in layout.axes:
             attrs[name] = "swept"
@@ -237,12 +231,12 @@ def prepare(path: str | os.PathLike, layout: Layout) -> np.ndarray:
     path = Path(path)
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         if not is_sweep_store(path):
-            raise ValueError(f"store {os.fspath(path)!r} exists and is not a dlnode sweep store (no {SWEEP_ATTR!r} "
+            raise refused(f"store {os.fspath(path)!r} exists and is not a dlnode sweep store (no {SWEEP_ATTR!r} "
                              "attribute); give a new path, or remove it")  # fmt: skip
         stored = zarr.open_group(os.fspath(path), mode="r").attrs[SWEEP_ATTR]
         differ = [k for k in config_diff(stored, layout.config.canonical()) if not k.startswith("execution.")]
         if differ:
-            raise ValueError(f"store {os.fspath(path)!r} was made from a different config (keys differ: "
+            raise refused(f"store {os.fspath(path)!r} was made from a different config (keys differ: "
                              f"{', '.join(differ)}); give a new store path, or run the store's own config "
                              f"(`dlnode info {os.fspath(path)}` prints it)")  # fmt: skip
         return read_status(path)
@@ -335,7 +329,7 @@ def add_run(path: str | os.PathLike, record: dict[str, Any]) -> None:
 def open_store(path: str | os.PathLike) -> xr.Dataset:
     """The sweep store opened lazily: Dask-backed variables chunked like the store (one task's cells a chunk)."""
     if not is_sweep_store(path):
-        raise ValueError(f"path {os.fspath(path)!r} is not a dlnode sweep store; run `dlnode run CONFIG -o PATH` first")
+        raise refused(f"path {os.fspath(path)!r} is not a dlnode sweep store; run `dlnode run CONFIG -o PATH` first")
     return xr.open_zarr(os.fspath(path), consolidated=False, chunks={})
 
 
@@ -385,9 +379,9 @@ def export(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = Fa
     """Write the sweep store at `path` to one netCDF file `out` (streamed chunk by chunk); returns pending cells."""
     out = Path(out)
     if out.suffix != ".nc":
-        raise ValueError(f"out must be a netCDF path ending in .nc; got {os.fspath(out)!r}")
+        raise refused(f"out must be a netCDF path ending in .nc; got {os.fspath(out)!r}")
     if out.exists() and not overwrite:
-        raise ValueError(f"out {os.fspath(out)!r} exists; pass --overwrite (overwrite=True) to replace it")
+        raise refused(f"out {os.fspath(out)!r} exists; pass --overwrite (overwrite=True) to replace it")
     ds = open_store(path).drop_encoding()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")

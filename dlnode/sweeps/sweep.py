@@ -34,7 +34,9 @@ from tqdm.auto import tqdm
 
 from dlnode._version import __version__
 from dlnode.data.schema import METHOD_CODES
-from dlnode.run.integrate import integrate
+from dlnode.errors import refused
+from dlnode.run.integrate import run_plan
+from dlnode.run.plan import Plan
 from dlnode.runtime.interrupts import sigint_flag
 from dlnode.solvers import Status
 from dlnode.sweeps.config import SweepConfig, grid_layer_shapes, load_config
@@ -102,11 +104,11 @@ def sweep(
     """
     cfg = load_config(config)
     if Path(store).suffix != ".zarr":
-        raise ValueError(f"store must be a path ending in .zarr (a zarr directory); got {os.fspath(store)!r}")
+        raise refused(f"store must be a path ending in .zarr (a zarr directory); got {os.fspath(store)!r}")
     if client is not None and scheduler is not None:
-        raise ValueError("give client or scheduler, not both; got both")
+        raise refused("give client or scheduler, not both; got both")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a positive integer (local cluster size); got {workers!r}")
+        raise refused(f"workers must be a positive integer (local cluster size); got {workers!r}")
     batch = cfg.execution.batch if isinstance(cfg.execution.batch, int) else auto_batch(cfg)
     layout = Layout.of(cfg, batch, stored_tolerances(store))
     chunks = stored_chunks(store)
@@ -150,6 +152,25 @@ def _layout(config_json: str, chunk: tuple[tuple[str, int], ...], tolerances: tu
                                chunk=dict(chunk))  # fmt: skip
 
 
+def task_arguments(layout: Layout, task: dict[str, slice]) -> dict[str, Any]:
+    """The arguments of `dlnode.integrate` that one task's cells are: the config's, the task's slice of the grid,
+    and the store's tolerances and save times (every cell of a sweep shares them)."""
+    value = {d: (layout.axes[d][task[d]][0] if d in layout.axes else layout.fixed[d]) for d in EXTRA_AXES}
+    run = layout.config.integrate
+    return dict(
+        depth=layout.axes["depth"][task["depth"]][0], scale=layout.axes["scale"][task["scale"]],
+        seed=layout.axes["seed"][task["seed"]], width=run.width, init=value["init"], flow=value["flow"],
+        method=value["method"], lr=value["lr"], t1=run.t1, rtol=layout.rtol, atol=layout.atol, saveat=layout.times[1:],
+        save_weights=run.save_weights, progress=False, loss_tol=run.loss_tol, max_steps=run.max_steps,
+        scale_of=run.scale_of,
+    )  # fmt: skip
+
+
+def task_plan(layout: Layout, task: dict[str, slice]) -> Plan:
+    """The `Plan` of one task: the plan `dlnode.integrate` builds from `task_arguments`."""
+    return Plan.build(layout.problem, **task_arguments(layout, task))
+
+
 def run_task(config_json: str, chunk: tuple, tolerances: tuple[float, float], task: dict[str, slice],
              pending: np.ndarray, store: str) -> dict:  # fmt: skip
     """One task, on a worker: one `integrate` call over its cells, region-written into `store` (status last).
@@ -160,17 +181,9 @@ def run_task(config_json: str, chunk: tuple, tolerances: tuple[float, float], ta
     worker process meanwhile: JAX's threads, the event loop, and other tasks on a worker of several threads)."""
     clock, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
     layout = _layout(config_json, chunk, tolerances)
-    value = {d: (layout.axes[d][task[d]][0] if d in layout.axes else layout.fixed[d]) for d in EXTRA_AXES}
-    run = layout.config.integrate
-    ds = integrate(
-        layout.problem, depth=layout.axes["depth"][task["depth"]][0], scale=layout.axes["scale"][task["scale"]],
-        seed=layout.axes["seed"][task["seed"]], width=run.width, init=value["init"], flow=value["flow"],
-        method=value["method"], lr=value["lr"], t1=run.t1, rtol=layout.rtol, atol=layout.atol, saveat=layout.times[1:],
-        save_weights=run.save_weights, progress=False, loss_tol=run.loss_tol, max_steps=run.max_steps,
-        scale_of=run.scale_of,
-    )  # fmt: skip
+    ds = run_plan(task_plan(layout, task))
     if ds.sizes["time"] != len(layout.times) or not np.allclose(ds["time"], layout.times, rtol=TIME_RTOL, atol=0):
-        raise ValueError(f"cells {_describe(layout, task)}: save times differ from the store's; report this as a bug")
+        raise refused(f"cells {_describe(layout, task)}: save times differ from the store's; report this as a bug")
     arrays = _cell_arrays(layout, ds)
     written = time.perf_counter()
     write_cells(store, layout, task, arrays, pending)
@@ -210,7 +223,7 @@ def _client(client: Any, scheduler: str | None, workers: int | None) -> Iterator
         try:
             own = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:
-            raise ValueError(f"scheduler: cannot connect to {scheduler!r} ({exc}); start one with "
+            raise refused(f"scheduler: cannot connect to {scheduler!r} ({exc}); start one with "
                              "`dask scheduler` or leave out --scheduler for a local cluster") from None  # fmt: skip
         with own:
             yield own, f"scheduler {scheduler}"

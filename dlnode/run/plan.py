@@ -1,0 +1,227 @@
+"""The plan of a call: its arguments validated once, and the save times, tolerances and methods they resolve to.
+
+`Plan.build` takes exactly the arguments of `dlnode.integrate`; `integrate` runs the plan it builds, and a sweep
+builds one per task from its config, so every entry point enforces the same rules with the same messages. The
+problem's scales (gradient at the origin, curvature, plateau stiffness) come from `dlnode.flows.scales`, computed
+once per problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from dlnode.checks import (
+    as_depths,
+    as_scales,
+    as_seeds,
+    check_max_steps,
+    check_positive,
+    check_tolerances,
+    check_width,
+)
+from dlnode.errors import fail
+from dlnode.flows.flow import FLOWS
+from dlnode.flows.scales import _fingerprint, escape_estimate, predicted_stiffness, time_unit
+from dlnode.problems.kinds import Problem
+from dlnode.run.rules import check_arguments, check_call, check_inits, check_memory
+from dlnode.run.saveat import SaveAt
+from dlnode.solvers import METHODS, Controls
+from dlnode.solvers.auto import choose_methods
+
+__all__ = [
+    "DEFAULT_LOSS_TOL",
+    "DEFAULT_RTOL",
+    "GRID_DECADES",
+    "HORIZON_FACTOR",
+    "MIN_DEFAULT_RTOL",
+    "PUBLIC_METHODS",
+    "STIFFNESS_FREE",
+    "Plan",
+    "default_rtol",
+    "log_times",
+    "planned_times",
+]
+
+PUBLIC_METHODS = ("auto", *METHODS)
+DEFAULT_LOSS_TOL = 1e-8  # stop when ℓ − ℓ* ≤ 1e-8 (ℓ₀ − ℓ*) if t1 is None
+DIVERGENCE_FACTOR = 1e12  # a run whose loss grows past 1e12·ℓ₀ is marked diverged
+HORIZON_FACTOR = 1e4  # an until-converged run's planned horizon: this many times the slowest escape estimate
+GRID_DECADES = 4.0  # `saveat` log-spaced times span this many decades, ending 10× past the slowest escape estimate
+
+
+DEFAULT_RTOL, MIN_DEFAULT_RTOL = 1e-6, 1e-9
+STIFFNESS_FREE = 1e3  # below this predicted plateau stiffness the default rtol is not tightened
+MIN_DEFAULT_RTOL_END_TO_END = 1e-7  # singular coordinates carry ln σ: a tiny σ keeps its relative accuracy
+
+
+def default_rtol(problem: Problem, depths: Sequence[float], scales: Sequence[float], flow: str = "layers",
+                 scale_of: str = "layer") -> float:  # fmt: skip
+    """1e-6, tightened by the square root of the largest predicted plateau stiffness beyond 1e3, never below 1e-9
+    (1e-7 for end-to-end flows)."""
+    worst = max(predicted_stiffness(problem, d, s, flow, scale_of) for d in depths for s in scales)
+    floor = MIN_DEFAULT_RTOL_END_TO_END if flow == "end_to_end" else MIN_DEFAULT_RTOL
+    return float(min(DEFAULT_RTOL, max(floor, DEFAULT_RTOL * max(worst / STIFFNESS_FREE, 1.0) ** -0.5)))
+
+
+def log_times(count: int, t1: float, unit: float) -> np.ndarray:
+    """t = 0 plus `count` log-spaced times ending at t1, starting at min(10⁻² unit, 10⁻³ t1)."""
+    start = min(1e-2 * unit, 1e-3 * t1)
+    ts = np.concatenate([[0.0], np.logspace(np.log10(start), np.log10(t1), count)])
+    ts[-1] = t1  # exactly: 10**log10(t1) may round past the end of the integration interval
+    return ts
+
+
+def planned_times(count: int, escape: float, horizon: float, fastest: float | None = None) -> np.ndarray:
+    """The save grid of an until-converged run: t = 0, then log-spaced times at `count` per `GRID_DECADES` decades,
+    from 10⁻⁴ of the end (10× past the slowest escape estimate) or 10⁻² of the fastest cell's escape estimate,
+    whichever is earlier, up to the horizon: every cell's escape falls inside the grid at the same density."""
+    end = 10.0 * escape
+    start = end * 10.0**-GRID_DECADES
+    if fastest is not None:
+        start = min(start, 1e-2 * fastest)
+    ratio = 10.0 ** (GRID_DECADES / max(count - 1, 1))
+    total = max(count, int(math.ceil(math.log(max(horizon / start, 1.0)) / math.log(ratio))) + 1)
+    return np.concatenate([[0.0], start * ratio ** np.arange(total)])
+
+
+def _gd_grid(ts: np.ndarray, lr: float) -> np.ndarray:
+    """Save times rounded to whole steps (t = k·lr), duplicates removed."""
+    return np.unique(np.rint(ts / lr)) * lr
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One call of `integrate`, validated once: its arguments, normalised, and what they resolve to.
+
+    Built by `Plan.build` from the arguments `dlnode.integrate` takes, by `integrate` and by a sweep's cells
+    alike, so a rule and its message exist once. Resolved at build time: the method of each depth (``auto``'s
+    choice, with the reason), the tolerances, the save times and the run controls. Two plans are equal when they
+    run the same problem (its arrays) with the same resolved arguments (`key`); the progress bar is not part of it.
+    """
+
+    problem: Problem
+    depths: list[float]
+    scales: list[float]
+    seeds: list[int]
+    init: Any
+    width: int | None
+    flow: str
+    scale_of: str
+    method: str
+    requested: str
+    reason: str
+    saveat: int | np.ndarray
+    times: np.ndarray
+    save_weights: bool
+    progress: bool
+    until_converged: bool
+    controls: Controls
+    methods: dict[float, str]  # the method each depth runs (`method` is that one method, or "per depth")
+    max_steps_given: bool
+
+    def key(self) -> tuple:
+        """What makes two plans run the same computation (the progress bar aside)."""
+        init = self.init if isinstance(self.init, str) else id(self.init)
+        saveat = self.saveat if isinstance(self.saveat, int) else tuple(np.asarray(self.saveat).tolist())
+        return (type(self.problem).__name__, _fingerprint(self.problem), tuple(self.depths), tuple(self.scales),
+                tuple(self.seeds), init, self.width, self.flow, self.scale_of, self.method, self.requested,
+                self.reason, saveat, tuple(self.times.tolist()), self.save_weights, self.until_converged,
+                self.controls, tuple(sorted(self.methods.items())), self.max_steps_given)  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plan) and self.key() == other.key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @classmethod
+    def build(
+        cls,
+        problem: Problem,
+        depth: int | str | Iterable[int | str] = (1, 2, 3),
+        width: int | None = None,
+        init: str | Callable = "gaussian",
+        scale: float | Sequence[float] = 1e-1,
+        seed: int | Iterable[int] = 0,
+        flow: str = "layers",
+        method: str = "auto",
+        lr: float | None = None,
+        t1: float | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        saveat: SaveAt | int | Sequence[float] = 200,
+        save_weights: bool = False,
+        progress: bool = True,
+        loss_tol: float | None = None,
+        max_steps: int | None = None,
+        scale_of: str = "layer",
+    ) -> Plan:
+        """The plan of ``dlnode.integrate(problem, ...)`` with these arguments (see its docstring); every rule
+        checked, before any work. Raises `dlnode.DlnodeError` (one line) on the first argument that breaks one."""
+        check_call(problem, init, flow, method, PUBLIC_METHODS, FLOWS)
+        depths, scales, seeds = as_depths(depth), as_scales(scale), as_seeds(seed)
+        requested_t1 = t1
+        wanted = SaveAt.of(saveat, save_weights)
+        saveat, save_weights = wanted.saveat, wanted.weights
+        lr, t1 = check_arguments(depths, init, flow, method, lr, t1, saveat, scale_of, type(problem))
+        check_width(width)
+        check_inits(problem, depths, init, scales[0], seeds[0], width)
+        rtol, atol = check_tolerances(rtol, atol)  # None: the defaults below
+        if loss_tol is not None:
+            check_positive("loss_tol", loss_tol)
+            if loss_tol >= 1:
+                fail("loss_tol", "must be below 1 (a fraction of the initial loss gap l0 - l*: 1 stops at t = 0)",
+                     loss_tol, "pass e.g. loss_tol=1e-8")  # fmt: skip
+        if not isinstance(progress, (bool, np.bool_)):
+            fail("progress", "must be True or False", progress, "pass progress=False to hide the progress bar")
+        if max_steps is not None:
+            check_max_steps(max_steps)
+        check_memory(problem, depths, width, len(scales) * len(seeds), saveat, save_weights, t1 is None)
+        if method == "auto":
+            methods, chosen, reason = choose_methods(problem, depths, scales, init, width, flow,
+                                                     float(lr or math.nan), scale_of)  # fmt: skip
+        else:
+            methods, chosen, reason = dict.fromkeys(depths, method), method, "given"
+        if rtol is None:
+            rtol = default_rtol(problem, depths, scales, flow, scale_of)
+        if atol is None:  # 1e-3·rtol of the smallest initial weights: a tiny init keeps its relative accuracy
+            per_layer = [s ** (1.0 / d) if scale_of == "product" and not math.isinf(d) else s for d in depths
+                         for s in scales]  # fmt: skip
+            atol = 1e-3 * rtol * min(1.0, min(per_layer))
+        until_converged = t1 is None
+        t1, times = _save_grid(problem, depths, scales, flow, scale_of, saveat, t1)
+        if chosen in METHODS and METHODS[chosen].needs_lr:  # a discrete method saves at whole steps
+            times = _gd_grid(times, lr)
+        controls = Controls(
+            t1=float(times[-1]) if until_converged else t1, rtol=rtol, atol=atol, lr=float(lr or math.nan),
+            loss_tol=loss_tol or (DEFAULT_LOSS_TOL if requested_t1 is None else -math.inf), diverge=DIVERGENCE_FACTOR,
+            max_steps=max_steps or max(METHODS[m].max_steps for m in methods.values()),
+        )  # fmt: skip
+        return cls(problem, depths, scales, seeds, init, width, flow, scale_of, chosen, method, reason, saveat,
+                     times, bool(save_weights), bool(progress), until_converged, controls, methods,
+                     max_steps is not None)  # fmt: skip
+
+    def controls_at(self, depth: float) -> Controls:
+        """The controls of one depth's run: the default step budget is that of the method it runs."""
+        if self.max_steps_given:
+            return self.controls
+        return dataclasses.replace(self.controls, max_steps=METHODS[self.methods[depth]].max_steps)
+
+
+def _save_grid(problem: Problem, depths: list[float], scales: list[float], flow: str, scale_of: str,
+               saveat: int | np.ndarray, t1: float | None) -> tuple[float, np.ndarray]:  # fmt: skip
+    """(t1, save times): explicit times; or, until converged (t1 None), the planned grid up to the horizon of the
+    slowest escape estimate; or `saveat` log-spaced times ending at t1."""
+    if isinstance(saveat, np.ndarray):
+        t1 = float(saveat[-1]) if t1 is None else t1
+        return t1, saveat if saveat[0] == 0 else np.concatenate([[0.0], saveat])
+    if t1 is None:
+        escape = escape_estimate(problem, depths, scales, flow, scale_of)
+        t1 = HORIZON_FACTOR * escape
+        fastest = escape_estimate(problem, depths, scales, flow, scale_of, slowest=False)
+        return t1, planned_times(saveat, escape, t1, fastest)
+    return t1, log_times(saveat, t1, time_unit(problem))
