@@ -34,8 +34,9 @@ from dlnode.analysis.curvature import sharpness, sharpness_bounds  # noqa: E402
 from dlnode.analysis.discrete import compare, convergence_order  # noqa: E402
 from dlnode.analysis.spectra import effective_rank, log_volume, numerical_rank  # noqa: E402
 from dlnode.analysis.stages import escape_times, modes_learned, stages  # noqa: E402
-from dlnode.data.schema import open_dataset as open  # noqa: E402, A004
-from dlnode.data.schema import problem_from, save, validate  # noqa: E402
+from dlnode.data.files import open_dataset as open  # noqa: E402, A004
+from dlnode.data.files import save  # noqa: E402
+from dlnode.data.schema import problem_from, validate  # noqa: E402
 from dlnode.errors import DlnodeError  # noqa: E402
 from dlnode.problems.kinds import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression  # noqa: E402
 from dlnode.problems.network import balancedness, init_layers, layer_shapes, product  # noqa: E402

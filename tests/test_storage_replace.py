@@ -107,7 +107,7 @@ KILLED_BETWEEN_RENAMES = textwrap.dedent(
     """
     import os, signal, sys
     import dlnode as dln
-    from dlnode import storage
+    from dlnode.data import storage
 
     ds = dln.open(sys.argv[1])
     storage._exchange = lambda a, b: False  # a system without the atomic exchange

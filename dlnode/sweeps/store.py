@@ -27,13 +27,13 @@ import xarray as xr
 import zarr
 import zarr.api.asynchronous
 
+from dlnode.data.formats import SWEEP_CONFIG_ATTR
 from dlnode.data.schema import (
     COORD_NAMES,
     GRID_DIMS,
     METHOD_USED_ATTRS,
     RUN,
     STATUS_FLAGS,
-    SWEEP_CONFIG_ATTR,
     VARIABLES,
     with_problem,
 )
