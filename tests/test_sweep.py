@@ -357,3 +357,22 @@ def test_end_to_end_to_depth_infinity(client, tmp_path):
     xr.testing.assert_identical(ds["t"], ref["t"])
     for name in ("loss", "product", "singular_values", "status", "weights_final"):
         np.testing.assert_array_equal(ds[name].values, ref[name].values, err_msg=name)
+
+
+def test_a_sweep_without_t1_runs_until_converged(client, tmp_path):
+    """t1 left out, saveat a count: the time axis integrate plans for the whole grid, every cell stopping when it
+    converges, each equal to an integrate call on that axis (the cells converge at their own times)."""
+    config = {**CONFIG, "integrate": {"saveat": 20}}
+    ds = dln.sweep(config, tmp_path / "until.zarr", client, progress=False).load()
+    assert (ds["status"] == dln.Status.CONVERGED).all()
+    problem = dln.problem_from(ds)
+    assert ds["time"].values[-1] > float(ds["t_final"].max())  # the planned horizon holds every convergence
+    for depth in ds.depth.values:
+        for scale in ds.scale.values:
+            for seed in ds.seed.values:  # one cell a task (batch 1): one cell a call, bitwise
+                one = dln.integrate(problem, depth=int(depth), scale=[scale], seed=[seed], method="tsit5",
+                                    saveat=ds["time"].values[1:], rtol=ds.attrs["rtol"], atol=ds.attrs["atol"],
+                                    progress=False).isel(depth=0, scale=0, seed=0)  # fmt: skip
+                got = ds.sel(depth=depth, scale=scale, seed=seed)
+                assert int(one["status"]) == int(got["status"])
+                np.testing.assert_array_equal(one["loss"].values, got["loss"].values)

@@ -46,7 +46,6 @@ BAD = [
     (_with("problem", kind="lasso"), "config key 'problem.kind' must be one of 'factorization', 'regression'"),
     (_with("problem", observed=10), "config key 'problem.observed' is not known; allowed keys here: kind, matrix"),
     (_with("integrate", rtol="1e-6"), "config key 'integrate.rtol': Input should be a valid number; got '1e-6'"),
-    (_with("integrate", t1=None), "config key 'integrate.t1' is required when saveat is a count"),
     (_with("integrate", saveat=[0.0, 2.0, 1.0]), "config key 'integrate.saveat' must be strictly increasing"),
     ({**BASE, "grids": {}}, "config key 'grids' is not known; allowed keys here: execution, grid, integrate, problem"),
     (

@@ -10,8 +10,10 @@ A config has four tables::
     [execution]    batch = "auto"   (cells per Dask task, vmapped together)
 
 Every cell of the grid shares one time axis, so the config defines it alone: ``integrate.t1`` with ``saveat`` a
-count (t = 0 plus that many log-spaced times ending at t1, as `dlnode.integrate` lays them), or ``saveat`` an
-explicit list of times (then ``t1`` may be left out: each run stops at its last save time or on convergence).
+count (t = 0 plus that many log-spaced times ending at t1, as `dlnode.integrate` lays them); ``saveat`` a count
+without ``t1`` (until converged: the grid `dlnode.integrate` plans for the whole grid's depths and scales, up to
+the slowest cell's horizon, each cell stopping when it converges); or ``saveat`` an explicit list of times (then
+``t1`` may be left out: each run stops at its last save time or on convergence).
 Likewise one ``rtol`` and ``atol`` hold for every cell: the config's, or `dlnode.integrate`'s defaults resolved once
 over the whole grid (`dlnode.sweeps.store.Layout`).
 """
@@ -29,10 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dlnode.errors import ArgumentError, DlnodeError
 from dlnode.flows.flow import FLOWS
-from dlnode.flows.scales import time_unit
+from dlnode.flows.scales import escape_estimate, time_unit
 from dlnode.problems.kinds import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression, _low_rank_target
 from dlnode.problems.network import INITS, layer_shapes
-from dlnode.run.plan import log_times
+from dlnode.run.plan import HORIZON_FACTOR, log_times, planned_times
 from dlnode.run.rules import check_arguments
 from dlnode.solvers import METHODS
 
@@ -257,9 +259,6 @@ def _check_cells(config: SweepConfig) -> None:
             for method in grid.method:
                 for lr in grid.lr or [None]:
                     _check_cell(config.depths(), init, flow, method, lr, run, saveat, problem_cls)
-    if run.t1 is None and isinstance(run.saveat, int):
-        raise _refused("config key 'integrate.t1' is required when saveat is a count: every cell of a sweep shares "
-                       "one time axis; give t1 = <end time>, or saveat = [list of times]")  # fmt: skip
     if isinstance(run.saveat, list):
         ts = np.asarray(run.saveat)
         if np.any(np.diff(ts) <= 0):
@@ -308,7 +307,9 @@ def save_times(config: SweepConfig, problem: Problem) -> np.ndarray:
     are rounded to whole steps of the largest lr (which every lr divides), never past t1, duplicates removed.
     """
     run = config.integrate
-    if isinstance(run.saveat, int):
+    if isinstance(run.saveat, int) and run.t1 is None:
+        ts = until_converged_times(config, problem)
+    elif isinstance(run.saveat, int):
         ts = log_times(run.saveat, run.t1, time_unit(problem))
     else:
         ts = np.asarray(run.saveat, dtype=np.float64)
@@ -316,9 +317,21 @@ def save_times(config: SweepConfig, problem: Problem) -> np.ndarray:
         ts = np.concatenate([[0.0], ts])
     if "gd" in config.grid.method and isinstance(run.saveat, int):
         top = max(config.grid.lr)
-        last = math.floor(run.t1 / top * (1 + GD_TIME_RTOL))  # the last whole step at or before t1
+        end = run.t1 if run.t1 is not None else float(ts[-1])
+        last = math.floor(end / top * (1 + GD_TIME_RTOL))  # the last whole step at or before t1
         ts = np.unique(np.minimum(np.rint(ts / top), last)) * top
     return ts
+
+
+def until_converged_times(config: SweepConfig, problem: Problem) -> np.ndarray:
+    """The time axis of a sweep that runs until converged (``t1`` left out, ``saveat`` a count): the grid
+    `dlnode.integrate` plans for one call over every depth and scale of the grid (each flow's escape estimates;
+    `saveat` times per `GRID_DECADES` decades up to `HORIZON_FACTOR` times the slowest escape). Each cell stops
+    when it converges (holding its final state after) or says NOT_CONVERGED at the end of the axis."""
+    depths, scales, scale_of = config.depths(), list(config.grid.scale), config.integrate.scale_of
+    slowest = max(escape_estimate(problem, depths, scales, f, scale_of) for f in config.grid.flow)
+    fastest = min(escape_estimate(problem, depths, scales, f, scale_of, slowest=False) for f in config.grid.flow)
+    return planned_times(config.integrate.saveat, slowest, HORIZON_FACTOR * slowest, fastest)
 
 
 def grid_layer_shapes(config: SweepConfig, problem: Problem) -> dict[float, list[tuple[int, int]]]:
