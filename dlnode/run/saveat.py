@@ -62,6 +62,7 @@ class SaveAt:
                 fail("save_weights", "is part of saveat=SaveAt(..., weights=...) when saveat is a SaveAt",
                      save_weights, "pass SaveAt(..., weights=True) and drop save_weights")  # fmt: skip
             return saveat
+        save_weights = check_bool("save_weights", save_weights)
         ts = check_saveat(saveat)
         if isinstance(ts, int):
             return cls(count=ts, weights=save_weights)
