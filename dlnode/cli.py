@@ -21,6 +21,7 @@ import typer
 
 from dlnode._version import __version__
 from dlnode.analysis.plot import PLOTS
+from dlnode.data.outputs import check_figure_path
 from dlnode.data.schema import STATUS_MEANINGS
 from dlnode.data.storage import DATASET_SUFFIXES, atomic_path, check_output_path, is_dlnode_store
 from dlnode.errors import DlnodeError
@@ -47,8 +48,10 @@ def _fail(message: str) -> None:
 def check_outputs(paths: dict[Path, tuple[str, ...]], overwrite: bool, option: str = "--out") -> None:
     """Check every output path (with its allowed suffixes) before any work: a bad one fails the command at once."""
     for path, suffixes in paths.items():
-        replaceable = is_dlnode_store if suffixes == tuple(DATASET_SUFFIXES) else None
-        check_output_path(path, overwrite, suffixes, option, replaceable)
+        if suffixes == tuple(DATASET_SUFFIXES):
+            check_output_path(path, overwrite, suffixes, option, is_dlnode_store)
+        else:
+            check_figure_path(path, overwrite, suffixes, option)
 
 
 def stop_if_interrupted(ds, out: Path | None) -> None:  # noqa: ANN001

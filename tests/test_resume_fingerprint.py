@@ -12,13 +12,13 @@ import pytest
 import dlnode as dln
 from dlnode.errors import DlnodeError
 
-RUN = {"depth": [2, 3], "scale": 0.3, "t1": 1.0, "saveat": 4, "progress": False, "method": "tsit5"}
+RUN = {"depth": [2, 3], "scale": 0.3, "t1": 1.0, "saveat": 4, "progress": False, "method": "gd", "lr": 0.05}
 
 
 @pytest.fixture
 def interrupted(monkeypatch):
     """An integrate call interrupted by a SIGINT in its first window; the problem it ran on."""
-    real = dln.METHODS["tsit5"]
+    real = dln.METHODS["gd"]
     calls = {"n": 0}
 
     def advance(flow, state, arrays, ts, c):
@@ -27,7 +27,7 @@ def interrupted(monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
         return real.advance(flow, state, arrays, ts, c)
 
-    monkeypatch.setitem(dln.METHODS, "tsit5", dataclasses.replace(real, advance=advance))
+    monkeypatch.setitem(dln.METHODS, "gd", dataclasses.replace(real, advance=advance))
     prob = dln.Factorization(np.diag([2.0, 1.0]))
     ds = dln.integrate(prob, **RUN)
     monkeypatch.undo()

@@ -13,13 +13,14 @@ import dlnode as dln
 
 S = dln.Status
 TARGET = np.diag([2.0, 1.0])
-QUICK = {"scale": 0.3, "saveat": 4, "progress": False, "method": "tsit5"}
+QUICK = {"scale": 0.3, "saveat": 4, "progress": False, "method": "gd", "lr": 0.05}  # gd: compiled once, cached
 
 
 def test_an_infinite_initial_loss_never_converges():
     prob = dln.Factorization(TARGET)
-    for t1 in (None, 1.0):
-        ds = dln.integrate(prob, depth=2, scale=1e200, t1=t1, saveat=4, progress=False)
+    for t1, method in ((None, {"method": "gd", "lr": 0.05}), (1.0, {"method": "gd", "lr": 0.05}),
+                       (None, {"method": "scipy:RK45"})):  # fmt: skip
+        ds = dln.integrate(prob, depth=2, scale=1e200, t1=t1, saveat=4, progress=False, **method)
         assert not np.isfinite(ds["loss"].isel(time=0)).any()
         assert int(ds["status"].item()) in (int(S.NO_STEP), int(S.DIVERGED)), t1
 
@@ -51,8 +52,8 @@ def test_each_status_is_reached_on_purpose():
     assert int(dln.integrate(prob, t1=100.0, max_steps=3, **run)["status"].item()) == int(S.MAX_STEPS)
     gd = dln.integrate(prob, depth=2, scale=0.3, method="gd", lr=5.0, t1=200.0, saveat=4, progress=False)
     assert int(gd["status"].item()) == int(S.DIVERGED)
-    assert int(dln.integrate(prob, depth=2, scale=1e200, t1=1.0, saveat=4, progress=False)["status"]) in (
-        int(S.NO_STEP), int(S.DIVERGED))  # fmt: skip
+    huge = dln.integrate(prob, depth=2, scale=1e200, t1=1.0, saveat=4, progress=False, method="gd", lr=0.05)
+    assert int(huge["status"].item()) == int(S.NO_STEP)
 
 
 def _interrupting(monkeypatch, name, when):
@@ -73,7 +74,7 @@ def _interrupting(monkeypatch, name, when):
 def test_ctrl_c_in_the_window_that_finishes_a_depth_stops_the_call(monkeypatch):
     """A depth of fewer than 16 save times is one window: a Ctrl-C during it must still stop the call."""
     prob = dln.Factorization(TARGET)
-    _interrupting(monkeypatch, "tsit5", lambda n: n == 1)
+    _interrupting(monkeypatch, "gd", lambda n: n == 1)
     ds = dln.integrate(prob, depth=[2, 3, 4], t1=1.0, **QUICK)
     status = ds["status"].sel(depth=[2.0, 3.0, 4.0]).values.ravel()
     assert status[0] in (int(S.FINISHED), int(S.INTERRUPTED))
@@ -106,6 +107,6 @@ def test_ctrl_c_between_depths_returns_the_dataset_so_far():
 
 def test_an_interrupted_call_says_how_to_continue(monkeypatch):
     prob = dln.Factorization(TARGET)
-    _interrupting(monkeypatch, "tsit5", lambda n: n == 1)
+    _interrupting(monkeypatch, "gd", lambda n: n == 1)
     with pytest.warns(UserWarning, match=r"dlnode\.resume"):
         dln.integrate(prob, depth=[2, 3], t1=1.0, **QUICK)

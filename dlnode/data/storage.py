@@ -85,10 +85,11 @@ def check_output_path(
     argument: str = "path",
     replaceable: Callable[[Path], bool] | None = None,
     make_parents: bool = False,
+    own: str = "a dlnode dataset",
 ) -> Path:
     """Check, before any work, that `path` can be written: a known suffix, an existing writable parent, and no
-    existing entry unless `overwrite` (then it must be a file, or a directory that `replaceable` accepts: a
-    directory that is not dlnode's own is never replaced)."""
+    existing entry unless `overwrite` (then it must be a file, or what `replaceable` accepts: one that dlnode
+    wrote, described by `own` in the error)."""
     path = Path(os.fspath(path)).expanduser()
     suffix_of(path, suffixes, argument)
     replacement_cut_short(path, argument)
@@ -134,7 +135,7 @@ def check_output_path(
             what = "a directory" if path.is_dir() else "a file"
             fail(
                 argument,
-                "exists and is not a dlnode dataset, so it is not replaced even with overwrite",
+                f"exists and is not {own}, so it is not replaced even with overwrite",
                 shown(f"{str(path)!r} ({what})"),
                 "move it away yourself or choose another path",
                 kind=PathExistsError,

@@ -35,8 +35,10 @@ from dlnode.data.schema import (
     RUN,
     STATUS_FLAGS,
     VARIABLES,
+    with_checksums,
     with_problem,
 )
+from dlnode.data.storage import atomic_path, check_output_path, is_dlnode_store
 from dlnode.errors import refused
 from dlnode.problems.kinds import Problem
 from dlnode.run.integrate import dataset_attrs
@@ -376,18 +378,15 @@ def describe(path: str | os.PathLike) -> str:
 
 
 def export(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> int:
-    """Write the sweep store at `path` to one netCDF file `out` (streamed chunk by chunk); returns pending cells."""
-    out = Path(out)
-    if out.suffix != ".nc":
-        raise refused(f"out must be a netCDF path ending in .nc; got {os.fspath(out)!r}")
-    if out.exists() and not overwrite:
-        raise refused(f"out {os.fspath(out)!r} exists; pass --overwrite (overwrite=True) to replace it")
+    """Write the sweep store at `path` to one netCDF file `out` (streamed chunk by chunk, every chunk with a
+    Fletcher-32 checksum as `dlnode.save` writes them); returns the pending cells.
+
+    `out` is checked before any work and, like every output of dlnode, replaced only with ``overwrite`` and only
+    when it is a dlnode dataset; it is written to a hidden sibling and renamed into place.
+    """
+    target = check_output_path(out, overwrite, (".nc",), "out", is_dlnode_store)
     ds = open_store(path).drop_encoding()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
-    try:
+    with_checksums(ds)
+    with atomic_path(target, "out", replace=overwrite) as tmp:
         ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return int(np.isin(ds["status"].values, REDO).sum())
