@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -108,7 +109,8 @@ def demo(
     data, figures and the table of the paper's claims against our numbers. Same as `dlnode study arora2019 --quick`."""
     studies = _studies()
     config = studies.load(DEMO_STUDY).SMOKE if quick else None
-    _run_study(DEMO_STUDY, True, out, overwrite, config, "smoke-test" if quick else None)
+    _run_study(DEMO_STUDY, True, out, overwrite, config, "smoke-test" if quick else None,
+               "dlnode demo" + (" --quick" if quick else ""))  # fmt: skip
 
 
 def _studies():  # noqa: ANN202 - the studies package of a dlnode install
@@ -121,7 +123,13 @@ def _studies():  # noqa: ANN202 - the studies package of a dlnode install
 
 
 def _run_study(
-    name: str, quick: bool, out: Path, overwrite: bool, config: dict | None = None, label: str | None = None
+    name: str,
+    quick: bool,
+    out: Path,
+    overwrite: bool,
+    config: dict | None = None,
+    label: str | None = None,
+    command: str | None = None,
 ) -> None:
     studies = _studies()
     module = studies.load(name)
@@ -131,6 +139,13 @@ def _run_study(
         ds, rows, figures, runtime = studies.run(name, quick=quick, outdir=out, overwrite=overwrite, config=config)
     except (ValueError, OSError) as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        again = command or f"dlnode study {name}" + (" --quick" if quick else "")
+        if str(out) != ".":
+            again += f" -o {shlex.quote(str(out))}"
+        typer.echo(f"interrupted (Ctrl-C): the study stopped and wrote nothing; run `{again}` again to compute it "
+                   "(a study starts over)", err=True)  # fmt: skip
+        raise typer.Exit(code=INTERRUPTED) from None
     data_path, _ = studies.outputs(name, out)
     typer.echo(f"wrote {data_path}  (open with dlnode.open)")
     stop_if_interrupted(ds, data_path)

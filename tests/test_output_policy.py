@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 import dlnode as dln
-from dlnode.cli import app
+from dlnode.cli import app, main
 
 runner = CliRunner()
 STORE_CONFIG = {
@@ -102,28 +102,34 @@ def test_study_overwrite_keeps_user_files_and_refuses_a_foreign_dataset(monkeypa
     assert data.read_bytes() == before and notes.read_bytes() == b"my own notes"
 
 
-def test_study_overwrite_replaces_only_its_own_files(tmp_path):
+def test_study_overwrite_replaces_only_its_own_files(monkeypatch, tmp_path):
     """A study's re-run replaces its dataset and the figures it writes, and leaves any other file alone."""
     import studies
 
-    tiny = {"s": [3.0, 2.0, 1.0], "depth": [2], "scale": [1e-1]}
+    tiny = {"s": [3.0, 2.0, 1.0], "depth": [2, 3], "scale": [1e-1]}
+    ds, _, figures, _ = studies.run("saxe2014", outdir=tmp_path, config=tiny)
     notes = tmp_path / "figures" / "saxe2014-my-notes.png"
-    _, _, figures, _ = studies.run("saxe2014", outdir=tmp_path, config=tiny)
     notes.write_bytes(b"my own notes")
-    studies.run("saxe2014", outdir=tmp_path, overwrite=True, config=tiny)
+    before = {p: p.stat().st_mtime_ns for p in figures}
+    with pytest.raises(ValueError, match="overwrite"):  # earlier results: refused without --overwrite
+        studies.run("saxe2014", outdir=tmp_path, config=tiny)
+    # the re-run computes the same dataset again (taken from the first run: this test is about the files)
+    monkeypatch.setattr(studies.load("saxe2014"), "compute", lambda config: ds.copy())
+    _, _, again, _ = studies.run("saxe2014", outdir=tmp_path, overwrite=True, config=tiny)
     assert notes.read_bytes() == b"my own notes"
-    assert all(p.exists() for p in figures)
+    assert again == figures and all(p.stat().st_mtime_ns != before[p] for p in figures)
 
 
-def test_plot_overwrite_never_replaces_a_foreign_image(tmp_path):
+def test_plot_overwrite_never_replaces_a_foreign_image(tmp_path, capsys):
     prob = dln.Factorization(np.diag([2.0, 1.0]))
-    ds = dln.integrate(prob, depth=2, scale=0.3, t1=1.0, saveat=4, progress=False, method="tsit5")
+    ds = dln.integrate(prob, depth=2, scale=0.3, t1=1.0, saveat=4, progress=False, method="gd", lr=0.05)
     path = tmp_path / "run.nc"
     dln.save(ds, path)
     mine = tmp_path / "photo.png"
     mine.write_bytes(b"\x89PNG\r\n\x1a\nnot dlnode's")
-    result = runner.invoke(app, ["plot", str(path), "--kind", "loss", "-o", str(mine), "--overwrite"])
-    assert result.exit_code == 2 and str(mine) in result.output
+    with pytest.raises(SystemExit) as done:
+        main(["plot", str(path), "--kind", "loss", "-o", str(mine), "--overwrite"])
+    assert done.value.code == 2 and str(mine) in capsys.readouterr().err
     assert mine.read_bytes() == b"\x89PNG\r\n\x1a\nnot dlnode's"
     ours = tmp_path / "fig.png"
     assert runner.invoke(app, ["plot", str(path), "--kind", "loss", "-o", str(ours)]).exit_code == 0
