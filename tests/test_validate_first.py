@@ -116,20 +116,25 @@ def test_open_refuses_what_is_not_a_path():
         _one_line(err.value)
 
 
-def test_a_store_with_damaged_status_metadata_is_refused(tmp_path):
+def test_a_store_with_damaged_status_metadata_is_refused(tmp_path, capsys):
     import json
 
     from distributed import Client
 
+    from dlnode.cli import main
+
     path = tmp_path / "s.zarr"
-    config = {**GOOD, "grid": {**GOOD["grid"], "depth": [1]}}
+    config = {**GOOD, "grid": {**GOOD["grid"], "depth": [1], "method": "gd", "lr": [0.1]}}
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
         dln.sweep(config, path, client=client, progress=False)
     meta = path / "status" / "zarr.json"
-    attrs = json.loads(meta.read_text())
-    attrs["attributes"].pop("flag_meanings", None)
-    attrs["attributes"].pop("flag_values", None)
-    meta.write_text(json.dumps(attrs))
+    damaged = json.loads(meta.read_text())
+    damaged.pop("shape")
+    meta.write_text(json.dumps(damaged))
     with pytest.raises(DlnodeError, match="status") as err:
         dln.open(path)
     _one_line(err.value)
+    with pytest.raises(SystemExit) as done:
+        main(["info", str(path)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "status" in err and "bug" not in err

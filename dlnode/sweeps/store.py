@@ -39,7 +39,7 @@ from dlnode.data.schema import (
     with_problem,
 )
 from dlnode.data.storage import atomic_path, check_output_path, is_dlnode_store
-from dlnode.errors import refused
+from dlnode.errors import DatasetError, fail, refused, shown
 from dlnode.problems.kinds import Problem
 from dlnode.run.integrate import dataset_attrs
 from dlnode.run.plan import Plan
@@ -332,7 +332,13 @@ def open_store(path: str | os.PathLike) -> xr.Dataset:
     """The sweep store opened lazily: Dask-backed variables chunked like the store (one task's cells a chunk)."""
     if not is_sweep_store(path):
         raise refused(f"path {os.fspath(path)!r} is not a dlnode sweep store; run `dlnode run CONFIG -o PATH` first")
-    return xr.open_zarr(os.fspath(path), consolidated=False, chunks={})
+    ds = xr.open_zarr(os.fspath(path), consolidated=False, chunks={})
+    missing = [name for name in ("status", "loss", "product") if name not in ds]
+    if missing:  # an array whose metadata is damaged is left out by xarray, with only a warning
+        fail("path", "is not a complete dlnode sweep store", shown(f"{os.fspath(path)!r}: missing or unreadable "
+             f"{', '.join(map(repr, missing))}"), "restore it from a copy, or run the sweep again into a new store",
+             kind=DatasetError)  # fmt: skip
+    return ds
 
 
 def status_counts(status: np.ndarray) -> dict[str, int]:
