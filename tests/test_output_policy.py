@@ -12,7 +12,7 @@ from dlnode.cli import app, main
 runner = CliRunner()
 STORE_CONFIG = {
     "problem": {"kind": "factorization", "shape": [2, 2], "rank": 1, "seed": 0},
-    "grid": {"depth": [1], "scale": [0.3], "method": "tsit5"},
+    "grid": {"depth": [1], "scale": [0.3], "method": "gd", "lr": [0.1]},
     "integrate": {"t1": 1.0, "saveat": 3},
 }
 
@@ -139,7 +139,7 @@ def test_plot_overwrite_never_replaces_a_foreign_image(tmp_path, capsys):
 def test_run_refuses_a_foreign_store_before_any_work(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('[problem]\nkind = "factorization"\nshape = [2, 2]\nrank = 1\n[grid]\ndepth = [1]\n'
-                      'scale = [0.3]\nmethod = "tsit5"\n[integrate]\nt1 = 1.0\nsaveat = 3\n')  # fmt: skip
+                      'scale = [0.3]\nmethod = "gd"\nlr = 0.1\n[integrate]\nt1 = 1.0\nsaveat = 3\n')  # fmt: skip
     foreign = tmp_path / "x.zarr"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")

@@ -14,7 +14,7 @@ import dlnode as dln
 
 CONFIG = {
     "problem": {"kind": "factorization", "shape": [2, 2], "rank": 1, "seed": 0},
-    "grid": {"depth": [1], "scale": [0.3], "method": "tsit5"},
+    "grid": {"depth": [1], "scale": [0.3], "method": "gd", "lr": [0.1]},
     "integrate": {"t1": 1.0, "saveat": 3},
 }
 

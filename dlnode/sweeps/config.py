@@ -68,7 +68,8 @@ class FactorizationConfig(_Table):
         if self.matrix is not None and (not self.matrix[0] or len({len(row) for row in self.matrix}) != 1):
             lengths = sorted({len(row) for row in self.matrix})
             raise ValueError(f"problem.matrix must be a rectangular list of rows of numbers (row lengths {lengths})")
-        _rank_within(self.shape, self.rank)
+        if wrong := _rank_beyond(self.shape, self.rank):
+            raise ValueError(wrong)
         return self
 
     def build(self) -> Problem:
@@ -101,7 +102,8 @@ class MatrixCompletionConfig(_Table):
 
     @model_validator(mode="after")
     def _rank(self) -> MatrixCompletionConfig:
-        _rank_within(self.shape, self.rank)
+        if wrong := _rank_beyond(self.shape, self.rank):
+            raise ValueError(wrong)
         return self
 
     def build(self) -> Problem:
@@ -119,7 +121,8 @@ class MatrixSensingConfig(_Table):
 
     @model_validator(mode="after")
     def _rank(self) -> MatrixSensingConfig:
-        _rank_within(self.shape, self.rank)
+        if wrong := _rank_beyond(self.shape, self.rank):
+            raise ValueError(wrong)
         return self
 
     def build(self) -> Problem:
@@ -134,10 +137,14 @@ PROBLEM_CLASSES = {"factorization": Factorization, "regression": Regression, "ma
                    "matrix_sensing": MatrixSensing}  # fmt: skip
 
 
-def _rank_within(shape: list[int] | None, rank: int | None) -> None:
+def _rank_beyond(shape: list[int] | None, rank: int | None) -> str | None:
+    """What is wrong with a rank above what a matrix of `shape` can have (None when it is within)."""
     if shape is not None and rank is not None and rank > min(shape):
-        raise ValueError(f"problem.rank must be at most min(shape) = {min(shape)} (the rank of a {shape[0]} x "
-                         f"{shape[1]} matrix); got {rank}")  # fmt: skip
+        return (
+            f"problem.rank must be at most min(shape) = {min(shape)} (the rank of a {shape[0]} x {shape[1]} "
+            f"matrix); got {rank}"
+        )
+    return None
 
 
 def _listed(value: Any) -> Any:
