@@ -27,7 +27,7 @@ import xarray as xr
 import zarr
 import zarr.api.asynchronous
 
-from dlnode.data.formats import SWEEP_CONFIG_ATTR
+from dlnode.data.formats import SWEEP_CONFIG_ATTR, NetCDF
 from dlnode.data.schema import (
     COORD_NAMES,
     GRID_DIMS,
@@ -35,7 +35,6 @@ from dlnode.data.schema import (
     RUN,
     STATUS_FLAGS,
     VARIABLES,
-    with_checksums,
     with_problem,
 )
 from dlnode.data.storage import atomic_path, check_output_path, is_dlnode_store
@@ -392,7 +391,6 @@ def export(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = Fa
     """
     target = check_output_path(out, overwrite, (".nc",), "out", is_dlnode_store)
     ds = open_store(path).drop_encoding()
-    with_checksums(ds)
     with atomic_path(target, "out", replace=overwrite) as tmp:
-        ds.to_netcdf(tmp, engine="h5netcdf")
+        NetCDF().write(ds, tmp)  # as dlnode.save writes it: every chunk with its checksum
     return int(np.isin(ds["status"].values, REDO).sum())
