@@ -344,6 +344,7 @@ def run_command(
     import dlnode as dln
     from dlnode.sweeps import store
 
+    complete = store.is_sweep_store(out) and not np.isin(store.read_status(out), store.REDO).any()
     try:
         dln.sweep(config, out, scheduler=scheduler, workers=workers)
         if SIGINTS[0]:  # a Ctrl-C whose KeyboardInterrupt Python could not raise (it came inside a finaliser)
@@ -362,6 +363,9 @@ def run_command(
         typer.echo(f"interrupted: {done} of {status.size} cells on disk in {out}; run the same command to finish",
                    err=True)  # fmt: skip
         raise typer.Exit(code=130) from None
+    if complete:  # the config was checked against the store, and nothing was left to compute
+        typer.echo(f"nothing to compute: every cell of {out} was already on disk (`dlnode info {out}` summarises it)")
+        return
     typer.echo(f"wrote {out}  (`dlnode info {out}` summarises it)")
 
 

@@ -48,3 +48,19 @@ def test_ctrl_c_in_a_study_on_the_command_line(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert done.value.code == 130 and "interrupted" in err and "dlnode study saxe2014" in err
     assert calls["n"] <= 2
+
+
+def test_a_complete_sweep_run_again_says_nothing_was_computed(tmp_path):
+    from distributed import Client
+    from typer.testing import CliRunner
+
+    from dlnode.cli import app
+
+    config = tmp_path / "c.toml"
+    config.write_text('[problem]\nkind = "factorization"\nshape = [2, 2]\nrank = 1\n[grid]\ndepth = [1]\n'
+                      'scale = [0.3]\nmethod = "gd"\nlr = 0.1\n[integrate]\nt1 = 1.0\nsaveat = 3\n')  # fmt: skip
+    store = tmp_path / "s.zarr"
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        dln.sweep(config, store, client=client, progress=False)
+    result = CliRunner().invoke(app, ["run", str(config), "-o", str(store)])  # no cluster is started: no task
+    assert result.exit_code == 0 and "nothing to compute" in result.output and "wrote" not in result.output

@@ -138,3 +138,16 @@ def test_a_store_with_damaged_status_metadata_is_refused(tmp_path, capsys):
         main(["info", str(path)])
     err = capsys.readouterr().err
     assert done.value.code == 2 and "status" in err and "bug" not in err
+
+
+def test_an_unwritable_cache_directory_turns_the_cache_off_with_one_warning(monkeypatch, tmp_path):
+    import os
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    try:
+        with pytest.warns(UserWarning, match="not writable") as seen:
+            assert dln.compilation_cache(tmp_path) is None
+        assert len(seen) == 1
+    finally:
+        monkeypatch.undo()
+        dln.compilation_cache()  # back to the suite's cache (DLNODE_CACHE_DIR)

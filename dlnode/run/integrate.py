@@ -29,6 +29,7 @@ from dlnode.run.saveat import SaveAt
 from dlnode.runtime.interrupts import sigint_flag, stop_requested
 from dlnode.solvers import Solution, Status, solve
 from dlnode.solvers.auto import PER_DEPTH
+from dlnode.solvers.core import RUNNING
 from dlnode.solvers.driver import Horizon
 
 __all__ = ["dataset_attrs", "integrate", "run_plan"]
@@ -209,9 +210,12 @@ def _run_grid(plan: Plan, done: dict[float, Solution] | None = None, depth: floa
                 continue
 
             def show(t: float, summ: dict, d: float = d) -> None:
-                counts = np.unique(summ["status"], return_counts=True)
-                text = ", ".join(f"{Status(int(k)).meaning} {n}" for k, n in zip(*counts, strict=True))
-                bar.set_postfix_str(f"depth {d:g}, {plan.methods[d]}, t {t:.3g}: {text}", refresh=True)
+                counts = np.unique(summ["status"], return_counts=True)  # 0 while a run is going: "running"
+                text = ", ".join(f"{'running' if int(k) == RUNNING else Status(int(k)).meaning} {n}"
+                                 for k, n in zip(*counts, strict=True))  # fmt: skip
+                end = "horizon" if plan.until_converged else "t1"
+                bar.set_postfix_str(f"depth {d:g}, {plan.methods[d]}, t {t:.3g} of {end} {plan.controls.t1:.3g}: "
+                                    f"{text}", refresh=True)  # fmt: skip
 
             resumed = checkpoint if d == depth else None
             y0 = None if resumed is not None else _initial_states(plan, d)
