@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import typer
 
 from dlnode._version import __version__
 from dlnode.analysis.plot import PLOTS
+from dlnode.data.outputs import check_figure_path
 from dlnode.data.schema import STATUS_MEANINGS
 from dlnode.data.storage import DATASET_SUFFIXES, atomic_path, check_output_path, is_dlnode_store
 from dlnode.errors import DlnodeError
@@ -47,8 +49,10 @@ def _fail(message: str) -> None:
 def check_outputs(paths: dict[Path, tuple[str, ...]], overwrite: bool, option: str = "--out") -> None:
     """Check every output path (with its allowed suffixes) before any work: a bad one fails the command at once."""
     for path, suffixes in paths.items():
-        replaceable = is_dlnode_store if suffixes == tuple(DATASET_SUFFIXES) else None
-        check_output_path(path, overwrite, suffixes, option, replaceable)
+        if suffixes == tuple(DATASET_SUFFIXES):
+            check_output_path(path, overwrite, suffixes, option, is_dlnode_store)
+        else:
+            check_figure_path(path, overwrite, suffixes, option)
 
 
 def stop_if_interrupted(ds, out: Path | None) -> None:  # noqa: ANN001
@@ -105,7 +109,8 @@ def demo(
     data, figures and the table of the paper's claims against our numbers. Same as `dlnode study arora2019 --quick`."""
     studies = _studies()
     config = studies.load(DEMO_STUDY).SMOKE if quick else None
-    _run_study(DEMO_STUDY, True, out, overwrite, config, "smoke-test" if quick else None)
+    _run_study(DEMO_STUDY, True, out, overwrite, config, "smoke-test" if quick else None,
+               "dlnode demo" + (" --quick" if quick else ""))  # fmt: skip
 
 
 def _studies():  # noqa: ANN202 - the studies package of a dlnode install
@@ -118,7 +123,13 @@ def _studies():  # noqa: ANN202 - the studies package of a dlnode install
 
 
 def _run_study(
-    name: str, quick: bool, out: Path, overwrite: bool, config: dict | None = None, label: str | None = None
+    name: str,
+    quick: bool,
+    out: Path,
+    overwrite: bool,
+    config: dict | None = None,
+    label: str | None = None,
+    command: str | None = None,
 ) -> None:
     studies = _studies()
     module = studies.load(name)
@@ -128,6 +139,13 @@ def _run_study(
         ds, rows, figures, runtime = studies.run(name, quick=quick, outdir=out, overwrite=overwrite, config=config)
     except (ValueError, OSError) as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        again = command or f"dlnode study {name}" + (" --quick" if quick else "")
+        if str(out) != ".":
+            again += f" -o {shlex.quote(str(out))}"
+        typer.echo(f"interrupted (Ctrl-C): the study stopped and wrote nothing; run `{again}` again to compute it "
+                   "(a study starts over)", err=True)  # fmt: skip
+        raise typer.Exit(code=INTERRUPTED) from None
     data_path, _ = studies.outputs(name, out)
     typer.echo(f"wrote {data_path}  (open with dlnode.open)")
     stop_if_interrupted(ds, data_path)
@@ -326,6 +344,7 @@ def run_command(
     import dlnode as dln
     from dlnode.sweeps import store
 
+    complete = store.is_sweep_store(out) and not np.isin(store.read_status(out), store.REDO).any()
     try:
         dln.sweep(config, out, scheduler=scheduler, workers=workers)
         if SIGINTS[0]:  # a Ctrl-C whose KeyboardInterrupt Python could not raise (it came inside a finaliser)
@@ -344,6 +363,9 @@ def run_command(
         typer.echo(f"interrupted: {done} of {status.size} cells on disk in {out}; run the same command to finish",
                    err=True)  # fmt: skip
         raise typer.Exit(code=130) from None
+    if complete:  # the config was checked against the store, and nothing was left to compute
+        typer.echo(f"nothing to compute: every cell of {out} was already on disk (`dlnode info {out}` summarises it)")
+        return
     typer.echo(f"wrote {out}  (`dlnode info {out}` summarises it)")
 
 

@@ -10,6 +10,8 @@ and whether the quantitative check holds) and ``plot(ds, outdir) -> list[Path]``
 from __future__ import annotations
 
 import importlib
+import os
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -43,38 +45,83 @@ def run(
     name : one of `STUDIES`.
     quick : the study's ``QUICK`` configuration (small, about a minute on two cores) instead of ``FULL``.
     outdir : the dataset goes to ``outdir/data/NAME.nc``, the figures to ``outdir/figures/NAME-*.png``.
-    overwrite : replace an existing dataset and figures of this study; without it an existing one is refused before
-        any work.
+    overwrite : replace this study's earlier dataset and the figures it writes again. Only files dlnode wrote
+        are replaced (a dataset by its format attribute, a figure by its metadata); any other file is left alone,
+        with or without `overwrite`, and a foreign file where the study writes is refused. Without `overwrite`,
+        earlier results are refused. Both are checked before any work.
     config : a configuration to use instead of ``QUICK``/``FULL`` (e.g. a smaller smoke-test size).
 
     Returns
     -------
     (dataset, check rows, figure paths, runtime in seconds of compute, check and plot together).
+
+    Raises
+    ------
+    KeyboardInterrupt : on Ctrl-C, wherever it lands (the `integrate` call then running stops, and no later one
+        starts); nothing is written.
     """
     import dlnode as dln
+    from dlnode.runtime.interrupts import sigint_flag
 
     module = load(name)
-    data_path, old_figures = outputs(name, outdir)
-    if not overwrite and (data_path.exists() or old_figures):
-        existing = data_path if data_path.exists() else old_figures[0]
-        raise ValueError(
-            f"outdir already holds results of study {name!r} ({existing}); pass overwrite=True (--overwrite) to "
-            "replace them, or choose another outdir (-o DIR)"
-        )
+    data_path, figures_dir = _check_outputs(name, outdir, overwrite)
     chosen = config if config is not None else (module.QUICK if quick else module.FULL)
     start = time.perf_counter()
-    ds = module.compute(chosen)
-    rows = module.check(ds)
+    with sigint_flag() as flag:  # shared by every integrate call of the study: Ctrl-C stops the study
+        try:
+            ds = module.compute(chosen)
+            rows = module.check(ds) if not flag["hit"] else []
+        except Exception:
+            if flag["hit"]:  # the study went on with an interrupted dataset: the error is the interrupt's
+                raise KeyboardInterrupt from None
+            raise
+        if flag["hit"]:
+            raise KeyboardInterrupt
     runtime = time.perf_counter() - start
     ds.attrs.update(study=name, study_title=module.TITLE, study_paper=module.PAPER, study_runtime=runtime)
     ds.attrs["study_config"] = "quick" if quick and config is None else ("full" if config is None else "custom")
-    if data_path.exists():  # overwrite was asked for: the stored file is this study's earlier result
-        data_path.unlink()
-    for old in old_figures:
-        old.unlink()
-    dln.save(ds, data_path)
-    figures = module.plot(ds, Path(outdir) / "figures")
+    dln.save(ds, data_path, overwrite=overwrite)
+    figures = _place_figures(module, ds, figures_dir, overwrite)
     return ds, rows, figures, time.perf_counter() - start
+
+
+def _check_outputs(name: str, outdir: Path, overwrite: bool) -> tuple[Path, Path]:
+    """Before any work: `outdir` is a folder (or can be one), the dataset path can be written (replaced only when
+    asked and only if dlnode wrote it), and no figure of an earlier run is there unless `overwrite`."""
+    from dlnode.data.outputs import check_output_folder, is_dlnode_figure
+    from dlnode.data.storage import check_output_path, is_dlnode_store
+
+    outdir = check_output_folder(outdir, "outdir")
+    data_path, old_figures = outputs(name, outdir)
+    earlier = [p for p in [data_path, *old_figures] if p.exists() and (p == data_path or is_dlnode_figure(p))]
+    if not overwrite and earlier:
+        raise ValueError(
+            f"outdir already holds results of study {name!r} ({earlier[0]}); pass overwrite=True (--overwrite) to "
+            "replace them, or choose another outdir (-o DIR)"
+        )
+    if data_path.parent.is_dir():
+        check_output_path(data_path, overwrite, (".nc",), "outdir", is_dlnode_store)
+    else:
+        check_output_folder(data_path.parent, "outdir")
+    check_output_folder(outdir / "figures", "outdir")
+    return data_path, outdir / "figures"
+
+
+def _place_figures(module: ModuleType, ds: Any, figures_dir: Path, overwrite: bool) -> list[Path]:
+    """Draw the figures in a hidden folder, then move each to `figures_dir`: a figure there is replaced only with
+    `overwrite` and only if dlnode drew it; any other file is left as it is."""
+    from dlnode.data.outputs import check_figure_path
+
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".dlnode-figures-", dir=figures_dir) as tmp:
+        drawn = module.plot(ds, Path(tmp))
+        placed = []
+        for path in drawn:
+            target = figures_dir / Path(path).name
+            check_figure_path(target, overwrite, (target.suffix,), "outdir")
+            os.replace(path, target)
+            placed.append(target)
+    return placed
 
 
 def format_table(rows: list[dict], runtime: float | None = None) -> str:

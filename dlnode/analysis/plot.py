@@ -31,6 +31,7 @@ from dlnode.analysis import spectra as analysis
 from dlnode.analysis.curvature import sharpness_bounds, sharpness_of
 from dlnode.analysis.discrete import fit_order
 from dlnode.analysis.variables import require_variable
+from dlnode.data.outputs import figure_metadata
 from dlnode.data.schema import GRID_DIMS, problem_from
 from dlnode.errors import refused
 from dlnode.problems.kinds import Problem, Regression
@@ -54,9 +55,10 @@ def figure(nrows: int = 1, ncols: int = 1, panel: tuple[float, float] = (4.2, 3.
 
 
 def finish(fig: Figure, path: str | Path | None, dpi: int = 120) -> Figure:
-    """Save `fig` to `path` (PNG, PDF, SVG … by its suffix) at `dpi` when a path is given; return `fig`."""
+    """Save `fig` to `path` (PNG, PDF, SVG … by its suffix) at `dpi` when a path is given; return `fig`. The file
+    carries dlnode's figure marker where its format has metadata, so a later ``--overwrite`` may replace it."""
     if path is not None:
-        fig.savefig(path, dpi=dpi)
+        fig.savefig(path, dpi=dpi, metadata=figure_metadata(path))
     return fig
 
 

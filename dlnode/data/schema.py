@@ -152,7 +152,7 @@ def problem_variables(problem: Problem) -> tuple[dict[str, tuple], str]:
         else:
             dims = tuple(f"{key}_{i}" for i in range(value.ndim))
         attrs = {"long_name": f"problem field {name!r} (rebuild with dlnode.problem_from)", "units": "1"}
-        variables[key] = (dims, value, attrs)
+        variables[key] = (dims, np.array(value), attrs)  # a copy: the dataset never shares the problem's arrays
     return variables, json.dumps({"kind": problem.kind, "scalars": scalars}, sort_keys=True)
 
 

@@ -48,19 +48,30 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 FORMAT_ATTR = "dlnode_format"
 
 
-def suffix_of(path: Path, suffixes: Sequence[str], argument: str) -> str:
-    """The path's suffix (lower case) if it is one of `suffixes`; a one-line error otherwise."""
+def suffix_of(path: Path, suffixes: Sequence[str], argument: str, reading: bool = False) -> str:
+    """The path's suffix (lower case) if it is one of `suffixes`; a one-line error otherwise (for a file to read,
+    the fix is to pass one dlnode wrote, not to rename it)."""
     suffix = path.suffix.lower()
     if suffix not in suffixes:
         names = " or ".join(LABELS.get(x, x) for x in suffixes)
-        fail(argument, f"must end in {names}", str(path), f"name it e.g. {path.stem or 'out'}{suffixes[0]}")
+        fix = (f"pass a dataset written by dlnode.save or dlnode run ({names}); dlnode reads no other format"
+               if reading else f"name it e.g. {path.stem or 'out'}{suffixes[0]}")  # fmt: skip
+        fail(argument, f"must end in {names}", str(path), fix)
     return suffix
+
+
+def as_path(path: Any, argument: str = "path") -> Path:
+    """`path` as a `Path` (a str or an os.PathLike); a one-line error for anything else (a number, None)."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        fail(argument, "must be a path (a str or a pathlib.Path)", shown(f"{type(path).__name__} {path!r}"),
+             f"pass e.g. {argument}='run.nc'")  # fmt: skip
+    return Path(os.fspath(path)).expanduser()
 
 
 def check_input_path(path: Any, argument: str = "path") -> tuple[Path, str]:
     """An existing dataset path: (path, "netcdf" | "zarr"); netCDF is a file, zarr a directory."""
-    path = Path(os.fspath(path)).expanduser()
-    kind = DATASET_SUFFIXES[suffix_of(path, tuple(DATASET_SUFFIXES), argument)]
+    path = as_path(path, argument)
+    kind = DATASET_SUFFIXES[suffix_of(path, tuple(DATASET_SUFFIXES), argument, reading=True)]
     replacement_cut_short(path, argument)
     if not path.exists():
         fail(
@@ -85,11 +96,12 @@ def check_output_path(
     argument: str = "path",
     replaceable: Callable[[Path], bool] | None = None,
     make_parents: bool = False,
+    own: str = "a dlnode dataset",
 ) -> Path:
     """Check, before any work, that `path` can be written: a known suffix, an existing writable parent, and no
-    existing entry unless `overwrite` (then it must be a file, or a directory that `replaceable` accepts: a
-    directory that is not dlnode's own is never replaced)."""
-    path = Path(os.fspath(path)).expanduser()
+    existing entry unless `overwrite` (then it must be a file, or what `replaceable` accepts: one that dlnode
+    wrote, described by `own` in the error)."""
+    path = as_path(path, argument)
     suffix_of(path, suffixes, argument)
     replacement_cut_short(path, argument)
     parent = path.parent if str(path.parent) else Path(".")
@@ -134,7 +146,7 @@ def check_output_path(
             what = "a directory" if path.is_dir() else "a file"
             fail(
                 argument,
-                "exists and is not a dlnode dataset, so it is not replaced even with overwrite",
+                f"exists and is not {own}, so it is not replaced even with overwrite",
                 shown(f"{str(path)!r} ({what})"),
                 "move it away yourself or choose another path",
                 kind=PathExistsError,

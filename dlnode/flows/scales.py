@@ -105,13 +105,24 @@ def predicted_stiffness(problem: Problem, depth: float, scale: float, flow: str 
     return math.exp(min((1 + c) * math.log(s_star) + math.log(h) - c * log_u0 - math.log(g), 700.0))
 
 
+ZERO_GRADIENT = 1e-12  # ‖∇ℓ(0)‖ below this fraction of the curvature λ_max(H): the target is zero at working precision
+
+
 def time_unit(problem: Problem) -> float:
     """1/‖∇ℓ(0)‖₂: the time a mode of the strength the problem's own gradient has needs to grow by e at depth 1.
 
     The gradient at W = 0 (the small-init limit) carries the problem's normalisation and mask: for a completion
     normalised by |Ω| it is |Ω| times smaller than the target, and so is every rate of the flow.
+
+    A target that is zero (or below `ZERO_GRADIENT` of the curvature, a denormal one) has no mode to learn: the
+    flow only decays towards W = 0, at rates set by the curvature, so the unit is 1/λ_max(H) instead (the decay
+    time of the depth-1 flow W' = −H W). Without that rule the unit would be infinite and the planned horizon
+    degenerate (a time axis of two points, [0, 1e297]).
     """
-    return 1.0 / max(problem_scales(problem).gradient, 1e-300)
+    scales = problem_scales(problem)
+    if not scales.gradient > ZERO_GRADIENT * scales.curvature and scales.curvature > 0:
+        return 1.0 / scales.curvature
+    return 1.0 / max(scales.gradient, 1e-300)
 
 
 def escape_estimate(problem: Problem, depths: Sequence[float], scales: Sequence[float], flow: str = "layers",

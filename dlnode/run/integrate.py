@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import functools
@@ -25,8 +26,10 @@ from dlnode.problems.network import init_layers, product
 from dlnode.run.plan import Plan
 from dlnode.run.resuming import remember
 from dlnode.run.saveat import SaveAt
+from dlnode.runtime.interrupts import sigint_flag, stop_requested
 from dlnode.solvers import Solution, Status, solve
 from dlnode.solvers.auto import PER_DEPTH
+from dlnode.solvers.core import RUNNING
 from dlnode.solvers.driver import Horizon
 
 __all__ = ["dataset_attrs", "integrate", "run_plan"]
@@ -105,17 +108,25 @@ def integrate(
     -------
     xarray.Dataset with the schema of docs/schema.md; ``status`` holds `dlnode.Status` codes.
     """
-    return run_plan(Plan.build(**locals()))  # the arguments of this call, exactly: Plan.build takes the same
+    given = dict(locals())  # the arguments of this call, exactly: Plan.build takes the same
+    if stop_requested():  # Ctrl-C came before this call, inside a block that stops there (a study): do not start
+        raise KeyboardInterrupt
+    with sigint_flag():  # a Ctrl-C anywhere in the call (between depths too) stops it and keeps what ran
+        # the call runs on its own copy of the problem: a later change to the caller's arrays changes neither the
+        # dataset nor what `resume` continues (which refuses a changed problem instead)
+        return run_plan(Plan.build(**(given | {"problem": copy.deepcopy(problem)})), problem)
 
 
-def run_plan(plan: Plan) -> Any:
-    """Run a validated `Plan` (what `integrate` does with the plan of its arguments) and return its Dataset."""
-    return _assemble(plan, _run_grid(plan))
+def run_plan(plan: Plan, given: Problem | None = None) -> Any:
+    """Run a validated `Plan` (what `integrate` does with the plan of its arguments) and return its Dataset;
+    `given` is the problem object the caller holds (default: the plan's own)."""
+    with sigint_flag():
+        return _assemble(plan, _run_grid(plan), plan.problem if given is None else given)
 
 
-def _assemble(plan: Plan, raw: dict[float, Solution]) -> Any:
-    """The dataset of the runs of `plan` (one Solution per depth run so far); an interrupted one is remembered
-    for `resume`."""
+def _assemble(plan: Plan, raw: dict[float, Solution], given: Problem) -> Any:
+    """The dataset of the runs of `plan` (one Solution per depth run so far; the depths not begun are there with
+    status PENDING); an interrupted one is remembered for `resume`, with the problem object `given`."""
     cut = plan.until_converged and not isinstance(plan.saveat, np.ndarray)
     runs = _common_grid(raw, cut, plan.controls.lr)
     ds = to_dataset(runs, plan.scales, plan.seeds, dataset_attrs(plan, runs), plan.save_weights)
@@ -124,22 +135,37 @@ def _assemble(plan: Plan, raw: dict[float, Solution]) -> Any:
         shape = (len(runs), len(plan.scales), len(plan.seeds))
         ds["method_used"] = (("depth", "scale", "seed"), np.broadcast_to(codes[:, None, None], shape).copy(),
                              METHOD_USED_ATTRS)  # fmt: skip
+    pending = [d for d in plan.depths if d not in runs]
+    if pending:  # Ctrl-C: the depths not begun are in the dataset, marked PENDING, NaN (-1 for counts)
+        fill = {name: value for name, value in PENDING_FILL.items() if name in ds}
+        ds = ds.reindex(depth=plan.depths, fill_value=fill)
     if plan.flow == "end_to_end":
         ds = _with_plain_time(ds)
     if plan.until_converged:
         _warn_unconverged(ds, plan.problem)
     ds = with_problem(ds, plan.problem)
     stopped = [d for d, sol in raw.items() if sol.checkpoint is not None]
-    if stopped:  # Ctrl-C: `dlnode.resume(ds)` runs the rest
+    if stopped or pending:  # Ctrl-C: `dlnode.resume(ds)` runs the rest
         done = {d: sol for d, sol in raw.items() if sol.checkpoint is None}
-        remember(ds, functools.partial(_continue, plan, done, stopped[0], raw[stopped[0]].checkpoint))
+        depth, checkpoint = (stopped[0], raw[stopped[0]].checkpoint) if stopped else (None, None)
+        remember(ds, functools.partial(_continue, plan, done, depth, checkpoint, given), given)
+        cells = len(plan.scales) * len(plan.seeds)
+        names = ", ".join(f"{d:g}" for d in pending) or "none"
+        warnings.warn(f"dlnode: interrupted (Ctrl-C): {len(stopped) * cells} runs stopped early (status interrupted)"
+                      f", {len(pending)} depths not begun (status pending: {names}); dlnode.resume(ds) continues "
+                      "the call to the result it would have had", stacklevel=4)  # fmt: skip
     return ds
 
 
-def _continue(plan: Plan, done: dict, depth: float, checkpoint: Any, progress: bool | None) -> Any:
+PENDING_FILL = {"status": int(Status.PENDING), "num_steps": -1, "num_rejected": -1, "method_used": -1}
+
+
+def _continue(plan: Plan, done: dict, depth: float | None, checkpoint: Any, given: Problem,
+              progress: bool | None) -> Any:  # fmt: skip
     """The rest of an interrupted call: the depth it stopped in from its checkpoint, then the depths not begun."""
     plan = plan if progress is None else dataclasses.replace(plan, progress=progress)
-    return _assemble(plan, _run_grid(plan, done, depth, checkpoint))
+    with sigint_flag():
+        return _assemble(plan, _run_grid(plan, done, depth, checkpoint), given)
 
 
 def _cells(da: Any) -> list[dict]:
@@ -159,7 +185,7 @@ def _warn_unconverged(ds: Any, problem: Problem) -> None:
     parts = []
     for where in _cells(status):
         code = int(status.sel(where))
-        if code in (int(Status.CONVERGED), int(Status.INTERRUPTED)):  # Ctrl-C is its own message
+        if code in (int(Status.CONVERGED), int(Status.INTERRUPTED), int(Status.PENDING)):  # Ctrl-C: its own message
             continue
         sv = ds["singular_values"].sel(where).isel(k=0).dropna("time").values
         note = ""
@@ -177,21 +203,28 @@ def _run_grid(plan: Plan, done: dict[float, Solution] | None = None, depth: floa
     """Run the depths of `plan` not in `done`, the one at `depth` from `checkpoint`; stop at an interrupt."""
     runs = dict(done or {})
     bar = tqdm(total=len(plan.depths), desc="dlnode", unit="depth", delay=1.0, disable=not plan.progress, leave=False)
-    with bar:
+    with bar, sigint_flag() as flag:
         bar.update(len(runs))
         for d in plan.depths:
             if d in runs:
                 continue
 
             def show(t: float, summ: dict, d: float = d) -> None:
-                counts = np.unique(summ["status"], return_counts=True)
-                text = ", ".join(f"{Status(int(k)).meaning} {n}" for k, n in zip(*counts, strict=True))
-                bar.set_postfix_str(f"depth {d:g}, {plan.methods[d]}, t {t:.3g}: {text}", refresh=True)
+                counts = np.unique(summ["status"], return_counts=True)  # 0 while a run is going: "running"
+                text = ", ".join(f"{'running' if int(k) == RUNNING else Status(int(k)).meaning} {n}"
+                                 for k, n in zip(*counts, strict=True))  # fmt: skip
+                end = "horizon" if plan.until_converged else "t1"
+                bar.set_postfix_str(f"depth {d:g}, {plan.methods[d]}, t {t:.3g} of {end} {plan.controls.t1:.3g}: "
+                                    f"{text}", refresh=True)  # fmt: skip
 
-            runs[d] = _run_depth(plan, d, show, checkpoint if d == depth else None)
+            resumed = checkpoint if d == depth else None
+            y0 = None if resumed is not None else _initial_states(plan, d)
+            if flag["hit"] and runs:
+                break  # Ctrl-C before this depth began (while its initial states were drawn): it stays pending
+            runs[d] = _run_depth(plan, d, show, y0, resumed)
             bar.update()
-            if runs[d].checkpoint is not None:
-                break  # Ctrl-C: no further depth is started; the dataset holds what ran
+            if runs[d].checkpoint is not None or flag["hit"]:
+                break  # Ctrl-C (in this depth's last window too): no further depth is started
     return runs
 
 
@@ -235,9 +268,9 @@ def _initial_states(plan: Plan, depth: float) -> Any:
     return tuple(np.stack([c[j] for c in layers]) for j in range(n))
 
 
-def _run_depth(plan: Plan, depth: float, show: Callable, checkpoint: Any = None) -> Solution:
-    """One vmapped batch: every (scale, seed) cell of one depth (continued from `checkpoint` when given)."""
-    y0 = None if checkpoint is not None else _initial_states(plan, depth)
+def _run_depth(plan: Plan, depth: float, show: Callable, y0: Any, checkpoint: Any = None) -> Solution:
+    """One vmapped batch: every (scale, seed) cell of one depth from the initial states `y0` (or continued from
+    `checkpoint`)."""
     flow = get_flow(plan.flow, type(plan.problem), depth, plan.save_weights and plan.flow != "end_to_end")
     horizon = Horizon() if plan.until_converged and not isinstance(plan.saveat, np.ndarray) else None
     if not flow.end_to_end and checkpoint is None:

@@ -169,7 +169,7 @@ class Plan:
         saveat, save_weights = wanted.saveat, wanted.weights
         lr, t1 = check_arguments(depths, init, flow, method, lr, t1, saveat, scale_of, type(problem))
         check_width(width)
-        check_inits(problem, depths, init, scales[0], seeds[0], width)
+        check_inits(problem, depths, init, scales, seeds, width)
         rtol, atol = check_tolerances(rtol, atol)  # None: the defaults below
         if loss_tol is not None:
             check_positive("loss_tol", loss_tol)

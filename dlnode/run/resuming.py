@@ -1,11 +1,16 @@
 """`resume`: continue an `integrate` call that Ctrl-C interrupted, bit for bit as if it never had been.
 
 The solver state of an interrupted run lives in memory, attached (by identity, while it lives) to the very
-dataset the interrupted call returned; nothing of it is stored in the dataset or on disk.
+dataset the interrupted call returned; nothing of it is stored in the dataset or on disk. With it go two
+fingerprints: of the problem object the call was given and of the dataset as returned (its attributes, which
+hold the call's arguments, and its stored problem). `resume` continues only what it was: a problem object or a
+dataset changed since is refused in one line, instead of continuing on something else.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import weakref
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -21,10 +26,60 @@ __all__ = ["remember", "resume"]
 _PENDING: dict[int, list] = {}
 
 
-def remember(ds: Any, rest: Callable[[bool | None], Any]) -> None:
-    """Attach to `ds` the continuation `rest(progress)` of the interrupted call that returned it."""
-    _PENDING[id(ds)] = [rest, False]  # [continuation, spent]
+def remember(ds: Any, rest: Callable[[bool | None], Any], problem: Any) -> None:
+    """Attach to `ds` the continuation `rest(progress)` of the interrupted call that returned it, which was given
+    the problem object `problem`."""
+    # [continuation, spent, the problem object, its fingerprint, the dataset's attrs and stored problem]
+    _PENDING[id(ds)] = [rest, False, problem, problem_print(problem), copy.deepcopy(dict(ds.attrs)), _stored(ds)]
     weakref.finalize(ds, _PENDING.pop, id(ds), None)
+
+
+def problem_print(problem: Any) -> str:
+    """A fingerprint of a problem: its kind, scalar fields and the bytes of its arrays."""
+    arrays, scalars = problem.fields()
+    digest = hashlib.sha256(f"{problem.kind} {sorted(scalars.items())!r}".encode())
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name} {value.dtype} {value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _stored(ds: Any) -> str:
+    """A fingerprint of the problem a dataset stores (its ``problem_*`` variables)."""
+    digest = hashlib.sha256()
+    for name in sorted(n for n in ds.variables if str(n).startswith("problem_")):
+        value = np.ascontiguousarray(ds[name].values)
+        digest.update(f"{name} {value.dtype} {value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _check_unchanged(ds: Any, entry: list) -> None:
+    """Refuse to resume when the problem object or the dataset changed since the interrupted call returned."""
+    _, _, problem, printed, attrs, stored = entry
+    if problem_print(problem) != printed:
+        fail("problem", "was changed after the interrupted call (its arrays differ from those the call ran on), so "
+             "resume would not continue what it was", shown(f"a changed {type(problem).__name__}"),
+             "restore the problem, or run integrate again on the changed one")  # fmt: skip
+    if _stored(ds) != stored:
+        fail("ds", "was changed after the interrupted call: its stored problem (problem_* variables) differs",
+             shown("a changed dataset"),
+             "resume the dataset as the call returned it, or run integrate again")  # fmt: skip
+    now = dict(ds.attrs)
+    for key in sorted(set(attrs) | set(now)):
+        was, is_ = attrs.get(key, "<absent>"), now.get(key, "<absent>")
+        if not _same(was, is_):
+            fail("ds", f"was changed after the interrupted call: attrs[{key!r}] is {is_!r}, was {was!r} (the "
+                 "attributes record the call's arguments)", None,
+                 "resume the dataset as the call returned it, or run integrate again")  # fmt: skip
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.array_equal(a, b, equal_nan=True))
+    except TypeError:
+        return bool(np.array_equal(a, b))
 
 
 def resume(ds: Any, progress: bool | None = None) -> Any:
@@ -53,6 +108,7 @@ def resume(ds: Any, progress: bool | None = None) -> Any:
         _refuse(ds, entry is not None)
     if progress is not None and not isinstance(progress, (bool, np.bool_)):
         fail("progress", "must be True, False or None", progress, "pass progress=False to hide the progress bar")
+    _check_unchanged(ds, entry)
     entry[1] = True
     return entry[0](None if progress is None else bool(progress))
 
@@ -65,7 +121,7 @@ def _refuse(ds: Any, spent: bool) -> NoReturn:
     if variables is None or "status" not in variables:
         fail("ds", "must be the dataset an interrupted dlnode.integrate call returned", shown(type(ds).__name__),
              "pass that dataset itself")  # fmt: skip
-    stopped = int((np.asarray(variables["status"]) == int(Status.INTERRUPTED)).sum())
+    stopped = int(np.isin(np.asarray(variables["status"]), (int(Status.INTERRUPTED), int(Status.PENDING))).sum())
     if not stopped:
         fail("ds", "has no interrupted runs: there is nothing to resume", shown("a dataset without INTERRUPTED runs"),
              "pass the dataset an interrupted integrate call returned")  # fmt: skip

@@ -17,7 +17,7 @@ from dlnode.checks import check_bool, check_positive
 from dlnode.errors import fail, shown
 from dlnode.flows.flow import FLOW_KINDS, get_flow
 from dlnode.problems.kinds import Problem
-from dlnode.problems.network import check_init, init_layers
+from dlnode.problems.network import check_init, init_layers, layer_shapes
 from dlnode.solvers import METHODS
 from dlnode.solvers.singular import check_singular_depths
 
@@ -123,13 +123,19 @@ def check_arguments(depths: list[float], init: Any, flow: str, method: str, lr: 
     return lr, t1
 
 
-def check_inits(problem: Any, depths: Sequence[float], init: Any, scale: float, seed: int, width: int | None) -> None:
-    """Try a user's init callable once per depth (first scale and seed), so a bad one fails before any work."""
+def check_inits(problem: Any, depths: Sequence[float], init: Any, scales: float | Sequence[float],
+                seeds: int | Sequence[int], width: int | None) -> None:  # fmt: skip
+    """Try a user's init callable on every cell (depth, scale, seed) of the call, so a bad one (a wrong shape, a
+    non-finite value at some depth or seed) fails before any work rather than after the first depths ran."""
     if not callable(init):
         return
+    scales = [scales] if np.ndim(scales) == 0 else list(scales)
+    seeds = [seeds] if np.ndim(seeds) == 0 else list(seeds)
     for d in depths:
         if math.isfinite(d):
-            init_layers(problem, int(d), init, scale, seed, width)
+            for scale in scales:
+                for seed in seeds:
+                    init_layers(problem, int(d), init, scale, seed, width)
 
 
 def available_memory() -> int | None:
@@ -159,6 +165,9 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.3g} GiB"
 
 
+SOLVER_COPIES = 16  # copies of one batch's layers a solver holds (stages, error estimate, saved and carried state)
+
+
 def check_memory(
     problem: Any,
     depths: Sequence[float],
@@ -169,12 +178,13 @@ def check_memory(
     until_converged: bool = False,
     available: int | None = None,
 ) -> int:
-    """Refuse a call whose saved trajectories cannot fit in memory; returns the estimate in bytes.
+    """Refuse a call whose arrays cannot fit in memory; returns the estimate in bytes.
 
     Per cell and saved time the dataset holds W (d_out·d_in), its singular values, three scalars and, with
     `save_weights`, the layers padded to (layer, out, in); the arrays exist twice while the dataset is assembled.
     Until converged (t1=None), a grid of `saveat` times continues at the same density up to the horizon: counted
-    twice.
+    twice. Whatever is saved, every cell keeps its final layers (padded, twice while assembled), and the solver
+    holds `SOLVER_COPIES` copies of the layers of one depth's batch (stages, error estimate, saved state).
     """
     save_weights = check_bool("save_weights", save_weights)
     m, n = problem.d_out, problem.d_in
@@ -183,10 +193,19 @@ def check_memory(
     hidden = max(m, n) if width is None else width
     layers = max(finite, default=1)
     per_time = m * n + min(m, n) + 3
-    weights = layers * max(m, hidden) * max(n, hidden) if save_weights and finite else 0
-    need = 2 * 8 * cells * len(depths) * times * (per_time + weights)
+    padded = layers * max(m, hidden) * max(n, hidden) if finite else 0
+    weights = padded if save_weights else 0
+    state = max((sum(a * b for a, b in layer_shapes(d, n, m, width)) for d in finite), default=m * n)
+    trajectories = 2 * 8 * cells * len(depths) * times * (per_time + weights)
+    layer_arrays = 2 * 8 * cells * len(depths) * padded + 8 * SOLVER_COPIES * cells * state
+    need = trajectories + layer_arrays
     available = available_memory() if available is None else available
     if available is not None and need > available:
+        if layer_arrays > trajectories:
+            fail("width", "gives layers that do not fit in the memory this machine has available",
+                 shown(f"about {_gib(need)} for layers of width {hidden} ({state} numbers per cell, {cells} cells, "
+                       f"{len(depths)} depths) against {_gib(available)} available"),
+                 "pass a smaller width, fewer depths or cells, or split the grid over several calls")  # fmt: skip
         argument = "save_weights" if weights > per_time else "saveat"
         fail(
             argument,

@@ -7,6 +7,7 @@ Where it lives: ``$DLNODE_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/dlnode/ja
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import jax
@@ -29,8 +30,8 @@ def default_cache_dir() -> Path | None:
 def compilation_cache(path: str | os.PathLike | None = "default") -> Path | None:
     """Point JAX's persistent compilation cache at `path` (``"default"``: `default_cache_dir`; None: off).
 
-    Returns the directory in use, or None when the cache is off (also when the directory cannot be created:
-    compiling without a cache is slower, never wrong).
+    Returns the directory in use, or None when the cache is off (also when the directory cannot be created or
+    written, said once in a warning: compiling without a cache is slower, never wrong).
     """
     where = default_cache_dir() if path == "default" else (None if path is None else Path(path).expanduser())
     if where is not None:
@@ -38,6 +39,11 @@ def compilation_cache(path: str | os.PathLike | None = "default") -> Path | None
             where.mkdir(parents=True, exist_ok=True)
         except OSError:
             where = None
+    if where is not None and not os.access(where, os.W_OK | os.X_OK):  # JAX would warn at every program it keeps
+        warnings.warn(f"dlnode: the compilation cache directory {str(where)!r} is not writable: compiling without a "
+                      "persistent cache (set DLNODE_CACHE_DIR to a writable directory, or to off)",
+                      stacklevel=2)  # fmt: skip
+        where = None
     jax.config.update("jax_compilation_cache_dir", None if where is None else str(where))
     if where is not None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)

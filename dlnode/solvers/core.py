@@ -115,8 +115,10 @@ class Controls:
 
 
 def stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]:
-    """(converged, diverged), the stop rule of every solver: ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*); ℓ not finite or > div·ℓ₀."""
-    converged = loss - loss_min <= c["loss_tol"] * (loss0 - loss_min)
+    """(converged, diverged), the stop rule of every solver: ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*) with ℓ and ℓ₀ finite (an
+    infinite ℓ₀ would make any loss "converged"); ℓ not finite or > div·ℓ₀."""
+    finite = jnp.isfinite(loss) & jnp.isfinite(loss0)
+    converged = finite & (loss - loss_min <= c["loss_tol"] * (loss0 - loss_min))
     diverged = ~jnp.isfinite(loss) | (loss > c["diverge"] * jnp.maximum(loss0, 1e-300))
     return converged, diverged
 

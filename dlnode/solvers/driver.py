@@ -167,7 +167,7 @@ def drive(
             moved = (clock[0] - prev[0]) + (clock[1] - prev[1])
             stuck = running & behind & (moved <= 0)
             summ = dict(summ, status=np.where(stuck, int(Status.SOLVER_FAILURE), summ["status"]))
-            attempts = summ["steps"] + summ["rejected"]
+            attempts = summ["steps"] + np.maximum(summ["rejected"], 0)  # -1: a method that does not count them
             out_of_budget = (summ["status"] == RUNNING) & (attempts >= controls.max_steps)
             summ = dict(summ, status=np.where(out_of_budget, int(Status.MAX_STEPS), summ["status"]))
             previous = clock

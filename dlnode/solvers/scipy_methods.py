@@ -64,8 +64,10 @@ def _start(name: str) -> Callable:
             solver = getattr(scipy.integrate, NAMES[name])(
                 lambda t, y, args=args, rhs=rhs: np.asarray(rhs(y, args)), 0.0, flat, float(c["t1"]), **kwargs
             )
-            cells.append({"solver": solver, "args": args, "loss0": float(fns["loss"](flat, args)), "steps": 0,
-                          "status": RUNNING, "y": flat, "t": 0.0})  # fmt: skip
+            loss0 = float(fns["loss"](flat, args))  # not finite: no step is tried (scipy's would shrink forever)
+            status = RUNNING if np.isfinite(loss0) else int(Status.DIVERGED)
+            cells.append({"solver": solver, "args": args, "loss0": loss0, "steps": 0, "status": status, "y": flat,
+                          "t": 0.0})  # fmt: skip
         if cells:  # the first right-hand side and Jacobian calls compile
             fns["rhs"](cells[0]["y"], cells[0]["args"]).block_until_ready()
             if name in IMPLICIT:

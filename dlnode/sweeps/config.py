@@ -35,7 +35,7 @@ from dlnode.flows.scales import escape_estimate, time_unit
 from dlnode.problems.kinds import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression, _low_rank_target
 from dlnode.problems.network import INITS, layer_shapes
 from dlnode.run.plan import HORIZON_FACTOR, log_times, planned_times
-from dlnode.run.rules import check_arguments
+from dlnode.run.rules import check_arguments, check_memory
 from dlnode.solvers import METHODS
 
 __all__ = ["SweepConfig", "config_diff", "grid_layer_shapes", "load_config", "save_times"]
@@ -43,7 +43,7 @@ __all__ = ["SweepConfig", "config_diff", "grid_layer_shapes", "load_config", "sa
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PosInt = Annotated[int, Field(ge=1)]
-Seed = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0, lt=2**63)]  # stored as an int64 coordinate
 Shape = Annotated[list[PosInt], Field(min_length=2, max_length=2)]
 GD_TIME_RTOL = 1e-9  # a GD save time is a whole number of steps when t/lr is this close to an integer
 
@@ -65,6 +65,11 @@ class FactorizationConfig(_Table):
     def _one_source(self) -> FactorizationConfig:
         if (self.matrix is None) == (self.shape is None or self.rank is None):
             raise ValueError("give either matrix = [[...], ...] or shape = [rows, cols] with rank")
+        if self.matrix is not None and (not self.matrix[0] or len({len(row) for row in self.matrix}) != 1):
+            lengths = sorted({len(row) for row in self.matrix})
+            raise ValueError(f"problem.matrix must be a rectangular list of rows of numbers (row lengths {lengths})")
+        if wrong := _rank_beyond(self.shape, self.rank):
+            raise ValueError(wrong)
         return self
 
     def build(self) -> Problem:
@@ -95,6 +100,12 @@ class MatrixCompletionConfig(_Table):
     seed: Seed = 0
     normalize: bool = False
 
+    @model_validator(mode="after")
+    def _rank(self) -> MatrixCompletionConfig:
+        if wrong := _rank_beyond(self.shape, self.rank):
+            raise ValueError(wrong)
+        return self
+
     def build(self) -> Problem:
         return MatrixCompletion.random(tuple(self.shape), self.rank, self.observed, self.seed, self.normalize)
 
@@ -108,6 +119,12 @@ class MatrixSensingConfig(_Table):
     measurements: PosInt
     seed: Seed = 0
 
+    @model_validator(mode="after")
+    def _rank(self) -> MatrixSensingConfig:
+        if wrong := _rank_beyond(self.shape, self.rank):
+            raise ValueError(wrong)
+        return self
+
     def build(self) -> Problem:
         return MatrixSensing.random(tuple(self.shape), self.rank, self.measurements, self.seed)
 
@@ -118,6 +135,16 @@ ProblemConfig = Annotated[
 PROBLEM_TABLES = {m.model_fields["kind"].annotation.__args__[0]: m for m in ProblemConfig.__origin__.__args__}
 PROBLEM_CLASSES = {"factorization": Factorization, "regression": Regression, "matrix_completion": MatrixCompletion,
                    "matrix_sensing": MatrixSensing}  # fmt: skip
+
+
+def _rank_beyond(shape: list[int] | None, rank: int | None) -> str | None:
+    """What is wrong with a rank above what a matrix of `shape` can have (None when it is within)."""
+    if shape is not None and rank is not None and rank > min(shape):
+        return (
+            f"problem.rank must be at most min(shape) = {min(shape)} (the rank of a {shape[0]} x {shape[1]} "
+            f"matrix); got {rank}"
+        )
+    return None
 
 
 def _listed(value: Any) -> Any:
@@ -142,7 +169,9 @@ class GridConfig(_Table):
 
     @field_validator("*", mode="after")
     @classmethod
-    def _distinct(cls, value: list) -> list:
+    def _distinct(cls, value: list, info: Any) -> list:
+        if not value and info.field_name != "lr":  # an empty axis is a grid of no cells
+            raise ValueError("must hold at least one value")
         if len(set(value)) != len(value):  # by value: 1 and 1.0 are one scale
             raise ValueError("values must not repeat")
         return value
@@ -195,8 +224,15 @@ def load_config(source: SweepConfig | dict | str | os.PathLike) -> SweepConfig:
                 source = tomllib.load(f)
         except FileNotFoundError:
             raise _refused(f"config file does not exist: {os.fspath(source)!r}") from None
+        except IsADirectoryError:
+            raise _refused(f"config file {os.fspath(source)!r} is a directory; pass the TOML file itself") from None
+        except UnicodeDecodeError:
+            raise _refused(f"config file {os.fspath(source)!r} is not text (not UTF-8: a binary file?); pass a TOML "
+                           "file (docs/sweeps.md)") from None  # fmt: skip
         except tomllib.TOMLDecodeError as exc:
             raise _refused(f"config file {os.fspath(source)!r} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise _refused(f"config file {os.fspath(source)!r} cannot be read: {exc.strerror or exc}") from None
     if not isinstance(source, dict):
         raise _refused(f"config must be a TOML path, a dict or a SweepConfig; got {type(source).__name__}")
     try:
@@ -275,6 +311,27 @@ def _check_cells(config: SweepConfig) -> None:
             if not math.isclose(top / lr, round(top / lr), rel_tol=GD_TIME_RTOL):
                 raise _refused(f"config key 'grid.lr': every lr must divide the largest ({top}) so that all GD runs "
                                f"share the save times; got {lr}")  # fmt: skip
+    _check_task_memory(config)
+
+
+TASK_CELLS = 16  # the most cells one task holds (batch = "auto" picks at most this many)
+
+
+def _check_task_memory(config: SweepConfig) -> None:
+    """One task (one depth, up to a batch of cells) must fit in memory with the sweep's time axis and weights:
+    checked before the time axis itself is laid out (a count of 10**9 save times is 7.45 GiB alone)."""
+    run = config.integrate
+    cells = config.execution.batch if isinstance(config.execution.batch, int) else TASK_CELLS
+    cells = min(cells, len(config.grid.scale) * len(config.grid.seed))
+    saveat = run.saveat if isinstance(run.saveat, int) else np.zeros(len(run.saveat))
+    try:
+        check_memory(config.problem.build(), [max(config.depths())], run.width, cells, saveat, run.save_weights,
+                     run.t1 is None)  # fmt: skip
+    except DlnodeError as exc:
+        key = {"width": "integrate.width", "save_weights": "integrate.save_weights"}.get(
+            exc.argument, "integrate.saveat"
+        )
+        raise _refused(f"config key {key!r}: {exc}".replace(f"{exc.argument} ", "", 1)) from None
 
 
 def _check_cell(depths: list[float], init: str, flow: str, method: str, lr: float | None, run: IntegrateConfig,

@@ -27,7 +27,7 @@ import xarray as xr
 import zarr
 import zarr.api.asynchronous
 
-from dlnode.data.formats import SWEEP_CONFIG_ATTR
+from dlnode.data.formats import SWEEP_CONFIG_ATTR, NetCDF
 from dlnode.data.schema import (
     COORD_NAMES,
     GRID_DIMS,
@@ -37,7 +37,8 @@ from dlnode.data.schema import (
     VARIABLES,
     with_problem,
 )
-from dlnode.errors import refused
+from dlnode.data.storage import atomic_path, check_output_path, is_dlnode_store
+from dlnode.errors import DatasetError, fail, refused, shown
 from dlnode.problems.kinds import Problem
 from dlnode.run.integrate import dataset_attrs
 from dlnode.run.plan import Plan
@@ -330,7 +331,13 @@ def open_store(path: str | os.PathLike) -> xr.Dataset:
     """The sweep store opened lazily: Dask-backed variables chunked like the store (one task's cells a chunk)."""
     if not is_sweep_store(path):
         raise refused(f"path {os.fspath(path)!r} is not a dlnode sweep store; run `dlnode run CONFIG -o PATH` first")
-    return xr.open_zarr(os.fspath(path), consolidated=False, chunks={})
+    ds = xr.open_zarr(os.fspath(path), consolidated=False, chunks={})
+    missing = [name for name in ("status", "loss", "product") if name not in ds]
+    if missing:  # an array whose metadata is damaged is left out by xarray, with only a warning
+        fail("path", "is not a complete dlnode sweep store", shown(f"{os.fspath(path)!r}: missing or unreadable "
+             f"{', '.join(map(repr, missing))}"), "restore it from a copy, or run the sweep again into a new store",
+             kind=DatasetError)  # fmt: skip
+    return ds
 
 
 def status_counts(status: np.ndarray) -> dict[str, int]:
@@ -376,18 +383,14 @@ def describe(path: str | os.PathLike) -> str:
 
 
 def export(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> int:
-    """Write the sweep store at `path` to one netCDF file `out` (streamed chunk by chunk); returns pending cells."""
-    out = Path(out)
-    if out.suffix != ".nc":
-        raise refused(f"out must be a netCDF path ending in .nc; got {os.fspath(out)!r}")
-    if out.exists() and not overwrite:
-        raise refused(f"out {os.fspath(out)!r} exists; pass --overwrite (overwrite=True) to replace it")
+    """Write the sweep store at `path` to one netCDF file `out` (streamed chunk by chunk, every chunk with a
+    Fletcher-32 checksum as `dlnode.save` writes them); returns the pending cells.
+
+    `out` is checked before any work and, like every output of dlnode, replaced only with ``overwrite`` and only
+    when it is a dlnode dataset; it is written to a hidden sibling and renamed into place.
+    """
+    target = check_output_path(out, overwrite, (".nc",), "out", is_dlnode_store)
     ds = open_store(path).drop_encoding()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(target, "out", replace=overwrite) as tmp:
+        NetCDF().write(ds, tmp)  # as dlnode.save writes it: every chunk with its checksum
     return int(np.isin(ds["status"].values, REDO).sum())

@@ -40,6 +40,7 @@ from dlnode.run.plan import Plan
 from dlnode.runtime.interrupts import sigint_flag
 from dlnode.solvers import Status
 from dlnode.sweeps.config import SweepConfig, grid_layer_shapes, load_config
+from dlnode.sweeps.lock import store_lock
 from dlnode.sweeps.store import (
     EXTRA_AXES,
     REDO,
@@ -109,16 +110,46 @@ def sweep(
         raise refused("give client or scheduler, not both; got both")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise refused(f"workers must be a positive integer (local cluster size); got {workers!r}")
+    cpus = len(os.sched_getaffinity(0))
+    if workers is not None and workers > cpus:
+        raise refused(f"workers must be at most the {cpus} CPUs this process may use (more processes only share "
+                      f"them, and each compiles and holds its own copy of JAX); got {workers}; pass --workers {cpus} "
+                      "or fewer, or --scheduler ADDR for a larger cluster")  # fmt: skip
+    if scheduler is not None:
+        probe_scheduler(scheduler)  # before anything is written
     batch = cfg.execution.batch if isinstance(cfg.execution.batch, int) else auto_batch(cfg)
-    layout = Layout.of(cfg, batch, stored_tolerances(store))
-    chunks = stored_chunks(store)
-    if chunks is not None and set(chunks) == set(layout.chunk):  # else prepare() names the config keys that differ
-        layout = dataclasses.replace(layout, chunk=chunks)
-    status = prepare(store, layout)
-    tasks = [t for t in _tasks(layout) if np.isin(status[_where(layout, t)], REDO).any()]
-    if tasks:
-        _execute(tasks, layout, Path(store), status, (client, scheduler, workers), progress)
+    with store_lock(store):  # one writer per store: a second run is told at once
+        layout = Layout.of(cfg, batch, stored_tolerances(store))
+        chunks = stored_chunks(store)
+        if chunks is not None and set(chunks) == set(layout.chunk):  # else prepare() names the keys that differ
+            layout = dataclasses.replace(layout, chunk=chunks)
+        status = prepare(store, layout)
+        tasks = [t for t in _tasks(layout) if np.isin(status[_where(layout, t)], REDO).any()]
+        if tasks:
+            _execute(tasks, layout, Path(store), status, (client, scheduler, workers), progress)
     return open_store(store)
+
+
+SCHEDULER_TIMEOUT_S = 5.0  # how long a scheduler address may take to answer before the sweep is refused
+
+
+def probe_scheduler(address: str) -> None:
+    """Refuse, within `SCHEDULER_TIMEOUT_S` seconds, a scheduler address nobody answers at (TCP addresses: a
+    connection is opened and closed; other protocols are left to Dask's own connection, with the same timeout)."""
+    text = address if "://" in address else f"tcp://{address}"
+    protocol, _, rest = text.partition("://")
+    if protocol != "tcp":
+        return
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise refused(f"scheduler must be an address like tcp://HOST:8786; got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=SCHEDULER_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise refused(f"scheduler: nothing answers at {address!r} within {SCHEDULER_TIMEOUT_S:g} s "
+                      f"({exc.strerror or exc}); start one with `dask scheduler`, or leave out --scheduler for a "
+                      "local cluster; nothing was written") from None  # fmt: skip
 
 
 def auto_batch(config: SweepConfig) -> int:
@@ -221,7 +252,7 @@ def _client(client: Any, scheduler: str | None, workers: int | None) -> Iterator
 
     if scheduler is not None:
         try:
-            own = Client(scheduler, timeout="20s")
+            own = Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT_S:g}s")
         except (OSError, TimeoutError) as exc:
             raise refused(f"scheduler: cannot connect to {scheduler!r} ({exc}); start one with "
                              "`dask scheduler` or leave out --scheduler for a local cluster") from None  # fmt: skip

@@ -1,0 +1,112 @@
+"""Statuses that cannot lie: each `dlnode.Status` a call can return is reached here on purpose, and a status is
+never better than what happened (an infinite loss never "converged", a degenerate horizon never planned, a depth
+not begun never left out of an interrupted call's dataset, a step budget never reported as a solver failure)."""
+
+import dataclasses
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import dlnode as dln
+
+S = dln.Status
+TARGET = np.diag([2.0, 1.0])
+QUICK = {"scale": 0.3, "saveat": 4, "progress": False, "method": "gd", "lr": 0.05}  # gd: compiled once, cached
+
+
+def test_an_infinite_initial_loss_never_converges():
+    prob = dln.Factorization(TARGET)
+    for t1, method in ((None, {"method": "gd", "lr": 0.05}), (1.0, {"method": "gd", "lr": 0.05}),
+                       (None, {"method": "scipy:RK45"})):  # fmt: skip
+        ds = dln.integrate(prob, depth=2, scale=1e200, t1=t1, saveat=4, progress=False, **method)
+        assert not np.isfinite(ds["loss"].isel(time=0)).any()
+        assert int(ds["status"].item()) in (int(S.NO_STEP), int(S.DIVERGED)), t1
+
+
+def test_a_zero_target_plans_a_finite_horizon_and_converges():
+    """∇ℓ(0) = 0 for a zero target: the time unit 1/‖∇ℓ(0)‖ is infinite, so the horizon has its own rule."""
+    for target in (np.zeros((2, 2)), np.full((2, 2), 1e-310)):
+        ds = dln.integrate(dln.Factorization(target), depth=1, scale=0.5, saveat=8, progress=False)
+        t = ds["time"].values
+        assert np.all(np.isfinite(t)) and t[-1] < 1e6 and len(t) > 4, t
+        loss = ds["loss"].values.ravel()
+        # depth 1 on a zero target: W(t) = W(0) e^{-t}, so the loss criterion 1e-8 holds at t = ln(1e8)/2 ≈ 9.2
+        assert int(ds["status"].item()) == int(S.CONVERGED)
+        assert loss[-1] <= 1e-8 * loss[0] and 9.0 < float(ds["time"][-1]) < 1e3
+
+
+def test_scipy_rk45_out_of_steps_says_max_steps():
+    prob = dln.Factorization(TARGET)
+    ds = dln.integrate(prob, depth=2, scale=0.1, t1=100.0, method="scipy:RK45", max_steps=5, saveat=4,
+                       progress=False)  # fmt: skip
+    assert int(ds["status"].item()) == int(S.MAX_STEPS)
+
+
+def test_each_status_is_reached_on_purpose():
+    prob = dln.Factorization(TARGET)
+    run = dict(QUICK, depth=2)
+    assert int(dln.integrate(prob, t1=1.0, **run)["status"].item()) == int(S.FINISHED)
+    assert int(dln.integrate(prob, t1=None, **run)["status"].item()) == int(S.CONVERGED)
+    assert int(dln.integrate(prob, t1=100.0, max_steps=3, **run)["status"].item()) == int(S.MAX_STEPS)
+    gd = dln.integrate(prob, depth=2, scale=0.3, method="gd", lr=5.0, t1=200.0, saveat=4, progress=False)
+    assert int(gd["status"].item()) == int(S.DIVERGED)
+    huge = dln.integrate(prob, depth=2, scale=1e200, t1=1.0, saveat=4, progress=False, method="gd", lr=0.05)
+    assert int(huge["status"].item()) == int(S.NO_STEP)
+
+
+def _interrupting(monkeypatch, name, when):
+    """Replace the registered method `name` by one that sends this process SIGINT at `when(call)` of its windows."""
+    real = dln.METHODS[name]
+    calls = {"n": 0}
+
+    def advance(flow, state, arrays, ts, c):
+        calls["n"] += 1
+        if when(calls["n"]):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real.advance(flow, state, arrays, ts, c)
+
+    monkeypatch.setitem(dln.METHODS, name, dataclasses.replace(real, advance=advance))
+    return calls
+
+
+def test_ctrl_c_in_the_window_that_finishes_a_depth_stops_the_call(monkeypatch):
+    """A depth of fewer than 16 save times is one window: a Ctrl-C during it must still stop the call."""
+    prob = dln.Factorization(TARGET)
+    _interrupting(monkeypatch, "gd", lambda n: n == 1)
+    ds = dln.integrate(prob, depth=[2, 3, 4], t1=1.0, **QUICK)
+    status = ds["status"].sel(depth=[2.0, 3.0, 4.0]).values.ravel()
+    assert status[0] in (int(S.FINISHED), int(S.INTERRUPTED))
+    assert list(status[1:]) == [int(S.PENDING)] * 2
+    monkeypatch.undo()
+    whole = dln.resume(ds, progress=False)
+    assert (whole["status"].values == int(S.FINISHED)).all()
+
+
+def test_ctrl_c_between_depths_returns_the_dataset_so_far():
+    """A Ctrl-C while the next depth is being set up (its init drawn) keeps the finished depth."""
+    prob = dln.Factorization(TARGET)
+    seen = {"n": 0}
+
+    def init(shapes, scale, rng):
+        seen["n"] += 1
+        if len(shapes) == 3 and seen["n"] > 2:  # depth 3, after the validation draw: the call is running
+            os.kill(os.getpid(), signal.SIGINT)
+        return [scale * rng.standard_normal(s) for s in shapes]
+
+    try:
+        ds = dln.integrate(prob, depth=[2, 3], init=init, t1=1.0, **QUICK)
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C between depths escaped integrate as a raw KeyboardInterrupt")
+    status = ds["status"].values.ravel()
+    assert list(ds["depth"].values) == [2.0, 3.0]
+    assert status[0] == int(S.FINISHED) and status[1] == int(S.PENDING)
+    assert np.isfinite(ds["loss"].sel(depth=2.0)).all()
+
+
+def test_an_interrupted_call_says_how_to_continue(monkeypatch):
+    prob = dln.Factorization(TARGET)
+    _interrupting(monkeypatch, "gd", lambda n: n == 1)
+    with pytest.warns(UserWarning, match=r"dlnode\.resume"):
+        dln.integrate(prob, depth=[2, 3], t1=1.0, **QUICK)
