@@ -291,7 +291,7 @@ def check(ds: xr.Dataset) -> list[dict]:
     deep = ds["depth"] >= 3
     over = float((ds["sharpness"].sel(scale=big) / ds["upper"]).where(deep).median())
     rows.append(row(f"large init (scale {big:g}): minimisers above the upper line (depths >= 3, median)",
-                    "sharper minimisers from larger init (their figures: S beyond 8 L Lambda)",
+                    "sharper minimisers from larger init (their figures: S after training rises with the scale)",
                     f"median S/upper = {over:.2f}", over > 1.0))  # fmt: skip
     flat_scales = [float(x) for x in ds["residual_scale"].values if x <= FLAT_RESIDUAL]
     if flat_scales:
