@@ -47,7 +47,7 @@ FULL = {
     "depth": [2, 3, 4, 5, 6],
     "scale": [5e-1, 3e-1, 2e-1, 1e-1, 5e-2, 3e-2, 1e-2, 3e-3],
     "random": {"depths": [2, 3, 4], "u0": 1e-4, "seeds": [0, 1, 2, 3]},
-    "learning": {"d": 6, "depths": [2, 4, 8, 16, 32, 64], "seeds": [0, 1, 2, 3], "loss_tol": 1e-3},
+    "learning": {"d": 6, "depths": [2, 4, 8, 16, 32], "seeds": [0, 1, 2, 3], "loss_tol": 1e-3},
 }
 
 CURVE_RTOL = 1e-4  # the flow against the closed forms: the solver runs at rtol 1e-6 (global error ~100× that)
