@@ -1,8 +1,11 @@
-"""Arora et al. (2019) in its quick mode: every check passes and the paper's claim holds as numbers."""
+"""Arora et al. (2019) in its quick mode: every check passes, and each check fails on a configuration that must
+fail it (depth 2 on the recovery and rank rows, depth 3 on the init-dependence row, the small |Ω| on the
+every-method-recovers row, a truncated solve on the duality-gap row)."""
 
 import numpy as np
 import pytest
 
+import dlnode as dln
 import studies
 
 arora = studies.load("arora2019")
@@ -14,30 +17,45 @@ def quick():
 
 
 @pytest.mark.slow
-def test_quick_mode_passes_every_check(quick):
+def test_quick_mode_passes_every_check_with_depth_inf_in_the_run(quick, tmp_path):
     rows = arora.check(quick)
-    assert len(rows) >= 5
+    assert len(rows) >= 8
     assert all(r["passed"] for r in rows), studies.format_table(rows)
-
-
-@pytest.mark.slow
-def test_depth_three_ends_at_a_fifth_of_the_effective_rank_of_depth_one(quick):
-    erank = quick["effective_rank"]
-    for m in quick["observed"].values:
-        assert float(erank.sel(observed=m, depth=3.0)) < float(erank.sel(observed=m, depth=1.0)) / 5
-    # deeper is lower at every step of the finite depths, and the depth-inf limit is lowest of all
-    small = erank.sel(observed=quick["observed"].values.min()).values
-    assert np.all(np.diff(small) < 0)
-
-
-@pytest.mark.slow
-def test_depth_three_recovers_where_the_nuclear_norm_does_not(quick, tmp_path):
-    small = quick["observed"].values.min()
-    assert float(quick["recovery_error"].sel(observed=small, depth=3.0)) < arora.RECOVERED
-    assert float(quick["nuclear_error"].sel(observed=small)) > 10 * arora.RECOVERED
+    assert np.inf in quick["depth"].values and int(quick["status"].sel(depth=np.inf).max()) == 1
     paths = arora.plot(quick, tmp_path)
     assert [p.name for p in paths] == ["arora2019-spectra.png", "arora2019-rank-vs-depth.png"]
     assert all(10_000 < p.stat().st_size < 300_000 for p in paths)
+
+
+@pytest.mark.slow
+def test_depth_two_fails_the_checks_that_depth_three_and_inf_pass(quick):
+    small = int(quick["observed"].min())
+    for deep in (3.0, np.inf):
+        assert arora.recovers(quick, small, deep)[0] and arora.erank_at_target(quick, small, deep)[0]
+    # the negative control: depth 2 neither recovers M nor ends at its effective rank, nor beats the nuclear norm
+    assert not arora.recovers(quick, small, 2.0)[0]
+    assert not arora.erank_at_target(quick, small, 2.0)[0]
+    assert arora.beats_nuclear(quick, small, 3.0)[0] and not arora.beats_nuclear(quick, small, 2.0)[0]
+    # a depth that was not run is "not tested", a failure
+    ok, text = arora.recovers(quick, small, 4.0)
+    assert not ok and "not tested" in text
+
+
+@pytest.mark.slow
+def test_init_dependence_separates_depth_two_from_three(quick):
+    small = int(quick["observed"].min())
+    assert arora.init_slope(quick, small, 2.0)[0]
+    assert not arora.init_slope(quick, small, 3.0)[0]  # depth 3 is recovered at every init: no slope
+    one_scale = quick.isel(scale=[0])
+    ok, text = arora.init_slope(one_scale, small, 2.0)
+    assert not ok and "not tested" in text
+
+
+@pytest.mark.slow
+def test_every_method_recovers_only_at_the_larger_sample(quick):
+    small, large = int(quick["observed"].min()), int(quick["observed"].max())
+    assert arora.all_recover(quick, large)[0]
+    assert not arora.all_recover(quick, small)[0]
 
 
 def test_nuclear_norm_completion_against_a_closed_form():
@@ -54,10 +72,16 @@ def test_nuclear_norm_completion_against_a_closed_form():
 
 
 def test_nuclear_norm_completion_recovers_a_well_sampled_low_rank_matrix():
-    import dlnode as dln
-
     prob = dln.MatrixCompletion.random(shape=(30, 30), rank=2, observed=600, seed=1)
     x, gap = arora.nuclear_norm_completion(prob.target_matrix, prob.mask)
     assert gap < 1e-7
     np.testing.assert_array_equal(x[prob.mask], prob.target_matrix[prob.mask])  # feasible exactly
     assert np.linalg.norm(x - prob.target_matrix) / np.linalg.norm(prob.target_matrix) < 1e-5
+    # the negative control of the duality-gap row: a truncated solve is not certified
+    _, early = arora.nuclear_norm_completion(prob.target_matrix, prob.mask, max_iter=26)
+    assert early > arora.GAP_TOL
+
+
+def test_effective_rank_of_known_spectra():
+    assert arora.effective_rank(np.array([1.0, 1.0, 1.0, 0.0])) == pytest.approx(3.0, rel=1e-14)
+    assert arora.effective_rank(np.array([1.0])) == pytest.approx(1.0, rel=1e-14)

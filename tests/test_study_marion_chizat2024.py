@@ -37,6 +37,29 @@ def test_gd_beyond_two_over_s_min_never_converges(quick):
     above = quick["lr"] > quick["gd_lr_critical"]
     assert int(above.sum()) >= 1
     assert np.all(quick["gd_status"].where(above, drop=True) != int(dln.Status.CONVERGED))
+    # negative control: the critical step of a deeper network (a smaller 2/S_min) puts converging runs above it
+    wrong = 2.0 / float(dln.sharpness_bounds(mc.problem(50, 5, 0), 8)["s_min"][0])
+    assert mc.gd_critical(quick)[0] and not mc.gd_critical(quick, critical=wrong)[0]
+
+
+@pytest.mark.slow
+def test_each_check_fails_on_a_configuration_that_must_fail_it(quick):
+    small, big = quick["scale"].values.min(), quick["scale"].values.max()
+    # S >= S_min in dlnode's convention; against their S_min (twice dlnode's, the loss without the 1/2) it fails
+    assert mc.lower_bound(quick)[0] and not mc.lower_bound(quick, s_min=2 * quick["s_min"])[0]
+    # small init: below the upper line, the aligned rank-one minimiser, aligned layers; the large init is none
+    for check in (mc.below_upper, mc.aligned_minimiser, mc.rank_one_aligned):
+        assert check(quick, small)[0] and not check(quick, big)[0], check.__name__
+    # residual init: flat at small scale, not at their largest; C independent of depth for the residual init,
+    # while the large Gaussian init's S/S_min grows with depth
+    r_small, r_big = quick["residual_scale"].values.min(), quick["residual_scale"].values.max()
+    assert mc.residual_flat(quick, [r_small])[0] and not mc.residual_flat(quick, [r_big])[0]
+    ratio = quick["residual_sharpness"] / quick["residual_s_min"]
+    assert mc.depth_spread(ratio.sel(residual_scale=r_small), "residual_depth")[0]
+    gaussian = (quick["sharpness"] / quick["s_min"]).sel(scale=big)
+    assert not mc.depth_spread(gaussian, "depth")[0]
+    # sharper with the residual scale: from the smallest to the largest, not between the smallest and itself
+    assert mc.residual_growth(quick)[0] and not mc.residual_growth(quick, high=float(r_small))[0]
 
 
 def test_data_recipe_normalises_the_least_squares_solution():
