@@ -106,7 +106,9 @@ def test_study_overwrite_replaces_only_its_own_files(monkeypatch, tmp_path):
     """A study's re-run replaces its dataset and the figures it writes, and leaves any other file alone."""
     import studies
 
-    tiny = {"s": [3.0, 2.0, 1.0], "depth": [2, 3], "scale": [1e-1]}
+    quick = studies.load("saxe2014").QUICK  # the study's own small configuration, cut down further
+    tiny = {**quick, "depth": [2, 3], "scale": [1e-1], "random": {**quick["random"], "depths": [2], "seeds": [0]},
+            "learning": {**quick["learning"], "seeds": [0]}}  # fmt: skip
     ds, _, figures, _ = studies.run("saxe2014", outdir=tmp_path, config=tiny)
     notes = tmp_path / "figures" / "saxe2014-my-notes.png"
     notes.write_bytes(b"my own notes")
