@@ -213,6 +213,9 @@ def plot_command(
     wanted = _parse_sel(sel or [])
     check_outputs({out: image_suffixes()}, overwrite)
     ds = _select(dln.open(path), wanted)
+    if "status" in ds and not (ds["status"] != int(Status.PENDING)).any():
+        _fail(f"{path} holds no computed cell yet (every cell is pending), so there is nothing to draw; compute it "
+              "first (`dlnode run CONFIG -o PATH`, or dln.resume in the session that was interrupted)")  # fmt: skip
     write_figure(kind, ds, out, overwrite)
     typer.echo(f"wrote {out}")
 

@@ -88,12 +88,14 @@ def test_plot_checks_its_output_before_reading(stored, capsys, tmp_path, out, me
 def test_plot_replaces_a_figure_only_with_overwrite(stored, capsys, tmp_path):
     _, root = stored
     fig = tmp_path / "fig.png"
-    fig.write_bytes(b"an older figure")
+    code, _, _ = dlnode(capsys, "plot", root / "good.nc", "--kind", "singular_values", "-o", fig)
+    assert code is None or code == 0
+    older = fig.read_bytes()  # a figure dlnode drew (it carries its marker): replaceable, when asked
     code, _, err = dlnode(capsys, "plot", root / "good.nc", "--kind", "loss", "-o", fig)
-    assert code == 2 and "already exists" in one_line(err) and fig.read_bytes() == b"an older figure"
+    assert code == 2 and "already exists" in one_line(err) and fig.read_bytes() == older
     code, out, _ = dlnode(capsys, "plot", root / "good.nc", "--kind", "loss", "-o", fig, "--overwrite")
     assert code is None or code == 0
-    assert fig.read_bytes()[:4] == b"\x89PNG" and sorted(tmp_path.iterdir()) == [fig]
+    assert fig.read_bytes()[:4] == b"\x89PNG" and fig.read_bytes() != older and sorted(tmp_path.iterdir()) == [fig]
 
 
 @pytest.fixture

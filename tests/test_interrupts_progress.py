@@ -10,8 +10,6 @@ import pytest
 import dlnode as dln
 from dlnode.cli import main
 
-TINY = {"s": [3.0, 2.0, 1.0], "depth": [2, 3], "scale": [1e-1]}
-
 
 def _count_windows(monkeypatch, ctrl_c_at):
     calls = {"n": 0}
@@ -28,26 +26,29 @@ def _count_windows(monkeypatch, ctrl_c_at):
 
 
 def test_ctrl_c_stops_the_whole_study(monkeypatch, tmp_path):
+    """The study's first integrate call is interrupted in its only window: its second call never starts."""
+    from tiny_study import register
+
     import studies
 
+    register(monkeypatch)
     calls = _count_windows(monkeypatch, ctrl_c_at=1)
     with pytest.raises(KeyboardInterrupt):
-        studies.run("saxe2014", outdir=tmp_path, config=TINY)
-    assert calls["n"] <= 2, "the study went on computing after Ctrl-C"
-    assert not (tmp_path / "data" / "saxe2014.nc").exists()
+        studies.run("tiny", outdir=tmp_path)
+    assert calls["n"] == 1, "the study went on computing after Ctrl-C"
+    assert not (tmp_path / "data" / "tiny.nc").exists()
 
 
 def test_ctrl_c_in_a_study_on_the_command_line(monkeypatch, tmp_path, capsys):
-    import studies
+    from tiny_study import register
 
-    module = studies.load("saxe2014")
-    monkeypatch.setattr(module, "QUICK", TINY)
+    register(monkeypatch)
     calls = _count_windows(monkeypatch, ctrl_c_at=1)
     with pytest.raises(SystemExit) as done:
-        main(["study", "saxe2014", "--quick", "-o", str(tmp_path)])
+        main(["study", "tiny", "--quick", "-o", str(tmp_path)])
     err = capsys.readouterr().err
-    assert done.value.code == 130 and "interrupted" in err and "dlnode study saxe2014" in err
-    assert calls["n"] <= 2
+    assert done.value.code == 130 and "interrupted" in err and f"dlnode study tiny --quick -o {tmp_path}" in err
+    assert calls["n"] == 1 and not (tmp_path / "data").exists()
 
 
 def test_a_complete_sweep_run_again_says_nothing_was_computed(tmp_path):
@@ -64,3 +65,27 @@ def test_a_complete_sweep_run_again_says_nothing_was_computed(tmp_path):
         dln.sweep(config, store, client=client, progress=False)
     result = CliRunner().invoke(app, ["run", str(config), "-o", str(store)])  # no cluster is started: no task
     assert result.exit_code == 0 and "nothing to compute" in result.output and "wrote" not in result.output
+
+
+def test_an_interrupted_dataset_saves_opens_and_plots_with_its_pending_depths(monkeypatch, tmp_path, capsys):
+    import numpy as np
+
+    _count_windows(monkeypatch, ctrl_c_at=1)
+    prob = dln.Factorization(np.diag([2.0, 1.0]))
+    with pytest.warns(UserWarning, match="pending"):
+        ds = dln.integrate(prob, depth=[2, 3], scale=0.3, t1=1.0, saveat=4, method="gd", lr=0.05, progress=False)
+    assert list(ds["status"].values.ravel()) == [int(dln.Status.FINISHED), int(dln.Status.PENDING)]
+    path = tmp_path / "part.nc"
+    dln.save(ds, path)
+    again = dln.open(path)
+    assert int(again["status"].sel(depth=3.0).item()) == int(dln.Status.PENDING)
+    assert int(again["num_steps"].sel(depth=3.0).item()) == -1
+    with pytest.raises(SystemExit) as done:
+        main(["plot", str(path), "--kind", "loss", "-o", str(tmp_path / "part.png")])
+    assert done.value.code == 0, capsys.readouterr().err
+    template = dln.integrate(prob, depth=[2, 3], scale=0.3, t1=1.0, saveat=4, method="gd", lr=0.05, progress=False)
+    template["status"][:] = int(dln.Status.PENDING)  # nothing computed: nothing to draw, said in one line
+    dln.save(template, tmp_path / "none.nc")
+    with pytest.raises(SystemExit) as done:
+        main(["plot", str(tmp_path / "none.nc"), "--kind", "loss", "-o", str(tmp_path / "none.png")])
+    assert done.value.code == 2 and "pending" in capsys.readouterr().err

@@ -104,22 +104,22 @@ def test_study_overwrite_keeps_user_files_and_refuses_a_foreign_dataset(monkeypa
 
 def test_study_overwrite_replaces_only_its_own_files(monkeypatch, tmp_path):
     """A study's re-run replaces its dataset and the figures it writes, and leaves any other file alone."""
+    from tiny_study import register
+
     import studies
 
-    quick = studies.load("saxe2014").QUICK  # the study's own small configuration, cut down further
-    tiny = {**quick, "depth": [2, 3], "scale": [1e-1], "random": {**quick["random"], "depths": [2], "seeds": [0]},
-            "learning": {**quick["learning"], "seeds": [0]}}  # fmt: skip
-    ds, _, figures, _ = studies.run("saxe2014", outdir=tmp_path, config=tiny)
-    notes = tmp_path / "figures" / "saxe2014-my-notes.png"
+    register(monkeypatch)
+    ds, rows, figures, _ = studies.run("tiny", outdir=tmp_path)
+    assert all(r["passed"] for r in rows) and [p.name for p in figures] == ["tiny-loss.png"]
+    notes = tmp_path / "figures" / "tiny-my-notes.png"
     notes.write_bytes(b"my own notes")
-    before = {p: p.stat().st_mtime_ns for p in figures}
+    before = {p: p.stat().st_ino for p in figures}
     with pytest.raises(ValueError, match="overwrite"):  # earlier results: refused without --overwrite
-        studies.run("saxe2014", outdir=tmp_path, config=tiny)
-    # the re-run computes the same dataset again (taken from the first run: this test is about the files)
-    monkeypatch.setattr(studies.load("saxe2014"), "compute", lambda config: ds.copy())
-    _, _, again, _ = studies.run("saxe2014", outdir=tmp_path, overwrite=True, config=tiny)
+        studies.run("tiny", outdir=tmp_path)
+    _, _, again, _ = studies.run("tiny", outdir=tmp_path, overwrite=True)
     assert notes.read_bytes() == b"my own notes"
-    assert again == figures and all(p.stat().st_mtime_ns != before[p] for p in figures)
+    assert again == figures and all(p.stat().st_ino != before[p] for p in figures)  # drawn anew, put in place
+    assert int(dln.open(tmp_path / "data" / "tiny.nc")["status"].sel(depth=3.0).item()) == int(dln.Status.FINISHED)
 
 
 def test_plot_overwrite_never_replaces_a_foreign_image(tmp_path, capsys):

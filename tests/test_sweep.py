@@ -324,7 +324,7 @@ def test_cli_info_and_export(client, tmp_path):
     assert runner.invoke(app, ["export", str(store), str(out)]).exit_code == 0
     xr.testing.assert_identical(dln.open(out), dln.open(store))
     refused = runner.invoke(app, ["export", str(store), str(out)])
-    assert refused.exit_code == 2 and "exists; pass --overwrite" in refused.output
+    assert refused.exit_code == 2 and "already exists" in refused.output and "--overwrite" in refused.output
     assert runner.invoke(app, ["export", str(store), str(out), "--overwrite"]).exit_code == 0
 
 

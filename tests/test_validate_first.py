@@ -151,3 +151,22 @@ def test_an_unwritable_cache_directory_turns_the_cache_off_with_one_warning(monk
     finally:
         monkeypatch.undo()
         dln.compilation_cache()  # back to the suite's cache (DLNODE_CACHE_DIR)
+
+
+def test_the_template_of_a_large_grid_is_written_in_seconds(tmp_path):
+    """40,000 cells (2,500 tasks of 16): the template holds metadata only, and its status is known without
+    reading back every absent chunk (a 2e6-cell grid took over a minute before its progress bar appeared)."""
+    import time
+
+    from dlnode.sweeps import store as sweep_store
+    from dlnode.sweeps.config import load_config
+
+    grid = {"depth": [1], "scale": [0.1 + i * 1e-3 for i in range(100)], "seed": list(range(400)), "method": "gd",
+            "lr": [0.1]}  # fmt: skip
+    config = load_config({**GOOD, "grid": grid})
+    layout = sweep_store.Layout.of(config, 16)
+    start = time.perf_counter()
+    status = sweep_store.prepare(tmp_path / "big.zarr", layout)
+    assert time.perf_counter() - start < 5
+    assert status.shape == (1, 100, 400) and (status == int(dln.Status.PENDING)).all()
+    assert (sweep_store.read_status(tmp_path / "big.zarr")[:, :2, :16] == int(dln.Status.PENDING)).all()

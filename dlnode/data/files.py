@@ -17,7 +17,7 @@ import xarray as xr
 from dlnode.checks import check_bool
 from dlnode.data.formats import FORMATS, NetCDF, Zarr, format_of
 from dlnode.data.schema import FORMAT, FORMAT_VERSION, _check_contents, problem_from
-from dlnode.data.storage import DATASET_SUFFIXES, atomic_path, check_input_path, check_output_path, is_dlnode_store, suffix_of
+from dlnode.data.storage import DATASET_SUFFIXES, as_path, atomic_path, check_input_path, check_output_path, is_dlnode_store, suffix_of
 from dlnode.errors import DatasetError, DlnodeError, fail, shown
 from dlnode.solvers.core import Status
 
@@ -40,7 +40,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> No
     DatasetError : `ds` is not a dlnode dataset (see `validate`).
     PathExistsError, PathError : `path` exists, its directory is missing or not writable, or the write failed.
     """
-    target = Path(os.fspath(path)).expanduser()
+    target = as_path(path)
     fmt = FORMATS[DATASET_SUFFIXES[suffix_of(target, tuple(DATASET_SUFFIXES), "path")]]
     check_bool("overwrite", overwrite)
     if not isinstance(ds, xr.Dataset):

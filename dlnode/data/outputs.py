@@ -15,7 +15,7 @@ from typing import Any
 from dlnode._version import __version__
 from dlnode.errors import PathError, fail, shown
 
-from dlnode.data.storage import check_output_path
+from dlnode.data.storage import as_path, check_output_path
 
 __all__ = ["FIGURE_MARKER", "check_figure_path", "check_output_folder", "figure_metadata", "is_dlnode_figure"]
 
@@ -45,13 +45,16 @@ def is_dlnode_figure(path: Path) -> bool:
 def check_figure_path(path: Any, overwrite: bool, suffixes: tuple[str, ...], argument: str = "--out") -> Path:
     """An image path that can be written: a known suffix, a writable directory, and nothing there unless
     `overwrite` and it is a figure dlnode wrote."""
-    return check_output_path(path, overwrite, suffixes, argument, is_dlnode_figure, own="a figure dlnode wrote")
+    suffix = as_path(path, argument).suffix.lower()
+    own = ("a figure dlnode wrote" if suffix in MARKED_FIGURES or suffix not in suffixes else
+           f"a figure dlnode wrote (a {suffix} file holds no metadata to mark it by, so dlnode never replaces one)")  # fmt: skip
+    return check_output_path(path, overwrite, suffixes, argument, is_dlnode_figure, own=own)
 
 
 def check_output_folder(path: Any, argument: str = "--out") -> Path:
     """A folder to write into: an existing directory, or one that can be created (its first existing ancestor is a
     writable directory). Nothing is created here."""
-    path = Path(os.fspath(path)).expanduser()
+    path = as_path(path, argument)
     if path.exists() and not path.is_dir():
         fail(argument, "must be a directory (or a path where one can be made)", shown(f"{str(path)!r}, a file"),
              "choose a folder, e.g. -o results", kind=PathError)  # fmt: skip

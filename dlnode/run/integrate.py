@@ -214,8 +214,9 @@ def _run_grid(plan: Plan, done: dict[float, Solution] | None = None, depth: floa
                 text = ", ".join(f"{'running' if int(k) == RUNNING else Status(int(k)).meaning} {n}"
                                  for k, n in zip(*counts, strict=True))  # fmt: skip
                 end = "horizon" if plan.until_converged else "t1"
-                bar.set_postfix_str(f"depth {d:g}, {plan.methods[d]}, t {t:.3g} of {end} {plan.controls.t1:.3g}: "
-                                    f"{text}", refresh=True)  # fmt: skip
+                clock = "tau = N t" if plan.flow == "end_to_end" else "t"  # end-to-end flows run on tau
+                bar.set_postfix_str(f"depth {d:g}, {plan.methods[d]}, {clock} {t:.3g} of {end} "
+                                    f"{plan.controls.t1:.3g}: {text}", refresh=True)  # fmt: skip
 
             resumed = checkpoint if d == depth else None
             y0 = None if resumed is not None else _initial_states(plan, d)

@@ -104,8 +104,11 @@ def sweep(
     pending, every other cell is on disk); KeyboardInterrupt after Ctrl-C, once the finished cells are on disk.
     """
     cfg = load_config(config)
-    if Path(store).suffix != ".zarr":
-        raise refused(f"store must be a path ending in .zarr (a zarr directory); got {os.fspath(store)!r}")
+    if not isinstance(store, (str, os.PathLike)) or Path(store).suffix != ".zarr":
+        raise refused(
+            f"store must be a path ending in .zarr (a zarr directory); got "
+            f"{os.fspath(store) if isinstance(store, (str, os.PathLike)) else store!r}"
+        )
     if client is not None and scheduler is not None:
         raise refused("give client or scheduler, not both; got both")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
