@@ -14,6 +14,7 @@ learning with central flows", arXiv 2410.24206.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -22,7 +23,7 @@ from dlnode.analysis.discrete import compare
 from dlnode.errors import fail, shown
 from dlnode.solvers.core import Status
 
-__all__ = ["divergence_fraction", "edge_comparison", "edge_summary", "time_average"]
+__all__ = ["divergence_fraction", "edge_comparison", "edge_figure", "edge_summary", "time_average"]
 
 RUN_DIMS = ("depth", "scale", "seed")
 EDGE_BAND = 0.05  # GD "at the edge": its sharpness within 5 % of 2/η (the target of docs/finite-step.md)
@@ -178,3 +179,42 @@ def edge_comparison(gd: xr.Dataset, flows: Mapping[str, xr.Dataset], window: int
     return out.assign_attrs(time_average_window=int(window), lr=_lr_of(gd, "gd"),
                             description="errors of each flow relative to GD (compare(gd, flow)): raw and "
                                         "time-averaged over the stated window of steps")  # fmt: skip
+
+
+def edge_figure(gd: xr.Dataset, flows: Mapping[str, xr.Dataset], window: int = 2, path: str | None = None) -> Any:
+    """GD (raw and averaged over `window` steps) with the flows in `flows` on one time axis: the loss (the central
+    flow's predicted time-averaged loss dashed beside its own), and the sharpness S(t) with the line 2/η.
+
+    Draws the first run (depth, scale, seed) of each dataset. Returns the `matplotlib.figure.Figure`; saved to
+    `path` when given.
+    """
+    from dlnode.analysis.plot import figure, finish
+
+    lr = _lr_of(gd, "gd")
+    first = {d: 0 for d in RUN_DIMS}
+    fig, axes = figure(1, 2, panel=(5.0, 3.6))
+    ax_loss, ax_s = axes[0]
+    t = gd["time"].values
+    ax_loss.plot(t, gd["loss"].isel(first).values, color="0.75", lw=0.6, label="GD")
+    ax_loss.plot(t, time_average(gd, window)["loss"].isel(first).values, color="k", lw=1.2,
+                 label=f"GD, averaged over {window} steps")  # fmt: skip
+    if "sharpness" in gd:
+        ax_s.plot(t, gd["sharpness"].isel(first, eig=0).values, color="0.6", lw=0.6, label="GD")
+    colors = {"gradient": "tab:blue", "modified": "tab:green", "central": "tab:red"}
+    for name, flow in flows.items():
+        color = colors.get(name, None)
+        ft = flow["time"].values
+        ax_loss.plot(ft, flow["loss"].isel(first).values, color=color, lw=1.0, label=f"{name} flow")
+        if "loss_averaged" in flow:
+            ax_loss.plot(ft, flow["loss_averaged"].isel(first).values, color=color, lw=1.4, ls="--",
+                         label=f"{name} flow: predicted GD average")  # fmt: skip
+        if "sharpness" in flow:
+            ax_s.plot(ft, flow["sharpness"].isel(first, eig=0).values, color=color, lw=1.0, label=f"{name} flow")
+    ax_s.axhline(2.0 / lr, color="k", ls=":", lw=1.0, label=r"$2/\eta$")
+    ax_loss.set_yscale("log")
+    ax_loss.set(xlabel=r"time $t$ = step $\times\ \eta$", ylabel="loss", title=f"loss, lr = {lr:g}")
+    ax_s.set(xlabel=r"time $t$ = step $\times\ \eta$", ylabel=r"sharpness $S = \lambda_{max}(\nabla^2 L)$",
+             title="sharpness")  # fmt: skip
+    ax_loss.legend(fontsize=7)
+    ax_s.legend(fontsize=7)
+    return finish(fig, path)
