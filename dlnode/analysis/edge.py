@@ -199,7 +199,7 @@ def edge_figure(gd: xr.Dataset, flows: Mapping[str, xr.Dataset], window: int = 2
     ax_loss.plot(t, time_average(gd, window)["loss"].isel(first).values, color="k", lw=1.2,
                  label=f"GD, averaged over {window} steps")  # fmt: skip
     if "sharpness" in gd:
-        ax_s.plot(t, gd["sharpness"].isel(first, eig=0).values, color="0.6", lw=0.6, label="GD")
+        ax_s.plot(t, gd["sharpness"].isel({**first, "eig": 0}).values, color="0.6", lw=0.6, label="GD")
     colors = {"gradient": "tab:blue", "modified": "tab:green", "central": "tab:red"}
     for name, flow in flows.items():
         color = colors.get(name, None)
@@ -209,7 +209,7 @@ def edge_figure(gd: xr.Dataset, flows: Mapping[str, xr.Dataset], window: int = 2
             ax_loss.plot(ft, flow["loss_averaged"].isel(first).values, color=color, lw=1.4, ls="--",
                          label=f"{name} flow: predicted GD average")  # fmt: skip
         if "sharpness" in flow:
-            ax_s.plot(ft, flow["sharpness"].isel(first, eig=0).values, color=color, lw=1.0, label=f"{name} flow")
+            ax_s.plot(ft, flow["sharpness"].isel({**first, "eig": 0}).values, color=color, lw=1.0, label=f"{name} flow")
     ax_s.axhline(2.0 / lr, color="k", ls=":", lw=1.0, label=r"$2/\eta$")
     ax_loss.set_yscale("log")
     ax_loss.set(xlabel=r"time $t$ = step $\times\ \eta$", ylabel="loss", title=f"loss, lr = {lr:g}")
