@@ -32,6 +32,13 @@ from dlnode._version import __version__  # noqa: E402
 from dlnode.analysis import accessor  # noqa: E402, F401  (accessor registers the ds.dln namespace)
 from dlnode.analysis.curvature import sharpness, sharpness_bounds  # noqa: E402
 from dlnode.analysis.discrete import compare, convergence_order  # noqa: E402
+from dlnode.analysis.edge import (  # noqa: E402
+    divergence_fraction,
+    edge_comparison,
+    edge_figure,
+    edge_summary,
+    time_average,  # noqa: E402
+)
 from dlnode.analysis.spectra import effective_rank, log_volume, numerical_rank  # noqa: E402
 from dlnode.analysis.stages import escape_times, modes_learned, stages  # noqa: E402
 from dlnode.data.files import open_dataset as open  # noqa: E402, A004
@@ -59,6 +66,11 @@ __all__ = [
     "__version__",
     "balancedness",
     "compare",
+    "divergence_fraction",
+    "edge_comparison",
+    "edge_figure",
+    "edge_summary",
+    "time_average",
     "compilation_cache",
     "convergence_order",
     "effective_rank",

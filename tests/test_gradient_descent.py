@@ -77,5 +77,5 @@ def test_gd_needs_a_positive_lr():
     prob = dln.Factorization(np.eye(2))
     with pytest.raises(ValueError, match="lr must be a positive finite number for method='gd'"):
         dln.integrate(prob, depth=2, method="gd", lr=-0.1, progress=False)
-    with pytest.raises(ValueError, match="lr applies to method=.gd. or flow=.modified. only"):
+    with pytest.raises(ValueError, match="lr applies to method=.gd., flow=.modified. or flow=.central. only"):
         dln.integrate(prob, depth=2, method="tsit5", lr=0.1, progress=False)

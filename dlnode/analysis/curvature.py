@@ -21,11 +21,10 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse.linalg
-import scipy.stats
 import xarray as xr
 
 from dlnode.errors import refused
+from dlnode.flows.hessian import top_eigenvalues
 from dlnode.problems.kinds import Problem, Regression
 from dlnode.problems.network import product
 
@@ -44,11 +43,12 @@ def _network_loss(kind: type[Problem], shapes: Shapes, x: jax.Array, arrays: dic
     return kind.loss_fn(product(_unflatten(x, shapes)), arrays)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _hvp(kind: type[Problem], shapes: Shapes, x: jax.Array, v: jax.Array, arrays: dict) -> jax.Array:
-    """∇²L(x)·v as the forward derivative of the gradient (one jvp of grad: no Hessian is formed)."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 4))
+def _top(kind: type[Problem], shapes: Shapes, x: jax.Array, arrays: dict, k: int) -> jax.Array:
+    """The k largest eigenvalues of ∇²L(x) by the Lanczos of `dlnode.flows.hessian` (the one that runs along
+    trajectories), on Hessian-vector products (one jvp of grad: no Hessian is formed)."""
     grad = jax.grad(functools.partial(_network_loss, kind, shapes), argnums=0)
-    return jax.jvp(lambda y: grad(y, arrays), (x,), (v,))[1]
+    return top_eigenvalues(lambda y: grad(y, arrays), x, k)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -75,9 +75,10 @@ def _check_layers(problem: Problem, weights: Sequence[Any]) -> list[np.ndarray]:
 def sharpness(problem: Problem, weights: Sequence[Any], k: int = 1, exact: bool = False) -> float | np.ndarray:
     """Top eigenvalue(s) of the Hessian of L(W_1, …, W_N) = ℓ(W_N⋯W_1), in the problem's loss convention.
 
-    By default Lanczos (ARPACK `eigsh`, largest algebraic) on a `LinearOperator` whose matvec is a jitted JAX
-    Hessian-vector product; ``exact=True`` forms the full Hessian with `jax.hessian` and takes `eigvalsh` (the
-    oracle, for small networks). Networks with at most k + 1 parameters always take the exact path.
+    By default Lanczos with full reorthogonalisation on exact Hessian-vector products (`dlnode.flows.hessian`,
+    the code that computes the sharpness along a trajectory); ``exact=True`` forms the full Hessian with
+    `jax.hessian` and takes `eigvalsh` (the oracle, for small networks).
+    Networks with at most k + 1 parameters always take the exact path.
 
     Parameters
     ----------
@@ -100,11 +101,7 @@ def sharpness(problem: Problem, weights: Sequence[Any], k: int = 1, exact: bool 
     if exact or k >= n - 1:
         values = np.linalg.eigvalsh(np.asarray(_hessian(kind, shapes, x, arrays)))[::-1][:k]
     else:
-        operator = scipy.sparse.linalg.LinearOperator(
-            (n, n), matvec=lambda v: np.asarray(_hvp(kind, shapes, x, jnp.asarray(v.ravel()), arrays)), dtype=float
-        )
-        v0 = np.random.default_rng(0).standard_normal(n)  # a fixed start makes the result reproducible
-        values = np.sort(scipy.sparse.linalg.eigsh(operator, k=k, which="LA", v0=v0, return_eigenvectors=False))[::-1]
+        values = np.asarray(_top(kind, shapes, x, jax.tree_util.tree_map(jnp.asarray, arrays), int(k)))
     return float(values[0]) if k == 1 else values
 
 

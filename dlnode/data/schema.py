@@ -51,6 +51,14 @@ VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "wall_time": (RUN, "run time, compile time apart (a share of its vmapped batch)", "s"),
 }
 _SCALAR_OBS = ("loss", "grad_norm", "balancedness")
+# Saved only when asked for (integrate's `sharpness`, or by the central flow); checked like VARIABLES when present.
+OPTIONAL_VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "sharpness": ((*RUN, "time", "eig"), "largest eigenvalues of the Hessian of L in the layers, descending",
+                  "1/time"),
+    "oscillation": ((*RUN, "time"), "central flow: predicted oscillation size sqrt(tr Sigma) of GD about it", "1"),
+    "loss_averaged": ((*RUN, "time"), "central flow: predicted time-averaged GD loss L + <Sigma, H>/2", "1"),
+    "regime": ((*RUN, "time"), "central flow: number of Hessian eigenvalues held at 2/lr (0: gradient flow)", "1"),
+}
 
 
 # The long names of the coordinates, one definition for `integrate`'s datasets and the sweep stores.
@@ -94,8 +102,9 @@ def to_dataset(
         def cell(a):  # noqa: ANN001, ANN202 - (batch, ...) → (scale, seed, ...)
             return np.asarray(a).reshape(*shape, *np.shape(a)[1:])
 
-        for key in ("loss", "product", "singular_values", "grad_norm", "balancedness"):
-            data[key].append(cell(sol.observed[key]))
+        for key in ("loss", "product", "singular_values", "grad_norm", "balancedness", *OPTIONAL_VARIABLES):
+            if key in VARIABLES or key in sol.observed:
+                data.setdefault(key, []).append(cell(sol.observed[key]))
         batch = sol.status.shape[0]
         data["weights_final"].append(cell(_pad_layers(sol.final, (batch,), n_layer, n_out, n_in)))
         if save_weights:
@@ -115,8 +124,8 @@ def to_dataset(
     if first.step is not None:
         coords["step"] = ("time", first.step, {"long_name": "gradient-descent step (time = step * lr)"})
     variables = {}
-    for name, (dims, long_name, units) in VARIABLES.items():
-        if not data[name]:
+    for name, (dims, long_name, units) in {**VARIABLES, **OPTIONAL_VARIABLES}.items():
+        if not data.get(name):
             continue
         var_attrs = {"long_name": long_name, "units": units}
         if name == "status":
@@ -206,7 +215,7 @@ def validate(ds: xr.Dataset) -> None:
         if d not in ds.coords:
             fail("ds", f"swept dim {d!r} must have its coordinate", None, "rebuild it with dlnode.sweeps.sweep",
                  kind=DatasetError)  # fmt: skip
-    for name, (dims, _, _) in VARIABLES.items():
+    for name, (dims, _, _) in {**VARIABLES, **OPTIONAL_VARIABLES}.items():
         expected = (*RUN, *grid, *dims[len(RUN) :])
         if name in ds and tuple(ds[name].dims) != expected:
             fail(
@@ -278,7 +287,7 @@ def _check_contents(ds: xr.Dataset, where: str) -> None:
             "restore it from a copy or re-run the computation",
             kind=DatasetError,
         )
-    for name, (dims, _, _) in VARIABLES.items():
+    for name, (dims, _, _) in {**VARIABLES, **OPTIONAL_VARIABLES}.items():
         if name in ds and not set(dims) <= set(ds[name].dims):
             fail(
                 where,

@@ -4,6 +4,8 @@
   dW_j/dt = −∂L/∂W_j = −(W_N⋯W_{j+1})ᵀ E (W_{j−1}⋯W_1)ᵀ with E = ∇ℓ(W).
 - ``modified``: the gradient flow of L̃ = L + (η/4)‖∇L‖² (Barrett & Dherin 2021, arXiv 2009.11162), which gradient
   descent with step η follows to O(η²): dW_j/dt = −(∇L + (η/2)∇²L ∇L)_j, the Hessian term by one jvp.
+- ``central``: the central flow of GD with step η (Cohen, Damian et al. 2024, arXiv 2410.24206): the gradient flow
+  while the sharpness is below 2/η, constrained to it on the edge; see `dlnode.flows.central`.
 - ``end_to_end``: for balanced layers, W alone, dW/dτ = −A_N(E)/N on the rescaled time τ = N t (or −A_∞(E) at
   depth ∞); see `dlnode.flows.endtoend`.
 
@@ -24,7 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlnode.flows.central import central_parts
 from dlnode.flows.endtoend import end_to_end_field
+from dlnode.flows.hessian import top_eigenvalues
 from dlnode.problems.network import product
 
 __all__ = [
@@ -53,6 +57,7 @@ class FlowKind:
 FLOW_KINDS = {
     "layers": FlowKind("layers"),
     "modified": FlowKind("modified", needs_lr=True),
+    "central": FlowKind("central", needs_lr=True),
     "end_to_end": FlowKind("end_to_end", end_to_end=True),
 }
 FLOWS = tuple(FLOW_KINDS)
@@ -206,13 +211,21 @@ def end_to_end_observables(w: Any, e: Any, problem_cls: type, arrays: dict, sing
 
 
 @cache
-def _layer_flow(problem_cls: type, save_weights: bool, modified: bool) -> Flow:
+def _layer_flow(problem_cls: type, save_weights: bool, name: str, sharpness: int = 0) -> Flow:
+    """The per-layer flows (``layers``, ``modified``, ``central``); `sharpness` = k > 0 also saves the top k Hessian
+    eigenvalues at every save time (the central flow always tracks max(k, 1) of them)."""
     grad_fn = problem_cls.grad_fn
+    modified, central = name == "modified", name == "central"
 
     def gradient(y: tuple, arrays: dict) -> tuple:
         return layer_gradients(y, grad_fn, arrays)[0]
 
+    def central_at(y: Any, args: dict) -> dict:
+        return central_parts(lambda z: gradient(z, args["problem"]), y, args["lr"], max(sharpness, 1))
+
     def field(t: Any, y: Any, args: dict) -> Any:
+        if central:
+            return central_at(y, args)["field"]
         grads = gradient(y, args["problem"])
         if modified:  # ∇L̃ = ∇L + (η/2)∇²L ∇L
             hvp = jax.jvp(lambda v: gradient(v, args["problem"]), (y,), (grads,))[1]
@@ -228,6 +241,12 @@ def _layer_flow(problem_cls: type, save_weights: bool, modified: bool) -> Flow:
         out = _summary(w, e, problem_cls, args["problem"])
         out["grad_norm"] = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))
         out["balancedness"] = _balancedness_drift(y, args["d0"])
+        if central:  # the top eigenvalues, the predicted oscillation and time-averaged loss, the regime
+            parts = central_at(y, args)
+            out.update({k: parts[k] for k in ("sharpness", "oscillation", "regime")})
+            out["loss_averaged"] = out["loss"] + parts["loss_shift"]
+        elif sharpness:
+            out["sharpness"] = top_eigenvalues(lambda z: gradient(z, args["problem"]), y, sharpness)
         if save_weights:
             out["weights"] = unpack_layers(y, batch=False)
         return out
@@ -235,7 +254,7 @@ def _layer_flow(problem_cls: type, save_weights: bool, modified: bool) -> Flow:
     def prepare(y0: Any, arrays: dict, c: dict) -> dict:
         return {"problem": arrays, "d0": initial_balancedness(y0), "lr": c["lr"]}
 
-    return Flow("modified" if modified else "layers", field, loss, observe, prepare, problem_cls=problem_cls)
+    return Flow(name, field, loss, observe, prepare, symmetric_jacobian=not central, problem_cls=problem_cls)
 
 
 @cache
@@ -259,13 +278,14 @@ def _end_to_end_flow(problem_cls: type, depth: float) -> Flow:
                 symmetric_jacobian=False, end_to_end=True, rescaled_time=True, problem_cls=problem_cls)  # fmt: skip
 
 
-def get_flow(name: str, problem_cls: type, depth: float, save_weights: bool = False) -> Flow:
-    """The Flow of a kind for a problem class; `depth` matters only for ``end_to_end``. Cached on what matters,
-    normalised (depth 2 and 2.0 are one flow, and every depth one layer flow), so that equal flows share their
-    compiled solvers."""
+def get_flow(name: str, problem_cls: type, depth: float, save_weights: bool = False, sharpness: int = 0) -> Flow:
+    """The Flow of a kind for a problem class; `depth` matters only for ``end_to_end``, `sharpness` (the number of
+    top Hessian eigenvalues saved along time) only for the per-layer flows. Cached on what matters, normalised
+    (depth 2 and 2.0 are one flow, and every depth one layer flow), so that equal flows share their compiled
+    solvers."""
     if name == "end_to_end":
         return _end_to_end_flow(problem_cls, math.inf if math.isinf(depth) else int(depth))
-    return _layer_flow(problem_cls, bool(save_weights), name == "modified")
+    return _layer_flow(problem_cls, bool(save_weights), name, int(sharpness))
 
 
 def flat_problem(problem_cls: type) -> tuple[Callable, Callable]:

@@ -54,6 +54,7 @@ def integrate(
     loss_tol: float | None = None,
     max_steps: int | None = None,
     scale_of: str = "layer",
+    sharpness: int = 0,
 ) -> Any:
     """Integrate the training dynamics of deep linear networks on `problem` over depth × scale × seed.
 
@@ -74,12 +75,14 @@ def integrate(
         follows to second order), or ``end_to_end`` (the balanced end-to-end flow of W alone, depths may include
         ``"inf"``; needs init ``balanced`` or ``decoupled``; runs on the rescaled time τ = N t, the dataset's
         ``time``, with the plain time t = τ/N as the coordinate ``t``; per-layer weights are rebuilt from the SVD of
-        W).
+        W); or ``central`` (the central flow of GD with step lr: gradient flow while the sharpness is below 2/lr,
+        held at 2/lr on the edge; saves ``sharpness``, the predicted ``oscillation`` and ``loss_averaged`` and the
+        ``regime``; explicit methods only; see `dlnode.flows.central`).
     method : ``auto`` (tsit5, or rosenbrock when a stiffness probe says so; see `dlnode.solvers.auto`), ``tsit5``,
         ``dopri5``, ``dopri8``, ``kvaerno5``, ``rosenbrock`` (stiff path: matrix-free CG on the layers, or
         singular coordinates U, ln σ, V for ``end_to_end`` flows, see `dlnode.solvers.singular`), ``scipy:RK45``,
         ``scipy:LSODA``, ``scipy:BDF``, ``scipy:Radau``, or ``gd``.
-    lr : step size, required for ``gd`` and ``flow="modified"``.
+    lr : step size, required for ``gd``, ``flow="modified"`` and ``flow="central"``.
     t1 : end time. None: run until ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*) (CONVERGED), in one pass, on a log-spaced save
         grid laid out from the problem's own time scale (1/‖∇ℓ(0)‖) and the slowest escape estimate, up to a
         horizon of `HORIZON_FACTOR` times that estimate, extended while the loss is still falling; a run that
@@ -99,6 +102,11 @@ def integrate(
     progress : show a progress bar for runs longer than a second.
     loss_tol : convergence threshold (default 1e-8 when t1 is None, off otherwise).
     max_steps : budget of attempted steps per run (MAX_STEPS when exhausted; default: the method's own).
+    sharpness : k > 0 saves the k largest eigenvalues of the Hessian of L in the layer parameters at every saved
+        time (variable ``sharpness``, dims (depth, scale, seed, time, eig)), by Lanczos on exact Hessian-vector
+        products (`dlnode.flows.hessian`); under ``gd`` each is the value at that step's iterate, so
+        ``saveat=np.arange(n + 1) * lr`` gives it at every step. Under ``flow="central"``, the number of
+        eigenvalues the flow tracks (default 1).
 
     Ctrl-C stops the run between windows: the dataset up to then is returned, the runs still going marked
     INTERRUPTED (a second Ctrl-C gives up waiting for the window in progress); `dlnode.resume` continues it to
@@ -272,7 +280,8 @@ def _initial_states(plan: Plan, depth: float) -> Any:
 def _run_depth(plan: Plan, depth: float, show: Callable, y0: Any, checkpoint: Any = None) -> Solution:
     """One vmapped batch: every (scale, seed) cell of one depth from the initial states `y0` (or continued from
     `checkpoint`)."""
-    flow = get_flow(plan.flow, type(plan.problem), depth, plan.save_weights and plan.flow != "end_to_end")
+    flow = get_flow(plan.flow, type(plan.problem), depth, plan.save_weights and plan.flow != "end_to_end",
+                    plan.sharpness)  # fmt: skip
     horizon = Horizon() if plan.until_converged and not isinstance(plan.saveat, np.ndarray) else None
     if not flow.end_to_end and checkpoint is None:
         y0 = pack_layers(y0)
@@ -365,5 +374,6 @@ def dataset_attrs(plan: Plan, runs: dict) -> dict[str, Any]:
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "Conventions": "CF-1.8",
         "loss_convention": problem.convention,
+        "sharpness": int(plan.sharpness),
         "config": json.dumps({"depth": [str(d) for d in runs], "method": plan.method, "flow": plan.flow}),
     }

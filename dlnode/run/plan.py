@@ -28,7 +28,7 @@ from dlnode.errors import fail
 from dlnode.flows.flow import FLOWS
 from dlnode.flows.scales import _fingerprint, escape_estimate, predicted_stiffness, time_unit
 from dlnode.problems.kinds import Problem
-from dlnode.run.rules import check_arguments, check_call, check_inits, check_memory
+from dlnode.run.rules import check_arguments, check_call, check_inits, check_memory, check_sharpness
 from dlnode.run.saveat import SaveAt
 from dlnode.solvers import METHODS, Controls
 from dlnode.solvers.auto import choose_methods
@@ -123,6 +123,7 @@ class Plan:
     controls: Controls
     methods: dict[float, str]  # the method each depth runs (`method` is that one method, or "per depth")
     max_steps_given: bool
+    sharpness: int = 0  # top Hessian eigenvalues saved along time (0: none)
 
     def key(self) -> tuple:
         """What makes two plans run the same computation (the progress bar aside)."""
@@ -131,7 +132,7 @@ class Plan:
         return (type(self.problem).__name__, _fingerprint(self.problem), tuple(self.depths), tuple(self.scales),
                 tuple(self.seeds), init, self.width, self.flow, self.scale_of, self.method, self.requested,
                 self.reason, saveat, tuple(self.times.tolist()), self.save_weights, self.until_converged,
-                self.controls, tuple(sorted(self.methods.items())), self.max_steps_given)  # fmt: skip
+                self.controls, tuple(sorted(self.methods.items())), self.max_steps_given, self.sharpness)  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self.key() == other.key()
@@ -159,6 +160,7 @@ class Plan:
         loss_tol: float | None = None,
         max_steps: int | None = None,
         scale_of: str = "layer",
+        sharpness: int = 0,
     ) -> Plan:
         """The plan of ``dlnode.integrate(problem, ...)`` with these arguments (see its docstring); every rule
         checked, before any work. Raises `dlnode.DlnodeError` (one line) on the first argument that breaks one."""
@@ -169,6 +171,7 @@ class Plan:
         saveat, save_weights = wanted.saveat, wanted.weights
         lr, t1 = check_arguments(depths, init, flow, method, lr, t1, saveat, scale_of, type(problem))
         check_width(width)
+        sharpness = check_sharpness(sharpness, problem, depths, width, flow)
         check_inits(problem, depths, init, scales, seeds, width)
         rtol, atol = check_tolerances(rtol, atol)  # None: the defaults below
         if loss_tol is not None:
@@ -181,7 +184,10 @@ class Plan:
         if max_steps is not None:
             check_max_steps(max_steps)
         check_memory(problem, depths, width, len(scales) * len(seeds), saveat, save_weights, t1 is None)
-        if method == "auto":
+        if method == "auto" and flow == "central":  # its field holds a Lanczos solve: no Jacobian, no probe
+            methods, chosen = dict.fromkeys(depths, "tsit5"), "tsit5"
+            reason = "auto: the central flow needs an explicit method -> tsit5"
+        elif method == "auto":
             methods, chosen, reason = choose_methods(problem, depths, scales, init, width, flow,
                                                      float(lr or math.nan), scale_of)  # fmt: skip
         else:
@@ -203,7 +209,7 @@ class Plan:
         )  # fmt: skip
         return cls(problem, depths, scales, seeds, init, width, flow, scale_of, chosen, method, reason, saveat,
                      times, bool(save_weights), bool(progress), until_converged, controls, methods,
-                     max_steps is not None)  # fmt: skip
+                     max_steps is not None, sharpness)  # fmt: skip
 
     def controls_at(self, depth: float) -> Controls:
         """The controls of one depth's run: the default step budget is that of the method it runs."""

@@ -21,9 +21,11 @@ from dlnode.problems.network import check_init, init_layers, layer_shapes
 from dlnode.solvers import METHODS
 from dlnode.solvers.singular import check_singular_depths
 
-__all__ = ["SCALE_OF", "available_memory", "check_arguments", "check_call", "check_flow", "check_inits", "check_memory"]
+__all__ = ["SCALE_OF", "available_memory", "check_arguments", "check_call", "check_flow", "check_inits", "check_memory",
+           "check_sharpness"]  # fmt: skip
 
 SCALE_OF = ("layer", "product")
+IMPLICIT = ("rosenbrock", "kvaerno5", "scipy:BDF", "scipy:Radau", "scipy:LSODA")  # need the field's Jacobian
 
 
 def check_call(problem: Any, init: Any, flow: str, method: str, methods: Iterable[str], flows: Iterable[str]) -> None:
@@ -74,6 +76,9 @@ def check_flow(flow: str, depths: list[float], init: Any, method: str, problem_c
             "pass init='balanced'",
             text=f"flow={flow!r} needs a balanced init (every D_j = 0): init='balanced' or 'decoupled'",
         )
+    if flow == "central" and method in IMPLICIT:
+        fail("method", "must be an explicit method for flow='central' (its field holds a Lanczos solve)", method,
+             "pass method='tsit5' (or 'auto')")  # fmt: skip
     entry = METHODS.get(method)
     if entry is None:  # auto chooses among the methods that support the flow
         return
@@ -111,7 +116,8 @@ def check_arguments(depths: list[float], init: Any, flow: str, method: str, lr: 
         what = f"method={method!r}" if entry is not None and entry.needs_lr else f"flow={flow!r}"
         lr = check_positive("lr", lr, f" for {what} (the gradient-descent step)")
     elif lr is not None:
-        fail("lr", "applies to method='gd' or flow='modified' only", lr, "drop lr, or pass method='gd'")
+        fail("lr", "applies to method='gd', flow='modified' or flow='central' only", lr,
+             "drop lr, or pass method='gd'")  # fmt: skip
     if t1 is not None:
         t1 = check_positive("t1", t1, " (or None to run until converged)")
         if entry is not None and entry.needs_lr and t1 < lr:
@@ -218,3 +224,20 @@ def check_memory(
             "save fewer times (e.g. saveat=200), pass save_weights=False, or split the grid over several calls",
         )
     return need
+
+
+def check_sharpness(k: Any, problem: Any, depths: Sequence[float], width: int | None, flow: str) -> int:
+    """`sharpness`: a non-negative integer, at most the parameter count of the smallest network of the call, and
+    only for the per-layer flows (an end-to-end run has no layer parameters)."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 0:
+        fail("sharpness", "must be a non-negative integer (the number of top Hessian eigenvalues saved)", k,
+             "pass e.g. sharpness=1")  # fmt: skip
+    if k and flow == "end_to_end":
+        fail("sharpness", "needs per-layer parameters: not with flow='end_to_end'", k,
+             "pass flow='layers' (or sharpness=0)")  # fmt: skip
+    if k and flow != "end_to_end":
+        count = min(sum(a * b for a, b in layer_shapes(int(d), problem.d_in, problem.d_out, width)) for d in depths)
+        if k > count:
+            fail("sharpness", f"must be at most the parameter count {count} of the smallest network", k,
+                 f"pass sharpness <= {count}")  # fmt: skip
+    return int(k)

@@ -74,7 +74,8 @@ MESSAGES = {
     Status.FINISHED: "reached the requested t1",
     Status.CONVERGED: "converged: the loss criterion holds",
     Status.MAX_STEPS: "stopped: the step budget (max_steps) ran out; raise max_steps or loosen rtol",
-    Status.DIVERGED: "stopped: the loss became non-finite or diverged",
+    Status.DIVERGED: "stopped: the loss left every bound (non-finite, or past diverge x l0: attrs['diverge']); a loss "
+    "that oscillates or spikes and comes back is not diverged",
     Status.SOLVER_FAILURE: "stopped: the solver failed (every step rejected, or steps shrinking to nothing)",
     Status.NOT_CONVERGED: "not converged: the horizon was reached while the loss was still above the criterion",
     Status.NO_STEP: "no step could be taken (the initial state or the first step is not finite)",

@@ -1,0 +1,104 @@
+"""Cost of the curvature along a run and of the central flow, against gradient descent over the same time span.
+
+On a deep linear network of the kind of Cohen et al. (2021) (whitened inputs X = Q·√n, targets Y = A X with A
+Gaussian, square layers of width d, Xavier-normal init: `studies.cohen2021.problem`), at a step size that puts GD
+on the edge of stability, one run each, in one process (compile time apart, `attrs["run_time"]`):
+
+- GD saved at every step, without and with ``sharpness=1`` (the ratio is the cost of the curvature along the run,
+  where it is computed at every step), and GD saved every `SPARSE` steps with and without it;
+- the central flow (tsit5) over the same time span, and the gradient flow (tsit5) as its baseline.
+
+The Lanczos share of the central flow is measured on one field evaluation: the time of the top-eigenpair solve
+against the whole field (both jitted, median of repeats).
+
+    python -m benchmarks.finite_step [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import dlnode as dln
+from dlnode.flows.central import central_parts
+from dlnode.flows.flow import layer_gradients
+from dlnode.flows.hessian import top_eigenpairs
+from studies import cohen2021
+
+SPARSE = 20  # steps between saves of the sparse GD runs
+
+
+def _median_time(fn, repeats: int = 7) -> float:
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def lanczos_share(config: dict) -> dict[str, float]:
+    """Seconds of one central-flow field evaluation and of its Lanczos solve, at the initial weights."""
+    prob = cohen2021.problem(config)
+    layers = tuple(jnp.asarray(w) for w in dln.init_layers(prob, config["depth"], "gaussian", 1.0, config["seed"]))
+    arrays = jax.tree_util.tree_map(jnp.asarray, prob.arrays())
+
+    def gradient(y):
+        return layer_gradients(y, type(prob).grad_fn, arrays)[0]
+
+    field = jax.jit(lambda y: central_parts(gradient, y, config["lr"], 1)["field"])
+    lanczos = jax.jit(lambda y: top_eigenpairs(gradient, y, 1)[0])
+    grad = jax.jit(gradient)
+    return {"field": _median_time(lambda: field(layers)), "lanczos": _median_time(lambda: lanczos(layers)),
+            "gradient": _median_time(lambda: grad(layers))}  # fmt: skip
+
+
+def measure(config: dict) -> dict[str, float]:
+    prob = cohen2021.problem(config)
+    lr, steps = config["lr"], config["steps"]
+    every = np.arange(steps + 1) * lr
+    kw = {"depth": config["depth"], "init": "gaussian", "scale": 1.0, "seed": config["seed"], "t1": every[-1],
+          "progress": False}  # fmt: skip
+    runs = {
+        "gd": dln.integrate(prob, method="gd", lr=lr, saveat=every, **kw),
+        "gd+sharpness": dln.integrate(prob, method="gd", lr=lr, saveat=every, sharpness=1, **kw),
+        "gd sparse": dln.integrate(prob, method="gd", lr=lr, saveat=every[::SPARSE], **kw),
+        "gd sparse+sharpness": dln.integrate(prob, method="gd", lr=lr, saveat=every[::SPARSE], sharpness=1, **kw),
+        "gradient flow": dln.integrate(prob, method="tsit5", saveat=every[::SPARSE], **kw),
+        "central flow": dln.integrate(prob, flow="central", lr=lr, saveat=every[::SPARSE], **kw),
+    }
+    out = {name: float(ds.attrs["run_time"]) for name, ds in runs.items()}
+    out["central steps"] = float(runs["central flow"]["num_steps"].sum())
+    out["central rejected"] = float(runs["central flow"]["num_rejected"].sum())
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    config = dict(cohen2021.QUICK if args.quick else cohen2021.FULL)
+    times = measure(config)
+    share = lanczos_share(config)
+    print(f"d={config['d']}, depth={config['depth']}, lr={config['lr']:g}, {config['steps']} GD steps "
+          "(run time, compile apart; one loaded 2-core CPU run)")  # fmt: skip
+    for name, value in times.items():
+        print(f"  {name:24s} {value:10.3f}" + ("" if "steps" in name or "rejected" in name else " s"))
+    print(f"  curvature at every step: {times['gd+sharpness'] / times['gd']:.1f}x GD; every {SPARSE} steps: "
+          f"{times['gd sparse+sharpness'] / times['gd sparse']:.2f}x")  # fmt: skip
+    print(f"  central flow / GD over the same span: {times['central flow'] / times['gd sparse']:.1f}x; "
+          f"gradient flow / GD: {times['gradient flow'] / times['gd sparse']:.2f}x")  # fmt: skip
+    print(
+        f"  one field evaluation: {1e3 * share['field']:.2f} ms, of which Lanczos {1e3 * share['lanczos']:.2f} ms "
+        f"({100 * share['lanczos'] / share['field']:.0f} %); one gradient {1e3 * share['gradient']:.3f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

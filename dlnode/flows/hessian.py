@@ -1,0 +1,115 @@
+"""Top Hessian eigenpairs of the loss in the layer parameters, inside compiled code (docs/finite-step.md).
+
+Lanczos with full reorthogonalisation on exact Hessian-vector products ∇²L·v = d/dε ∇L(y + εv) (one jvp of the
+gradient; no Hessian is formed), from a fixed start vector so that a run is reproducible, stopped when the k
+top Ritz pairs' residuals ‖∇²L x − θ x‖ = β_j |s_{j,i}| fall below `LANCZOS_RTOL` θ₁ (each eigenvalue is then
+exact to about its residual squared over the gap) or when the Krylov space is the whole space.
+
+References
+----------
+Lanczos (1950); Golub, Van Loan, "Matrix computations", §10.1 (full reorthogonalisation);
+Cohen, Kaur, Li, Kolter, Talwalkar (2021), arXiv 2103.00065 (sharpness along GD by Lanczos).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+__all__ = ["LANCZOS_MAX", "LANCZOS_RTOL", "hvp", "top_eigenpairs", "top_eigenvalues"]
+
+LANCZOS_RTOL = 1e-7  # residual of each of the top k Ritz pairs, relative to |θ₁|: eigenvalues to ~1e-14 relative
+LANCZOS_MAX = 80  # at most this many Lanczos vectors (or the parameter count, when smaller)
+CHECK_EVERY = 6  # the Ritz pairs (an eigh of the tridiagonal) are checked every this many products
+_START_KEY = 20210226  # the fixed start vector's PRNG key: a run's curvature is reproducible
+
+
+def hvp(gradient: Callable[[Any], Any], y: Any, v: Any) -> Any:
+    """∇²L(y)·v as the forward derivative of the gradient along v (same pytree structure as y)."""
+    return jax.jvp(gradient, (y,), (v,))[1]
+
+
+def _lanczos(matvec: Callable, n: int, k: int, dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Top-k Ritz values, their Ritz vectors (n, k) and the number of products used."""
+    m = min(n, max(LANCZOS_MAX, k + 2))
+    v0 = jax.random.normal(jax.random.PRNGKey(_START_KEY), (n,), dtype)
+    v0 = v0 / jnp.linalg.norm(v0)
+    basis = jnp.zeros((m, n), dtype).at[0].set(v0)
+    alpha, beta = jnp.zeros(m, dtype), jnp.zeros(m, dtype)
+
+    def ritz(alpha, beta, j):
+        """Top-k Ritz pairs of the j×j tridiagonal (padded rows decoupled far below every real eigenvalue)."""
+        active = jnp.arange(m) < j
+        bound = jnp.max(jnp.abs(alpha)) + 2 * jnp.max(jnp.abs(beta)) + 1.0
+        diag = jnp.where(active, alpha, -4.0 * bound - jnp.arange(m))
+        off = jnp.where(jnp.arange(1, m) < j, beta[:-1], 0.0)
+        t = jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1)
+        theta, s = jnp.linalg.eigh(t)
+        return theta[::-1][:k], s[:, ::-1][:, :k]
+
+    def step(carry):
+        """One Lanczos product and reorthogonalisation; a no-op once the space is exhausted or full."""
+        basis, alpha, beta, j, done = carry
+        v = basis[jnp.minimum(j, m - 1)]
+        w = matvec(v)
+        a = jnp.dot(w, v)
+        w = w - basis.T @ (basis @ w)  # full reorthogonalisation, twice (Kahan: twice is enough)
+        w = w - basis.T @ (basis @ w)
+        b = jnp.linalg.norm(w)
+        scale = jnp.maximum(jnp.max(jnp.abs(alpha.at[jnp.minimum(j, m - 1)].set(a))), jnp.finfo(dtype).tiny)
+        exhausted = b <= 1e3 * jnp.finfo(dtype).eps * scale  # an invariant subspace: the Ritz values are exact
+        go = ~done & (j < m)
+        alpha = jnp.where(go, alpha.at[jnp.minimum(j, m - 1)].set(a), alpha)
+        beta = jnp.where(go, beta.at[jnp.minimum(j, m - 1)].set(b), beta)
+        nxt = jnp.where(exhausted, 0.0, w / jnp.where(exhausted, 1.0, b))
+        write = go & (j + 1 < m)
+        basis = jnp.where(write, basis.at[jnp.minimum(j + 1, m - 1)].set(nxt), basis)
+        return basis, alpha, beta, j + go, done | (go & exhausted)
+
+    def cond(carry):
+        _, _, _, j, done = carry
+        return (j < m) & ~done
+
+    def block(carry):
+        """`CHECK_EVERY` products, then the convergence check on the Ritz pairs (one eigh per block: no eigh per
+        product, and no data-dependent branch, which vmap would turn into computing both sides)."""
+        carry = jax.lax.fori_loop(0, CHECK_EVERY, lambda _, c: step(c), carry)
+        basis, alpha, beta, j, done = carry
+        theta, s = ritz(alpha, beta, j)
+        last = s[jnp.maximum(j - 1, 0)]
+        b = beta[jnp.maximum(j - 1, 0)]
+        tiny = jnp.finfo(dtype).tiny
+        converged = (j >= k) & jnp.all(b * jnp.abs(last) <= LANCZOS_RTOL * jnp.maximum(jnp.abs(theta[0]), tiny))
+        return basis, alpha, beta, j, done | converged
+
+    basis, alpha, beta, j, _ = jax.lax.while_loop(
+        cond, block, (basis, alpha, beta, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+    )
+    theta, s = ritz(alpha, beta, j)
+    used = jnp.arange(m)[:, None] < j
+    vectors = basis.T @ jnp.where(used, s, 0.0)
+    return theta, vectors, j
+
+
+def top_eigenpairs(gradient: Callable[[Any], Any], y: Any, k: int = 1) -> tuple[jax.Array, Any, jax.Array]:
+    """The k largest eigenvalues of ∇²L at y, descending, their unit eigenvectors (a list of k pytrees like y),
+    and the number of Hessian-vector products spent. `gradient(y)` is ∇L as a pytree of y's structure."""
+    flat, unravel = ravel_pytree(y)
+    n = flat.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] (the number of parameters); got {k}")
+
+    def matvec(v):
+        return ravel_pytree(hvp(gradient, y, unravel(v)))[0]
+
+    theta, vectors, used = _lanczos(matvec, n, k, flat.dtype)
+    return theta, [unravel(vectors[:, i]) for i in range(k)], used
+
+
+def top_eigenvalues(gradient: Callable[[Any], Any], y: Any, k: int = 1) -> jax.Array:
+    """The k largest eigenvalues of ∇²L at y, descending (see `top_eigenpairs`)."""
+    return top_eigenpairs(gradient, y, k)[0]

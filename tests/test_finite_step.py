@@ -1,0 +1,176 @@
+"""Gradient descent at finite step size: the sharpness along a run, the central flow, divergence.
+
+References: the dense Hessian (`jax.hessian`, eigvalsh) for the Lanczos values; the gradient flow for the central flow
+below the edge; a brute-force minimisation for the complementarity solve; the stability bound 2/η for the edge.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+from jax.flatten_util import ravel_pytree
+
+import dlnode as dln
+from dlnode.flows.central import complementarity
+from dlnode.flows.flow import flat_problem
+
+EIG_RTOL = 1e-9  # Lanczos stops at residuals 1e-7 |θ₁|: eigenvalues to ~1e-14 relative, far inside this
+SOLVER_RTOL = 1e-8  # the explicit methods' tolerance in these tests
+
+PROB = dln.Regression.whitened(singular_values=[3.0, 2.0, 1.0], d_in=4, d_out=3, seed=0)
+
+
+def _layers(ds, depth, **where):
+    """The per-layer weights (time, ...) of one run, un-padded."""
+    w = ds["weights"].sel(depth=float(depth)).isel(scale=0, seed=0, **where).values
+    shapes = dln.layer_shapes(depth, PROB.d_in, PROB.d_out)
+    return [w[..., j, :r, :c] for j, (r, c) in enumerate(shapes)]
+
+
+def _dense_top(layers, k):
+    loss, _ = flat_problem(type(PROB))
+    flat, unravel = ravel_pytree(tuple(jnp.asarray(w) for w in layers))
+    arrays = jax.tree_util.tree_map(jnp.asarray, PROB.arrays())
+    hessian = jax.hessian(lambda x: loss(unravel(x), arrays))(flat)
+    return np.linalg.eigvalsh(np.asarray(hessian))[::-1][:k]
+
+
+def test_sharpness_at_every_gd_step_matches_the_dense_hessian():
+    """Every step's top-2 eigenvalues, at that step's iterate, equal eigvalsh of the dense Hessian there; and
+    `dln.sharpness` at the final weights runs the same Lanczos."""
+    lr = 0.05
+    ds = dln.integrate(PROB, depth=3, scale=0.5, method="gd", lr=lr, t1=6 * lr, saveat=np.arange(7) * lr,
+                       sharpness=2, save_weights=True, progress=False)  # fmt: skip
+    assert ds["sharpness"].dims == ("depth", "scale", "seed", "time", "eig") and ds.attrs["sharpness"] == 2
+    assert ds["step"].values.tolist() == list(range(7))
+    for i in range(ds.sizes["time"]):
+        dense = _dense_top([w[i] for w in _layers(ds, 3)], 2)
+        got = ds["sharpness"].isel(depth=0, scale=0, seed=0, time=i).values
+        np.testing.assert_allclose(got, dense, rtol=EIG_RTOL)
+    last = [w[-1] for w in _layers(ds, 3)]
+    np.testing.assert_allclose(dln.sharpness(PROB, last, k=2), _dense_top(last, 2), rtol=EIG_RTOL)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"sharpness": 45}, "sharpness must be at most the parameter count 44"),
+        ({"sharpness": -1}, "sharpness must be a non-negative integer"),
+        ({"sharpness": 1, "flow": "end_to_end", "init": "balanced"}, "sharpness needs per-layer parameters"),
+        ({"flow": "central"}, "lr must be a positive finite number for flow='central'"),
+        ({"flow": "central", "lr": 0.0}, "lr must be a positive finite number for flow='central'"),
+        ({"flow": "central", "lr": -0.1}, "lr must be a positive finite number for flow='central'"),
+        ({"flow": "central", "lr": 0.1, "method": "rosenbrock"}, "method must be an explicit method"),
+    ],
+)
+def test_bad_input_is_refused_in_one_line(kwargs, words):
+    with pytest.raises(dln.DlnodeError) as info:
+        dln.integrate(PROB, depth=3, t1=1.0, progress=False, **kwargs)
+    message = str(info.value)
+    assert words in message and "\n" not in message
+
+
+def test_central_flow_is_the_gradient_flow_below_the_edge():
+    """With 2/η far above the sharpness, X = 0 and the central flow is the gradient flow (same solver, same rtol)."""
+    kw = {"depth": 2, "scale": 0.5, "seed": [0, 1], "t1": 1.0, "saveat": 4, "method": "tsit5",
+          "rtol": SOLVER_RTOL, "progress": False}  # fmt: skip
+    central = dln.integrate(PROB, flow="central", lr=1e-3, save_weights=True, **kw)
+    flow = dln.integrate(PROB, flow="layers", **kw)
+    last = [w[-1] for w in _layers(central, 2)]  # the flow's own sharpness along the run, against the dense Hessian
+    got = central["sharpness"].isel(depth=0, scale=0, seed=0, time=-1).values
+    np.testing.assert_allclose(got, _dense_top(last, 1), rtol=EIG_RTOL)
+    assert float(central["sharpness"].max()) < 0.01 * 2 / 1e-3
+    assert (central["regime"] == 0).all() and (central["oscillation"] == 0).all()
+    np.testing.assert_allclose(central["product"], flow["product"], rtol=0, atol=10 * SOLVER_RTOL)
+    np.testing.assert_allclose(central["loss_averaged"], flow["loss"], rtol=10 * SOLVER_RTOL)
+
+
+def _objective(x, c, b):
+    return 0.5 * np.einsum("ij,ijkl,kl->", x, b, x) + np.sum(c * x)
+
+
+def _brute_force(c, b, starts=8):
+    """min ½⟨X, B[X]⟩ + ⟨C, X⟩ over X = LLᵀ (every PSD X), by BFGS from several random L."""
+    k = c.shape[0]
+    rows, cols = np.tril_indices(k)
+
+    def f(p):
+        lower = np.zeros((k, k))
+        lower[rows, cols] = p
+        return _objective(lower @ lower.T, c, b)
+
+    rng = np.random.default_rng(0)
+    best = min((scipy.optimize.minimize(f, rng.standard_normal(rows.size), method="BFGS", options={"gtol": 1e-12})
+                for _ in range(starts)), key=lambda r: r.fun)  # fmt: skip
+    lower = np.zeros((k, k))
+    lower[rows, cols] = best.x
+    return lower @ lower.T
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("case", range(4))
+def test_complementarity_solve_against_brute_force(k, case):
+    """The closed form (k = 1) and the projected solve (k ≥ 2) give the minimiser over X ⪰ 0 that brute force finds,
+    and satisfy the complementarity condition: X ⪰ 0, C + B[X] ⪰ 0, ⟨X, C + B[X]⟩ = 0."""
+    rng = np.random.default_rng(10 * k + case)
+    g = rng.standard_normal((k, k, 30))  # g_ij live in the parameter space, of far more than k² dimensions
+    g = 0.5 * (g + g.transpose(1, 0, 2))
+    b = 0.5 * np.einsum("ijp,klp->ijkl", g, g)
+    c = rng.standard_normal((k, k))
+    c = 0.5 * (c + c.T) - (case % 2) * np.eye(k)  # odd cases: an edge violated, X ≠ 0 somewhere
+    x = np.asarray(complementarity(jnp.asarray(c), jnp.asarray(b)))
+    reference = _brute_force(c, b)
+    assert _objective(x, c, b) <= _objective(reference, c, b) + 1e-8 * (1 + abs(_objective(reference, c, b)))
+    np.testing.assert_allclose(x, reference, atol=1e-5 * max(1.0, np.abs(reference).max()))
+    slack = c + np.einsum("ijkl,kl->ij", b, x)
+    assert np.linalg.eigvalsh(x).min() >= -1e-10 and np.linalg.eigvalsh(slack).min() >= -1e-6
+    assert abs(np.sum(x * slack)) <= 1e-6 * max(1.0, np.abs(x).max())
+
+
+def test_single_eigenvalue_closed_form_is_projected_gradient_flow():
+    """k = 1 on the edge (C = 0 up to the relaxation term): the central field is GF projected onto the tangent of
+    {S = 2/η}, −∇L + (⟨∇S, ∇L⟩/‖∇S‖²)∇S, with ∇S by finite differences of the dense top eigenvalue."""
+    from dlnode.flows.central import central_parts
+    from dlnode.flows.flow import layer_gradients
+
+    layers = tuple(jnp.asarray(w) for w in dln.init_layers(PROB, 2, "gaussian", 1.0, 0))
+    arrays = jax.tree_util.tree_map(jnp.asarray, PROB.arrays())
+    gradient = functools.partial(lambda y: layer_gradients(y, type(PROB).grad_fn, arrays)[0])
+    flat, unravel = ravel_pytree(layers)
+    s = float(_dense_top(layers, 1)[0])
+    lr = 2.0 / s  # exactly on the edge
+    parts = central_parts(gradient, layers, lr, 1)
+    g = np.asarray(ravel_pytree(parts["gradient"])[0])
+    h = 1e-5
+    grad_s = np.array([(_dense_top(unravel(flat + h * e), 1)[0] - _dense_top(unravel(flat - h * e), 1)[0]) / (2 * h)
+                       for e in np.eye(flat.size)])  # fmt: skip
+    a = grad_s @ g
+    if a >= 0:  # this draw would not sharpen: X = 0 and the field is −∇L
+        np.testing.assert_allclose(np.asarray(ravel_pytree(parts["field"])[0]), -g, rtol=1e-12)
+        return
+    projected = -g + (a / (grad_s @ grad_s)) * grad_s
+    np.testing.assert_allclose(np.asarray(ravel_pytree(parts["field"])[0]), projected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(parts["covariance"][0, 0]), -2 * a / (grad_s @ grad_s), rtol=1e-5)
+
+
+def test_gd_that_spikes_and_recovers_is_not_diverged_and_the_fraction_over_lr():
+    """At lr 0.3 GD's loss goes up and down and comes back to ~1e-30: FINISHED, not DIVERGED; at 0.6 the loss
+    leaves every bound: DIVERGED, and the message names the bound. `divergence_fraction` counts seeds per lr."""
+    from dlnode.analysis.edge import divergence_fraction
+
+    prob = dln.Regression.whitened(singular_values=[3.0, 2.0, 1.0], d_in=3, d_out=3, seed=0)
+    kw = {"depth": 2, "init": "gaussian", "scale": 1.0, "seed": [0, 1, 2], "method": "gd", "progress": False}
+    runs = {lr: dln.integrate(prob, lr=lr, t1=400 * lr, saveat=np.arange(401) * lr, **kw) for lr in (0.05, 0.3, 0.6)}
+    spiky = runs[0.3]["loss"].isel(depth=0, scale=0)
+    rises = (spiky.diff("time") > 0).sum("time")
+    assert (rises > 0).all(), "the loss at the middle lr must go up somewhere"
+    assert (runs[0.3]["status"] == int(dln.Status.FINISHED)).all()
+    assert float(spiky.isel(time=-1).max()) < 1e-3 * float(spiky.isel(time=0).min())  # it came back down
+    assert (runs[0.6]["status"] == int(dln.Status.DIVERGED)).all()
+    fraction = divergence_fraction(list(runs.values()))
+    assert fraction["lr"].values.tolist() == [0.05, 0.3, 0.6]
+    assert fraction.squeeze().values.tolist() == [0.0, 0.0, 1.0]
+    assert "left every bound" in dln.solvers.core.MESSAGES[dln.Status.DIVERGED]
