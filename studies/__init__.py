@@ -19,7 +19,15 @@ from typing import Any
 
 __all__ = ["STUDIES", "format_table", "load", "outputs", "run"]
 
-STUDIES: tuple[str, ...] = ("saxe2014", "gidel2019", "arora2019", "cao2022", "cmv2023", "marion_chizat2024")
+STUDIES: tuple[str, ...] = (
+    "saxe2014",
+    "gidel2019",
+    "arora2019",
+    "cao2022",
+    "cmv2023",
+    "marion_chizat2024",
+    "haochen2021",
+)
 
 
 def load(name: str) -> ModuleType:
