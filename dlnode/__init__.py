@@ -37,7 +37,16 @@ from dlnode.analysis.edge import (  # noqa: E402
     edge_comparison,
     edge_figure,
     edge_summary,
-    time_average,  # noqa: E402
+    time_average,
+)
+from dlnode.analysis.paths import (  # noqa: E402
+    hessian_trace,
+    implicit_regulariser,
+    interpolator_distance,
+    interpolators,
+    path_summary,
+    sparsity,
+    weak_error,
 )
 from dlnode.analysis.spectra import effective_rank, log_volume, numerical_rank  # noqa: E402
 from dlnode.analysis.stages import escape_times, modes_learned, stages  # noqa: E402
@@ -45,8 +54,10 @@ from dlnode.data.files import open_dataset as open  # noqa: E402, A004
 from dlnode.data.files import save  # noqa: E402
 from dlnode.data.schema import problem_from, validate  # noqa: E402
 from dlnode.errors import DlnodeError  # noqa: E402
+from dlnode.flows.diagonal import hypentropy  # noqa: E402
 from dlnode.problems.kinds import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression  # noqa: E402
 from dlnode.problems.network import balancedness, init_layers, layer_shapes, product  # noqa: E402
+from dlnode.problems.sparse import SparseRegression  # noqa: E402
 from dlnode.run.integrate import integrate  # noqa: E402
 from dlnode.run.resuming import resume  # noqa: E402
 from dlnode.run.saveat import SaveAt  # noqa: E402
@@ -61,6 +72,7 @@ __all__ = [
     "MatrixSensing",
     "Problem",
     "Regression",
+    "SparseRegression",
     "SaveAt",
     "Status",
     "__version__",
@@ -78,6 +90,14 @@ __all__ = [
     "log_volume",
     "modes_learned",
     "numerical_rank",
+    "hessian_trace",
+    "hypentropy",
+    "implicit_regulariser",
+    "interpolator_distance",
+    "interpolators",
+    "path_summary",
+    "sparsity",
+    "weak_error",
     "sharpness",
     "sharpness_bounds",
     "stages",

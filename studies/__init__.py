@@ -20,7 +20,7 @@ from typing import Any
 __all__ = ["STUDIES", "format_table", "load", "outputs", "run"]
 
 STUDIES: tuple[str, ...] = (
-    "saxe2014", "gidel2019", "arora2019", "cao2022", "cmv2023", "marion_chizat2024", "cohen2021",
+    "saxe2014", "gidel2019", "arora2019", "cao2022", "cmv2023", "marion_chizat2024", "cohen2021", "haochen2021",
 )  # fmt: skip
 
 

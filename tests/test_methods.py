@@ -21,8 +21,9 @@ def reference():
     return dln.integrate(PROB, method="dopri8", rtol=1e-12, atol=1e-14, **KW)
 
 
-# every registered flow integrator (gradient descent is a different dynamics: see test_gradient_descent)
-@pytest.mark.parametrize("method", sorted(m for m, entry in dln.METHODS.items() if entry.family != "gd"))
+# every registered flow integrator (the fixed-step methods, which take lr, are other dynamics: see
+# test_gradient_descent and test_noise)
+@pytest.mark.parametrize("method", sorted(m for m, entry in dln.METHODS.items() if not entry.needs_lr))
 def test_method_agrees_with_a_tight_reference(method, reference):
     ds = dln.integrate(PROB, method=method, rtol=RTOL, atol=ATOL, **KW)
     scale = float(np.abs(reference["product"]).max())

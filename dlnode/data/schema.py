@@ -88,11 +88,13 @@ def to_dataset(
     seeds: Sequence[int],
     attrs: dict[str, Any],
     save_weights: bool,
+    paths: Sequence[int] | None = None,
 ) -> xr.Dataset:
-    """Assemble per-depth `solvers.Solution`s (batch = scale × seed, row-major) into one Dataset."""
+    """Assemble per-depth `solvers.Solution`s (batch = scale × seed, row-major; × path with `paths`, the noise
+    seeds of a stochastic method, a dim ``path`` after ``seed``) into one Dataset."""
     depths = list(runs)
     first = runs[depths[0]]
-    shape = (len(scales), len(seeds))
+    shape = (len(scales), len(seeds)) + ((len(paths),) if paths is not None else ())
     n_layer = max(len(s.final) for s in runs.values()) or 1  # depth ∞ alone has no layers: one NaN layer
     n_out = max([w.shape[1] for s in runs.values() for w in s.final] or [first.observed["product"].shape[2]])
     n_in = max([w.shape[2] for s in runs.values() for w in s.final] or [first.observed["product"].shape[3]])
@@ -114,13 +116,15 @@ def to_dataset(
         data["t_final"].append(cell(sol.t_final))
         data["num_steps"].append(cell(sol.num_steps))
         data["num_rejected"].append(cell(sol.num_rejected))
-        data["wall_time"].append(np.full(shape, sol.wall_time / (shape[0] * shape[1])))
+        data["wall_time"].append(np.full(shape, sol.wall_time / int(np.prod(shape))))
     coords: dict[str, Any] = {
         "depth": ("depth", np.asarray(depths, dtype=np.float64), {"long_name": COORD_NAMES["depth"]}),
         "scale": ("scale", np.asarray(scales, dtype=np.float64), {"long_name": COORD_NAMES["scale"]}),
         "seed": ("seed", np.asarray(seeds, dtype=np.int64), {"long_name": COORD_NAMES["seed"]}),
         "time": ("time", first.ts, {"long_name": COORD_NAMES["time"], "units": "time"}),
     }
+    if paths is not None:
+        coords["path"] = ("path", np.asarray(paths, dtype=np.int64), {"long_name": "noise seed of the path"})
     if first.step is not None:
         coords["step"] = ("time", first.step, {"long_name": "gradient-descent step (time = step * lr)"})
     variables = {}
@@ -130,6 +134,8 @@ def to_dataset(
         var_attrs = {"long_name": long_name, "units": units}
         if name == "status":
             var_attrs |= STATUS_FLAGS
+        if paths is not None:
+            dims = (*RUN, "path", *dims[len(RUN) :])
         variables[name] = (dims, np.stack(data[name]), var_attrs)
     return xr.Dataset(variables, coords=coords, attrs={"dlnode_format": FORMAT, "dlnode_format_version": FORMAT_VERSION,
                                                        **attrs})  # fmt: skip
@@ -210,7 +216,7 @@ def validate(ds: xr.Dataset) -> None:
     method, lr, those the dataset has as dims, each with its coordinate) follow the run dims in every per-cell
     variable, in that order."""
     _check_contents(ds, "ds")
-    grid = tuple(d for d in GRID_DIMS if d in ds.dims)
+    grid = ("path",) * ("path" in ds.dims) + tuple(d for d in GRID_DIMS if d in ds.dims)
     for d in grid:
         if d not in ds.coords:
             fail("ds", f"swept dim {d!r} must have its coordinate", None, "rebuild it with dlnode.sweeps.sweep",

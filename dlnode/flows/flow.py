@@ -79,6 +79,9 @@ class Flow:
     end_to_end: bool = False  # the state is the end-to-end matrix W of balanced layers (no per-layer weights)
     rescaled_time: bool = False  # the time axis is τ = N t
     problem_cls: type | None = None
+    backprop: Callable | None = None  # (y, grad_fn, arrays) -> (∂L/∂y, W, E); None: the dense `layer_gradients`
+    network: str = "dense"  # dense layers, or a diagonal network (see `dlnode.flows.diagonal`)
+    noise: Any = None  # the stochastic methods' `Noise` (minibatch, labels): what the SDE methods diffuse
 
 
 SCAN_DEPTH = 6  # from this depth on, equal square hidden layers are held as one stacked array and run through

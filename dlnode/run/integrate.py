@@ -19,15 +19,17 @@ from tqdm.auto import tqdm
 
 from dlnode._version import __version__
 from dlnode.data.schema import METHOD_CODES, METHOD_USED_ATTRS, to_dataset, with_problem
+from dlnode.flows.diagonal import diagonal_flow
 from dlnode.flows.endtoend import recover_layers
 from dlnode.flows.flow import get_flow, pack_layers, unpack_layers
 from dlnode.problems.kinds import Problem
 from dlnode.problems.network import init_layers, product
+from dlnode.run.noise_rules import diagonal_states, with_paths
 from dlnode.run.plan import Plan
 from dlnode.run.resuming import remember
 from dlnode.run.saveat import SaveAt
 from dlnode.runtime.interrupts import sigint_flag, stop_requested
-from dlnode.solvers import Solution, Status, solve
+from dlnode.solvers import METHODS, Solution, Status, solve
 from dlnode.solvers.auto import PER_DEPTH
 from dlnode.solvers.core import RUNNING
 from dlnode.solvers.driver import Horizon
@@ -55,6 +57,12 @@ def integrate(
     max_steps: int | None = None,
     scale_of: str = "layer",
     sharpness: int = 0,
+    network: str = "dense",
+    batch: int | None = None,
+    noise: float | None = None,
+    sampling: str = "epochs",
+    paths: int | Iterable[int] | None = None,
+    dt: float | None = None,
 ) -> Any:
     """Integrate the training dynamics of deep linear networks on `problem` over depth × scale × seed.
 
@@ -107,6 +115,14 @@ def integrate(
         products (`dlnode.flows.hessian`); under ``gd`` each is the value at that step's iterate, so
         ``saveat=np.arange(n + 1) * lr`` gives it at every step. Under ``flow="central"``, the number of
         eigenvalues the flow tracks (default 1).
+    network : ``dense`` (layers W_N⋯W_1) or ``diagonal`` (β = u^D − v^D entrywise, D the depth; init ``uniform``
+        u = v = scale, ``positive`` u = scale, v = 0, or ``gaussian``; see `dlnode.flows.diagonal`).
+    batch, noise, sampling, paths, dt : the stochastic methods ``sgd`` (minibatch SGD, `batch` samples a step),
+        ``label_noise`` (labels perturbed by N(0, noise²) afresh each step; full batch unless `batch`) and the SDE
+        methods ``sde_euler``, ``sde_heun`` (the SDE of that noise, step `dt`, default lr), on problems that keep
+        their samples; `sampling` ``epochs`` (shuffled each epoch), ``without_replacement`` or
+        ``with_replacement``; `paths` the noise seeds (a count P: 0 … P−1), a dataset dim ``path``. See
+        docs/noise.md.
 
     Ctrl-C stops the run between windows: the dataset up to then is returned, the runs still going marked
     INTERRUPTED (a second Ctrl-C gives up waiting for the window in progress); `dlnode.resume` continues it to
@@ -136,8 +152,9 @@ def _assemble(plan: Plan, raw: dict[float, Solution], given: Problem) -> Any:
     """The dataset of the runs of `plan` (one Solution per depth run so far; the depths not begun are there with
     status PENDING); an interrupted one is remembered for `resume`, with the problem object `given`."""
     cut = plan.until_converged and not isinstance(plan.saveat, np.ndarray)
-    runs = _common_grid(raw, cut, plan.controls.lr)
-    ds = to_dataset(runs, plan.scales, plan.seeds, dataset_attrs(plan, runs), plan.save_weights)
+    runs = _common_grid(raw, cut, plan.step)
+    ds = to_dataset(runs, plan.scales, plan.seeds, dataset_attrs(plan, runs) | plan.noise.attrs(), plan.save_weights,
+                    plan.noise.paths)  # fmt: skip
     if plan.method == PER_DEPTH:  # as in a sweep store: the method each cell ran
         codes = np.array([METHOD_CODES[plan.methods[d]] for d in runs], dtype=np.int8)
         shape = (len(runs), len(plan.scales), len(plan.seeds))
@@ -266,6 +283,8 @@ def _common_grid(runs: dict[float, Solution], cut: bool, lr: float) -> dict[floa
 def _initial_states(plan: Plan, depth: float) -> Any:
     """The batch of initial states of one depth: layer tuples, or W(0) = the product of those layers."""
     problem, cells = plan.problem, [(s, seed) for s in plan.scales for seed in plan.seeds]
+    if plan.noise.network == "diagonal":
+        return diagonal_states(problem, int(depth), plan.init, cells)
     if math.isinf(depth):  # the end-to-end limit: the depth-1 draw of the same balanced frames
         return np.stack([init_layers(problem, 1, plan.init, s, seed, plan.width)[0] for s, seed in cells])
     n = int(depth)
@@ -280,21 +299,32 @@ def _initial_states(plan: Plan, depth: float) -> Any:
 def _run_depth(plan: Plan, depth: float, show: Callable, y0: Any, checkpoint: Any = None) -> Solution:
     """One vmapped batch: every (scale, seed) cell of one depth from the initial states `y0` (or continued from
     `checkpoint`)."""
-    flow = get_flow(plan.flow, type(plan.problem), depth, plan.save_weights and plan.flow != "end_to_end",
-                    plan.sharpness)  # fmt: skip
+    flow = _flow_of(plan, depth)
     horizon = Horizon() if plan.until_converged and not isinstance(plan.saveat, np.ndarray) else None
     if not flow.end_to_end and checkpoint is None:
         y0 = pack_layers(y0)
+        if plan.noise.paths is not None:
+            y0 = with_paths(y0, plan.noise.paths)
     sol = solve(plan.methods[depth], flow, plan.problem.arrays(), y0, plan.times, plan.controls_at(depth),
                 until_converged=plan.until_converged, horizon=horizon, on_window=show,
                 checkpoint=checkpoint)  # fmt: skip
     if not flow.end_to_end:
         sol = dataclasses.replace(sol, final=unpack_layers(sol.final))
-    if plan.method == "gd":
-        sol = dataclasses.replace(sol, step=np.rint(sol.ts / plan.controls.lr).astype(np.int64))
+    if plan.method in METHODS and METHODS[plan.method].needs_lr:  # fixed steps: step k at t = k·lr (or k·dt)
+        sol = dataclasses.replace(sol, step=np.rint(sol.ts / plan.step).astype(np.int64))
     if plan.flow != "end_to_end":
         return sol
     return _with_recovered_layers(sol, depth, plan.width, plan.save_weights)
+
+
+def _flow_of(plan: Plan, depth: float) -> Any:
+    """The flow of one depth: dense or diagonal, carrying the call's noise (what the stochastic methods sample)."""
+    weights = plan.save_weights and plan.flow != "end_to_end"
+    if plan.noise.network == "diagonal":
+        flow = diagonal_flow(type(plan.problem), int(depth), weights, plan.flow == "modified")
+    else:
+        flow = get_flow(plan.flow, type(plan.problem), depth, weights, plan.sharpness)
+    return flow if plan.noise.noise is None else dataclasses.replace(flow, noise=plan.noise.noise)
 
 
 def _with_plain_time(ds: Any) -> Any:

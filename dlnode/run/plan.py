@@ -28,10 +28,12 @@ from dlnode.errors import fail
 from dlnode.flows.flow import FLOWS
 from dlnode.flows.scales import _fingerprint, escape_estimate, predicted_stiffness, time_unit
 from dlnode.problems.kinds import Problem
+from dlnode.run.noise_rules import NoisePlan, plan_noise
 from dlnode.run.rules import check_arguments, check_call, check_inits, check_memory, check_sharpness
 from dlnode.run.saveat import SaveAt
 from dlnode.solvers import METHODS, Controls
 from dlnode.solvers.auto import choose_methods
+from dlnode.solvers.gd import SDE_METHODS
 
 __all__ = [
     "DEFAULT_LOSS_TOL",
@@ -123,6 +125,7 @@ class Plan:
     controls: Controls
     methods: dict[float, str]  # the method each depth runs (`method` is that one method, or "per depth")
     max_steps_given: bool
+    noise: NoisePlan = NoisePlan()  # the network kind and the noise of a stochastic method (see `noise_rules`)
     sharpness: int = 0  # top Hessian eigenvalues saved along time (0: none)
 
     def key(self) -> tuple:
@@ -132,7 +135,8 @@ class Plan:
         return (type(self.problem).__name__, _fingerprint(self.problem), tuple(self.depths), tuple(self.scales),
                 tuple(self.seeds), init, self.width, self.flow, self.scale_of, self.method, self.requested,
                 self.reason, saveat, tuple(self.times.tolist()), self.save_weights, self.until_converged,
-                self.controls, tuple(sorted(self.methods.items())), self.max_steps_given, self.sharpness)  # fmt: skip
+                self.controls, tuple(sorted(self.methods.items())), self.max_steps_given,
+                dataclasses.replace(self.noise, paths=tuple(self.noise.paths or ())), self.sharpness)  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self.key() == other.key()
@@ -161,18 +165,28 @@ class Plan:
         max_steps: int | None = None,
         scale_of: str = "layer",
         sharpness: int = 0,
+        network: str = "dense",
+        batch: int | None = None,
+        noise: float | None = None,
+        sampling: str = "epochs",
+        paths: int | Iterable[int] | None = None,
+        dt: float | None = None,
     ) -> Plan:
         """The plan of ``dlnode.integrate(problem, ...)`` with these arguments (see its docstring); every rule
         checked, before any work. Raises `dlnode.DlnodeError` (one line) on the first argument that breaks one."""
-        check_call(problem, init, flow, method, PUBLIC_METHODS, FLOWS)
+        # a diagonal network's inits are its own (`plan_noise` checks them, and the noise arguments)
+        check_call(problem, init if network == "dense" else "gaussian", flow, method, PUBLIC_METHODS, FLOWS)
         depths, scales, seeds = as_depths(depth), as_scales(scale), as_seeds(seed)
+        noisy = plan_noise(problem, method, flow, network, init, depths, lr, t1, batch, noise, sampling, paths, dt,
+                           width)  # fmt: skip
         requested_t1 = t1
         wanted = SaveAt.of(saveat, save_weights)
         saveat, save_weights = wanted.saveat, wanted.weights
         lr, t1 = check_arguments(depths, init, flow, method, lr, t1, saveat, scale_of, type(problem))
         check_width(width)
         sharpness = check_sharpness(sharpness, problem, depths, width, flow)
-        check_inits(problem, depths, init, scales, seeds, width)
+        if noisy.network == "dense":
+            check_inits(problem, depths, init, scales, seeds, width)
         rtol, atol = check_tolerances(rtol, atol)  # None: the defaults below
         if loss_tol is not None:
             check_positive("loss_tol", loss_tol)
@@ -183,8 +197,11 @@ class Plan:
             fail("progress", "must be True or False", progress, "pass progress=False to hide the progress bar")
         if max_steps is not None:
             check_max_steps(max_steps)
-        check_memory(problem, depths, width, len(scales) * len(seeds), saveat, save_weights, t1 is None)
-        if method == "auto" and flow == "central":  # its field holds a Lanczos solve: no Jacobian, no probe
+        cells = len(scales) * len(seeds) * len(noisy.paths or [0])
+        check_memory(problem, depths, width, cells, saveat, save_weights, t1 is None)
+        if method == "auto" and noisy.network == "diagonal":
+            methods, chosen, reason = dict.fromkeys(depths, "tsit5"), "tsit5", "auto: tsit5 for a diagonal network"
+        elif method == "auto" and flow == "central":  # its field holds a Lanczos solve: no Jacobian, no probe
             methods, chosen = dict.fromkeys(depths, "tsit5"), "tsit5"
             reason = "auto: the central flow needs an explicit method -> tsit5"
         elif method == "auto":
@@ -201,15 +218,21 @@ class Plan:
         until_converged = t1 is None
         t1, times = _save_grid(problem, depths, scales, flow, scale_of, saveat, t1)
         if chosen in METHODS and METHODS[chosen].needs_lr:  # a discrete method saves at whole steps
-            times = _gd_grid(times, lr)
+            times = _gd_grid(times, noisy.dt if chosen in SDE_METHODS else lr)
         controls = Controls(
             t1=float(times[-1]) if until_converged else t1, rtol=rtol, atol=atol, lr=float(lr or math.nan),
             loss_tol=loss_tol or (DEFAULT_LOSS_TOL if requested_t1 is None else -math.inf), diverge=DIVERGENCE_FACTOR,
-            max_steps=max_steps or max(METHODS[m].max_steps for m in methods.values()),
+            max_steps=max_steps or max(METHODS[m].max_steps for m in methods.values()), noise=noisy.delta,
+            dt=noisy.dt,
         )  # fmt: skip
         return cls(problem, depths, scales, seeds, init, width, flow, scale_of, chosen, method, reason, saveat,
                      times, bool(save_weights), bool(progress), until_converged, controls, methods,
-                     max_steps is not None, sharpness)  # fmt: skip
+                     max_steps is not None, noisy, sharpness)  # fmt: skip
+
+    @property
+    def step(self) -> float:
+        """The time step of a fixed-step method: dt for the SDE methods, lr for the discrete ones."""
+        return self.noise.dt if self.method in SDE_METHODS else self.controls.lr
 
     def controls_at(self, depth: float) -> Controls:
         """The controls of one depth's run: the default step budget is that of the method it runs."""

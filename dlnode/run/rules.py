@@ -82,7 +82,8 @@ def check_flow(flow: str, depths: list[float], init: Any, method: str, problem_c
     entry = METHODS.get(method)
     if entry is None:  # auto chooses among the methods that support the flow
         return
-    if entry.needs_lr and kind.end_to_end or (entry.needs_lr and kind.needs_lr):
+    discrete = entry.needs_lr and entry.family != "sde"  # an SDE's drift may be the modified flow
+    if entry.needs_lr and kind.end_to_end or (discrete and kind.needs_lr):
         fail(
             "method",
             f"{method!r} needs flow='layers'",

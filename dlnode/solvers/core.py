@@ -113,6 +113,8 @@ class Controls:
     loss_tol: float  # stop when ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*); −inf disables
     diverge: float  # stop (status −2) when ℓ > diverge·max(ℓ₀, tiny) or ℓ is not finite
     max_steps: int
+    noise: float = 0.0  # label noise δ of the stochastic methods and their SDEs
+    dt: float = float("nan")  # the step of the fixed-step SDE methods
 
 
 def stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]:

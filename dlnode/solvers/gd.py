@@ -1,4 +1,14 @@
-"""Gradient descent, W_j ← W_j − lr·∂L/∂W_j: explicit Euler with a constant step, exactly; step k at t = k·lr."""
+"""Fixed-step methods, one loop: gradient descent, its stochastic versions, and fixed-step SDE solvers.
+
+- ``gd``: W_j ← W_j − lr·∂L/∂W_j: explicit Euler with a constant step, exactly; step k at t = k·lr.
+- ``sgd``, ``label_noise``: the same step with the gradient of a minibatch and/or of labels perturbed afresh each
+  step (see `stochastic`): the updates researchers run, step k at t = k·lr, one noise path per `path`.
+- ``sde_euler``, ``sde_heun``: one step of a diffrax SDE solver over [k·dt, (k+1)·dt] on the SDE of that noise
+  (see `sde`), step k at t = k·dt.
+
+A step is a pure function of (state, k, path): a window, a resumed checkpoint and a vmapped batch of paths all run
+exactly the same steps.
+"""
 
 from __future__ import annotations
 
@@ -11,32 +21,76 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlnode.flows.flow import Flow, layer_gradients
+from dlnode.problems.samples import samples_of
 from dlnode.solvers.core import RUNNING, Method, Status, batched, call, stop_flags
+from dlnode.solvers.sde import SDE_SOLVERS, sde_terms
+from dlnode.solvers.stochastic import step_gradient
 
-__all__ = ["GD"]
+__all__ = ["DISCRETE", "FIXED_STEP", "GD", "SDE_METHODS"]
 
-WINDOW_STEPS = 1_000_000  # GD steps are cheap: a window is bounded by its save times
+WINDOW_STEPS = 1_000_000  # steps are cheap: a window is bounded by its save times
+DISCRETE = ("gd", "sgd", "label_noise")  # step k at t = k·lr
+SDE_METHODS = tuple(SDE_SOLVERS)  # step k at t = k·dt
+
+
+def _stepper(name: str, flow: Flow) -> Callable:
+    """(y, n, key, solver_state, args, c) -> (y at step n + 1, loss at y, solver_state)."""
+    problem_cls = flow.problem_cls
+    backprop = flow.backprop or layer_gradients
+    if name == "gd":
+
+        def step(y, n, key, state, args, c):
+            grads, w, e = backprop(y, problem_cls.grad_fn, args["problem"])
+            y1 = jax.tree_util.tree_map(lambda a, g: a - c["lr"] * g, y, grads)
+            return y1, problem_cls.loss_from_grad(w, e, args["problem"]), state
+
+        return step
+    if name in DISCRETE:
+
+        def step(y, n, key, state, args, c):
+            gradient = step_gradient(flow.noise, problem_cls, key, n, c["noise"])
+            grads, w, _ = backprop(y, gradient, args["problem"])
+            y1 = jax.tree_util.tree_map(lambda a, g: a - c["lr"] * g, y, grads)
+            return y1, problem_cls.loss_fn(w, args["problem"]), state
+
+        return step
+    solver = SDE_SOLVERS[name]()
+
+    def step(y, n, key, state, args, c):
+        width = samples_of(problem_cls.kind).width(args["problem"])
+        # the tree spans [0, t1 + max(lr, dt)] (save times round to whole steps): one path for every dt ≤ lr
+        end = c["t1"] + jnp.maximum(c["lr"], c["dt"])
+        terms = sde_terms(name, flow, key, end, args["problem"], c["lr"], c["noise"], width)
+        y1 = solver.step(terms, n * c["dt"], (n + 1) * c["dt"], y, args, state, made_jump=False)[0]
+        return y1, flow.loss(y, args), state
+
+    return step
 
 
 @cache
-def _functions(problem_cls: type, flow: Flow) -> tuple[Callable, Callable, Callable]:
-    def start(y0: tuple, arrays: dict, c: dict) -> dict:
+def _functions(name: str, flow: Flow) -> tuple[Callable, Callable, Callable]:
+    step = _stepper(name, flow)
+    noisy = name != "gd"
+
+    def start(y0: Any, arrays: dict, c: dict) -> dict:
+        y0, key = y0 if noisy else (y0, jnp.zeros((2,), jnp.uint32))
         args = flow.prepare(y0, arrays, c)
         zero = jnp.zeros((), jnp.int64)
-        return {"y": y0, "n": zero, "status": zero, "args": args, "loss0": flow.loss(y0, args), "lr": c["lr"]}
+        return {"y": y0, "n": zero, "status": zero, "args": args, "loss0": flow.loss(y0, args), "lr": c["lr"],
+                "h": c["dt"] if name in SDE_METHODS else c["lr"], "key": key}  # fmt: skip
 
     def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
-        args, loss0 = st["args"], st["loss0"]
-        steps = jnp.rint(ts / c["lr"]).astype(jnp.int64)
+        args, loss0, key = st["args"], st["loss0"], st["key"]
+        steps = jnp.rint(ts / st["h"]).astype(jnp.int64)
         n_start = st["n"]
 
         def body(carry):
             y, n, _ = carry
-            grads, w, e = layer_gradients(y, problem_cls.grad_fn, arrays)
-            converged, diverged = stop_flags(problem_cls.loss_from_grad(w, e, arrays), loss0, arrays["loss_min"], c)
+            y1, loss, _ = step(y, n, key, None, args, c)
+            converged, diverged = stop_flags(loss, loss0, arrays["loss_min"], c)
             status = Status.of_stop(converged, diverged)
             go = status == RUNNING
-            y = jax.tree_util.tree_map(lambda a, g: jnp.where(go, a - c["lr"] * g, a), y, grads)
+            y = jax.tree_util.tree_map(lambda a, b: jnp.where(go, b, a), y, y1)
             return y, n + go, status
 
         def advance(carry, target):
@@ -56,26 +110,32 @@ def _functions(problem_cls: type, flow: Flow) -> tuple[Callable, Callable, Calla
     return batched(start, window, final)
 
 
-def _supports(flow: Flow) -> str | None:
-    if flow.end_to_end or flow.name != "layers":
-        return f"method='gd' is gradient descent on the layers: use flow='layers'; got flow={flow.name!r}"
-    return None
+def _supports(name: str) -> Callable[[Flow], str | None]:
+    def supports(flow: Flow) -> str | None:
+        if flow.end_to_end:
+            return f"method={name!r} steps the layers: use flow='layers'; got flow={flow.name!r}"
+        if name in DISCRETE and flow.name != "layers":
+            return f"method={name!r} is a discrete method on the layers: use flow='layers'; got flow={flow.name!r}"
+        return None  # the noise itself (batch, label noise, a diffusion) is checked with the call's other rules
+
+    return supports
 
 
 def _summary(st: dict) -> dict[str, np.ndarray]:
-    n, status, lr = (np.asarray(a) for a in jax.device_get((st["n"], st["status"], st["lr"])))
-    return {"t": n * lr, "steps": n, "rejected": np.zeros_like(n), "status": status}
+    n, status, h = (np.asarray(a) for a in jax.device_get((st["n"], st["status"], st["h"])))
+    return {"t": n * h, "steps": n, "rejected": np.zeros_like(n), "status": status}
 
 
-def _method() -> Method:
+def _method(name: str) -> Method:
     return Method(
-        name="gd", family="gd", stiff=False, max_steps=10_000_000, window_steps=WINDOW_STEPS, supports=_supports,
-        start=lambda flow, y0, arrays, c: call(_functions(flow.problem_cls, flow)[0], y0, arrays, c),
-        advance=lambda flow, st, arrays, ts, c: call(_functions(flow.problem_cls, flow)[1], st, arrays, ts, c),
+        name=name, family="gd" if name in DISCRETE else "sde", stiff=False, max_steps=10_000_000,
+        window_steps=WINDOW_STEPS, supports=_supports(name), needs_lr=True,
+        start=lambda flow, y0, arrays, c: call(_functions(name, flow)[0], y0, arrays, c),
+        advance=lambda flow, st, arrays, ts, c: call(_functions(name, flow)[1], st, arrays, ts, c),
         summary=_summary,
-        final=lambda flow, st: call(_functions(flow.problem_cls, flow)[2], st),
-        needs_lr=True,
+        final=lambda flow, st: call(_functions(name, flow)[2], st),
     )  # fmt: skip
 
 
-GD = _method()
+FIXED_STEP = {name: _method(name) for name in (*DISCRETE, *SDE_METHODS)}
+GD = FIXED_STEP["gd"]

@@ -8,6 +8,8 @@
   flows of the end-to-end matrix, Shampine's order-4 Rosenbrock method in singular coordinates (U, ln σ, V) with
   dense LU (see `singular`).
 - `gd`: explicit Euler with constant step lr, i.e. gradient descent exactly; step k sits at time t = k·lr.
+- `sgd`, `label_noise`: the same loop with a minibatch and/or perturbed labels; `sde_euler`, `sde_heun`: diffrax's
+  Euler–Maruyama and Heun methods on the SDE of that noise, in the same fixed-step loop (see `gd`, `sde`).
 
 Adding a method is one module defining a `Method` and one line here; the method tests parametrise over `METHODS`.
 """
@@ -24,7 +26,7 @@ from dlnode.solvers import rosenbrock, singular
 from dlnode.solvers.core import Controls, Method, Solution, call
 from dlnode.solvers.diffrax_methods import DIFFRAX
 from dlnode.solvers.driver import Horizon, drive
-from dlnode.solvers.gd import GD
+from dlnode.solvers.gd import FIXED_STEP
 from dlnode.solvers.scipy_methods import SCIPY
 
 __all__ = ["METHODS", "solve"]
@@ -52,7 +54,7 @@ ROSENBROCK = Method(
     final=lambda flow, st: call(_family(flow).make_batch(flow)[2], st),
 )  # fmt: skip
 
-METHODS: dict[str, Method] = {**DIFFRAX, "rosenbrock": ROSENBROCK, **SCIPY, "gd": GD}
+METHODS: dict[str, Method] = {**DIFFRAX, "rosenbrock": ROSENBROCK, **SCIPY, **FIXED_STEP}
 
 
 def solve(

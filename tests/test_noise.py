@@ -1,0 +1,198 @@
+"""Minibatch SGD, label noise and their SDEs: the limits that are gradient descent and the flow, one step's
+moments against their closed forms, and the refusals before any work."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+from scipy.stats import linregress
+
+import dlnode as dln
+
+PROB = dln.SparseRegression.random(d=6, n=4, sparsity=2, noise=0.1, seed=3)
+Z_MAX = 4.5  # a sample moment this many Monte Carlo standard errors off its closed form fails the test
+
+
+SAVE = np.array([0.25, 0.5, 1.0])
+PATHS = 4000  # the one-step moments and the weak error share one compiled shape (depth 1, PATHS paths, one save)
+
+
+def _run(method, **kw):
+    base = dict(depth=2, scale=0.5, seed=[0, 1], lr=0.05, t1=1.0, saveat=SAVE, progress=False)
+    return dln.integrate(PROB, method=method, **(base | kw))
+
+
+def test_full_batch_sgd_and_zero_label_noise_are_gd_bitwise():
+    # a full batch without replacement is every sample once: gradient descent's own gradient (the same holds for
+    # sampling="without_replacement", which takes the same branch)
+    gd = _run("gd")
+    for ds in (_run("sgd", batch=4, paths=[7]), _run("label_noise", noise=0.0, paths=[7])):
+        for name in ("weights_final", "loss", "product"):
+            np.testing.assert_array_equal(ds[name].isel(path=0).values, gd[name].values)
+        assert list(ds["step"].values) == list(gd["step"].values)
+    assert dict(gd.sizes)["seed"] == 2 and "path" not in gd.dims
+
+
+def _one_step_moments(ds):
+    """Mean and covariance over paths of β after one step (depth 1: β is the state)."""
+    beta = ds["product"].isel(depth=0, scale=0, seed=0, time=-1).values.reshape(ds.sizes["path"], -1)
+    return beta.mean(0), np.cov(beta.T)
+
+
+def _per_sample_gradients(beta):
+    x, y = PROB.inputs, PROB.labels.ravel()
+    return (beta @ x - y)[:, None] * x.T  # row i: ∇ℓᵢ = rᵢ xᵢ
+
+
+def _check_moments(ds, beta0, lr, cov_step):
+    mean, cov = _one_step_moments(ds)
+    paths = ds.sizes["path"]
+    expected = beta0 - lr * _per_sample_gradients(beta0).mean(0)
+    se = np.sqrt(np.diag(cov_step) / paths)
+    assert np.all(np.abs(mean - expected) < Z_MAX * se + 1e-15)
+    # trace of the covariance: its variance is 2 tr(C²)/P for a Gaussian, bounded by 2 tr(C)² /P in general; use
+    # the sample fourth moments for the standard error
+    dev = ds["product"].isel(depth=0, scale=0, seed=0, time=-1).values.reshape(paths, -1) - mean
+    sq = np.sum(dev**2, axis=1)
+    assert abs(sq.mean() - np.trace(cov_step)) < Z_MAX * sq.std() / np.sqrt(paths)
+
+
+@pytest.mark.parametrize(
+    ("sampling", "factor"),
+    [("with_replacement", lambda n, b: 1 / b), ("without_replacement", lambda n, b: (n - b) / (b * (n - 1)))],
+)
+def test_one_sgd_step_has_the_minibatch_mean_and_covariance(sampling, factor):
+    lr, batch, n = 0.1, 2, PROB.n
+    ds = dln.integrate(PROB, depth=1, init="gaussian", scale=1.0, method="sgd", batch=batch, sampling=sampling,
+                       lr=lr, t1=lr, saveat=np.array([lr]), paths=PATHS, progress=False)  # fmt: skip
+    beta0 = ds["product"].isel(depth=0, scale=0, seed=0, time=0, path=0).values.ravel()
+    g = _per_sample_gradients(beta0)
+    sigma1 = np.cov(g.T, bias=True)  # (1/n) Σ (gᵢ − ḡ)(gᵢ − ḡ)ᵀ
+    _check_moments(ds, beta0, lr, lr**2 * factor(n, batch) * sigma1)
+
+
+def _depth_one(method, lr, t1, **kw):
+    return dln.integrate(PROB, depth=1, init="gaussian", scale=1.0, method=method, lr=lr, t1=t1,
+                         saveat=np.array([t1]), paths=PATHS, progress=False, **kw)  # fmt: skip
+
+
+def test_one_label_noise_step_and_one_sde_step_have_the_label_noise_covariance():
+    # one step of label-noise GD, and one Euler–Maruyama step of its SDE with dt = η: mean β₀ − η∇L, covariance
+    # η² δ²/n² Σᵢ xᵢxᵢᵀ. One Heun step (additive noise at depth 1, so no Itô–Stratonovich correction) is
+    # β₀ + A(β₀ − W*)... with A = −ηΣ + η²Σ²/2 and covariance η (I − ηΣ/2) D (I − ηΣ/2)ᵀ, D = ηδ²/n² Σᵢ xᵢxᵢᵀ
+    lr, delta, n = 0.1, 0.7, PROB.n
+    x = PROB.inputs
+    diffusion = lr**2 * delta**2 / n**2 * x @ x.T
+    for method in ("label_noise", "sde_euler"):
+        ds = _depth_one(method, lr, lr, noise=delta)
+        beta0 = ds["product"].isel(depth=0, scale=0, seed=0, time=0, path=0).values.ravel()
+        _check_moments(ds, beta0, lr, diffusion)
+    ds = _depth_one("sde_heun", lr, lr, noise=delta)
+    beta0 = ds["product"].isel(depth=0, scale=0, seed=0, time=0, path=0).values.ravel()
+    sigma = x @ x.T / n
+    half = np.eye(PROB.d_in) - lr * sigma / 2
+    mean, cov = _one_step_moments(ds)
+    expected = PROB.w_star.ravel() + (beta0 - PROB.w_star.ravel()) @ (np.eye(PROB.d_in) - lr * sigma + lr**2 *
+                                                                      sigma @ sigma / 2)  # fmt: skip
+    cov_step = half @ diffusion @ half.T
+    assert np.all(np.abs(mean - expected) < Z_MAX * np.sqrt(np.diag(cov_step) / PATHS) + 1e-15)
+    assert np.abs(cov - cov_step).max() < 0.1 * np.abs(cov_step).max()
+
+
+def test_sde_without_diffusion_is_euler_and_heun_on_the_flow():
+    # depth 1, δ = 0: the flow is β(t) = W* + (β₀ − W*) e^{−tΣ}; Euler–Maruyama takes (I − dtΣ)^k, Heun
+    # (I − dtΣ + dt²Σ²/2)^k, exactly; both converge to the flow, at orders 1 and 2
+    sigma = PROB.inputs @ PROB.inputs.T / PROB.n
+    w_star = PROB.w_star.ravel()
+    errors = {"sde_euler": [], "sde_heun": []}
+    for dt in (0.025, 0.0125):
+        for method, step in (("sde_euler", np.eye(PROB.d_in) - dt * sigma),
+                             ("sde_heun", np.eye(PROB.d_in) - dt * sigma + dt**2 * sigma @ sigma / 2)):  # fmt: skip
+            ds = _depth_one(method, 0.1, 1.0, noise=0.0, dt=dt)
+            beta = ds["product"].isel(depth=0, scale=0, seed=0, path=0).values.reshape(2, -1)
+            exact = w_star + (beta[0] - w_star) @ np.linalg.matrix_power(step, round(1.0 / dt))
+            np.testing.assert_allclose(beta[1], exact, rtol=1e-12, atol=1e-12)
+            flow = w_star + (beta[0] - w_star) @ scipy.linalg.expm(-sigma)
+            errors[method].append(np.abs(beta[1] - flow).max())
+    assert 0.9 < np.log2(errors["sde_euler"][0] / errors["sde_euler"][1]) < 1.1
+    assert 1.8 < np.log2(errors["sde_heun"][0] / errors["sde_heun"][1]) < 2.2
+
+
+def test_epochs_use_every_sample_once_per_epoch():
+    # depth 1, lr tiny: one epoch (n/B steps) moves β by −lr Σᵢ ∇ℓᵢ(β₀) + O(lr²) whatever the order, the same in
+    # every path; sampling with replacement does not (its paths spread by O(lr))
+    lr, n, batch = 1e-6, PROB.n, 2
+    kw = dict(depth=1, init="gaussian", scale=1.0, method="sgd", batch=batch, lr=lr, t1=n // batch * lr,
+              saveat=np.array([n // batch * lr]), paths=PATHS, progress=False)  # fmt: skip
+
+    def spread(sampling):
+        beta = dln.integrate(PROB, sampling=sampling, **kw)["product"].isel(depth=0, scale=0, seed=0, time=-1)
+        return np.ptp(beta.values.reshape(PATHS, -1), axis=0).max()
+
+    assert spread("epochs") < 1e-3 * spread("with_replacement")
+
+
+def test_label_noise_sgd_and_its_sde_agree_to_first_order_in_lr():
+    # depth 1 (a linear model): E ⟨β, 1⟩ after t = 1 under label-noise GD with step η and under its SDE (Euler–
+    # Maruyama, dt = η/4) differ by O(η); fitted over η ∈ {0.2, 0.1, 0.05} with PATHS paths each, every difference
+    # at least 4 Monte Carlo standard errors
+    etas, errors = [0.2, 0.1, 0.05], []
+    kw = dict(depth=1, init="gaussian", scale=1.0, t1=1.0, saveat=np.array([1.0]), noise=0.2, paths=PATHS,
+              progress=False)  # fmt: skip
+    for eta in etas:
+        runs = [dln.integrate(PROB, method=m, lr=eta, **kw | ({"dt": eta / 4} if m == "sde_euler" else {}))
+                for m in ("label_noise", "sde_euler")]  # fmt: skip
+        phi = [ds["product"].isel(time=-1).sum(("row", "col")) for ds in runs]
+        weak = dln.weak_error(*phi)
+        error, mc = float(weak["error"].squeeze()), float(weak["mc_error"].squeeze())
+        assert error > 4 * mc
+        errors.append(error)
+    slope = linregress(np.log(etas), np.log(errors)).slope
+    assert 0.8 < slope < 1.2, (slope, errors)
+
+
+def test_paths_dim_round_trips(tmp_path):
+    ds = _run("label_noise", noise=0.5, paths=2, seed=0)  # the shapes of the bitwise test: compiled once
+    assert ds["loss"].dims == ("depth", "scale", "seed", "path", "time")
+    assert list(ds["path"].values) == [0, 1]
+    assert ds.attrs["batch"] == 4 and ds.attrs["label_noise"] == 0.5 and ds.attrs["paths"] == 2
+    dln.validate(ds)
+    dln.save(ds, tmp_path / "sgd.nc")
+    back = dln.open(tmp_path / "sgd.nc")
+    np.testing.assert_array_equal(back["loss"].values, ds["loss"].values)
+    # different paths differ; a path is reproducible alone
+    loss = ds["loss"].isel(time=-1).values.ravel()
+    assert len(set(loss.tolist())) == 2
+    alone = _run("label_noise", noise=0.5, paths=[1, 5], seed=0)
+    np.testing.assert_allclose(alone["loss"].isel(path=0).values, ds["loss"].isel(path=1).values, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        (dict(method="sgd", batch=0), "batch must be an integer in [1, n] = [1, 4]"),
+        (dict(method="sgd", batch=5), "batch must be an integer in [1, n] = [1, 4]"),
+        (dict(method="sgd"), "batch is required for method='sgd'"),
+        (dict(method="label_noise", noise=-0.1), "noise must be a finite number >= 0"),
+        (dict(method="label_noise"), "noise is required for method='label_noise'"),
+        (dict(method="sgd", batch=1, sampling="shuffle"), "sampling must be one of"),
+        (dict(method="sgd", batch=1, paths=0), "paths must be a positive count"),
+        (dict(method="sgd", batch=1, paths=10**9), "asks for more memory than this machine has available"),
+        (dict(method="sde_euler"), "needs a diffusion"),
+        (dict(method="sde_euler", batch=4), "needs a diffusion"),
+        (dict(method="gd", batch=1), "batch applies to the stochastic methods"),
+        (dict(method="sgd", batch=1, t1=None), "t1 is required for method='sgd'"),
+        (dict(method="sgd", batch=1, dt=0.1), "dt applies to the SDE methods only"),
+        (dict(method="sde_euler", noise=1.0, dt=-1.0), "dt must be"),
+    ],
+)
+def test_bad_noise_arguments_are_refused_in_one_line(kw, words):
+    base = dict(depth=2, lr=0.1, t1=1.0, progress=False)
+    with pytest.raises(dln.DlnodeError) as err:
+        dln.integrate(PROB, **(base | kw))
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sgd_needs_a_problem_with_samples():
+    prob = dln.Regression.whitened([2.0, 1.0], d_in=3, d_out=3)
+    with pytest.raises(dln.DlnodeError, match="must keep its samples"):
+        dln.integrate(prob, method="sgd", batch=1, lr=0.1, t1=1.0, progress=False)
