@@ -6,9 +6,15 @@ compilation cache is on (see `dlnode.runtime.cache`). XLA's CPU runtime computes
 """
 
 import os
+import signal
 import sys
 
-import jax
+from dlnode.runtime.interrupts import quit_while_starting
+
+if os.path.basename(sys.argv[0]) == "dlnode" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, quit_while_starting)  # a Ctrl-C while JAX loads: one line, not a traceback
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

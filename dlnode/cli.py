@@ -26,6 +26,7 @@ from dlnode.data.outputs import check_figure_path
 from dlnode.data.schema import STATUS_MEANINGS
 from dlnode.data.storage import DATASET_SUFFIXES, atomic_path, check_output_path, is_dlnode_store
 from dlnode.errors import DlnodeError
+from dlnode.runtime.interrupts import quit_while_starting
 from dlnode.solvers.core import Status
 
 app = typer.Typer(
@@ -398,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
     """
     SIGINTS[0] = 0
     previous = signal.getsignal(signal.SIGINT)
-    count = previous is signal.default_int_handler and threading.current_thread() is threading.main_thread()
+    starting = (signal.default_int_handler, quit_while_starting)  # the second: set while the command loaded
+    count = previous in starting and threading.current_thread() is threading.main_thread()
     if count:  # a background job's ignored SIGINT stays ignored
         signal.signal(signal.SIGINT, _count_sigint)
     hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)

@@ -89,3 +89,22 @@ def test_an_interrupted_dataset_saves_opens_and_plots_with_its_pending_depths(mo
     with pytest.raises(SystemExit) as done:
         main(["plot", str(tmp_path / "none.nc"), "--kind", "loss", "-o", str(tmp_path / "none.png")])
     assert done.value.code == 2 and "pending" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line():
+    """JAX takes seconds to import: a Ctrl-C then is one line and exit code 130, not a traceback from an import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import os, signal, sys, threading, time\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
+            "sys.argv[0] = 'dlnode'  # the command's name, as its console script has it\n"
+            "threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
+            "import dlnode\n"
+            "time.sleep(30)\n")  # fmt: skip
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == "interrupted (Ctrl-C) while dlnode was starting; nothing was done"

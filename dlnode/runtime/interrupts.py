@@ -13,11 +13,13 @@ lands anywhere in a study is seen by the study, not only by the `integrate` call
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
-__all__ = ["sigint_flag", "stop_requested"]
+__all__ = ["quit_while_starting", "sigint_flag", "stop_requested"]
 
 _ACTIVE: list[dict] = []  # the flags of the open blocks of the main thread, outermost first
 
@@ -55,3 +57,11 @@ def stop_requested() -> bool:
     """Whether Ctrl-C was pressed inside an open `sigint_flag` block (of the main thread): a piece of work about
     to start inside it (a study's next `integrate` call) should not start."""
     return threading.current_thread() is threading.main_thread() and bool(_ACTIVE) and _ACTIVE[0]["hit"]
+
+
+def quit_while_starting(signum, frame) -> None:  # noqa: ANN001, ARG001
+    """The `dlnode` command's SIGINT handler while it loads (JAX takes seconds to import): one line and exit code
+    130, nothing done yet, instead of a KeyboardInterrupt traceback from inside an import."""
+    sys.stderr.write("interrupted (Ctrl-C) while dlnode was starting; nothing was done\n")
+    sys.stderr.flush()
+    os._exit(130)
