@@ -345,7 +345,7 @@ def plot(ds: xr.Dataset, outdir: Path) -> list[Path]:
     ax.axhline(1.0, color="k", ls=":", lw=1.5, label=r"$S_{min}$")
     ax.set(xlabel="scale of initialization (residual)", ylabel=r"sharpness / $S_{min}$ (same in both conventions)",
            yscale="log", title="residual init", ylim=(0.8, None))  # fmt: skip
-    ax.legend(fontsize=6.5)
+    ax.legend(fontsize=6.5, loc="upper left")
     ax = axes[0, 1]
     crit = float(ds["gd_lr_critical"])
     gap = np.maximum(ds["gd_loss_gap"].values, 1e-16)
