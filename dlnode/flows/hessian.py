@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from dlnode.errors import refused
+
 __all__ = ["LANCZOS_MAX", "LANCZOS_RTOL", "hvp", "top_eigenpairs", "top_eigenvalues"]
 
 LANCZOS_RTOL = 1e-7  # residual of each of the top k Ritz pairs, relative to |θ₁|: eigenvalues to ~1e-14 relative
@@ -101,7 +103,7 @@ def top_eigenpairs(gradient: Callable[[Any], Any], y: Any, k: int = 1) -> tuple[
     flat, unravel = ravel_pytree(y)
     n = flat.shape[0]
     if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}] (the number of parameters); got {k}")
+        raise refused(f"k must be in [1, {n}] (the number of parameters); got {k}; pass a smaller k")
 
     def matvec(v):
         return ravel_pytree(hvp(gradient, y, unravel(v)))[0]
