@@ -75,7 +75,7 @@ def test_bad_input_is_refused_in_one_line(kwargs, words):
 
 def test_central_flow_is_the_gradient_flow_below_the_edge():
     """With 2/η far above the sharpness, X = 0 and the central flow is the gradient flow (same solver, same rtol)."""
-    kw = {"depth": 2, "scale": 0.5, "seed": [0, 1], "t1": 1.0, "saveat": 4, "method": "tsit5",
+    kw = {"depth": 2, "scale": 0.5, "seed": 0, "t1": 0.5, "saveat": 3, "method": "tsit5",
           "rtol": SOLVER_RTOL, "progress": False}  # fmt: skip
     central = dln.integrate(PROB, flow="central", lr=1e-3, save_weights=True, **kw)
     flow = dln.integrate(PROB, flow="layers", **kw)
@@ -144,9 +144,14 @@ def test_single_eigenvalue_closed_form_is_projected_gradient_flow():
     lr = 2.0 / s  # exactly on the edge
     parts = central_parts(gradient, layers, lr, 1)
     g = np.asarray(ravel_pytree(parts["gradient"])[0])
+    loss, _ = flat_problem(type(PROB))
+    hessian = jax.jit(jax.hessian(lambda x: loss(unravel(x), arrays)))
+
+    def top(x):
+        return np.linalg.eigvalsh(np.asarray(hessian(x)))[-1]
+
     h = 1e-5
-    grad_s = np.array([(_dense_top(unravel(flat + h * e), 1)[0] - _dense_top(unravel(flat - h * e), 1)[0]) / (2 * h)
-                       for e in np.eye(flat.size)])  # fmt: skip
+    grad_s = np.array([(top(flat + h * e) - top(flat - h * e)) / (2 * h) for e in np.eye(flat.size)])
     a = grad_s @ g
     if a >= 0:  # this draw would not sharpen: X = 0 and the field is −∇L
         np.testing.assert_allclose(np.asarray(ravel_pytree(parts["field"])[0]), -g, rtol=1e-12)

@@ -100,7 +100,7 @@ def edge_summary(gd: xr.Dataset, band: float = EDGE_BAND) -> xr.Dataset:
     reached = s >= 1.0 - band
     first = reached.argmax("time")
     any_reached = reached.any("time")
-    t_edge = xr.where(any_reached, gd["time"].isel(time=first), np.nan)
+    t_edge = xr.where(any_reached, gd["time"].isel(time=first).reset_coords(drop=True), np.nan)
     after = gd["time"] >= t_edge
     deviation = abs(s - 1.0).where(after).median("time")
     overshoot = (s - 1.0).where(after).max("time")
@@ -157,6 +157,9 @@ def edge_comparison(gd: xr.Dataset, flows: Mapping[str, xr.Dataset], window: int
     The central flow is compared by its predicted time-averaged loss (``loss_averaged``: L + ½⟨Σ, ∇²L⟩), the
     others by their loss. Errors are relative to GD (raw, or averaged), at every GD save in the flow's span.
 
+    Save each flow at GD step times (e.g. ``saveat=gd["time"].values[::2]``): GD then contributes its own value at
+    every one of them, never an interpolation across its oscillation.
+
     Returns
     -------
     Dataset with ``<flow>_loss_error_raw``, ``<flow>_loss_error_averaged`` (and the same for ``product``) over the
@@ -171,13 +174,11 @@ def edge_comparison(gd: xr.Dataset, flows: Mapping[str, xr.Dataset], window: int
         if "loss_averaged" in flow:
             flow = flow.assign(loss=flow["loss_averaged"])
         for label, reference in (("raw", gd), ("averaged", averaged)):
-            ref = reference.isel(time=np.flatnonzero(np.isfinite(reference["loss"].isel(
-                {d: 0 for d in RUN_DIMS if d in reference["loss"].dims}).values)))  # fmt: skip
-            errors = compare(ref, flow)
+            errors = compare(flow, reference)  # at the flow's saves, each a GD step: GD's own value, relative
             for var in ("loss_error", "product_error"):
                 out[f"{name}_{var}_{label}"] = errors[var].drop_vars("interpolated", errors="ignore")
     return out.assign_attrs(time_average_window=int(window), lr=_lr_of(gd, "gd"),
-                            description="errors of each flow relative to GD (compare(gd, flow)): raw and "
+                            description="errors of each flow relative to GD (compare(flow, gd)): raw and "
                                         "time-averaged over the stated window of steps")  # fmt: skip
 
 
