@@ -61,3 +61,24 @@ def test_one_writer_per_store_and_a_killed_writer_leaves_no_lock(tmp_path):
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
         ds = dln.sweep(CONFIG, store, client=client, progress=False)
     assert int(ds["status"].values.item()) == int(dln.Status.FINISHED)
+
+
+def test_the_local_cluster_warns_of_no_dashboard_port(recwarn):
+    """The docs say the local cluster has no dashboard: with Dask's port 8787 held by someone else, starting it
+    prints no 'Port 8787 is already in use' warning."""
+    import socket
+
+    from dlnode.sweeps.sweep import local_cluster
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 8787))
+        holder.listen()
+    except OSError:
+        pass  # held already: the situation under test
+    try:
+        with local_cluster(1):
+            pass
+    finally:
+        holder.close()
+    assert not [w for w in recwarn if "already in use" in str(w.message)]

@@ -278,8 +278,10 @@ def local_cluster(workers: int) -> Any:
     from distributed import LocalCluster
 
     with dask.config.set(LOCAL_CLUSTER_CONFIG):  # read when the scheduler and the nannies start (and sent to workers)
+        # no dashboard; the scheduler's small HTTP server (health checks) on a free port, not Dask's default 8787,
+        # which another cluster may hold (Dask then warned "Port 8787 is already in use")
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                            silence_logs=logging.ERROR)  # fmt: skip
+                            scheduler_kwargs={"dashboard_address": ":0"}, silence_logs=logging.ERROR)  # fmt: skip
 
 
 def _ignore_interrupt() -> Any:
