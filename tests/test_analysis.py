@@ -325,3 +325,16 @@ def test_invalid_arguments_raise_one_line_errors(bad_calls, match):
     with pytest.raises(ValueError, match=match) as info:
         bad_calls[match]()
     assert "\n" not in str(info.value)
+
+
+def test_every_accessor_method_says_what_it_computes():
+    """``help(ds.dln.X)`` shows the docstring of the function X applies, for every public method and plot."""
+    from dlnode.analysis.accessor import DlnAccessor, _PlotNamespace
+
+    for cls in (DlnAccessor, _PlotNamespace):
+        for name in dir(cls):
+            member = getattr(cls, name)
+            if name.startswith("_") or not callable(member):
+                continue
+            assert member.__doc__ and "applied to this dataset" in member.__doc__, (cls.__name__, name)
+            assert len(member.__doc__.splitlines()) > 2, (cls.__name__, name)  # the function's own text follows

@@ -117,3 +117,20 @@ def test_errors_say_what_was_received():
         with pytest.raises(ValueError, match=match) as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_convergence_order_says_how_to_give_one_reference_and_when_the_error_peaks():
+    """GD's default save grids differ per lr: a flow saved on its own grid is refused with the fix, and the fix
+    (the flow saved at every run's times) gives the first-order slope and the time of each maximum."""
+    prob = dln.Regression.whitened([2.0, 1.0], 3, 3, seed=0)
+    kw = dict(depth=2, init="gaussian", scale=0.3, seed=0, t1=6.0, progress=False)
+    runs = [dln.integrate(prob, method="gd", lr=lr, saveat=40, **kw) for lr in (0.02, 0.01, 0.005)]
+    coarse = dln.integrate(prob, method="dopri8", rtol=1e-12, atol=1e-14, saveat=8, **kw)
+    with pytest.raises(dln.DlnodeError, match="union1d"):
+        dln.convergence_order(coarse, runs)
+    times = np.union1d(*[np.union1d(runs[0]["time"].values, r["time"].values) for r in runs[1:]])
+    flow = dln.integrate(prob, method="dopri8", rtol=1e-12, atol=1e-14, saveat=times[1:], **kw)
+    order = float(dln.convergence_order(flow, runs).item())
+    assert abs(order - 1.0) < 0.1  # explicit Euler: first order
+    errors = gd_errors(flow, runs)
+    assert "product_error_time" in errors and float(errors["product_error_time"].min()) > 0

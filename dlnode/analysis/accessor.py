@@ -96,3 +96,25 @@ class DlnAccessor:
 
     def layer_alignment(self) -> xr.DataArray:
         return layer_alignment(self._ds)
+
+
+def _documented(cls: type, sources: dict[str, Any], prefix: str) -> None:
+    """Give each method of `cls` the docstring of the function it applies to the dataset (xarray's accessors do the
+    same with functools.wraps), so ``help(ds.dln.stages)`` shows the mathematics."""
+    for name, function in sources.items():
+        method = getattr(cls, name)
+        head = f"``{prefix}.{name}(...)``: `{function.__module__}.{function.__name__}` applied to this dataset."
+        method.__doc__ = head + ("\n\n" + function.__doc__ if function.__doc__ else "")
+
+
+_documented(DlnAccessor, {
+    "effective_rank": analysis.effective_rank, "numerical_rank": analysis.numerical_rank,
+    "schatten_norm": analysis.schatten_norm, "recovery_error": analysis.recovery_error,
+    "unobserved_loss": analysis.unobserved_loss, "gidel_time": analysis.gidel_time, "stages": analysis.stages,
+    "escape_times": analysis.escape_times, "compare": compare, "final": analysis.final_values,
+    "sharpness": sharpness_of, "log_volume": analysis.log_volume, "layer_alignment": layer_alignment,
+}, "ds.dln")  # fmt: skip
+_documented(_PlotNamespace, {
+    "loss": plot.loss, "singular_values": plot.singular_values, "rank_staircase": plot.rank_staircase,
+    "sharpness": plot.sharpness, "effective_rank": plot.effective_rank, "gd_error": plot.gd_error,
+}, "ds.dln.plot")  # fmt: skip

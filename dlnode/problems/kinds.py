@@ -124,7 +124,10 @@ class Problem:
         return type(self).grad_fn(w, self.arrays())
 
     def target(self) -> np.ndarray:
-        """The matrix whose SVD the `decoupled` initialisation aligns to (−∇ℓ(0))."""
+        """−∇ℓ(0): the matrix whose SVD the `decoupled` initialisation aligns to (Σ_yx for regression).
+
+        Not the matrix being fitted: that is `w_star` (the minimiser; `target_matrix` for completion and sensing).
+        For an unnormalised completion the two agree on the observed entries only."""
         return -np.asarray(self.grad(np.zeros((self.d_out, self.d_in))))
 
     def describe(self) -> dict[str, Any]:
