@@ -42,6 +42,7 @@ class Status(enum.IntEnum):
     NO_STEP = -5  # not a single step could be taken
     INTERRUPTED = -6  # stopped by the user (Ctrl-C); the trajectory up to then is kept
     PENDING = -7  # a sweep cell whose result has not been written yet
+    UNRESOLVED = -8  # the weights stopped changing in float64 while the loss was far from converged
 
     @property
     def meaning(self) -> str:
@@ -81,6 +82,11 @@ MESSAGES = {
     Status.NO_STEP: "no step could be taken (the initial state or the first step is not finite)",
     Status.INTERRUPTED: "interrupted by the user; the trajectory up to then is kept",
     Status.PENDING: "not run yet",
+    Status.UNRESOLVED: (
+        "stopped: the weights stopped changing in float64 while the loss was far from converged (the flow moves "
+        "slower than the round-off of its field: deep layers from a small unbalanced init, after an escape); use a "
+        "larger scale, or init='balanced' with flow='end_to_end'"
+    ),
 }
 
 

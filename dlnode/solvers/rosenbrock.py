@@ -46,6 +46,7 @@ from dlnode.errors import refused
 from dlnode.flows.flow import Flow, pack_layers
 from dlnode.solvers.core import RUNNING, Status, stop_flags
 from dlnode.solvers.krylov import cg, power_iteration
+from dlnode.solvers.resolution import roundoff_scale, unresolved
 from dlnode.solvers.tableaus import DOPRI5, ExplicitTableau
 
 __all__ = [
@@ -382,6 +383,12 @@ def _batch(flow: Flow, switching: bool = True, counts: bool = False) -> tuple[Ca
             return s, flow.observe(unravel(s.x), args)
 
         s, obs = jax.lax.scan(advance, st["s"], jnp.asarray(ts, st["s"].x.dtype))
+        # a cell whose weights move slower than the round-off of their field stops (see `resolution`)
+        s0 = st["s"]
+        elapsed = (s.t_hi - s0.t_hi) + (s.t_lo - s0.t_lo)
+        rho = roundoff_scale(flow, unravel(s.x), args)
+        s = s._replace(status=unresolved(s.status, jnp.linalg.norm(s.x - s0.x), elapsed, s.steps - s0.steps, rho,
+                                         loss(s.x), loss0, arrays["loss_min"]))  # fmt: skip
         return obs, flow.observe(unravel(s.x), args), dict(st, s=s)
 
     def final(st: dict) -> Any:
