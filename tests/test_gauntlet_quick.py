@@ -1,0 +1,24 @@
+"""The gauntlet's quick subset: generated cases nobody tuned, each with defaults only, against a second method at
+rtol 1e-10 on its own save times (benchmarks/gauntlet.py; the full table is in benchmarks/README.md)."""
+
+import math
+
+import pytest
+
+from benchmarks.gauntlet import TARGET_DRIFT, TARGET_ERROR, TRUTHFUL, generate, reference_error, reference_method, run
+
+# three of the first quick cases (seed 0): the end-to-end flow in singular coordinates (depth 4), a per-layer
+# residual init (depth 2) and a per-layer Gaussian sensing case (depth 4)
+QUICK = [generate(seed=0, count=10, quick=True)[i] for i in (3, 6, 9)]
+
+
+@pytest.mark.parametrize("case", QUICK, ids=lambda c: f"case{c.index}")
+def test_defaults_hold_against_a_reference(case):
+    row, ds = run(case)
+    assert row["status"] in TRUTHFUL, case.describe()
+    error, reference = reference_error(case, ds, reference_method(case, row["method"]))
+    assert error <= TARGET_ERROR, (case.describe(), reference)
+    if ds.attrs["flow"] != "end_to_end":  # balancedness at every save, the last one included
+        assert row["drift"] <= TARGET_DRIFT and row["drift_last"] <= TARGET_DRIFT, case.describe()
+    else:
+        assert math.isnan(row["drift"])
