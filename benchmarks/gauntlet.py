@@ -134,8 +134,8 @@ def run(case: Case, method: str | None = None) -> tuple[dict, object]:
     row = {
         "case": case.index, "method": ds.attrs["method"], "status": dln.Status(int(ds["status"].item())).meaning,
         "loss_ratio": float(ratio), "drift": drift, "drift_last": drift_last,
-        "compile": float(ds.attrs["compile_time"]), "run": float(ds.attrs["run_time"]), "total": total, "steps": int(ds["num_steps"].item()),
-        "t_final": float(ds["t_final"].item()),
+        "compile": float(ds.attrs["compile_time"]), "run": float(ds.attrs["run_time"]), "total": total,
+        "steps": int(ds["num_steps"].item()), "t_final": float(ds["t_final"].item()),
     }  # fmt: skip
     return row, ds
 
