@@ -12,10 +12,13 @@ or moves them at 1e-3 of the round-off scale below (rtol 1e-9), at every step of
 from 1e-3 on a 16×16 completion the same plateau moves at 0.9 of that scale, a speed that grows window by window
 as the next mode escapes: resolved, if slowly.
 
-A cell whose weights moved, over a window of at least `MIN_STEPS` accepted steps, at less than `RESOLVE` times the
-round-off scale, while ℓ − ℓ* > `FAR`·(ℓ₀ − ℓ*), stops as `Status.UNRESOLVED` instead of spending its step budget
-on round-off. (At a minimum the field is at round-off too, but the stable directions damp it: the loss guard keeps
-a converged cell that runs on to a requested t1 out of this.)
+A cell whose weights moved, over a window of at least `MIN_STEPS` accepted steps ending with a long step
+(h·λ_max ≥ `LONG_STEP`, the stiff regime), at less than `RESOLVE` times the round-off scale, while
+ℓ − ℓ* > `FAR`·(ℓ₀ − ℓ*), stops as `Status.UNRESOLVED` instead of spending its step budget on round-off. (Steps
+that are short for another reason — rejections against a field that breaks, say — leave increments below an ulp
+of the weights that say nothing of the flow's speed: those runs keep their other statuses. At a minimum the field
+is at round-off too, but the stable directions damp it: the loss guard keeps a converged cell that runs on to a
+requested t1 out of this.)
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ import jax.numpy as jnp
 from dlnode.flows.flow import Flow, layer_gradients, unpack_layers
 from dlnode.solvers.core import Status
 
-__all__ = ["FAR", "MIN_STEPS", "RESOLVE", "roundoff_scale", "unresolved"]
+__all__ = ["FAR", "LONG_STEP", "MIN_STEPS", "RESOLVE", "roundoff_scale", "unresolved"]
 
-RESOLVE, MIN_STEPS, FAR = 1e-2, 32, 1e-6
+RESOLVE, MIN_STEPS, FAR, LONG_STEP = 1e-2, 32, 1e-6, 30.0
 
 
 def roundoff_scale(flow: Flow, layers: Any, args: dict) -> Any:
@@ -43,10 +46,11 @@ def roundoff_scale(flow: Flow, layers: Any, args: dict) -> Any:
     return jnp.finfo(e.dtype).eps * jnp.linalg.norm(e) * jnp.sqrt(jnp.sum(jnp.exp(2 * others)))
 
 
-def unresolved(status: Any, moved: Any, elapsed: Any, accepted: Any, rho: Any, loss: Any, loss0: Any,
+def unresolved(status: Any, moved: Any, elapsed: Any, accepted: Any, step: Any, rho: Any, loss: Any, loss0: Any,
                loss_min: Any) -> Any:  # fmt: skip
     """`status`, or `Status.UNRESOLVED` for a running cell whose weights moved by `moved` (2-norm) in `elapsed`
-    time over `accepted` steps at less than `RESOLVE`·`rho` while its loss is above `FAR` of its way to ℓ*."""
-    slow = (accepted >= MIN_STEPS) & (elapsed > 0) & (moved < RESOLVE * rho * elapsed)
+    time over `accepted` steps, the last of size `step`·λ_max ≥ `LONG_STEP`, at less than `RESOLVE`·`rho` while its
+    loss is above `FAR` of its way to ℓ*."""
+    slow = (accepted >= MIN_STEPS) & (step >= LONG_STEP) & (elapsed > 0) & (moved < RESOLVE * rho * elapsed)
     far = loss - loss_min > FAR * (loss0 - loss_min)
     return jnp.where((status == 0) & slow & far, int(Status.UNRESOLVED), status).astype(status.dtype)

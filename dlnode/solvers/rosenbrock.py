@@ -387,8 +387,8 @@ def _batch(flow: Flow, switching: bool = True, counts: bool = False) -> tuple[Ca
         s0 = st["s"]
         elapsed = (s.t_hi - s0.t_hi) + (s.t_lo - s0.t_lo)
         rho = roundoff_scale(flow, unravel(s.x), args)
-        s = s._replace(status=unresolved(s.status, jnp.linalg.norm(s.x - s0.x), elapsed, s.steps - s0.steps, rho,
-                                         loss(s.x), loss0, arrays["loss_min"]))  # fmt: skip
+        s = s._replace(status=unresolved(s.status, jnp.linalg.norm(s.x - s0.x), elapsed, s.steps - s0.steps,
+                                         s.h * s.lam, rho, loss(s.x), loss0, arrays["loss_min"]))  # fmt: skip
         return obs, flow.observe(unravel(s.x), args), dict(st, s=s)
 
     def final(st: dict) -> Any:
