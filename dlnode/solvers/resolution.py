@@ -28,7 +28,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from dlnode.flows.flow import Flow, layer_gradients, unpack_layers
-from dlnode.solvers.core import Status
+from dlnode.solvers.core import RUNNING, Status
 
 __all__ = ["FAR", "LONG_STEP", "MIN_STEPS", "RESOLVE", "roundoff_scale", "unresolved"]
 
@@ -53,4 +53,4 @@ def unresolved(status: Any, moved: Any, elapsed: Any, accepted: Any, step: Any, 
     loss is above `FAR` of its way to ℓ*."""
     slow = (accepted >= MIN_STEPS) & (step >= LONG_STEP) & (elapsed > 0) & (moved < RESOLVE * rho * elapsed)
     far = loss - loss_min > FAR * (loss0 - loss_min)
-    return jnp.where((status == 0) & slow & far, int(Status.UNRESOLVED), status).astype(status.dtype)
+    return jnp.where((status == RUNNING) & slow & far, int(Status.UNRESOLVED), status).astype(status.dtype)
