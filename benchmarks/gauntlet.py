@@ -114,6 +114,8 @@ def generate(seed: int = 0, count: int = 64, quick: bool = False) -> list[Case]:
             flow, init = "end_to_end", "balanced"
         if init == "residual":  # W_j = I + scale·G: the scale is a perturbation of the identity, per layer
             scale_of = "layer"
+        if math.isinf(depth):  # a per-layer scale has no infinite-depth limit
+            scale_of = "product"
         cases.append(Case(index, kind, (rows, cols), rank, round(float(fraction), 3), depth, init, scale, scale_of,
                           flow, int(rng.integers(0, 1000))))  # fmt: skip
     return cases
