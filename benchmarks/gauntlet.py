@@ -226,8 +226,11 @@ def measure(case: Case, limit: float, methods: list[str], reference: bool) -> di
     """The case's row: auto cold (a fresh cache), its reference, and each fixed method cold."""
     with tempfile.TemporaryDirectory() as cold:
         row = _subprocess(case, "auto", limit, cold)
-    row = {"case": case.index, "status": f"no result in {limit:g} s"} if row is None else row
-    row["call"] = case.describe()
+    if row is None:
+        row = {"status": f"no result in {limit:g} s"}
+    elif "failed" in row:
+        row = {"status": "error: " + row["failed"]}
+    row.update(case=case.index, call=case.describe())
     if reference and "method" in row:
         ref = _subprocess(case, f"ref:{reference_method(case, row['method'])}", 4 * limit, str(RESULTS / "cache"))
         if ref is None or "failed" in ref:
