@@ -258,14 +258,15 @@ def summary(rows: list[dict], methods: list[str]) -> str:
     failed = len(rows) - len(converged) - len(honest)
     totals = np.array([r["total"] for r in done]) if done else np.array([math.nan])
     q = np.nanquantile(totals, [0.5, 0.9, 1.0])
-    errs = [r for r in converged if not r.get("error", 0) <= TARGET_ERROR]
+    measured = [r for r in converged if "error" in r]
+    errs = [r for r in measured if not r["error"] <= TARGET_ERROR]
     drifts = [r for r in done if r.get("drift", 0) > TARGET_DRIFT]
     lines = [
         f"{len(rows)} cases: {len(converged)} converged, {len(honest)} stopped with a status that says why "
         f"({', '.join(sorted({r['status'] for r in honest})) or 'none'}), {failed} failed or out of time.",
         f"Time per case (integrate, compile included, cold): median {q[0]:.1f} s, 90 % {q[1]:.1f} s, max {q[2]:.1f} s.",
-        f"Error against the reference above {TARGET_ERROR:g} (or not measured) on {len(errs)} converged cases: "
-        + (", ".join(str(r["case"]) for r in errs) or "none") + ".",
+        f"Error against the reference measured on {len(measured)} converged cases, above {TARGET_ERROR:g} (or NaN) "
+        f"on {len(errs)}: " + (", ".join(str(r["case"]) for r in errs) or "none") + ".",
         f"Drift above {TARGET_DRIFT:g}·max‖W_j‖² on {len(drifts)}: " + (", ".join(str(r["case"]) for r in drifts) or
                                                                           "none") + ".",
     ]  # fmt: skip
