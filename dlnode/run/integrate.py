@@ -153,7 +153,7 @@ def _assemble(plan: Plan, raw: dict[float, Solution], given: Problem) -> Any:
     status PENDING); an interrupted one is remembered for `resume`, with the problem object `given`."""
     cut = plan.until_converged and not isinstance(plan.saveat, np.ndarray)
     runs = _common_grid(raw, cut, plan.step)
-    ds = to_dataset(runs, plan.scales, plan.seeds, dataset_attrs(plan, runs) | plan.noise.attrs(), plan.save_weights,
+    ds = to_dataset(runs, plan.scales, plan.seeds, dataset_attrs(plan, runs), plan.save_weights,
                     plan.noise.paths)  # fmt: skip
     if plan.method == PER_DEPTH:  # as in a sweep store: the method each cell ran
         codes = np.array([METHOD_CODES[plan.methods[d]] for d in runs], dtype=np.int8)
@@ -368,7 +368,7 @@ def dataset_attrs(plan: Plan, runs: dict) -> dict[str, Any]:
     problem, init = plan.problem, plan.init
     init_name = init if isinstance(init, str) else f"callable:{getattr(init, '__name__', type(init).__name__)}"
     e2e = plan.flow == "end_to_end"
-    return {
+    return plan.noise.attrs() | {
         "dlnode_version": __version__,
         "problem": problem.to_json(),
         "flow": plan.flow,
