@@ -66,7 +66,7 @@ BAD = [
     (
         _with("grid", lr=[0.1]),
         "config key 'grid.lr', in the cells flow='layers', init='gaussian', method='tsit5', lr=0.1: "
-        "lr applies to method='gd' or flow='modified' only",
+        "lr applies to method='gd', flow='modified' or flow='central' only",
     ),
     (_with("grid", method=["gd"], lr=[0.1, 0.03]), "every lr must divide the largest (0.1)"),
     (

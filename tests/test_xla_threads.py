@@ -66,7 +66,7 @@ def test_a_bad_value_is_one_line_naming_the_variable(value):
         requested_threads(value)
     env = dict(os.environ, **{ENV: value})
     done = subprocess.run([sys.executable, "-c", "import dlnode"], env=env, capture_output=True, text=True)
-    assert done.returncode != 0 and f"ValueError: {ENV} must be" in done.stderr.splitlines()[-1]
+    assert done.returncode != 0 and f"ArgumentError: {ENV} must be" in done.stderr.splitlines()[-1]
 
 
 def test_values():
