@@ -190,7 +190,7 @@ def test_which_compiled_programs_the_persistent_cache_can_keep(monkeypatch, kw, 
     """JAX writes no program that holds a host callback to its persistent cache. dlnode's own methods hold none, so a
     second process reuses their compiled solvers; the diffrax methods hold diffrax's checks (README, docs/solvers.md
     say so), which also shows that the check sees a callback where there is one."""
-    from dlnode.solvers import diffrax_methods, gd, registry, singular
+    from dlnode.solvers import diffrax_methods, stepping
 
     texts = []
 
@@ -198,7 +198,7 @@ def test_which_compiled_programs_the_persistent_cache_can_keep(monkeypatch, kw, 
         texts.append(fn.lower(*args).as_text())
         return core.call(fn, *args)
 
-    for module in (registry, gd, singular, diffrax_methods):
+    for module in (stepping, diffrax_methods):  # the modules that run compiled programs
         monkeypatch.setattr(module, "call", recording)
     prob = dln.MatrixCompletion.random((4, 4), 2, 10, seed=0)
     dln.integrate(prob, depth=3, scale=0.3, t1=1.0, saveat=4, progress=False, **kw)

@@ -19,6 +19,7 @@ from dlnode.flows import scales
 from dlnode.flows.endtoend import end_to_end_field
 from dlnode.flows.flow import get_flow
 from dlnode.solvers import auto, singular
+from dlnode.solvers.stepping import compiled
 
 TARGET_SV = np.array([3.0, 2.0, 1.0, 0.5, 0.0, 0.0])
 # Escape times at rtol 1e-9 against the quadrature of the scalar law: the saves bracket each predicted time on a grid
@@ -76,12 +77,12 @@ def test_one_compiled_solver_serves_every_depth(traces):
     product at each depth is the one a run of that depth alone gives."""
     prob = dln.MatrixCompletion.random((5, 5), 2, 18, seed=4)
     kw = _balanced_product(method="rosenbrock", t1=30.0, saveat=6, rtol=1e-8, atol=1e-13)
-    singular._batch.cache_clear()
+    compiled.cache_clear()
     before = traces()
     dln.integrate(prob, **{**kw, "depth": 2})
     one_depth = traces() - before
     assert one_depth > 0
-    singular._batch.cache_clear()
+    compiled.cache_clear()
     before = traces()
     together = dln.integrate(prob, **{**kw, "depth": [2, 3, "inf"]})
     assert traces() - before == one_depth  # the solver of depth 2 serves depths 3 and inf: traced once
@@ -335,9 +336,9 @@ def test_matrix_free_stage_solves_agree_with_the_dense_lu(monkeypatch, depth):
     runs = {}
     for name, limit in (("dense", 10**9), ("krylov", 0)):
         monkeypatch.setattr(singular, "DENSE_MAX_UNKNOWNS", limit)
-        singular._batch.cache_clear()
+        compiled.cache_clear()
         runs[name] = dln.integrate(prob, **kw)
-    singular._batch.cache_clear()
+    compiled.cache_clear()
     for ds in runs.values():
         assert ds.status.item() in (0, 1)
     w, w_ref = (runs[k]["product"].isel(depth=0, scale=0, seed=0).values for k in ("krylov", "dense"))

@@ -13,8 +13,9 @@ exactly the same steps.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,17 +23,19 @@ import numpy as np
 
 from dlnode.flows.flow import Flow, layer_gradients
 from dlnode.problems.samples import samples_of
-from dlnode.solvers.core import RUNNING, Method, Status, batched, call, stop_flags
+from dlnode.solvers.core import RUNNING, Method, Status, stop_flags
 from dlnode.solvers.sde import SDE_SOLVERS, sde_terms
+from dlnode.solvers.stepping import SteppingMethod, method_entry
 from dlnode.solvers.stochastic import step_gradient
 
-__all__ = ["DISCRETE", "FIXED_STEP", "GD", "SDE_METHODS"]
+__all__ = ["DISCRETE", "FIXED_STEP", "GD", "SDE_METHODS", "FixedStep"]
 
 WINDOW_STEPS = 1_000_000  # steps are cheap: a window is bounded by its save times
 DISCRETE = ("gd", "sgd", "label_noise")  # step k at t = k·lr
 SDE_METHODS = tuple(SDE_SOLVERS)  # step k at t = k·dt
 
 
+@cache
 def _stepper(name: str, flow: Flow) -> Callable:
     """(y, n, key, solver_state, args, c) -> (y at step n + 1, loss at y, solver_state)."""
     problem_cls = flow.problem_cls
@@ -67,47 +70,53 @@ def _stepper(name: str, flow: Flow) -> Callable:
     return step
 
 
-@cache
-def _functions(name: str, flow: Flow) -> tuple[Callable, Callable, Callable]:
-    step = _stepper(name, flow)
-    noisy = name != "gd"
+class _Carry(NamedTuple):
+    y: Any  # the layers
+    n: Any  # steps taken: the cell is at t = n·h
+    status: Any
 
-    def start(y0: Any, arrays: dict, c: dict) -> dict:
-        y0, key = y0 if noisy else (y0, jnp.zeros((2,), jnp.uint32))
-        args = flow.prepare(y0, arrays, c)
+
+@dataclass(frozen=True)
+class FixedStep(SteppingMethod):
+    """The fixed-step loop of every method here: step n goes from n·h to (n + 1)·h, h = lr (dt for the SDEs);
+    a save time t is the step count rint(t/h)."""
+
+    name: str
+    flow: Flow
+
+    @property
+    def noisy(self) -> bool:
+        return self.name != "gd"
+
+    def start(self, y0: Any, arrays: dict, c: dict) -> dict:
+        y0, key = y0 if self.noisy else (y0, jnp.zeros((2,), jnp.uint32))
+        args = self.flow.prepare(y0, arrays, c)
         zero = jnp.zeros((), jnp.int64)
-        return {"y": y0, "n": zero, "status": zero, "args": args, "loss0": flow.loss(y0, args), "lr": c["lr"],
-                "h": c["dt"] if name in SDE_METHODS else c["lr"], "key": key}  # fmt: skip
+        return {"s": _Carry(y0, zero, zero), "args": args, "loss0": self.flow.loss(y0, args), "lr": c["lr"],
+                "h": c["dt"] if self.name in SDE_METHODS else c["lr"], "key": key}  # fmt: skip
 
-    def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
-        args, loss0, key = st["args"], st["loss0"], st["key"]
-        steps = jnp.rint(ts / st["h"]).astype(jnp.int64)
-        n_start = st["n"]
+    def step(self, s: _Carry, st: dict, target: Any, arrays: dict, c: dict) -> _Carry:
+        y1, loss, _ = _stepper(self.name, self.flow)(s.y, s.n, st["key"], None, st["args"], c)
+        converged, diverged = stop_flags(loss, st["loss0"], arrays["loss_min"], c)
+        status = Status.of_stop(converged, diverged)
+        go = status == RUNNING
+        y = jax.tree_util.tree_map(lambda a, b: jnp.where(go, b, a), s.y, y1)
+        return _Carry(y, s.n + go, status)
 
-        def body(carry):
-            y, n, _ = carry
-            y1, loss, _ = step(y, n, key, None, args, c)
-            converged, diverged = stop_flags(loss, loss0, arrays["loss_min"], c)
-            status = Status.of_stop(converged, diverged)
-            go = status == RUNNING
-            y = jax.tree_util.tree_map(lambda a, b: jnp.where(go, b, a), y, y1)
-            return y, n + go, status
+    def short(self, s: _Carry, target: Any) -> Any:
+        return s.n < target
 
-        def advance(carry, target):
-            def cond(cr):
-                budget = (cr[1] < c["max_steps"]) & (cr[1] - n_start < c["window_steps"])
-                return (cr[1] < target) & (cr[2] == 0) & budget
+    def attempts(self, s: _Carry) -> Any:
+        return s.n
 
-            carry = jax.lax.while_loop(cond, body, carry)
-            return carry, flow.observe(carry[0], args)
+    def targets(self, ts: Any, st: dict) -> Any:
+        return jnp.rint(ts / st["h"]).astype(jnp.int64)
 
-        (y, n, status), obs = jax.lax.scan(advance, (st["y"], st["n"], st["status"]), steps)
-        return obs, flow.observe(y, args), dict(st, y=y, n=n, status=status)
+    def observe(self, s: _Carry, st: dict, arrays: dict) -> dict:
+        return self.flow.observe(s.y, st["args"])
 
-    def final(st: dict) -> Any:
-        return st["y"]
-
-    return batched(start, window, final)
+    def final(self, st: dict) -> Any:
+        return st["s"].y
 
 
 def _supports(name: str) -> Callable[[Flow], str | None]:
@@ -122,18 +131,15 @@ def _supports(name: str) -> Callable[[Flow], str | None]:
 
 
 def _summary(st: dict) -> dict[str, np.ndarray]:
-    n, status, h = (np.asarray(a) for a in jax.device_get((st["n"], st["status"], st["h"])))
+    n, status, h = (np.asarray(a) for a in jax.device_get((st["s"].n, st["s"].status, st["h"])))
     return {"t": n * h, "steps": n, "rejected": np.zeros_like(n), "status": status}
 
 
 def _method(name: str) -> Method:
-    return Method(
+    return method_entry(
+        lambda flow: FixedStep(name, flow),
         name=name, family="gd" if name in DISCRETE else "sde", stiff=False, max_steps=10_000_000,
-        window_steps=WINDOW_STEPS, supports=_supports(name), needs_lr=True,
-        start=lambda flow, y0, arrays, c: call(_functions(name, flow)[0], y0, arrays, c),
-        advance=lambda flow, st, arrays, ts, c: call(_functions(name, flow)[1], st, arrays, ts, c),
-        summary=_summary,
-        final=lambda flow, st: call(_functions(name, flow)[2], st),
+        window_steps=WINDOW_STEPS, supports=_supports(name), needs_lr=True, summary=_summary,
     )  # fmt: skip
 
 

@@ -11,7 +11,8 @@
 - `sgd`, `label_noise`: the same loop with a minibatch and/or perturbed labels; `sde_euler`, `sde_heun`: diffrax's
   Euler–Maruyama and Heun methods on the SDE of that noise, in the same fixed-step loop (see `gd`, `sde`).
 
-Adding a method is one module defining a `Method` and one line here; the method tests parametrise over `METHODS`.
+Adding a method is one module defining a `Method` (for a method of one `step`, a `stepping.SteppingMethod` and its
+`method_entry`) and one line here; the method tests parametrise over `METHODS`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import numpy as np
 from dlnode.errors import refused
 from dlnode.flows.flow import Flow
 from dlnode.solvers import rosenbrock, singular
-from dlnode.solvers.core import Controls, Method, Solution, call
+from dlnode.solvers.core import Controls, Method, Solution
 from dlnode.solvers.diffrax_methods import DIFFRAX
 from dlnode.solvers.driver import Horizon, drive
 from dlnode.solvers.gd import FIXED_STEP
 from dlnode.solvers.scipy_methods import SCIPY
+from dlnode.solvers.stepping import SteppingMethod, method_entry
 
 __all__ = ["METHODS", "solve"]
 
@@ -36,22 +38,18 @@ def _rosenbrock_supports(flow: Flow) -> str | None:
     return singular.check(flow) if flow.end_to_end else rosenbrock._check_flow(flow)
 
 
-def _rosenbrock_start(flow: Flow, y0: Any, arrays: dict, c: dict) -> Any:
-    if flow.end_to_end:
-        return singular.start(flow, np.asarray(y0), arrays, c)
-    return call(rosenbrock.make_batch(flow)[0], y0, arrays, c)
+def _rosenbrock_of(flow: Flow) -> SteppingMethod:
+    return singular.SingularRosenbrock(flow.problem_cls) if flow.end_to_end else rosenbrock.LayerRosenbrock(flow)
 
 
-def _family(flow: Flow) -> Any:
-    return singular if flow.end_to_end else rosenbrock
+def _rosenbrock_initial(flow: Flow, y0: Any, arrays: dict, c: dict) -> tuple[Any, dict]:
+    return singular.initial(flow, y0, arrays, c) if flow.end_to_end else (y0, c)
 
 
-ROSENBROCK = Method(
+ROSENBROCK = method_entry(
+    _rosenbrock_of, initial=_rosenbrock_initial,
     name="rosenbrock", family="rosenbrock", stiff=True, max_steps=200_000, window_steps=256,
-    supports=_rosenbrock_supports, start=_rosenbrock_start,
-    advance=lambda flow, st, arrays, ts, c: call(_family(flow).make_batch(flow)[1], st, arrays, ts, c),
-    summary=singular.summary,
-    final=lambda flow, st: call(_family(flow).make_batch(flow)[2], st),
+    supports=_rosenbrock_supports, summary=singular.summary,
 )  # fmt: skip
 
 METHODS: dict[str, Method] = {**DIFFRAX, "rosenbrock": ROSENBROCK, **SCIPY, **FIXED_STEP}

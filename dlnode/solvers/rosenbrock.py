@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -47,6 +48,7 @@ from dlnode.flows.flow import Flow, pack_layers
 from dlnode.solvers.core import RUNNING, Status, stop_flags
 from dlnode.solvers.krylov import cg, power_iteration
 from dlnode.solvers.resolution import roundoff_scale, unresolved
+from dlnode.solvers.stepping import BATCH_AXIS, SteppingMethod, compiled
 from dlnode.solvers.tableaus import DOPRI5, ExplicitTableau
 
 __all__ = [
@@ -104,7 +106,6 @@ SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 5.0  # step controller: h ← h·clip(0.9 e
 # completion: its cost per unit time falls below the explicit one near h·λ_max ≈ 30–50; with RODAS3, thresholds of
 # 20/7 and 50/20 instead of 30/10 gained nothing beyond noise).
 EXPLICIT_STABLE, SWITCH, SWITCH_BACK, CAPPED_GROWTH = 3.0, 30.0, 10.0, 1.5
-BATCH_AXIS = "batch"
 STIFF_CEILING = 1e8  # h·γ·λ_max cap: CG and the update keep ~ε·1e8 relative accuracy in the slow subspace
 # stage residual, in units of the local error tolerance atol + rtol·|y|. Measured on the Arora completion (RODAS3,
 # rtol 1e-4 / 1e-6): 1e-3 → 3e-2 cuts the CG work ~35 % and moves the error after the first escape by 1 % / 9 %
@@ -327,14 +328,14 @@ def _check_flow(flow: Flow) -> str | None:
     return None
 
 
-def make_batch(flow: Flow, switching: bool = True, counts: bool = False) -> tuple[Callable, Callable, Callable]:
+def make_batch(flow: Flow, switching: bool = True) -> tuple[Callable, Callable, Callable]:
     """Jitted, vmapped (start, window, final) functions of the stiff layer path for a batch of initial states.
 
     ``start(y0, arrays, c) -> state``; ``window(state, arrays, ts, c) -> (observables at ts, observables at the
     state reached, state)``: Rosenbrock (`TABLEAU`) steps, and explicit (`DOPRI5`) steps while the batch is not
     stiff (`SWITCH`), landing on every save time, until each cell is done, reached ts[-1], or spent
     ``c["window_steps"]`` attempts in the window (or ``c["max_steps"]`` in all); ``final(state) -> layers``.
-    `switching=False` takes Rosenbrock steps only; `counts=True` reports accepted explicit steps in the state.
+    `switching=False` takes Rosenbrock steps only. The state counts accepted explicit steps (`summary`).
 
     Raises
     ------
@@ -343,66 +344,61 @@ def make_batch(flow: Flow, switching: bool = True, counts: bool = False) -> tupl
     reason = _check_flow(flow)
     if reason:
         raise refused(reason)
-    return _batch(flow, switching, counts)
+    return compiled(LayerRosenbrock(flow, switching))
 
 
-@cache
-def _batch(flow: Flow, switching: bool = True, counts: bool = False) -> tuple[Callable, Callable, Callable]:
-    def closures(y_like: Any, args: dict) -> tuple[Callable, Callable, Callable]:
+@dataclass(frozen=True)
+class LayerRosenbrock(SteppingMethod):
+    """The stiff layer path as a `SteppingMethod`: one attempt is `_step` on the flat layers."""
+
+    flow: Flow
+    switching: bool = True
+
+    def _closures(self, st: dict) -> tuple[Callable, Callable, Callable]:
+        y_like, args = st["y_like"], st["args"]
         _, unravel = ravel_pytree(y_like)
 
         def field(x):
-            return ravel_pytree(flow.field(0.0, unravel(x), args))[0]
+            return ravel_pytree(self.flow.field(0.0, unravel(x), args))[0]
 
         def loss(x):
-            return flow.loss(unravel(x), args)
+            return self.flow.loss(unravel(x), args)
 
         return field, loss, unravel
 
-    def start(y0: Any, arrays: dict, c: dict) -> dict:
-        args = flow.prepare(y0, arrays, c)
-        field, loss, _ = closures(y0, args)
+    def start(self, y0: Any, arrays: dict, c: dict) -> dict:
+        st = {"args": self.flow.prepare(y0, arrays, c), "y_like": y0}
+        field, loss, _ = self._closures(st)
         x0 = ravel_pytree(y0)[0]
-        return {"s": _initial_state(field, x0, c), "args": args, "loss0": loss(x0), "y_like": y0}
+        return {"s": _initial_state(field, x0, c), "loss0": loss(x0), **st}
 
-    def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
-        args, loss0 = st["args"], st["loss0"]
-        field, loss, unravel = closures(st["y_like"], args)
-        spent = st["s"].steps + st["s"].rejected
+    def step(self, s: _State, st: dict, target: Any, arrays: dict, c: dict) -> _State:
+        field, loss, _ = self._closures(st)
+        return _step(field, loss, st["loss0"], arrays["loss_min"], c, target, s, self._batch_max)
 
-        def advance(s: _State, target: Any) -> tuple[_State, dict]:
-            def cond(s):
-                attempts = s.steps + s.rejected
-                budget = (attempts < c["max_steps"]) & (attempts - spent < c["window_steps"])
-                return (s.status == RUNNING) & ((target - s.t_hi) - s.t_lo > 0) & budget
+    def _batch_max(self, v: Any) -> Any:
+        return jax.lax.pmax(v, BATCH_AXIS) if self.switching else jnp.ones_like(v)
 
-            def body(s):
-                return _step(field, loss, loss0, arrays["loss_min"], c, target, s, batch_max)
+    def short(self, s: _State, target: Any) -> Any:
+        return (target - s.t_hi) - s.t_lo > 0
 
-            s = jax.lax.while_loop(cond, body, s)
-            return s, flow.observe(unravel(s.x), args)
+    def targets(self, ts: Any, st: dict) -> Any:
+        return jnp.asarray(ts, st["s"].x.dtype)
 
-        s, obs = jax.lax.scan(advance, st["s"], jnp.asarray(ts, st["s"].x.dtype))
-        # a cell whose weights move slower than the round-off of their field stops (see `resolution`)
-        s0 = st["s"]
+    def observe(self, s: _State, st: dict, arrays: dict) -> dict:
+        return self.flow.observe(self._closures(st)[2](s.x), st["args"])
+
+    def end_window(self, s0: _State, s: _State, st: dict, arrays: dict, c: dict) -> _State:
+        """A cell whose weights move slower than the round-off of their field stops (see `resolution`)."""
+        _, loss, unravel = self._closures(st)
         elapsed = (s.t_hi - s0.t_hi) + (s.t_lo - s0.t_lo)
-        rho = roundoff_scale(flow, unravel(s.x), args)
-        s = s._replace(status=unresolved(s.status, jnp.linalg.norm(s.x - s0.x), elapsed, s.steps - s0.steps,
-                                         s.h * s.lam, rho, loss(s.x), loss0, arrays["loss_min"]))  # fmt: skip
-        return obs, flow.observe(unravel(s.x), args), dict(st, s=s)
+        rho = roundoff_scale(self.flow, unravel(s.x), st["args"])
+        status = unresolved(s.status, jnp.linalg.norm(s.x - s0.x), elapsed, s.steps - s0.steps, s.h * s.lam, rho,
+                            loss(s.x), st["loss0"], arrays["loss_min"])  # fmt: skip
+        return s._replace(status=status)
 
-    def final(st: dict) -> Any:
+    def final(self, st: dict) -> Any:
         return ravel_pytree(st["y_like"])[1](st["s"].x)
-
-    def batch_max(v):
-        return jax.lax.pmax(v, BATCH_AXIS) if switching else jnp.ones_like(v)
-
-    vmapped = jax.vmap(window, in_axes=(0, None, None, None), axis_name=BATCH_AXIS)
-    return (
-        jax.jit(jax.vmap(start, in_axes=(0, None, None))),
-        jax.jit(vmapped),
-        jax.jit(jax.vmap(final)),
-    )
 
 
 def summary(st: dict) -> dict[str, np.ndarray]:

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from functools import cache
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
@@ -55,8 +55,8 @@ import numpy as np
 
 from dlnode.errors import fail, refused, shown
 from dlnode.flows.flow import Flow, end_to_end_observables
-from dlnode.solvers.core import RUNNING, batched, call
 from dlnode.solvers.rosenbrock import SHAMPINE, error_norm, settle, step_factor
+from dlnode.solvers.stepping import SteppingMethod, compiled
 
 # Shampine's order-4 method, not the layer path's RODAS3: on the depth-8 factorisation (σ(0) = 1e-24) RODAS3 took
 # 5833 steps and 7.3 s where this takes 2793 and 2.9 s (rtol 1e-7, measured).
@@ -69,7 +69,7 @@ __all__ = [
     "operator_weights",
     "scaled_error",
     "singular_field",
-    "start",
+    "initial",
     "unknowns",
 ]
 
@@ -453,117 +453,115 @@ def make_batch(flow: Flow) -> tuple[Callable, Callable, Callable]:
     saved singular values taken from ln σ (exact down to any size) instead of an SVD of W; ``final`` gives W.
 
     One set serves every depth of a problem class: ``start`` reads the depth as ``c["depth_power"]`` = 2/N (0 at
-    depth ∞, see `depth_power`), a traced number that the state carries on; `start` below supplies it.
+    depth ∞, see `depth_power`), a traced number that the state carries on; `initial` supplies it.
     """
     reason = check(flow)
     if reason:
         raise refused(reason)
-    return _batch(flow.problem_cls)
+    return compiled(SingularRosenbrock(flow.problem_cls))
 
 
-def start(flow: Flow, w0: np.ndarray, arrays: dict, c: dict) -> dict:
-    """The batch state of `make_batch` for end-to-end matrices w0 (B, m, n) under `flow` (its depth included)."""
-    coords = initial_coordinates(flow, w0, arrays)
-    return call(make_batch(flow)[0], coords, arrays, {**c, "depth_power": np.float64(depth_power(flow.depth))})
+def initial(flow: Flow, w0: Any, arrays: dict, c: dict) -> tuple[tuple, dict]:
+    """What `make_batch`'s start takes for end-to-end matrices w0 (B, m, n) under `flow`: their coordinates
+    (see `initial_coordinates`) and the controls with the flow's depth as ``c["depth_power"]``."""
+    coords = initial_coordinates(flow, np.asarray(w0), arrays)
+    return coords, {**c, "depth_power": np.float64(depth_power(flow.depth))}
 
 
-@cache
-def _batch(problem_cls: type) -> tuple[Callable, Callable, Callable]:
-    def product(u, v, ell):
-        return (u[:, : ell.shape[0]] * jnp.exp(ell)) @ v[:, : ell.shape[0]].T
+def _product(u: Any, v: Any, ell: Any) -> Any:
+    return (u[:, : ell.shape[0]] * jnp.exp(ell)) @ v[:, : ell.shape[0]].T
 
-    def parts(u0: Any, v0: Any, ell0: Any, arrays: dict) -> tuple:
-        chart = _Chart(u0.shape[0], v0.shape[0], ell0.shape[0])
+
+@dataclass(frozen=True)
+class SingularRosenbrock(SteppingMethod):
+    """The singular-coordinate path as a `SteppingMethod`: one Rosenbrock attempt in a chart (U, ln σ, V) around
+    the current frames. One instance serves every depth of a problem class (the depth is ``st["depth_power"]``)."""
+
+    problem_cls: type
+
+    def _parts(self, s: _State, arrays: dict) -> tuple:
+        chart = _Chart(s.u.shape[0], s.v.shape[0], s.ell.shape[0])
 
         def gradient(w):
-            return problem_cls.grad_fn(w, arrays)
+            return self.problem_cls.grad_fn(w, arrays)
 
         return chart, gradient
 
-    def loss(w: Any, arrays: dict) -> Any:
-        return problem_cls.loss_fn(w, arrays)
+    def _loss(self, w: Any, arrays: dict) -> Any:
+        return self.problem_cls.loss_fn(w, arrays)
 
-    def start(y0: tuple, arrays: dict, c: dict) -> dict:
+    def start(self, y0: tuple, arrays: dict, c: dict) -> dict:
         u0, ell0, v0 = y0
-        chart, gradient = parts(u0, v0, ell0, arrays)
+        zero, izero = jnp.zeros((), ell0.dtype), jnp.zeros((), jnp.int64)
+        state = _State(u0, v0, ell0, zero, zero, zero, izero, izero, izero, izero)
+        chart, gradient = self._parts(state, arrays)
         power = c["depth_power"]
         qa, qb = chart.sizes
         sc = c["atol"] + c["rtol"]
         z0 = jnp.concatenate([jnp.zeros(qa + qb, ell0.dtype), ell0])
         f0 = chart.field(z0, u0, v0, gradient, power)
         h0 = jnp.minimum(0.01 / jnp.maximum(error_norm(f0 / sc), 1e-300), c["t1"])
-        zero, izero = jnp.zeros((), ell0.dtype), jnp.zeros((), jnp.int64)
-        state = _State(u0, v0, ell0, zero, zero, h0, izero, izero, izero, izero)
-        p = mean_hessian(problem_cls, arrays, (u0.shape[0], v0.shape[0]))
-        return {"s": state, "loss0": loss(product(u0, v0, ell0), arrays), "p": p, "depth_power": power}
+        p = mean_hessian(self.problem_cls, arrays, (u0.shape[0], v0.shape[0]))
+        return {"s": state._replace(h=h0), "loss0": self._loss(_product(u0, v0, ell0), arrays), "p": p,
+                "depth_power": power}  # fmt: skip
 
-    def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
-        loss0, s0, power = st["loss0"], st["s"], st["depth_power"]
-        chart, gradient = parts(s0.u, s0.v, s0.ell, arrays)
-        qa, qb = chart.sizes
+    def step(self, s: _State, st: dict, target: Any, arrays: dict, c: dict) -> _State:
+        chart, gradient = self._parts(s, arrays)
+        power, qa, qb = st["depth_power"], *chart.sizes
         sc = c["atol"] + c["rtol"]
-        spent = s0.steps + s0.rejected
+        rem = (target - s.t_hi) - s.t_lo
+        h = jnp.minimum(s.h, rem)
+        land = s.h >= rem
 
-        def observe(s: _State) -> dict:
-            """The observables of the end-to-end flow (`dlnode.flows.flow`), from the coordinates: σ from ln σ (exact
-            down to any size), and the rate −dℓ/dτ = Σ_ik (a_ik/N) G_ik² without an SVD of W."""
-            w = product(s.u, s.v, s.ell)
-            e = gradient(w)
-            g = s.u.T @ e @ s.v
-            rate = jnp.sum(operator_weights(s.ell, chart.m, chart.n, power) * g * g)
-            return end_to_end_observables(w, e, problem_cls, arrays, jnp.sort(jnp.exp(s.ell))[::-1], rate)
+        def field(z):
+            return chart.field(z, s.u, s.v, gradient, power)
 
-        def step(s: _State, target: Any) -> _State:
-            rem = (target - s.t_hi) - s.t_lo
-            h = jnp.minimum(s.h, rem)
-            land = s.h >= rem
+        def origin_field(z):
+            return chart.field(z, s.u, s.v, gradient, power, at_origin=True)
 
-            def field(z):
-                return chart.field(z, s.u, s.v, gradient, power)
+        z0 = jnp.concatenate([jnp.zeros(qa + qb, s.ell.dtype), s.ell])
+        if z0.shape[0] > DENSE_MAX_UNKNOWNS:
+            local = local_jacobian(chart, s.u, s.v, s.ell, gradient, power, st["p"])
+            z1, err = _attempt_krylov(field, z0, h, sc, origin_field, chart, local)
+        else:
+            z1, err = _attempt(field, z0, h, sc, origin_field, chart)
+        u1, v1, ell1 = chart.frames(s.u, s.v, z1)
+        u1, v1 = _reorthonormalise(u1), _reorthonormalise(v1)
+        finite = jnp.isfinite(err) & jnp.all(jnp.isfinite(z1))
+        accept = finite & (err <= 1.0)
+        fac = step_factor(err, finite, TABLEAU.order, s.fails)
+        h_next = jnp.where(accept & land, jnp.maximum(h * fac, s.h), h * fac)
+        loss1 = self._loss(_product(u1, v1, ell1), arrays)
+        t_hi, t_lo, fails, status = settle(accept, loss1, st["loss0"], arrays["loss_min"], c, s, h, land, target)
 
-            def origin_field(z):
-                return chart.field(z, s.u, s.v, gradient, power, at_origin=True)
+        def pick(new, old):
+            return jnp.where(accept, new, old)
 
-            z0 = jnp.concatenate([jnp.zeros(qa + qb, s.ell.dtype), s.ell])
-            if z0.shape[0] > DENSE_MAX_UNKNOWNS:
-                local = local_jacobian(chart, s.u, s.v, s.ell, gradient, power, st["p"])
-                z1, err = _attempt_krylov(field, z0, h, sc, origin_field, chart, local)
-            else:
-                z1, err = _attempt(field, z0, h, sc, origin_field, chart)
-            u1, v1, ell1 = chart.frames(s.u, s.v, z1)
-            u1, v1 = _reorthonormalise(u1), _reorthonormalise(v1)
-            finite = jnp.isfinite(err) & jnp.all(jnp.isfinite(z1))
-            accept = finite & (err <= 1.0)
-            fac = step_factor(err, finite, TABLEAU.order, s.fails)
-            h_next = jnp.where(accept & land, jnp.maximum(h * fac, s.h), h * fac)
-            loss1 = loss(product(u1, v1, ell1), arrays)
-            t_hi, t_lo, fails, status = settle(accept, loss1, loss0, arrays["loss_min"], c, s, h, land, target)
+        return _State(
+            pick(u1, s.u), pick(v1, s.v), pick(ell1, s.ell), pick(t_hi, s.t_hi), pick(t_lo, s.t_lo), h_next,
+            s.steps + accept, s.rejected + (1 - accept), fails, status.astype(s.status.dtype),
+        )  # fmt: skip
 
-            def pick(new, old):
-                return jnp.where(accept, new, old)
+    def short(self, s: _State, target: Any) -> Any:
+        return (target - s.t_hi) - s.t_lo > 0
 
-            return _State(
-                pick(u1, s.u), pick(v1, s.v), pick(ell1, s.ell), pick(t_hi, s.t_hi), pick(t_lo, s.t_lo), h_next,
-                s.steps + accept, s.rejected + (1 - accept), fails, status.astype(s.status.dtype),
-            )  # fmt: skip
+    def targets(self, ts: Any, st: dict) -> Any:
+        return jnp.asarray(ts, st["s"].ell.dtype)
 
-        def advance(s: _State, target: Any) -> tuple[_State, dict]:
-            def cond(s):
-                attempts = s.steps + s.rejected
-                budget = (attempts < c["max_steps"]) & (attempts - spent < c["window_steps"])
-                return (s.status == RUNNING) & ((target - s.t_hi) - s.t_lo > 0) & budget
+    def observe(self, s: _State, st: dict, arrays: dict) -> dict:
+        """The observables of the end-to-end flow (`dlnode.flows.flow`), from the coordinates: σ from ln σ (exact
+        down to any size), and the rate −dℓ/dτ = Σ_ik (a_ik/N) G_ik² without an SVD of W."""
+        chart, gradient = self._parts(s, arrays)
+        w = _product(s.u, s.v, s.ell)
+        e = gradient(w)
+        g = s.u.T @ e @ s.v
+        rate = jnp.sum(operator_weights(s.ell, chart.m, chart.n, st["depth_power"]) * g * g)
+        sigma = jnp.sort(jnp.exp(s.ell))[::-1]
+        return end_to_end_observables(w, e, self.problem_cls, arrays, sigma, rate)
 
-            s = jax.lax.while_loop(cond, lambda s: step(s, target), s)
-            return s, observe(s)
-
-        s, obs = jax.lax.scan(advance, s0, jnp.asarray(ts, s0.ell.dtype))
-        return obs, observe(s), dict(st, s=s)
-
-    def final(st: dict) -> Any:
+    def final(self, st: dict) -> Any:
         s = st["s"]
-        return product(s.u, s.v, s.ell)
-
-    return batched(start, window, final)
+        return _product(s.u, s.v, s.ell)
 
 
 def summary(st: dict) -> dict[str, np.ndarray]:

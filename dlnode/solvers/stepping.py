@@ -1,0 +1,122 @@
+"""One step, one loop: the base class of the methods dlnode writes itself, and the windowed loop that drives them.
+
+As scipy's `OdeSolver` is one `step` that `solve_ivp` drives, a `SteppingMethod` says how a cell starts
+(`start`), takes one attempt towards a save time (`step`), whether it is still short of that save time (`short`)
+and what it observes (`observe`); `window`, the same for every such method, runs a window of save times: for each
+one, attempts until the cell reaches it, stops (a status other than RUNNING) or spends its budget
+(``c["max_steps"]`` attempts in all, ``c["window_steps"]`` in this window), then observes. `compiled` vmaps start,
+window and final over a batch of cells and jits them, once per method instance (a method and its flow), and
+`method_entry` makes the registry's `core.Method` of it.
+
+Gradient descent and its stochastic and SDE relatives (`gd`), the stiff layer path (`rosenbrock`) and the
+singular-coordinate path (`singular`) are SteppingMethods. diffrax's methods and scipy's run their libraries'
+own loops (``diffeqsolve``, ``OdeSolver.step`` on the host) under the same window contract (`core.Method`).
+
+A cell's state is a dict: ``"s"``, the carry that steps change (a NamedTuple with at least ``status``), and
+whatever the steps read but never change (the flow's prepared arguments, ℓ₀, …).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from dlnode.solvers.core import RUNNING, Method, call
+
+__all__ = ["BATCH_AXIS", "SteppingMethod", "compiled", "method_entry", "window"]
+
+BATCH_AXIS = "batch"  # the vmapped batch's axis name: a step may reduce over the batch (`jax.lax.pmax`)
+
+
+class SteppingMethod:
+    """One cell's method, defined by its step. Subclasses are frozen dataclasses (hashable: `compiled` caches on
+    them) holding the flow and any static option."""
+
+    def start(self, y0: Any, arrays: dict, c: dict) -> dict:
+        """The cell's state at t = 0 (``{"s": carry, ...}``)."""
+        raise NotImplementedError
+
+    def step(self, s: Any, st: dict, target: Any, arrays: dict, c: dict) -> Any:
+        """One attempt from carry `s` towards the save time `target` (never past it): the new carry. A stop (the
+        shared stop rule, a failure) is a status other than RUNNING in the carry."""
+        raise NotImplementedError
+
+    def short(self, s: Any, target: Any) -> Any:
+        """Whether carry `s` is still short of `target`."""
+        raise NotImplementedError
+
+    def attempts(self, s: Any) -> Any:
+        """Attempts spent so far (accepted and rejected steps), against the budgets."""
+        return s.steps + s.rejected
+
+    def targets(self, ts: Any, st: dict) -> Any:
+        """The window's save times as `step` and `short` read them."""
+        return jnp.asarray(ts)
+
+    def observe(self, s: Any, st: dict, arrays: dict) -> dict:
+        """The flow's observables at carry `s`."""
+        raise NotImplementedError
+
+    def end_window(self, s0: Any, s: Any, st: dict, arrays: dict, c: dict) -> Any:
+        """The carry after a window that went from `s0` to `s` (a method may stop a cell here)."""
+        return s
+
+    def final(self, st: dict) -> Any:
+        """The state reached, as the flow's state (the layers, or the end-to-end matrix)."""
+        raise NotImplementedError
+
+
+def window(method: SteppingMethod, st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
+    """The shared windowed loop for one cell: ``(observables at ts, observables at the state reached, state)``.
+    `ts` is increasing, padded by repeating its last time."""
+    s0 = st["s"]
+    spent = method.attempts(s0)
+
+    def advance(s: Any, target: Any) -> tuple[Any, dict]:
+        def cond(s: Any) -> Any:
+            attempts = method.attempts(s)
+            budget = (attempts < c["max_steps"]) & (attempts - spent < c["window_steps"])
+            return (s.status == RUNNING) & method.short(s, target) & budget
+
+        s = jax.lax.while_loop(cond, lambda s: method.step(s, st, target, arrays, c), s)
+        return s, method.observe(s, st, arrays)
+
+    s, obs = jax.lax.scan(advance, s0, method.targets(ts, st))
+    s = method.end_window(s0, s, st, arrays, c)
+    return obs, method.observe(s, st, arrays), dict(st, s=s)
+
+
+@cache
+def compiled(method: SteppingMethod) -> tuple[Callable, Callable, Callable]:
+    """Jitted (start, window, final) of `method` over a batch of cells on the leading axis (named `BATCH_AXIS`)."""
+
+    def advance(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
+        return window(method, st, arrays, ts, c)
+
+    return (
+        jax.jit(jax.vmap(method.start, in_axes=(0, None, None))),
+        jax.jit(jax.vmap(advance, in_axes=(0, None, None, None), axis_name=BATCH_AXIS)),
+        jax.jit(jax.vmap(method.final)),
+    )
+
+
+def method_entry(of: Callable[[Any], SteppingMethod], *, initial: Callable | None = None, **fields: Any) -> Method:
+    """The registry's `Method` for the SteppingMethod ``of(flow)``: `fields` are `Method`'s (name, family, stiff,
+    budgets, supports, summary, needs_lr); `initial(flow, y0, arrays, c) -> (y0, c)` prepares a batch's initial
+    states on the host (the singular path's coordinates) before the jitted start."""
+
+    def start(flow: Any, y0: Any, arrays: dict, c: dict) -> Any:
+        if initial is not None:
+            y0, c = initial(flow, y0, arrays, c)
+        return call(compiled(of(flow))[0], y0, arrays, c)
+
+    return Method(
+        start=start,
+        advance=lambda flow, st, arrays, ts, c: call(compiled(of(flow))[1], st, arrays, ts, c),
+        final=lambda flow, st: call(compiled(of(flow))[2], st),
+        **fields,
+    )
