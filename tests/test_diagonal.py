@@ -148,3 +148,27 @@ def test_bad_diagonal_arguments_are_refused_in_one_line(kw, words):
     with pytest.raises(dln.DlnodeError) as err:
         dln.integrate(PROB, **(base | kw))
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_sharpness_of_a_diagonal_network_is_the_top_of_its_dense_hessian(depth):
+    """`sharpness=k` on a diagonal network: the top k eigenvalues of ∇²L in (u, v), against the Hessian formed by
+    jax.hessian at the saved weights."""
+    ds = dln.integrate(PROB, depth=depth, network="diagonal", init="gaussian", scale=0.5, method="gd", lr=0.01,
+                       t1=0.5, saveat=3, sharpness=3, save_weights=True, progress=False)  # fmt: skip
+    arrays = jax.tree_util.tree_map(jnp.asarray, PROB.arrays())
+
+    def loss(flat):
+        u, v = flat.reshape(2, *PROB.labels.shape[:1], -1)
+        return type(PROB).loss_fn(u**depth - v**depth, arrays)
+
+    weights = ds["weights"].isel(depth=0, scale=0, seed=0).values  # (time, layer = u, v, out, in)
+    for k in range(ds.sizes["time"]):
+        hessian = np.asarray(jax.hessian(loss)(jnp.asarray(weights[k].ravel())))
+        top = np.sort(np.linalg.eigvalsh(hessian))[::-1][:3]
+        np.testing.assert_allclose(ds["sharpness"].isel(depth=0, scale=0, seed=0, time=k).values, top, rtol=1e-9)
+
+
+def test_sharpness_beyond_a_diagonal_networks_parameters_is_refused():
+    with pytest.raises(dln.DlnodeError, match="sharpness.*at most the parameter count 20"):
+        dln.integrate(PROB, depth=2, network="diagonal", method="gd", lr=0.01, t1=0.5, sharpness=21, progress=False)

@@ -3,6 +3,7 @@ that ties a call's arguments together refuses a bad one with the same message fr
 from the command line."""
 
 import copy
+import inspect
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ import dlnode as dln
 from dlnode.cli import app
 from dlnode.flows import scales
 from dlnode.run.plan import Plan
-from dlnode.sweeps.config import load_config
+from dlnode.sweeps.config import GridConfig, IntegrateConfig, load_config
 from dlnode.sweeps.store import Layout
 from dlnode.sweeps.sweep import _tasks, task_plan
 
@@ -95,7 +96,23 @@ RULES = [
      method="rosenbrock"), dict(grid={"depth": [1], "flow": "end_to_end", "init": "balanced", "method": "rosenbrock"})),
     ("gd is not the modified flow", dict(depth=2, scale=0.1, flow="modified", lr=0.1, method="gd"),
      dict(grid={"flow": "modified", "lr": 0.1, "method": "gd"})),
+    ("label noise only for the stochastic methods", dict(depth=2, scale=0.1, noise=0.1),
+     dict(integrate={"noise": 0.1})),
+    ("sharpness needs layer parameters", dict(depth=2, scale=0.1, flow="end_to_end", init="balanced", sharpness=1),
+     dict(grid={"flow": "end_to_end", "init": "balanced"}, integrate={"sharpness": 1})),
+    ("a diagonal network's inits", dict(depth=2, scale=0.1, network="diagonal", init="orthogonal"),
+     dict(grid={"init": "orthogonal"}, integrate={"network": "diagonal"})),
 ]  # fmt: skip
+
+
+def test_a_config_takes_every_argument_of_a_plan():
+    """The sweep config is the plan's fields plus the grid: [grid] and [integrate] together name every argument of
+    `Plan.build` (= `dlnode.integrate`) but the problem (its own table) and the progress bar."""
+    arguments = set(inspect.signature(Plan.build).parameters) - {"problem", "progress"}
+    grid, run = set(GridConfig.model_fields), set(IntegrateConfig.model_fields)
+    assert not grid & run
+    assert grid | run == arguments
+    assert set(inspect.signature(dln.integrate).parameters) == arguments | {"problem", "progress"}
 
 
 def _bad_config(changes):

@@ -68,11 +68,30 @@ BAD = [
         "config key 'grid.lr', in the cells flow='layers', init='gaussian', method='tsit5', lr=0.1: "
         "lr applies to method='gd', flow='modified' or flow='central' only",
     ),
-    (_with("grid", method=["gd"], lr=[0.1, 0.03]), "every lr must divide the largest (0.1)"),
+    (
+        _with("grid", method=["gd"], lr=[0.1, 0.03]),
+        "config key 'grid.lr': every step (lr, or dt of an SDE method) must divide the largest (0.1)",
+    ),
     (
         {**_with("grid", method=["gd"], lr=[0.5, 0.25]), "integrate": {"t1": 0.4, "saveat": 10}},
         "config key 'integrate.t1', in the cells flow='layers', init='gaussian', method='gd', lr=0.5: "
         "t1 must be at least lr=0.5 for method='gd' (one step); got 0.4",
+    ),
+    (
+        {**BASE, "problem": {"kind": "sparse_regression", "d": 4, "n": 3, "sparsity": 5}},
+        "config table 'problem': sparsity must be at most d = 4; got 5",
+    ),
+    (_with("integrate", network="sparse"), "config key 'integrate.network': Input should be 'dense' or 'diagonal'"),
+    (_with("integrate", paths=0), "config key 'integrate.paths'"),
+    (
+        {
+            **BASE,
+            "problem": {"kind": "sparse_regression", "d": 4, "n": 3, "sparsity": 2},
+            "grid": {"depth": [2], "scale": [0.1], "method": "label_noise", "lr": [0.1]},
+            "integrate": {"t1": 1.0, "noise": 0.1, "sampling": "shuffled"},
+        },
+        "config key 'integrate.sampling', in the cells flow='layers', init='gaussian', method='label_noise', lr=0.1: "
+        "sampling must be one of",
     ),
 ]
 

@@ -61,11 +61,14 @@ OPTIONAL_VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
 }
 
 
+ALL_VARIABLES = {**VARIABLES, **OPTIONAL_VARIABLES}  # every variable a dataset may have, saved or optional
+
 # The long names of the coordinates, one definition for `integrate`'s datasets and the sweep stores.
 COORD_NAMES = {
     "depth": "network depth N (inf: N -> inf)",
     "scale": "initialisation scale (per layer or end to end: see the scale_of attribute)",
     "seed": "initialisation seed",
+    "path": "noise seed of the path",
     "time": "flow time",
     "flow": "flow",
     "init": "initialisation",
@@ -124,11 +127,11 @@ def to_dataset(
         "time": ("time", first.ts, {"long_name": COORD_NAMES["time"], "units": "time"}),
     }
     if paths is not None:
-        coords["path"] = ("path", np.asarray(paths, dtype=np.int64), {"long_name": "noise seed of the path"})
+        coords["path"] = ("path", np.asarray(paths, dtype=np.int64), {"long_name": COORD_NAMES["path"]})
     if first.step is not None:
         coords["step"] = ("time", first.step, {"long_name": "gradient-descent step (time = step * lr)"})
     variables = {}
-    for name, (dims, long_name, units) in {**VARIABLES, **OPTIONAL_VARIABLES}.items():
+    for name, (dims, long_name, units) in ALL_VARIABLES.items():
         if not data.get(name):
             continue
         var_attrs = {"long_name": long_name, "units": units}
@@ -221,7 +224,7 @@ def validate(ds: xr.Dataset) -> None:
         if d not in ds.coords:
             fail("ds", f"swept dim {d!r} must have its coordinate", None, "rebuild it with dlnode.sweeps.sweep",
                  kind=DatasetError)  # fmt: skip
-    for name, (dims, _, _) in {**VARIABLES, **OPTIONAL_VARIABLES}.items():
+    for name, (dims, _, _) in ALL_VARIABLES.items():
         expected = (*RUN, *grid, *dims[len(RUN) :])
         if name in ds and tuple(ds[name].dims) != expected:
             fail(
@@ -293,7 +296,7 @@ def _check_contents(ds: xr.Dataset, where: str) -> None:
             "restore it from a copy or re-run the computation",
             kind=DatasetError,
         )
-    for name, (dims, _, _) in {**VARIABLES, **OPTIONAL_VARIABLES}.items():
+    for name, (dims, _, _) in ALL_VARIABLES.items():
         if name in ds and not set(dims) <= set(ds[name].dims):
             fail(
                 where,

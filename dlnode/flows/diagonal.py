@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlnode.flows.flow import Flow
+from dlnode.flows.hessian import top_eigenvalues
 
 __all__ = ["DIAGONAL_INITS", "diagonal_backprop", "diagonal_flow", "diagonal_init", "diagonal_product", "hypentropy"]
 
@@ -73,8 +74,10 @@ def diagonal_init(shape: tuple[int, int], init: str, scale: float, seed: int) ->
 
 
 @cache
-def diagonal_flow(problem_cls: type, depth: int, save_weights: bool = False, modified: bool = False) -> Flow:
-    """The gradient flow (or the modified flow of L + (η/4)‖∇L‖²) of a depth-`depth` diagonal network."""
+def diagonal_flow(problem_cls: type, depth: int, save_weights: bool = False, modified: bool = False,
+                  sharpness: int = 0) -> Flow:  # fmt: skip
+    """The gradient flow (or the modified flow of L + (η/4)‖∇L‖²) of a depth-`depth` diagonal network;
+    `sharpness` = k > 0 also saves the top k eigenvalues of the Hessian in (u, v) at every save time."""
     grad_fn = problem_cls.grad_fn
 
     def backprop(y: Any, fn: Any, arrays: dict) -> tuple[Any, Any, Any]:
@@ -103,6 +106,8 @@ def diagonal_flow(problem_cls: type, depth: int, save_weights: bool = False, mod
             "grad_norm": jnp.sqrt(sum(jnp.sum(g * g) for g in grads)),
             "balancedness": jnp.max(jnp.where(jnp.isfinite(drift), drift, jnp.nan)),
         }
+        if sharpness:
+            out["sharpness"] = top_eigenvalues(lambda z: gradient(z, args["problem"]), y, sharpness)
         if save_weights:
             out["weights"] = tuple(y)
         return out

@@ -321,7 +321,7 @@ def _flow_of(plan: Plan, depth: float) -> Any:
     """The flow of one depth: dense or diagonal, carrying the call's noise (what the stochastic methods sample)."""
     weights = plan.save_weights and plan.flow != "end_to_end"
     if plan.noise.network == "diagonal":
-        flow = diagonal_flow(type(plan.problem), int(depth), weights, plan.flow == "modified")
+        flow = diagonal_flow(type(plan.problem), int(depth), weights, plan.flow == "modified", plan.sharpness)
     else:
         flow = get_flow(plan.flow, type(plan.problem), depth, weights, plan.sharpness)
     return flow if plan.noise.noise is None else dataclasses.replace(flow, noise=plan.noise.noise)

@@ -184,7 +184,7 @@ class Plan:
         saveat, save_weights = wanted.saveat, wanted.weights
         lr, t1 = check_arguments(depths, init, flow, method, lr, t1, saveat, scale_of, type(problem))
         check_width(width)
-        sharpness = check_sharpness(sharpness, problem, depths, width, flow)
+        sharpness = check_sharpness(sharpness, problem, depths, width, flow, noisy.network)
         if noisy.network == "dense":
             check_inits(problem, depths, init, scales, seeds, width)
         rtol, atol = check_tolerances(rtol, atol)  # None: the defaults below

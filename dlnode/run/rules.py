@@ -227,9 +227,11 @@ def check_memory(
     return need
 
 
-def check_sharpness(k: Any, problem: Any, depths: Sequence[float], width: int | None, flow: str) -> int:
-    """`sharpness`: a non-negative integer, at most the parameter count of the smallest network of the call, and
-    only for the per-layer flows (an end-to-end run has no layer parameters)."""
+def check_sharpness(k: Any, problem: Any, depths: Sequence[float], width: int | None, flow: str,
+                    network: str = "dense") -> int:  # fmt: skip
+    """`sharpness`: a non-negative integer, at most the parameter count of the smallest network of the call (a
+    diagonal network has the two factors u, v of β's shape), and only for the per-layer flows (an end-to-end run
+    has no layer parameters)."""
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 0:
         fail("sharpness", "must be a non-negative integer (the number of top Hessian eigenvalues saved)", k,
              "pass e.g. sharpness=1")  # fmt: skip
@@ -237,7 +239,10 @@ def check_sharpness(k: Any, problem: Any, depths: Sequence[float], width: int | 
         fail("sharpness", "needs per-layer parameters: not with flow='end_to_end'", k,
              "pass flow='layers' (or sharpness=0)")  # fmt: skip
     if k and flow != "end_to_end":
-        count = min(sum(a * b for a, b in layer_shapes(int(d), problem.d_in, problem.d_out, width)) for d in depths)
+        if network == "diagonal":
+            count = 2 * problem.d_in * problem.d_out
+        else:
+            count = min(sum(a * b for a, b in layer_shapes(int(d), problem.d_in, problem.d_out, width)) for d in depths)
         if k > count:
             fail("sharpness", f"must be at most the parameter count {count} of the smallest network", k,
                  f"pass sharpness <= {count}")  # fmt: skip

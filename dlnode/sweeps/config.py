@@ -6,7 +6,8 @@ A config has four tables::
     [grid]         depth = [1, 2, 3], init = ["gaussian"], scale = [0.1, 0.01], seed = [0, 1, 2, 3],
                    method = ["tsit5"], flow = ["layers"], lr = []   (each a list or a single value)
     [integrate]    t1 = 100.0, saveat = 100, rtol, atol, width, save_weights, loss_tol, max_steps,
-                   scale_of = "layer"
+                   scale_of = "layer", sharpness, network, batch, noise, sampling, paths, dt
+                   (with [grid], every argument of `dlnode.integrate` but the problem and the progress bar)
     [execution]    batch = "auto"   (cells per Dask task, vmapped together)
 
 Every cell of the grid shares one time axis, so the config defines it alone: ``integrate.t1`` with ``saveat`` a
@@ -34,9 +35,12 @@ from dlnode.flows.flow import FLOWS
 from dlnode.flows.scales import escape_estimate, time_unit
 from dlnode.problems.kinds import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression, _low_rank_target
 from dlnode.problems.network import INITS, layer_shapes
+from dlnode.problems.sparse import SparseRegression
+from dlnode.run.noise_rules import NETWORKS, plan_noise
 from dlnode.run.plan import HORIZON_FACTOR, log_times, planned_times
-from dlnode.run.rules import check_arguments, check_memory
+from dlnode.run.rules import check_arguments, check_memory, check_sharpness
 from dlnode.solvers import METHODS
+from dlnode.solvers.gd import SDE_METHODS
 
 __all__ = ["SweepConfig", "config_diff", "grid_layer_shapes", "load_config", "save_times"]
 
@@ -110,6 +114,27 @@ class MatrixCompletionConfig(_Table):
         return MatrixCompletion.random(tuple(self.shape), self.rank, self.observed, self.seed, self.normalize)
 
 
+class SparseRegressionConfig(_Table):
+    """`SparseRegression.random`: Gaussian design of `n` samples in dimension `d`, a `sparsity`-sparse β*."""
+
+    kind: Literal["sparse_regression"]
+    d: PosInt
+    n: PosInt
+    sparsity: PosInt
+    noise: NonNegative = 0.0
+    seed: Seed = 0
+    signed: bool = False
+
+    @model_validator(mode="after")
+    def _sparsity(self) -> SparseRegressionConfig:
+        if self.sparsity > self.d:
+            raise ValueError(f"sparsity must be at most d = {self.d}; got {self.sparsity}")
+        return self
+
+    def build(self) -> Problem:
+        return SparseRegression.random(self.d, self.n, self.sparsity, self.noise, self.seed, self.signed)
+
+
 class MatrixSensingConfig(_Table):
     """`MatrixSensing.random` with `measurements` Gaussian measurements."""
 
@@ -130,11 +155,10 @@ class MatrixSensingConfig(_Table):
 
 
 ProblemConfig = Annotated[
-    FactorizationConfig | RegressionConfig | MatrixCompletionConfig | MatrixSensingConfig, Field(discriminator="kind")
+    FactorizationConfig | RegressionConfig | MatrixCompletionConfig | MatrixSensingConfig | SparseRegressionConfig,
+    Field(discriminator="kind"),
 ]
 PROBLEM_TABLES = {m.model_fields["kind"].annotation.__args__[0]: m for m in ProblemConfig.__origin__.__args__}
-PROBLEM_CLASSES = {"factorization": Factorization, "regression": Regression, "matrix_completion": MatrixCompletion,
-                   "matrix_sensing": MatrixSensing}  # fmt: skip
 
 
 def _rank_beyond(shape: list[int] | None, rank: int | None) -> str | None:
@@ -178,7 +202,9 @@ class GridConfig(_Table):
 
 
 class IntegrateConfig(_Table):
-    """The arguments of `dlnode.integrate` shared by every cell."""
+    """The arguments of `dlnode.integrate` shared by every cell: together with the grid's axes, every argument of
+    `dlnode.run.plan.Plan.build` but the problem (the [problem] table) and the progress bar (tests keep the two
+    lists equal). The types here parse TOML; the rules are the plan's own (`_check_cells`)."""
 
     t1: Positive | None = None
     saveat: PosInt | Annotated[list[NonNegative], Field(min_length=1)] = 200
@@ -189,6 +215,23 @@ class IntegrateConfig(_Table):
     loss_tol: Positive | None = None
     max_steps: PosInt | None = None
     scale_of: Literal["layer", "product"] = "layer"
+    sharpness: Annotated[int, Field(ge=0)] = 0
+    network: Literal[NETWORKS] = "dense"  # type: ignore[valid-type]
+    batch: PosInt | None = None
+    noise: NonNegative | None = None
+    sampling: str = "epochs"
+    paths: PosInt | Annotated[list[Seed], Field(min_length=1)] | None = None  # a count, or the noise seeds
+    dt: Positive | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """These fields as `dlnode.integrate`'s keyword arguments (`saveat` aside: a sweep passes its times)."""
+        return {name: getattr(self, name) for name in type(self).model_fields if name != "saveat"}
+
+    def path_seeds(self) -> list[int] | None:
+        """The noise seeds of the ``path`` dim (None: a deterministic method, no such dim)."""
+        if self.paths is None:
+            return None
+        return list(range(self.paths)) if isinstance(self.paths, int) else list(self.paths)
 
 
 class ExecutionConfig(_Table):
@@ -285,32 +328,35 @@ def _table_model(loc: tuple) -> type[BaseModel]:
 
 
 def _check_cells(config: SweepConfig) -> None:
-    """Rules that span tables: every grid cell must be a valid `integrate` call (the rules of
-    `dlnode.run.rules.check_arguments`, said with their own message), and all share one time axis."""
+    """Rules that span tables: every grid cell must be a valid `integrate` call (the rules `Plan.build` applies:
+    `dlnode.run.rules`, `dlnode.run.noise_rules`, said with their own message), and all share one time axis."""
     grid, run = config.grid, config.integrate
     saveat = np.asarray(run.saveat, dtype=np.float64) if isinstance(run.saveat, list) else run.saveat
-    problem_cls = PROBLEM_CLASSES[config.problem.kind]
+    problem = config.problem.build()
     for flow in grid.flow:
         for init in grid.init:
             for method in grid.method:
                 for lr in grid.lr or [None]:
-                    _check_cell(config.depths(), init, flow, method, lr, run, saveat, problem_cls)
+                    _check_cell(config.depths(), init, flow, method, lr, run, saveat, problem)
     if isinstance(run.saveat, list):
         ts = np.asarray(run.saveat)
         if np.any(np.diff(ts) <= 0):
             raise _refused(f"config key 'integrate.saveat' must be strictly increasing; got {run.saveat[:6]}")
-    if "gd" in grid.method and isinstance(run.saveat, list):
-        for lr in grid.lr:
-            steps = np.asarray(run.saveat) / lr
-            if not np.allclose(steps, np.rint(steps), rtol=GD_TIME_RTOL, atol=0):
-                raise _refused(f"config key 'integrate.saveat': every time must be a whole number of GD steps "
-                               f"(t = k lr) for lr={lr}; got {run.saveat[:6]}")  # fmt: skip
-    if "gd" in grid.method and grid.lr:
-        top = max(grid.lr)
-        for lr in grid.lr:
-            if not math.isclose(top / lr, round(top / lr), rel_tol=GD_TIME_RTOL):
-                raise _refused(f"config key 'grid.lr': every lr must divide the largest ({top}) so that all GD runs "
-                               f"share the save times; got {lr}")  # fmt: skip
+    steps = fixed_steps(config)
+    if steps and isinstance(run.saveat, list):
+        for step in steps:
+            counts = np.asarray(run.saveat) / step
+            if not np.allclose(counts, np.rint(counts), rtol=GD_TIME_RTOL, atol=0):
+                raise _refused(f"config key 'integrate.saveat': every time must be a whole number of steps "
+                               f"(t = k step) for the step {step}; got {run.saveat[:6]}")  # fmt: skip
+    if steps:
+        top = max(steps)
+        for step in steps:
+            if not math.isclose(top / step, round(top / step), rel_tol=GD_TIME_RTOL):
+                key = "integrate.dt" if step == run.dt else "grid.lr"
+                raise _refused(f"config key {key!r}: every step (lr, or dt of an SDE method) must divide the "
+                               f"largest ({top}) so that all fixed-step runs share the save times; "
+                               f"got {step}")  # fmt: skip
     _check_task_memory(config)
 
 
@@ -335,10 +381,13 @@ def _check_task_memory(config: SweepConfig) -> None:
 
 
 def _check_cell(depths: list[float], init: str, flow: str, method: str, lr: float | None, run: IntegrateConfig,
-                saveat: Any, problem_cls: type) -> None:  # fmt: skip
+                saveat: Any, problem: Problem) -> None:  # fmt: skip
     """One combination of the grid axes, through the rules every `integrate` call obeys."""
     try:
-        check_arguments(depths, init, flow, method, lr, run.t1, saveat, run.scale_of, problem_cls)
+        plan_noise(problem, method, flow, run.network, init, depths, lr, run.t1, run.batch, run.noise, run.sampling,
+                   run.paths, run.dt, run.width)  # fmt: skip
+        check_arguments(depths, init, flow, method, lr, run.t1, saveat, run.scale_of, type(problem))
+        check_sharpness(run.sharpness, problem, depths, run.width, flow, run.network)
     except DlnodeError as exc:
         cell = f"flow={flow!r}, init={init!r}, method={method!r}" + (f", lr={lr!r}" if lr is not None else "")
         raise _refused(
@@ -349,8 +398,9 @@ def _check_cell(depths: list[float], init: str, flow: str, method: str, lr: floa
 
 # where each argument of integrate lives in a config
 CONFIG_KEYS = {"depth": "grid.depth", "init": "grid.init", "flow": "grid.flow", "method": "grid.method",
-               "lr": "grid.lr", "t1": "integrate.t1", "saveat": "integrate.saveat",
-               "scale_of": "integrate.scale_of"}  # fmt: skip
+               "lr": "grid.lr", "problem": "problem.kind"} | {
+    name: f"integrate.{name}" for name in IntegrateConfig.model_fields
+}  # fmt: skip
 
 
 def _refused(text: str) -> ArgumentError:
@@ -360,8 +410,9 @@ def _refused(text: str) -> ArgumentError:
 def save_times(config: SweepConfig, problem: Problem) -> np.ndarray:
     """The sweep's time axis, from the config alone (t = 0 first).
 
-    A count `saveat` gives the log-spaced grid of `dlnode.integrate` ending at t1; for gradient descent the times
-    are rounded to whole steps of the largest lr (which every lr divides), never past t1, duplicates removed.
+    A count `saveat` gives the log-spaced grid of `dlnode.integrate` ending at t1; for the fixed-step methods the
+    times are rounded to whole steps of the largest step (which every step divides: `fixed_steps`), never past
+    t1, duplicates removed.
     """
     run = config.integrate
     if isinstance(run.saveat, int) and run.t1 is None:
@@ -372,12 +423,23 @@ def save_times(config: SweepConfig, problem: Problem) -> np.ndarray:
         ts = np.asarray(run.saveat, dtype=np.float64)
     if ts[0] > 0:
         ts = np.concatenate([[0.0], ts])
-    if "gd" in config.grid.method and isinstance(run.saveat, int):
-        top = max(config.grid.lr)
+    if fixed_steps(config) and isinstance(run.saveat, int):
+        top = max(fixed_steps(config))
         end = run.t1 if run.t1 is not None else float(ts[-1])
         last = math.floor(end / top * (1 + GD_TIME_RTOL))  # the last whole step at or before t1
         ts = np.unique(np.minimum(np.rint(ts / top), last)) * top
     return ts
+
+
+def fixed_steps(config: SweepConfig) -> list[float]:
+    """The steps of the grid's fixed-step cells (t = k·step): lr for gd, sgd and label_noise; dt (else lr) for
+    the SDE methods. Empty when no cell takes fixed steps."""
+    grid, dt = config.grid, config.integrate.dt
+    steps: list[float] = []
+    for method in grid.method:
+        if method in METHODS and METHODS[method].needs_lr:
+            steps += [dt] if method in SDE_METHODS and dt is not None else list(grid.lr)
+    return sorted(set(steps))
 
 
 def until_converged_times(config: SweepConfig, problem: Problem) -> np.ndarray:
@@ -399,7 +461,10 @@ def grid_layer_shapes(config: SweepConfig, problem: Problem) -> dict[float, list
 
 
 def layer_extent(config: SweepConfig, problem: Problem) -> tuple[int, int, int]:
-    """(layers, out, in) of the padded per-layer weights over every finite depth of the grid (1, d_out, d_in at ∞)."""
+    """(layers, out, in) of the padded per-layer weights over every finite depth of the grid (1, d_out, d_in at ∞;
+    2, d_out, d_in for a diagonal network's u and v)."""
+    if config.integrate.network == "diagonal":  # the two factors u, v, each of β's shape
+        return 2, problem.d_out, problem.d_in
     finite = [s for d, s in grid_layer_shapes(config, problem).items() if not math.isinf(d)]
     if not finite:
         return 1, problem.d_out, problem.d_in

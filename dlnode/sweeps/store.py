@@ -29,9 +29,11 @@ import zarr.api.asynchronous
 
 from dlnode.data.formats import SWEEP_CONFIG_ATTR, NetCDF
 from dlnode.data.schema import (
+    ALL_VARIABLES,
     COORD_NAMES,
     GRID_DIMS,
     METHOD_USED_ATTRS,
+    OPTIONAL_VARIABLES,
     RUN,
     STATUS_FLAGS,
     VARIABLES,
@@ -76,6 +78,9 @@ class Layout:
         problem = config.problem.build()
         grid = config.grid
         axes: dict[str, list] = {"depth": config.depths(), "scale": list(grid.scale), "seed": list(grid.seed)}
+        paths = config.integrate.path_seeds()
+        if paths is not None:  # a stochastic method's noise seeds: a run dim after seed, as in integrate's datasets
+            axes["path"] = paths
         fixed: dict[str, Any] = {}
         for name in EXTRA_AXES:
             values = list(getattr(grid, name)) or [None]
@@ -89,6 +94,8 @@ class Layout:
         else:
             per_seed, per_scale = math.ceil(n_seed / math.ceil(n_seed / batch)), 1
         chunk = {name: 1 for name in axes} | {"scale": per_scale, "seed": per_seed}
+        if paths is not None:  # a task runs every path of its cells (integrate vmaps them together)
+            chunk["path"] = len(paths)
         times = save_times(config, problem)
         if tolerances is None:
             tolerances = _tolerances(config, problem, times)
@@ -103,18 +110,25 @@ class Layout:
         return tuple(self.axes)
 
     def dims_of(self, name: str) -> tuple[str, ...]:
-        dims = VARIABLES[name][0] if name in VARIABLES else RUN
+        dims = ALL_VARIABLES[name][0] if name in ALL_VARIABLES else RUN
         return (*self.run_dims, *dims[len(RUN) :])
 
     def sizes(self) -> dict[str, int]:
         n_layer, n_out, n_in = self.extent
         d_out, d_in = self.problem.d_out, self.problem.d_in
         sizes = {k: len(v) for k, v in self.axes.items()}
+        eig = max(self.config.integrate.sharpness, 1 if "central" in self.config.grid.flow else 0)
         return sizes | {"time": len(self.times), "row": d_out, "col": d_in, "k": min(d_out, d_in),
-                        "layer": n_layer, "out": n_out, "in": n_in}  # fmt: skip
+                        "layer": n_layer, "out": n_out, "in": n_in, "eig": eig}  # fmt: skip
 
     def variables(self) -> list[str]:
+        """The store's variables, as integrate's datasets of the grid's cells have them: the optional ones where a
+        cell saves them (a cell that does not, as the gradient flow beside a central one, holds NaN there)."""
         names = [n for n in VARIABLES if n != "weights" or self.config.integrate.save_weights]
+        if self.config.integrate.sharpness or "central" in self.config.grid.flow:
+            names.append("sharpness")
+        if "central" in self.config.grid.flow:
+            names += [n for n in OPTIONAL_VARIABLES if n != "sharpness"]
         return [n for n in names if n != "status"] + ["method_used", "status"]  # status last: the done marker
 
     def cells(self) -> int:
@@ -127,12 +141,10 @@ def _grid_plan(config: SweepConfig, problem: Problem, times: np.ndarray, flow: s
     the largest lr, the requested method (``auto`` planned as ``tsit5``: what it chooses is per task)."""
     grid, run = config.grid, config.integrate
     method = grid.method[0] if grid.method[0] != "auto" else "tsit5"
-    return Plan.build(
-        problem, depth=config.depths(), width=run.width, init=grid.init[0], scale=list(grid.scale), seed=[0],
-        flow=flow, method=method, lr=max(grid.lr) if grid.lr else None, t1=run.t1, rtol=rtol, atol=atol,
-        saveat=times[1:], save_weights=run.save_weights, progress=False, loss_tol=run.loss_tol,
-        max_steps=run.max_steps, scale_of=run.scale_of,
-    )  # fmt: skip
+    arguments = run.arguments() | {"rtol": rtol, "atol": atol}
+    return Plan.build(problem, depth=config.depths(), init=grid.init[0], scale=list(grid.scale), seed=[0], flow=flow,
+                      method=method, lr=max(grid.lr) if grid.lr else None, saveat=times[1:], progress=False,
+                      **arguments)  # fmt: skip
 
 
 def _tolerances(config: SweepConfig, problem: Problem, times: np.ndarray) -> tuple[float, float]:
@@ -148,7 +160,9 @@ def _tolerances(config: SweepConfig, problem: Problem, times: np.ndarray) -> tup
 def _coords(layout: Layout) -> dict[str, Any]:
     coords: dict[str, Any] = {}
     for name, values in layout.axes.items():
-        dtype = {"seed": np.int64, "depth": np.float64, "scale": np.float64, "lr": np.float64}.get(name, str)
+        dtype = {"seed": np.int64, "path": np.int64, "depth": np.float64, "scale": np.float64, "lr": np.float64}.get(
+            name, str
+        )
         coords[name] = (name, np.asarray(values, dtype=dtype), {"long_name": COORD_NAMES[name]})
     coords["time"] = ("time", layout.times, {"long_name": COORD_NAMES["time"], "units": "time"})
     if layout.fixed.get("flow") == "end_to_end":  # as integrate's end-to-end datasets: time is tau = N t
@@ -178,7 +192,7 @@ def _template(layout: Layout) -> tuple[xr.Dataset, dict]:
         if name == "method_used":
             attrs = dict(METHOD_USED_ATTRS)
         else:
-            attrs = {"long_name": VARIABLES[name][1], "units": VARIABLES[name][2]}
+            attrs = {"long_name": ALL_VARIABLES[name][1], "units": ALL_VARIABLES[name][2]}
         if name == "status":
             attrs |= STATUS_FLAGS
         variables[name] = (dims, data, attrs)

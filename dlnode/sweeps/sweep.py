@@ -190,13 +190,13 @@ def task_arguments(layout: Layout, task: dict[str, slice]) -> dict[str, Any]:
     """The arguments of `dlnode.integrate` that one task's cells are: the config's, the task's slice of the grid,
     and the store's tolerances and save times (every cell of a sweep shares them)."""
     value = {d: (layout.axes[d][task[d]][0] if d in layout.axes else layout.fixed[d]) for d in EXTRA_AXES}
-    run = layout.config.integrate
+    run = layout.config.integrate.arguments() | {"rtol": layout.rtol, "atol": layout.atol}
+    if "path" in layout.axes:
+        run["paths"] = layout.axes["path"][task["path"]]
     return dict(
         depth=layout.axes["depth"][task["depth"]][0], scale=layout.axes["scale"][task["scale"]],
-        seed=layout.axes["seed"][task["seed"]], width=run.width, init=value["init"], flow=value["flow"],
-        method=value["method"], lr=value["lr"], t1=run.t1, rtol=layout.rtol, atol=layout.atol, saveat=layout.times[1:],
-        save_weights=run.save_weights, progress=False, loss_tol=run.loss_tol, max_steps=run.max_steps,
-        scale_of=run.scale_of,
+        seed=layout.axes["seed"][task["seed"]], init=value["init"], flow=value["flow"], method=value["method"],
+        lr=value["lr"], saveat=layout.times[1:], progress=False, **run,
     )  # fmt: skip
 
 
@@ -232,14 +232,19 @@ def _cell_arrays(layout: Layout, ds: xr.Dataset) -> dict[str, np.ndarray]:
     run_shape = tuple(ds.sizes[d] if d in ds.sizes else 1 for d in layout.run_dims)
     sizes = layout.sizes()
     out = {"method_used": np.full(run_shape, METHOD_CODES[ds.attrs["method"]], dtype=np.int8)}
+    cells = ds["status"].shape  # (depth, scale, seed[, path])
     for name in layout.variables():
         if name == "method_used":
             continue
-        values = ds[name].values
         rest = [sizes[d] for d in layout.dims_of(name)[len(run_shape) :]]
-        if list(values.shape[3:]) != rest:  # layer/out/in of a shallower depth: NaN beyond its own shapes
-            padded = np.full((*values.shape[:3], *rest), np.nan)
-            padded[(Ellipsis, *(slice(0, n) for n in values.shape[3:]))] = values
+        if name not in ds:  # an optional variable this cell does not save (the gradient flow beside a central one)
+            out[name] = np.full((*run_shape, *rest), np.nan)
+            continue
+        values = ds[name].values
+        own = values.shape[len(cells) :]
+        if list(own) != rest:  # layer/out/in of a shallower depth: NaN beyond its own shapes
+            padded = np.full((*cells, *rest), np.nan)
+            padded[(Ellipsis, *(slice(0, n) for n in own))] = values
             values = padded
         out[name] = values.reshape(*run_shape, *rest)
     return out
