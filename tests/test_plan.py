@@ -226,3 +226,13 @@ def test_the_library_refuses_input_with_dlnode_errors_only():
                 if isinstance(call, ast.Name) and call.id in ("ValueError", "TypeError"):
                     bare.append(f"{path.name}:{node.lineno}")
     assert bare == []
+
+
+def test_the_memory_said_before_the_run_bounds_the_dataset():
+    """The plan's peak estimate (said in the progress bar before the run) covers the dataset it makes, held twice
+    while assembled, and is not far above it."""
+    prob = dln.MatrixCompletion.random((30, 30), 3, 400, seed=0)
+    kw = dict(depth=[2, 3], scale=[0.1, 0.3], seed=[0, 1], method="tsit5", t1=0.5, saveat=50, progress=False)
+    plan = Plan.build(prob, **kw)
+    ds = dln.integrate(prob, **kw)
+    assert 2 * ds.nbytes <= plan.memory <= 3 * ds.nbytes

@@ -227,7 +227,8 @@ def _run_grid(plan: Plan, done: dict[float, Solution] | None = None, depth: floa
               checkpoint: Any = None) -> dict[float, Solution]:  # fmt: skip
     """Run the depths of `plan` not in `done`, the one at `depth` from `checkpoint`; stop at an interrupt."""
     runs = dict(done or {})
-    bar = tqdm(total=len(plan.depths), desc="dlnode", unit="depth", delay=1.0, disable=not plan.progress, leave=False)
+    bar = tqdm(total=len(plan.depths), desc=f"dlnode ({_memory(plan.memory)} in memory)", unit="depth", delay=1.0,
+               disable=not plan.progress, leave=False)  # fmt: skip
     with bar, sigint_flag() as flag:
         bar.update(len(runs))
         for d in plan.depths:
@@ -252,6 +253,14 @@ def _run_grid(plan: Plan, done: dict[float, Solution] | None = None, depth: floa
             if runs[d].checkpoint is not None or flag["hit"]:
                 break  # Ctrl-C (in this depth's last window too): no further depth is started
     return runs
+
+
+def _memory(nbytes: int) -> str:
+    """The peak memory estimate as the progress bar says it: '3.2 MiB', '1.1 GiB'."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes / 2**10:.0f} KiB"
 
 
 def _common_grid(runs: dict[float, Solution], cut: bool, lr: float) -> dict[float, Solution]:

@@ -127,6 +127,7 @@ class Plan:
     max_steps_given: bool
     noise: NoisePlan = NoisePlan()  # the network kind and the noise of a stochastic method (see `noise_rules`)
     sharpness: int = 0  # top Hessian eigenvalues saved along time (0: none)
+    memory: int = 0  # bytes the call is estimated to hold at its peak (`rules.check_memory`): said before the run
 
     def key(self) -> tuple:
         """What makes two plans run the same computation (the progress bar aside)."""
@@ -198,7 +199,7 @@ class Plan:
         if max_steps is not None:
             check_max_steps(max_steps)
         cells = len(scales) * len(seeds) * len(noisy.paths or [0])
-        check_memory(problem, depths, width, cells, saveat, save_weights, t1 is None)
+        memory = check_memory(problem, depths, width, cells, saveat, save_weights, t1 is None)
         if method == "auto" and noisy.network == "diagonal":
             methods, chosen, reason = dict.fromkeys(depths, "tsit5"), "tsit5", "auto: tsit5 for a diagonal network"
         elif method == "auto" and flow == "central":  # its field holds a Lanczos solve: no Jacobian, no probe
@@ -227,7 +228,7 @@ class Plan:
         )  # fmt: skip
         return cls(problem, depths, scales, seeds, init, width, flow, scale_of, chosen, method, reason, saveat,
                      times, bool(save_weights), bool(progress), until_converged, controls, methods,
-                     max_steps is not None, noisy, sharpness)  # fmt: skip
+                     max_steps is not None, noisy, sharpness, memory)  # fmt: skip
 
     @property
     def step(self) -> float:
