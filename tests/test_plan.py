@@ -97,7 +97,7 @@ RULES = [
     ("gd is not the modified flow", dict(depth=2, scale=0.1, flow="modified", lr=0.1, method="gd"),
      dict(grid={"flow": "modified", "lr": 0.1, "method": "gd"})),
     ("label noise only for the stochastic methods", dict(depth=2, scale=0.1, noise=0.1),
-     dict(integrate={"noise": 0.1})),
+     dict(grid={"noise": 0.1})),
     ("sharpness needs layer parameters", dict(depth=2, scale=0.1, flow="end_to_end", init="balanced", sharpness=1),
      dict(grid={"flow": "end_to_end", "init": "balanced"}, integrate={"sharpness": 1})),
     ("a diagonal network's inits", dict(depth=2, scale=0.1, network="diagonal", init="orthogonal"),

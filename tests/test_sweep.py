@@ -379,23 +379,24 @@ def test_a_sweep_without_t1_runs_until_converged(client, tmp_path):
 
 
 def test_a_noisy_sweep_has_the_path_dim_and_equals_integrate(client, tmp_path):
-    """The config takes every argument integrate takes: label-noise GD on a diagonal network over 3 noise paths, with
-    the top Hessian eigenvalues; each cell of the store, every path, equals its own integrate call bitwise."""
+    """The config takes every argument integrate takes: label-noise GD on a diagonal network over a grid of label
+    noise δ and 3 noise paths, with the top Hessian eigenvalues; each cell of the store, every path, equals its own
+    integrate call bitwise."""
     config = {
         "problem": {"kind": "sparse_regression", "d": 6, "n": 4, "sparsity": 2, "seed": 1},
-        "grid": {"depth": [2], "scale": [0.1, 0.3], "seed": [0], "method": "label_noise", "lr": [0.05]},
-        "integrate": {"t1": 1.0, "saveat": 6, "network": "diagonal", "noise": 0.5, "paths": 3, "sharpness": 2},
+        "grid": {"depth": [2], "scale": [0.1], "seed": [0], "method": "label_noise", "lr": [0.05], "noise": [0.2, 0.5]},
+        "integrate": {"t1": 1.0, "saveat": 6, "network": "diagonal", "paths": 3, "sharpness": 2},
         "execution": {"batch": 1},
     }
     ds = dln.sweep(config, tmp_path / "noise.zarr", client=client, progress=False).load()
-    assert ds["loss"].dims == ("depth", "scale", "seed", "path", "time")
-    assert ds["sharpness"].dims == ("depth", "scale", "seed", "path", "time", "eig")
-    assert ds.attrs["network"] == "diagonal" and ds.attrs["label_noise"] == 0.5
-    for scale in (0.1, 0.3):
-        ref = dln.integrate(dln.problem_from(ds), depth=2, scale=[scale], seed=[0], method="label_noise", lr=0.05,
-                            t1=1.0, saveat=ds["time"].values[1:], network="diagonal", noise=0.5, paths=3,
+    assert ds["loss"].dims == ("depth", "scale", "seed", "path", "noise", "time")
+    assert ds["sharpness"].dims == ("depth", "scale", "seed", "path", "noise", "time", "eig")
+    assert ds.attrs["network"] == "diagonal" and ds.attrs["label_noise"] == "swept"
+    for noise in (0.2, 0.5):
+        ref = dln.integrate(dln.problem_from(ds), depth=2, scale=[0.1], seed=[0], method="label_noise", lr=0.05,
+                            t1=1.0, saveat=ds["time"].values[1:], network="diagonal", noise=noise, paths=3,
                             sharpness=2, rtol=ds.attrs["rtol"], atol=ds.attrs["atol"], progress=False)  # fmt: skip
-        got = ds.sel(scale=scale)
+        got = ds.sel(noise=noise)
         for name in ("loss", "product", "sharpness", "status", "num_steps", "weights_final"):
-            np.testing.assert_array_equal(got[name].values, ref[name].isel(scale=0).values, err_msg=name)
+            np.testing.assert_array_equal(got[name].values, ref[name].values, err_msg=name)
         assert np.ptp(got["loss"].isel(time=-1).values) > 0  # the paths differ: the noise is per path

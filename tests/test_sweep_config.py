@@ -30,7 +30,10 @@ def _with(table: str, **values):
 
 
 BAD = [
-    (_with("grid", dept=[3]), "config key 'grid.dept' is not known; allowed keys here: depth, flow, init, lr, method"),
+    (
+        _with("grid", dept=[3]),
+        "config key 'grid.dept' is not known; allowed keys here: batch, depth, flow, init, lr, method, noise",
+    ),
     (_with("grid", method=["tsit6"]), "config key 'grid.method[0]': Input should be 'auto', 'dopri5'"),
     (_with("grid", scale=["big"]), "config key 'grid.scale[0]': Input should be a valid number; got 'big'"),
     (_with("grid", scale=[-1.0]), "config key 'grid.scale[0]': Input should be greater than 0; got -1.0"),
@@ -84,14 +87,19 @@ BAD = [
     (_with("integrate", network="sparse"), "config key 'integrate.network': Input should be 'dense' or 'diagonal'"),
     (_with("integrate", paths=0), "config key 'integrate.paths'"),
     (
+        _with("grid", method=["gd"], lr=[0.1], noise=[0.1]),
+        "config key 'grid.noise', in the cells flow='layers', init='gaussian', method='gd', lr=0.1, noise=0.1: noise "
+        "applies to the stochastic methods",
+    ),
+    (
         {
             **BASE,
             "problem": {"kind": "sparse_regression", "d": 4, "n": 3, "sparsity": 2},
-            "grid": {"depth": [2], "scale": [0.1], "method": "label_noise", "lr": [0.1]},
-            "integrate": {"t1": 1.0, "noise": 0.1, "sampling": "shuffled"},
+            "grid": {"depth": [2], "scale": [0.1], "method": "label_noise", "lr": [0.1], "noise": [0.1]},
+            "integrate": {"t1": 1.0, "sampling": "shuffled"},
         },
-        "config key 'integrate.sampling', in the cells flow='layers', init='gaussian', method='label_noise', lr=0.1: "
-        "sampling must be one of",
+        "config key 'integrate.sampling', in the cells flow='layers', init='gaussian', method='label_noise', lr=0.1, "
+        "noise=0.1: sampling must be one of",
     ),
 ]
 

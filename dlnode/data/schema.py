@@ -23,7 +23,8 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "GRID_DIMS", "STATUS_MEANINGS", "VARIABLE
            "problem_variables", "save", "to_dataset", "validate"]  # fmt: skip
 
 RUN = ("depth", "scale", "seed")
-GRID_DIMS = ("flow", "init", "method", "lr")  # a sweep's swept axes beyond RUN: dims after RUN, in this order
+# a sweep's swept axes beyond RUN: dims after RUN (and path), in this order
+GRID_DIMS = ("flow", "init", "method", "lr", "batch", "noise")
 FORMAT = "dlnode-dataset"  # attrs["dlnode_format"] of every dataset dlnode writes
 FORMAT_VERSION = 1  # attrs["dlnode_format_version"]: raise it when the schema changes incompatibly
 STATUS_MEANINGS = {int(s): s.meaning for s in Status}
@@ -74,6 +75,8 @@ COORD_NAMES = {
     "init": "initialisation",
     "method": "method requested",
     "lr": "gradient-descent step",
+    "batch": "minibatch size of the stochastic methods",
+    "noise": "label noise std delta of the stochastic methods",
 }
 
 

@@ -4,9 +4,10 @@ A config has four tables::
 
     [problem]      kind = "matrix_completion", shape = [20, 20], rank = 3, observed = 200, seed = 0
     [grid]         depth = [1, 2, 3], init = ["gaussian"], scale = [0.1, 0.01], seed = [0, 1, 2, 3],
-                   method = ["tsit5"], flow = ["layers"], lr = []   (each a list or a single value)
+                   method = ["tsit5"], flow = ["layers"], lr = [], batch = [], noise = []
+                   (each a list or a single value)
     [integrate]    t1 = 100.0, saveat = 100, rtol, atol, width, save_weights, loss_tol, max_steps,
-                   scale_of = "layer", sharpness, network, batch, noise, sampling, paths, dt
+                   scale_of = "layer", sharpness, network, sampling, paths, dt
                    (with [grid], every argument of `dlnode.integrate` but the problem and the progress bar)
     [execution]    batch = "auto"   (cells per Dask task, vmapped together)
 
@@ -21,6 +22,7 @@ over the whole grid (`dlnode.sweeps.store.Layout`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -30,6 +32,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dlnode.data.schema import GRID_DIMS
 from dlnode.errors import ArgumentError, DlnodeError
 from dlnode.flows.flow import FLOWS
 from dlnode.flows.scales import escape_estimate, time_unit
@@ -171,6 +174,9 @@ def _rank_beyond(shape: list[int] | None, rank: int | None) -> str | None:
     return None
 
 
+OPTIONAL_AXES = ("lr", "batch", "noise")  # grid axes that may be empty: integrate's default (None) for every cell
+
+
 def _listed(value: Any) -> Any:
     return value if isinstance(value, list) else [value]
 
@@ -185,6 +191,8 @@ class GridConfig(_Table):
     method: list[Literal[("auto", *sorted(METHODS))]] = ["auto"]  # type: ignore[valid-type]
     flow: list[Literal[FLOWS]] = ["layers"]  # type: ignore[valid-type]
     lr: list[Positive] = []
+    batch: list[PosInt] = []  # the stochastic methods' minibatch sizes (empty: integrate's default, the full batch)
+    noise: list[NonNegative] = []  # their label noise δ (empty: none)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -194,7 +202,7 @@ class GridConfig(_Table):
     @field_validator("*", mode="after")
     @classmethod
     def _distinct(cls, value: list, info: Any) -> list:
-        if not value and info.field_name != "lr":  # an empty axis is a grid of no cells
+        if not value and info.field_name not in OPTIONAL_AXES:  # an empty axis is a grid of no cells
             raise ValueError("must hold at least one value")
         if len(set(value)) != len(value):  # by value: 1 and 1.0 are one scale
             raise ValueError("values must not repeat")
@@ -217,8 +225,6 @@ class IntegrateConfig(_Table):
     scale_of: Literal["layer", "product"] = "layer"
     sharpness: Annotated[int, Field(ge=0)] = 0
     network: Literal[NETWORKS] = "dense"  # type: ignore[valid-type]
-    batch: PosInt | None = None
-    noise: NonNegative | None = None
     sampling: str = "epochs"
     paths: PosInt | Annotated[list[Seed], Field(min_length=1)] | None = None  # a count, or the noise seeds
     dt: Positive | None = None
@@ -333,11 +339,9 @@ def _check_cells(config: SweepConfig) -> None:
     grid, run = config.grid, config.integrate
     saveat = np.asarray(run.saveat, dtype=np.float64) if isinstance(run.saveat, list) else run.saveat
     problem = config.problem.build()
-    for flow in grid.flow:
-        for init in grid.init:
-            for method in grid.method:
-                for lr in grid.lr or [None]:
-                    _check_cell(config.depths(), init, flow, method, lr, run, saveat, problem)
+    axes = (grid.flow, grid.init, grid.method, grid.lr or [None], grid.batch or [None], grid.noise or [None])
+    for cell in itertools.product(*axes):
+        _check_cell(config.depths(), dict(zip(GRID_DIMS, cell, strict=True)), run, saveat, problem)
     if isinstance(run.saveat, list):
         ts = np.asarray(run.saveat)
         if np.any(np.diff(ts) <= 0):
@@ -380,16 +384,17 @@ def _check_task_memory(config: SweepConfig) -> None:
         raise _refused(f"config key {key!r}: {exc}".replace(f"{exc.argument} ", "", 1)) from None
 
 
-def _check_cell(depths: list[float], init: str, flow: str, method: str, lr: float | None, run: IntegrateConfig,
-                saveat: Any, problem: Problem) -> None:  # fmt: skip
-    """One combination of the grid axes, through the rules every `integrate` call obeys."""
+def _check_cell(depths: list[float], axes: dict[str, Any], run: IntegrateConfig, saveat: Any,
+                problem: Problem) -> None:  # fmt: skip
+    """One combination of the grid axes (`GRID_DIMS` → value), through the rules every `integrate` call obeys."""
+    flow, init, method, lr = axes["flow"], axes["init"], axes["method"], axes["lr"]
     try:
-        plan_noise(problem, method, flow, run.network, init, depths, lr, run.t1, run.batch, run.noise, run.sampling,
-                   run.paths, run.dt, run.width)  # fmt: skip
+        plan_noise(problem, method, flow, run.network, init, depths, lr, run.t1, axes["batch"], axes["noise"],
+                   run.sampling, run.paths, run.dt, run.width)  # fmt: skip
         check_arguments(depths, init, flow, method, lr, run.t1, saveat, run.scale_of, type(problem))
         check_sharpness(run.sharpness, problem, depths, run.width, flow, run.network)
     except DlnodeError as exc:
-        cell = f"flow={flow!r}, init={init!r}, method={method!r}" + (f", lr={lr!r}" if lr is not None else "")
+        cell = ", ".join(f"{k}={v!r}" for k, v in axes.items() if v is not None)
         raise _refused(
             f"config key {CONFIG_KEYS.get(exc.argument, 'grid')!r}, in the cells {cell}: {exc}; every combination "
             "of the grid axes must be a valid dlnode.integrate call (split the sweep where it is not)"
@@ -397,8 +402,7 @@ def _check_cell(depths: list[float], init: str, flow: str, method: str, lr: floa
 
 
 # where each argument of integrate lives in a config
-CONFIG_KEYS = {"depth": "grid.depth", "init": "grid.init", "flow": "grid.flow", "method": "grid.method",
-               "lr": "grid.lr", "problem": "problem.kind"} | {
+CONFIG_KEYS = {"depth": "grid.depth", "problem": "problem.kind"} | {name: f"grid.{name}" for name in GRID_DIMS} | {
     name: f"integrate.{name}" for name in IntegrateConfig.model_fields
 }  # fmt: skip
 

@@ -143,8 +143,8 @@ def _grid_plan(config: SweepConfig, problem: Problem, times: np.ndarray, flow: s
     method = grid.method[0] if grid.method[0] != "auto" else "tsit5"
     arguments = run.arguments() | {"rtol": rtol, "atol": atol}
     return Plan.build(problem, depth=config.depths(), init=grid.init[0], scale=list(grid.scale), seed=[0], flow=flow,
-                      method=method, lr=max(grid.lr) if grid.lr else None, saveat=times[1:], progress=False,
-                      **arguments)  # fmt: skip
+                      method=method, lr=max(grid.lr) if grid.lr else None, batch=(grid.batch or [None])[0],
+                      noise=(grid.noise or [None])[0], saveat=times[1:], progress=False, **arguments)  # fmt: skip
 
 
 def _tolerances(config: SweepConfig, problem: Problem, times: np.ndarray) -> tuple[float, float]:
@@ -160,9 +160,9 @@ def _tolerances(config: SweepConfig, problem: Problem, times: np.ndarray) -> tup
 def _coords(layout: Layout) -> dict[str, Any]:
     coords: dict[str, Any] = {}
     for name, values in layout.axes.items():
-        dtype = {"seed": np.int64, "path": np.int64, "depth": np.float64, "scale": np.float64, "lr": np.float64}.get(
-            name, str
-        )
+        numbers = {"seed": np.int64, "path": np.int64, "batch": np.int64, "depth": np.float64, "scale": np.float64,
+                   "lr": np.float64, "noise": np.float64}  # fmt: skip
+        dtype = numbers.get(name, str)
         coords[name] = (name, np.asarray(values, dtype=dtype), {"long_name": COORD_NAMES[name]})
     coords["time"] = ("time", layout.times, {"long_name": COORD_NAMES["time"], "units": "time"})
     if layout.fixed.get("flow") == "end_to_end":  # as integrate's end-to-end datasets: time is tau = N t
@@ -205,9 +205,9 @@ def _attrs(layout: Layout) -> dict[str, Any]:
     meanings), less the per-call timings, with the swept axes marked ``"swept"`` and the sweep's own keys."""
     runs = {d: types.SimpleNamespace(ts=layout.times, compile_time=0.0, wall_time=0.0) for d in layout.axes["depth"]}
     attrs = {k: v for k, v in dataset_attrs(layout.plan(), runs).items() if k not in PER_CALL_ATTRS}
-    for name in ("flow", "init", "lr"):
+    for name in ("flow", "init", "lr", "batch", "noise"):
         if name in layout.axes:
-            attrs[name] = "swept"
+            attrs["label_noise" if name == "noise" else name] = "swept"
     attrs |= _method_attrs(layout)
     run = layout.config.integrate
     attrs["saveat"] = run.saveat if isinstance(run.saveat, int) else "explicit"  # the config's: tasks pass times
@@ -381,7 +381,7 @@ def describe(path: str | os.PathLike) -> str:
         lines.append(f"grid {dim} ({len(values)}): {shown}{', ...' if len(values) > 12 else ''}")
     for name in EXTRA_AXES:
         if name not in run_dims:
-            lines.append(f"{name}: {ds.attrs.get(name)}")
+            lines.append(f"{name}: {ds.attrs.get('label_noise' if name == 'noise' else name)}")
     t = ds["time"].values
     lines.append(f"time: {len(t)} points from {t[0]:g} to {t[-1]:g}")
     done = int(np.isin(status, REDO, invert=True).sum())

@@ -196,7 +196,7 @@ def task_arguments(layout: Layout, task: dict[str, slice]) -> dict[str, Any]:
     return dict(
         depth=layout.axes["depth"][task["depth"]][0], scale=layout.axes["scale"][task["scale"]],
         seed=layout.axes["seed"][task["seed"]], init=value["init"], flow=value["flow"], method=value["method"],
-        lr=value["lr"], saveat=layout.times[1:], progress=False, **run,
+        lr=value["lr"], batch=value["batch"], noise=value["noise"], saveat=layout.times[1:], progress=False, **run,
     )  # fmt: skip
 
 
