@@ -232,7 +232,9 @@ def rrr_staircase(problem: Problem, times: Any) -> xr.Dataset:
         W_k = argmin_{rank W ≤ k} ℓ(W) = P_k W*,   P_k the projector on the top k eigenvectors of Σ_yx Σ_xx⁺ Σ_xy,
 
     (Izenman 1975), W* the least-squares solution. For whitened inputs (Σ_xx = I) W_k is the truncated SVD
-    Σ_{i≤k} s_i u_i v_iᵀ; otherwise it is not the truncated SVD of W*.
+    Σ_{i≤k} s_i u_i v_iᵀ; otherwise it is not the truncated SVD of W*. Under the assumption below the eigenvalues
+    of Σ_yx Σ_xx⁺ Σ_xy are s_i²/λ_i (λ_i = v_iᵀ Σ_xx v_i): the network's plateau is W_k where the k largest s_i
+    are also the k largest s_i²/λ_i (docs/math.md §4); elsewhere the modes it learned first are not W_k's.
 
     Parameters
     ----------
