@@ -71,15 +71,28 @@ def compute_rrr(config: dict, grid: np.ndarray) -> xr.Dataset:
     x = np.sqrt(prob.n) * np.linalg.cholesky(prob.sigma_xx)  # any X with X Xᵀ/n = Σ_xx rebuilds the problem
     return xr.Dataset(
         {
-            "rrr_product": (dims, np.stack([p.values for p in products]), {"long_name": "end-to-end W (Σ_xx ≠ I)"}),
-            "rrr_u0": (("rrr_scale", "rrr_seed", "rrr_mode"), u0, {"long_name": "initial balanced mode product"}),
-            "rrr_x": (("rrr_col", "rrr_sample"), x, {"long_name": "inputs X of the non-whitened problem"}),
-            "rrr_y": (("rrr_row", "rrr_sample"), prob.w_star @ x, {"long_name": "targets Y = W* X"}),
+            "rrr_product": (
+                dims,
+                np.stack([p.values for p in products]),
+                {"long_name": "end-to-end W (Σ_xx ≠ I)", "units": "1"},
+            ),
+            "rrr_u0": (
+                ("rrr_scale", "rrr_seed", "rrr_mode"),
+                u0,
+                {"long_name": "initial balanced mode product", "units": "1"},
+            ),
+            "rrr_x": (
+                ("rrr_col", "rrr_sample"),
+                x,
+                {"long_name": "inputs X of the non-whitened problem", "units": "1"},
+            ),
+            "rrr_y": (("rrr_row", "rrr_sample"), prob.w_star @ x, {"long_name": "targets Y = W* X", "units": "1"}),
             "rrr_status": (
                 ("rrr_method", "rrr_scale", "rrr_seed"),
                 np.stack([r["status"].squeeze("depth", drop=True).values for r in runs]),
+                runs[0]["status"].attrs,
             ),
-        },  # fmt: skip
+        },
         coords=coords,
         attrs={"rrr_lr": rrr["lr"], "rrr_control_eps": rrr["control_eps"]},
     )
