@@ -10,6 +10,14 @@ step η (a ← a(1 + η(s − a²)) per step in the linear phase) escapes after 
 rescaled time η/ln(1 + ηs) > 1/s; the modified flow of L + (η/4)‖∇L‖² follows GD one order in η closer than the
 flow. A depth-1 model (plain linear regression) learns every component at once.
 
+Their assumption is weaker than whitened inputs: Σ_xx commutes with Σ_xyΣ_yx. `rrr_problem` builds such inputs
+with a spread spectrum (Σ_xx eigenvalues lam), and the flow and GD run from small Gaussian init (not spectral).
+Mode i (Σ_yx = Σ s_i u_i v_iᵀ, Σ_xx v_i = λ_i v_i) grows at rate s_i and settles at s_i/λ_i, so modes are learned
+in the order of the s_i, not of W*'s singular values s_i/λ_i (reversed on this problem), and the plateau between
+the learning of modes k and k+1 is the rank-k reduced-rank regression (`rrr_staircase`), which differs from the
+truncated SVD of W* here. Each plateau is checked at its time, within twice the deviation that the decoupled modes
+predict from this very init, which shrinks with ε (see `plateau_errors` and docs/math.md §4).
+
 Save grids: the runs save every multiple of 0.01 in time (explicit `saveat`, see `_grid`): the escape-time
 differences between GD, the flow and the modified flow are O(η²) ≈ 1e-4, so the escapes must be resolved on a grid
 much finer than the default log grid (whose cells are 7 % of the time there).
@@ -25,14 +33,28 @@ import xarray as xr
 import dlnode as dln
 
 from ._common import figure, save_figure
+from ._gidel2019_rrr import (  # noqa: F401  (plateau_errors, rrr_problem: public for the negative controls)
+    compute_rrr,
+    order_row,
+    plateau_errors,
+    plot_rrr,
+    rrr_problem,
+    staircase_row,
+)
 
 NAME = "gidel2019"
 TITLE = "Saddle-to-saddle staircase of two-layer linear networks from vanishing init, flow and gradient descent"
 PAPER = "Gidel, Bach, Lacoste-Julien (2019), arXiv 1904.13262"
 
-QUICK = {"s": [4.0, 2.0, 1.0], "eps": [1e-2, 1e-4, 1e-8], "lr": [0.04, 0.02, 0.01], "dt": 0.01}
+# rrr: inputs that are not whitened (Σ_xx eigenvalues lam, commuting with Σ_xyΣ_yx: their assumption), Σ_yx
+# singular values s, small Gaussian init of per-layer scale eps, the flow and GD at step lr; control_eps is a large
+# init that visits no plateau (the negative control of the staircase row, in the tests)
+RRR_QUICK = {"s": [4.0, 2.0, 1.0], "lam": [2.0, 0.75, 0.3], "eps": [1e-4, 1e-8], "control_eps": 0.5, "seeds": [0],
+             "lr": 0.01}  # fmt: skip
+RRR_FULL = {**RRR_QUICK, "eps": [1e-2, 1e-3, 1e-4, 1e-6, 1e-9, 1e-12], "seeds": [0, 1, 2, 3]}
+QUICK = {"s": [4.0, 2.0, 1.0], "eps": [1e-2, 1e-4, 1e-8], "lr": [0.04, 0.02, 0.01], "dt": 0.01, "rrr": RRR_QUICK}
 FULL = {"s": [4.0, 2.0, 1.0], "eps": [1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8, 1e-12], "lr": [0.08, 0.04, 0.02, 0.01],
-        "dt": 0.005}  # fmt: skip
+        "dt": 0.005, "rrr": RRR_FULL}  # fmt: skip
 
 FLOW_RTOL = 1e-4  # escape times against the closed form (solver rtol 1e-6, interpolation on a dt grid)
 ORDER_ATOL = 0.25  # fitted orders in lr: 1 (flow) and 2 (modified flow), up to higher-order terms at these lr
@@ -80,7 +102,8 @@ def compute(config: dict) -> xr.Dataset:
     exact = np.log(final / 2 * (out["target_s"] / u0 - 1) / (out["target_s"] - final / 2)) / (2 * out["target_s"])
     out["escape_exact"] = exact.assign_attrs(long_name="depth-2 closed-form escape time", units="time")
     out["num_stages"] = dln.stages(out)["num_stages"].isel(seed=0, drop=True)
-    return out
+    rrr = compute_rrr(config, grid)
+    return out.assign(rrr.data_vars).assign_attrs(rrr.attrs)
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
@@ -117,6 +140,8 @@ def check(ds: xr.Dataset) -> list[dict]:
         f"depth 2 at eps = {float(eps.min()):.0e}: {int(two)}",
         "passed": bool(np.all(one == 1)) and int(two) == ds.sizes["k"],
     })  # fmt: skip
+    for method in ("flow", "gd"):
+        rows += [staircase_row(ds, method), order_row(ds, method)]
     return rows
 
 
@@ -192,4 +217,4 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
     right.set_ylabel(rf"|escape-time difference| of $s_{{{len(s)}}}$ [time]")
     right.set_title(rf"$\varepsilon$ = {e:.0e}", fontsize="medium")
     right.legend(fontsize="small")
-    return [save_figure(fig, outdir, f"{NAME}-staircase.png")]
+    return [save_figure(fig, outdir, f"{NAME}-staircase.png"), plot_rrr(ds, outdir)]

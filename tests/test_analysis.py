@@ -141,6 +141,26 @@ def test_gidel_time_and_rrr_staircase_values():
     np.testing.assert_allclose(stair["product"].values[1], 4 * np.outer(u[:, 0], vt[0]), atol=EXACT_RTOL)
 
 
+def test_rrr_staircase_without_whitened_inputs():
+    # Σ_xx = V diag(λ) Vᵀ commuting with Σ_xyΣ_yx (Gidel et al.'s assumption): mode i grows at s_i and the rank-k
+    # reduced-rank regression is the truncated SVD of Σ_yx Σ_xx^{-1/2} mapped back by Σ_xx^{-1/2} (a second closed
+    # form); with s/λ in the reverse order of s it is not the truncated SVD of the least-squares solution
+    rng = np.random.default_rng(1)
+    v, u = np.linalg.qr(rng.standard_normal((3, 3)))[0], np.linalg.qr(rng.standard_normal((2, 2)))[0]
+    s, lam = np.array([4.0, 2.0]), np.array([2.0, 0.75, 0.3])
+    x = np.sqrt(3) * v * np.sqrt(lam)  # X Xᵀ/n = V diag(λ) Vᵀ
+    prob = dln.Regression(x, (u * s / lam[:2]) @ v[:, :2].T @ x)
+    stair = analysis.rrr_staircase(prob, [0.1, 0.3, 0.6])
+    np.testing.assert_array_equal(stair["rank"].values, [0, 1, 2])
+    np.testing.assert_allclose(stair["learning_rate"].values, s, rtol=EXACT_RTOL)
+    root = v @ np.diag(lam**-0.5) @ v.T
+    a, b, c = np.linalg.svd(prob.sigma_yx @ root)
+    np.testing.assert_allclose(stair["product"].values[1], a[:, :1] * b[:1] @ c[:1] @ root, atol=EXACT_RTOL)
+    np.testing.assert_allclose(stair["product"].values[2], prob.w_star, atol=EXACT_RTOL)
+    a, b, c = np.linalg.svd(prob.w_star)
+    assert np.linalg.norm(stair["product"].values[1] - a[:, :1] * b[:1] @ c[:1]) > 1.0
+
+
 def test_flow_from_vanishing_init_follows_the_staircase():
     # At rescaled time τ between 1/s_k and 1/s_(k+1) the flow differs from the rank-k RRR matrix by the unlearned
     # mode, of size ε^{2(1 − τ s_(k+1))}, and the learning mode's residual, ε^{2(τ s_k − 1)}: for ε = 1e-6 and the
@@ -280,7 +300,8 @@ def bad_calls() -> dict:
     ds = gd_dataset(prob, [2], [0.1], [0], 0.05, [0, 10])
     shifted = ds.assign_coords(time=ds["time"] + 0.013)
     multi = dln.Regression(np.eye(3), np.ones((2, 3)))
-    general = dln.Regression(np.diag([1.0, 2.0, 3.0]), np.ones((3, 3)))
+    general = dln.Regression(np.diag([1.0, 2.0, 3.0]), np.ones((3, 3)))  # Σ_xx does not commute with Σ_xyΣ_yx
+    partial = dln.MatrixCompletion(np.ones((2, 2)), np.eye(2, dtype=bool))
     layers = dln.init_layers(prob, 2, "gaussian", 0.1, 0)
     calls = [
         (lambda: analysis.numerical_rank(ds, threshold=0), "threshold must be in"),
@@ -291,7 +312,8 @@ def bad_calls() -> dict:
         (lambda: analysis.recovery_error(ds, np.ones((2, 3))), "target must have"),
         (lambda: analysis.unobserved_loss(ds, prob), "problem must be a MatrixCompletion"),
         (lambda: analysis.gidel_time(ds, eps=2.0), "eps must lie in"),
-        (lambda: analysis.rrr_staircase(general, [1.0]), "identity Hessian"),
+        (lambda: analysis.rrr_staircase(general, [1.0]), "commutes with"),
+        (lambda: analysis.rrr_staircase(partial, [1.0]), "identity Hessian"),
         (lambda: analysis.rrr_staircase(prob, [-1.0]), "times must be"),
         (lambda: analysis.stages(ds, level=1.5), "level must be in"),
         (lambda: analysis.stages(ds, learned=0), "learned must be in"),
@@ -313,8 +335,8 @@ def bad_calls() -> dict:
 BAD_CALL_MATCHES = [
     "threshold must be in", "relative_to must be", "ds_or_sv must be", "p must be a positive",
     "target must be a non-zero", "target must have", "problem must be a MatrixCompletion", "eps must lie in",
-    "identity Hessian", "times must be", "level must be in", "learned must be in", "saved times to be interpolated",
-    "accuracy must be in", "b must be a dlnode Dataset",
+    "commutes with", "identity Hessian", "times must be", "level must be in", "learned must be in",
+    "saved times to be interpolated", "accuracy must be in", "b must be a dlnode Dataset",
     "at least two", "distinct positive", "weights must chain", "k must be an integer", "univariate Regression",
     "convention must be", "depth must be a positive integer", "weights_final",
 ]  # fmt: skip

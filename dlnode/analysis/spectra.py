@@ -23,7 +23,7 @@ from dlnode.analysis.stages import escape_times, modes_learned, stages
 from dlnode.analysis.variables import final_values, require_variable
 from dlnode.errors import refused
 from dlnode.flows import endtoend
-from dlnode.problems.kinds import MatrixCompletion, Problem
+from dlnode.problems.kinds import MatrixCompletion, Problem, Regression
 
 __all__ = [
     "effective_rank",
@@ -225,46 +225,85 @@ def gidel_time(ds: xr.Dataset | xr.DataArray, eps: float | None = None) -> xr.Da
 def rrr_staircase(problem: Problem, times: Any) -> xr.Dataset:
     """Gidel's staircase: the rank-k reduced-rank-regression solution at rescaled times τ = t/ln(1/ε).
 
-    With the target's SVD W* = Σ_i s_i u_i v_iᵀ, a depth-2 network from vanishing init tends to
-    W(τ) = Σ_{i : τ s_i > 1} s_i u_i v_iᵀ (mode i learned at τ = 1/s_i), a rank-k RRR solution between 1/s_k
-    and 1/s_{k+1}.
+    With Σ_yx = Σ_i s_i u_i v_iᵀ (s_1 ≥ s_2 ≥ …), a depth-2 network from vanishing init learns mode i at
+    τ = 1/s_i (its growth rate in the linear phase is s_i), so k(τ) = #{i : τ s_i > 1} modes are learned at τ, and
+    the network sits at the rank-k(τ) reduced-rank-regression solution
+
+        W_k = argmin_{rank W ≤ k} ℓ(W) = P_k W*,   P_k the projector on the top k eigenvectors of Σ_yx Σ_xx⁺ Σ_xy,
+
+    (Izenman 1975), W* the least-squares solution. For whitened inputs (Σ_xx = I) W_k is the truncated SVD
+    Σ_{i≤k} s_i u_i v_iᵀ; otherwise it is not the truncated SVD of W*. Under the assumption below the eigenvalues
+    of Σ_yx Σ_xx⁺ Σ_xy are s_i²/λ_i (λ_i = v_iᵀ Σ_xx v_i): the network's plateau is W_k where the k largest s_i
+    are also the k largest s_i²/λ_i (docs/math.md §4); elsewhere the modes it learned first are not W_k's.
 
     Parameters
     ----------
-    problem : a problem with loss ½‖W − W*‖²_F + const (identity Hessian: whitened regression, factorisation,
-        fully observed completion), for which the learning times are 1/s_i.
+    problem : a `Regression` whose Σ_xx commutes with Σ_xy Σ_yx (Gidel et al.'s assumption, weaker than whitened
+        inputs: the modes decouple and mode i grows at rate s_i), or a problem with loss ½‖W − W*‖²_F + const
+        (identity Hessian: factorisation, fully observed completion).
     times : non-negative rescaled times τ, e.g. ``gidel_time(ds)``.
 
     Returns
     -------
-    Dataset over ``rescaled_time`` with ``product`` (row, col), ``singular_values`` (k) and ``rank``.
+    Dataset over ``rescaled_time`` with ``product`` (row, col), ``singular_values`` (k) and ``rank``, and
+    ``learning_rate`` (k): the s_i, whose reciprocals are the steps' rescaled times.
+
+    Raises
+    ------
+    DlnodeError : a problem with another loss, a Regression outside the assumption, or bad times.
 
     References
     ----------
-    Gidel, Bach, Lacoste-Julien (2019), arXiv 1904.13262, Theorem 2.
+    Gidel, Bach, Lacoste-Julien (2019), arXiv 1904.13262, Theorem 2. Izenman (1975), "Reduced-rank regression for
+    the multivariate linear model", J. Multivariate Anal. 5.
     """
-    delta = np.random.default_rng(0).standard_normal((problem.d_out, problem.d_in))
-    if not np.allclose(np.asarray(problem.grad(problem.w_star + delta)), delta, rtol=1e-12, atol=1e-12):
-        raise refused(
-            f"problem must have an identity Hessian (whitened regression, factorisation); got {problem.kind} "
-            "with another loss, for which the staircase times are not 1/s_i"
-        )
+    sxx, syx = _regression_moments(problem)
     tau = np.asarray(times, dtype=np.float64)
     if tau.ndim != 1 or not np.all(np.isfinite(tau) & (tau >= 0)):
         raise refused(f"times must be a 1-d array of non-negative rescaled times; got {times!r}")
-    u, s, vt = np.linalg.svd(problem.w_star, full_matrices=False)
-    learned = tau[:, None] * s[None, :] > 1.0
-    sv = np.where(learned, s[None, :], 0.0)
-    coords = {"rescaled_time": tau}
+    s = np.linalg.svd(syx, compute_uv=False)
+    w_star = np.asarray(problem.w_star, dtype=np.float64)
+    # Izenman: the rank-k minimiser projects W* on the top k eigenvectors of Σ_yx Σ_xx⁺ Σ_xy (output space)
+    evals, evecs = np.linalg.eigh(syx @ np.linalg.pinv(sxx, hermitian=True) @ syx.T)
+    evecs = evecs[:, np.argsort(evals)[::-1]]
+    rank = (tau[:, None] * s[None, :] > 1.0).sum(axis=1)
+    products = np.zeros((rank.size, *w_star.shape))
+    sv = np.zeros((rank.size, s.size))
+    for t, k in enumerate(rank):  # W_k has rank exactly k: its other singular values are zero, not round-off
+        products[t] = evecs[:, :k] @ evecs[:, :k].T @ w_star
+        sv[t, :k] = np.linalg.svd(products[t], compute_uv=False)[:k]
     return xr.Dataset(
         {
-            "product": (("rescaled_time", "row", "col"), np.einsum("ik,tk,kj->tij", u, sv, vt)),
+            "product": (("rescaled_time", "row", "col"), products),
             "singular_values": (("rescaled_time", "k"), sv),
-            "rank": ("rescaled_time", learned.sum(axis=1)),
+            "rank": ("rescaled_time", rank),
+            "learning_rate": ("k", s, {"long_name": "singular values s_i of Sigma_yx (mode i learned at 1/s_i)"}),
         },
-        coords=coords,
+        coords={"rescaled_time": tau},
         attrs={"description": "rank-k reduced-rank regression for 1/s_k < t/ln(1/eps) < 1/s_(k+1) (depth 2)"},
     )
+
+
+def _regression_moments(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """(Σ_xx, Σ_yx) of a problem for which Gidel's staircase holds, or a refusal naming the rule."""
+    if isinstance(problem, Regression):
+        sxx, syx = np.asarray(problem.sigma_xx, float), np.asarray(problem.sigma_yx, float)
+        gram = syx.T @ syx
+        scale = np.linalg.norm(sxx) * np.linalg.norm(gram)
+        if np.linalg.norm(sxx @ gram - gram @ sxx) > 1e-10 * scale:
+            raise refused(
+                "problem must satisfy Gidel et al.'s assumption that Σ_xx commutes with Σ_xy Σ_yx (the modes "
+                "decouple; whitened inputs are a special case); got a Regression where they do not commute, for "
+                "which the staircase times are not 1/s_i"
+            )
+        return sxx, syx
+    delta = np.random.default_rng(0).standard_normal((problem.d_out, problem.d_in))
+    if not np.allclose(np.asarray(problem.grad(problem.w_star + delta)), delta, rtol=1e-12, atol=1e-12):
+        raise refused(
+            f"problem must be a Regression or have an identity Hessian (factorisation); got {problem.kind} "
+            "with another loss, for which the staircase times are not 1/s_i"
+        )
+    return np.eye(problem.d_in), np.asarray(problem.w_star, dtype=np.float64)
 
 
 def log_volume(ds: xr.Dataset) -> xr.DataArray:
