@@ -44,26 +44,29 @@ def _median_time(fn, repeats: int = 7) -> float:
 
 
 def lanczos_share(config: dict) -> dict[str, float]:
-    """Seconds of one central-flow field evaluation and of its Lanczos solve, at the initial weights."""
+    """Seconds of one central-flow field evaluation, of its Lanczos solve and of one gradient, and the Lanczos
+    products, at the initial weights."""
     prob = cohen2021.problem(config)
-    layers = tuple(jnp.asarray(w) for w in dln.init_layers(prob, config["depth"], "gaussian", 1.0, config["seed"]))
+    layers = tuple(jnp.asarray(w) for w in dln.init_layers(prob, config["depth"], "gaussian", config["scale"],
+                                                           config["seed"]))  # fmt: skip
     arrays = jax.tree_util.tree_map(jnp.asarray, prob.arrays())
 
     def gradient(y):
         return layer_gradients(y, type(prob).grad_fn, arrays)[0]
 
     field = jax.jit(lambda y: central_parts(gradient, y, config["lr"], 1)["field"])
-    lanczos = jax.jit(lambda y: top_eigenpairs(gradient, y, 1)[0])
+    lanczos = jax.jit(lambda y: top_eigenpairs(gradient, y, 1))
     grad = jax.jit(gradient)
-    return {"field": _median_time(lambda: field(layers)), "lanczos": _median_time(lambda: lanczos(layers)),
-            "gradient": _median_time(lambda: grad(layers))}  # fmt: skip
+    return {"field": _median_time(lambda: field(layers)), "lanczos": _median_time(lambda: lanczos(layers)[0]),
+            "gradient": _median_time(lambda: grad(layers)), "products": float(lanczos(layers)[2])}  # fmt: skip
 
 
 def measure(config: dict) -> dict[str, float]:
     prob = cohen2021.problem(config)
     lr, steps = config["lr"], config["steps"]
     every = np.arange(steps + 1) * lr
-    kw = {"depth": config["depth"], "init": "gaussian", "scale": 1.0, "seed": config["seed"], "t1": every[-1],
+    kw = {"depth": config["depth"], "init": "gaussian", "scale": config["scale"], "seed": config["seed"],
+          "t1": every[-1],
           "progress": False}  # fmt: skip
     runs = {
         "gd": dln.integrate(prob, method="gd", lr=lr, saveat=every, **kw),
@@ -74,6 +77,7 @@ def measure(config: dict) -> dict[str, float]:
         "central flow": dln.integrate(prob, flow="central", lr=lr, saveat=every[::SPARSE], **kw),
     }
     out = {name: float(ds.attrs["run_time"]) for name, ds in runs.items()}
+    out["central compile"] = float(runs["central flow"].attrs["compile_time"])
     out["central steps"] = float(runs["central flow"]["num_steps"].sum())
     out["central rejected"] = float(runs["central flow"]["num_rejected"].sum())
     return out
@@ -90,14 +94,18 @@ def main(argv: list[str] | None = None) -> None:
           "(run time, compile apart; one loaded 2-core CPU run)")  # fmt: skip
     for name, value in times.items():
         print(f"  {name:24s} {value:10.3f}" + ("" if "steps" in name or "rejected" in name else " s"))
+    evaluations = 6 * (times["central steps"] + times["central rejected"])  # tsit5: 6 new stages a step (FSAL)
     print(f"  curvature at every step: {times['gd+sharpness'] / times['gd']:.1f}x GD; every {SPARSE} steps: "
           f"{times['gd sparse+sharpness'] / times['gd sparse']:.2f}x")  # fmt: skip
     print(f"  central flow / GD over the same span: {times['central flow'] / times['gd sparse']:.1f}x; "
           f"gradient flow / GD: {times['gradient flow'] / times['gd sparse']:.2f}x")  # fmt: skip
     print(
         f"  one field evaluation: {1e3 * share['field']:.2f} ms, of which Lanczos {1e3 * share['lanczos']:.2f} ms "
-        f"({100 * share['lanczos'] / share['field']:.0f} %); one gradient {1e3 * share['gradient']:.3f} ms"
+        f"({100 * share['lanczos'] / share['field']:.0f} %, {share['products']:.0f} Hessian-vector products); one "
+        f"gradient {1e3 * share['gradient']:.3f} ms"
     )
+    print(f"  central flow: ~{evaluations:.0f} field evaluations ({evaluations / config['steps']:.1f} per GD step), "
+          f"{1e3 * times['central flow'] / evaluations:.2f} ms each in the run")  # fmt: skip
 
 
 if __name__ == "__main__":
