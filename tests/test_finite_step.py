@@ -179,3 +179,21 @@ def test_gd_that_spikes_and_recovers_is_not_diverged_and_the_fraction_over_lr():
     assert fraction["lr"].values.tolist() == [0.05, 0.3, 0.6]
     assert fraction.squeeze().values.tolist() == [0.0, 0.0, 1.0]
     assert "left every bound" in dln.solvers.core.MESSAGES[dln.Status.DIVERGED]
+
+
+@pytest.mark.parametrize(("n", "k"), [(60, 3), (40, 30)])
+def test_lanczos_past_its_first_checks_against_eigh(n, k):
+    """A quadratic whose top eigenvalues cluster (or k above the first checks' block) needs more products than the
+    first checks see: the values and vectors still match a dense eigh, to the Lanczos tolerance."""
+    from dlnode.flows.hessian import CHECK_EVERY, LANCZOS_RTOL, SMALL_CHECKS, top_eigenpairs
+
+    rng = np.random.default_rng(n)
+    q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    spectrum = np.concatenate([10.0 - 1e-3 * np.arange(5), rng.uniform(0.0, 9.0, n - 5)])
+    a = jnp.asarray((q * spectrum) @ q.T)
+    theta, vectors, used = jax.jit(lambda y: top_eigenpairs(lambda x: a @ x, y, k))(jnp.zeros(n))
+    assert int(used) > SMALL_CHECKS * CHECK_EVERY
+    np.testing.assert_allclose(np.asarray(theta), np.sort(spectrum)[::-1][:k], rtol=1e-9)
+    for i, v in enumerate(vectors):
+        residual = np.linalg.norm(np.asarray(a @ v - theta[i] * v))
+        assert residual <= 10 * LANCZOS_RTOL * 10.0 and abs(np.linalg.norm(v) - 1) < 1e-9

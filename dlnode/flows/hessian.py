@@ -27,6 +27,7 @@ __all__ = ["LANCZOS_MAX", "LANCZOS_RTOL", "hvp", "top_eigenpairs", "top_eigenval
 LANCZOS_RTOL = 1e-7  # residual of each of the top k Ritz pairs, relative to |θ₁|: eigenvalues to ~1e-14 relative
 LANCZOS_MAX = 80  # at most this many Lanczos vectors (or the parameter count, when smaller)
 CHECK_EVERY = 6  # the Ritz pairs (an eigh of the tridiagonal) are checked every this many products
+SMALL_CHECKS = 4  # the first this many checks take the eigh of the leading 24 x 24 block, not of the full m x m one
 _START_KEY = 20210226  # the fixed start vector's PRNG key: a run's curvature is reproducible
 
 
@@ -43,12 +44,14 @@ def _lanczos(matvec: Callable, n: int, k: int, dtype: Any) -> tuple[jax.Array, j
     basis = jnp.zeros((m, n), dtype).at[0].set(v0)
     alpha, beta = jnp.zeros(m, dtype), jnp.zeros(m, dtype)
 
-    def ritz(alpha, beta, j):
-        """Top-k Ritz pairs of the j×j tridiagonal (padded rows decoupled far below every real eigenvalue)."""
-        active = jnp.arange(m) < j
+    def ritz(alpha, beta, j, size=m):
+        """Top-k Ritz pairs of the j×j tridiagonal (j ≤ `size`, a static size: the leading size×size block, padded
+        rows decoupled far below every real eigenvalue); vectors of length `size`."""
+        alpha, beta = alpha[:size], beta[:size]
+        active = jnp.arange(size) < j
         bound = jnp.max(jnp.abs(alpha)) + 2 * jnp.max(jnp.abs(beta)) + 1.0
-        diag = jnp.where(active, alpha, -4.0 * bound - jnp.arange(m))
-        off = jnp.where(jnp.arange(1, m) < j, beta[:-1], 0.0)
+        diag = jnp.where(active, alpha, -4.0 * bound - jnp.arange(size))
+        off = jnp.where(jnp.arange(1, size) < j, beta[:-1], 0.0)
         t = jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1)
         theta, s = jnp.linalg.eigh(t)
         return theta[::-1][:k], s[:, ::-1][:, :k]
@@ -73,25 +76,36 @@ def _lanczos(matvec: Callable, n: int, k: int, dtype: Any) -> tuple[jax.Array, j
         return basis, alpha, beta, j + go, done | (go & exhausted)
 
     def cond(carry):
-        _, _, _, j, done = carry
+        j, done = carry[0][3], carry[0][4]
         return (j < m) & ~done
 
-    def block(carry):
+    def block(carry, size=m):
         """`CHECK_EVERY` products, then the convergence check on the Ritz pairs (one eigh per block: no eigh per
-        product, and no data-dependent branch, which vmap would turn into computing both sides)."""
-        carry = jax.lax.fori_loop(0, CHECK_EVERY, lambda _, c: step(c), carry)
-        basis, alpha, beta, j, done = carry
-        theta, s = ritz(alpha, beta, j)
-        last = s[jnp.maximum(j - 1, 0)]
+        product, and no data-dependent branch, which vmap would turn into computing both sides). While j ≤ `size`
+        the check needs only the leading size×size block: the eigh that dominates a solve on small networks shrinks
+        with it (an 80 × 80 eigh costs several Hessian-vector products there). The last check's Ritz pairs are the
+        result (carried, zero-padded to m rows): no eigh after the loop."""
+        lanczos = jax.lax.fori_loop(0, CHECK_EVERY, lambda _, c: step(c), carry[0])
+        basis, alpha, beta, j, done = lanczos
+        theta, s = ritz(alpha, beta, j, size)
+        last = s[jnp.clip(j - 1, 0, size - 1)]
         b = beta[jnp.maximum(j - 1, 0)]
         tiny = jnp.finfo(dtype).tiny
         converged = (j >= k) & jnp.all(b * jnp.abs(last) <= LANCZOS_RTOL * jnp.maximum(jnp.abs(theta[0]), tiny))
-        return basis, alpha, beta, j, done | converged
+        s = jnp.zeros((m, s.shape[1]), dtype).at[:size].set(s)
+        theta = jnp.full(k, jnp.nan, dtype).at[: theta.shape[0]].set(theta)
+        return (basis, alpha, beta, j, done | converged), theta, s
 
-    basis, alpha, beta, j, _ = jax.lax.while_loop(
-        cond, block, (basis, alpha, beta, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-    )
-    theta, s = ritz(alpha, beta, j)
+    small = min(m, SMALL_CHECKS * CHECK_EVERY)  # the first checks see at most this many products
+
+    def small_cond(carry):
+        return cond(carry) & (carry[0][3] + CHECK_EVERY <= small)
+
+    lanczos = (basis, alpha, beta, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+    carry = (lanczos, jnp.zeros(k, dtype), jnp.zeros((m, min(k, small)), dtype))
+    carry = jax.lax.while_loop(small_cond, lambda c: block(c, small), carry)
+    carry = (carry[0], carry[1], jnp.zeros((m, k), dtype).at[:, : carry[2].shape[1]].set(carry[2]))
+    (basis, alpha, beta, j, _), theta, s = jax.lax.while_loop(cond, block, carry)
     used = jnp.arange(m)[:, None] < j
     vectors = basis.T @ jnp.where(used, s, 0.0)
     return theta, vectors, j
@@ -105,8 +119,11 @@ def top_eigenpairs(gradient: Callable[[Any], Any], y: Any, k: int = 1) -> tuple[
     if not 1 <= k <= n:
         raise refused(f"k must be in [1, {n}] (the number of parameters); got {k}; pass a smaller k")
 
+    # linearised once: every product reuses the gradient's forward pass instead of recomputing it
+    _, tangent = jax.linearize(lambda x: ravel_pytree(gradient(unravel(x)))[0], flat)
+
     def matvec(v):
-        return ravel_pytree(hvp(gradient, y, unravel(v)))[0]
+        return tangent(v)
 
     theta, vectors, used = _lanczos(matvec, n, k, flat.dtype)
     return theta, [unravel(vectors[:, i]) for i in range(k)], used
