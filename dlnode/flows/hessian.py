@@ -1,9 +1,12 @@
 """Top Hessian eigenpairs of the loss in the layer parameters, inside compiled code (docs/finite-step.md).
 
-Lanczos with full reorthogonalisation on exact Hessian-vector products ∇²L·v = d/dε ∇L(y + εv) (one jvp of the
-gradient; no Hessian is formed), from a fixed start vector so that a run is reproducible, stopped when the k
-top Ritz pairs' residuals ‖∇²L x − θ x‖ = β_j |s_{j,i}| fall below `LANCZOS_RTOL` θ₁ (each eigenvalue is then
-exact to about its residual squared over the gap) or when the Krylov space is the whole space.
+Lanczos with full reorthogonalisation on exact Hessian-vector products ∇²L·v = d/dε ∇L(y + εv) (the gradient
+linearised once at y, so that a product is one tangent pass; no Hessian is formed), from a fixed start vector so
+that a run is reproducible, stopped when the k top Ritz pairs' residuals ‖∇²L x − θ x‖ = β_j |s_{j,i}| fall below
+`LANCZOS_RTOL` θ₁ (each eigenvalue is then exact to about its residual squared over the gap) or when the Krylov
+space is the whole space. The residuals are checked every `CHECK_EVERY` products by an eigh of the tridiagonal: of
+its leading 24 × 24 block for the first checks, of the whole (at most `LANCZOS_MAX` square) after; the last check's
+Ritz pairs are the result.
 
 References
 ----------
