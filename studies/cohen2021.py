@@ -196,8 +196,9 @@ def check(ds: xr.Dataset) -> list[dict]:
     apart = apart_factor(ds)
     from_edge = tracking_error(ds, start=t_edge)
     rows.append({
-        "claim": f"the central flow's predicted average loss tracks GD's {WINDOW}-step average within 10 % over at "
-        f"least {TRACK_SPAN}x the first edge time, where the gradient flow's is more than {GRADIENT_APART:g}x off",
+        "claim": f"once GD's sharpness has settled within {EDGE_BAND:g} of 2/lr, the central flow's predicted average "
+        f"loss tracks GD's {WINDOW}-step average within 10 % over at least {TRACK_SPAN}x the first edge time, where "
+        f"the gradient flow's is more than {GRADIENT_APART:g}x off",
         "paper": "central flow ~ GD's time average",
         "ours": f"max rel. error {central:.3f} over t in [{t_settle:.3g}, {t_end:.3g}] ({span:.0f}x t_edge = "
         f"{t_edge:.3g}; GD's S within {EDGE_BAND:g} of 2/lr there); gradient flow up to {apart:.1f}x off; "
