@@ -45,7 +45,7 @@ def test_info_and_plot_describe_a_stored_run(tmp_path):
     assert "status:" in info.stdout and "matrix_completion" in info.stdout
     xr.testing.assert_identical(ds, dln.open(out))
     fig = tmp_path / "sv.png"
-    proc = _run("plot", str(out), "--kind", "sharpness", "-o", str(fig))
+    proc = _run("plot", str(out), "--kind", "singular_values", "-o", str(fig))
     assert proc.returncode == 0, proc.stderr
     assert fig.stat().st_size > 10_000
     bad = _run("plot", str(out), "--kind", "pie")
