@@ -5,6 +5,7 @@ import pytest
 
 import dlnode as dln
 import studies
+from studies import _marion_chizat2024_gd as gd
 
 mc = studies.load("marion_chizat2024")
 
@@ -65,4 +66,41 @@ def test_each_check_fails_on_a_configuration_that_must_fail_it(quick):
 def test_data_recipe_normalises_the_least_squares_solution():
     prob = mc.problem(50, 5, seed=3)
     assert prob.d_out == 1 and prob.d_in == 5
+    np.testing.assert_allclose(np.linalg.norm(prob.w_star), 1.0, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_gd_checks_fail_where_they_must(quick):
+    # S <= 2/eta where GD converges; their sharpness (2x dlnode's) against dlnode's 2/lr must fail
+    assert gd.below_edge(quick)[0] and not gd.below_edge(quick, factor=0.5)[0]
+    # larger init -> sharper until the cap; the two ends swapped must fail
+    assert gd.sharper_until_cap(quick)[0] and not gd.sharper_until_cap(quick, reverse=True)[0]
+    # the divergence transition lies in the grid; a grid where nothing diverges must fail
+    assert gd.divergence_transition(quick)[0]
+    calm = quick.sel(eta=[0.07]).isel(init_scale=[0, 1])
+    assert float(calm["gd10_divergence"].max()) == 0 and not gd.divergence_transition(calm)[0]
+    # eta = 0.2 > 2/S_min: no run converges; at eta = 0.07 (2/eta > S_min) runs do, so that step must fail it
+    assert gd.no_minimiser_past_s_min(quick)[0] and not gd.no_minimiser_past_s_min(quick, etas=[0.07])[0]
+    # against their code: the sharpness without the factor 2 of their loss must fail
+    assert gd.divergence_matches_theirs(quick)[0]
+    assert gd.sharpness_matches_theirs(quick)[0] and not gd.sharpness_matches_theirs(quick, sharpness_factor=0.5)[0]
+
+
+@pytest.mark.slow
+def test_gd_divergence_against_theirs_fails_with_the_wrong_init_mapping():
+    # their init scale taken as dlnode's gaussian scale (no sqrt(d)): far smaller layers, nothing diverges where
+    # their code diverges 39 % of the time (the quick grid's eta = 0.2 runs, so the compiled step is reused)
+    config = {**gd.GD_QUICK, "gd_etas": [0.2], "gd_steps": [300], "gd_repeats": [4]}
+    wrong = gd.compute_gd(config, init_factor=1.0)
+    assert float(wrong["gd10_divergence"].max()) == 0
+    ok, text = gd.divergence_matches_theirs(wrong)
+    assert not ok, text
+
+
+def test_their_data_is_regenerated_exactly():
+    prob = gd.their_problem()
+    bounds = dln.sharpness_bounds(prob, 10)
+    # their a and Lambda (float32, printed by their code's data at n = 50, d = 5, key split(PRNGKey(0))[1])
+    np.testing.assert_allclose(bounds.attrs["a"], 0.7698830962181091, rtol=1e-6)
+    np.testing.assert_allclose(bounds.attrs["Lambda"], 1.483518123626709, rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(prob.w_star), 1.0, rtol=1e-12)
