@@ -178,6 +178,8 @@ def test_gd_that_spikes_and_recovers_is_not_diverged_and_the_fraction_over_lr():
     fraction = divergence_fraction(list(runs.values()))
     assert fraction["lr"].values.tolist() == [0.05, 0.3, 0.6]
     assert fraction.squeeze().values.tolist() == [0.0, 0.0, 1.0]
+    fewer = runs[0.6].isel(seed=[0])  # another seed list at one lr: the fraction over the seeds it ran
+    assert divergence_fraction([runs[0.05], fewer]).squeeze().values.tolist() == [0.0, 1.0]
     assert "left every bound" in dln.solvers.core.MESSAGES[dln.Status.DIVERGED]
 
 

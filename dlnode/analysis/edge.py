@@ -140,12 +140,14 @@ def divergence_fraction(runs: xr.Dataset | Sequence[xr.Dataset]) -> xr.DataArray
     lrs = [_lr_of(r, "runs") for r in runs]
     if len(set(lrs)) != len(lrs):
         fail("runs", "must have distinct lr", lrs, "pass one dataset per lr")
-    status = xr.concat([r["status"] for r in runs], dim=xr.DataArray(lrs, dims="lr", name="lr"))
+    status = xr.concat([r["status"] for r in runs], dim=xr.DataArray(lrs, dims="lr", name="lr"), join="outer")
     return _fraction(status.sortby("lr"))
 
 
 def _fraction(status: xr.DataArray) -> xr.DataArray:
-    diverged = (status == int(Status.DIVERGED)).mean("seed")
+    """Diverged seeds over the seeds each lr ran (datasets with other seed lists are NaN where they did not run)."""
+    ran = status.notnull()
+    diverged = (status == int(Status.DIVERGED)).where(ran, False).sum("seed") / ran.sum("seed")
     return diverged.rename("divergence_fraction").assign_attrs(
         long_name="fraction of seeds whose loss left every bound (status diverged)", units="1"
     )
