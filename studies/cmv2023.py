@@ -498,7 +498,7 @@ def plot(ds: xr.Dataset, outdir: Path) -> list[Path]:
         axes[0, 0].semilogx(position, er, marker + "-", label=f"init {scale:g}")
     axes[0, 0].axhline(ds.attrs["target_effective_rank"], color="k", ls=":", label="target M")
     axes[0, 0].set_xticks(position, ["∞" if not np.isfinite(d) else f"{d:g}" for d in depth])
-    axes[0, 0].set(xlabel="depth N", ylabel="effective rank of W at the end", yscale="log",
+    axes[0, 0].set(xlabel="depth N", ylabel="effective rank of W at the end",
                    title=f"{ds.attrs['shape'][0]}×{ds.attrs['shape'][1]} rank {ds.attrs['rank']}, "
                          f"|Ω| = {ds.attrs['observed']}")  # fmt: skip
     axes[0, 0].legend(fontsize=7)
@@ -510,6 +510,9 @@ def plot(ds: xr.Dataset, outdir: Path) -> list[Path]:
             rotation = int(seed) not in reflection_seeds(ds)
             axes[0, 1].loglog(scales, ratio.sel(pair_depth=d, pair_seed=seed), "x--" if rotation else "o-",
                               color=f"C{i}", label=depth_label(d) if not rotation else None)  # fmt: skip
+    seed = reflection_seeds(ds)[0]
+    exact = [_ratio(pair_closed_form(ds["pair_initial"].sel(pair_scale=s, pair_seed=seed).values, 2)) for s in scales]
+    axes[0, 1].loglog(scales, exact, ":", color="C1", label="depth 2, closed form")
     axes[0, 1].loglog(scales, scales, "k:", lw=1, label=r"$s$")
     axes[0, 1].set(xlabel="init scale s (W(0) = s·O)", ylabel=r"$\sigma_2/\sigma_1$ of the completion",
                    title="2×2 from its diagonal; dashed: rotation O")  # fmt: skip
