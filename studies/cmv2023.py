@@ -402,7 +402,7 @@ def check(ds: xr.Dataset) -> list[dict]:
         ),
         row(
             f"from a small init ({small:g}) depth >= {DEEP} and inf recover the rank-{ds.attrs['rank']} target",
-            "deep networks complete low-rank matrices (their numerics; numbers not at hand)",
+            "training asymptotics of completion (their numerics, not at hand); Arora et al. 2019",
             f"||W - M||/||M||: {rec_text}; init {big:g}, depth inf: {recovers(ds, np.inf, big)[1].split()[-1]}",
             rec_deep[0] and bool(deep),
         ),
