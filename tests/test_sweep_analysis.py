@@ -243,7 +243,10 @@ def test_cli_plot_draws_one_value_of_a_swept_axis_with_sel(stores, tmp_path):
         ("--sel", "lr=0.3"): "--sel lr=0.3: lr has the values 0.1, 0.05; pass one of them",
         ("--sel", "lr=fast"): "--sel lr=fast: lr has the values 0.1, 0.05; pass one of them",
         ("--sel", "method=tsit5"): "--sel method=tsit5: the dataset has no swept dim 'method' (it has ['lr'])",
-        ("--sel", "depth=2"): "--sel must be DIM=VALUE with DIM one of ['flow', 'init', 'method', 'lr']",
+        (
+            "--sel",
+            "depth=2",
+        ): "--sel must be DIM=VALUE with DIM one of ['flow', 'init', 'method', 'lr', 'batch', 'noise']",
         ("--sel", "lr"): "--sel must be DIM=VALUE",
         ("--sel", "lr=0.1", "--sel", "lr=0.05"): "--sel gives 'lr' twice ('0.1' and '0.05')",
     }
