@@ -7,6 +7,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MPLBACKEND ?= Agg
 
+# Tests run on every core, one test file per worker (a file's module fixtures, e.g. its Dask cluster, stay shared).
 .PHONY: demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
@@ -21,7 +22,7 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check dlnode tests benchmarks studies
 	$(BIN)/ruff format --check dlnode tests benchmarks studies
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check --fix dlnode tests benchmarks studies
