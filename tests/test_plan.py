@@ -100,6 +100,7 @@ RULES = [
      dict(grid={"noise": 0.1})),
     ("sharpness needs layer parameters", dict(depth=2, scale=0.1, flow="end_to_end", init="balanced", sharpness=1),
      dict(grid={"flow": "end_to_end", "init": "balanced"}, integrate={"sharpness": 1})),
+    ("a dense network's inits", dict(depth=2, scale=0.1, init="positive"), dict(grid={"init": "positive"})),
     ("a diagonal network's inits", dict(depth=2, scale=0.1, network="diagonal", init="orthogonal"),
      dict(grid={"init": "orthogonal"}, integrate={"network": "diagonal"})),
 ]  # fmt: skip

@@ -34,10 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dlnode.data.schema import GRID_DIMS
 from dlnode.errors import ArgumentError, DlnodeError
+from dlnode.flows.diagonal import DIAGONAL_INITS
 from dlnode.flows.flow import FLOWS
 from dlnode.flows.scales import escape_estimate, time_unit
 from dlnode.problems.kinds import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression, _low_rank_target
-from dlnode.problems.network import INITS, layer_shapes
+from dlnode.problems.network import INITS, check_init, layer_shapes
 from dlnode.problems.sparse import SparseRegression
 from dlnode.run.noise_rules import NETWORKS, plan_noise
 from dlnode.run.plan import HORIZON_FACTOR, log_times, planned_times
@@ -187,7 +188,7 @@ class GridConfig(_Table):
     depth: list[PosInt | Literal["inf"]]
     scale: list[Positive]
     seed: list[Seed] = [0]
-    init: list[Literal[tuple(INITS)]] = ["gaussian"]  # type: ignore[valid-type]
+    init: list[Literal[tuple(dict.fromkeys((*INITS, *DIAGONAL_INITS)))]] = ["gaussian"]  # type: ignore[valid-type]
     method: list[Literal[("auto", *sorted(METHODS))]] = ["auto"]  # type: ignore[valid-type]
     flow: list[Literal[FLOWS]] = ["layers"]  # type: ignore[valid-type]
     lr: list[Positive] = []
@@ -389,6 +390,8 @@ def _check_cell(depths: list[float], axes: dict[str, Any], run: IntegrateConfig,
     """One combination of the grid axes (`GRID_DIMS` → value), through the rules every `integrate` call obeys."""
     flow, init, method, lr = axes["flow"], axes["init"], axes["method"], axes["lr"]
     try:
+        if run.network == "dense":  # a diagonal network's inits are its own (`plan_noise` checks them)
+            check_init(init)
         plan_noise(problem, method, flow, run.network, init, depths, lr, run.t1, axes["batch"], axes["noise"],
                    run.sampling, run.paths, run.dt, run.width)  # fmt: skip
         check_arguments(depths, init, flow, method, lr, run.t1, saveat, run.scale_of, type(problem))
