@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._process import last_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -134,16 +133,7 @@ def reference_error(name: str, out: Path) -> float:
 
 
 def _subprocess(args: list[str], cache: str, limit: float) -> dict | None:
-    env = dict(os.environ, DLNODE_CACHE_DIR=cache)
-    try:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.defaults", *args], env=env, capture_output=True,
-                              text=True, timeout=limit)  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return None
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if done.returncode != 0 or not lines:
-        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(lines[-1])
+    return last_json("benchmarks.defaults", args, cache, limit)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             cold = _subprocess(["--case", name, "--out", str(args.out)], cache, args.limit)
             warm = _subprocess(["--case", name, "--out", str(args.out)], cache, args.limit) if cold else None
         row = {"case": name, "limit": args.limit, "cold": cold, "warm": warm}
-        if cold and "error" not in cold and not args.no_reference:
+        if cold and "failed" not in cold and not args.no_reference:
             ref = _subprocess(["--reference", name, "--out", str(args.out)], tempfile.gettempdir(), 4 * args.limit)
             row["error_ref"] = None if ref is None else ref.get("error_ref")
         rows.append(row)
@@ -195,7 +185,7 @@ def _methods_table(rows: list[dict], methods: list[str], args: argparse.Namespac
              "|---|---|---:|" + "---:|" * len(methods) + "---|---:|"]  # fmt: skip
     for row in rows:
         name, cold = row["case"], row["cold"]
-        if not cold or "error" in cold:
+        if not cold or "failed" in cold:
             continue
         times = {"auto": cold["total"] if cold["status"] == ["converged"] else None}
         cells = []
@@ -204,7 +194,7 @@ def _methods_table(rows: list[dict], methods: list[str], args: argparse.Namespac
                 got = _subprocess(["--case", name, "--method", m, "--out", str(args.out)], cache, args.limit)
             if got is None:
                 cells.append(f"> {args.limit:.0f}")
-            elif "error" in got:
+            elif "failed" in got:
                 cells.append("error")
             else:
                 ok = got["status"] == ["converged"]
@@ -224,11 +214,11 @@ def _line(row: dict) -> str:
     call = ", ".join(f"{k}={v}" for k, v in CASES[name][1].items())
     if cold is None:
         return f"| {name} | {call} | – | over the {row['limit']:.0f} s limit | | | | | | | |"
-    if "error" in cold:
-        return f"| {name} | {call} | – | error: {cold['error']} | | | | | | | |"
+    if "failed" in cold:
+        return f"| {name} | {call} | – | error: {cold['failed']} | | | | | | | |"
     err = row.get("error_ref")
     err_text = "–" if err is None or not np.isfinite(err) else f"{err:.2g}"
-    warm_c = "–" if not warm or "error" in warm else f"{warm['compile']:.2f}"
+    warm_c = "–" if not warm or "failed" in warm else f"{warm['compile']:.2f}"
     drift = "–" if not np.isfinite(cold["drift"]) else f"{cold['drift']:.2g}"
     cells = [name, call, cold["method"], "/".join(cold["status"]), f"{cold['loss_ratio']:.2g}", err_text, drift,
              f"{cold['compile']:.2f}", warm_c, f"{cold['run']:.2f}", str(cold["steps"])]  # fmt: skip

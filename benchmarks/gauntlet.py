@@ -23,14 +23,13 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._process import last_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("completion", "sensing", "regression", "factorization")
@@ -210,16 +209,8 @@ def _part(case: Case, part: str) -> dict:
 
 
 def _subprocess(case: Case, part: str, limit: float, cache: str) -> dict | None:
-    env = dict(os.environ, DLNODE_CACHE_DIR=cache)
-    args = [sys.executable, "-m", "benchmarks.gauntlet", "--case", json.dumps(dataclasses.asdict(case)), "--part", part]
-    try:
-        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=limit)
-    except subprocess.TimeoutExpired:
-        return None
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if done.returncode != 0 or not lines:
-        return {"failed": (done.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(lines[-1])
+    return last_json("benchmarks.gauntlet", ["--case", json.dumps(dataclasses.asdict(case)), "--part", part], cache,
+                     limit)  # fmt: skip
 
 
 def measure(case: Case, limit: float, methods: list[str], reference: bool) -> dict:
