@@ -176,7 +176,10 @@ def test_paths_dim_round_trips(tmp_path):
         (dict(method="label_noise"), "noise is required for method='label_noise'"),
         (dict(method="sgd", batch=1, sampling="shuffle"), "sampling must be one of"),
         (dict(method="sgd", batch=1, paths=0), "paths must be a positive count"),
-        (dict(method="sgd", batch=1, paths=10**9), "asks for more memory than this machine has available"),
+        (
+            dict(method="sgd", batch=1, paths=10**9),
+            "paths asks for more memory than this machine has available; got 1000000000 paths",
+        ),
         (dict(method="sde_euler"), "needs a diffusion"),
         (dict(method="sde_euler", batch=4), "needs a diffusion"),
         (dict(method="gd", batch=1), "batch applies to the stochastic methods"),

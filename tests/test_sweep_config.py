@@ -87,6 +87,15 @@ BAD = [
     (_with("integrate", network="sparse"), "config key 'integrate.network': Input should be 'dense' or 'diagonal'"),
     (_with("integrate", paths=0), "config key 'integrate.paths'"),
     (
+        {
+            **BASE,
+            "problem": {"kind": "sparse_regression", "d": 4, "n": 3, "sparsity": 2},
+            "grid": {"depth": [2], "scale": [0.1], "method": "label_noise", "lr": [0.1], "noise": [0.1]},
+            "integrate": {"t1": 1.0, "paths": 10**9},
+        },
+        "config key 'integrate.paths': asks for more memory than this machine has available; got 1000000000 paths",
+    ),
+    (
         _with("grid", method=["gd"], lr=[0.1], noise=[0.1]),
         "config key 'grid.noise', in the cells flow='layers', init='gaussian', method='gd', lr=0.1, noise=0.1: noise "
         "applies to the stochastic methods",

@@ -199,7 +199,8 @@ class Plan:
         if max_steps is not None:
             check_max_steps(max_steps)
         cells = len(scales) * len(seeds) * len(noisy.paths or [0])
-        memory = check_memory(problem, depths, width, cells, saveat, save_weights, t1 is None)
+        memory = check_memory(problem, depths, width, cells, saveat, save_weights, t1 is None,
+                              paths=len(noisy.paths or [0]))  # fmt: skip
         if method == "auto" and noisy.network == "diagonal":
             methods, chosen, reason = dict.fromkeys(depths, "tsit5"), "tsit5", "auto: tsit5 for a diagonal network"
         elif method == "auto" and flow == "central":  # its field holds a Lanczos solve: no Jacobian, no probe

@@ -184,8 +184,10 @@ def check_memory(
     save_weights: bool,
     until_converged: bool = False,
     available: int | None = None,
+    paths: int = 1,
 ) -> int:
-    """Refuse a call whose arrays cannot fit in memory; returns the estimate in bytes.
+    """Refuse a call whose arrays cannot fit in memory; returns the estimate in bytes. `cells` counts every run
+    (the noise paths included: `paths` of them per (scale, seed) cell, named when they are what does not fit).
 
     Per cell and saved time the dataset holds W (d_out·d_in), its singular values, three scalars and, with
     `save_weights`, the layers padded to (layer, out, in); the arrays exist twice while the dataset is assembled.
@@ -213,6 +215,12 @@ def check_memory(
                  shown(f"about {_gib(need)} for layers of width {hidden} ({state} numbers per cell, {cells} cells, "
                        f"{len(depths)} depths) against {_gib(available)} available"),
                  "pass a smaller width, fewer depths or cells, or split the grid over several calls")  # fmt: skip
+        if paths > 1 and need / paths <= available:  # the noise paths multiply the cells past what fits
+            fail("paths", "asks for more memory than this machine has available",
+                 shown(f"{paths} paths: about {_gib(need)} ({len(depths)} depths x {cells} runs (cells x paths) x "
+                       f"{times} times, x2 while assembling) against {_gib(available)} available"),
+                 f"pass at most {max(int(available * paths // need), 1)} paths, or split them over several "
+                 "calls")  # fmt: skip
         argument = "save_weights" if weights > per_time else "saveat"
         fail(
             argument,

@@ -373,13 +373,14 @@ def _check_task_memory(config: SweepConfig) -> None:
     checked before the time axis itself is laid out (a count of 10**9 save times is 7.45 GiB alone)."""
     run = config.integrate
     cells = config.execution.batch if isinstance(config.execution.batch, int) else TASK_CELLS
-    cells = min(cells, len(config.grid.scale) * len(config.grid.seed))
+    paths = run.paths if isinstance(run.paths, int) else len(run.paths or [0])  # a task runs every path of its cells
+    cells = min(cells, len(config.grid.scale) * len(config.grid.seed)) * paths
     saveat = run.saveat if isinstance(run.saveat, int) else np.zeros(len(run.saveat))
     try:
         check_memory(config.problem.build(), [max(config.depths())], run.width, cells, saveat, run.save_weights,
-                     run.t1 is None)  # fmt: skip
+                     run.t1 is None, paths=paths)  # fmt: skip
     except DlnodeError as exc:
-        key = {"width": "integrate.width", "save_weights": "integrate.save_weights"}.get(
+        key = {"width": "integrate.width", "save_weights": "integrate.save_weights", "paths": "integrate.paths"}.get(
             exc.argument, "integrate.saveat"
         )
         raise _refused(f"config key {key!r}: {exc}".replace(f"{exc.argument} ", "", 1)) from None
