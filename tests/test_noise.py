@@ -186,6 +186,8 @@ def test_paths_dim_round_trips(tmp_path):
         (dict(method="sgd", batch=1, t1=None), "t1 is required for method='sgd'"),
         (dict(method="sgd", batch=1, dt=0.1), "dt applies to the SDE methods only"),
         (dict(method="sde_euler", noise=1.0, dt=-1.0), "dt must be"),
+        (dict(method="sde_euler", noise=1.0, dt=0.03), "dt must be lr times a power of two"),
+        (dict(method="sde_heun", noise=1.0, dt=0.1 * 2.0**-11), "pass dt=9.76563e-05"),
     ],
 )
 def test_bad_noise_arguments_are_refused_in_one_line(kw, words):
@@ -193,6 +195,36 @@ def test_bad_noise_arguments_are_refused_in_one_line(kw, words):
     with pytest.raises(dln.DlnodeError) as err:
         dln.integrate(PROB, **(base | kw))
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_brownian_increments_are_one_path_at_every_dyadic_step():
+    # the increments of dt = lr·2^m steps are sums of the finer ones, exactly (one path for every m), and have the
+    # moments of Brownian increments: mean 0, variance dt, uncorrelated from step to step
+    import jax
+
+    from dlnode.solvers.sde import brownian_increment
+
+    lr, size = 0.1, 3
+    key = jax.random.PRNGKey(7)
+
+    def steps(level, count):
+        return np.stack([np.asarray(brownian_increment(key, n, level, lr, size)) for n in range(count)])
+
+    fine = steps(-3, 32)  # dt = lr/8: four cells
+    for level in (-2, -1, 0, 1, 2):
+        coarse = steps(level, 32 >> (level + 3))
+        summed = fine.reshape(len(coarse), -1, size).sum(axis=1)
+        np.testing.assert_allclose(coarse, summed, rtol=0, atol=1e-15)
+    keys = jax.random.split(jax.random.PRNGKey(1), 20000)
+    for level in (-2, 0, 1):
+        dt = lr * 2.0**level
+        draw = jax.vmap(lambda k, m=level: jax.vmap(lambda n: brownian_increment(k, n, m, lr, size))(np.arange(3)))
+        inc = np.asarray(draw(keys))
+        se = dt * np.sqrt(2.0 / len(keys))  # standard error of a sample variance
+        assert np.all(np.abs(inc.mean(axis=0)) < Z_MAX * np.sqrt(dt / len(keys)))
+        assert np.all(np.abs(inc.var(axis=0) - dt) < Z_MAX * se)
+        cross = (inc[:, 0] * inc[:, 1]).mean(axis=0)
+        assert np.all(np.abs(cross) < Z_MAX * dt / np.sqrt(len(keys)))
 
 
 def test_sgd_needs_a_problem_with_samples():

@@ -2,7 +2,8 @@
 
 The stochastic methods (``sgd``, ``label_noise``) and the SDE methods (``sde_euler``, ``sde_heun``) take `lr` (the
 step η they run, or the SDE models), `t1`, `batch`, `noise` (label noise δ), `sampling` and `paths` (noise seeds: an
-int P means paths 0 … P−1, or an iterable of seeds); the SDE methods also `dt`, their own step (default lr).
+int P means paths 0 … P−1, or an iterable of seeds); the SDE methods also `dt`, their own step (default lr; lr·2^m,
+|m| ≤ 10).
 ``network="diagonal"`` runs β = u^D − v^D (D the depth) under the flows, GD, SGD, label noise and the SDEs.
 """
 
@@ -21,6 +22,7 @@ from dlnode.errors import fail, shown
 from dlnode.flows.diagonal import DIAGONAL_INITS, diagonal_init
 from dlnode.problems.samples import samples_of
 from dlnode.solvers.gd import SDE_METHODS
+from dlnode.solvers.sde import DT_LEVELS, dt_level
 from dlnode.solvers.stochastic import SAMPLING, Noise, path_key
 
 __all__ = ["NETWORKS", "NOISY", "NoisePlan", "plan_noise", "with_paths"]
@@ -121,6 +123,10 @@ def plan_noise(problem: Any, method: str, flow: str, network: str, init: Any, de
                  "label noise", shown(f"batch={spec.batch} of n={n}, no label noise"),
                  "pass batch=... or noise=..., or use a deterministic method for the flow")  # fmt: skip
         step = check_positive("dt", lr if dt is None else dt, f" for method={method!r} (the SDE step)")
+        if dt_level(float(lr), step) is None:
+            m = min(max(round(math.log2(step / lr)), -DT_LEVELS), DT_LEVELS)
+            rule = f"must be lr times a power of two, lr·2^m with |m| <= {DT_LEVELS} (one Brownian path for all)"
+            fail("dt", rule, shown(f"dt={step:g} with lr={lr:g}"), f"pass dt={lr * 2.0**m:g}")
     elif dt is not None:
         fail("dt", "applies to the SDE methods only (the discrete methods step by lr)", dt, "drop dt")
     return NoisePlan(network, spec, float(noise or 0.0), step, _as_paths(paths))

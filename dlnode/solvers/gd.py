@@ -24,7 +24,7 @@ import numpy as np
 from dlnode.flows.flow import Flow, layer_gradients
 from dlnode.problems.samples import samples_of
 from dlnode.solvers.core import RUNNING, Method, Status, stop_flags
-from dlnode.solvers.sde import SDE_SOLVERS, sde_terms
+from dlnode.solvers.sde import SDE_SOLVERS, brownian_increment, control_size, sde_terms
 from dlnode.solvers.stepping import SteppingMethod, method_entry
 from dlnode.solvers.stochastic import step_gradient
 
@@ -61,9 +61,10 @@ def _stepper(name: str, flow: Flow) -> Callable:
 
     def step(y, n, key, state, args, c):
         width = samples_of(problem_cls.kind).width(args["problem"])
-        # the tree spans [0, t1 + max(lr, dt)] (save times round to whole steps): one path for every dt ≤ lr
-        end = c["t1"] + jnp.maximum(c["lr"], c["dt"])
-        terms = sde_terms(name, flow, key, end, args["problem"], c["lr"], c["noise"], width)
+        size = control_size(flow.noise, width)
+        level = jnp.rint(jnp.log2(c["dt"] / c["lr"])).astype(n.dtype)  # dt = lr·2^level, by the rules
+        dw = brownian_increment(key, n, level, c["lr"], size)
+        terms = sde_terms(name, flow, dw, args["problem"], c["lr"], c["noise"], width)
         y1 = solver.step(terms, n * c["dt"], (n + 1) * c["dt"], y, args, state, made_jump=False)[0]
         return y1, flow.loss(y, args), state
 
