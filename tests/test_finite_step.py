@@ -88,6 +88,29 @@ def test_central_flow_is_the_gradient_flow_below_the_edge():
     np.testing.assert_allclose(central["loss_averaged"], flow["loss"], rtol=10 * SOLVER_RTOL)
 
 
+def test_central_flow_is_as_far_from_gd_as_the_gradient_flow_below_the_edge():
+    """Where GD stays below the edge, the central flow's distance to GD shrinks with lr at the gradient flow's rate:
+    the fitted order in lr of ‖W_GD − W_central‖ is that of ‖W_GD − W_flow‖ (1 for explicit Euler: Barrett &
+    Dherin 2021), and each distance equals the flow's to the solvers' tolerance."""
+    from scipy.stats import linregress
+
+    lrs = [0.02, 0.01, 0.005, 0.0025]
+    times = np.linspace(0.0, 1.0, 6)  # whole GD steps at every lr
+    kw = {"depth": 2, "scale": 0.5, "seed": 0, "t1": 1.0, "saveat": times, "progress": False}
+    flow = dln.integrate(PROB, flow="layers", method="tsit5", rtol=SOLVER_RTOL, **kw)
+    far: dict[str, list[float]] = {"central": [], "layers": []}
+    for lr in lrs:
+        gd = dln.integrate(PROB, method="gd", lr=lr, **kw)
+        central = dln.integrate(PROB, flow="central", lr=lr, method="tsit5", rtol=SOLVER_RTOL, **kw)
+        assert float(central["sharpness"].max()) < 0.1 * 2 / lr and (central["regime"] == 0).all()
+        far["central"].append(float(dln.compare(gd, central)["product_error"].max()))
+        far["layers"].append(float(dln.compare(gd, flow)["product_error"].max()))
+    np.testing.assert_allclose(far["central"], far["layers"], rtol=1e-4)
+    slopes = {name: linregress(np.log(lrs), np.log(errors)).slope for name, errors in far.items()}
+    assert slopes["central"] == pytest.approx(1.0, abs=0.15)
+    assert slopes["central"] == pytest.approx(slopes["layers"], abs=1e-3)
+
+
 def _objective(x, c, b):
     return 0.5 * np.einsum("ij,ijkl,kl->", x, b, x) + np.sum(c * x)
 
