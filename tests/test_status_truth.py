@@ -56,6 +56,37 @@ def test_each_status_is_reached_on_purpose():
     assert int(huge["status"].item()) == int(S.NO_STEP)
 
 
+def test_a_norm_that_runs_away_stops_with_its_trajectory_and_a_converging_one_does_not():
+    """Observe W₁₂ = W₂₁ = 1, W₂₂ = 0 of a 2×2 matrix: no rank-1 matrix fits them, and rank-1 ones come closer
+    only as W₁₁ = 1/ε² → ∞ (W₂₂ = ε). From a small init the depth-3 flow learns one mode first and runs along that
+    family, its norm growing, until the second mode escapes (σ₁ 385 ≈ 385‖W*‖₂ at t ≈ 10⁶, measured, then it
+    converges): under the default limit (1e3) it converges; with norm_limit=100 it stops as NORM_RUNAWAY once σ₁
+    passes 100‖W*‖₂, keeping the trajectory up to then and the weights where it stopped."""
+    prob = dln.MatrixCompletion(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[False, True], [True, True]]))
+    kw = {"depth": 3, "scale": 1e-3, "method": "rosenbrock", "progress": False}
+    free = dln.integrate(prob, **kw)
+    assert int(free["status"].item()) == int(S.CONVERGED) and free.attrs["norm_limit"] == 1e3
+    assert float(free["singular_values"].max()) > 300  # it did run far out before converging
+    with pytest.warns(UserWarning, match="norm_runaway"):
+        away = dln.integrate(prob, norm_limit=100.0, **kw)
+    assert int(away["status"].item()) == int(S.NORM_RUNAWAY) and away.attrs["norm_limit"] == 100.0
+    sv = away["singular_values"].isel(depth=0, scale=0, seed=0, k=0)
+    kept = sv.dropna("time")
+    assert len(kept) > 10 and float(kept[-1]) < 100 * 4  # the saves up to the stop (the grid is cut there)
+    t_stop = float(away["t_final"].item())
+    assert float(kept["time"][-1]) <= t_stop < float(free["t_final"].item())
+    final = np.linalg.multi_dot(away["weights_final"].isel(depth=0, scale=0, seed=0).values[::-1])
+    assert np.linalg.norm(final, 2) > 100  # the state it stopped at is past the limit
+    assert "norm ran away" in S.NORM_RUNAWAY.message
+
+
+@pytest.mark.parametrize("value", [1, 0.5, -1.0, "big", True, float("nan")])
+def test_a_bad_norm_limit_is_refused_in_one_line(value):
+    with pytest.raises(dln.DlnodeError, match=r"norm_limit must be a number above 1") as err:
+        dln.integrate(dln.Factorization(TARGET), depth=2, norm_limit=value, **QUICK)
+    assert "\n" not in str(err.value)
+
+
 def _interrupting(monkeypatch, name, when):
     """Replace the registered method `name` by one that sends this process SIGINT at `when(call)` of its windows."""
     real = dln.METHODS[name]

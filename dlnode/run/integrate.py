@@ -25,7 +25,7 @@ from dlnode.flows.flow import get_flow, pack_layers, unpack_layers
 from dlnode.problems.kinds import Problem
 from dlnode.problems.network import init_layers, product
 from dlnode.run.noise_rules import diagonal_states, with_paths
-from dlnode.run.plan import Plan
+from dlnode.run.plan import NORM_LIMIT, Plan
 from dlnode.run.resuming import remember
 from dlnode.run.saveat import SaveAt
 from dlnode.runtime.interrupts import sigint_flag, stop_requested
@@ -63,6 +63,7 @@ def integrate(
     sampling: str = "epochs",
     paths: int | Iterable[int] | None = None,
     dt: float | None = None,
+    norm_limit: float = NORM_LIMIT,
 ) -> Any:
     """Integrate the training dynamics of deep linear networks on `problem` over depth × scale × seed.
 
@@ -123,6 +124,9 @@ def integrate(
         their samples; `sampling` ``epochs`` (shuffled each epoch), ``without_replacement`` or
         ``with_replacement``; `paths` the noise seeds (a count P: 0 … P−1), a dataset dim ``path``. See
         docs/noise.md.
+    norm_limit : a run whose ‖W‖₂ passes norm_limit × max(‖W*‖₂, ‖W(0)‖₂) (W* the problem's reference
+        minimiser, its target) before its loss converges stops with status ``norm_runaway``, its trajectory kept:
+        the flow may have no finite limit. Checked at each window's end; math.inf turns it off.
 
     Ctrl-C stops the run between windows: the dataset up to then is returned, the runs still going marked
     INTERRUPTED (a second Ctrl-C gives up waiting for the window in progress); `dlnode.resume` continues it to
@@ -199,7 +203,7 @@ def _cells(da: Any) -> list[dict]:
             for d in da["depth"].values for sc in da["scale"].values for se in da["seed"].values]  # fmt: skip
 
 
-NORM_RUNAWAY = 3.0  # σ₁ above this many times the minimiser's, still growing at the end: say the norm runs away
+RUNAWAY_NOTE = 3.0  # σ₁ above this many times the minimiser's, still growing at the end: say the norm runs away
 
 
 def _warn_unconverged(ds: Any, problem: Problem) -> None:
@@ -214,7 +218,7 @@ def _warn_unconverged(ds: Any, problem: Problem) -> None:
             continue
         sv = ds["singular_values"].sel(where).isel(k=0).dropna("time").values
         note = ""
-        if len(sv) >= 2 and sv[-1] > NORM_RUNAWAY * s_star and sv[-1] > sv[-2]:
+        if len(sv) >= 2 and sv[-1] > RUNAWAY_NOTE * s_star and sv[-1] > sv[-2]:
             note = f" (σ₁ = {sv[-1]:.3g}, {sv[-1] / s_star:.3g}× the minimiser's and growing: the norm runs away)"
         parts.append(f"depth {where['depth']:g}, scale {where['scale']:g}, seed {where['seed']}: "
                      f"{Status(code).meaning}{note}")  # fmt: skip
@@ -390,8 +394,10 @@ def dataset_attrs(plan: Plan, runs: dict) -> dict[str, Any]:
         "t1": controls.t1 if not plan.until_converged else float(max(s.ts[-1] for s in runs.values())),
         "until_converged": int(plan.until_converged),
         "loss_tol": controls.loss_tol,
-        "stop_rule": "l - l* <= loss_tol * (l0 - l*)  (status 1); l > diverge * l0 or non-finite (status -2)",
+        "stop_rule": "l - l* <= loss_tol * (l0 - l*)  (status 1); l > diverge * l0 or non-finite (status -2); "
+        "||W||_2 > norm_limit * max(||W*||_2, ||W(0)||_2) before converging (status -9)",
         "diverge": controls.diverge,
+        "norm_limit": controls.norm_limit,
         "max_steps": int(controls.max_steps)
         if plan.max_steps_given or plan.method != PER_DEPTH
         else "per depth: the default of the method that ran",

@@ -26,10 +26,17 @@ from dlnode.checks import (
 )
 from dlnode.errors import fail
 from dlnode.flows.flow import FLOWS
-from dlnode.flows.scales import _fingerprint, escape_estimate, predicted_stiffness, time_unit
+from dlnode.flows.scales import _fingerprint, escape_estimate, predicted_stiffness, problem_scales, time_unit
 from dlnode.problems.kinds import Problem
 from dlnode.run.noise_rules import NoisePlan, plan_noise
-from dlnode.run.rules import check_arguments, check_call, check_inits, check_memory, check_sharpness
+from dlnode.run.rules import (
+    check_arguments,
+    check_call,
+    check_inits,
+    check_memory,
+    check_norm_limit,
+    check_sharpness,
+)
 from dlnode.run.saveat import SaveAt
 from dlnode.solvers import METHODS, Controls
 from dlnode.solvers.auto import choose_methods
@@ -52,6 +59,7 @@ __all__ = [
 PUBLIC_METHODS = ("auto", *METHODS)
 DEFAULT_LOSS_TOL = 1e-8  # stop when ℓ − ℓ* ≤ 1e-8 (ℓ₀ − ℓ*) if t1 is None
 DIVERGENCE_FACTOR = 1e12  # a run whose loss grows past 1e12·ℓ₀ is marked diverged
+NORM_LIMIT = 1e3  # a run whose ‖W‖₂ passes 1e3·max(‖W*‖₂, ‖W(0)‖₂) before it converges is marked norm_runaway
 HORIZON_FACTOR = 1e4  # an until-converged run's planned horizon: this many times the slowest escape estimate
 GRID_DECADES = 4.0  # `saveat` log-spaced times span this many decades, ending 10× past the slowest escape estimate
 
@@ -172,6 +180,7 @@ class Plan:
         sampling: str = "epochs",
         paths: int | Iterable[int] | None = None,
         dt: float | None = None,
+        norm_limit: float = NORM_LIMIT,
     ) -> Plan:
         """The plan of ``dlnode.integrate(problem, ...)`` with these arguments (see its docstring); every rule
         checked, before any work. Raises `dlnode.DlnodeError` (one line) on the first argument that breaks one."""
@@ -198,6 +207,7 @@ class Plan:
             fail("progress", "must be True or False", progress, "pass progress=False to hide the progress bar")
         if max_steps is not None:
             check_max_steps(max_steps)
+        check_norm_limit(norm_limit)
         cells = len(scales) * len(seeds) * len(noisy.paths or [0])
         memory = check_memory(problem, depths, width, cells, saveat, save_weights, t1 is None,
                               paths=len(noisy.paths or [0]))  # fmt: skip
@@ -225,7 +235,7 @@ class Plan:
             t1=float(times[-1]) if until_converged else t1, rtol=rtol, atol=atol, lr=float(lr or math.nan),
             loss_tol=loss_tol or (DEFAULT_LOSS_TOL if requested_t1 is None else -math.inf), diverge=DIVERGENCE_FACTOR,
             max_steps=max_steps or max(METHODS[m].max_steps for m in methods.values()), noise=noisy.delta,
-            dt=noisy.dt,
+            dt=noisy.dt, norm_limit=float(norm_limit), target_norm=problem_scales(problem).target,
         )  # fmt: skip
         return cls(problem, depths, scales, seeds, init, width, flow, scale_of, chosen, method, reason, saveat,
                      times, bool(save_weights), bool(progress), until_converged, controls, methods,

@@ -255,3 +255,13 @@ def check_sharpness(k: Any, problem: Any, depths: Sequence[float], width: int | 
             fail("sharpness", f"must be at most the parameter count {count} of the smallest network", k,
                  f"pass sharpness <= {count}")  # fmt: skip
     return int(k)
+
+
+def check_norm_limit(norm_limit: Any) -> float:
+    """A number above 1 (inf: no limit): the multiple of max(‖W*‖₂, ‖W(0)‖₂) past which a run stops as
+    NORM_RUNAWAY."""
+    if isinstance(norm_limit, (bool, np.bool_)) or not isinstance(norm_limit, (int, float, np.integer, np.floating)) \
+            or not 1 < norm_limit <= math.inf:  # fmt: skip
+        fail("norm_limit", "must be a number above 1, or inf for no limit (a multiple of max(||W*||_2, ||W(0)||_2))",
+             norm_limit, "pass e.g. norm_limit=1e3, or norm_limit=math.inf")  # fmt: skip
+    return float(norm_limit)

@@ -43,6 +43,7 @@ class Status(enum.IntEnum):
     INTERRUPTED = -6  # stopped by the user (Ctrl-C); the trajectory up to then is kept
     PENDING = -7  # a sweep cell whose result has not been written yet
     UNRESOLVED = -8  # the weights stopped changing in float64 while the loss was far from converged
+    NORM_RUNAWAY = -9  # ‖W‖₂ passed norm_limit × max(‖W*‖₂, ‖W(0)‖₂) before the loss converged
 
     @property
     def meaning(self) -> str:
@@ -87,6 +88,11 @@ MESSAGES = {
         "slower than the round-off of its field: deep layers from a small unbalanced init, after an escape); use a "
         "larger scale, or init='balanced' with flow='end_to_end'"
     ),
+    Status.NORM_RUNAWAY: (
+        "stopped: the norm ran away: ||W||_2 passed norm_limit x max(||W*||_2, ||W(0)||_2) (attrs['norm_limit']) "
+        "before the loss converged, so the flow may have no finite limit, or reach one only far later; the "
+        "trajectory up to then is kept; pass a larger norm_limit (inf: no limit) to integrate further"
+    ),
 }
 
 
@@ -121,6 +127,8 @@ class Controls:
     max_steps: int
     noise: float = 0.0  # label noise δ of the stochastic methods and their SDEs
     dt: float = float("nan")  # the step of the fixed-step SDE methods
+    norm_limit: float = float("inf")  # stop as NORM_RUNAWAY past norm_limit·max(target_norm, ‖W(0)‖₂) (host-side)
+    target_norm: float = 0.0  # ‖W*‖₂ of the problem's reference minimiser
 
 
 def stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]:

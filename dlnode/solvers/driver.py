@@ -3,7 +3,10 @@
 Between windows the driver fills the save times each cell reached, shows progress, checks for Ctrl-C (the cells
 still running get status INTERRUPTED and keep what they integrated, and the result carries a `Checkpoint` from
 which `drive` continues the run bit for bit), extends the horizon of an until-converged
-run while its loss is still falling, and stops as soon as no cell is running. A run is integrated once: the save
+run while its loss is still falling, stops a cell whose norm runs away (`NORM_RUNAWAY`: ‖W‖₂ past
+controls.norm_limit × max(‖W*‖₂, ‖W(0)‖₂) before it converged, checked on the state at each window's end, i.e.
+every `Method.window_steps` steps at most; the cell keeps its trajectory and final state from that window), and
+stops as soon as no cell is running. A run is integrated once: the save
 grid of an until-converged run is laid out ahead (log-spaced up to the horizon) and cut after the latest time a
 cell needed.
 """
@@ -59,6 +62,40 @@ class _Saved:
         self.filled = np.concatenate([self.filled, np.zeros((self.filled.shape[0], extra), bool)], axis=1)
 
 
+@dataclasses.dataclass
+class _Halted:
+    """Cells the driver stopped itself (the method's state runs them on with the others): their status, their
+    summary fields and their final state as of the window that stopped them, which stand for them from then on."""
+
+    mask: np.ndarray  # (batch,) bool
+    summary: dict  # status, t, steps, rejected (and any other summary field) at the halt
+    final: Any  # the method's final state at the halt (pytree, batch first)
+
+    def hold(self, summ: dict) -> dict:
+        """`summ` with the halted cells' fields as they were when they stopped."""
+        if not self.mask.any():
+            return summ
+        return {k: np.where(self.mask.reshape(self.mask.shape + (1,) * (np.ndim(v) - 1)), self.summary[k], v)
+                if k in self.summary else v for k, v in summ.items()}  # fmt: skip
+
+
+def _norm(obs: Any) -> np.ndarray:
+    """‖W‖₂ of each cell from an observation: its largest singular value (or |β|_∞ of a diagonal network)."""
+    if "singular_values" in obs:
+        return np.max(np.abs(np.asarray(obs["singular_values"])), axis=-1)
+    product = np.asarray(obs["product"])
+    return np.max(np.abs(product.reshape(product.shape[0], -1)), axis=-1)
+
+
+def _runaway(last: Any, saved: _Saved, running: np.ndarray, controls: Controls) -> np.ndarray:
+    """Running cells whose ‖W‖₂ at the window's end is past norm_limit × max(‖W*‖₂, ‖W(0)‖₂) (NaN-safe)."""
+    if not np.isfinite(controls.norm_limit):
+        return np.zeros_like(running)
+    initial = _norm(jax.tree_util.tree_map(lambda a: a[:, 0], saved.values))
+    bound = controls.norm_limit * np.fmax(controls.target_norm, np.nan_to_num(initial))
+    return running & (_norm(last) > bound)
+
+
 def _controls_tree(c: Controls, window_steps: int) -> dict[str, Any]:
     tree = {k: np.float64(v) for k, v in dataclasses.asdict(c).items()}
     tree["window_steps"] = np.float64(window_steps)
@@ -85,6 +122,7 @@ class Checkpoint:
     previous: tuple | None  # the time each cell had reached at the window before, as `_clock` (the stall check)
     wall: float  # run and compile seconds spent before the interrupt
     compile_time: float
+    halted: _Halted | None = None  # cells stopped by the driver itself (norm runaway), frozen as they stopped
     spent: bool = False
 
 
@@ -133,14 +171,14 @@ def drive(
     if checkpoint is None:
         ts = np.asarray(ts, dtype=np.float64)
         state = method.start(flow, y0, arrays_j, c)
-        saved, end_obs, extensions, k, previous = None, None, 0, 0, None
+        saved, end_obs, extensions, k, previous, halted = None, None, 0, 0, None, None
         wall_before = compile_before_ck = 0.0
     else:
         _check_checkpoint(checkpoint, method, c, until_converged, horizon)
         checkpoint.spent = True
         ts, state, k, extensions, previous = checkpoint.ts, checkpoint.state, checkpoint.k, checkpoint.extensions, (
             checkpoint.previous)  # fmt: skip
-        saved, end_obs = copy.deepcopy(checkpoint.saved), checkpoint.end_obs
+        saved, end_obs, halted = copy.deepcopy(checkpoint.saved), checkpoint.end_obs, copy.deepcopy(checkpoint.halted)
         wall_before, compile_before_ck = checkpoint.wall, checkpoint.compile_time
     stopped = None
     with sigint_flag() as flag:
@@ -150,11 +188,25 @@ def drive(
             obs, last, state = method.advance(flow, state, arrays_j, padded, c)
             obs, last = jax.device_get((obs, last))
             summ = method.summary(state)
+            if halted is not None:
+                summ = halted.hold(summ)
             if saved is None:
                 saved = _empty(obs, len(ts))
             _fill(saved, obs, window, k, summ)
             running = summ["status"] == RUNNING
             end_obs = last if end_obs is None else _where_cells(running | (summ["status"] == 1), last, end_obs)
+            away = _runaway(last, saved, running, controls)
+            if away.any():  # frozen here: the method runs them on with the others, unseen
+                now = dict(summ, status=np.where(away, int(Status.NORM_RUNAWAY), summ["status"]))
+                final_now = method.final(flow, state)
+                if halted is None:
+                    halted = _Halted(np.zeros_like(away), now, final_now)
+                halted.summary = {key: np.where(away.reshape(away.shape + (1,) * (np.ndim(v) - 1)), v,
+                                                halted.summary[key]) for key, v in now.items()}  # fmt: skip
+                halted.final = _where_cells(away, final_now, halted.final)
+                halted.mask = halted.mask | away
+                summ = halted.hold(summ)
+                running = summ["status"] == RUNNING
             if on_window is not None:
                 on_window(float(np.max(summ["t"])), summ)
             # a window in which a running cell short of its save times did not move its time at all — every
@@ -192,10 +244,12 @@ def drive(
                 break
             if _interrupt_requested(flag):  # at a window boundary: everything the next window needs is known
                 stopped = Checkpoint(method.name, c, until_converged, horizon, state, copy.deepcopy(saved),
-                                     end_obs, ts, k, extensions, previous, 0.0, 0.0)  # fmt: skip
+                                     end_obs, ts, k, extensions, previous, 0.0, 0.0, copy.deepcopy(halted))  # fmt: skip
                 summ = dict(summ, status=np.where(running, int(Status.INTERRUPTED), summ["status"]))
                 break
     final_state = method.final(flow, state)
+    if halted is not None:
+        final_state = _where_cells(halted.mask, halted.final, final_state)
     compile_time = COMPILE["seconds"] - compiled_before
     wall = time.perf_counter() - start - compile_time
     if stopped is not None:

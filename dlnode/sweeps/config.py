@@ -7,7 +7,7 @@ A config has four tables::
                    method = ["tsit5"], flow = ["layers"], lr = [], batch = [], noise = []
                    (each a list or a single value)
     [integrate]    t1 = 100.0, saveat = 100, rtol, atol, width, save_weights, loss_tol, max_steps,
-                   scale_of = "layer", sharpness, network, sampling, paths, dt
+                   scale_of = "layer", sharpness, network, sampling, paths, dt, norm_limit
                    (with [grid], every argument of `dlnode.integrate` but the problem and the progress bar)
     [execution]    batch = "auto"   (cells per Dask task, vmapped together)
 
@@ -229,6 +229,7 @@ class IntegrateConfig(_Table):
     sampling: str = "epochs"
     paths: PosInt | Annotated[list[Seed], Field(min_length=1)] | None = None  # a count, or the noise seeds
     dt: Positive | None = None
+    norm_limit: Annotated[float, Field(gt=1)] = 1e3  # inf (TOML: inf) turns the norm-runaway stop off
 
     def arguments(self) -> dict[str, Any]:
         """These fields as `dlnode.integrate`'s keyword arguments (`saveat` aside: a sweep passes its times)."""
