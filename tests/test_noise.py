@@ -227,6 +227,24 @@ def test_brownian_increments_are_one_path_at_every_dyadic_step():
         assert np.all(np.abs(cross) < Z_MAX * dt / np.sqrt(len(keys)))
 
 
+def test_label_noise_started_at_a_minimiser_is_not_diverged():
+    # depth 1 from W = W* exactly (ℓ₀ = ℓ* up to round-off): label noise lifts the loss to its floor
+    # O(η δ² ·tr Σ) at once, ~10¹² ℓ₀ and more; the loss is bounded, so the run must not say diverged (the bound is
+    # diverge · max(ℓ₀, ℓ(W = 0)))
+    w_star = PROB.w_star
+
+    def at_minimiser(shapes, scale, rng):
+        return [w_star.reshape(shapes[0])]
+
+    ds = dln.integrate(PROB, depth=1, init=at_minimiser, scale=1.0, method="label_noise", noise=0.5, lr=0.05,
+                       t1=1.0, saveat=np.array([0.0, 1.0]), paths=8, progress=False)  # fmt: skip
+    loss = ds["loss"].isel(depth=0, scale=0, seed=0)
+    assert float(loss.isel(time=0).max()) - PROB.loss_min < 1e-20
+    assert float(loss.isel(time=-1).min()) > 1e12 * max(float(loss.isel(time=0).max()), 1e-300)
+    assert (ds["status"] == int(dln.Status.FINISHED)).all()
+    assert float(loss.isel(time=-1).max()) < float(PROB.loss(np.zeros_like(w_star)))
+
+
 def test_sgd_needs_a_problem_with_samples():
     prob = dln.Regression.whitened([2.0, 1.0], d_in=3, d_out=3)
     with pytest.raises(dln.DlnodeError, match="must keep its samples"):

@@ -117,7 +117,7 @@ def divergence_fraction(runs: xr.Dataset | Sequence[xr.Dataset]) -> xr.DataArray
     """The fraction of seeds whose GD run diverged (status DIVERGED: the loss left every bound), per lr.
 
     A run whose loss oscillates or spikes and comes back is not diverged: only a non-finite loss or one past
-    ``attrs["diverge"]``·ℓ₀ is (the bound each dataset states in ``attrs["stop_rule"]``).
+    ``attrs["diverge"]``·max(ℓ₀, ℓ(W = 0)) is (the bound each dataset states in ``attrs["stop_rule"]``).
 
     Parameters
     ----------

@@ -394,7 +394,8 @@ def dataset_attrs(plan: Plan, runs: dict) -> dict[str, Any]:
         "t1": controls.t1 if not plan.until_converged else float(max(s.ts[-1] for s in runs.values())),
         "until_converged": int(plan.until_converged),
         "loss_tol": controls.loss_tol,
-        "stop_rule": "l - l* <= loss_tol * (l0 - l*)  (status 1); l > diverge * l0 or non-finite (status -2); "
+        "stop_rule": "l - l* <= loss_tol * (l0 - l*)  (status 1); l > diverge * max(l0, l(W=0)) or non-finite "
+        "(status -2); "
         "||W||_2 > norm_limit * max(||W*||_2, ||W(0)||_2) before converging (status -9)",
         "diverge": controls.diverge,
         "norm_limit": controls.norm_limit,

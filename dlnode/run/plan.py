@@ -236,6 +236,7 @@ class Plan:
             loss_tol=loss_tol or (DEFAULT_LOSS_TOL if requested_t1 is None else -math.inf), diverge=DIVERGENCE_FACTOR,
             max_steps=max_steps or max(METHODS[m].max_steps for m in methods.values()), noise=noisy.delta,
             dt=noisy.dt, norm_limit=float(norm_limit), target_norm=problem_scales(problem).target,
+            loss_scale=float(problem.loss(np.zeros_like(problem.w_star))),
         )  # fmt: skip
         return cls(problem, depths, scales, seeds, init, width, flow, scale_of, chosen, method, reason, saveat,
                      times, bool(save_weights), bool(progress), until_converged, controls, methods,

@@ -36,7 +36,7 @@ class Status(enum.IntEnum):
     FINISHED = 0  # reached the requested t1
     CONVERGED = 1  # ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*)
     MAX_STEPS = -1  # the step budget ran out first
-    DIVERGED = -2  # the loss became non-finite or grew past diverge·ℓ₀
+    DIVERGED = -2  # the loss became non-finite or grew past diverge·max(ℓ₀, ℓ(0))
     SOLVER_FAILURE = -3  # repeated rejections, a failed linear solve, or steps shrinking to nothing
     NOT_CONVERGED = -4  # t1=None: the horizon was reached while the loss criterion still did not hold
     NO_STEP = -5  # not a single step could be taken
@@ -76,7 +76,8 @@ MESSAGES = {
     Status.FINISHED: "reached the requested t1",
     Status.CONVERGED: "converged: the loss criterion holds",
     Status.MAX_STEPS: "stopped: the step budget (max_steps) ran out; raise max_steps or loosen rtol",
-    Status.DIVERGED: "stopped: the loss left every bound (non-finite, or past diverge x l0: attrs['diverge']); a loss "
+    Status.DIVERGED: "stopped: the loss left every bound (non-finite, or past diverge x max(l0, l(W=0)): "
+    "attrs['diverge']); a loss "
     "that oscillates or spikes and comes back is not diverged",
     Status.SOLVER_FAILURE: "stopped: the solver failed (every step rejected, or steps shrinking to nothing)",
     Status.NOT_CONVERGED: "not converged: the horizon was reached while the loss was still above the criterion",
@@ -123,20 +124,21 @@ class Controls:
     atol: float
     lr: float
     loss_tol: float  # stop when ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*); −inf disables
-    diverge: float  # stop (status −2) when ℓ > diverge·max(ℓ₀, tiny) or ℓ is not finite
+    diverge: float  # stop (status −2) when ℓ > diverge·max(ℓ₀, loss_scale, tiny) or ℓ is not finite
     max_steps: int
     noise: float = 0.0  # label noise δ of the stochastic methods and their SDEs
     dt: float = float("nan")  # the step of the fixed-step SDE methods
     norm_limit: float = float("inf")  # stop as NORM_RUNAWAY past norm_limit·max(target_norm, ‖W(0)‖₂) (host-side)
     target_norm: float = 0.0  # ‖W*‖₂ of the problem's reference minimiser
+    loss_scale: float = 0.0  # ℓ(W = 0): a run started near a minimiser (ℓ₀ ≈ 0) diverges only past diverge·ℓ(0)
 
 
 def stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]:
     """(converged, diverged), the stop rule of every solver: ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*) with ℓ and ℓ₀ finite (an
-    infinite ℓ₀ would make any loss "converged"); ℓ not finite or > div·ℓ₀."""
+    infinite ℓ₀ would make any loss "converged"); ℓ not finite or > div·max(ℓ₀, ℓ(0))."""
     finite = jnp.isfinite(loss) & jnp.isfinite(loss0)
     converged = finite & (loss - loss_min <= c["loss_tol"] * (loss0 - loss_min))
-    diverged = ~jnp.isfinite(loss) | (loss > c["diverge"] * jnp.maximum(loss0, 1e-300))
+    diverged = ~jnp.isfinite(loss) | (loss > c["diverge"] * jnp.maximum(jnp.maximum(loss0, c["loss_scale"]), 1e-300))
     return converged, diverged
 
 
