@@ -55,6 +55,15 @@ def test_each_check_fails_on_a_configuration_that_must_fail_it(quick):
     # while the large Gaussian init's S/S_min grows with depth
     r_small, r_big = quick["residual_scale"].values.min(), quick["residual_scale"].values.max()
     assert mc.residual_flat(quick, [r_small])[0] and not mc.residual_flat(quick, [r_big])[0]
+    # ... and fails with C divided by its measured slack (C / slack = the largest S/S_min found, less 1 %), and with
+    # the same C on the large Gaussian init, which the residual claim does not cover
+    line = float((quick["residual_upper"] / quick["residual_s_min"]).max())
+    worst = float((quick["residual_sharpness"] / quick["residual_s_min"]).sel(residual_scale=r_small).max())
+    assert 1.0 < worst < line
+    assert not mc.residual_flat(quick, [r_small], constant=line / (line / worst) * 0.99)[0]
+    gauss = quick["sharpness"] / quick["s_min"]
+    assert mc.flat(gauss.sel(scale=small), quick["loss_gap"].sel(scale=small), line)[0]
+    assert not mc.flat(gauss.sel(scale=big), quick["loss_gap"].sel(scale=big), line)[0]
     ratio = quick["residual_sharpness"] / quick["residual_s_min"]
     assert mc.depth_spread(ratio.sel(residual_scale=r_small), "residual_depth")[0]
     gaussian = (quick["sharpness"] / quick["s_min"]).sel(scale=big)
@@ -104,3 +113,15 @@ def test_their_data_is_regenerated_exactly():
     np.testing.assert_allclose(bounds.attrs["a"], 0.7698830962181091, rtol=1e-6)
     np.testing.assert_allclose(bounds.attrs["Lambda"], 1.483518123626709, rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(prob.w_star), 1.0, rtol=1e-12)
+
+
+def test_their_residual_runs_are_flat_at_small_scale_and_cross_the_line_at_their_largest():
+    # their code's recorded S/S_min (their convention; the ratio is the same in dlnode's): below their 4 Lambda/a
+    # at scales <= FLAT_RESIDUAL at every depth they plot, above it at scale 1.7 at L = 5, 10 and 20
+    runs = mc.AUTHORS_RESIDUAL
+    assert sorted(runs) == [5, 10, 20, 40] and all(1.7 in r for r in runs.values())
+    small = [hi for r in runs.values() for s, (lo, hi) in r.items() if s <= mc.FLAT_RESIDUAL]
+    assert max(small) < mc.AUTHORS_LINE
+    assert [r[1.7][1] > mc.AUTHORS_LINE for r in runs.values()] == [True, True, True, False]
+    # every minimiser has S >= S_min, in their runs too
+    assert min(lo for r in runs.values() for lo, _ in r.values()) >= 1.0

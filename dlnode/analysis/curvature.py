@@ -170,7 +170,8 @@ def sharpness_bounds(
     u = w*/‖w*‖, for their loss R(w) = (1/n)Σ_i (y_i − wᵀx_i)² (no ½):
 
     - ``s_min`` = 2 L a ‖w*‖^{2−2/L}: every minimiser has S ≥ S_min;
-    - ``upper`` = 8 L Λ ‖w*‖^{2−2/L}: the line their code draws (8LΛ at ‖w*‖ = 1), so S/S_min ≤ 4Λ/a below it;
+    - ``upper`` = 8 L Λ ‖w*‖^{2−2/L}: the line their code draws on its Gaussian-init figures (8LΛ at ‖w*‖ = 1),
+      so S/S_min ≤ 4Λ/a below it;
     - ``aligned`` = 2‖w*‖^{2−2/L} λ_max(Σ̂ + (L−1) Σ̂^{1/2} u uᵀ Σ̂^{1/2}): the exact sharpness of the balanced
       rank-one aligned minimiser (derived from ∇²R = 2JᵀΣ̂J at a minimiser, docs/math.md §6).
 
