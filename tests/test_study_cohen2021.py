@@ -14,7 +14,7 @@ def ds():
 def test_checks(ds):
     """Every check holds, and the tracking row shows the numbers it was decided on."""
     rows = cohen2021.check(ds)
-    assert len(rows) == 6 and all(set(row) == {"claim", "paper", "ours", "passed"} for row in rows)
+    assert len(rows) == 7 and all(set(row) == {"claim", "paper", "ours", "passed"} for row in rows)
     assert all(row["passed"] for row in rows), [row for row in rows if not row["passed"]]
     error = cohen2021.tracking_error(ds)
     assert error <= cohen2021.TRACK_RTOL and f"{error:.3f}" in rows[4]["ours"]
@@ -31,6 +31,25 @@ def test_negative_controls(ds):
     assert cohen2021.apart_factor(ds, "central_loss_averaged") < cohen2021.GRADIENT_APART < cohen2021.apart_factor(ds)
     assert cohen2021.tracking_error(ds, "central_loss") > cohen2021.TRACK_RTOL
     assert cohen2021.tracking_error(ds, start=cohen2021.edge_time(ds)) > cohen2021.TRACK_RTOL
+
+
+def test_against_their_central_flow(ds):
+    """dlnode's central flow against the authors' code run on the same instance (`THEIRS`): within THEIRS_RTOL of
+    their flow at dt → 0 in predicted average loss and in sharpness; their Euler runs at dt = lr/4, lr/8, lr/16 come
+    to ours at first order (the difference halves with dt). Negative controls: the gradient flow's loss and
+    sharpness, and the central flow's own loss (no oscillation term), fail the same check, and so does a dataset of
+    another instance."""
+    row = cohen2021.check(ds)[6]
+    loss = cohen2021.theirs_error(ds)
+    sharpness = cohen2021.theirs_error(ds, "central_sharpness", "sharpness")
+    assert row["passed"] and loss <= cohen2021.THEIRS_RTOL and sharpness <= cohen2021.THEIRS_RTOL
+    assert f"loss {loss:.1e}, sharpness {sharpness:.1e}" in row["ours"]
+    errors = [cohen2021.theirs_error(ds, theirs=cohen2021.THEIRS["loss_averaged"][s]) for s in (4, 8, 16)]
+    assert all(1.8 < errors[i] / errors[i + 1] < 2.2 for i in range(2)), errors
+    assert cohen2021.theirs_error(ds, "gradient_loss") > cohen2021.THEIRS_RTOL
+    assert cohen2021.theirs_error(ds, "gradient_sharpness", "sharpness") > cohen2021.THEIRS_RTOL
+    assert cohen2021.theirs_error(ds, "central_loss") > cohen2021.THEIRS_RTOL
+    assert cohen2021.theirs_error(ds.assign_attrs(lr=0.04)) == np.inf
 
 
 def test_gd_is_the_flow_before_the_edge(ds):
