@@ -69,38 +69,45 @@ def gd_vs_flow(config: dict, target) -> xr.Dataset:  # noqa: ANN001
     return out.assign_attrs(gd_rank=config["gd_rank"], gd_scale=scale)
 
 
+def _two_modes(config: dict, ratio: float) -> xr.Dataset:
+    """M = diag(1, ρ, 0) at depth 2 from the decoupled u₀ of every ``close_u0`` (one call, one compiled shape),
+    seen on every ``close_thin``-th point of its save grid (1: all of it)."""
+    scales = [float(np.sqrt(u)) for u in config["close_u0"]]
+    ds = dln.integrate(_diag([1.0, ratio], 3), depth=2, init="decoupled", scale=scales,
+                       saveat=config["close_saveat"], progress=False)  # fmt: skip
+    ds = ds.isel(time=slice(None, None, config.get("close_thin", 1)))
+    return ds.isel(depth=0, seed=0, drop=True).assign_coords(scale=config["close_u0"])
+
+
 def close_values(config: dict) -> xr.Dataset:
     """Stages and escapes of M = diag(1, ρ, 0) at depth 2 from the decoupled u₀, per ρ and u₀."""
     cells = []
     for ratio in config["close_ratio"]:
-        scales = [float(np.sqrt(u)) for u in config["close_u0"]]
-        ds = dln.integrate(_diag([1.0, ratio], 3), depth=2, init="decoupled", scale=scales,
-                           saveat=config["close_saveat"], progress=False)  # fmt: skip
-        sel = {"depth": 0, "seed": 0}
-        esc = dln.escape_times(ds).isel(sel, drop=True).isel(k=slice(0, 2))
+        ds = _two_modes(config, ratio)
+        esc = dln.escape_times(ds).isel(k=slice(0, 2))
         cells.append(xr.Dataset({
-            "close_stages": dln.stages(ds)["num_stages"].isel(sel, drop=True),
+            "close_stages": dln.stages(ds)["num_stages"],
             "close_escape": esc.reset_coords(drop=True),
             "close_resolution": esc["resolution"].reset_coords(drop=True),
-            "close_status": ds["status"].isel(sel, drop=True),
-        }).rename(scale="close_u0", k="mode").assign_coords(close_u0=config["close_u0"]))  # fmt: skip
+            "close_status": ds["status"],
+        }).rename(scale="close_u0", k="mode"))  # fmt: skip
     return xr.concat(cells, xr.DataArray(config["close_ratio"], dims="close_ratio"))
 
 
 def below_cut(config: dict) -> xr.Dataset:
-    """M = diag(1, c, 0) at depth 2 from the decoupled u₀: stages at the default cut and at learned = c/3."""
+    """M = diag(1, c, 0) at depth 2 from the decoupled u₀ = ``cut_u0`` (one of ``close_u0``): stages at the
+    default cut and at learned = c/3."""
     u0, cells = config["cut_u0"], []
     for c in config["cut_ratio"]:
-        ds = dln.integrate(_diag([1.0, c], 3), depth=2, init="decoupled", scale=float(np.sqrt(u0)), progress=False)
-        sel = {"depth": 0, "scale": 0, "seed": 0}
-        low = dln.escape_times(ds, learned=c / 3).isel(sel, drop=True).isel(k=slice(0, 2))
+        ds = _two_modes(config | {"close_thin": 1}, c).sel(scale=u0, drop=True)
+        low = dln.escape_times(ds, learned=c / 3).isel(k=slice(0, 2))
         cells.append(xr.Dataset({
-            "cut_stages": dln.stages(ds)["num_stages"].isel(sel, drop=True),
-            "cut_stages_low": dln.stages(ds, learned=c / 3)["num_stages"].isel(sel, drop=True),
+            "cut_stages": dln.stages(ds)["num_stages"],
+            "cut_stages_low": dln.stages(ds, learned=c / 3)["num_stages"],
             "cut_escape_low": low.reset_coords(drop=True).rename(k="mode"),
             "cut_resolution": low["resolution"].reset_coords(drop=True).rename(k="mode"),
-            "cut_final": ds["singular_values"].isel(sel, drop=True).isel(time=-1, k=1, drop=True),
-            "cut_status": ds["status"].isel(sel, drop=True),
+            "cut_final": ds["singular_values"].isel(time=-1, k=1, drop=True),
+            "cut_status": ds["status"],
         }))  # fmt: skip
     return xr.concat(cells, xr.DataArray(config["cut_ratio"], dims="cut_ratio")).assign_attrs(cut_u0=u0)
 

@@ -55,8 +55,8 @@ def test_merged_stages_as_the_closed_form_says(ds):
     got = ds["close_stages"]
     assert got.sel(close_ratio=0.999).values.tolist() == [1, 1]  # merged at every u0 float64 can hold
     assert got.sel(close_ratio=0.95).values.tolist() == [1, 2]  # merged at 1e-6, two stages at 1e-40
-    # control: the same case on a coarse save grid, whose cells are wider than the margin: undecidable, a failure
-    coarse = cases.close_values(cao2022.QUICK | {"close_ratio": [0.95], "close_saveat": 20})
+    # control: the same runs seen on every 40th saved time, cells wider than the margins: undecidable, a failure
+    coarse = cases.close_values(cao2022.QUICK | {"close_ratio": [0.95], "close_thin": 40})
     (row,) = cases.close_rows(coarse)
     assert not row["passed"] and "not resolvable" in row["ours"]
 
