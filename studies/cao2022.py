@@ -46,7 +46,7 @@ QUICK = {"rank": [1, 2, 3, 4, 5], "dim": 6, "depth": [2, 3], "scale": [1e-2, 1e-
          "cut_ratio": [0.03], "cut_u0": 1e-6}  # fmt: skip
 FULL = {"rank": [1, 2, 3, 4, 5], "dim": 8, "depth": [2, 3, 4], "scale": [1e-2, 1e-3], "seed": [0, 1, 2],
         "sweep_scale": [3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3],
-        "gd_rank": 5, "gd_depth": [2, 3, 4], "gd_lr": [0.02, 0.01, 0.005], "gd_scale": 1e-1,
+        "gd_rank": 5, "gd_depth": [2, 3, 4], "gd_lr": [0.01, 0.005, 0.0025], "gd_scale": 1e-1,
         "close_ratio": [0.5, 0.95, 0.999], "close_u0": [1e-3, 1e-6, 1e-12, 1e-40], "close_saveat": 800,
         "cut_ratio": [0.03, 0.01], "cut_u0": 1e-6}  # fmt: skip
 
