@@ -189,13 +189,13 @@ def _plot_gd(ds: xr.Dataset, outdir: pathlib.Path) -> pathlib.Path:
     lr = ds["gd_lr"].values.astype(float)
     for ax, depth in zip(axes[0], depths, strict=True):
         gap = abs(ds["gd_end"] - ds["flow_end"]).sel(gd_depth=depth)
-        for m in range(int(ds.attrs["gd_rank"])):
-            g = gap.isel(gd_stage=m).values
-            ax.plot(lr, g, "o-", color=f"C{m}", label=f"stage {m + 1}")
-            ax.plot(lr, g[0] * lr / lr[0], ":", color=f"C{m}")
-        ax.set(
-            xscale="log", yscale="log", xlabel="GD step size lr", title=f"depth {depth}, scale {ds.attrs['gd_scale']:g}"
-        )
+        rank = int(ds.attrs["gd_rank"])
+        for m in range(rank):
+            ax.plot(lr, gap.isel(gd_stage=m).values, "o-", color=f"C{m}", label=f"stage {m + 1}")
+        low = float(gap.isel(gd_stage=slice(0, rank)).min())
+        ax.plot(lr, 0.5 * low * lr / lr.min(), "k:", label="slope 1")
+        title = f"depth {depth}, rank {rank}, scale {ds.attrs['gd_scale']:g}"
+        ax.set(xscale="log", yscale="log", xlabel="GD step size lr", title=title)
     axes[0, 0].set_ylabel("|end of stage: GD - flow| [flow time]")
-    axes[0, 0].legend(fontsize="small", title="dotted: slope 1")
+    axes[0, 0].legend(fontsize="small")
     return save_figure(fig, outdir, f"{NAME}-gd.png")
