@@ -43,12 +43,16 @@ QUICK = {"rank": [1, 2, 3, 4, 5], "dim": 6, "depth": [2, 3], "scale": [1e-2, 1e-
          "sweep_scale": [3e-2, 1e-2, 3e-3, 1e-3],
          "gd_rank": 3, "gd_depth": [2], "gd_lr": [0.02, 0.01], "gd_scale": 1e-1,
          "close_ratio": [0.95, 0.999], "close_u0": [1e-6, 1e-40], "close_saveat": 800,
-         "cut_ratio": [0.03], "cut_u0": 1e-6}  # fmt: skip
+         "cut_ratio": [0.03], "cut_u0": 1e-6,
+         "cmp_shape": [12, 12], "cmp_rank": 3, "cmp_observed": 0.6, "cmp_seed": [1], "cmp_depth": [3],
+         "cmp_scale": 1e-2, "cmp_lr": 0.01, "cmp_method": ["gd"]}  # fmt: skip
 FULL = {"rank": [1, 2, 3, 4, 5], "dim": 8, "depth": [2, 3, 4], "scale": [1e-2, 1e-3], "seed": [0, 1, 2],
         "sweep_scale": [3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3],
         "gd_rank": 5, "gd_depth": [2, 3, 4], "gd_lr": [0.01, 0.005, 0.0025], "gd_scale": 1e-1,
         "close_ratio": [0.5, 0.95, 0.999], "close_u0": [1e-3, 1e-6, 1e-12, 1e-40], "close_saveat": 800,
-        "cut_ratio": [0.03, 0.01], "cut_u0": 1e-6}  # fmt: skip
+        "cut_ratio": [0.03, 0.01], "cut_u0": 1e-6,
+        "cmp_shape": [12, 12], "cmp_rank": 3, "cmp_observed": 0.6, "cmp_seed": [0, 1, 2, 3, 4], "cmp_depth": [2, 3],
+        "cmp_scale": 1e-2, "cmp_lr": 0.01, "cmp_method": ["flow", "gd"]}  # fmt: skip
 
 SLOPE_ATOL = 0.15  # fitted exponents of the first stage's duration against ε: O(1) corrections at these moderate ε
 RESOLUTION_MAX = 0.25  # largest save-grid cell at an escape, relative to its time, for the duration fits
@@ -95,6 +99,7 @@ def compute(config: dict) -> xr.Dataset:
         out["first_resolution"] = sweep["resolution"].isel(stage=0, drop=True)
     out.attrs.update(dim=config["dim"], description="dlnode.analysis.stages of full factorisations, M = U diag(s) V^T")
     extra = [cases.gd_vs_flow(config, target), cases.close_values(config), cases.below_cut(config)]
+    extra += [cases.completion(config)] if config.get("cmp_seed") else []
     return xr.merge([out, *extra], combine_attrs="no_conflicts")
 
 
@@ -118,7 +123,7 @@ def check(ds: xr.Dataset) -> list[dict]:
             "passed": bool((got.where(good) == r).sum() == good.sum()) and not failed,
         })  # fmt: skip
     rows.extend(_duration_rows(ds))
-    return rows + cases.gd_rows(ds) + cases.close_rows(ds) + cases.cut_rows(ds)
+    return rows + cases.gd_rows(ds) + cases.close_rows(ds) + cases.cut_rows(ds) + cases.completion_rows(ds)
 
 
 def _duration_rows(ds: xr.Dataset) -> list[dict]:

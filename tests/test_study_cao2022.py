@@ -16,7 +16,7 @@ def ds():
 
 def test_every_check_passes(ds):
     rows = cao2022.check(ds)
-    assert len(rows) == 12 and all(row["passed"] for row in rows), [row for row in rows if not row["passed"]]
+    assert len(rows) == 13 and all(row["passed"] for row in rows), [row for row in rows if not row["passed"]]
 
 
 def test_stages_equal_the_target_rank(ds):
@@ -68,6 +68,12 @@ def test_mode_below_the_cut(ds):
     # control: a mode at 6.25 % (above the cut) is counted, so the row's claim fails
     (row,) = cases.cut_rows(cases.below_cut(cao2022.QUICK | {"cut_ratio": [0.0625]}))
     assert not row["passed"]
+
+
+def test_completion_by_gd_and_flow(ds):
+    # deep matrix completion (their reconstruction setting) by the flow and by GD: 3 stages, M recovered
+    assert bool((ds["cmp_stages"] == 3).all()) and bool((ds["cmp_error"] < 1e-2).all())
+    assert bool((ds["cmp_status"] == dln.Status.CONVERGED).all())
 
 
 def test_figures(ds, tmp_path):
