@@ -11,7 +11,9 @@ rising through half its final value); the claim is R stages. The stage durations
 times (Saxe et al. 2014): at depth 2 the first stage lasts ≈ ln(1/ε)/s_1 (linear in ln(1/ε)), at depth N ≥ 3
 ≈ u₀^{−(1−2/N)}/((N−2)s_1) with u₀ ∝ ε^N, i.e. ∝ ε^{−(N−2)}. GD's stage ends must match the flow's to first order
 in lr; two near-equal singular values merge into one stage exactly when the closed-form rises overlap; a mode
-below the detector's 5 % cut is learned but not counted (`studies._cao2022_cases`, docs/stages.md).
+below the detector's 5 % cut is learned but not counted; deep matrix completion of a 12×12 rank-3 matrix from 60 %
+of its entries (Arora et al. 2019's construction) by GD and by the flow passes R stages too (`studies._cao2022_cases`,
+docs/stages.md).
 
 Runs use `dlnode.integrate` with its defaults (run until converged, default save grid), one call per depth and
 scale. The duration exponents are least-squares slopes through the first stage's end at every ε of ``sweep_scale``
