@@ -148,17 +148,20 @@ def completion(config: dict) -> xr.Dataset:
 
 
 def completion_rows(ds: xr.Dataset) -> list[dict]:
-    """Stages == R on every completion run that converged; how many recovered M (relative error < 1e-2)."""
+    """Per depth: stages == R on every completion run that converged, and how many recovered M (to 1e-2)."""
     if "cmp_stages" not in ds:
         return []
-    rank, lr = int(ds.attrs["cmp_rank"]), float(ds.attrs["cmp_lr"])
-    done = (ds["cmp_status"] == dln.Status.CONVERGED).values
-    recovered = int(((ds["cmp_error"] < 1e-2).values & done).sum())
+    rank, lr, rows = int(ds.attrs["cmp_rank"]), float(ds.attrs["cmp_lr"]), []
     methods = ", ".join(f"GD lr {lr:g}" if m == "gd" else "flow" for m in ds["cmp_method"].values)
-    where = (f"over {ds.sizes['cmp_seed']} instance(s) x depths {ds['cmp_depth'].values.tolist()} x ({methods}); "
-             f"{int(done.sum())}/{done.size} converged, {recovered} recovered M to 1e-2")  # fmt: skip
-    found = ds["cmp_stages"].values[done]
-    return [count_row(f"completion of a rank-{rank} matrix: {rank} stages", found, rank, where)]
+    for depth in ds["cmp_depth"].values:
+        cell = ds.sel(cmp_depth=depth)
+        done = (cell["cmp_status"] == dln.Status.CONVERGED).values
+        recovered = int(((cell["cmp_error"] < 1e-2).values & done).sum())
+        where = (f"over {cell.sizes['cmp_seed']} instance(s) x ({methods}); {int(done.sum())}/{done.size} converged, "
+                 f"{recovered} recovered M to 1e-2")  # fmt: skip
+        claim = f"completion, depth {int(depth)}, rank-{rank} matrix: {rank} stages"
+        rows.append(count_row(claim, cell["cmp_stages"].values[done], rank, where))
+    return rows
 
 
 def count_row(claim: str, found: np.ndarray, rank: int, where: str) -> dict:
