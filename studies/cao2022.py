@@ -191,6 +191,8 @@ def plot(ds: xr.Dataset, outdir: pathlib.Path) -> list[pathlib.Path]:
 
 def _plot_gd(ds: xr.Dataset, outdir: pathlib.Path) -> pathlib.Path:
     """|t_GD − t_flow| of each stage's end against lr, one panel per depth, with the first-order line."""
+    from matplotlib.ticker import NullFormatter
+
     depths = ds["gd_depth"].values.astype(int)
     fig, axes = figure(ncols=len(depths), width=3.3, height=3.2)
     lr = ds["gd_lr"].values.astype(float)
@@ -203,6 +205,8 @@ def _plot_gd(ds: xr.Dataset, outdir: pathlib.Path) -> pathlib.Path:
         ax.plot(lr, 0.5 * low * lr / lr.min(), "k:", label="slope 1")
         title = f"depth {depth}, rank {rank}, scale {ds.attrs['gd_scale']:g}"
         ax.set(xscale="log", yscale="log", xlabel="GD step size lr", title=title)
+        ax.set_xticks(lr, [f"{v:g}" for v in lr])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0, 0].set_ylabel("|end of stage: GD - flow| [flow time]")
     axes[0, 0].legend(fontsize="small")
     return save_figure(fig, outdir, f"{NAME}-gd.png")
