@@ -85,3 +85,15 @@ def test_nuclear_norm_completion_recovers_a_well_sampled_low_rank_matrix():
 def test_effective_rank_of_known_spectra():
     assert arora.effective_rank(np.array([1.0, 1.0, 1.0, 0.0])) == pytest.approx(3.0, rel=1e-14)
     assert arora.effective_rank(np.array([1.0])) == pytest.approx(1.0, rel=1e-14)
+
+
+@pytest.mark.slow
+def test_full_mode_runs_each_depth_as_a_dask_sweep_with_the_integrate_results():
+    """FULL runs every depth's (scale, seed) cells as a Dask sweep; on QUICK's instance at |Ω| = 300 (depths 3 and
+    ∞) the sweep path's dataset equals the integrate path's: the same plan, cell by cell (one worker)."""
+    small = {**arora.QUICK, "observed": [300], "depths": [3], "init_scales": [1e-3], "inf_scales": [1e-3]}
+    assert arora.FULL["sweep"] and not small["sweep"]
+    direct, swept = arora.compute(small), arora.compute({**small, "sweep": True, "workers": 1})
+    np.testing.assert_array_equal(swept["status"].values, direct["status"].values)
+    for name in ("singular_values", "effective_rank", "recovery_error", "train_loss", "initial_loss"):
+        np.testing.assert_allclose(swept[name].values, direct[name].values, rtol=1e-10, atol=0, err_msg=name)
