@@ -341,6 +341,9 @@ def check(ds: xr.Dataset) -> list[dict]:
                     "line of their Gaussian-init figures; their residual theorem's constant not used)",
                     f"residual init finds S <= C S_min; their code, L = 5, 10, 20, 40: S/S_min <= {theirs:.2f} "
                     f"(their line {AUTHORS_LINE:.2f})", txt, ok))  # fmt: skip
+    rows.append(row(THEOREM_CLAIM, "their residual-initialisation theorem: S <= C(kappa) S_min",
+                    "not tested: the theorem's statement (its constant and conditions) was not at hand; the C above is "
+                    "their Gaussian-init line", False))  # fmt: skip
     ratio = ds["residual_sharpness"] / ds["residual_s_min"]
     for sc in [x for x in ds["residual_scale"].values if x <= FLAT_RESIDUAL]:
         ok, txt = depth_spread(ratio.sel(residual_scale=sc), "residual_depth")
@@ -356,6 +359,9 @@ def check(ds: xr.Dataset) -> list[dict]:
     rows.append(row(f"GD (depth {ds.attrs['gd_depth']}) fails for every lr > 2/S_min, converges for lr <= 1/S_min",
                     "GD cannot converge for lr > 2/S_min", txt, ok))  # fmt: skip
     return rows + check_gd(ds)
+
+
+THEOREM_CLAIM = "residual init: S <= C S_min with the constant of their residual-initialisation theorem"
 
 
 def plot(ds: xr.Dataset, outdir: Path) -> list[Path]:
