@@ -9,7 +9,7 @@ so dlnode's `scale` is their α itself (no conversion). Their Theorem 1: the flo
 the minimum-ℓ₁ interpolator as α → 0 (rich regime) and the minimum-ℓ₂ one as α → ∞ (kernel regime). The constants
 are derived for dlnode's parametrisation in docs/woodworth2020.md: the flow gives β(t) = 2α² sinh(Xᵀν(t)), and
 q'(z) = arcsinh(z/2) makes that the KKT condition of exactly this Q_α. The minimiser is computed here independently
-of the flow, by Newton's method on the dual (`q_minimiser`).
+of the flow, by Newton's method on the dual (`q_minimiser`); Q_α itself is `dlnode.hypentropy`.
 
 Their set-up (the sparse regression of their Figure 1 and Section 4): d = 1000, n = 100 Gaussian samples
 xᵢ ~ N(0, I), a 5-sparse β* with entries 1/√5 (‖β*‖ = 1). Our labels are noiseless (the theorem is about
@@ -73,12 +73,6 @@ def problem(d: int, n: int, sparsity: int, seed: int) -> dln.SparseRegression:
     truth = np.zeros(d)
     truth[:sparsity] = 1.0 / np.sqrt(sparsity)  # the design is exchangeable: the first s coordinates lose nothing
     return dln.SparseRegression(x, truth @ x, truth, sparsity=sparsity, seed=seed)
-
-
-def q_regulariser(beta: xr.DataArray, alpha: float | xr.DataArray) -> xr.DataArray:
-    """Q_α(β) = α² Σᵢ q(βᵢ/α²), q(z) = 2 − √(4 + z²) + z·arcsinh(z/2) (the sum over ``coord``)."""
-    z = beta / alpha**2
-    return (alpha**2 * (2 - np.sqrt(4 + z**2) + z * np.arcsinh(z / 2))).sum("coord")
 
 
 def q_minimiser(inputs: np.ndarray, labels: np.ndarray, alpha: float, rtol: float = 1e-14) -> np.ndarray:
@@ -178,7 +172,9 @@ def _derived(ds: xr.Dataset) -> dict[str, xr.DataArray]:
         "test_error_l1": err(ds["beta_l1"]),
         "test_error_l2": err(ds["beta_l2"]),
         "l1_norm": np.abs(ds["beta_flow"]).sum("coord"),
-        "q_value": q_regulariser(ds["beta_flow"], alpha),
+        "q_value": xr.apply_ufunc(
+            dln.hypentropy, ds["beta_flow"], alpha, input_core_dims=[["coord"], []], vectorize=True
+        ),  # fmt: skip
         "q_error": _norm(ds["beta_flow"] - ds["beta_q"]) / _norm(ds["beta_q"]),
         "distance_l1": _norm(ds["beta_flow"] - ds["beta_l1"]) / _norm(ds["beta_l1"]),
         "distance_l2": _norm(ds["beta_flow"] - ds["beta_l2"]) / _norm(ds["beta_l2"]),
