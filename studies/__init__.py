@@ -21,7 +21,7 @@ __all__ = ["STUDIES", "format_table", "load", "outputs", "run"]
 
 STUDIES: tuple[str, ...] = (
     "saxe2014", "gidel2019", "arora2019", "cao2022", "cmv2023", "marion_chizat2024", "cohen2021", "haochen2021",
-    "blanc2020",
+    "blanc2020", "woodworth2020",
 )  # fmt: skip
 
 

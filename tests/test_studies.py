@@ -10,7 +10,7 @@ from dlnode import cli
 def test_registry_names_the_studies_and_loads_lazily():
     assert studies.STUDIES == (
         "saxe2014", "gidel2019", "arora2019", "cao2022", "cmv2023", "marion_chizat2024", "cohen2021", "haochen2021",
-        "blanc2020",
+        "blanc2020", "woodworth2020",
     )  # fmt: skip
     module = studies.load("arora2019")
     assert module.NAME == "arora2019" and "1905.13655" in module.PAPER
