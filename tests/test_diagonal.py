@@ -141,6 +141,7 @@ def test_path_statistics_and_sparsity():
         (dict(width=4), "width does not apply to network='diagonal'"),
         (dict(network="sparse"), "network must be one of ('dense', 'diagonal')"),
         (dict(flow="end_to_end"), "flow must be 'layers' or 'modified' for network='diagonal'"),
+        (dict(method="rosenbrock"), "method must not be 'rosenbrock' for network='diagonal'"),
     ],
 )
 def test_bad_diagonal_arguments_are_refused_in_one_line(kw, words):
