@@ -138,7 +138,8 @@ def stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]
     infinite ℓ₀ would make any loss "converged"); ℓ not finite or > div·max(ℓ₀, ℓ(0))."""
     finite = jnp.isfinite(loss) & jnp.isfinite(loss0)
     converged = finite & (loss - loss_min <= c["loss_tol"] * (loss0 - loss_min))
-    diverged = ~jnp.isfinite(loss) | (loss > c["diverge"] * jnp.maximum(jnp.maximum(loss0, c["loss_scale"]), 1e-300))
+    scale = jnp.maximum(loss0, c.get("loss_scale", 0.0))  # a controls dict of its own may leave the scale out
+    diverged = ~jnp.isfinite(loss) | (loss > c["diverge"] * jnp.maximum(scale, 1e-300))
     return converged, diverged
 
 
