@@ -3,6 +3,7 @@ never better than what happened (an infinite loss never "converged", a degenerat
 not begun never left out of an interrupted call's dataset, a step budget never reported as a solver failure)."""
 
 import dataclasses
+import math
 import os
 import signal
 
@@ -78,6 +79,26 @@ def test_a_norm_that_runs_away_stops_with_its_trajectory_and_a_converging_one_do
     final = np.linalg.multi_dot(away["weights_final"].isel(depth=0, scale=0, seed=0).values[::-1])
     assert np.linalg.norm(final, 2) > 100  # the state it stopped at is past the limit
     assert "norm ran away" in S.NORM_RUNAWAY.message
+
+
+def test_a_cell_stopped_for_its_norm_keeps_its_own_end_while_the_batch_runs_on():
+    """Two cells run away at different times (scales 1e-3, 1e-4): the first one stopped is held where it stopped
+    while the method's state runs the batch on, so its final weights are the flow's at its own t_final (checked
+    against a run of that cell alone up to that time, no limit: same flow, other steps; measured 1.2e-5 apart, while
+    the state the method ran on to, the other cell's t_final, is 0.2 away)."""
+    prob = dln.MatrixCompletion(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[False, True], [True, True]]))
+    kw = {"depth": 3, "method": "rosenbrock", "progress": False}
+    with pytest.warns(UserWarning, match="norm_runaway"):
+        both = dln.integrate(prob, scale=[1e-3, 1e-4], norm_limit=100.0, **kw)
+    assert (both["status"] == int(S.NORM_RUNAWAY)).all()
+    t_stop = both["t_final"].isel(depth=0, seed=0).values
+    assert t_stop[0] < 0.9 * t_stop[1]  # the 1e-3 cell stopped first and was held while the other ran on
+    alone = dln.integrate(prob, scale=1e-3, t1=float(t_stop[0]), saveat=np.array([0.0, t_stop[0]]),
+                          norm_limit=math.inf, **kw)  # fmt: skip
+    assert int(alone["status"].item()) == int(S.FINISHED)
+    held = both["weights_final"].isel(depth=0, seed=0, scale=0).values
+    ref = alone["weights_final"].isel(depth=0, seed=0, scale=0).values
+    np.testing.assert_allclose(np.linalg.multi_dot(held[::-1]), np.linalg.multi_dot(ref[::-1]), rtol=1e-4)
 
 
 @pytest.mark.parametrize("value", [1, 0.5, -1.0, "big", True, float("nan")])

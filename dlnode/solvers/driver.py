@@ -73,10 +73,13 @@ class _Halted:
 
     def hold(self, summ: dict) -> dict:
         """`summ` with the halted cells' fields as they were when they stopped."""
-        if not self.mask.any():
-            return summ
-        return {k: np.where(self.mask.reshape(self.mask.shape + (1,) * (np.ndim(v) - 1)), self.summary[k], v)
-                if k in self.summary else v for k, v in summ.items()}  # fmt: skip
+        return _where_cells(self.mask, self.summary, summ)
+
+    def add(self, cells: np.ndarray, summ: dict, final: Any) -> None:
+        """Halt `cells` as they are now: their summary fields `summ` and final state `final`."""
+        self.summary = _where_cells(cells, summ, self.summary)
+        self.final = _where_cells(cells, final, self.final)
+        self.mask = self.mask | cells
 
 
 def _norm(obs: Any) -> np.ndarray:
@@ -199,12 +202,8 @@ def drive(
             if away.any():  # frozen here: the method runs them on with the others, unseen
                 now = dict(summ, status=np.where(away, int(Status.NORM_RUNAWAY), summ["status"]))
                 final_now = method.final(flow, state)
-                if halted is None:
-                    halted = _Halted(np.zeros_like(away), now, final_now)
-                halted.summary = {key: np.where(away.reshape(away.shape + (1,) * (np.ndim(v) - 1)), v,
-                                                halted.summary[key]) for key, v in now.items()}  # fmt: skip
-                halted.final = _where_cells(away, final_now, halted.final)
-                halted.mask = halted.mask | away
+                halted = halted or _Halted(np.zeros_like(away), now, final_now)
+                halted.add(away, now, final_now)
                 summ = halted.hold(summ)
                 running = summ["status"] == RUNNING
             if on_window is not None:
