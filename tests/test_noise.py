@@ -225,6 +225,13 @@ def test_brownian_increments_are_one_path_at_every_dyadic_step():
         assert np.all(np.abs(inc.var(axis=0) - dt) < Z_MAX * se)
         cross = (inc[:, 0] * inc[:, 1]).mean(axis=0)
         assert np.all(np.abs(cross) < Z_MAX * dt / np.sqrt(len(keys)))
+    # the Brownian stream is apart from the label-noise stream of the same path key: cell 1 against step 0's labels
+    from dlnode.solvers.stochastic import LABEL_STREAM
+
+    cell = np.asarray(jax.vmap(lambda k: brownian_increment(k, 1, 0, 1.0, size))(keys))
+    label = np.asarray(jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(jax.random.fold_in(k, LABEL_STREAM), 0),
+                                                             (size,)))(keys))  # fmt: skip
+    assert np.all(np.abs((cell * label).mean(axis=0)) < Z_MAX / np.sqrt(len(keys)))
 
 
 def test_label_noise_started_at_a_minimiser_is_not_diverged():

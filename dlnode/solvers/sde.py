@@ -16,14 +16,15 @@ Both together (label-noise SGD) drive independent Brownian motions: the control 
 of one residual).
 
 The Brownian path of a path's key is built on the lr grid (a Lévy construction, `brownian_increment`): the increment
-over [k·lr, (k+1)·lr] is √lr·Z_k with Z_k drawn from the key folded with k, and inside that cell each dyadic
-interval is split at its midpoint by a Brownian bridge draw keyed by (k, level, index), down to lr·2^−10. A step
-dt = lr·2^m (m = −10 … 10; `check_dt` refuses any other) is a union of whole cells or one dyadic interval, so its
-increment is exact and costs 2^max(m, 0) + max(−m, 0) normal draws: one at dt = lr. The increment of step n is a
-pure function of (key, n, dt/lr): a run in windows, continued from a checkpoint, or run alone sees the same path,
-and runs of one (path, lr) at every such dt, or with different solvers, integrate the same Brownian path (their
-difference is the solvers' error, path by path). (A tree over the whole horizon, diffrax's VirtualBrownianTree,
-descends log2(t1/lr) + 10 levels for every increment: 8× slower at 200 steps.)
+over [k·lr, (k+1)·lr] is √lr·Z_k, Z_k drawn from the key's Brownian stream (apart from its minibatch and label
+streams) folded with k, and inside that cell each dyadic interval is split at its midpoint by a Brownian bridge draw
+keyed by (k, level, index), down to lr·2^−10. A step dt = lr·2^m (m = −10 … 10; the call's rules refuse any other,
+see `dt_level`) is a union of whole cells or one dyadic interval, so its increment is exact and costs
+2^max(m, 0) + max(−m, 0) normal draws: one at dt = lr. The increment of step n is a pure function of (key, n, dt/lr):
+a run in windows, continued from a checkpoint, or run alone sees the same path, and runs of one (path, lr) at every
+such dt, or with different solvers, integrate the same Brownian path (their difference is the solvers' error, path
+by path). (A tree over the whole horizon, diffrax's VirtualBrownianTree, descends log2(t1/lr) + 10 levels for
+every increment: 8× slower at 200 steps.)
 
 Solvers: ``sde_euler`` is Euler–Maruyama on the Itô SDE. ``sde_heun`` is diffrax's Heun method, which solves the
 Stratonovich SDE; it is given the Stratonovich drift of the same Itô SDE, b − ½ Σₖ Dσₖ σₖ. Each column σₖ is a
@@ -51,6 +52,7 @@ import lineax
 
 from dlnode.flows.flow import layer_gradients
 from dlnode.problems.samples import samples_of
+from dlnode.solvers.stochastic import BROWNIAN_STREAM
 
 __all__ = ["DT_LEVELS", "SDE_SOLVERS", "brownian_increment", "control_size", "dt_level", "diffusion", "sde_terms"]
 
@@ -115,7 +117,9 @@ def dt_level(lr: float, dt: float) -> int | None:
 
 
 def brownian_increment(key: Any, n: Any, level: Any, lr: Any, size: int) -> Any:
-    """W((n + 1)·dt) − W(n·dt), dt = lr·2^level, of the path of `key` (see the module's docstring)."""
+    """W((n + 1)·dt) − W(n·dt), dt = lr·2^level, of the path of `key` (see the module's docstring), drawn from its
+    own stream of the key: independent of the minibatch and label draws of the discrete methods with the same key."""
+    key = jax.random.fold_in(key, BROWNIAN_STREAM)
 
     def cell(k: Any) -> Any:
         return jnp.sqrt(lr) * jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, k), CELL), (size,))

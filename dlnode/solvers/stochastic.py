@@ -1,7 +1,8 @@
 """The noise of the discrete stochastic methods: which samples a step uses, and its perturbed labels.
 
 Step k of a path draws from the path's key (`jax.random.key(path)`), through two streams: the minibatch stream
-(folded with k, or with the epoch for shuffled epochs) and the label stream (folded with k). A step is thereby
+(folded with k, or with the epoch for shuffled epochs) and the label stream (folded with k); a third, the
+Brownian stream, is the SDE methods' (`dlnode.solvers.sde`). A step is thereby
 a pure function of (path, k): a run continued from a checkpoint, or a path run alone, draws exactly the same.
 
 - ``sgd`` with `batch` B < n: E_B = (1/B) Σ_{i∈B} 𝒜ᵢ*(rᵢ(W)), B drawn by `sampling`: ``epochs`` (the samples
@@ -31,7 +32,7 @@ from dlnode.problems.samples import samples_of
 __all__ = ["SAMPLING", "Noise", "step_gradient"]
 
 SAMPLING = ("epochs", "without_replacement", "with_replacement")
-BATCH_STREAM, LABEL_STREAM = 0, 1
+BATCH_STREAM, LABEL_STREAM, BROWNIAN_STREAM = 0, 1, 2  # a path's key, folded: independent noises
 
 
 @dataclasses.dataclass(frozen=True)
