@@ -206,11 +206,14 @@ def test_gd_that_spikes_and_recovers_is_not_diverged_and_the_fraction_over_lr():
     assert "left every bound" in dln.solvers.core.MESSAGES[dln.Status.DIVERGED]
 
 
-@pytest.mark.parametrize(("n", "k"), [(60, 3), (40, 30)])
+@pytest.mark.parametrize(("n", "k"), [(60, 3), (40, 30), (1500, 3)])
 def test_lanczos_past_its_first_checks_against_eigh(n, k):
     """A quadratic whose top eigenvalues cluster (or k above the first checks' block) needs more products than the
-    first checks see: the values and vectors still match a dense eigh, to the Lanczos tolerance."""
-    from dlnode.flows.hessian import CHECK_EVERY, LANCZOS_RTOL, SMALL_CHECKS, top_eigenpairs
+    first checks see: the values and vectors still match a dense eigh, to the Lanczos tolerance. At n = 1500 the
+    basis is past `GROW_BASIS` entries and grows by doubling (24, 48, 80 rows) as the solve goes on."""
+    from dlnode.flows.hessian import CHECK_EVERY, GROW_BASIS, LANCZOS_MAX, LANCZOS_RTOL, SMALL_CHECKS, top_eigenpairs
+
+    assert (n * LANCZOS_MAX > GROW_BASIS) == (n == 1500)
 
     rng = np.random.default_rng(n)
     q = np.linalg.qr(rng.standard_normal((n, n)))[0]

@@ -31,6 +31,7 @@ LANCZOS_RTOL = 1e-7  # residual of each of the top k Ritz pairs, relative to |θ
 LANCZOS_MAX = 80  # at most this many Lanczos vectors (or the parameter count, when smaller)
 CHECK_EVERY = 6  # the Ritz pairs (an eigh of the tridiagonal) are checked every this many products
 SMALL_CHECKS = 4  # the first this many checks take the eigh of the leading 24 x 24 block, not of the full m x m one
+GROW_BASIS = 1 << 16  # a basis of more entries (m·n) grows by doubling (see `_lanczos`)
 _START_KEY = 20210226  # the fixed start vector's PRNG key: a run's curvature is reproducible
 
 
@@ -44,8 +45,10 @@ def _lanczos(matvec: Callable, n: int, k: int, dtype: Any) -> tuple[jax.Array, j
     m = min(n, max(LANCZOS_MAX, k + 2))
     v0 = jax.random.normal(jax.random.PRNGKey(_START_KEY), (n,), dtype)
     v0 = v0 / jnp.linalg.norm(v0)
-    basis = jnp.zeros((m, n), dtype).at[0].set(v0)
-    alpha, beta = jnp.zeros(m, dtype), jnp.zeros(m, dtype)
+    small = min(m, SMALL_CHECKS * CHECK_EVERY)  # the first checks see at most this many products
+    rows = min(m, small + 1)  # ... on a basis of this many rows (the next vector included), grown after
+    basis = jnp.zeros((rows, n), dtype).at[0].set(v0)
+    alpha, beta = jnp.zeros(rows, dtype), jnp.zeros(rows, dtype)
 
     def ritz(alpha, beta, j, size=m):
         """Top-k Ritz pairs of the j×j tridiagonal (j ≤ `size`, a static size: the leading size×size block, padded
@@ -60,22 +63,24 @@ def _lanczos(matvec: Callable, n: int, k: int, dtype: Any) -> tuple[jax.Array, j
         return theta[::-1][:k], s[:, ::-1][:, :k]
 
     def step(carry):
-        """One Lanczos product and reorthogonalisation; a no-op once the space is exhausted or full."""
+        """One Lanczos product and reorthogonalisation; a no-op once the space is exhausted or full. Every update
+        is of one row, in place: a product costs O(rows·n), never a copy of the basis."""
         basis, alpha, beta, j, done = carry
-        v = basis[jnp.minimum(j, m - 1)]
+        rows = basis.shape[0]
+        i, i1 = jnp.minimum(j, rows - 1), jnp.minimum(j + 1, rows - 1)
+        v = basis[i]
         w = matvec(v)
         a = jnp.dot(w, v)
         w = w - basis.T @ (basis @ w)  # full reorthogonalisation, twice (Kahan: twice is enough)
         w = w - basis.T @ (basis @ w)
         b = jnp.linalg.norm(w)
-        scale = jnp.maximum(jnp.max(jnp.abs(alpha.at[jnp.minimum(j, m - 1)].set(a))), jnp.finfo(dtype).tiny)
+        scale = jnp.maximum(jnp.maximum(jnp.max(jnp.abs(alpha)), jnp.abs(a)), jnp.finfo(dtype).tiny)
         exhausted = b <= 1e3 * jnp.finfo(dtype).eps * scale  # an invariant subspace: the Ritz values are exact
         go = ~done & (j < m)
-        alpha = jnp.where(go, alpha.at[jnp.minimum(j, m - 1)].set(a), alpha)
-        beta = jnp.where(go, beta.at[jnp.minimum(j, m - 1)].set(b), beta)
+        alpha = alpha.at[i].set(jnp.where(go, a, alpha[i]))
+        beta = beta.at[i].set(jnp.where(go, b, beta[i]))
         nxt = jnp.where(exhausted, 0.0, w / jnp.where(exhausted, 1.0, b))
-        write = go & (j + 1 < m)
-        basis = jnp.where(write, basis.at[jnp.minimum(j + 1, m - 1)].set(nxt), basis)
+        basis = basis.at[i1].set(jnp.where(go & (j + 1 < rows), nxt, basis[i1]))
         return basis, alpha, beta, j + go, done | (go & exhausted)
 
     def cond(carry):
@@ -99,16 +104,30 @@ def _lanczos(matvec: Callable, n: int, k: int, dtype: Any) -> tuple[jax.Array, j
         theta = jnp.full(k, jnp.nan, dtype).at[: theta.shape[0]].set(theta)
         return (basis, alpha, beta, j, done | converged), theta, s
 
-    small = min(m, SMALL_CHECKS * CHECK_EVERY)  # the first checks see at most this many products
-
-    def small_cond(carry):
-        return cond(carry) & (carry[0][3] + CHECK_EVERY <= small)
-
+    # Phases: the first checks take `CHECK_EVERY`·`SMALL_CHECKS` products on a basis of that many rows (and the next
+    # vector); then, on a network with more than `GROW_BASIS` basis entries, the basis doubles until it has m rows
+    # (reorthogonalisation reads only the rows a solve can have used so far: a product there costs O(rows·n) memory
+    # traffic, far above the product itself); on a smaller one it takes all m rows at once (one loop less to
+    # compile).
     lanczos = (basis, alpha, beta, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-    carry = (lanczos, jnp.zeros(k, dtype), jnp.zeros((m, min(k, small)), dtype))
-    carry = jax.lax.while_loop(small_cond, lambda c: block(c, small), carry)
-    carry = (carry[0], carry[1], jnp.zeros((m, k), dtype).at[:, : carry[2].shape[1]].set(carry[2]))
-    (basis, alpha, beta, j, _), theta, s = jax.lax.while_loop(cond, block, carry)
+    theta, s = jnp.zeros(k, dtype), jnp.zeros((m, k), dtype)
+    size = small
+    while True:
+        last = size >= m
+
+        def phase_cond(carry, size=size, last=last):
+            return cond(carry) & (last | (carry[0][3] + CHECK_EVERY <= size))
+
+        carry = (lanczos, theta, s[:, : min(k, size)])
+        lanczos, theta, part = jax.lax.while_loop(phase_cond, lambda c, size=size: block(c, size), carry)
+        s = jnp.zeros((m, k), dtype).at[:, : part.shape[1]].set(part)
+        if last:
+            break
+        size = min(m, 2 * size) if m * n > GROW_BASIS else m
+        grow = ((0, min(m, size + 1) - lanczos[0].shape[0]),)
+        lanczos = (jnp.pad(lanczos[0], grow + ((0, 0),)), jnp.pad(lanczos[1], grow), jnp.pad(lanczos[2], grow),
+                   *lanczos[3:])  # fmt: skip
+    basis, _, _, j, _ = lanczos
     used = jnp.arange(m)[:, None] < j
     vectors = basis.T @ jnp.where(used, s, 0.0)
     return theta, vectors, j
