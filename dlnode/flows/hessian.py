@@ -31,6 +31,7 @@ LANCZOS_RTOL = 1e-7  # residual of each of the top k Ritz pairs, relative to |θ
 LANCZOS_MAX = 80  # at most this many Lanczos vectors (or the parameter count, when smaller)
 CHECK_EVERY = 6  # the Ritz pairs (an eigh of the tridiagonal) are checked every this many products
 SMALL_CHECKS = 4  # the first this many checks take the eigh of the leading 24 x 24 block, not of the full m x m one
+REORTHOGONALISE = 2**-0.5  # a second Gram-Schmidt pass when the first leaves less than this fraction of the norm
 GROW_BASIS = 1 << 16  # a basis of more entries (m·n) grows by doubling (see `_lanczos`)
 _START_KEY = 20210226  # the fixed start vector's PRNG key: a run's curvature is reproducible
 
@@ -71,8 +72,14 @@ def _lanczos(matvec: Callable, n: int, k: int, dtype: Any) -> tuple[jax.Array, j
         v = basis[i]
         w = matvec(v)
         a = jnp.dot(w, v)
-        w = w - basis.T @ (basis @ w)  # full reorthogonalisation, twice (Kahan: twice is enough)
-        w = w - basis.T @ (basis @ w)
+        previous = jnp.maximum(j - 1, 0)
+        w = w - a * v - jnp.where(j > 0, beta[previous], 0.0) * basis[previous]  # the three-term recurrence
+        before = jnp.linalg.norm(w)
+        w = w - basis.T @ (basis @ w)  # then full reorthogonalisation (classical Gram-Schmidt) ...
+        b = jnp.linalg.norm(w)
+        # ... repeated when it cancelled more than 1 − 1/√2 of what the recurrence left (Daniel, Gragg, Kaufman,
+        # Stewart 1976; twice is enough): a branch, so that a product reads the basis twice only when it must
+        w = jax.lax.cond(b < REORTHOGONALISE * before, lambda v: v - basis.T @ (basis @ v), lambda v: v, w)
         b = jnp.linalg.norm(w)
         scale = jnp.maximum(jnp.maximum(jnp.max(jnp.abs(alpha)), jnp.abs(a)), jnp.finfo(dtype).tiny)
         exhausted = b <= 1e3 * jnp.finfo(dtype).eps * scale  # an invariant subspace: the Ritz values are exact
