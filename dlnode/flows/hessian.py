@@ -10,7 +10,8 @@ Ritz pairs are the result.
 
 References
 ----------
-Lanczos (1950); Golub, Van Loan, "Matrix computations", §10.1 (full reorthogonalisation);
+Lanczos (1950); Golub, Van Loan, "Matrix computations", §10.1 (full reorthogonalisation); Daniel, Gragg, Kaufman,
+Stewart (1976), Math. Comp. 30(136) (the second Gram-Schmidt pass only when the first cancelled most of the vector);
 Cohen, Kaur, Li, Kolter, Talwalkar (2021), arXiv 2103.00065 (sharpness along GD by Lanczos).
 """
 
