@@ -100,7 +100,8 @@ def throughput(paths: int, steps: int = 200) -> None:
     print("|---|---:|---:|---:|---:|")
     for method, run_s, other, rate, big in rows:
         print(f"| {method} | {run_s:.2f} | {other:.2f} | {rate:.3g} | {big:.0f} |")
-    print(f"\nratio SDE (Euler-Maruyama) / label-noise GD run time: {rows[1][1] / rows[0][1]:.2f}")
+    print(f"\nratio SDE (Euler-Maruyama) / label-noise GD run time: {rows[1][1] / rows[0][1]:.2f}; "
+          f"Heun / Euler-Maruyama: {rows[2][1] / rows[1][1]:.2f}")  # fmt: skip
 
 
 def main() -> None:

@@ -256,3 +256,45 @@ def test_sgd_needs_a_problem_with_samples():
     prob = dln.Regression.whitened([2.0, 1.0], d_in=3, d_out=3)
     with pytest.raises(dln.DlnodeError, match="must keep its samples"):
         dln.integrate(prob, method="sgd", batch=1, lr=0.1, t1=1.0, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("batch", "sampling", "label", "depth"),
+    [
+        (20, "epochs", True, 3),
+        (5, "epochs", False, 3),
+        (5, "with_replacement", True, 4),
+        (4, "without_replacement", True, 1),
+    ],
+)
+def test_heun_correction_closed_form_is_the_column_sum(batch, sampling, label, depth):
+    """‖σ(θ)‖²_F of a dense network on regression samples in closed form, and its gradient (Heun's Stratonovich
+    correction), equal the sum over the diffusion's columns, each one backward pass: label noise, minibatch noise
+    (every sampling rule), both."""
+    import jax
+    import jax.numpy as jnp
+
+    from dlnode.flows.flow import layer_gradients
+    from dlnode.problems.samples import samples_of
+    from dlnode.solvers.sde import control_size, dense_regression_spread, diffusion
+    from dlnode.solvers.stochastic import Noise
+
+    prob = dln.SparseRegression.random(d=10, n=20, sparsity=3, noise=0.1, seed=0)
+    arrays = jax.tree_util.tree_map(jnp.asarray, prob.arrays())
+    layers = tuple(jnp.asarray(w) for w in dln.init_layers(prob, depth, "gaussian", 0.7, 1))
+    noise = Noise(batch, sampling, label, 20)
+    apply = diffusion(noise, type(prob), layer_gradients)
+    columns = jnp.eye(control_size(noise, samples_of(type(prob).kind).width(arrays)))
+
+    def column_sum(y):
+        cols = jax.vmap(lambda e: apply(y, e, arrays, 0.05, 0.7))(columns)
+        return sum(jnp.sum(c * c) for c in jax.tree_util.tree_leaves(cols))
+
+    def closed(y):
+        return dense_regression_spread(noise)(y, arrays, 0.05, 0.7)
+
+    np.testing.assert_allclose(float(closed(layers)), float(column_sum(layers)), rtol=1e-13)
+    for got, want in zip(jax.grad(closed)(layers), jax.grad(column_sum)(layers), strict=True):
+        np.testing.assert_allclose(
+            np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-14 * float(np.abs(want).max())
+        )

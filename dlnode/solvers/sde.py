@@ -30,7 +30,8 @@ Solvers: ``sde_euler`` is Euler–Maruyama on the Itô SDE. ``sde_heun`` is diff
 Stratonovich SDE; it is given the Stratonovich drift of the same Itô SDE, b − ½ Σₖ Dσₖ σₖ. Each column σₖ is a
 gradient in θ (of c_B(ℓₖ − L), or of a component of rₖ), so Dσₖ is symmetric and ½ Σₖ Dσₖ σₖ = ¼ ∇_θ ‖σ(θ)‖²_F,
 one more backward pass through the K column products. (For label noise, ‖σ‖²_F = δ² η n R(θ)/(B n) with R the
-implicit regulariser of Blanc et al. 2020.)
+implicit regulariser of Blanc et al. 2020.) For a dense network on a regression problem ‖σ‖²_F has a closed form,
+so the correction costs a few products instead of K backward passes (`dense_regression_spread`).
 
 References
 ----------
@@ -54,7 +55,16 @@ from dlnode.flows.flow import layer_gradients
 from dlnode.problems.samples import samples_of
 from dlnode.solvers.stochastic import BROWNIAN_STREAM
 
-__all__ = ["DT_LEVELS", "SDE_SOLVERS", "brownian_increment", "control_size", "dt_level", "diffusion", "sde_terms"]
+__all__ = [
+    "DT_LEVELS",
+    "SDE_SOLVERS",
+    "brownian_increment",
+    "control_size",
+    "dense_regression_spread",
+    "diffusion",
+    "dt_level",
+    "sde_terms",
+]
 
 SDE_SOLVERS = {"sde_euler": diffrax.Euler, "sde_heun": diffrax.Heun}
 STRATONOVICH = {"sde_heun"}
@@ -108,6 +118,48 @@ def diffusion(noise: Any, problem_cls: type, backprop: Callable) -> Callable:
     return apply
 
 
+def dense_regression_spread(noise: Any) -> Callable:
+    """(layers, arrays, lr, delta) -> ‖σ(θ)‖²_F of `diffusion` for a dense network (a tuple of layers) on a problem
+    with regression samples, in closed form.
+
+    With L_j = W_N⋯W_{j+1}, b_i = W_{j−1}⋯W_1 xᵢ and a_i = L_jᵀ rᵢ, layer j's part of a column whose W-space matrix
+    is G is L_jᵀ G (W_{j−1}⋯W_1)ᵀ. A label column (sample i, output o) has G = e_o xᵢᵀ, so the label columns add
+    ‖L_j‖²_F Σᵢ ‖b_i‖² per layer; the minibatch column k has G = r_k x_kᵀ − ḡ, ḡ = (1/n) Σᵢ rᵢ xᵢᵀ, so those columns
+    add Σ_k ‖a_k‖²‖b_k‖² − n ‖(1/n) Σᵢ a_i b_iᵀ‖²_F. Times η and the batch and label constants of `diffusion`.
+    """
+    samples = samples_of("sparse_regression")
+    noisy_batch = minibatch_noisy(noise)
+    batch_sq = _batch_factor(noise)
+    label_sq = 1.0 / (noise.batch * noise.n)
+
+    def spread(layers: tuple, arrays: dict, lr: Any, delta: Any) -> Any:
+        features = [arrays["inputs"]]  # b_i of every layer, as rows: (n, width_{j−1})
+        for layer in layers[:-1]:
+            features.append(features[-1] @ layer.T)
+        suffixes = [None] * len(layers)  # L_j, (d_out, width_j)
+        back = jnp.eye(layers[-1].shape[0], dtype=layers[-1].dtype)
+        for j in range(len(layers) - 1, -1, -1):
+            suffixes[j] = back
+            back = back @ layers[j]
+        w = back  # W_N⋯W_1
+        total = jnp.zeros((), w.dtype)
+        if noise.label:
+            total = total + delta**2 * label_sq * sum(
+                jnp.sum(s * s) * jnp.sum(f * f) for s, f in zip(suffixes, features, strict=True)
+            )
+        if noisy_batch:
+            r = samples.residuals(w, arrays, None)  # (n, d_out)
+            for s, f in zip(suffixes, features, strict=True):
+                a = r @ s  # a_i as rows
+                mean = a.T @ f / noise.n
+                total = total + batch_sq * (
+                    jnp.sum(jnp.sum(a * a, 1) * jnp.sum(f * f, 1)) - noise.n * jnp.sum(mean * mean)
+                )
+        return lr * total
+
+    return spread
+
+
 def dt_level(lr: float, dt: float) -> int | None:
     """m with dt = lr·2^m exactly (|m| ≤ `DT_LEVELS`), or None when dt is not such a step."""
     m = math.log2(dt / lr) if dt > 0 and lr > 0 else math.nan
@@ -159,13 +211,17 @@ def sde_terms(name: str, flow: Any, dw: Any, arrays: dict, lr: Any, delta: Any, 
     size = control_size(flow.noise, width)
     structure = jax.ShapeDtypeStruct((size,), jnp.float64)
     basis = jnp.eye(size)
+    dense = flow.backprop is None and samples_of(flow.problem_cls.kind) is samples_of("sparse_regression")
+    closed = dense_regression_spread(flow.noise) if dense else None
 
     def drift(t: Any, y: Any, args: dict) -> Any:
         b = flow.field(t, y, args)
         if name not in STRATONOVICH:
             return b
 
-        def spread(state: Any) -> Any:  # ‖σ(θ)‖²_F, column by column
+        def spread(state: Any) -> Any:  # ‖σ(θ)‖²_F: in closed form where it has one, else column by column
+            if closed is not None and isinstance(state, tuple):
+                return closed(state, arrays, lr, delta)
             cols = jax.vmap(lambda e: apply(state, e, arrays, lr, delta))(basis)
             return sum(jnp.sum(c * c) for c in jax.tree_util.tree_leaves(cols))
 
