@@ -23,7 +23,8 @@ Measured in ``FULL`` (20 × 20, |Ω| = 160, init 1e-3; the quick 10 × 10 instan
 depths 4 and 8 recover M (error 5.0e-3, 2.9e-3) but depth 16 and deeper end on other completions, of growing norm
 (σ₁ 17.9 at depth 16, 215 at ∞, against M's 17.4; error 0.48 → 10.9), whose effective rank falls below M's (1.455 at
 ∞ against 1.925): the recovery and rank rows fail there, and a low effective rank alone is no sign of recovery.
-Two backends agree on those end states (see "Solver").
+Three paths agree on those end states: LSODA, the singular-coordinate Rosenbrock path (see "Solver") and, at depth
+16, the per-layer gradient flow from the balanced layers (error 0.4804 against LSODA's 0.4805; σ₁…σ₃ to 1e-4).
 
 The volume proposal is tested as a claim, and fails where it fails (see `volume_beats_depth_one` and
 `volume_orders_rank`): the volume form of depth N (dlnode's ``ds.dln.log_volume()``: the density of the
