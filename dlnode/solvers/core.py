@@ -180,6 +180,8 @@ COMPILE = {"seconds": 0.0, "trace": 0.0, "lower": 0.0, "xla": 0.0}
 # caches (`jax.clear_caches`, which hold executables too): a dropped one comes back from JAX's persistent cache when
 # it is needed again, and other jitted functions of the process are traced again on their next call.
 COMPILED_MAX = 48
+# XLA's options for dlnode's compiled solvers: LLVM at optimisation level 1 instead of 2 (XLA's default)
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 
 
@@ -211,7 +213,7 @@ def call(fn: Any, *args: Any) -> Any:
         traced_at = time.perf_counter()
         lowered = traced.lower()
         lowered_at = time.perf_counter()
-        compiled = lowered.compile()
+        compiled = lowered.compile(compiler_options=COMPILER_OPTIONS)
         done = time.perf_counter()
         COMPILE["seconds"] += done - start
         COMPILE["trace"] += traced_at - start
