@@ -231,17 +231,21 @@ def test_ctrl_c_returns_the_trajectory_so_far_with_status_interrupted(tmp_path):
 
 def test_default_rtol_tightens_with_the_plateau_and_is_recorded():
     from dlnode.flows.scales import predicted_stiffness
-    from dlnode.run.plan import DEFAULT_RTOL, MIN_DEFAULT_RTOL, STIFFNESS_FREE, default_rtol
+    from dlnode.run.plan import DEFAULT_RTOL, MAX_DEFAULT_RTOL_LAYERS, MIN_DEFAULT_RTOL, STIFFNESS_FREE, default_rtol
 
     mild = dln.Factorization(np.diag([2.0, 1.0]))
-    assert default_rtol(mild, [2], [0.5]) == DEFAULT_RTOL  # depth 2: no polynomial plateau
+    assert default_rtol(mild, [1], [0.5]) == DEFAULT_RTOL  # depth 1: no plateau, no balancedness to keep
+    # depth 2: no polynomial plateau; per layer, the balancedness caps it, end to end there is none
+    assert default_rtol(mild, [2], [0.5]) == MAX_DEFAULT_RTOL_LAYERS
+    assert default_rtol(mild, [2], [0.5], flow="end_to_end") == DEFAULT_RTOL
     deep = dln.MatrixCompletion.random((10, 10), 3, 60, seed=0)
     ratio = predicted_stiffness(deep, 4, 1e-3)
     assert ratio > STIFFNESS_FREE
     assert default_rtol(deep, [4], [1e-3]) == pytest.approx(DEFAULT_RTOL * (ratio / STIFFNESS_FREE) ** -0.5, rel=1e-12)
     assert default_rtol(deep, [8], [1e-3]) == MIN_DEFAULT_RTOL
     ds = dln.integrate(mild, depth=2, scale=0.5, t1=1.0, method="tsit5", progress=False)
-    assert ds.attrs["rtol"] == DEFAULT_RTOL and ds.attrs["atol"] == pytest.approx(1e-3 * DEFAULT_RTOL * 0.5)
+    rtol = MAX_DEFAULT_RTOL_LAYERS
+    assert ds.attrs["rtol"] == rtol and ds.attrs["atol"] == pytest.approx(1e-3 * rtol * 0.5)
 
 
 @pytest.mark.slow

@@ -101,7 +101,8 @@ def integrate(
         with long plateaus (predicted plateau stiffness r above `STIFFNESS_FREE` = 1e3) to 1e-6·(r/1e3)^{−1/2}, at
         least `MIN_DEFAULT_RTOL` (1e-9): an escape after a long plateau amplifies the local error (measured on a
         10×10 depth-4 completion from per-layer scale 1e-3, r ≈ 2.6e6: 1e-2 off a tight reference at rtol 1e-6;
-        Arora et al.'s completion, r ≈ 160, is 6e-6 off at 1e-6). atol: 1e-3·rtol
+        Arora et al.'s completion, r ≈ 160, is 6e-6 off at 1e-6); for per-layer flows of depth ≥ 2 at most
+        `MAX_DEFAULT_RTOL_LAYERS` (2e-7), so the balancedness drifts by less than 1e-6·max_j‖W_j‖². atol: 1e-3·rtol
         times the smallest per-layer init scale below 1 (at scale 1e-8, atol 1e-9 shifted escapes by 3e-3).
     saveat : a `dlnode.SaveAt` (what is saved, and when), or its short forms: a number of log-spaced save times
         (plus t = 0; with t1=None, their density: `saveat` per `GRID_DECADES` decades), or an explicit increasing
