@@ -145,6 +145,7 @@ def measure(script: pathlib.Path, python: str, iters: tuple[int, ...], repeats: 
     data: dict = {"startup": [], "theirs": {}, "cold": {}, "warm": {}}
     for rep in range(repeats):
         data["startup"].append(run_theirs(script, python, "GD", 0)["wall_s"])
+        print(json.dumps({"repeat": rep, "side": "theirs start-up", "wall_s": data["startup"][-1]}), flush=True)
         for k, method, paths in _contestants(iters):
             if paths == 1:
                 res = run_theirs(script, python, THEIR_OPT[method], k)
@@ -155,8 +156,7 @@ def measure(script: pathlib.Path, python: str, iters: tuple[int, ...], repeats: 
                 for mode in ("cold", "warm"):
                     res = run_dlnode(spec, cache)
                     data[mode].setdefault((k, method, paths), []).append(res)
-                    brief = {key: v for key, v in res.items() if key != "test_error"}
-                    print(json.dumps({"repeat": rep, "side": f"dlnode {mode}", **spec, **brief}), flush=True)
+                    print(json.dumps({"repeat": rep, "side": f"dlnode {mode}", **spec, **res}), flush=True)
     return data
 
 
@@ -165,20 +165,23 @@ def report(data: dict, iters: tuple[int, ...]) -> None:
     n = len(data["startup"])
     print(f"\n## Time ({n} alternated repeats, medians; their process start-up, --iter 0: {start:.2f} s)\n")
     print(
-        "| K | method | paths | theirs s | theirs steps/s | dlnode cold s (compile) | dlnode warm s (compile) "
-        "| dlnode run s | dlnode path-steps/s | theirs/dlnode, process (cold, warm) | theirs/dlnode, per step |"
+        "| K | method | paths | theirs s | theirs path-steps/s | dlnode cold s (compile) | dlnode warm s (compile) "
+        "| dlnode start-up s | dlnode run s | dlnode path-steps/s | theirs/dlnode, process (cold, warm) "
+        "| theirs/dlnode, per step |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k, method, paths in _contestants(iters):
         theirs = paths * _median(data["theirs"][(k, method)], "wall_s")  # one process per path
         their_run = paths * (_median(data["theirs"][(k, method)], "wall_s") - start)
         cold, warm = data["cold"][(k, method, paths)], data["warm"][(k, method, paths)]
         run = _median(cold + warm, "run_s")
         c, w = _median(cold, "wall_s"), _median(warm, "wall_s")
+        overhead = statistics.median(r["wall_s"] - r["call_s"] for r in cold + warm)  # imports, data, report
         print(
             f"| {k} | {method} | {paths} | {theirs:.1f} | {paths * k / their_run:.3g} | "
             f"{c:.2f} ({_median(cold, 'compile_s'):.2f}) | {w:.2f} ({_median(warm, 'compile_s'):.2f}) | "
-            f"{run:.3f} | {paths * k / run:.3g} | {theirs / c:.0f}, {theirs / w:.0f} | {their_run / run:.0f} |"
+            f"{overhead:.2f} | {run:.3f} | {paths * k / run:.3g} | {theirs / c:.3g}, {theirs / w:.3g} | "
+            f"{their_run / run:.3g} |"
         )
     print(f"\n## Same computation (test error ||beta - beta*||^2 at iteration K - {LOG_INTERVAL})\n")
     print("| K | method | theirs (printed) | dlnode | agreement | check |")
