@@ -238,6 +238,8 @@ def test_default_rtol_tightens_with_the_plateau_and_is_recorded():
     # depth 2: no polynomial plateau; per layer, the balancedness caps it, end to end there is none
     assert default_rtol(mild, [2], [0.5]) == MAX_DEFAULT_RTOL_LAYERS
     assert default_rtol(mild, [2], [0.5], flow="end_to_end") == DEFAULT_RTOL
+    for flow in ("modified", "central"):  # the same tolerance as the gradient flow they reduce to
+        assert default_rtol(mild, [2], [0.5], flow=flow) == MAX_DEFAULT_RTOL_LAYERS
     deep = dln.MatrixCompletion.random((10, 10), 3, 60, seed=0)
     ratio = predicted_stiffness(deep, 4, 1e-3)
     assert ratio > STIFFNESS_FREE

@@ -80,11 +80,14 @@ MAX_DEFAULT_RTOL_LAYERS = 2e-7
 def default_rtol(problem: Problem, depths: Sequence[float], scales: Sequence[float], flow: str = "layers",
                  scale_of: str = "layer") -> float:  # fmt: skip
     """1e-6, tightened by the square root of the largest predicted plateau stiffness beyond 1e3, never below 1e-9
-    (1e-7 for end-to-end flows); at most `MAX_DEFAULT_RTOL_LAYERS` (2e-7) for per-layer flows of depth ≥ 2."""
+    (1e-7 for end-to-end flows); at most `MAX_DEFAULT_RTOL_LAYERS` (2e-7) for per-layer flows (layers, modified,
+    central) of depth ≥ 2."""
     worst = max(predicted_stiffness(problem, d, s, flow, scale_of) for d in depths for s in scales)
     floor = MIN_DEFAULT_RTOL_END_TO_END if flow == "end_to_end" else MIN_DEFAULT_RTOL
     rtol = min(DEFAULT_RTOL, max(floor, DEFAULT_RTOL * max(worst / STIFFNESS_FREE, 1.0) ** -0.5))
-    if flow == "layers" and max(depths) >= 2:  # a balancedness to keep (depth 1 has none)
+    # a balancedness to keep (depth 1 has none); the modified and central flows take the same cap, so that where
+    # they equal the gradient flow (lr → 0, below the edge) they do on the same tolerance
+    if flow != "end_to_end" and max(depths) >= 2:
         rtol = min(rtol, MAX_DEFAULT_RTOL_LAYERS)
     return float(rtol)
 
