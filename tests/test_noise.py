@@ -258,6 +258,7 @@ def test_sgd_needs_a_problem_with_samples():
         dln.integrate(prob, method="sgd", batch=1, lr=0.1, t1=1.0, progress=False)
 
 
+@pytest.mark.parametrize("kind", ["regression", "sensing"])
 @pytest.mark.parametrize(
     ("batch", "sampling", "label", "depth"),
     [
@@ -267,19 +268,22 @@ def test_sgd_needs_a_problem_with_samples():
         (4, "without_replacement", True, 1),
     ],
 )
-def test_heun_correction_closed_form_is_the_column_sum(batch, sampling, label, depth):
-    """‖σ(θ)‖²_F of a dense network on regression samples in closed form, and its gradient (Heun's Stratonovich
-    correction), equal the sum over the diffusion's columns, each one backward pass: label noise, minibatch noise
-    (every sampling rule), both."""
+def test_heun_correction_closed_form_is_the_column_sum(batch, sampling, label, depth, kind):
+    """‖σ(θ)‖²_F of a dense network in closed form (regression and matrix-sensing samples), and its gradient
+    (Heun's Stratonovich correction), equal the sum over the diffusion's columns, each one backward pass: label
+    noise, minibatch noise (every sampling rule), both."""
     import jax
     import jax.numpy as jnp
 
     from dlnode.flows.flow import layer_gradients
     from dlnode.problems.samples import samples_of
-    from dlnode.solvers.sde import control_size, dense_regression_spread, diffusion
+    from dlnode.solvers.sde import control_size, dense_spread, diffusion
     from dlnode.solvers.stochastic import Noise
 
-    prob = dln.SparseRegression.random(d=10, n=20, sparsity=3, noise=0.1, seed=0)
+    if kind == "regression":
+        prob = dln.SparseRegression.random(d=10, n=20, sparsity=3, noise=0.1, seed=0)
+    else:
+        prob = dln.MatrixSensing.random(shape=(4, 5), rank=1, measurements=20, seed=0)
     arrays = jax.tree_util.tree_map(jnp.asarray, prob.arrays())
     layers = tuple(jnp.asarray(w) for w in dln.init_layers(prob, depth, "gaussian", 0.7, 1))
     noise = Noise(batch, sampling, label, 20)
@@ -291,7 +295,7 @@ def test_heun_correction_closed_form_is_the_column_sum(batch, sampling, label, d
         return sum(jnp.sum(c * c) for c in jax.tree_util.tree_leaves(cols))
 
     def closed(y):
-        return dense_regression_spread(noise)(y, arrays, 0.05, 0.7)
+        return dense_spread(noise, type(prob).kind)(y, arrays, 0.05, 0.7)
 
     np.testing.assert_allclose(float(closed(layers)), float(column_sum(layers)), rtol=1e-13)
     for got, want in zip(jax.grad(closed)(layers), jax.grad(column_sum)(layers), strict=True):

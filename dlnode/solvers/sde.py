@@ -30,8 +30,8 @@ Solvers: ``sde_euler`` is Euler–Maruyama on the Itô SDE. ``sde_heun`` is diff
 Stratonovich SDE; it is given the Stratonovich drift of the same Itô SDE, b − ½ Σₖ Dσₖ σₖ. Each column σₖ is a
 gradient in θ (of c_B(ℓₖ − L), or of a component of rₖ), so Dσₖ is symmetric and ½ Σₖ Dσₖ σₖ = ¼ ∇_θ ‖σ(θ)‖²_F,
 one more backward pass through the K column products. (For label noise, ‖σ‖²_F = δ² η n R(θ)/(B n) with R the
-implicit regulariser of Blanc et al. 2020.) For a dense network on a regression problem ‖σ‖²_F has a closed form,
-so the correction costs a few products instead of K backward passes (`dense_regression_spread`).
+implicit regulariser of Blanc et al. 2020.) For a dense network on regression or matrix sensing ‖σ‖²_F has a closed
+form, so the correction costs a few products instead of K backward passes (`dense_spread`).
 
 References
 ----------
@@ -61,6 +61,8 @@ __all__ = [
     "brownian_increment",
     "control_size",
     "dense_regression_spread",
+    "dense_sensing_spread",
+    "dense_spread",
     "diffusion",
     "dt_level",
     "sde_terms",
@@ -118,6 +120,16 @@ def diffusion(noise: Any, problem_cls: type, backprop: Callable) -> Callable:
     return apply
 
 
+def _suffixes(layers: tuple) -> tuple[list, Any]:
+    """[L_1, …, L_N] with L_j = W_N⋯W_{j+1} ((d_out, width_j); L_N = I), and W = W_N⋯W_1."""
+    suffixes = [None] * len(layers)
+    back = jnp.eye(layers[-1].shape[0], dtype=layers[-1].dtype)
+    for j in range(len(layers) - 1, -1, -1):
+        suffixes[j] = back
+        back = back @ layers[j]
+    return suffixes, back
+
+
 def dense_regression_spread(noise: Any) -> Callable:
     """(layers, arrays, lr, delta) -> ‖σ(θ)‖²_F of `diffusion` for a dense network (a tuple of layers) on a problem
     with regression samples, in closed form.
@@ -136,12 +148,7 @@ def dense_regression_spread(noise: Any) -> Callable:
         features = [arrays["inputs"]]  # b_i of every layer, as rows: (n, width_{j−1})
         for layer in layers[:-1]:
             features.append(features[-1] @ layer.T)
-        suffixes = [None] * len(layers)  # L_j, (d_out, width_j)
-        back = jnp.eye(layers[-1].shape[0], dtype=layers[-1].dtype)
-        for j in range(len(layers) - 1, -1, -1):
-            suffixes[j] = back
-            back = back @ layers[j]
-        w = back  # W_N⋯W_1
+        suffixes, w = _suffixes(layers)
         total = jnp.zeros((), w.dtype)
         if noise.label:
             total = total + delta**2 * label_sq * sum(
@@ -158,6 +165,48 @@ def dense_regression_spread(noise: Any) -> Callable:
         return lr * total
 
     return spread
+
+
+def dense_sensing_spread(noise: Any) -> Callable:
+    """(layers, arrays, lr, delta) -> ‖σ(θ)‖²_F of `diffusion` for a dense network on matrix sensing, in closed form.
+
+    A column whose W-space matrix is G has layer j's part L_jᵀ G P_jᵀ (P_j = W_{j−1}⋯W_1), of squared norm
+    ⟨L_jL_jᵀ G, G P_jᵀP_j⟩. A label column (sample i) has G = Aᵢ: tᵢ = ⟨L_jL_jᵀAᵢ, AᵢP_jᵀP_j⟩ each; the minibatch
+    column k has G = r_k A_k − ḡ, ḡ = (1/n) Σᵢ rᵢAᵢ: Σ_k r_k² t_k − n ‖L_jᵀ ḡ P_jᵀ‖²_F.
+    """
+    samples = samples_of("matrix_sensing")
+    noisy_batch = minibatch_noisy(noise)
+    batch_sq = _batch_factor(noise)
+    label_sq = 1.0 / (noise.batch * noise.n)
+
+    def spread(layers: tuple, arrays: dict, lr: Any, delta: Any) -> Any:
+        a = arrays["sensing"]  # (n, d_out, d_in)
+        prefixes = [jnp.eye(layers[0].shape[1], dtype=layers[0].dtype)]  # P_j, (width_{j−1}, d_in)
+        for layer in layers[:-1]:
+            prefixes.append(layer @ prefixes[-1])
+        suffixes, w = _suffixes(layers)
+        r = samples.residuals(w, arrays, None)[:, 0] if noisy_batch else None
+        total = jnp.zeros((), w.dtype)
+        for left, right in zip(suffixes, prefixes, strict=True):
+            t = jnp.einsum("iab,iab->i", jnp.einsum("ab,ibc->iac", left @ left.T, a), a @ (right.T @ right))
+            if noise.label:
+                total = total + delta**2 * label_sq * jnp.sum(t)
+            if noisy_batch:
+                mean = left.T @ jnp.einsum("i,iab->ab", r, a) @ right.T / noise.n
+                total = total + batch_sq * (jnp.sum(r * r * t) - noise.n * jnp.sum(mean * mean))
+        return lr * total
+
+    return spread
+
+
+def dense_spread(noise: Any, kind: str) -> Callable | None:
+    """The closed form of ‖σ(θ)‖²_F for a dense network on problems of `kind`, or None where there is none."""
+    samples = samples_of(kind)
+    if samples is samples_of("sparse_regression"):
+        return dense_regression_spread(noise)
+    if samples is samples_of("matrix_sensing"):
+        return dense_sensing_spread(noise)
+    return None
 
 
 def dt_level(lr: float, dt: float) -> int | None:
@@ -211,8 +260,7 @@ def sde_terms(name: str, flow: Any, dw: Any, arrays: dict, lr: Any, delta: Any, 
     size = control_size(flow.noise, width)
     structure = jax.ShapeDtypeStruct((size,), jnp.float64)
     basis = jnp.eye(size)
-    dense = flow.backprop is None and samples_of(flow.problem_cls.kind) is samples_of("sparse_regression")
-    closed = dense_regression_spread(flow.noise) if dense else None
+    closed = dense_spread(flow.noise, flow.problem_cls.kind) if flow.backprop is None else None
 
     def drift(t: Any, y: Any, args: dict) -> Any:
         b = flow.field(t, y, args)
