@@ -20,6 +20,7 @@ against the whole field (both jitted, median of repeats).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -94,8 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     config = dict(cohen2021.QUICK if args.quick else cohen2021.FULL)
     times = measure(config)
     share = lanczos_share(config)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"d={config['d']}, depth={config['depth']}, lr={config['lr']:g}, {config['steps']} GD steps "
-          "(run time, compile apart; one loaded 2-core CPU run)")  # fmt: skip
+          f"(run time, compile apart; one run, load average {load})")  # fmt: skip
     for name, value in times.items():
         print(f"  {name:24s} {value:10.3f}" + ("" if "steps" in name or "rejected" in name else " s"))
     evaluations = 6 * (times["central steps"] + times["central rejected"])  # tsit5: 6 new stages a step (FSAL)
