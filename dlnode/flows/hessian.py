@@ -79,7 +79,8 @@ def _lanczos(matvec: Callable, n: int, k: int, dtype: Any) -> tuple[jax.Array, j
         w = w - basis.T @ (basis @ w)  # then full reorthogonalisation (classical Gram-Schmidt) ...
         b = jnp.linalg.norm(w)
         # ... repeated when it cancelled more than 1 − 1/√2 of what the recurrence left (Daniel, Gragg, Kaufman,
-        # Stewart 1976; twice is enough): a branch, so that a product reads the basis twice only when it must
+        # Stewart 1976; twice is enough): a branch, so that a product reads the basis twice only when it must (under
+        # vmap, a batch of cells, both sides run: the cost of always taking two passes)
         w = jax.lax.cond(b < REORTHOGONALISE * before, lambda v: v - basis.T @ (basis @ v), lambda v: v, w)
         b = jnp.linalg.norm(w)
         scale = jnp.maximum(jnp.maximum(jnp.max(jnp.abs(alpha)), jnp.abs(a)), jnp.finfo(dtype).tiny)
@@ -97,7 +98,7 @@ def _lanczos(matvec: Callable, n: int, k: int, dtype: Any) -> tuple[jax.Array, j
 
     def block(carry, size=m):
         """`CHECK_EVERY` products, then the convergence check on the Ritz pairs (one eigh per block: no eigh per
-        product, and no data-dependent branch, which vmap would turn into computing both sides). While j ≤ `size`
+        product, and no data-dependent branch around the eigh, which vmap would compute on both sides). While j ≤ `size`
         the check needs only the leading size×size block: the eigh that dominates a solve on small networks shrinks
         with it (an 80 × 80 eigh costs several Hessian-vector products there). The last check's Ritz pairs are the
         result (carried, zero-padded to m rows): no eigh after the loop."""

@@ -60,8 +60,6 @@ __all__ = [
     "SDE_SOLVERS",
     "brownian_increment",
     "control_size",
-    "dense_regression_spread",
-    "dense_sensing_spread",
     "dense_spread",
     "diffusion",
     "dt_level",
@@ -130,7 +128,7 @@ def _suffixes(layers: tuple) -> tuple[list, Any]:
     return suffixes, back
 
 
-def dense_regression_spread(noise: Any) -> Callable:
+def _regression_spread(noise: Any) -> Callable:
     """(layers, arrays, lr, delta) -> ‖σ(θ)‖²_F of `diffusion` for a dense network (a tuple of layers) on a problem
     with regression samples, in closed form.
 
@@ -167,7 +165,7 @@ def dense_regression_spread(noise: Any) -> Callable:
     return spread
 
 
-def dense_sensing_spread(noise: Any) -> Callable:
+def _sensing_spread(noise: Any) -> Callable:
     """(layers, arrays, lr, delta) -> ‖σ(θ)‖²_F of `diffusion` for a dense network on matrix sensing, in closed form.
 
     A column whose W-space matrix is G has layer j's part L_jᵀ G P_jᵀ (P_j = W_{j−1}⋯W_1), of squared norm
@@ -201,12 +199,8 @@ def dense_sensing_spread(noise: Any) -> Callable:
 
 def dense_spread(noise: Any, kind: str) -> Callable | None:
     """The closed form of ‖σ(θ)‖²_F for a dense network on problems of `kind`, or None where there is none."""
-    samples = samples_of(kind)
-    if samples is samples_of("sparse_regression"):
-        return dense_regression_spread(noise)
-    if samples is samples_of("matrix_sensing"):
-        return dense_sensing_spread(noise)
-    return None
+    closed_form = {"sparse_regression": _regression_spread, "matrix_sensing": _sensing_spread}.get(kind)
+    return None if closed_form is None else closed_form(noise)
 
 
 def dt_level(lr: float, dt: float) -> int | None:
