@@ -77,6 +77,8 @@ def test_one_compiled_solver_serves_every_depth(traces):
     product at each depth is the one a run of that depth alone gives."""
     prob = dln.MatrixCompletion.random((5, 5), 2, 18, seed=4)
     kw = _balanced_product(method="rosenbrock", t1=30.0, saveat=6, rtol=1e-8, atol=1e-13)
+    for depth in (2, [2, 3, "inf"]):  # what a process traces once outside the solver (the initial gradients at
+        dln.integrate(prob, **{**kw, "depth": depth})  # each batch size, in singular coordinates) is not counted
     compiled.cache_clear()
     before = traces()
     dln.integrate(prob, **{**kw, "depth": 2})
@@ -334,6 +336,7 @@ def test_matrix_free_stage_solves_agree_with_the_dense_lu(monkeypatch, depth):
     kw = _balanced_product(depth=depth, t1=float(times[-1]), saveat=times, method="rosenbrock", rtol=1e-8,
                           atol=1e-11)  # fmt: skip
     runs = {}
+    monkeypatch.setattr(singular, "SWITCH_MAX_UNKNOWNS", 0)  # GMRES throughout, never switched to the LU
     for name, limit in (("dense", 10**9), ("krylov", 0)):
         monkeypatch.setattr(singular, "DENSE_MAX_UNKNOWNS", limit)
         compiled.cache_clear()
@@ -347,3 +350,31 @@ def test_matrix_free_stage_solves_agree_with_the_dense_lu(monkeypatch, depth):
     assert err[reached].max() <= 1e-5, err[reached].max()
     loss = runs["krylov"].loss.isel(depth=0, scale=0, seed=0).values[reached]
     assert loss[-1] < 1e-6 * loss[0]  # through the escapes
+
+
+def test_stage_solves_switch_to_dense_lu_where_gmres_falls_short(monkeypatch):
+    """On a 20 × 20 rank-2 completion (400 unknowns, above the dense limit) at depth 16 the pair-local preconditioner
+    is too weak: GMRES falls short on 30 % of the attempts and each is retried at a fifth of h (4092 steps). The
+    batch switches to dense LU stage solves between windows, and the trajectory is the one dense LU gives from the
+    start, to the tolerance."""
+    prob = dln.MatrixCompletion.random((20, 20), 2, 160, 0, normalize=True)
+    kw = _balanced_product(depth=16, saveat=40)
+    switched = []
+    variant = singular.SingularRosenbrock.variant
+
+    def spy(self, st):
+        chosen = variant(self, st)
+        switched.append(chosen.dense)
+        return chosen
+
+    monkeypatch.setattr(singular.SingularRosenbrock, "variant", spy)
+    ds = dln.integrate(prob, **kw)
+    assert ds.attrs["method"] == "rosenbrock" and ds.status.item() == 1
+    assert not switched[0] and switched[-1]  # GMRES first, dense LU after the switch
+    monkeypatch.setattr(singular, "DENSE_MAX_UNKNOWNS", 10**9)
+    compiled.cache_clear()
+    ref = dln.integrate(prob, **{**kw, "saveat": ds.time.values})
+    compiled.cache_clear()
+    w, w_ref = (x["product"].isel(depth=0, scale=0, seed=0).values for x in (ds, ref))
+    err = np.linalg.norm(w - w_ref, axis=(1, 2)) / np.linalg.norm(w_ref, axis=(1, 2))
+    assert err.max() <= 1e-4, err.max()

@@ -59,7 +59,13 @@ def choose_method(
         if min(depths) < 2:
             return EXPLICIT, f"{stiff_reason}, but depth 1 has no singular-coordinate path -> {EXPLICIT}"
         q = singular.unknowns(problem.d_out, problem.d_in)
-        solves = "dense LU" if q <= singular.DENSE_MAX_UNKNOWNS else "matrix-free GMRES"
+        solves = (
+            "dense LU"
+            if q <= singular.DENSE_MAX_UNKNOWNS
+            else "matrix-free GMRES, dense LU if it falls short"
+            if q <= singular.SWITCH_MAX_UNKNOWNS
+            else "matrix-free GMRES"
+        )
         return STIFF, f"{stiff_reason} -> {STIFF} in singular coordinates ({q} unknowns, {solves} stage solves)"
     if worst > STIFF_RATIO:
         return STIFF, f"{stiff_reason} -> {STIFF}"

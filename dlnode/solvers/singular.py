@@ -23,9 +23,12 @@ one does not). Beyond that the stage systems are solved matrix-free: GMRES on Ja
 preconditioned by the part of J that is local to each pair (i, k) of singular vectors and to each ln σ_i
 (`local_jacobian`): with ∇²ℓ ≈ p I it is a 2 × 2 block per pair whose p-part is the end-to-end operator's weight
 a_ik/N — the operator is diagonal in the singular bases — and whose G-part carries the fast turning of frames with
-nearly equal σ. Tableau, step control, compensated time and landing on the save times are those of
-`dlnode.solvers.rosenbrock`. Depth enters only through c = 2/N (0 at depth ∞: D_ik = 2σ_k^c(e^{c(ln σ_i − ln σ_k)} −
-1)/c tends to 2(ln σ_i − ln σ_k)), a traced number in the state, so one compiled solver serves every depth of a shape.
+nearly equal σ. Where that preconditioner is too weak (GMRES falling short on more than a fifth of a window's
+attempts) a state of at most `SWITCH_MAX_UNKNOWNS` switches to the dense LU for the rest of the run
+(`SingularRosenbrock.end_window`, chosen on the host between windows by `variant`). Tableau, step control,
+compensated time and landing on the save times are those of `dlnode.solvers.rosenbrock`. Depth enters only through
+c = 2/N (0 at depth ∞: D_ik = 2σ_k^c(e^{c(ln σ_i − ln σ_k)} − 1)/c tends to 2(ln σ_i − ln σ_k)), a traced number in
+the state, so one compiled solver serves every depth of a shape.
 
 Ties. ``balanced`` and ``decoupled`` inits start with equal σ, where the frames are not defined; inside each cluster
 of equal σ they are taken as the eigenvectors of the symmetric part of G, the limit of the SVD frames as τ → 0⁺.
@@ -45,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import jax
@@ -86,6 +89,11 @@ KRYLOV_TOL = 1e-2  # stage residual allowed, in units of the step's error tolera
 # each iteration). The cap: at depth ∞ from scale 1e-2, 90 products failed 473 of 2441 attempts (each failure wastes
 # its products and cuts h), 300 fail 3 of 1191 and halve the run (1883 → 1082 steps); from scale 1e-3, 1708 → 1537.
 KRYLOV_RESTART, KRYLOV_CYCLES = 10, 30
+# GMRES with this preconditioner falls short where ∇²ℓ is far from p·I and the pair couplings are strong: on a 20 × 20
+# rank-2 completion (|Ω| = 160, 400 unknowns, balanced init 1e-3) 30 % of the attempts at depth 16 (each then retried
+# at a fifth of h: 4092 steps, 68 s) against 4 % at depth 8, where dense LU takes 796 steps. A batch whose attempts
+# fall short that often switches to dense LU between windows while dense stays affordable (q³/3 flops a step).
+SWITCH_SHORT_FRACTION, SWITCH_MIN_ATTEMPTS, SWITCH_MAX_UNKNOWNS = 0.2, 32, 1000
 HUTCHINSON_PROBES = 16  # Rademacher probes for the mean Hessian eigenvalue p = tr(∇²ℓ)/(mn)
 
 
@@ -100,6 +108,9 @@ class _State(NamedTuple):
     rejected: Any
     fails: Any
     status: Any
+    krylov_attempts: Any  # attempts whose stage systems went through GMRES
+    krylov_short: Any  # of those, attempts whose GMRES fell short of KRYLOV_TOL (retried at a fifth of h)
+    dense: Any  # switched to dense LU stage solves (`SingularRosenbrock.end_window`)
 
 
 def depth_power(depth: float) -> float:
@@ -478,6 +489,26 @@ class SingularRosenbrock(SteppingMethod):
     the current frames. One instance serves every depth of a problem class (the depth is ``st["depth_power"]``)."""
 
     problem_cls: type
+    dense: bool = False  # dense LU stage solves above DENSE_MAX_UNKNOWNS too: the switch `variant` makes
+
+    def krylov(self, q: int) -> bool:
+        """Whether the stage systems of a state of `q` unknowns go through GMRES."""
+        return q > DENSE_MAX_UNKNOWNS and not self.dense
+
+    def variant(self, st: dict) -> SingularRosenbrock:
+        """The dense-LU variant once a cell of the batch has switched (`end_window`); itself otherwise."""
+        return replace(self, dense=True) if not self.dense and bool(np.any(jax.device_get(st["s"].dense))) else self
+
+    def end_window(self, s0: _State, s: _State, st: dict, arrays: dict, c: dict) -> _State:
+        """Switch to dense LU stage solves when GMRES fell short on more than `SWITCH_SHORT_FRACTION` of the
+        window's attempts (at least `SWITCH_MIN_ATTEMPTS` of them) and the state has at most `SWITCH_MAX_UNKNOWNS`
+        unknowns. The switch is kept in the state: it holds for the rest of the run, a resumed one included."""
+        q = unknowns(s.u.shape[0], s.v.shape[0])
+        if not self.krylov(q) or q > SWITCH_MAX_UNKNOWNS:
+            return s
+        attempts, short = s.krylov_attempts - s0.krylov_attempts, s.krylov_short - s0.krylov_short
+        weak = (attempts >= SWITCH_MIN_ATTEMPTS) & (short > SWITCH_SHORT_FRACTION * attempts)
+        return s._replace(dense=s.dense | weak)
 
     def _parts(self, s: _State, arrays: dict) -> tuple:
         chart = _Chart(s.u.shape[0], s.v.shape[0], s.ell.shape[0])
@@ -493,7 +524,7 @@ class SingularRosenbrock(SteppingMethod):
     def start(self, y0: tuple, arrays: dict, c: dict) -> dict:
         u0, ell0, v0 = y0
         zero, izero = jnp.zeros((), ell0.dtype), jnp.zeros((), jnp.int64)
-        state = _State(u0, v0, ell0, zero, zero, zero, izero, izero, izero, izero)
+        state = _State(u0, v0, ell0, zero, zero, zero, izero, izero, izero, izero, izero, izero, jnp.zeros((), bool))
         chart, gradient = self._parts(state, arrays)
         power = c["depth_power"]
         qa, qb = chart.sizes
@@ -520,7 +551,8 @@ class SingularRosenbrock(SteppingMethod):
             return chart.field(z, s.u, s.v, gradient, power, at_origin=True)
 
         z0 = jnp.concatenate([jnp.zeros(qa + qb, s.ell.dtype), s.ell])
-        if z0.shape[0] > DENSE_MAX_UNKNOWNS:
+        krylov = self.krylov(z0.shape[0])
+        if krylov:
             local = local_jacobian(chart, s.u, s.v, s.ell, gradient, power, st["p"])
             z1, err = _attempt_krylov(field, z0, h, sc, origin_field, chart, local)
         else:
@@ -540,6 +572,7 @@ class SingularRosenbrock(SteppingMethod):
         return _State(
             pick(u1, s.u), pick(v1, s.v), pick(ell1, s.ell), pick(t_hi, s.t_hi), pick(t_lo, s.t_lo), h_next,
             s.steps + accept, s.rejected + (1 - accept), fails, status.astype(s.status.dtype),
+            s.krylov_attempts + krylov, s.krylov_short + (krylov & (err == jnp.inf)), s.dense,
         )  # fmt: skip
 
     def short(self, s: _State, target: Any) -> Any:

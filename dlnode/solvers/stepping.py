@@ -61,6 +61,11 @@ class SteppingMethod:
         """The flow's observables at carry `s`."""
         raise NotImplementedError
 
+    def variant(self, st: dict) -> SteppingMethod:
+        """The method that runs the next window of the batch in state `st`, chosen on the host between windows
+        (a method may change how it solves, e.g. the singular path's stage solves); by default itself."""
+        return self
+
     def end_window(self, s0: Any, s: Any, st: dict, arrays: dict, c: dict) -> Any:
         """The carry after a window that went from `s0` to `s` (a method may stop a cell here)."""
         return s
@@ -116,7 +121,7 @@ def method_entry(of: Callable[[Any], SteppingMethod], *, initial: Callable | Non
 
     return Method(
         start=start,
-        advance=lambda flow, st, arrays, ts, c: call(compiled(of(flow))[1], st, arrays, ts, c),
+        advance=lambda flow, st, arrays, ts, c: call(compiled(of(flow).variant(st))[1], st, arrays, ts, c),
         final=lambda flow, st: call(compiled(of(flow))[2], st),
         **fields,
     )
