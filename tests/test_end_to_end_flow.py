@@ -139,3 +139,40 @@ def test_log_volume_along_a_trajectory_matches_its_formula():
     s = ds["singular_values"].sel(depth=math.inf).values[0, 0, -1]
     pairs = sum(np.log(abs(np.log(s[i] ** 2) - np.log(s[k] ** 2))) for i in range(3) for k in range(i + 1, 3))
     assert float(logvol.sel(depth=math.inf)[0, 0, -1]) == pytest.approx(pairs - np.sum(np.log(s)), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (3, 6)])
+def test_infinite_depth_keeps_a_rectangular_column_space_and_says_so(shape):
+    """a^∞_ik = 0 between a singular value and a padded zero (docs/math.md §5): at depth ∞ a 6 × 3 W keeps its
+    column space (3 × 6: its row space), so on a factorisation whose target lies outside it the loss stops at the
+    best fit inside, ½‖M − PM‖² (P the projector onto W(0)'s column space), a closed form; the plan warns before the
+    run. Negative control: depth 64 leaves that subspace and converges."""
+    rng = np.random.default_rng(3)
+    target = rng.standard_normal((shape[0], 2)) @ rng.standard_normal((2, shape[1]))
+    prob = dln.Factorization(target)
+    kw = dict(flow="end_to_end", init="balanced", scale=1e-2, scale_of="product", seed=0, progress=False)
+    with pytest.warns(UserWarning, match=r"at depth inf the end-to-end flow keeps W\(0\)'s (column|row) space"):
+        ds = dln.integrate(prob, depth="inf", **kw)
+    w = ds["product"].isel(depth=0, scale=0, seed=0).values
+    loss = ds.loss.isel(depth=0, scale=0, seed=0).values
+    last = np.flatnonzero(np.isfinite(loss))[-1]
+    basis = np.linalg.svd(w[0] if shape[0] > shape[1] else w[0].T, full_matrices=False)[0]
+    m = target if shape[0] > shape[1] else target.T
+    best = 0.5 * np.linalg.norm(m - basis @ (basis.T @ m)) ** 2
+    assert best > 0.1 * loss[0]  # the target is far from W(0)'s subspace
+    assert loss[last] == pytest.approx(best, rel=1e-6)
+    moved = np.linalg.svd(w[last] if shape[0] > shape[1] else w[last].T, full_matrices=False)[0]
+    assert np.linalg.svd(basis.T @ moved, compute_uv=False).min() > 1 - 1e-9  # the subspace, to round-off
+    assert ds.status.item() == int(dln.Status.NOT_CONVERGED)
+    deep = dln.integrate(prob, depth=64, **kw)
+    assert deep.status.item() == int(dln.Status.CONVERGED)
+    assert deep.loss.isel(time=-1).item() < 1e-6 * best
+
+
+def test_no_frozen_subspace_warning_where_there_is_none(recwarn):
+    prob = dln.Factorization(np.random.default_rng(0).standard_normal((4, 4)))
+    dln.integrate(prob, depth="inf", flow="end_to_end", init="balanced", scale=1e-2, scale_of="product", t1=1.0,
+                  progress=False)  # fmt: skip
+    dln.integrate(dln.Factorization(np.ones((5, 3))), depth=4, flow="end_to_end", init="balanced", scale=1e-2,
+                  scale_of="product", t1=1.0, progress=False)  # fmt: skip
+    assert not [w for w in recwarn if "keeps W(0)" in str(w.message)]

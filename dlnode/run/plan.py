@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -90,6 +91,18 @@ def default_rtol(problem: Problem, depths: Sequence[float], scales: Sequence[flo
     if flow != "end_to_end" and max(depths) >= 2:
         rtol = min(rtol, MAX_DEFAULT_RTOL_LAYERS)
     return float(rtol)
+
+
+def warn_frozen_subspace(problem: Problem) -> None:
+    """Warn that depth ∞ keeps a rectangular W's column space (d_out > d_in) or row space (d_out < d_in): the
+    logarithmic mean a^∞_ik of docs/math.md §5 is 0 between a singular value and a padded zero, so no part of the
+    flow leaves that subspace, and the loss stops at the best fit inside it wherever the target does not lie in it."""
+    m, n = problem.d_out, problem.d_in
+    if m != n:
+        space = f"column space (d_out {m} > d_in {n})" if m > n else f"row space (d_out {m} < d_in {n})"
+        warnings.warn(f"dlnode: at depth inf the end-to-end flow keeps W(0)'s {space}: it fits only inside it, so the "
+                      "loss may stop above its minimum (status not_converged); a finite depth (e.g. 64) leaves it",
+                      stacklevel=4)  # fmt: skip
 
 
 def log_times(count: int, t1: float, unit: float) -> np.ndarray:
@@ -235,6 +248,8 @@ class Plan:
                                                      float(lr or math.nan), scale_of)  # fmt: skip
         else:
             methods, chosen, reason = dict.fromkeys(depths, method), method, "given"
+        if flow == "end_to_end" and any(math.isinf(d) for d in depths):
+            warn_frozen_subspace(problem)
         if rtol is None:
             rtol = default_rtol(problem, depths, scales, flow, scale_of)
         if atol is None:  # 1e-3·rtol of the smallest initial weights: a tiny init keeps its relative accuracy
