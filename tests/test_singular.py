@@ -301,6 +301,23 @@ def test_auto_takes_singular_coordinates_for_stiff_end_to_end_flows():
     assert scales.predicted_stiffness(prob, 4, 0.5, "end_to_end", "product") <= auto.STIFF_RATIO
 
 
+def test_auto_takes_singular_coordinates_for_a_large_w_past_depth_two():
+    """On the gauntlet's case 28 (a 53 × 55 completion, depth 3, balanced product 4.2e-3) the flow is predicted mild
+    (26) yet turns stiff after its escapes: tsit5 took 17,673 steps without converging (51 s). At depth ≥ 3 a W of at
+    least `LARGE_STATE` entries goes to the singular path, which converges (here on a completion of that size);
+    depth 2 (no plateau) and a small W keep tsit5."""
+    prob = dln.MatrixCompletion.random((53, 55), 4, 0.78, seed=0)
+    rest = ("balanced", None, "end_to_end", math.nan, "product")
+    assert scales.predicted_stiffness(prob, 3, 4.2e-3, "end_to_end", "product") <= auto.STIFF_RATIO
+    method, reason = auto.choose_method(prob, [3], [4.2e-3], *rest)
+    assert method == "rosenbrock" and "a W of 2915 entries" in reason
+    assert auto.choose_method(prob, [2], [4.2e-3], *rest)[0] == "tsit5"
+    small = dln.MatrixCompletion.random((20, 20), 2, 0.5, seed=0)
+    assert auto.choose_method(small, [3], [0.3], *rest)[0] == "tsit5"
+    ds = dln.integrate(prob, **_balanced_product(scale=4.2e-3, saveat=40))
+    assert ds.attrs["method"] == "rosenbrock" and ds.status.item() == int(dln.Status.CONVERGED)
+
+
 def test_auto_chooses_per_depth_and_says_which_method_ran_each(tmp_path):
     """A depth without a plateau (the end-to-end flow at depth 2) is not handed the stiff path because another depth
     of the call needs it: auto picks per depth, the dataset's ``method`` says "per depth" and ``method_used`` says
