@@ -1,12 +1,14 @@
 """Minibatch SGD, label noise and their SDEs: the limits that are gradient descent and the flow, one step's
 moments against their closed forms, and the refusals before any work."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
 from scipy.stats import linregress
 
 import dlnode as dln
+from dlnode.flows.flow import partial_products
 
 PROB = dln.SparseRegression.random(d=6, n=4, sparsity=2, noise=0.1, seed=3)
 Z_MAX = 4.5  # a sample moment this many Monte Carlo standard errors off its closed form fails the test
@@ -302,3 +304,13 @@ def test_heun_correction_closed_form_is_the_column_sum(batch, sampling, label, d
         np.testing.assert_allclose(
             np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-14 * float(np.abs(want).max())
         )
+
+
+def test_partial_products_factor_the_end_to_end_matrix():
+    """The closed forms above read layer j's part of a W-space column G as L_jᵀ G P_jᵀ: L_j W_j P_j = W for every j."""
+    rng = np.random.default_rng(0)
+    layers = tuple(jnp.asarray(rng.normal(size=shape)) for shape in [(4, 3), (5, 4), (2, 5)])
+    prefixes, suffixes, w = partial_products(layers)
+    np.testing.assert_allclose(w, layers[2] @ layers[1] @ layers[0], rtol=1e-13)
+    for left, layer, right in zip(suffixes, layers, prefixes, strict=True):
+        np.testing.assert_allclose(left @ layer @ right, w, rtol=1e-13)

@@ -41,6 +41,7 @@ __all__ = [
     "get_flow",
     "layer_gradients",
     "pack_layers",
+    "partial_products",
     "unpack_layers",
 ]
 
@@ -152,6 +153,18 @@ def layer_gradients(layers: Any, grad_fn: Callable, arrays: dict) -> tuple[Any, 
         if j > 0:
             back = layers[j].T @ back
     return tuple(grads), w, e
+
+
+def partial_products(layers: tuple) -> tuple[list, list, Any]:
+    """The prefixes P_j = W_{j−1}⋯W_1 (P_1 = I), the suffixes L_j = W_N⋯W_{j+1} (L_N = I) and W = W_N⋯W_1 of a
+    tuple of layers, so that ∂W/∂W_j [X] = L_j X P_j: 2(N−1) matmuls."""
+    prefixes = [jnp.eye(layers[0].shape[1], dtype=layers[0].dtype)]
+    for layer in layers[:-1]:
+        prefixes.append(layer @ prefixes[-1])
+    suffixes = [jnp.eye(layers[-1].shape[0], dtype=layers[-1].dtype)]
+    for layer in layers[:0:-1]:
+        suffixes.insert(0, suffixes[0] @ layer)
+    return prefixes, suffixes, layers[-1] @ prefixes[-1]
 
 
 def _stacked_product(layers: Stacked) -> tuple[Any, Any]:

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import lineax
 
-from dlnode.flows.flow import layer_gradients
+from dlnode.flows.flow import layer_gradients, partial_products
 from dlnode.problems.samples import samples_of
 from dlnode.solvers.stochastic import BROWNIAN_STREAM
 
@@ -118,16 +118,6 @@ def diffusion(noise: Any, problem_cls: type, backprop: Callable) -> Callable:
     return apply
 
 
-def _suffixes(layers: tuple) -> tuple[list, Any]:
-    """[L_1, …, L_N] with L_j = W_N⋯W_{j+1} ((d_out, width_j); L_N = I), and W = W_N⋯W_1."""
-    suffixes = [None] * len(layers)
-    back = jnp.eye(layers[-1].shape[0], dtype=layers[-1].dtype)
-    for j in range(len(layers) - 1, -1, -1):
-        suffixes[j] = back
-        back = back @ layers[j]
-    return suffixes, back
-
-
 def _regression_spread(noise: Any) -> Callable:
     """(layers, arrays, lr, delta) -> ‖σ(θ)‖²_F of `diffusion` for a dense network (a tuple of layers) on a problem
     with regression samples, in closed form.
@@ -143,10 +133,8 @@ def _regression_spread(noise: Any) -> Callable:
     label_sq = 1.0 / (noise.batch * noise.n)
 
     def spread(layers: tuple, arrays: dict, lr: Any, delta: Any) -> Any:
-        features = [arrays["inputs"]]  # b_i of every layer, as rows: (n, width_{j−1})
-        for layer in layers[:-1]:
-            features.append(features[-1] @ layer.T)
-        suffixes, w = _suffixes(layers)
+        prefixes, suffixes, w = partial_products(layers)
+        features = [arrays["inputs"] @ p.T for p in prefixes]  # b_i of every layer, as rows: (n, width_{j−1})
         total = jnp.zeros((), w.dtype)
         if noise.label:
             total = total + delta**2 * label_sq * sum(
@@ -179,10 +167,7 @@ def _sensing_spread(noise: Any) -> Callable:
 
     def spread(layers: tuple, arrays: dict, lr: Any, delta: Any) -> Any:
         a = arrays["sensing"]  # (n, d_out, d_in)
-        prefixes = [jnp.eye(layers[0].shape[1], dtype=layers[0].dtype)]  # P_j, (width_{j−1}, d_in)
-        for layer in layers[:-1]:
-            prefixes.append(layer @ prefixes[-1])
-        suffixes, w = _suffixes(layers)
+        prefixes, suffixes, w = partial_products(layers)
         r = samples.residuals(w, arrays, None)[:, 0] if noisy_batch else None
         total = jnp.zeros((), w.dtype)
         for left, right in zip(suffixes, prefixes, strict=True):
