@@ -18,7 +18,7 @@ import dlnode as dln
 from dlnode.flows import scales
 from dlnode.flows.endtoend import end_to_end_field
 from dlnode.flows.flow import get_flow
-from dlnode.solvers import auto, singular
+from dlnode.solvers import auto, driver, singular
 from dlnode.solvers.stepping import compiled
 
 TARGET_SV = np.array([3.0, 2.0, 1.0, 0.5, 0.0, 0.0])
@@ -388,6 +388,17 @@ def test_stage_solves_switch_to_dense_lu_where_gmres_falls_short(monkeypatch):
     ds = dln.integrate(prob, **kw)
     assert ds.attrs["method"] == "rosenbrock" and ds.status.item() == 1
     assert not switched[0] and switched[-1]  # GMRES first, dense LU after the switch
+    # the switch is part of the state: stopped (Ctrl-C) right after the window that made it, the run resumes in
+    # dense LU from its first window and to the same bits
+    made, checks = switched.index(True), []
+    monkeypatch.setattr(driver, "_interrupt_requested", lambda flag: checks.append(flag) or len(checks) == made)
+    stopped = dln.integrate(prob, **kw)
+    assert stopped.status.item() == int(dln.Status.INTERRUPTED)
+    monkeypatch.setattr(driver, "_interrupt_requested", lambda flag: False)
+    switched.clear()
+    resumed = dln.resume(stopped)
+    assert switched[0] and resumed.status.item() == 1
+    np.testing.assert_array_equal(resumed["product"].values, ds["product"].values)
     monkeypatch.setattr(singular, "DENSE_MAX_UNKNOWNS", 10**9)
     compiled.cache_clear()
     ref = dln.integrate(prob, **{**kw, "saveat": ds.time.values})
