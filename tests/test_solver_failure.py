@@ -1,11 +1,15 @@
-"""A run that reaches `solver_failure` on purpose, for a reason the closed form states.
+"""Runs whose time stops moving: an escape beyond the resolution of time, and the driver's stall rule.
 
 Depth 3 from a decoupled init of per-layer scale 1e-40: each mode is the balanced scalar flow du/dt = 3u^{4/3}(s − u)
 (docs/math.md §3), so d(u^{−1/3})/dt = −(s − u) and the top mode (s = 2, u₀ = 1e-120) escapes at
 t* = u₀^{−1/3}/s = 5e39, on the time scale 1/(3s) of its escape. Time carried as a compensated two-float sum resolves
-about 2^{−105}·t ≈ 1e8 there: the escape's steps are below what the time can resolve, the driver sees a window in
-which the cell's time did not move, and the run stops as `solver_failure` right at t* with the plateau before it
-kept.
+about 2^{−105}·t ≈ 1e8 there: the escape's steps are below what the time can resolve. The state still moves through
+the escape (the top mode is learned), the time does not; after it, the stiff steps the solver may take on the next
+plateau (h·γ·λ_max ≤ 1e8) are below that resolution too, so the rest of the flow cannot be integrated in float64 and
+the run stops as `unresolved` at t*, with the plateau before it kept.
+
+The driver's rule, on a scripted method: a cell whose time does not move fails (`solver_failure`) at once when its
+accepted steps leave the state as it was, and after `STALL_WINDOWS` windows in a row when they still change it.
 """
 
 import math
@@ -14,21 +18,62 @@ import numpy as np
 import pytest
 
 import dlnode as dln
+from dlnode.solvers import driver
+from dlnode.solvers.core import Controls, Method, Status
 
 TOP, NEXT = 2.0, 1.0
 SCALE, DEPTH = 1e-40, 3
 
 
-def test_an_escape_beyond_the_resolution_of_time_is_a_solver_failure():
+def test_an_escape_beyond_the_resolution_of_time_is_learned_and_the_run_says_unresolved():
     prob = dln.Factorization(np.diag([TOP, NEXT]))
-    with pytest.warns(UserWarning, match="solver_failure"):
+    with pytest.warns(UserWarning, match="unresolved"):
         ds = dln.integrate(prob, depth=DEPTH, init="decoupled", scale=SCALE, progress=False)
-    assert ds["status"].item() == dln.Status.SOLVER_FAILURE
+    assert ds["status"].item() == dln.Status.UNRESOLVED
     escape = (SCALE**DEPTH) ** (-1 / 3) / TOP  # t* of the closed form
     t_final = float(ds["t_final"].item())
     assert abs(t_final / escape - 1) < 1e-9
     assert t_final * 2.0**-105 > 1e6 / (3 * TOP)  # the time's resolution there, against the escape's time scale
     loss = ds["loss"].isel(depth=0, scale=0, seed=0).values
     kept = loss[ds["time"].values <= t_final]
-    assert len(kept) > 100 and np.all(np.isfinite(kept))  # the plateau before the failure is kept
-    assert math.isclose(kept[-1], kept[0], rel_tol=1e-12)  # still on it: nothing was learned yet
+    assert len(kept) > 100 and np.all(np.isfinite(kept))  # the plateau before the escape is kept
+    assert math.isclose(kept[-1], kept[0], rel_tol=1e-12)  # still on it at the last save: nothing learned by then
+    # the final state went through the escape: the top mode's layers at its balanced value s^{1/N}, the next one
+    # still at its initial scale
+    final = ds["weights_final"].isel(depth=0, scale=0, seed=0).values
+    assert np.allclose([layer[0, 0] for layer in final], TOP ** (1 / DEPTH), rtol=1e-6)
+    assert np.allclose([layer[1, 1] for layer in final], SCALE, rtol=1e-3)
+
+
+class _Scripted:
+    """One cell whose time never moves; `changes` says whether its accepted steps change its loss."""
+
+    def __init__(self, changes: bool) -> None:
+        self.changes, self.windows = changes, 0
+
+    def method(self) -> Method:
+        def start(flow, y0, arrays, c):
+            return {"t": 1e40, "steps": 0, "loss": 1.0}
+
+        def advance(flow, st, arrays, ts, c):
+            self.windows += 1
+            loss = st["loss"] * (0.5 if self.changes else 1.0)
+            st = {"t": st["t"], "steps": st["steps"] + 100, "loss": loss}
+            return {"loss": np.full((1, len(ts)), loss)}, {"loss": np.array([loss])}, st
+
+        def summary(st):
+            return {"t": np.array([st["t"]]), "steps": np.array([st["steps"]]), "rejected": np.array([0]),
+                    "status": np.array([0])}  # fmt: skip
+
+        return Method("scripted", "test", False, 10**9, 100, lambda flow: None, start, advance, summary,
+                      lambda flow, st: np.zeros((1, 1)))  # fmt: skip
+
+
+# the first window moves the time from 0 to the scripted 1e40; from the second on it stands still
+@pytest.mark.parametrize(("changes", "windows"), [(False, 2), (True, driver.STALL_WINDOWS + 2)])
+def test_a_cell_whose_time_stops_fails_at_once_unless_its_steps_still_change_its_state(changes, windows):
+    script = _Scripted(changes)
+    controls = Controls(t1=2e40, rtol=1e-6, atol=1e-9, lr=math.nan, loss_tol=-math.inf, diverge=1e12, max_steps=10**9)
+    sol = driver.drive(script.method(), None, {}, np.zeros((1, 1)), np.array([0.0, 2e40]), controls)
+    assert int(sol.status[0]) == Status.SOLVER_FAILURE
+    assert script.windows == windows

@@ -69,11 +69,11 @@ def choose_method(
         solves = (
             "dense LU"
             if q <= singular.DENSE_MAX_UNKNOWNS
-            else "matrix-free GMRES, dense LU if it falls short"
+            else "matrix-free GMRES, dense LU once GMRES falls short"
             if q <= singular.SWITCH_MAX_UNKNOWNS
             else "matrix-free GMRES"
         )
-        return STIFF, f"{stiff_reason} -> {STIFF} in singular coordinates ({q} unknowns, {solves} stage solves)"
+        return STIFF, f"{stiff_reason} -> {STIFF} in singular coordinates ({q} unknowns; stage solves by {solves})"
     if worst > STIFF_RATIO:
         return STIFF, f"{stiff_reason} -> {STIFF}"
     deep = [d for d in depths if d >= 2]

@@ -42,7 +42,7 @@ class Status(enum.IntEnum):
     NO_STEP = -5  # not a single step could be taken
     INTERRUPTED = -6  # stopped by the user (Ctrl-C); the trajectory up to then is kept
     PENDING = -7  # a sweep cell whose result has not been written yet
-    UNRESOLVED = -8  # the weights stopped changing in float64 while the loss was far from converged
+    UNRESOLVED = -8  # float64 stopped resolving the flow (its weights or its time) while the loss was far off
     NORM_RUNAWAY = -9  # ‖W‖₂ passed norm_limit × max(‖W*‖₂, ‖W(0)‖₂) before the loss converged
 
     @property
@@ -85,9 +85,9 @@ MESSAGES = {
     Status.INTERRUPTED: "interrupted by the user; the trajectory up to then is kept",
     Status.PENDING: "not run yet",
     Status.UNRESOLVED: (
-        "stopped: the weights stopped changing in float64 while the loss was far from converged (the flow moves "
-        "slower than the round-off of its field: deep layers from a small unbalanced init, after an escape); use a "
-        "larger scale, or init='balanced' with flow='end_to_end'"
+        "stopped: float64 no longer resolves the flow while the loss is far from converged: the weights move slower "
+        "than the round-off of their field, or the steps no longer move a time that large (deep layers from a "
+        "small unbalanced init, after an escape); use a larger scale, or init='balanced' with flow='end_to_end'"
     ),
     Status.NORM_RUNAWAY: (
         "stopped: the norm ran away: ||W||_2 passed norm_limit x max(||W*||_2, ||W(0)||_2) (attrs['norm_limit']) "

@@ -31,6 +31,12 @@ __all__ = ["Checkpoint", "Horizon", "WINDOW", "drive"]
 
 WINDOW = 16  # save times per window (one compiled shape for every window)
 REACHED_RTOL = 1e-12  # a save time counts as reached when t_cell >= ts·(1 − this)
+# A running cell short of its save times whose time did not move over a window fails at once, unless it accepted
+# steps there that changed its state (its loss at the window's end): then after this many such windows in a row. An
+# escape far out on the time axis (t ≈ 1e40 after a plateau) can be shorter than the time's resolution there, and
+# the state still moves through it; what follows, resolved or not, is then the method's to say (the layer path's
+# `unresolved` check).
+STALL_WINDOWS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +128,7 @@ class Checkpoint:
     ts: np.ndarray
     k: int  # first save time of the next window
     extensions: int
-    previous: tuple | None  # the time each cell had reached at the window before, as `_clock` (the stall check)
+    previous: tuple | None  # as of the window before (the stall check): each cell's `_clock`, steps, loss, stalls
     wall: float  # run and compile seconds spent before the interrupt
     compile_time: float
     halted: _Halted | None = None  # cells stopped by the driver itself (norm runaway), frozen as they stopped
@@ -208,20 +214,27 @@ def drive(
                 running = summ["status"] == RUNNING
             if on_window is not None:
                 on_window(float(np.max(summ["t"])), summ)
-            # a window in which a running cell short of its save times did not move its time at all — every
-            # attempt rejected, or accepted steps that shrank below what the time (compensated, where the method
-            # keeps it so) can resolve, e.g. towards a state the field cannot pass — cannot go on: the solver
-            # failed, whatever budget is left
+            # a running cell short of its save times whose time did not move at all cannot go on: the solver
+            # failed, whatever budget is left — at once when every attempt was rejected or the accepted ones left
+            # the state as it was (steps shrunk to nothing, e.g. towards a state the field cannot pass), after
+            # `STALL_WINDOWS` such windows when accepted steps below what the time (compensated, where the method
+            # keeps it so) can resolve still changed the state
             behind = ~saved.filled[:, k : k + len(window)].all(axis=1)
             clock = _clock(summ)
-            prev = previous if previous is not None else (np.zeros_like(clock[0]), np.zeros_like(clock[1]))
+            steps, loss = np.asarray(summ["steps"]), np.asarray(last["loss"])
+            zero = np.zeros_like(clock[0])
+            prev = previous if previous is not None else (zero, zero, np.zeros_like(steps), zero + np.nan,
+                                                          np.zeros(len(zero), int))  # fmt: skip
             moved = (clock[0] - prev[0]) + (clock[1] - prev[1])
-            stuck = running & behind & (moved <= 0)
+            still = running & behind & (moved <= 0)
+            through = (steps > prev[2]) & (loss != prev[3])  # accepted steps that still change the state
+            stalled = np.where(still & through, prev[4] + 1, 0)
+            stuck = still & (~through | (stalled > STALL_WINDOWS))
             summ = dict(summ, status=np.where(stuck, int(Status.SOLVER_FAILURE), summ["status"]))
             attempts = summ["steps"] + np.maximum(summ["rejected"], 0)  # -1: a method that does not count them
             out_of_budget = (summ["status"] == RUNNING) & (attempts >= controls.max_steps)
             summ = dict(summ, status=np.where(out_of_budget, int(Status.MAX_STEPS), summ["status"]))
-            previous = clock
+            previous = (*clock, steps, loss, stalled)
             running = summ["status"] == RUNNING
             if not running.any():
                 break

@@ -51,6 +51,7 @@ def unresolved(status: Any, moved: Any, elapsed: Any, accepted: Any, step: Any, 
     """`status`, or `Status.UNRESOLVED` for a running cell whose weights moved by `moved` (2-norm) in `elapsed`
     time over `accepted` steps, the last of size `step`·λ_max ≥ `LONG_STEP`, at less than `RESOLVE`·`rho` while its
     loss is above `FAR` of its way to ℓ*."""
-    slow = (accepted >= MIN_STEPS) & (step >= LONG_STEP) & (elapsed > 0) & (moved < RESOLVE * rho * elapsed)
+    # elapsed = 0: accepted stiff steps that no longer move the (compensated) time, far out on the axis
+    slow = (accepted >= MIN_STEPS) & (step >= LONG_STEP) & ((elapsed <= 0) | (moved < RESOLVE * rho * elapsed))
     far = loss - loss_min > FAR * (loss0 - loss_min)
     return jnp.where((status == RUNNING) & slow & far, int(Status.UNRESOLVED), status).astype(status.dtype)
