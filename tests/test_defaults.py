@@ -90,11 +90,13 @@ class _PoisonedCompletion(dln.MatrixCompletion):
         return jnp.where(jnp.sqrt(jnp.sum(w * w)) > 0.5 * jnp.sqrt(jnp.sum(arrays["w_star"] ** 2)), jnp.nan, g)
 
 
-@pytest.mark.parametrize(("method", "status"), [("tsit5", "SOLVER_FAILURE"), ("rosenbrock", "MAX_STEPS")])
-def test_a_field_that_breaks_mid_run_stops_honestly_and_keeps_what_was_integrated(method, status):
-    """Steps pile up against the NaN region: tsit5's time stops moving (solver_failure); rosenbrock's compensated
-    time still creeps by ~1e-17 a step, which cannot be told from a legitimate tiny step on a 1e18-long plateau, so
-    it spends its budget (max_steps). Either way the trajectory up to the boundary is kept."""
+@pytest.mark.parametrize("method", ["tsit5", "rosenbrock"])
+def test_a_field_that_breaks_mid_run_stops_honestly_and_keeps_what_was_integrated(method):
+    """Steps pile up against the NaN region: tsit5's time stops moving, and its loss with it (solver_failure at
+    once); rosenbrock's compensated time still creeps by ~1e-17 a step, less than an ulp of t over a window, which
+    the driver allows for `STALL_WINDOWS` windows in a row (an escape far out on the time axis looks like that)
+    before solver_failure. Either way the trajectory up to the boundary is kept."""
+    status = "SOLVER_FAILURE"
     prob = _PoisonedCompletion(SMALL.target(), SMALL.mask)
     ds = dln.integrate(prob, depth=2, scale=0.1, t1=100.0, saveat=20, method=method, max_steps=20_000, progress=False)
     assert int(ds["status"].values.ravel()[0]) == dln.Status[status]

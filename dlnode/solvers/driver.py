@@ -31,12 +31,14 @@ __all__ = ["Checkpoint", "Horizon", "WINDOW", "drive"]
 
 WINDOW = 16  # save times per window (one compiled shape for every window)
 REACHED_RTOL = 1e-12  # a save time counts as reached when t_cell >= ts·(1 − this)
-# A running cell short of its save times whose time did not move over a window fails at once, unless it accepted
-# steps there that changed its state (its loss at the window's end): then after this many such windows in a row. An
-# escape far out on the time axis (t ≈ 1e40 after a plateau) can be shorter than the time's resolution there, and
-# the state still moves through it; what follows, resolved or not, is then the method's to say (the layer path's
-# `unresolved` check).
+# A running cell short of its save times whose time moved by less than one float64 ulp of t over a window fails at
+# once if nothing moved at all, and after this many such windows in a row if its compensated time still crept in
+# its low part or its accepted steps still changed its state (its loss at the window's end). An escape far out on
+# the time axis (t ≈ 1e40 after a plateau) can be shorter than the time's resolution there, and the state still
+# moves through it; what follows, resolved or not, is then the method's to say (the layer path's `unresolved`
+# check).
 STALL_WINDOWS = 8
+ULP = 2.0**-52
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,11 +216,11 @@ def drive(
                 running = summ["status"] == RUNNING
             if on_window is not None:
                 on_window(float(np.max(summ["t"])), summ)
-            # a running cell short of its save times whose time did not move at all cannot go on: the solver
-            # failed, whatever budget is left — at once when every attempt was rejected or the accepted ones left
-            # the state as it was (steps shrunk to nothing, e.g. towards a state the field cannot pass), after
-            # `STALL_WINDOWS` such windows when accepted steps below what the time (compensated, where the method
-            # keeps it so) can resolve still changed the state
+            # a running cell short of its save times whose time did not move (by an ulp of t) cannot go on: the
+            # solver failed, whatever budget is left — at once when the time stood still and every attempt was
+            # rejected or the accepted ones left the state as it was (steps shrunk to nothing, e.g. towards a state
+            # the field cannot pass), after `STALL_WINDOWS` such windows in a row when the compensated time still
+            # crept or steps below what it resolves still changed the state
             behind = ~saved.filled[:, k : k + len(window)].all(axis=1)
             clock = _clock(summ)
             steps, loss = np.asarray(summ["steps"]), np.asarray(last["loss"])
@@ -226,8 +228,9 @@ def drive(
             prev = previous if previous is not None else (zero, zero, np.zeros_like(steps), zero + np.nan,
                                                           np.zeros(len(zero), int))  # fmt: skip
             moved = (clock[0] - prev[0]) + (clock[1] - prev[1])
-            still = running & behind & (moved <= 0)
-            through = (steps > prev[2]) & (loss != prev[3])  # accepted steps that still change the state
+            still = running & behind & (moved <= ULP * np.abs(clock[0]))
+            # the time still creeping, or accepted steps that still change the state
+            through = (moved > 0) | ((steps > prev[2]) & (loss != prev[3]))
             stalled = np.where(still & through, prev[4] + 1, 0)
             stuck = still & (~through | (stalled > STALL_WINDOWS))
             summ = dict(summ, status=np.where(stuck, int(Status.SOLVER_FAILURE), summ["status"]))
