@@ -1,4 +1,5 @@
-"""One benchmark case in a fresh interpreter (a cold compile, its own compile cache): its last JSON line."""
+"""One benchmark case in a fresh interpreter (a cold compile, its own compile cache): its last JSON line; and a
+fresh name for a run's table, so that a partial run never replaces an earlier run's."""
 
 from __future__ import annotations
 
@@ -6,6 +7,16 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+
+def fresh_path(folder: Path, stem: str, suffix: str = ".md") -> Path:
+    """``folder/stem.md``, or ``stem-2.md``, ``stem-3.md``, … : the first name not taken yet."""
+    path, k = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        k += 1
+        path = folder / f"{stem}-{k}{suffix}"
+    return path
 
 
 def last_json(module: str, args: list[str], cache: str, limit: float) -> dict | None:

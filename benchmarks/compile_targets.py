@@ -10,7 +10,8 @@ read), every compilation of the process from JAX's own monitoring events (the so
 stiffness probe, the initialisation, the dataset's analysis), the run time, the whole call and the import.
 
 Usage: ``python -m benchmarks.compile_targets [--only c50_d3,c50_d64] [--repeats 3] [--limit 300]
-[--env XLA_FLAGS=...]``; writes ``compile_targets.md`` and ``compile_targets.jsonl`` in the output folder (default
+[--env XLA_FLAGS=...]``; writes ``compile_targets.md`` (``compile_targets-2.md``, … when taken: an earlier run's
+table is never replaced) and appends to ``compile_targets.jsonl`` in the output folder (default
 benchmarks/results). Run it on a quiet machine with ``OPENBLAS_NUM_THREADS=1``; the times are the machine's.
 """
 
@@ -26,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks._process import fresh_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -159,8 +162,9 @@ def main(argv: list[str] | None = None) -> None:
             print(rows[-1], flush=True)
     note = f"Child environment: {env}." if env else ""
     text = "# Compile targets\n\n" + "\n".join(HEADER + rows) + "\n\n" + note + "\n"
-    (args.out / "compile_targets.md").write_text(text)
-    print(f"wrote {args.out / 'compile_targets.md'}")
+    markdown = fresh_path(args.out, "compile_targets")
+    markdown.write_text(text)
+    print(f"wrote {markdown}")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ each fixed method and the best of them.
 
 Usage: ``python -m benchmarks.gauntlet [--seed 0] [--count 64] [--only 3,17] [--limit 60] [--methods tsit5,
 rosenbrock] [--no-reference]``; each case runs cold in its own process (a fresh compilation cache) under `--limit`
-seconds, its reference in another under 4× that; writes ``gauntlet.jsonl`` (one row per case, as measured) and
-``gauntlet.md`` in benchmarks/results.
+seconds, its reference in another under 4× that; appends to ``gauntlet.jsonl`` (one row per case, as measured)
+and writes the run's table to ``gauntlet.md`` in benchmarks/results (``gauntlet-2.md``, … when that exists: a run
+never replaces an earlier run's table).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._process import last_json
+from benchmarks._process import fresh_path, last_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("completion", "sensing", "regression", "factorization")
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         keep = {int(k) for k in args.only.split(",")}
         cases = [c for c in cases if c.index in keep]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, markdown = [], fresh_path(RESULTS, "gauntlet")
     with open(RESULTS / "gauntlet.jsonl", "a") as log:
         for case in cases:
             row = measure(case, args.limit, methods, not args.no_reference)
@@ -325,8 +326,9 @@ def main(argv: list[str] | None = None) -> None:
             log.flush()
             print(json.dumps(row), flush=True)
             text = f"# Gauntlet (seed {args.seed})\n\n{table(rows, methods)}\n\n{summary(rows, methods)}\n"
-            (RESULTS / "gauntlet.md").write_text(text)
+            markdown.write_text(text)
     print(summary(rows, methods))
+    print(f"wrote {markdown}")
 
 
 if __name__ == "__main__":
