@@ -65,8 +65,9 @@ class _Scripted:
             return {"t": np.array([st["t"]]), "steps": np.array([st["steps"]]), "rejected": np.array([0]),
                     "status": np.array([0])}  # fmt: skip
 
-        return Method("scripted", "test", False, 10**9, 100, lambda flow: None, start, advance, summary,
-                      lambda flow, st: np.zeros((1, 1)))  # fmt: skip
+        return Method(name="scripted", family="test", stiff=False, max_steps=10**9, window_steps=100,
+                      supports=lambda flow: None, start=start, advance=advance, summary=summary,
+                      final=lambda flow, st: np.zeros((1, 1)))  # fmt: skip
 
 
 # the first window moves the time from 0 to the scripted 1e40; from the second on it stands still

@@ -17,7 +17,7 @@ import copy
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,17 @@ REACHED_RTOL = 1e-12  # a save time counts as reached when t_cell >= ts·(1 − 
 # check).
 STALL_WINDOWS = 8
 ULP = 2.0**-52
+
+
+class _Progress(NamedTuple):
+    """Each cell as of the window before, for the stall check: its time (`_clock`), accepted steps, loss at the
+    window's end, and the still windows in a row that still moved something."""
+
+    t_hi: np.ndarray
+    t_lo: np.ndarray
+    steps: np.ndarray
+    loss: np.ndarray
+    stalled: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +141,7 @@ class Checkpoint:
     ts: np.ndarray
     k: int  # first save time of the next window
     extensions: int
-    previous: tuple | None  # as of the window before (the stall check): each cell's `_clock`, steps, loss, stalls
+    previous: _Progress | None  # each cell as of the window before (the stall check)
     wall: float  # run and compile seconds spent before the interrupt
     compile_time: float
     halted: _Halted | None = None  # cells stopped by the driver itself (norm runaway), frozen as they stopped
@@ -225,19 +236,18 @@ def drive(
             clock = _clock(summ)
             steps, loss = np.asarray(summ["steps"]), np.asarray(last["loss"])
             zero = np.zeros_like(clock[0])
-            prev = previous if previous is not None else (zero, zero, np.zeros_like(steps), zero + np.nan,
-                                                          np.zeros(len(zero), int))  # fmt: skip
-            moved = (clock[0] - prev[0]) + (clock[1] - prev[1])
+            prev = previous or _Progress(zero, zero, np.zeros_like(steps), zero + np.nan, np.zeros(len(zero), int))
+            moved = (clock[0] - prev.t_hi) + (clock[1] - prev.t_lo)
             still = running & behind & (moved <= ULP * np.abs(clock[0]))
             # the time still creeping, or accepted steps that still change the state
-            through = (moved > 0) | ((steps > prev[2]) & (loss != prev[3]))
-            stalled = np.where(still & through, prev[4] + 1, 0)
+            through = (moved > 0) | ((steps > prev.steps) & (loss != prev.loss))
+            stalled = np.where(still & through, prev.stalled + 1, 0)
             stuck = still & (~through | (stalled > STALL_WINDOWS))
             summ = dict(summ, status=np.where(stuck, int(Status.SOLVER_FAILURE), summ["status"]))
             attempts = summ["steps"] + np.maximum(summ["rejected"], 0)  # -1: a method that does not count them
             out_of_budget = (summ["status"] == RUNNING) & (attempts >= controls.max_steps)
             summ = dict(summ, status=np.where(out_of_budget, int(Status.MAX_STEPS), summ["status"]))
-            previous = (*clock, steps, loss, stalled)
+            previous = _Progress(*clock, steps, loss, stalled)
             running = summ["status"] == RUNNING
             if not running.any():
                 break
