@@ -93,3 +93,28 @@ def test_the_in_house_methods_are_stepping_methods():
         assert issubclass(cls, SteppingMethod)
         for name in ("start", "step", "short", "observe", "final"):
             assert getattr(cls, name) is not getattr(SteppingMethod, name), (cls, name)
+
+
+def _cells_alone_and_together(**kw):
+    import dlnode as dln
+
+    prob = dln.MatrixCompletion.random(shape=(6, 6), rank=2, observed=24, seed=1)
+    init = "balanced" if kw.get("flow") == "end_to_end" else "gaussian"
+    # rtol and atol given: by default they follow the smallest scale of the call
+    kw = dict(depth=3, init=init, seed=0, t1=400.0, rtol=1e-6, atol=1e-12, saveat=np.linspace(0.0, 400.0, 21),
+              progress=False, **kw)  # fmt: skip
+    together = dln.integrate(prob, scale=[1e-1, 1e-3], **kw)
+    alone = [dln.integrate(prob, scale=s, **kw) for s in (1e-1, 1e-3)]
+    return together, alone
+
+
+def test_a_cell_of_a_stiff_batch_steps_as_it_would_alone():
+    """The adaptive stiff paths run a batch's cells one at a time (`one_cell_at_a_time`): a cell's steps, and so its
+    trajectory to the bit, do not depend on the other cells of its call (in a vmapped batch, the layer path's
+    explicit/implicit switch was the stiffest cell's for all)."""
+    for flow in ("layers", "end_to_end"):
+        together, alone = _cells_alone_and_together(method="rosenbrock", flow=flow)
+        for i, single in enumerate(alone):
+            cell = together.isel(scale=i)
+            assert int(cell["num_steps"].item()) == int(single["num_steps"].item()), flow
+            np.testing.assert_array_equal(cell["loss"].values.ravel(), single["loss"].values.ravel(), err_msg=flow)

@@ -36,7 +36,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -265,7 +265,8 @@ def _step(
     batch_max: Callable = lambda v: v,
 ) -> _State:  # fmt: skip
     """Attempt one step towards `target` (explicit or Rosenbrock, see `SWITCH`), accept or reject it, and propose
-    the next step size. `batch_max` reduces over the vmapped batch, so all runs take the same kind of step."""
+    the next step size. `batch_max` reduces over the vmapped batch, so all its runs take the same kind of step (a batch
+    of one under `integrate`: `LayerRosenbrock.one_cell_at_a_time`)."""
     rem = (target - s.t_hi) - s.t_lo
     lam_safe = jnp.maximum(s.lam, 1e-300)
     wants_implicit = s.h * s.lam > jnp.where(s.implicit, SWITCH_BACK, SWITCH)
@@ -350,6 +351,8 @@ def make_batch(flow: Flow, switching: bool = True) -> tuple[Callable, Callable, 
 @dataclass(frozen=True)
 class LayerRosenbrock(SteppingMethod):
     """The stiff layer path as a `SteppingMethod`: one attempt is `_step` on the flat layers."""
+
+    one_cell_at_a_time: ClassVar[bool] = True  # no lockstep (see `SteppingMethod`)
 
     flow: Flow
     switching: bool = True

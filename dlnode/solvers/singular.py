@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -488,6 +488,8 @@ class SingularRosenbrock(SteppingMethod):
     """The singular-coordinate path as a `SteppingMethod`: one Rosenbrock attempt in a chart (U, ln σ, V) around
     the current frames. One instance serves every depth of a problem class (the depth is ``st["depth_power"]``)."""
 
+    one_cell_at_a_time: ClassVar[bool] = True  # no lockstep (see `SteppingMethod`)
+
     problem_cls: type
     dense: bool = False  # dense LU stage solves above DENSE_MAX_UNKNOWNS too: the switch `variant` makes
 
@@ -496,7 +498,8 @@ class SingularRosenbrock(SteppingMethod):
         return q > DENSE_MAX_UNKNOWNS and not self.dense
 
     def variant(self, st: dict) -> SingularRosenbrock:
-        """The dense-LU variant once a cell of the batch has switched (`end_window`); itself otherwise."""
+        """The dense-LU variant once a cell of the batch (a batch of one under `integrate`) has switched
+        (`end_window`); itself otherwise."""
         return replace(self, dense=True) if not self.dense and bool(np.any(jax.device_get(st["s"].dense))) else self
 
     def end_window(self, s0: _State, s: _State, st: dict, arrays: dict, c: dict) -> _State:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,12 @@ BATCH_AXIS = "batch"  # the vmapped batch's axis name: a step may reduce over th
 class SteppingMethod:
     """One cell's method, defined by its step. Subclasses are frozen dataclasses (hashable: `compiled` caches on
     them) holding the flow and any static option."""
+
+    # Whether the cells of a batch run one after another, each a batch of one, instead of as one vmapped batch.
+    # A vmapped batch steps in lockstep: each loop (steps, Krylov iterations) runs until its slowest cell is done,
+    # and a choice made for the batch (explicit or implicit steps, dense or Krylov stage solves) is the costliest
+    # cell's. The adaptive stiff paths pay that at every size measured (docs/solvers.md); fixed steps do not.
+    one_cell_at_a_time: ClassVar[bool] = False
 
     def start(self, y0: Any, arrays: dict, c: dict) -> dict:
         """The cell's state at t = 0 (``{"s": carry, ...}``)."""
@@ -114,14 +120,24 @@ def method_entry(of: Callable[[Any], SteppingMethod], *, initial: Callable | Non
     budgets, supports, summary, needs_lr); `initial(flow, y0, arrays, c) -> (y0, c)` prepares a batch's initial
     states on the host (the singular path's coordinates) before the jitted start."""
 
+    def by_cell(method: SteppingMethod, which: int, batch: Any, *rest: Any) -> Any:
+        """compiled(method)[which] on the batch, or cell by cell for `one_cell_at_a_time` methods (each a batch of
+        one: one compiled function serves every cell, and a cell computes the same bits whatever its batch)."""
+        cells = jax.tree_util.tree_leaves(batch)[0].shape[0]
+        if cells == 1 or not method.one_cell_at_a_time:
+            return call(compiled(method.variant(batch) if which == 1 else method)[which], batch, *rest)
+        parts = [by_cell(method, which, jax.tree_util.tree_map(lambda a, i=i: a[i : i + 1], batch), *rest)
+                 for i in range(cells)]  # fmt: skip
+        return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
+
     def start(flow: Any, y0: Any, arrays: dict, c: dict) -> Any:
         if initial is not None:
             y0, c = initial(flow, y0, arrays, c)
-        return call(compiled(of(flow))[0], y0, arrays, c)
+        return by_cell(of(flow), 0, y0, arrays, c)
 
     return Method(
         start=start,
-        advance=lambda flow, st, arrays, ts, c: call(compiled(of(flow).variant(st))[1], st, arrays, ts, c),
-        final=lambda flow, st: call(compiled(of(flow))[2], st),
+        advance=lambda flow, st, arrays, ts, c: by_cell(of(flow), 1, st, arrays, ts, c),
+        final=lambda flow, st: by_cell(of(flow), 2, st),
         **fields,
     )
