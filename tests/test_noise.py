@@ -260,26 +260,29 @@ def test_sgd_needs_a_problem_with_samples():
         dln.integrate(prob, method="sgd", batch=1, lr=0.1, t1=1.0, progress=False)
 
 
+@pytest.mark.parametrize("network", ["dense", "diagonal"])
 @pytest.mark.parametrize("kind", ["regression", "sensing"])
 @pytest.mark.parametrize(
     ("batch", "sampling", "label", "depth"),
     [
         (20, "epochs", True, 3),
-        (5, "epochs", False, 3),
+        (5, "epochs", False, 2),
         (5, "with_replacement", True, 4),
         (4, "without_replacement", True, 1),
     ],
 )
-def test_heun_correction_closed_form_is_the_column_sum(batch, sampling, label, depth, kind):
-    """‖σ(θ)‖²_F of a dense network in closed form (regression and matrix-sensing samples), and its gradient
-    (Heun's Stratonovich correction), equal the sum over the diffusion's columns, each one backward pass: label
-    noise, minibatch noise (every sampling rule), both."""
+def test_heun_correction_closed_form_is_the_column_sum(batch, sampling, label, depth, kind, network):
+    """‖σ(θ)‖²_F in closed form (regression and matrix-sensing samples; a dense network, and a diagonal one
+    β = u^D − v^D, where it is ⟨D²(u^{2D−2} + v^{2D−2}), Σ_columns G⊙G⟩), and its gradient (Heun's Stratonovich
+    correction), equal the sum over the diffusion's columns, each one backward pass: label noise, minibatch noise
+    (every sampling rule), both."""
     import jax
     import jax.numpy as jnp
 
+    from dlnode.flows.diagonal import diagonal_backprop
     from dlnode.flows.flow import layer_gradients
     from dlnode.problems.samples import samples_of
-    from dlnode.solvers.sde import control_size, dense_spread, diffusion
+    from dlnode.solvers.sde import control_size, dense_spread, diagonal_spread, diffusion
     from dlnode.solvers.stochastic import Noise
 
     if kind == "regression":
@@ -287,9 +290,17 @@ def test_heun_correction_closed_form_is_the_column_sum(batch, sampling, label, d
     else:
         prob = dln.MatrixSensing.random(shape=(4, 5), rank=1, measurements=20, seed=0)
     arrays = jax.tree_util.tree_map(jnp.asarray, prob.arrays())
-    layers = tuple(jnp.asarray(w) for w in dln.init_layers(prob, depth, "gaussian", 0.7, 1))
     noise = Noise(batch, sampling, label, 20)
-    apply = diffusion(noise, type(prob), layer_gradients)
+    if network == "dense":
+        state = tuple(jnp.asarray(w) for w in dln.init_layers(prob, depth, "gaussian", 0.7, 1))
+        apply = diffusion(noise, type(prob), layer_gradients)
+        spread = dense_spread(noise, type(prob).kind)
+    else:
+        rng = np.random.default_rng(1)
+        shape = (4, 5) if kind == "sensing" else (1, 10)
+        state = (jnp.asarray(0.5 + rng.uniform(size=shape)), jnp.asarray(0.5 + rng.uniform(size=shape)))
+        apply = diffusion(noise, type(prob), lambda y, fn, a: diagonal_backprop(y, fn, a, depth))
+        spread = diagonal_spread(noise, type(prob).kind, depth)
     columns = jnp.eye(control_size(noise, samples_of(type(prob).kind).width(arrays)))
 
     def column_sum(y):
@@ -297,10 +308,10 @@ def test_heun_correction_closed_form_is_the_column_sum(batch, sampling, label, d
         return sum(jnp.sum(c * c) for c in jax.tree_util.tree_leaves(cols))
 
     def closed(y):
-        return dense_spread(noise, type(prob).kind)(y, arrays, 0.05, 0.7)
+        return spread(y, arrays, 0.05, 0.7)
 
-    np.testing.assert_allclose(float(closed(layers)), float(column_sum(layers)), rtol=1e-13)
-    for got, want in zip(jax.grad(closed)(layers), jax.grad(column_sum)(layers), strict=True):
+    np.testing.assert_allclose(float(closed(state)), float(column_sum(state)), rtol=1e-13)
+    for got, want in zip(jax.grad(closed)(state), jax.grad(column_sum)(state), strict=True):
         np.testing.assert_allclose(
             np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-14 * float(np.abs(want).max())
         )

@@ -116,7 +116,7 @@ def diagonal_flow(problem_cls: type, depth: int, save_weights: bool = False, mod
         return {"problem": arrays, "d0": invariant(y0, depth), "lr": c["lr"]}
 
     return Flow("modified" if modified else "layers", field, loss, observe, prepare, problem_cls=problem_cls,
-                backprop=backprop, network="diagonal")  # fmt: skip
+                depth=depth, backprop=backprop, network="diagonal")  # fmt: skip
 
 
 def hypentropy(beta: np.ndarray, alpha: float) -> float:

@@ -73,7 +73,7 @@ class Flow:
     loss: Callable[[Any, dict], Any]
     observe: Callable[[Any, dict], dict[str, Any]]
     prepare: Callable[[Any, dict, dict], dict]  # (y0, problem arrays, controls) -> args
-    depth: float = math.nan  # end_to_end only: N (or inf)
+    depth: float = math.nan  # end_to_end: N (or inf); diagonal: D; NaN for the dense layers (the state has N)
     gradient: Callable[[Any, dict], Any] | None = None  # end_to_end only: E = ∇ℓ(W) from (W, problem arrays)
     # capabilities that methods ask for (instead of comparing names)
     symmetric_jacobian: bool = True  # the Jacobian is −∇²L (a gradient flow of the state): CG stage solves apply

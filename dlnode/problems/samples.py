@@ -27,12 +27,19 @@ class Samples:
 
     count(arrays) -> n; width(arrays) -> the size of one residual rᵢ; residuals(W, arrays, idx) -> (len(idx), width);
     adjoint(r, arrays, idx) -> Σ_b 𝒜_{idx_b}*(r_b), shaped like W. `idx` None means every sample, in order.
+    design: the key of `arrays` that 𝒜 is linear in, with every entry of 𝒜ᵢ*(rᵢ) one residual entry times one
+    design entry; so `adjoint` on the squared residuals, with that array squared, is Σ_b 𝒜_b*(r_b)⊙𝒜_b*(r_b).
     """
 
     count: Callable[[dict], int]
     width: Callable[[dict], int]
     residuals: Callable[[Any, dict, Any], Any]
     adjoint: Callable[[Any, dict, Any], Any]
+    design: str
+
+    def adjoint_squares(self, r: Any, arrays: dict) -> Any:
+        """Σᵢ 𝒜ᵢ*(rᵢ)⊙𝒜ᵢ*(rᵢ) over every sample (entrywise squares), shaped like W: one `adjoint`, not n."""
+        return self.adjoint(r * r, dict(arrays, **{self.design: arrays[self.design] ** 2}), None)
 
 
 def _take(a: Any, idx: Any) -> Any:
@@ -53,6 +60,7 @@ REGRESSION = Samples(
     width=lambda arrays: arrays["offsets"].shape[1],
     residuals=_regression_residuals,
     adjoint=_regression_adjoint,
+    design="inputs",
 )
 
 
@@ -71,6 +79,7 @@ SENSING = Samples(
     width=lambda arrays: 1,
     residuals=_sensing_residuals,
     adjoint=_sensing_adjoint,
+    design="sensing",
 )
 
 SAMPLES: dict[str, Samples] = {"sparse_regression": REGRESSION, "matrix_sensing": SENSING}

@@ -31,7 +31,8 @@ Stratonovich SDE; it is given the Stratonovich drift of the same Itô SDE, b −
 gradient in θ (of c_B(ℓₖ − L), or of a component of rₖ), so Dσₖ is symmetric and ½ Σₖ Dσₖ σₖ = ¼ ∇_θ ‖σ(θ)‖²_F,
 one more backward pass through the K column products. (For label noise, ‖σ‖²_F = δ² η n R(θ)/(B n) with R the
 implicit regulariser of Blanc et al. 2020.) For a dense network on regression or matrix sensing ‖σ‖²_F has a closed
-form, so the correction costs a few products instead of K backward passes (`dense_spread`).
+form, so the correction costs a few products instead of K backward passes (`dense_spread`); for a diagonal network
+on either, two adjoints (`diagonal_spread`).
 
 References
 ----------
@@ -51,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import lineax
 
+from dlnode.flows.diagonal import diagonal_product
 from dlnode.flows.flow import layer_gradients, partial_products
 from dlnode.problems.samples import samples_of
 from dlnode.solvers.stochastic import BROWNIAN_STREAM
@@ -60,7 +62,9 @@ __all__ = [
     "SDE_SOLVERS",
     "brownian_increment",
     "control_size",
+    "closed_spread",
     "dense_spread",
+    "diagonal_spread",
     "diffusion",
     "dt_level",
     "sde_terms",
@@ -188,6 +192,43 @@ def dense_spread(noise: Any, kind: str) -> Callable | None:
     return None if closed_form is None else closed_form(noise)
 
 
+def diagonal_spread(noise: Any, kind: str, depth: int) -> Callable:
+    """(state, arrays, lr, delta) -> ‖σ(θ)‖²_F of `diffusion` for a depth-D diagonal network, in closed form.
+
+    A column whose W-space matrix is G has the θ-part (D u^{D−1}⊙G, −D v^{D−1}⊙G) (`diagonal_backprop`), so
+    ‖σ‖²_F = ⟨s, C⟩ with s = D²(u^{2D−2} + v^{2D−2}) and C = Σ_columns G⊙G, entrywise. The label columns
+    (δ c √η 𝒜ᵢ*(e_o), c² = 1/(B n)) add δ² c² η Σᵢ 𝒜ᵢ*(1)⊙𝒜ᵢ*(1); the minibatch columns (c_B √η (𝒜_k*(r_k) − ḡ),
+    ḡ = (1/n) Σᵢ 𝒜ᵢ*(rᵢ)) add c_B² η (Σ_k 𝒜_k*(r_k)⊙𝒜_k*(r_k) − n ḡ⊙ḡ): two adjoints instead of K backward passes.
+    """
+    samples = samples_of(kind)
+    noisy_batch = minibatch_noisy(noise)
+    batch_sq = _batch_factor(noise)
+    label_sq = 1.0 / (noise.batch * noise.n)
+
+    def spread(state: tuple, arrays: dict, lr: Any, delta: Any) -> Any:
+        u, v = state
+        w = diagonal_product(state, depth)
+        s = depth**2 * (u ** (2 * depth - 2) + v ** (2 * depth - 2))
+        energy = jnp.zeros_like(w)
+        if noise.label:
+            ones = jnp.ones((noise.n, samples.width(arrays)), w.dtype)
+            energy = energy + delta**2 * label_sq * samples.adjoint_squares(ones, arrays)
+        if noisy_batch:
+            r = samples.residuals(w, arrays, None)
+            mean = samples.adjoint(r, arrays, None) / noise.n
+            energy = energy + batch_sq * (samples.adjoint_squares(r, arrays) - noise.n * mean * mean)
+        return lr * jnp.sum(s * energy)
+
+    return spread
+
+
+def closed_spread(flow: Any) -> Callable | None:
+    """The closed form of ‖σ(θ)‖²_F for the network and problem of `flow`, or None where there is none."""
+    if flow.network == "diagonal":
+        return diagonal_spread(flow.noise, flow.problem_cls.kind, int(flow.depth))
+    return dense_spread(flow.noise, flow.problem_cls.kind) if flow.backprop is None else None
+
+
 def dt_level(lr: float, dt: float) -> int | None:
     """m with dt = lr·2^m exactly (|m| ≤ `DT_LEVELS`), or None when dt is not such a step."""
     m = math.log2(dt / lr) if dt > 0 and lr > 0 else math.nan
@@ -239,7 +280,7 @@ def sde_terms(name: str, flow: Any, dw: Any, arrays: dict, lr: Any, delta: Any, 
     size = control_size(flow.noise, width)
     structure = jax.ShapeDtypeStruct((size,), jnp.float64)
     basis = jnp.eye(size)
-    closed = dense_spread(flow.noise, flow.problem_cls.kind) if flow.backprop is None else None
+    closed = closed_spread(flow)
 
     def drift(t: Any, y: Any, args: dict) -> Any:
         b = flow.field(t, y, args)
