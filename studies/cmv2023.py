@@ -23,8 +23,9 @@ Measured in ``FULL`` (20 × 20, |Ω| = 160, init 1e-3; the quick 10 × 10 instan
 depths 4 and 8 recover M (error 5.0e-3, 2.9e-3) but depth 16 and deeper end on other completions, of growing norm
 (σ₁ 17.9 at depth 16, 215 at ∞, against M's 17.4; error 0.48 → 10.9), whose effective rank falls below M's (1.455 at
 ∞ against 1.925): the recovery and rank rows fail there, and a low effective rank alone is no sign of recovery.
-Three paths agree on those end states: LSODA, the singular-coordinate Rosenbrock path (see "Solver") and, at depth
-16, the per-layer gradient flow from the balanced layers (error 0.4804 against LSODA's 0.4805; σ₁…σ₃ to 1e-4).
+Three paths agree on those end states: the singular-coordinate Rosenbrock path (``auto``, see "Solver"), LSODA on W
+and, at depth 16, the per-layer gradient flow from the balanced layers (error 0.4804 against LSODA's 0.4805; σ₁…σ₃
+to 1e-4).
 
 The volume proposal is tested as a claim, and fails where it fails (see `volume_beats_depth_one` and
 `volume_orders_rank`): the volume form of depth N (dlnode's ``ds.dln.log_volume()``: the density of the
@@ -35,14 +36,16 @@ balanced layers under the per-layer flow moves by −A_N(E)); depth ∞ is reach
 dW/dτ = −A_N(E)/N → −A_∞(E). The paper's own text was not reachable (only its abstract), so that its
 normalisation is the same is not confirmed here; the end states compared below do not depend on the time axis.
 
-Solver. The completion runs under ``scipy:LSODA`` (on W, Jacobian from JAX), the 2×2 example under ``auto``. On
-the 20 × 20 completion ``auto`` picks the Rosenbrock path in singular coordinates for every depth ≥ 4; its 400
-unknowns are above that path's dense-LU limit (300), and its matrix-free stage solves fall short once the modes
-have escaped (depth 16 alone: 4092 steps, 68 s), so the run switches to dense LU stage solves (see docs/solvers.md).
-With that switch the whole completion (11 depths × 2 scales) converges under ``auto`` in 385 s on a quiet 2-core
-CPU, against 64 s under LSODA; the two agree on every end state to 1.8e-3 relative (to 1e-4 at depths ≤ 8 and at
-init 0.1). LSODA, checked against the singular path in the tests, is kept for the time. W-coordinates are accurate
-here: at an end-to-end init of 1e-3 no singular value is near round-off. Nothing was dropped from ``FULL``.
+Solver. The completion and the 2×2 example run under the defaults (``auto``). On the 20 × 20 completion ``auto``
+picks the Rosenbrock path in singular coordinates for every depth ≥ 4; its 400 unknowns are above that path's
+dense-LU limit (300), and its matrix-free stage solves fall short once the modes have escaped (depth 16 alone: 4092
+steps, 68 s), so a run switches to dense LU stage solves (see docs/solvers.md). Measured in one session on a quiet
+2-core CPU, the whole completion (11 depths × 2 scales) converges under ``auto`` in 78 s (wall, compilation
+included), under ``scipy:LSODA`` on W in 67 s; the two agree on every end state to 1.8e-3 relative (to 1e-4 at
+depths ≤ 8 and at init 0.1). (When a call's cells ran as one vmapped batch, the first cell to switch took the other
+scale with it, and ``auto`` took 385 s.) The tests check the quick completion against LSODA, a second backend.
+W-coordinates are accurate here: at an end-to-end init of 1e-3 no singular value is near round-off. Nothing was
+dropped from ``FULL``.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ FULL = {
     "small_scale": 1e-3,
     "init_seed": 0,
     "saveat": 120,
-    "method": "scipy:LSODA",  # the completion's solver (see the module docstring, "Solver")
+    "method": "auto",  # the completion's solver (see the module docstring, "Solver")
     "pair_method": "auto",
     "pair_depths": [1, 2, 3, 4, 8, 64],
     "pair_scales": [1e-1, 1e-2, 1e-3, 1e-4],
