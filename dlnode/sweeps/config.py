@@ -243,7 +243,8 @@ class IntegrateConfig(_Table):
 
 
 class ExecutionConfig(_Table):
-    """How cells become Dask tasks: `batch` cells of one shape per task, vmapped ("auto": by the state size)."""
+    """How cells become Dask tasks: `batch` cells of one shape per task, vmapped ("auto": by the state size; the stiff
+    paths run a task's cells one after another, `SteppingMethod.one_cell_at_a_time`)."""
 
     batch: PosInt | Literal["auto"] = "auto"
 
