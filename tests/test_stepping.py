@@ -118,3 +118,19 @@ def test_a_cell_of_a_stiff_batch_steps_as_it_would_alone():
             cell = together.isel(scale=i)
             assert int(cell["num_steps"].item()) == int(single["num_steps"].item()), flow
             np.testing.assert_array_equal(cell["loss"].values.ravel(), single["loss"].values.ravel(), err_msg=flow)
+
+
+def test_a_large_cell_of_a_diffrax_batch_runs_alone():
+    """diffrax's methods run cells of `ALONE_UNKNOWNS` or more one at a time: such a cell's trajectory is the same to
+    the bit in a call of several cells and alone."""
+    import dlnode as dln
+    from dlnode.solvers.diffrax_methods import ALONE_UNKNOWNS
+
+    prob = dln.Factorization(np.random.default_rng(0).normal(size=(45, 45)))
+    assert 2 * 45 * 45 >= ALONE_UNKNOWNS
+    kw = dict(depth=2, init="gaussian", seed=0, t1=2.0, rtol=1e-6, atol=1e-10, saveat=np.linspace(0.0, 2.0, 5),
+              method="tsit5", progress=False)  # fmt: skip
+    together = dln.integrate(prob, scale=[1e-1, 1e-2], **kw)
+    for i, s in enumerate((1e-1, 1e-2)):
+        single = dln.integrate(prob, scale=s, **kw)
+        np.testing.assert_array_equal(together.isel(scale=i)["loss"].values.ravel(), single["loss"].values.ravel())

@@ -311,9 +311,8 @@ def _initial_states(plan: Plan, depth: float) -> Any:
 
 
 def _run_depth(plan: Plan, depth: float, show: Callable, y0: Any, checkpoint: Any = None) -> Solution:
-    """One batch: every (scale, seed) cell of one depth (vmapped, or one cell after another for the methods that
-    step in lockstep otherwise, `SteppingMethod.one_cell_at_a_time`) from the initial states `y0` (or continued from
-    `checkpoint`)."""
+    """One batch: every (scale, seed) cell of one depth (vmapped, or cell after cell where the method runs them
+    alone, `core.by_cell`) from the initial states `y0` (or continued from `checkpoint`)."""
     flow = _flow_of(plan, depth)
     horizon = Horizon() if plan.until_converged and not isinstance(plan.saveat, np.ndarray) else None
     if not flow.end_to_end and checkpoint is None:

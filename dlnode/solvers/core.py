@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import enum
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -194,6 +195,19 @@ def batched(start: Any, window: Any, final: Any) -> tuple[Any, Any, Any]:
         jax.jit(jax.vmap(window, in_axes=(0, None, None, None))),
         jax.jit(jax.vmap(final)),
     )
+
+
+def by_cell(run: Callable[[Any], Any], batch: Any, alone: bool) -> Any:
+    """``run(batch)``, or with `alone` `run` on each cell of the batch as a batch of one, the results concatenated on
+    the leading axis: one compiled function of a batch of one serves every cell, and a cell computes the same bits
+    whatever else its batch holds. A vmapped batch steps in lockstep (each loop runs until its slowest cell is done,
+    and a choice made for the batch is the costliest cell's); where that costs more than vmapping saves, a method
+    runs its cells alone (docs/solvers.md)."""
+    cells = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    if not alone or cells == 1:
+        return run(batch)
+    parts = [run(jax.tree_util.tree_map(lambda a, i=i: a[i : i + 1], batch)) for i in range(cells)]
+    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
 
 
 def release_compiled(keep: int = 0) -> None:

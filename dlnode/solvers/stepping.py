@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from dlnode.solvers.core import RUNNING, Method, call
+from dlnode.solvers.core import RUNNING, Method, by_cell, call
 
 __all__ = ["BATCH_AXIS", "SteppingMethod", "compiled", "method_entry", "window"]
 
@@ -36,10 +36,10 @@ class SteppingMethod:
     """One cell's method, defined by its step. Subclasses are frozen dataclasses (hashable: `compiled` caches on
     them) holding the flow and any static option."""
 
-    # Whether the cells of a batch run one after another, each a batch of one, instead of as one vmapped batch.
-    # A vmapped batch steps in lockstep: each loop (steps, Krylov iterations) runs until its slowest cell is done,
-    # and a choice made for the batch (explicit or implicit steps, dense or Krylov stage solves) is the costliest
-    # cell's. The adaptive stiff paths pay that at every size measured (docs/solvers.md); fixed steps do not.
+    # Whether the cells of a batch run one after another, each a batch of one, instead of as one vmapped batch
+    # (`core.by_cell`). The adaptive stiff paths' lockstep (their Krylov iterations, their explicit/implicit and
+    # dense/Krylov choices are the costliest cell's) costs more than vmapping saves at every size measured
+    # (docs/solvers.md); fixed steps have no lockstep.
     one_cell_at_a_time: ClassVar[bool] = False
 
     def start(self, y0: Any, arrays: dict, c: dict) -> dict:
@@ -120,24 +120,17 @@ def method_entry(of: Callable[[Any], SteppingMethod], *, initial: Callable | Non
     budgets, supports, summary, needs_lr); `initial(flow, y0, arrays, c) -> (y0, c)` prepares a batch's initial
     states on the host (the singular path's coordinates) before the jitted start."""
 
-    def by_cell(method: SteppingMethod, which: int, batch: Any, *rest: Any) -> Any:
-        """compiled(method)[which] on the batch, or cell by cell for `one_cell_at_a_time` methods (each a batch of
-        one: one compiled function serves every cell, and a cell computes the same bits whatever its batch)."""
-        cells = jax.tree_util.tree_leaves(batch)[0].shape[0]
-        if cells == 1 or not method.one_cell_at_a_time:
-            return call(compiled(method.variant(batch) if which == 1 else method)[which], batch, *rest)
-        parts = [by_cell(method, which, jax.tree_util.tree_map(lambda a, i=i: a[i : i + 1], batch), *rest)
-                 for i in range(cells)]  # fmt: skip
-        return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
-
     def start(flow: Any, y0: Any, arrays: dict, c: dict) -> Any:
         if initial is not None:
             y0, c = initial(flow, y0, arrays, c)
-        return by_cell(of(flow), 0, y0, arrays, c)
+        method = of(flow)
+        return by_cell(lambda y: call(compiled(method)[0], y, arrays, c), y0, method.one_cell_at_a_time)
 
     return Method(
         start=start,
-        advance=lambda flow, st, arrays, ts, c: by_cell(of(flow), 1, st, arrays, ts, c),
-        final=lambda flow, st: by_cell(of(flow), 2, st),
+        advance=lambda flow, st, arrays, ts, c: by_cell(
+            lambda b: call(compiled(of(flow).variant(b))[1], b, arrays, ts, c), st, of(flow).one_cell_at_a_time
+        ),
+        final=lambda flow, st: by_cell(lambda b: call(compiled(of(flow))[2], b), st, of(flow).one_cell_at_a_time),
         **fields,
     )
