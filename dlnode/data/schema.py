@@ -49,7 +49,7 @@ VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "t_final": (RUN, "flow time the run reached", "time"),
     "num_steps": (RUN, "accepted solver steps (gradient-descent steps for gd)", "1"),
     "num_rejected": (RUN, "rejected solver steps (-1: not reported by the method)", "1"),
-    "wall_time": (RUN, "run time, compile time apart (a share of its vmapped batch)", "s"),
+    "wall_time": (RUN, "run time, compile time apart (its batch's, shared equally among the cells)", "s"),
 }
 _SCALAR_OBS = ("loss", "grad_norm", "balancedness")
 # Saved only when asked for (integrate's `sharpness`, or by the central flow); checked like VARIABLES when present.
