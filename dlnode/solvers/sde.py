@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import lineax
 
-from dlnode.flows.diagonal import diagonal_product
+from dlnode.flows.diagonal import diagonal_backprop
 from dlnode.flows.flow import layer_gradients, partial_products
 from dlnode.problems.samples import samples_of
 from dlnode.solvers.stochastic import BROWNIAN_STREAM
@@ -206,9 +206,9 @@ def diagonal_spread(noise: Any, kind: str, depth: int) -> Callable:
     label_sq = 1.0 / (noise.batch * noise.n)
 
     def spread(state: tuple, arrays: dict, lr: Any, delta: Any) -> Any:
-        u, v = state
-        w = diagonal_product(state, depth)
-        s = depth**2 * (u ** (2 * depth - 2) + v ** (2 * depth - 2))
+        # the chain rule of `diagonal_backprop` on a gradient of ones: (D u^{D−1}, −D v^{D−1}), squared is s
+        (du, dv), w, _ = diagonal_backprop(state, lambda w, _: jnp.ones_like(w), arrays, depth)
+        s = du * du + dv * dv
         energy = jnp.zeros_like(w)
         if noise.label:
             ones = jnp.ones((noise.n, samples.width(arrays)), w.dtype)
