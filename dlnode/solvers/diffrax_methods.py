@@ -23,7 +23,8 @@ __all__ = ["DIFFRAX"]
 
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8, "kvaerno5": diffrax.Kvaerno5}
 WINDOW_STEPS = 4096  # steps per diffeqsolve (static: diffrax sizes its loop by it)
-# cells of at least this many unknowns run one at a time (`core.by_cell`), smaller ones as one vmapped batch. Measured
+# cells of at least this many unknowns run one at a time (`core.by_cell`), smaller ones as one vmapped batch (see
+# benchmarks/batch_cells.py and docs/solvers.md). Measured
 # with tsit5 on a quiet 2-core CPU, 8 cells (Gaussian init 1e-1 and 1e-2 × 4 seeds, completions with 20 % observed),
 # run time of the vmapped batch against one at a time: 20 × 20 at depth 2 (800 unknowns) 0.33 s / 0.50 s, 30 × 30
 # (1800) 0.66 / 0.66 s, 40 × 40 (3200) 0.90 / 0.94 s, 60 × 60 (7200) 4.8 / 1.9 s, 100 × 100 at depth 2 63 / 7.8 s;
