@@ -152,7 +152,9 @@ def _run_study(
     stop_if_interrupted(ds, data_path)
     for path in figures:
         typer.echo(f"wrote {path}")
-    typer.echo(studies.format_table(rows, runtime))
+    parts = {"compute": ds.attrs["study_compute_time"], "check": ds.attrs["study_check_time"]}
+    parts["figures and file"] = runtime - parts["compute"] - parts["check"]
+    typer.echo(studies.format_table(rows, runtime, parts))
     if not all(r["passed"] for r in rows):
         raise typer.Exit(code=1)
 
@@ -287,7 +289,9 @@ def info(path: Annotated[Path, typer.Argument(help="a dataset written by dlnode 
         typer.echo("dims: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
         typer.echo("variables: " + ", ".join(sorted(ds.data_vars)))
         config, runtime = ds.attrs.get("study_config", "?"), ds.attrs.get("study_runtime", 0.0)
-        typer.echo(f"configuration: {config}; runtime {runtime:.1f} s")
+        parts = [f"{k} {ds.attrs[f'study_{k}_time']:.1f} s" for k in ("compute", "check")
+                 if f"study_{k}_time" in ds.attrs]  # fmt: skip
+        typer.echo(f"configuration: {config}; runtime {runtime:.1f} s" + (f" ({', '.join(parts)})" if parts else ""))
         return
     typer.echo(f"{path}: dlnode dataset (version {ds.attrs.get('dlnode_version', '?')})")
     typer.echo("dims: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))

@@ -111,6 +111,11 @@ def test_study_overwrite_replaces_only_its_own_files(monkeypatch, tmp_path):
     register(monkeypatch)
     ds, rows, figures, _ = studies.run("tiny", outdir=tmp_path)
     assert all(r["passed"] for r in rows) and [p.name for p in figures] == ["tiny-loss.png"]
+    saved = dln.open(tmp_path / "data" / "tiny.nc").attrs  # the runtime's parts, kept in the file
+    assert saved["study_compute_time"] > 0 and saved["study_check_time"] >= 0
+    assert saved["study_compute_time"] + saved["study_check_time"] == pytest.approx(saved["study_runtime"], rel=1e-12)
+    shown = runner.invoke(app, ["info", str(tmp_path / "data" / "tiny.nc")]).output
+    assert f"compute {saved['study_compute_time']:.1f} s, check {saved['study_check_time']:.1f} s" in shown, shown
     notes = tmp_path / "figures" / "tiny-my-notes.png"
     notes.write_bytes(b"my own notes")
     before = {p: p.stat().st_ino for p in figures}

@@ -1,6 +1,7 @@
 """The studies registry, `studies.run` (outputs, refusal to overwrite) and `dlnode study` on the command line."""
 
 import pytest
+import xarray as xr
 from typer.testing import CliRunner
 
 import studies
@@ -57,12 +58,13 @@ def test_study_command_prints_the_table_and_exits_1_on_a_failed_check(tmp_path, 
 
     def fake_run(name, quick, outdir, overwrite, config):
         assert (name, quick, outdir, overwrite, config) == ("arora2019", True, tmp_path, False, None)
-        return None, rows, [tmp_path / "figures" / "arora2019-spectra.png"], 12.5
+        ds = xr.Dataset(attrs={"study_compute_time": 10.0, "study_check_time": 1.5})
+        return ds, rows, [tmp_path / "figures" / "arora2019-spectra.png"], 12.5
 
     monkeypatch.setattr(studies, "run", fake_run)
     result = CliRunner().invoke(cli.app, ["study", "arora2019", "--quick", "-o", str(tmp_path)])
     assert result.exit_code == 1, result.output
     assert "depth 2 recovers" in result.output and "FAIL" in result.output
-    assert "1/2 checks passed; runtime 12.5 s" in result.output
+    assert "1/2 checks passed; runtime 12.5 s (compute 10.0 s, check 1.5 s, figures and file 1.0 s)" in result.output
     rows[1]["passed"] = True
     assert CliRunner().invoke(cli.app, ["study", "arora2019", "--quick", "-o", str(tmp_path)]).exit_code == 0
