@@ -150,18 +150,49 @@ def singular_field(u: Any, v: Any, ell: Any, gradient: Callable[[Any], Any], dep
 
     `gradient(W)` is ∇ℓ(W); `depth` an integer ≥ 2 or inf. Ω_U, Ω_V are skew (m × m, n × n).
     """
-    return _field(u, v, ell, gradient, depth_power(depth))
+    return _field(u, v, ell, gradient, depth_power(depth), gradient(jnp.zeros((u.shape[0], v.shape[0]), ell.dtype)))
 
 
-def _field(u: Any, v: Any, ell: Any, gradient: Callable[[Any], Any], c: Any) -> tuple:
-    """`singular_field` with depth given as c = 2/N (traced)."""
+def _field(u: Any, v: Any, ell: Any, gradient: Callable[[Any], Any], c: Any, e0: Any) -> tuple:
+    """`singular_field` with depth given as c = 2/N (traced) and ∇ℓ(0) = `e0` (see `_rounding_size`)."""
     r = ell.shape[0]
     w = (u[:, :r] * jnp.exp(ell)) @ v[:, :r].T
-    return (*_rotations(u.T @ gradient(w) @ v, ell, c), w)
+    e = gradient(w)
+    return (*_rotations(u.T @ e @ v, ell, c, _rounding_size(e, e0)), w)
 
 
-def _rotations(g: Any, ell: Any, c: Any) -> tuple:
-    """(Ω_U, Ω_V, d ln σ/dτ) from G = Uᵀ∇ℓ(W)V (m × n) and ln σ, depth as c = 2/N."""
+def _rounding_size(e: Any, e0: Any) -> Any:
+    """‖∇ℓ(W) − ∇ℓ(0)‖_F + ‖∇ℓ(0)‖_F for e = ∇ℓ(W), e0 = ∇ℓ(0): dlnode's losses are quadratic, ∇ℓ(W) = H[W] − b,
+    and these are the sizes of the two terms whose difference the computed gradient is; its rounding scales with
+    them, not with ‖∇ℓ(W)‖ (after an escape H[W] is of the size of the learned modes while ∇ℓ(W) may be far
+    smaller)."""
+    return jnp.linalg.norm(e - e0) + jnp.linalg.norm(e0)
+
+
+def _without_roundoff(g: Any, size: Any) -> Any:
+    """G (m × n) with the entries within its rounding level set to zero in value: |G_ik| ≤ (m + n)·ε·`size`, with
+    `size` the scale of what ∇ℓ(W) is computed from (`_rounding_size`, at least ‖∇ℓ(W)‖_F = ‖G‖_F): (m + n)ε is the
+    worst-case relative rounding of the inner products of lengths n and m in Uᵀ(∇ℓ V), each entry at most
+    ‖|∇ℓ|‖₂ ≤ ‖∇ℓ‖_F in absolute terms (Higham, "Accuracy and stability of numerical algorithms", §3.5: γ_k ≈ kε
+    per inner product of length k). Its derivative is G's own, so that a Jacobian keeps every stiff entry.
+
+    Why. After an escape the learned mode's pairs (1, k) sit at their equilibrium, G_1k = G_k1 = 0, but the computed
+    entries are round-off (~ε‖G‖), so Ω_1k is too. The chart's bracket ½[A, Ω] carries that round-off, times the
+    learned pairs' own round-off angle, into the unlearned block, whose frames are almost free: a drift that grows
+    with h and, measured relative to pairs of size ~σ_min, caps the step. On a depth-16 sensing problem after its
+    first escape (t = 4.7e34, unlearned σ ~ 1e-41) the computed G_1k, G_k1 were up to 1.4 ε‖G‖_F and the step
+    stayed near 6e24 (an error of 0.69 there, 6e2 at 6e27): the run crept for minutes. With those entries zeroed
+    the error at the same state is 9e-19 at h = 6e24 and 3e-10 at 6e30. Later escapes leave ‖∇ℓ‖ far below the
+    learned modes' H[W], so the level is set by `size`, not by ‖G‖_F alone: on 6 × 7 and 8 × 8 sensing problems at
+    depth 16 a floor of (m + n)ε‖G‖_F got through the first escape and stalled after the next."""
+    floor = (g.shape[0] + g.shape[1]) * jnp.finfo(g.dtype).eps * jax.lax.stop_gradient(size)
+    return g - jax.lax.stop_gradient(jnp.where(jnp.abs(g) > floor, 0.0, g))
+
+
+def _rotations(g: Any, ell: Any, c: Any, size: Any) -> tuple:
+    """(Ω_U, Ω_V, d ln σ/dτ) from G = Uᵀ∇ℓ(W)V (m × n) and ln σ, depth as c = 2/N; G's entries at its rounding
+    level, set by `size` (`_rounding_size`), count as zero (`_without_roundoff`)."""
+    g = _without_roundoff(g, size)
     m, n, r = g.shape[0], g.shape[1], ell.shape[0]
     p_dim = max(m, n)
     s = jnp.exp(ell)
@@ -236,12 +267,12 @@ class _Chart(NamedTuple):
         a, b, ell = self.split(z)
         return u0 @ _cayley(a), v0 @ _cayley(b), ell
 
-    def field(self, z: Any, u0: Any, v0: Any, gradient: Callable, c: Any, at_origin: bool = False) -> Any:
-        """dz/dτ in the chart, depth given as c = 2/N (`depth_power`). `at_origin`: a function with the same value
-        and first derivative at A = B = 0 (the Cayley map cay(A) = I + A + O(A²) and (I + A/2)Ω(I − A/2) =
-        Ω + ½[A, Ω] + O(A²), the products of W and G to first order), cheaper to differentiate: no linear solves
-        and fewer matrix products in each Jacobian-vector product than with the frames U₀(I + A), V₀(I + B) and the
-        whole brackets."""
+    def field(self, z: Any, u0: Any, v0: Any, gradient: Callable, c: Any, e0: Any, at_origin: bool = False) -> Any:
+        """dz/dτ in the chart, depth given as c = 2/N (`depth_power`), e0 = ∇ℓ(0) (`_rounding_size`). `at_origin`: a
+        function with the same value and first derivative at A = B = 0 (the Cayley map cay(A) = I + A + O(A²) and
+        (I + A/2)Ω(I − A/2) = Ω + ½[A, Ω] + O(A²), the products of W and G to first order), cheaper to
+        differentiate: no linear solves and fewer matrix products in each Jacobian-vector product than with the
+        frames U₀(I + A), V₀(I + B) and the whole brackets."""
         a, b, ell = self.split(z)
         if at_origin:
             # first order in (A, B), with the factors that vanish at the origin held constant: W = U₀(Σ + AΣ + ΣBᵀ)V₀ᵀ
@@ -250,15 +281,16 @@ class _Chart(NamedTuple):
             s = jnp.exp(ell)
             inner = jnp.zeros((self.m, self.n), z.dtype).at[:r, :r].set(jnp.diag(s))
             inner = inner.at[:, :r].add(a[:, :r] * s).at[:r, :].add((b[:, :r] * s).T)
-            g = u0.T @ gradient(u0 @ inner @ v0.T) @ v0
+            e = gradient(u0 @ inner @ v0.T)
+            g = u0.T @ e @ v0
             held = jax.lax.stop_gradient(g)
-            om_u, om_v, dell = _rotations(g + a.T @ held + held @ b, ell, c)
+            om_u, om_v, dell = _rotations(g + a.T @ held + held @ b, ell, c, _rounding_size(e, e0))
             # the brackets' derivative at A = 0 is ½[Ȧ, Ω]: Ω held constant there drops the two products A Ω̇ that
             # vanish at the origin from every Jacobian-vector product (same value and Jacobian at the origin)
             hold_u, hold_v = jax.lax.stop_gradient(om_u), jax.lax.stop_gradient(om_v)
             da, db = om_u + 0.5 * (a @ hold_u - hold_u @ a), om_v + 0.5 * (b @ hold_v - hold_v @ b)
         else:
-            om_u, om_v, dell, _ = _field(u0 @ _cayley(a), v0 @ _cayley(b), ell, gradient, c)
+            om_u, om_v, dell, _ = _field(u0 @ _cayley(a), v0 @ _cayley(b), ell, gradient, c, e0)
             da, db = _chart_velocity(a, om_u), _chart_velocity(b, om_v)
         return jnp.concatenate([da[np.triu_indices(self.m, 1)], db[np.triu_indices(self.n, 1)], dell])
 
@@ -533,7 +565,7 @@ class SingularRosenbrock(SteppingMethod):
         qa, qb = chart.sizes
         sc = c["atol"] + c["rtol"]
         z0 = jnp.concatenate([jnp.zeros(qa + qb, ell0.dtype), ell0])
-        f0 = chart.field(z0, u0, v0, gradient, power)
+        f0 = chart.field(z0, u0, v0, gradient, power, gradient(jnp.zeros((chart.m, chart.n), ell0.dtype)))
         h0 = jnp.minimum(0.01 / jnp.maximum(error_norm(f0 / sc), 1e-300), c["t1"])
         p = mean_hessian(self.problem_cls, arrays, (u0.shape[0], v0.shape[0]))
         return {"s": state._replace(h=h0), "loss0": self._loss(_product(u0, v0, ell0), arrays), "p": p,
@@ -547,11 +579,13 @@ class SingularRosenbrock(SteppingMethod):
         h = jnp.minimum(s.h, rem)
         land = s.h >= rem
 
+        e0 = gradient(jnp.zeros((chart.m, chart.n), s.ell.dtype))  # ∇ℓ(0), for the rounding level of G
+
         def field(z):
-            return chart.field(z, s.u, s.v, gradient, power)
+            return chart.field(z, s.u, s.v, gradient, power, e0)
 
         def origin_field(z):
-            return chart.field(z, s.u, s.v, gradient, power, at_origin=True)
+            return chart.field(z, s.u, s.v, gradient, power, e0, at_origin=True)
 
         z0 = jnp.concatenate([jnp.zeros(qa + qb, s.ell.dtype), s.ell])
         krylov = self.krylov(z0.shape[0])
