@@ -438,3 +438,18 @@ def test_a_deep_run_goes_on_past_escapes_far_out_on_the_time_axis(monkeypatch):
     kept = dln.integrate(prob, **kw, max_steps=6000)
     compiled.cache_clear()
     assert kept.status.item() == int(dln.Status.MAX_STEPS) and kept["t_final"].item() < 1e35
+
+
+def test_g_at_its_rounding_level_is_zero_in_value_and_keeps_its_derivative():
+    """`_without_roundoff` zeroes the entries of G within (m + n)·ε·size, in value only: its Jacobian is the identity,
+    so a Rosenbrock step's J keeps the stiff entries of the pairs whose G is round-off (a plain `where` would drop
+    those rows: the negative control)."""
+    g = jnp.array([[2.0, 3e-16], [-1e-15, 1e-3], [5e-14, 0.5]])  # 3 × 2: floor (3 + 2)·ε·size
+    size = 4.0  # floor 4.4e-15: the entries 3e-16 and -1e-15 are round-off, 5e-14 is not
+    out = singular._without_roundoff(g, size)
+    np.testing.assert_array_equal(out, jnp.where(jnp.abs(g) > 5 * np.finfo(float).eps * size, g, 0.0))
+    assert out[0, 1] == 0 and out[1, 0] == 0 and out[2, 0] == g[2, 0]
+    jac = jax.jacfwd(lambda x: singular._without_roundoff(x, size))(g).reshape(6, 6)
+    np.testing.assert_array_equal(jac, np.eye(6))
+    plain = jax.jacfwd(lambda x: jnp.where(jnp.abs(x) > 5 * np.finfo(float).eps * size, x, 0.0))(g).reshape(6, 6)
+    assert not np.array_equal(plain, np.eye(6))

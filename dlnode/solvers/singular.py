@@ -565,11 +565,12 @@ class SingularRosenbrock(SteppingMethod):
         qa, qb = chart.sizes
         sc = c["atol"] + c["rtol"]
         z0 = jnp.concatenate([jnp.zeros(qa + qb, ell0.dtype), ell0])
-        f0 = chart.field(z0, u0, v0, gradient, power, gradient(jnp.zeros((chart.m, chart.n), ell0.dtype)))
+        e0 = gradient(jnp.zeros((chart.m, chart.n), ell0.dtype))  # ∇ℓ(0): G's rounding level (`_rounding_size`)
+        f0 = chart.field(z0, u0, v0, gradient, power, e0)
         h0 = jnp.minimum(0.01 / jnp.maximum(error_norm(f0 / sc), 1e-300), c["t1"])
         p = mean_hessian(self.problem_cls, arrays, (u0.shape[0], v0.shape[0]))
         return {"s": state._replace(h=h0), "loss0": self._loss(_product(u0, v0, ell0), arrays), "p": p,
-                "depth_power": power}  # fmt: skip
+                "depth_power": power, "e0": e0}  # fmt: skip
 
     def step(self, s: _State, st: dict, target: Any, arrays: dict, c: dict) -> _State:
         chart, gradient = self._parts(s, arrays)
@@ -579,7 +580,7 @@ class SingularRosenbrock(SteppingMethod):
         h = jnp.minimum(s.h, rem)
         land = s.h >= rem
 
-        e0 = gradient(jnp.zeros((chart.m, chart.n), s.ell.dtype))  # ∇ℓ(0), for the rounding level of G
+        e0 = st["e0"]
 
         def field(z):
             return chart.field(z, s.u, s.v, gradient, power, e0)
