@@ -414,8 +414,10 @@ def test_a_deep_run_goes_on_past_escapes_far_out_on_the_time_axis(monkeypatch):
     measurements): the modes escape at t ≈ 6e34 and 2e35. After an escape the learned mode's pairs sit at their
     equilibrium, where the computed G_1k are round-off; those entries count as zero (`_without_roundoff`), the
     steps grow with t again, and the run converges to the rank-2 target with the other modes still at ~1e-41. The
-    trajectory agrees with the same path at rtol 1e-8. Negative control: with G's round-off kept, the run creeps
-    just after the first escape and spends its step budget there."""
+    trajectory agrees with the same path at rtol 1e-10, whose escapes take more windows of steps below the time's
+    resolution than the ulp rule alone allowed (it stopped there as `solver_failure` before the driver measured the
+    state's change). Negative control: with G's round-off kept, the run creeps just after the first escape and
+    spends its step budget there."""
     prob = dln.MatrixSensing.random((5, 6), 2, 20, 0)
     kw = dict(depth=16, init="balanced", scale=3e-3, flow="end_to_end", progress=False)
     ds = dln.integrate(prob, **kw)
@@ -427,11 +429,11 @@ def test_a_deep_run_goes_on_past_escapes_far_out_on_the_time_axis(monkeypatch):
     assert sigma[1] > 1.0 and np.all(sigma[2:] < 1e-35)  # two modes learned, three never left ~1e-41
     times = ds["time"].values[ds["time"].values <= ds["t_final"].item()]
     assert times[-1] > 1e35  # past both escapes
-    ref = dln.integrate(prob, **kw, rtol=1e-8, saveat=times, t1=times[-1], loss_tol=None)
+    ref = dln.integrate(prob, **kw, rtol=1e-10, saveat=times, t1=times[-1], loss_tol=None)
     assert ref.status.item() == int(dln.Status.FINISHED)
     w_ref = ref["product"].isel(depth=0, scale=0, seed=0).values
     err = np.linalg.norm(w[: len(times)] - w_ref, axis=(1, 2)) / np.linalg.norm(w_ref, axis=(1, 2))
-    assert err.max() <= 1e-5, err.max()  # measured 1.3e-6
+    assert err.max() <= 1e-5, err.max()  # measured 1.5e-6 (1.5e-6 against rtol 1e-12 too)
 
     monkeypatch.setattr(singular, "_without_roundoff", lambda g, size: g)
     compiled.cache_clear()

@@ -78,3 +78,60 @@ def test_a_cell_whose_time_stops_fails_at_once_unless_its_steps_still_change_its
     sol = driver.drive(script.method(), None, {}, np.zeros((1, 1)), np.array([0.0, 2e40]), controls)
     assert int(sol.status[0]) == Status.SOLVER_FAILURE
     assert script.windows == windows
+
+
+class _Measured:
+    """One cell whose summary carries its state's change over each window (as the singular path's does): the first
+    window takes its time to 1e40, the next `windows` move it by `rate` of itself and change the state by `change`
+    (the loss stays), and the one after reaches the end. 100 attempts a window."""
+
+    def __init__(self, rate: float, change: float | None, windows: int) -> None:
+        self.rate, self.change, self.last, self.windows = rate, change, windows + 1, 0
+
+    def method(self) -> Method:
+        def start(flow, y0, arrays, c):
+            return {"t": 0.0, "steps": 0}
+
+        def advance(flow, st, arrays, ts, c):
+            self.windows += 1
+            t = 1e40 if self.windows == 1 else st["t"] * (1 + self.rate) if self.windows <= self.last else ts[-1]
+            return {"loss": np.ones((1, len(ts)))}, {"loss": np.ones(1)}, {"t": t, "steps": st["steps"] + 100}
+
+        def summary(st):
+            out = {"t": np.array([st["t"]]), "steps": np.array([st["steps"]]), "rejected": np.array([0]),
+                   "status": np.array([0])}  # fmt: skip
+            return out if self.change is None else dict(out, change=np.array([self.change]))
+
+        return Method(name="measured", family="test", stiff=False, max_steps=10**9, window_steps=100,
+                      supports=lambda flow: None, start=start, advance=advance, summary=summary,
+                      final=lambda flow, st: np.zeros((1, 1)))  # fmt: skip
+
+
+def _run_measured(script: _Measured, max_steps: int) -> int:
+    controls = Controls(t1=2e40, rtol=1e-6, atol=1e-9, lr=math.nan, loss_tol=-math.inf, diverge=1e12,
+                        max_steps=max_steps)  # fmt: skip
+    return int(driver.drive(script.method(), None, {}, np.zeros((1, 1)), np.array([0.0, 2e40]), controls).status[0])
+
+
+def test_a_creep_that_the_budget_left_cannot_carry_to_the_next_save_fails_after_a_few_windows():
+    """The creep after case 42's escape (benchmarks/README.md): the time moves by 4e-13 of itself a window, many
+    ulps, and the state by 1e-11. With the state's change measured, that stops as `solver_failure` after
+    `CREEP_WINDOWS` windows; without it (the ulp rule alone, the negative control) it runs on to its budget."""
+    script = _Measured(rate=4e-13, change=1e-11, windows=10**6)
+    assert _run_measured(script, max_steps=10**6) == Status.SOLVER_FAILURE
+    assert script.windows == driver.CREEP_WINDOWS + 2
+    blind = _Measured(rate=4e-13, change=None, windows=10**6)
+    assert _run_measured(blind, max_steps=10**4) == Status.MAX_STEPS
+    assert blind.windows == 100
+
+
+def test_a_slow_time_that_the_budget_can_carry_or_a_state_that_still_moves_is_not_a_creep():
+    """The same creep with a budget whose windows at that rate would reach the next save time goes on (and here
+    reaches it); so does an escape whose time stands still while its state changes by 3 a window, where the ulp
+    rule alone (no change measured: the loss did not move) fails it at once."""
+    slow = _Measured(rate=4e-13, change=1e-11, windows=20)
+    assert _run_measured(slow, max_steps=10**16) == Status.FINISHED and slow.windows == 22
+    escape = _Measured(rate=0.0, change=3.0, windows=20)
+    assert _run_measured(escape, max_steps=10**6) == Status.FINISHED and escape.windows == 22
+    blind = _Measured(rate=0.0, change=None, windows=20)
+    assert _run_measured(blind, max_steps=10**6) == Status.SOLVER_FAILURE and blind.windows == 2

@@ -38,7 +38,7 @@ class Status(enum.IntEnum):
     CONVERGED = 1  # ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*)
     MAX_STEPS = -1  # the step budget ran out first
     DIVERGED = -2  # the loss became non-finite or grew past diverge·max(ℓ₀, ℓ(0))
-    SOLVER_FAILURE = -3  # repeated rejections, a failed linear solve, or steps shrinking to nothing
+    SOLVER_FAILURE = -3  # repeated rejections, a failed linear solve, steps shrinking to nothing, or a creep
     NOT_CONVERGED = -4  # t1=None: the horizon was reached while the loss criterion still did not hold
     NO_STEP = -5  # not a single step could be taken
     INTERRUPTED = -6  # stopped by the user (Ctrl-C); the trajectory up to then is kept
@@ -80,7 +80,10 @@ MESSAGES = {
     Status.DIVERGED: "stopped: the loss left every bound (non-finite, or past diverge x max(l0, l(W=0)): "
     "attrs['diverge']); a loss "
     "that oscillates or spikes and comes back is not diverged",
-    Status.SOLVER_FAILURE: "stopped: the solver failed (every step rejected, or steps shrinking to nothing)",
+    Status.SOLVER_FAILURE: (
+        "stopped: the solver failed (every step rejected, steps shrinking to nothing, or steps too small to reach "
+        "the next save time within the step budget)"
+    ),
     Status.NOT_CONVERGED: "not converged: the horizon was reached while the loss was still above the criterion",
     Status.NO_STEP: "no step could be taken (the initial state or the first step is not finite)",
     Status.INTERRUPTED: "interrupted by the user; the trajectory up to then is kept",

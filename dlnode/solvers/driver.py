@@ -39,17 +39,27 @@ REACHED_RTOL = 1e-12  # a save time counts as reached when t_cell >= ts·(1 − 
 # check).
 STALL_WINDOWS = 8
 ULP = 2.0**-52
+# A method whose summary carries "change" (the largest change of its own coordinates over the window, unitless:
+# the singular path's ln σ and frames) tells an escape from a creep by its state, not by its loss: a window that
+# changed them by more than this is progress whatever its time did (the escape of a mode far below the loss's last
+# digit, over steps below the time's resolution), and a window that changed them by less while its time moved at
+# a rate that, over the attempts left in the step budget, would not reach its next save time is a creep (measured:
+# escapes change ln σ by 0.3 to 24 a window; the creep after case 42's escape by 1e-11, its time 4e-13 of t).
+# `CREEP_WINDOWS` such windows in a row stop the cell as a solver failure, rather than spend the budget creeping
+# (case 42: about 15 s a window, and 780 windows of budget that would move its time by 3e-10 of itself).
+STATE_CREEP, CREEP_WINDOWS = 2.0**-20, 4
 
 
 class _Progress(NamedTuple):
     """Each cell as of the window before, for the stall check: its time (`_clock`), accepted steps, loss at the
-    window's end, and the still windows in a row that still moved something."""
+    window's end, the still (or creeping) windows in a row that still moved something, and its attempts."""
 
     t_hi: np.ndarray
     t_lo: np.ndarray
     steps: np.ndarray
     loss: np.ndarray
     stalled: np.ndarray
+    attempts: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,23 +241,36 @@ def drive(
             # solver failed, whatever budget is left — at once when the time stood still and every attempt was
             # rejected or the accepted ones left the state as it was (steps shrunk to nothing, e.g. towards a state
             # the field cannot pass), after `STALL_WINDOWS` such windows in a row when the compensated time still
-            # crept or steps below what it resolves still changed the state
-            behind = ~saved.filled[:, k : k + len(window)].all(axis=1)
+            # crept or steps below what it resolves still changed the state; for a method that measures its state's
+            # change (`STATE_CREEP`), a window that changed the state counts as progress and one that neither changed
+            # it nor moved the time fast enough to reach its next save time on the budget left counts as a creep
+            pending_here = ~saved.filled[:, k : k + len(window)]
+            behind = pending_here.any(axis=1)
             clock = _clock(summ)
             steps, loss = np.asarray(summ["steps"]), np.asarray(last["loss"])
+            attempts = summ["steps"] + np.maximum(summ["rejected"], 0)  # -1: a method that does not count them
             zero = np.zeros_like(clock[0])
-            prev = previous or _Progress(zero, zero, np.zeros_like(steps), zero + np.nan, np.zeros(len(zero), int))
+            prev = previous or _Progress(zero, zero, np.zeros_like(steps), zero + np.nan, np.zeros(len(zero), int),
+                                         np.zeros_like(attempts))  # fmt: skip
             moved = (clock[0] - prev.t_hi) + (clock[1] - prev.t_lo)
             still = running & behind & (moved <= ULP * np.abs(clock[0]))
             # the time still creeping, or accepted steps that still change the state
-            through = (moved > 0) | ((steps > prev.steps) & (loss != prev.loss))
-            stalled = np.where(still & through, prev.stalled + 1, 0)
-            stuck = still & (~through | (stalled > STALL_WINDOWS))
+            changed = loss != prev.loss
+            slow, windows = still, STALL_WINDOWS
+            if "change" in summ:  # the state's own change tells an escape from a creep (`STATE_CREEP`)
+                change = np.asarray(summ["change"])
+                changed = changed | (change > 0)
+                upcoming = window[np.argmax(pending_here, axis=1)]
+                left = np.maximum(controls.max_steps - attempts, 0) / np.maximum(attempts - prev.attempts, 1)
+                creeping = moved * left < (upcoming - clock[0]) - clock[1]
+                slow, windows = running & behind & (change <= STATE_CREEP) & creeping, CREEP_WINDOWS
+            through = (moved > 0) | ((steps > prev.steps) & changed)
+            stalled = np.where(slow & through, prev.stalled + 1, 0)
+            stuck = (still & ~through) | (slow & through & (stalled > windows))
             summ = dict(summ, status=np.where(stuck, int(Status.SOLVER_FAILURE), summ["status"]))
-            attempts = summ["steps"] + np.maximum(summ["rejected"], 0)  # -1: a method that does not count them
             out_of_budget = (summ["status"] == RUNNING) & (attempts >= controls.max_steps)
             summ = dict(summ, status=np.where(out_of_budget, int(Status.MAX_STEPS), summ["status"]))
-            previous = _Progress(*clock, steps, loss, stalled)
+            previous = _Progress(*clock, steps, loss, stalled, attempts)
             running = summ["status"] == RUNNING
             if not running.any():
                 break

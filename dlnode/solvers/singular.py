@@ -111,6 +111,7 @@ class _State(NamedTuple):
     krylov_attempts: Any  # attempts whose stage systems went through GMRES
     krylov_short: Any  # of those, attempts whose GMRES fell short of KRYLOV_TOL (retried at a fifth of h)
     dense: Any  # switched to dense LU stage solves (`SingularRosenbrock.end_window`)
+    change: Any  # the largest change of ln σ, U or V over the last window (the driver's creep rule)
 
 
 def depth_power(depth: float) -> float:
@@ -535,9 +536,13 @@ class SingularRosenbrock(SteppingMethod):
         return replace(self, dense=True) if not self.dense and bool(np.any(jax.device_get(st["s"].dense))) else self
 
     def end_window(self, s0: _State, s: _State, st: dict, arrays: dict, c: dict) -> _State:
-        """Switch to dense LU stage solves when GMRES fell short on more than `SWITCH_SHORT_FRACTION` of the
-        window's attempts (at least `SWITCH_MIN_ATTEMPTS` of them) and the state has at most `SWITCH_MAX_UNKNOWNS`
-        unknowns. The switch is kept in the state: it holds for the rest of the run, a resumed one included."""
+        """Record the window's change of the coordinates (ln σ, U, V: the driver's creep rule), and switch to dense
+        LU stage solves when GMRES fell short on more than `SWITCH_SHORT_FRACTION` of the window's attempts (at
+        least `SWITCH_MIN_ATTEMPTS` of them) and the state has at most `SWITCH_MAX_UNKNOWNS` unknowns. The switch is
+        kept in the state: it holds for the rest of the run, a resumed one included."""
+        change = jnp.maximum(jnp.max(jnp.abs(s.ell - s0.ell)), jnp.maximum(jnp.max(jnp.abs(s.u - s0.u)),
+                                                                           jnp.max(jnp.abs(s.v - s0.v))))  # fmt: skip
+        s = s._replace(change=change.astype(s.change.dtype))
         q = unknowns(s.u.shape[0], s.v.shape[0])
         if not self.krylov(q) or q > SWITCH_MAX_UNKNOWNS:
             return s
@@ -559,7 +564,8 @@ class SingularRosenbrock(SteppingMethod):
     def start(self, y0: tuple, arrays: dict, c: dict) -> dict:
         u0, ell0, v0 = y0
         zero, izero = jnp.zeros((), ell0.dtype), jnp.zeros((), jnp.int64)
-        state = _State(u0, v0, ell0, zero, zero, zero, izero, izero, izero, izero, izero, izero, jnp.zeros((), bool))
+        state = _State(u0, v0, ell0, zero, zero, zero, izero, izero, izero, izero, izero, izero, jnp.zeros((), bool),
+                       zero)  # fmt: skip
         chart, gradient = self._parts(state, arrays)
         power = c["depth_power"]
         qa, qb = chart.sizes
@@ -610,7 +616,7 @@ class SingularRosenbrock(SteppingMethod):
         return _State(
             pick(u1, s.u), pick(v1, s.v), pick(ell1, s.ell), pick(t_hi, s.t_hi), pick(t_lo, s.t_lo), h_next,
             s.steps + accept, s.rejected + (1 - accept), fails, status.astype(s.status.dtype),
-            s.krylov_attempts + krylov, s.krylov_short + (krylov & (err == jnp.inf)), s.dense,
+            s.krylov_attempts + krylov, s.krylov_short + (krylov & (err == jnp.inf)), s.dense, s.change,
         )  # fmt: skip
 
     def short(self, s: _State, target: Any) -> Any:
@@ -636,10 +642,12 @@ class SingularRosenbrock(SteppingMethod):
 
 
 def summary(st: dict) -> dict[str, np.ndarray]:
-    """Host arrays t, steps, rejected, status of a window state."""
+    """Host arrays t, steps, rejected, status of a window state (the layer path's too), and the window's change of
+    the coordinates for a singular-path state (the driver's creep rule)."""
     s = jax.device_get(st["s"])
-    return {"t": s.t_hi + s.t_lo, "t_hi": s.t_hi, "t_lo": s.t_lo, "steps": s.steps, "rejected": s.rejected,
-            "status": s.status}  # fmt: skip
+    out = {"t": s.t_hi + s.t_lo, "t_hi": s.t_hi, "t_lo": s.t_lo, "steps": s.steps, "rejected": s.rejected,
+           "status": s.status}  # fmt: skip
+    return dict(out, change=s.change) if isinstance(s, _State) else out
 
 
 def check_singular_depths(depths: Iterable[float]) -> None:
