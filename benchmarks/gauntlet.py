@@ -166,12 +166,18 @@ def reference_error(case: Case, ds, method: str) -> tuple[float, str]:
     times = ds["time"].values
     reached = times <= float(ds["t_final"].item()) * (1 + 1e-12)
     kw = case.call()
+    size = case.scale
+    if kw.get("flow") == "end_to_end" and method != "rosenbrock":
+        # the reference integrates W itself, whose entries start at the product's size (scale^depth from a per-layer
+        # scale: 2.5e-19 on case 3), not the layers'; an atol of the layers' size let dopri8 step over case 3's
+        # escape onset (165 steps, W off by 1e-3 and then by 1e18 relative)
+        size = min(size, float(np.nanmax(np.abs(ds["product"].values.reshape(-1, *ds["product"].shape[-2:])[0]))))
     ref = dln.integrate(
         case.problem(),
         progress=False,
         method=method,
         rtol=REF_RTOL,
-        atol=REF_RTOL * 1e-3 * min(1.0, case.scale),
+        atol=REF_RTOL * 1e-3 * min(1.0, size),
         t1=float(times[reached][-1]),
         saveat=times[reached],
         loss_tol=None,
