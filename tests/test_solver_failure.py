@@ -45,6 +45,13 @@ def test_an_escape_beyond_the_resolution_of_time_is_learned_and_the_run_says_unr
     assert np.allclose([layer[1, 1] for layer in final], SCALE, rtol=1e-3)
 
 
+def _one_cell(start, advance, summary) -> Method:
+    """A scripted method of one cell, 100 attempts a window."""
+    return Method(name="scripted", family="test", stiff=False, max_steps=10**9, window_steps=100,
+                  supports=lambda flow: None, start=start, advance=advance, summary=summary,
+                  final=lambda flow, st: np.zeros((1, 1)))  # fmt: skip
+
+
 class _Scripted:
     """One cell whose time never moves; `changes` says whether its accepted steps change its loss."""
 
@@ -65,9 +72,7 @@ class _Scripted:
             return {"t": np.array([st["t"]]), "steps": np.array([st["steps"]]), "rejected": np.array([0]),
                     "status": np.array([0])}  # fmt: skip
 
-        return Method(name="scripted", family="test", stiff=False, max_steps=10**9, window_steps=100,
-                      supports=lambda flow: None, start=start, advance=advance, summary=summary,
-                      final=lambda flow, st: np.zeros((1, 1)))  # fmt: skip
+        return _one_cell(start, advance, summary)
 
 
 # the first window moves the time from 0 to the scripted 1e40; from the second on it stands still
@@ -102,9 +107,7 @@ class _Measured:
                    "status": np.array([0])}  # fmt: skip
             return out if self.change is None else dict(out, change=np.array([self.change]))
 
-        return Method(name="measured", family="test", stiff=False, max_steps=10**9, window_steps=100,
-                      supports=lambda flow: None, start=start, advance=advance, summary=summary,
-                      final=lambda flow, st: np.zeros((1, 1)))  # fmt: skip
+        return _one_cell(start, advance, summary)
 
 
 def _run_measured(script: _Measured, max_steps: int) -> int:

@@ -157,7 +157,9 @@ class Method:
     towards the save times `ts` (a window, increasing, padded by repeating the last) and returns
     ``(observables at ts, observables at the state reached, new state)``; a window stops early once a cell has
     spent ``c["window_steps"]`` attempts in it, so that progress, Ctrl-C and the horizon are checked between
-    windows. `summary(state)` gives host arrays ``t``, ``steps``, ``rejected``, ``status`` (0 while running) and
+    windows. `summary(state)` gives host arrays ``t``, ``steps``, ``rejected``, ``status`` (0 while running), and
+    optionally ``t_hi``/``t_lo`` (a compensated time) and ``change`` (the largest change of the method's own
+    coordinates over the window, for the driver's creep rule: `dlnode.solvers.driver.STATE_CREEP`), and
     `final(flow, state)` the final states. Saves a cell did not reach are detected by time (``ts > t``).
     """
 
