@@ -7,7 +7,9 @@ driver carries the state between windows. t, save times, tolerances and threshol
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
@@ -30,6 +32,51 @@ WINDOW_STEPS = 4096  # steps per diffeqsolve (static: diffrax sizes its loop by 
 # (1800) 0.66 / 0.66 s, 40 × 40 (3200) 0.90 / 0.94 s, 60 × 60 (7200) 4.8 / 1.9 s, 100 × 100 at depth 2 63 / 7.8 s;
 # at depth 1 the batch stays ahead (60 × 60: 0.46 / 0.81 s, 100 × 100: 1.5 / 1.8 s), a second or less lost there.
 ALONE_UNKNOWNS = 4000
+
+
+@cache
+def _nan_checks() -> Callable | None:
+    """equinox's jitted runtime check with its default mode set to NaN, or None where equinox has no such function."""
+    try:
+        import equinox as eqx
+        from equinox import _errors
+    except ImportError:  # pragma: no cover - equinox comes with diffrax
+        return None
+    impl = getattr(_errors, "branched_error_if_impl", None)
+    if impl is None or not hasattr(_errors, "branched_error_if_impl_jit"):
+        return None
+
+    def checks(x: Any, pred: Any, index: Any, msgs: Any, *, on_error: str) -> Any:
+        return impl(x, pred, index, msgs, on_error="nan" if on_error == "default" else on_error)
+
+    return eqx.filter_jit(checks)
+
+
+@contextlib.contextmanager
+def _checks_in_graph() -> Iterator[None]:
+    """Trace-time scope in which equinox's runtime checks (`eqx.error_if`) poison their output with NaN instead of
+    raising through a host callback, unless the user set ``EQX_ON_ERROR`` themselves.
+
+    A host callback in the compiled window keeps JAX from storing it in its persistent compilation cache, so every
+    process compiled diffrax's methods anew (measured: tsit5's warm compile 3.15 s with the callback, 1.76 s without,
+    benchmarks/README.md "Compile targets"). The checks a window traces cannot fire here: its save times are clipped
+    into [t0, t1] and increase, and ``throw=False`` hands diffrax's own result code to `_status`; were one to fire,
+    its NaN makes the cell's state non-finite, which `window` reports as ``solver_failure``. equinox's jitted check
+    is swapped for one of its own (a separate trace cache: a check traced here never serves a user's call, nor theirs
+    ours) while dlnode traces its window; where equinox lacks that function nothing changes.
+    """
+    checks = None if "EQX_ON_ERROR" in os.environ else _nan_checks()
+    if checks is None:
+        yield
+        return
+    from equinox import _errors
+
+    before = _errors.branched_error_if_impl_jit
+    _errors.branched_error_if_impl_jit = checks
+    try:
+        yield
+    finally:
+        _errors.branched_error_if_impl_jit = before
 
 
 def _alone(y: Any) -> bool:
@@ -72,12 +119,13 @@ def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple
             subs=[diffrax.SubSaveAt(ts=saves, fn=lambda t, y, args: flow.observe(y, args)),
                   diffrax.SubSaveAt(t1=True)]
         )  # fmt: skip
-        sol = diffrax.diffeqsolve(
-            term, solver, t0, t1, None, st["y"], args, saveat=saveat,
-            stepsize_controller=diffrax.PIDController(rtol=c["rtol"], atol=c["atol"]),
-            event=diffrax.Event(stop), max_steps=window_steps, throw=False,
-            adjoint=diffrax.ForwardMode(),
-        )  # fmt: skip
+        with _checks_in_graph():
+            sol = diffrax.diffeqsolve(
+                term, solver, t0, t1, None, st["y"], args, saveat=saveat,
+                stepsize_controller=diffrax.PIDController(rtol=c["rtol"], atol=c["atol"]),
+                event=diffrax.Event(stop), max_steps=window_steps, throw=False,
+                adjoint=diffrax.ForwardMode(),
+            )  # fmt: skip
         y1 = jax.tree_util.tree_map(lambda a: a[0], sol.ys[1])
         t_end = sol.ts[1][0]
         ok_state = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(y1)]))
