@@ -58,39 +58,3 @@ def test_a_dropped_executable_compiles_again_to_the_same_result():
     again = np.asarray(core.call(fn, x))
     np.testing.assert_array_equal(again, first)
     assert len(core._COMPILED) == 1
-
-
-def _lowered_windows(monkeypatch, name: str) -> list[str]:
-    """The StableHLO of every compiled function a small `name` run calls, traced afresh."""
-    import dlnode as dln
-    from dlnode.solvers import diffrax_methods
-
-    texts = []
-
-    def spy(fn, *args):
-        if hasattr(fn, "lower"):
-            texts.append(fn.lower(*args).as_text())
-        return core.call(fn, *args)
-
-    diffrax_methods._functions.cache_clear()  # a fresh trace under this test's environment
-    monkeypatch.setattr(diffrax_methods, "call", spy)
-    prob = dln.MatrixCompletion.random(shape=(5, 5), rank=2, observed=15, seed=0)
-    ds = dln.integrate(prob, depth=2, scale=0.1, method=name, t1=1.0, progress=False)
-    diffrax_methods._functions.cache_clear()
-    assert int(ds["status"].item()) == dln.Status.FINISHED
-    return texts
-
-
-def test_a_diffrax_window_has_no_host_callback_so_the_persistent_cache_keeps_it(monkeypatch):
-    monkeypatch.delenv("EQX_ON_ERROR", raising=False)
-    texts = _lowered_windows(monkeypatch, "tsit5")
-    assert len(texts) >= 3  # start, at least one window, final
-    assert not any("python_cpu_callback" in t for t in texts)
-
-
-def test_a_users_own_equinox_error_mode_is_kept(monkeypatch):
-    # the negative control: with EQX_ON_ERROR set by the user, equinox's checks raise through their callback as
-    # they asked, and the window carries it
-    monkeypatch.setenv("EQX_ON_ERROR", "raise")
-    texts = _lowered_windows(monkeypatch, "tsit5")
-    assert any("python_cpu_callback" in t for t in texts)

@@ -237,3 +237,21 @@ def test_the_memory_said_before_the_run_bounds_the_dataset():
     plan = Plan.build(prob, **kw)
     ds = dln.integrate(prob, **kw)
     assert 2 * ds.nbytes <= plan.memory <= 3 * ds.nbytes
+
+
+def test_a_residual_init_is_planned_from_a_product_near_the_identity():
+    """A residual init (W_j = I + s·G/√(N d)) starts the product at size 1 whatever s: its save grid begins well
+    before it converges, and auto does not read a plateau from s^N. The negative control: the same call planned as if
+    its product were s^N (a Gaussian init of that scale) puts its first save after the residual run's convergence."""
+    prob = dln.MatrixCompletion.random((6, 5), 2, 0.8, seed=0)
+    kw = {"depth": 8, "scale": 3e-3, "progress": False}
+    plan = Plan.build(prob, init="residual", **kw)
+    ds = dln.integrate(prob, init="residual", **kw)
+    assert int(ds["status"].item()) == dln.Status.CONVERGED
+    t_final = float(ds["t_final"].item())
+    assert plan.times[1] < 1e-2 * t_final  # saves along the run, not only t = 0 and the held final state
+    assert int(np.sum(ds["time"].values <= t_final)) >= 20
+    assert plan.method == "tsit5" and "predicted stiffness 3.62 <=" in plan.reason  # the flow from I is mild
+    gaussian = Plan.build(prob, init="gaussian", **kw)
+    assert gaussian.times[1] > t_final  # planned from s^N = 6.6e-21: nothing saved before the residual run converged
+    assert gaussian.method == "rosenbrock" and "plateau stiffness 4.96e+15" in gaussian.reason

@@ -195,13 +195,13 @@ def test_gradient_descent_times_never_pass_t1():
 
 
 def test_one_rtol_and_atol_for_the_whole_grid():
-    """Unset tolerances are integrate's defaults over every depth and scale of the grid (a deep, small-scale cell
-    tightens rtol for all; the smallest scale sets atol); given ones are kept; a store's own ones win."""
+    """Unset tolerances are integrate's defaults over every depth and scale of the grid (a depth-4 cell sets the
+    per-layer rtol for all; the smallest scale sets atol); given ones are kept; a store's own ones win."""
     config = load_config(_with("grid", depth=[1, 4], scale=[1e-3, 0.3]))
     problem = config.problem.build()
     layout = Layout.of(config, 1)
     rtol = default_rtol(problem, [1, 4], [1e-3, 0.3])
-    assert rtol < 1e-6  # tightened by the depth-4 cell at scale 1e-3: the grid's value, not a cell's own
+    assert rtol < 1e-6  # the balancedness's tolerance of the depth-4 cells: the grid's value, not a cell's own
     assert default_rtol(problem, [1], [0.3]) == 1e-6
     assert (layout.rtol, layout.atol) == (rtol, 1e-3 * rtol * 1e-3)
     attrs = _template(layout)[0].attrs

@@ -13,6 +13,7 @@ import hashlib
 import math
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,7 @@ __all__ = [
     "escape_estimate",
     "gradient_scale",
     "hessian_scale",
+    "plateau_scales",
     "predicted_stiffness",
     "problem_scales",
     "time_unit",
@@ -123,6 +125,20 @@ def time_unit(problem: Problem) -> float:
     if not scales.gradient > ZERO_GRADIENT * scales.curvature and scales.curvature > 0:
         return 1.0 / scales.curvature
     return 1.0 / max(scales.gradient, 1e-300)
+
+
+def plateau_scales(init: Any, scales: Sequence[float], scale_of: str) -> tuple[list[float], str]:
+    """(scales, scale_of) as the plateau estimates (`escape_estimate`, `predicted_stiffness`) read a call's init.
+
+    A ``residual`` init, W_j = I + s·G/√(N·d), starts the product near the identity whatever s: a product of size 1,
+    with no plateau to escape (its escape estimate is the time unit). Every other init starts the product at its
+    scale (s^N per layer, or s). Without this a residual run at depth 8 and s = 3e-3 was planned as if its product
+    were 1e-20: its first save came at t = 1.6e10, long after it converged (t = 408), and `auto` gave a plateau
+    stiffness of 1e30 as its reason.
+    """
+    if isinstance(init, str) and init == "residual":
+        return [1.0], "product"
+    return list(scales), scale_of
 
 
 def escape_estimate(problem: Problem, depths: Sequence[float], scales: Sequence[float], flow: str = "layers",

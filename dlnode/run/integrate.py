@@ -97,12 +97,11 @@ def integrate(
         horizon of `HORIZON_FACTOR` times that estimate, extended while the loss is still falling; a run that
         gets there without converging says NOT_CONVERGED. The grid is cut after the latest time a run needed, and
         a run that converged earlier holds its final state after its `t_final`.
-    rtol, atol : tolerances of the adaptive methods. Default rtol: `DEFAULT_RTOL` (1e-6), tightened for flows
-        with long plateaus (predicted plateau stiffness r above `STIFFNESS_FREE` = 1e3) to 1e-6·(r/1e3)^{−1/2}, at
-        least `MIN_DEFAULT_RTOL` (1e-9): an escape after a long plateau amplifies the local error (measured on a
-        10×10 depth-4 completion from per-layer scale 1e-3, r ≈ 2.6e6: 1e-2 off a tight reference at rtol 1e-6;
-        Arora et al.'s completion, r ≈ 160, is 6e-6 off at 1e-6); for per-layer flows of depth ≥ 2 at most
-        `MAX_DEFAULT_RTOL_LAYERS` (2e-7), so the balancedness drifts by less than 1e-6·max_j‖W_j‖². atol: 1e-3·rtol
+    rtol, atol : tolerances of the adaptive methods. Default rtol: `MAX_DEFAULT_RTOL_LAYERS` (2e-7) for per-layer
+        flows of depth ≥ 2, so the balancedness drifts by less than 1e-6·max_j‖W_j‖² (on long plateaus too: runs
+        tightened further were no more accurate, docs/solvers.md); `DEFAULT_RTOL` (1e-6) at depth 1 and for
+        end-to-end flows, whose rtol is tightened on long plateaus (predicted plateau stiffness r above
+        `STIFFNESS_FREE` = 1e3) to 1e-6·(r/1e3)^{−1/2}, at least 1e-7. atol: 1e-3·rtol
         times the smallest per-layer init scale below 1 (at scale 1e-8, atol 1e-9 shifted escapes by 3e-3).
     saveat : a `dlnode.SaveAt` (what is saved, and when), or its short forms: a number of log-spaced save times
         (plus t = 0; with t1=None, their density: `saveat` per `GRID_DECADES` decades), or an explicit increasing

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dlnode.flows.flow import get_flow
-from dlnode.flows.scales import predicted_stiffness
+from dlnode.flows.scales import plateau_scales, predicted_stiffness
 from dlnode.problems.kinds import Problem
 from dlnode.problems.network import init_layers, layer_shapes
 from dlnode.solvers import rosenbrock as stiff
@@ -51,9 +51,10 @@ def choose_method(
 ) -> tuple[str, str]:
     """(method, reason) for one `integrate` call: the stiff path if any (depth, scale) cell needs it."""
     worst, where = 0.0, ""
+    plateau, plateau_of = plateau_scales(init, scales, scale_of)  # the product's starting size
     for depth in depths:
-        for scale in scales:
-            ratio = predicted_stiffness(problem, depth, scale, flow, scale_of)
+        for scale in plateau:
+            ratio = predicted_stiffness(problem, depth, scale, flow, plateau_of)
             if ratio > worst:
                 worst, where = ratio, f"depth {depth:g}, scale {scale:g}"
     stiff_reason = f"auto: predicted plateau stiffness {worst:.3g} > {STIFF_RATIO:g} at {where}"
