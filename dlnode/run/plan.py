@@ -84,7 +84,8 @@ MIN_DEFAULT_RTOL_END_TO_END = 1e-7  # singular coordinates carry ln σ: a tiny �
 # 1e-6·max_j‖W_j‖² with a margin of about 1.2. It is not tightened on long plateaus (it was, to 1e-6·(r/1e3)^{−1/2}
 # down to 1e-9, r the predicted plateau stiffness): on this solver the runs so tightened are as accurate at 2e-7 —
 # the 10×10 depth-4 completion from per-layer 1e-3 (r ≈ 2.6e6) 8.2e-7 off rtol 1e-10, the gauntlet's tightened cases
-# 2e-10 … 5.3e-5 off their tightened runs — in a fifth to two thirds of the steps (docs/solvers.md, "Default tolerances").
+# 2e-10 … 5.3e-5 off their tightened runs — in a fifth to two thirds of the steps (docs/solvers.md, "Default
+# tolerances").
 MAX_DEFAULT_RTOL_LAYERS = 2e-7
 
 
