@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
@@ -32,6 +33,7 @@ WINDOW_STEPS = 4096  # steps per diffeqsolve (static: diffrax sizes its loop by 
 # (1800) 0.66 / 0.66 s, 40 × 40 (3200) 0.90 / 0.94 s, 60 × 60 (7200) 4.8 / 1.9 s, 100 × 100 at depth 2 63 / 7.8 s;
 # at depth 1 the batch stays ahead (60 × 60: 0.46 / 0.81 s, 100 × 100: 1.5 / 1.8 s), a second or less lost there.
 ALONE_UNKNOWNS = 4000
+_SWAP = threading.Lock()  # one trace at a time swaps equinox's check (threads of a Dask worker trace concurrently)
 
 
 @cache
@@ -63,7 +65,7 @@ def _checks_in_graph() -> Iterator[None]:
     into [t0, t1] and increase, and ``throw=False`` hands diffrax's own result code to `_status`; were one to fire,
     its NaN makes the cell's state non-finite, which `window` reports as ``solver_failure``. equinox's jitted check
     is swapped for one of its own (a separate trace cache: a check traced here never serves a user's call, nor theirs
-    ours) while dlnode traces its window; where equinox lacks that function nothing changes.
+    ours) while dlnode traces its window, one thread at a time; where equinox lacks that function nothing changes.
     """
     checks = None if "EQX_ON_ERROR" in os.environ else _nan_checks()
     if checks is None:
@@ -71,12 +73,13 @@ def _checks_in_graph() -> Iterator[None]:
         return
     from equinox import _errors
 
-    before = _errors.branched_error_if_impl_jit
-    _errors.branched_error_if_impl_jit = checks
-    try:
-        yield
-    finally:
-        _errors.branched_error_if_impl_jit = before
+    with _SWAP:
+        before = _errors.branched_error_if_impl_jit
+        _errors.branched_error_if_impl_jit = checks
+        try:
+            yield
+        finally:
+            _errors.branched_error_if_impl_jit = before
 
 
 def _alone(y: Any) -> bool:
