@@ -255,3 +255,17 @@ def test_a_residual_init_is_planned_from_a_product_near_the_identity():
     gaussian = Plan.build(prob, init="gaussian", **kw)
     assert gaussian.times[1] > t_final  # planned from s^N = 6.6e-21: nothing saved before the residual run converged
     assert gaussian.method == "rosenbrock" and "plateau stiffness 4.96e+15" in gaussian.reason
+
+
+def test_a_sweep_until_converged_plans_a_residual_init_as_integrate_does():
+    from dlnode.sweeps.config import until_converged_times
+
+    config = _config(depth=[8], scale=[3e-3], seed=[0], init=["residual"], method="auto")
+    config["integrate"] = {"saveat": 40}
+    times = until_converged_times(load_config(config), _problem())
+    planned = Plan.build(_problem(), depth=8, scale=3e-3, init="residual", saveat=40, progress=False).times
+    np.testing.assert_array_equal(times, planned)
+    assert times[1] <= 1e-2 * scales.time_unit(_problem())  # from a product of size 1: the grid starts early
+    gaussian = _config(depth=[8], scale=[3e-3], seed=[0], init=["gaussian"], method="auto")
+    gaussian["integrate"] = {"saveat": 40}
+    assert until_converged_times(load_config(gaussian), _problem())[1] > 1e6 * times[1]  # negative control: s^N

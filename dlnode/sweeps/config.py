@@ -36,7 +36,7 @@ from dlnode.data.schema import GRID_DIMS
 from dlnode.errors import ArgumentError, DlnodeError
 from dlnode.flows.diagonal import DIAGONAL_INITS
 from dlnode.flows.flow import FLOWS
-from dlnode.flows.scales import escape_estimate, time_unit
+from dlnode.flows.scales import escape_estimate, plateau_scales, time_unit
 from dlnode.problems.kinds import Factorization, MatrixCompletion, MatrixSensing, Problem, Regression, _low_rank_target
 from dlnode.problems.network import INITS, check_init, layer_shapes
 from dlnode.problems.sparse import SparseRegression
@@ -455,11 +455,14 @@ def fixed_steps(config: SweepConfig) -> list[float]:
 def until_converged_times(config: SweepConfig, problem: Problem) -> np.ndarray:
     """The time axis of a sweep that runs until converged (``t1`` left out, ``saveat`` a count): the grid
     `dlnode.integrate` plans for one call over every depth and scale of the grid (each flow's escape estimates;
-    `saveat` times per `GRID_DECADES` decades up to `HORIZON_FACTOR` times the slowest escape). Each cell stops
-    when it converges (holding its final state after) or says NOT_CONVERGED at the end of the axis."""
+    `saveat` times per `GRID_DECADES` decades up to `HORIZON_FACTOR` times the slowest escape; a residual init's
+    product read as of size 1, `plateau_scales`). Each cell stops when it converges (holding its final state after)
+    or says NOT_CONVERGED at the end of the axis."""
     depths, scales, scale_of = config.depths(), list(config.grid.scale), config.integrate.scale_of
-    slowest = max(escape_estimate(problem, depths, scales, f, scale_of) for f in config.grid.flow)
-    fastest = min(escape_estimate(problem, depths, scales, f, scale_of, slowest=False) for f in config.grid.flow)
+    starts = [plateau_scales(init, scales, scale_of) for init in config.grid.init]
+    slowest = max(escape_estimate(problem, depths, s, f, of) for f in config.grid.flow for s, of in starts)
+    fastest = min(escape_estimate(problem, depths, s, f, of, slowest=False) for f in config.grid.flow
+                  for s, of in starts)  # fmt: skip
     return planned_times(config.integrate.saveat, slowest, HORIZON_FACTOR * slowest, fastest)
 
 
