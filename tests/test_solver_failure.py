@@ -32,7 +32,9 @@ def test_an_escape_beyond_the_resolution_of_time_is_learned_and_the_run_says_unr
     assert ds["status"].item() == dln.Status.UNRESOLVED
     escape = (SCALE**DEPTH) ** (-1 / 3) / TOP  # t* of the closed form
     t_final = float(ds["t_final"].item())
-    assert abs(t_final / escape - 1) < 1e-9
+    # the escape time to within the run's own tolerance (2.4e-8 off at the default rtol 2e-7; below 1e-9 when the
+    # default was tightened to 1e-9 on plateaus)
+    assert abs(t_final / escape - 1) < ds.attrs["rtol"]
     assert t_final * 2.0**-105 > 1e6 / (3 * TOP)  # the time's resolution there, against the escape's time scale
     loss = ds["loss"].isel(depth=0, scale=0, seed=0).values
     kept = loss[ds["time"].values <= t_final]
