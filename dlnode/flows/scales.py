@@ -133,8 +133,8 @@ def plateau_scales(init: Any, scales: Sequence[float], scale_of: str) -> tuple[l
     A ``residual`` init, W_j = I + s·G/√(N·d), starts the product near the identity whatever s: a product of size 1,
     with no plateau to escape (its escape estimate is the time unit). Every other init starts the product at its
     scale (s^N per layer, or s). Without this a residual run at depth 8 and s = 3e-3 was planned as if its product
-    were 1e-20: its first save came at t = 1.6e10, long after it converged (t = 408), and `auto` gave a plateau
-    stiffness of 1e30 as its reason.
+    were 1e-20: its first save came at t = 1.6e10, long after it converged (t = 408), and `auto` read a plateau
+    stiffness of 8e15 from it.
     """
     if isinstance(init, str) and init == "residual":
         return [1.0], "product"
