@@ -2,7 +2,8 @@
 
 On a deep linear network of the kind of Cohen et al. (2021) (whitened inputs X = Q·√n, targets Y = A X with A
 Gaussian, square layers of width d, Xavier-normal init: `studies.cohen2021.problem`), at a step size that puts GD
-on the edge of stability, one run each, in one process (compile time apart, `attrs["run_time"]`):
+on the edge of stability, in one process, each run's time the median of `REPEATS` runs after the one that compiles
+(compile time apart, `attrs["run_time"]`):
 
 - GD saved at every step, without and with ``sharpness=1`` (the ratio is the cost of the curvature along the run,
   where it is computed at every step), and GD saved every `SPARSE` steps with and without it;
@@ -35,16 +36,27 @@ from dlnode.flows.hessian import top_eigenpairs
 from studies import cohen2021
 
 SPARSE = 20  # steps between saves of the sparse GD runs
+REPEATS = 9  # each run's time: the median of this many runs after the one that compiles
 
 
-def _median_time(fn, repeats: int = 7) -> float:
-    jax.block_until_ready(fn())
+def _median_time(fn, y, repeats: int = 7, evaluations: int = 50) -> float:
+    """Seconds of one evaluation of `fn` (y -> a pytree), timed in a compiled loop of `evaluations` that feeds each
+    result back into the next argument (no dispatch per evaluation, and nothing for the compiler to hoist): the
+    median of `repeats` loops."""
+
+    def body(_, x):
+        out = jax.tree_util.tree_leaves(fn(x))
+        total = sum(jnp.sum(leaf) for leaf in out)
+        return jax.tree_util.tree_map(lambda a: a + 1e-300 * total, x)
+
+    loop = jax.jit(lambda x: jax.lax.fori_loop(0, evaluations, body, x))
+    jax.block_until_ready(loop(y))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn())
+        jax.block_until_ready(loop(y))
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times) / evaluations
 
 
 def lanczos_share(config: dict) -> dict[str, float]:
@@ -58,29 +70,37 @@ def lanczos_share(config: dict) -> dict[str, float]:
     def gradient(y):
         return layer_gradients(y, type(prob).grad_fn, arrays)[0]
 
-    field = jax.jit(lambda y: central_parts(gradient, y, config["lr"], 1)["field"])
-    lanczos = jax.jit(lambda y: top_eigenpairs(gradient, y, 1))
-    grad = jax.jit(gradient)
-    return {"field": _median_time(lambda: field(layers)), "lanczos": _median_time(lambda: lanczos(layers)[0]),
-            "gradient": _median_time(lambda: grad(layers)), "products": float(lanczos(layers)[2])}  # fmt: skip
+    def lanczos(y):
+        theta, vectors, _ = top_eigenpairs(gradient, y, 1)
+        return theta, vectors
+
+    return {"field": _median_time(lambda y: central_parts(gradient, y, config["lr"], 1)["field"], layers),
+            "lanczos": _median_time(lanczos, layers), "gradient": _median_time(gradient, layers),
+            "products": float(jax.jit(lambda y: top_eigenpairs(gradient, y, 1)[2])(layers))}  # fmt: skip
 
 
-def measure(config: dict) -> dict[str, float]:
+def measure(config: dict, repeats: int = REPEATS) -> dict[str, float]:
     prob = cohen2021.problem(config)
     lr, steps = config["lr"], config["steps"]
     every = np.arange(steps + 1) * lr
     kw = {"depth": config["depth"], "init": "gaussian", "scale": config["scale"], "seed": config["seed"],
           "t1": every[-1],
           "progress": False}  # fmt: skip
-    runs = {
-        "gd": dln.integrate(prob, method="gd", lr=lr, saveat=every, **kw),
-        "gd+sharpness": dln.integrate(prob, method="gd", lr=lr, saveat=every, sharpness=1, **kw),
-        "gd sparse": dln.integrate(prob, method="gd", lr=lr, saveat=every[::SPARSE], **kw),
-        "gd sparse+sharpness": dln.integrate(prob, method="gd", lr=lr, saveat=every[::SPARSE], sharpness=1, **kw),
-        "gradient flow": dln.integrate(prob, method="tsit5", saveat=every[::SPARSE], **kw),
-        "central flow": dln.integrate(prob, flow="central", lr=lr, saveat=every[::SPARSE], **kw),
+    calls = {
+        "gd": {"method": "gd", "lr": lr, "saveat": every},
+        "gd+sharpness": {"method": "gd", "lr": lr, "saveat": every, "sharpness": 1},
+        "gd sparse": {"method": "gd", "lr": lr, "saveat": every[::SPARSE]},
+        "gd sparse+sharpness": {"method": "gd", "lr": lr, "saveat": every[::SPARSE], "sharpness": 1},
+        "gradient flow": {"method": "tsit5", "saveat": every[::SPARSE]},
+        "central flow": {"flow": "central", "lr": lr, "saveat": every[::SPARSE]},
     }
-    out = {name: float(ds.attrs["run_time"]) for name, ds in runs.items()}
+    out, runs = {}, {}
+    for name, call in calls.items():  # the first call compiles; the median of `repeats` runs after it
+        runs[name] = dln.integrate(prob, **call, **kw)
+        compile_time = float(runs[name].attrs["compile_time"])
+        times = [float(dln.integrate(prob, **call, **kw).attrs["run_time"]) for _ in range(repeats)]
+        out[name] = statistics.median(times)
+        runs[name].attrs["compile_time"] = compile_time
     out["central compile"] = float(runs["central flow"].attrs["compile_time"])
     out["central steps"] = float(runs["central flow"]["num_steps"].sum())
     out["central rejected"] = float(runs["central flow"]["num_rejected"].sum())
@@ -97,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     share = lanczos_share(config)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"d={config['d']}, depth={config['depth']}, lr={config['lr']:g}, {config['steps']} GD steps "
-          f"(run time, compile apart; one run, load average {load})")  # fmt: skip
+          f"(run time, compile apart; median of {REPEATS} runs, load average {load})")  # fmt: skip
     for name, value in times.items():
         print(f"  {name:24s} {value:10.3f}" + ("" if "steps" in name or "rejected" in name else " s"))
     evaluations = 6 * (times["central steps"] + times["central rejected"])  # tsit5: 6 new stages a step (FSAL)

@@ -225,3 +225,35 @@ def test_lanczos_past_its_first_checks_against_eigh(n, k):
     for i, v in enumerate(vectors):
         residual = np.linalg.norm(np.asarray(a @ v - theta[i] * v))
         assert residual <= 10 * LANCZOS_RTOL * 10.0 and abs(np.linalg.norm(v) - 1) < 1e-9
+
+
+@pytest.mark.parametrize("mix", [None, 0.0])
+def test_a_warm_start_orthogonal_to_the_top_still_finds_it(mix, monkeypatch):
+    """Along a run each save's Lanczos starts from the last save's Ritz vectors. An eigenvalue can rise past them
+    from a direction they miss, even exactly (a symmetry): started from an exact eigenvector of the second
+    eigenvalue, the solve still finds the first, by the fixed vector mixed into every warm start. The negative
+    control, no mixing (`mix` 0), stops on the second eigenvalue: the Krylov space of an eigenvector is itself."""
+    from dlnode.flows import hessian
+
+    if mix is not None:
+        monkeypatch.setattr(hessian, "WARM_MIX", mix)
+    rng = np.random.default_rng(5)
+    n = 30
+    q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    spectrum = np.concatenate([[10.0, 9.0], rng.uniform(0.0, 8.0, n - 2)])
+    a = jnp.asarray((q * spectrum) @ q.T)
+    second = jnp.asarray(q[:, 1])
+    solve = jax.jit(lambda y, start: hessian.tracked_eigenvalues(lambda x: a @ x, y, 1, start))
+    theta, nxt = solve(jnp.zeros(n), second)
+    if mix is None:
+        np.testing.assert_allclose(float(theta[0]), 10.0, rtol=1e-12)
+        assert abs(float(jnp.dot(nxt, q[:, 0]))) == pytest.approx(1.0, abs=1e-9)  # the next start: its vector
+        np.testing.assert_allclose(float(solve(jnp.zeros(n), nxt)[0][0]), 10.0, rtol=1e-12)
+        np.testing.assert_allclose(float(solve(jnp.zeros(n), jnp.zeros(n))[0][0]), 10.0, rtol=1e-12)  # zeros: fixed
+        noise = rng.standard_normal((n, n))  # one step on: the last top vector is a warm start worth products
+        moved = a + 1e-4 * jnp.asarray(noise + noise.T)
+        products = jax.jit(lambda s: hessian.top_eigenpairs(lambda x: moved @ x, jnp.zeros(n), 1, s)[2])
+        used = {"cold": int(products(jnp.zeros(n))), "warm": int(products(jnp.asarray(q[:, 0])))}
+        assert used["warm"] < used["cold"], used
+    else:
+        np.testing.assert_allclose(float(theta[0]), 9.0, rtol=1e-12)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlnode.flows.flow import Flow
-from dlnode.flows.hessian import top_eigenvalues
+from dlnode.flows.hessian import tracked_eigenvalues
 
 __all__ = ["DIAGONAL_INITS", "diagonal_backprop", "diagonal_flow", "diagonal_init", "diagonal_product", "hypentropy"]
 
@@ -96,7 +96,7 @@ def diagonal_flow(problem_cls: type, depth: int, save_weights: bool = False, mod
     def loss(y: Any, args: dict) -> Any:
         return problem_cls.loss_fn(diagonal_product(y, depth), args["problem"])
 
-    def observe(y: Any, args: dict) -> dict[str, Any]:
+    def observe_warm(y: Any, args: dict, start: Any) -> tuple[dict[str, Any], Any]:
         grads, w, e = backprop(y, grad_fn, args["problem"])
         drift = jnp.abs(invariant(y, depth) - args["d0"])
         out = {
@@ -107,16 +107,20 @@ def diagonal_flow(problem_cls: type, depth: int, save_weights: bool = False, mod
             "balancedness": jnp.max(jnp.where(jnp.isfinite(drift), drift, jnp.nan)),
         }
         if sharpness:
-            out["sharpness"] = top_eigenvalues(lambda z: gradient(z, args["problem"]), y, sharpness)
+            out["sharpness"], start = tracked_eigenvalues(lambda z: gradient(z, args["problem"]), y, sharpness, start)
         if save_weights:
             out["weights"] = tuple(y)
-        return out
+        return out, start
+
+    def observe(y: Any, args: dict) -> dict[str, Any]:
+        return observe_warm(y, args, None)[0]
 
     def prepare(y0: Any, arrays: dict, c: dict) -> dict:
         return {"problem": arrays, "d0": invariant(y0, depth), "lr": c["lr"]}
 
     return Flow("modified" if modified else "layers", field, loss, observe, prepare, problem_cls=problem_cls,
-                depth=depth, backprop=backprop, network="diagonal")  # fmt: skip
+                depth=depth, backprop=backprop, network="diagonal",
+                observe_warm=observe_warm if sharpness else None)  # fmt: skip
 
 
 def hypentropy(beta: np.ndarray, alpha: float) -> float:

@@ -28,7 +28,7 @@ import numpy as np
 
 from dlnode.flows.central import central_parts
 from dlnode.flows.endtoend import end_to_end_field
-from dlnode.flows.hessian import top_eigenvalues
+from dlnode.flows.hessian import tracked_eigenvalues
 from dlnode.problems.network import product
 
 __all__ = [
@@ -83,6 +83,10 @@ class Flow:
     backprop: Callable | None = None  # (y, grad_fn, arrays) -> (∂L/∂y, W, E); None: the dense `layer_gradients`
     network: str = "dense"  # dense layers, or a diagonal network (see `dlnode.flows.diagonal`)
     noise: Any = None  # the stochastic methods' `Noise` (minibatch, labels): what the SDE methods diffuse
+    # where the flow saves the curvature: observe(y, args) with its Lanczos warm-started, (y, args, start) ->
+    # (observables, the next start); start is a flat vector of the state's size (zeros: the fixed start). A method
+    # that carries the start from save to save (`FixedStep`) calls this instead of `observe`.
+    observe_warm: Callable[[Any, dict, Any], tuple[dict[str, Any], Any]] | None = None
 
 
 SCAN_DEPTH = 6  # from this depth on, equal square hidden layers are held as one stacked array and run through
@@ -252,7 +256,7 @@ def _layer_flow(problem_cls: type, save_weights: bool, name: str, sharpness: int
         w = _stacked_product(y)[0] if isinstance(y, Stacked) else product(y)
         return problem_cls.loss_fn(w, args["problem"])
 
-    def observe(y: tuple, args: dict) -> dict[str, Any]:
+    def observe_warm(y: tuple, args: dict, start: Any) -> tuple[dict[str, Any], Any]:
         grads, w, e = layer_gradients(y, grad_fn, args["problem"])
         out = _summary(w, e, problem_cls, args["problem"])
         out["grad_norm"] = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))
@@ -262,15 +266,19 @@ def _layer_flow(problem_cls: type, save_weights: bool, name: str, sharpness: int
             out.update({k: parts[k] for k in ("sharpness", "oscillation", "regime")})
             out["loss_averaged"] = out["loss"] + parts["loss_shift"]
         elif sharpness:
-            out["sharpness"] = top_eigenvalues(lambda z: gradient(z, args["problem"]), y, sharpness)
+            out["sharpness"], start = tracked_eigenvalues(lambda z: gradient(z, args["problem"]), y, sharpness, start)
         if save_weights:
             out["weights"] = unpack_layers(y, batch=False)
-        return out
+        return out, start
+
+    def observe(y: tuple, args: dict) -> dict[str, Any]:
+        return observe_warm(y, args, None)[0]
 
     def prepare(y0: Any, arrays: dict, c: dict) -> dict:
         return {"problem": arrays, "d0": initial_balancedness(y0), "lr": c["lr"]}
 
-    return Flow(name, field, loss, observe, prepare, symmetric_jacobian=not central, problem_cls=problem_cls)
+    return Flow(name, field, loss, observe, prepare, symmetric_jacobian=not central, problem_cls=problem_cls,
+                observe_warm=observe_warm if sharpness and not central else None)  # fmt: skip
 
 
 @cache

@@ -2,11 +2,13 @@
 
 Lanczos with full reorthogonalisation on exact Hessian-vector products ∇²L·v = d/dε ∇L(y + εv) (the gradient
 linearised once at y, so that a product is one tangent pass; no Hessian is formed), from a fixed start vector so
-that a run is reproducible, stopped when the k top Ritz pairs' residuals ‖∇²L x − θ x‖ = β_j |s_{j,i}| fall below
-`LANCZOS_RTOL` θ₁ (each eigenvalue is then exact to about its residual squared over the gap) or when the Krylov
-space is the whole space. The residuals are checked every `CHECK_EVERY` products by an eigh of the tridiagonal: of
-its leading 24 × 24 block for the first checks, of the whole (at most `LANCZOS_MAX` square) after; the last check's
-Ritz pairs are the result.
+that a run is reproducible, or warm-started from the Ritz vectors of the last solve along a run (their sum, with
+`WARM_MIX` of the fixed vector mixed in, so that an eigenvalue rising from a direction the last vectors miss, even
+one orthogonal to them by a symmetry, is still found), stopped when the k top Ritz pairs' residuals
+‖∇²L x − θ x‖ = β_j |s_{j,i}| fall below `LANCZOS_RTOL` θ₁ (each eigenvalue is then exact to about its residual
+squared over the gap) or when the Krylov space is the whole space. The residuals are checked every `CHECK_EVERY`
+products by an eigh of the tridiagonal: of its leading 24 × 24 block for the first checks, of the whole (at most
+`LANCZOS_MAX` square) after; the last check's Ritz pairs are the result.
 
 References
 ----------
@@ -26,13 +28,14 @@ from jax.flatten_util import ravel_pytree
 
 from dlnode.errors import refused
 
-__all__ = ["LANCZOS_MAX", "LANCZOS_RTOL", "hvp", "top_eigenpairs", "top_eigenvalues"]
+__all__ = ["LANCZOS_MAX", "LANCZOS_RTOL", "hvp", "top_eigenpairs", "top_eigenvalues", "tracked_eigenvalues"]
 
 LANCZOS_RTOL = 1e-7  # residual of each of the top k Ritz pairs, relative to |θ₁|: eigenvalues to ~1e-14 relative
 LANCZOS_MAX = 80  # at most this many Lanczos vectors (or the parameter count, when smaller)
 CHECK_EVERY = 6  # the Ritz pairs (an eigh of the tridiagonal) are checked every this many products
 SMALL_CHECKS = 4  # the first this many checks take the eigh of the leading 24 x 24 block, not of the full m x m one
 REORTHOGONALISE = 2**-0.5  # a second Gram-Schmidt pass when the first leaves less than this fraction of the norm
+WARM_MIX = 1e-3  # a warm start is the previous Ritz vectors' sum plus this much of the fixed start vector
 GROW_BASIS = 1 << 16  # a basis of more entries (m·n) grows by doubling (see `_lanczos`)
 _START_KEY = 20210226  # the fixed start vector's PRNG key: a run's curvature is reproducible
 
@@ -42,11 +45,15 @@ def hvp(gradient: Callable[[Any], Any], y: Any, v: Any) -> Any:
     return jax.jvp(gradient, (y,), (v,))[1]
 
 
-def _lanczos(matvec: Callable, n: int, k: int, dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _lanczos(matvec: Callable, n: int, k: int, dtype: Any, start: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Top-k Ritz values, their Ritz vectors (n, k) and the number of products used."""
     m = min(n, max(LANCZOS_MAX, k + 2))
     v0 = jax.random.normal(jax.random.PRNGKey(_START_KEY), (n,), dtype)
     v0 = v0 / jnp.linalg.norm(v0)
+    if start is not None:  # a warm start, with the fixed vector mixed in (a zero start: the fixed vector alone)
+        norm = jnp.linalg.norm(start)
+        warm = start / jnp.where(norm > 0, norm, 1.0) + WARM_MIX * v0
+        v0 = jnp.where(norm > 0, warm / jnp.linalg.norm(warm), v0)
     small = min(m, SMALL_CHECKS * CHECK_EVERY)  # the first checks see at most this many products
     rows = min(m, small + 1)  # ... on a basis of this many rows (the next vector included), grown after
     basis = jnp.zeros((rows, n), dtype).at[0].set(v0)
@@ -142,9 +149,12 @@ def _lanczos(matvec: Callable, n: int, k: int, dtype: Any) -> tuple[jax.Array, j
     return theta, vectors, j
 
 
-def top_eigenpairs(gradient: Callable[[Any], Any], y: Any, k: int = 1) -> tuple[jax.Array, Any, jax.Array]:
+def top_eigenpairs(
+    gradient: Callable[[Any], Any], y: Any, k: int = 1, start: Any = None
+) -> tuple[jax.Array, Any, jax.Array]:
     """The k largest eigenvalues of ∇²L at y, descending, their unit eigenvectors (a list of k pytrees like y),
-    and the number of Hessian-vector products spent. `gradient(y)` is ∇L as a pytree of y's structure."""
+    and the number of Hessian-vector products spent. `gradient(y)` is ∇L as a pytree of y's structure; `start`, a
+    flat vector of y's size, warm-starts the solve (None or zeros: the fixed start vector)."""
     flat, unravel = ravel_pytree(y)
     n = flat.shape[0]
     if not 1 <= k <= n:
@@ -156,10 +166,17 @@ def top_eigenpairs(gradient: Callable[[Any], Any], y: Any, k: int = 1) -> tuple[
     def matvec(v):
         return tangent(v)
 
-    theta, vectors, used = _lanczos(matvec, n, k, flat.dtype)
+    theta, vectors, used = _lanczos(matvec, n, k, flat.dtype, start)
     return theta, [unravel(vectors[:, i]) for i in range(k)], used
 
 
 def top_eigenvalues(gradient: Callable[[Any], Any], y: Any, k: int = 1) -> jax.Array:
     """The k largest eigenvalues of ∇²L at y, descending (see `top_eigenpairs`)."""
     return top_eigenpairs(gradient, y, k)[0]
+
+
+def tracked_eigenvalues(gradient: Callable[[Any], Any], y: Any, k: int, start: Any) -> tuple[jax.Array, jax.Array]:
+    """The k largest eigenvalues of ∇²L at y from the warm start `start` (a flat vector of y's size; zeros: the fixed
+    start vector), and the start of the next solve along a run: the sum of the k Ritz vectors."""
+    theta, vectors, _ = top_eigenpairs(gradient, y, k, start)
+    return theta, sum(ravel_pytree(v)[0] for v in vectors)

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from dlnode.flows.flow import Flow, layer_gradients
 from dlnode.problems.samples import samples_of
@@ -75,6 +76,7 @@ class _Carry(NamedTuple):
     y: Any  # the layers
     n: Any  # steps taken: the cell is at t = n·h
     status: Any
+    start: Any  # the next save's Lanczos start, where the flow saves the curvature (`Flow.observe_warm`); else 0
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,9 @@ class FixedStep(SteppingMethod):
         y0, key = y0 if self.noisy else (y0, jnp.zeros((2,), jnp.uint32))
         args = self.flow.prepare(y0, arrays, c)
         zero = jnp.zeros((), jnp.int64)
-        return {"s": _Carry(y0, zero, zero), "args": args, "loss0": self.flow.loss(y0, args), "lr": c["lr"],
+        flat = ravel_pytree(y0)[0]
+        start = jnp.zeros_like(flat) if self.flow.observe_warm else jnp.zeros((), flat.dtype)  # zeros: the fixed one
+        return {"s": _Carry(y0, zero, zero, start), "args": args, "loss0": self.flow.loss(y0, args), "lr": c["lr"],
                 "h": c["dt"] if self.name in SDE_METHODS else c["lr"], "key": key}  # fmt: skip
 
     def step(self, s: _Carry, st: dict, target: Any, arrays: dict, c: dict) -> _Carry:
@@ -102,7 +106,7 @@ class FixedStep(SteppingMethod):
         status = Status.of_stop(converged, diverged)
         go = status == RUNNING
         y = jax.tree_util.tree_map(lambda a, b: jnp.where(go, b, a), s.y, y1)
-        return _Carry(y, s.n + go, status)
+        return _Carry(y, s.n + go, status, s.start)
 
     def short(self, s: _Carry, target: Any) -> Any:
         return s.n < target
@@ -115,6 +119,14 @@ class FixedStep(SteppingMethod):
 
     def observe(self, s: _Carry, st: dict, arrays: dict) -> dict:
         return self.flow.observe(s.y, st["args"])
+
+    def observed(self, s: _Carry, st: dict, arrays: dict) -> tuple[_Carry, dict]:
+        """A flow that saves the curvature starts each save's Lanczos from the last save's Ritz vectors: along GD
+        they move little from save to save (fewer products than from the fixed start: benchmarks/finite_step.py)."""
+        if self.flow.observe_warm is None:
+            return s, self.observe(s, st, arrays)
+        obs, start = self.flow.observe_warm(s.y, st["args"], s.start)
+        return s._replace(start=start), obs
 
     def final(self, st: dict) -> Any:
         return st["s"].y

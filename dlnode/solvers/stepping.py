@@ -67,6 +67,11 @@ class SteppingMethod:
         """The flow's observables at carry `s`."""
         raise NotImplementedError
 
+    def observed(self, s: Any, st: dict, arrays: dict) -> tuple[Any, dict]:
+        """The carry after observing it and the observables: a method may carry what an observation learnt to the
+        next one (`FixedStep`: the curvature's Lanczos start); by default the carry is unchanged."""
+        return s, self.observe(s, st, arrays)
+
     def variant(self, st: dict) -> SteppingMethod:
         """The method that runs the next window of the batch in state `st`, chosen on the host between windows
         (a method may change how it solves, e.g. the singular path's stage solves); by default itself."""
@@ -94,11 +99,12 @@ def window(method: SteppingMethod, st: dict, arrays: dict, ts: Any, c: dict) -> 
             return (s.status == RUNNING) & method.short(s, target) & budget
 
         s = jax.lax.while_loop(cond, lambda s: method.step(s, st, target, arrays, c), s)
-        return s, method.observe(s, st, arrays)
+        return method.observed(s, st, arrays)
 
     s, obs = jax.lax.scan(advance, s0, method.targets(ts, st))
     s = method.end_window(s0, s, st, arrays, c)
-    return obs, method.observe(s, st, arrays), dict(st, s=s)
+    s, end_obs = method.observed(s, st, arrays)
+    return obs, end_obs, dict(st, s=s)
 
 
 @cache
