@@ -54,6 +54,17 @@ def test_sharpness_at_every_gd_step_matches_the_dense_hessian():
     np.testing.assert_allclose(dln.sharpness(PROB, last, k=2), _dense_top(last, 2), rtol=EIG_RTOL)
 
 
+def test_sharpness_along_a_stiff_flow_matches_the_dense_hessian():
+    """The stiff path (`rosenbrock`) warm-starts each save's Lanczos from the last save's vectors too: every save's
+    top-2 eigenvalues equal eigvalsh of the dense Hessian at that save's weights."""
+    ds = dln.integrate(PROB, depth=3, scale=0.5, method="rosenbrock", t1=2.0, saveat=5, sharpness=2,
+                       save_weights=True, progress=False)  # fmt: skip
+    assert ds.attrs["method"] == "rosenbrock" and ds.sizes["time"] > 2
+    for i in range(ds.sizes["time"]):
+        dense = _dense_top([w[i] for w in _layers(ds, 3)], 2)
+        np.testing.assert_allclose(ds["sharpness"].isel(depth=0, scale=0, seed=0, time=i).values, dense, rtol=EIG_RTOL)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [

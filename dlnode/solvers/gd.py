@@ -26,7 +26,7 @@ from dlnode.flows.flow import Flow, layer_gradients
 from dlnode.problems.samples import samples_of
 from dlnode.solvers.core import RUNNING, Method, Status, stop_flags
 from dlnode.solvers.sde import SDE_SOLVERS, brownian_increment, control_size, sde_terms
-from dlnode.solvers.stepping import SteppingMethod, method_entry
+from dlnode.solvers.stepping import SteppingMethod, lanczos_start, method_entry, warm_observed
 from dlnode.solvers.stochastic import step_gradient
 
 __all__ = ["DISCRETE", "FIXED_STEP", "GD", "SDE_METHODS", "FixedStep"]
@@ -76,7 +76,7 @@ class _Carry(NamedTuple):
     y: Any  # the layers
     n: Any  # steps taken: the cell is at t = n·h
     status: Any
-    start: Any  # the next save's Lanczos start, where the flow saves the curvature (`Flow.observe_warm`); else 0
+    start: Any  # the next save's Lanczos start (`stepping.lanczos_start`)
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,7 @@ class FixedStep(SteppingMethod):
         y0, key = y0 if self.noisy else (y0, jnp.zeros((2,), jnp.uint32))
         args = self.flow.prepare(y0, arrays, c)
         zero = jnp.zeros((), jnp.int64)
-        flat = ravel_pytree(y0)[0]
-        start = jnp.zeros_like(flat) if self.flow.observe_warm else jnp.zeros((), flat.dtype)  # zeros: the fixed one
+        start = lanczos_start(self.flow, ravel_pytree(y0)[0])
         return {"s": _Carry(y0, zero, zero, start), "args": args, "loss0": self.flow.loss(y0, args), "lr": c["lr"],
                 "h": c["dt"] if self.name in SDE_METHODS else c["lr"], "key": key}  # fmt: skip
 
@@ -121,12 +120,7 @@ class FixedStep(SteppingMethod):
         return self.flow.observe(s.y, st["args"])
 
     def observed(self, s: _Carry, st: dict, arrays: dict) -> tuple[_Carry, dict]:
-        """A flow that saves the curvature starts each save's Lanczos from the last save's Ritz vectors: along GD
-        they move little from save to save (fewer products than from the fixed start: benchmarks/finite_step.py)."""
-        if self.flow.observe_warm is None:
-            return s, self.observe(s, st, arrays)
-        obs, start = self.flow.observe_warm(s.y, st["args"], s.start)
-        return s._replace(start=start), obs
+        return warm_observed(self.flow, s.y, st["args"], s)
 
     def final(self, st: dict) -> Any:
         return st["s"].y

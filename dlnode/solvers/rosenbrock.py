@@ -48,7 +48,7 @@ from dlnode.flows.flow import Flow, pack_layers
 from dlnode.solvers.core import RUNNING, Status, stop_flags
 from dlnode.solvers.krylov import cg, power_iteration
 from dlnode.solvers.resolution import roundoff_scale, unresolved
-from dlnode.solvers.stepping import BATCH_AXIS, SteppingMethod, compiled
+from dlnode.solvers.stepping import BATCH_AXIS, SteppingMethod, compiled, lanczos_start, warm_observed
 from dlnode.solvers.tableaus import DOPRI5, ExplicitTableau
 
 __all__ = [
@@ -133,6 +133,7 @@ class _State(NamedTuple):
     basis: Any  # the last attempt's stage basis (A-orthonormal rows, their A-products, its h): CG's first guess
     explicit: Any  # accepted explicit steps (of `steps`)
     implicit: Any  # the last step was a Rosenbrock step (hysteresis of the switch)
+    start: Any  # the next save's Lanczos start (`stepping.lanczos_start`)
 
 
 def _two_sum_add(hi: Any, lo: Any, h: Any) -> tuple[Any, Any]:
@@ -301,11 +302,11 @@ def _step(
     return _State(
         pick(x1, s.x), pick(t_hi, s.t_hi), pick(t_lo, s.t_lo), h_next, v, lam,
         s.steps + accept, s.rejected + (1 - accept), fails, status.astype(s.status.dtype), basis,
-        s.explicit + (accept & explicit), jnp.where(s.status == RUNNING, ~explicit, s.implicit),
+        s.explicit + (accept & explicit), jnp.where(s.status == RUNNING, ~explicit, s.implicit), s.start,
     )  # fmt: skip
 
 
-def _initial_state(field: Callable, x0: Any, c: dict) -> _State:
+def _initial_state(field: Callable, x0: Any, c: dict, start: Any) -> _State:
     """h₀ = 0.01‖y₀‖/‖f(y₀)‖ in the error norm (Hairer, Nørsett, Wanner I, §II.4), capped at t1; λ₀ by power steps."""
     f0, jvp = jax.linearize(field, x0)
     sc = c["atol"] + c["rtol"] * jnp.abs(x0)
@@ -316,7 +317,7 @@ def _initial_state(field: Callable, x0: Any, c: dict) -> _State:
     h0 = jnp.minimum(jnp.minimum(h0, c["t1"]), STIFF_CEILING / (TABLEAU.gamma * jnp.maximum(lam, 1e-300)))
     zero, izero = jnp.zeros((), x0.dtype), jnp.zeros((), jnp.int64)
     basis = (jnp.zeros((len(TABLEAU.m), *x0.shape), x0.dtype),) * 2 + (h0,)
-    return _State(x0, zero, zero, h0, v, lam, izero, izero, izero, izero, basis, izero, jnp.zeros((), bool))
+    return _State(x0, zero, zero, h0, v, lam, izero, izero, izero, izero, basis, izero, jnp.zeros((), bool), start)
 
 
 def _check_flow(flow: Flow) -> str | None:
@@ -373,7 +374,7 @@ class LayerRosenbrock(SteppingMethod):
         st = {"args": self.flow.prepare(y0, arrays, c), "y_like": y0}
         field, loss, _ = self._closures(st)
         x0 = ravel_pytree(y0)[0]
-        return {"s": _initial_state(field, x0, c), "loss0": loss(x0), **st}
+        return {"s": _initial_state(field, x0, c, lanczos_start(self.flow, x0)), "loss0": loss(x0), **st}
 
     def step(self, s: _State, st: dict, target: Any, arrays: dict, c: dict) -> _State:
         field, loss, _ = self._closures(st)
@@ -390,6 +391,9 @@ class LayerRosenbrock(SteppingMethod):
 
     def observe(self, s: _State, st: dict, arrays: dict) -> dict:
         return self.flow.observe(self._closures(st)[2](s.x), st["args"])
+
+    def observed(self, s: _State, st: dict, arrays: dict) -> tuple[_State, dict]:
+        return warm_observed(self.flow, self._closures(st)[2](s.x), st["args"], s)
 
     def end_window(self, s0: _State, s: _State, st: dict, arrays: dict, c: dict) -> _State:
         """A cell whose weights move slower than the round-off of their field stops (see `resolution`)."""

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from dlnode.solvers.core import RUNNING, Method, by_cell, call
 
-__all__ = ["BATCH_AXIS", "SteppingMethod", "compiled", "method_entry", "window"]
+__all__ = ["BATCH_AXIS", "SteppingMethod", "compiled", "lanczos_start", "method_entry", "warm_observed", "window"]
 
 BATCH_AXIS = "batch"  # the vmapped batch's axis name: a step may reduce over the batch (`jax.lax.pmax`)
 
@@ -84,6 +84,22 @@ class SteppingMethod:
     def final(self, st: dict) -> Any:
         """The state reached, as the flow's state (the layers, or the end-to-end matrix)."""
         raise NotImplementedError
+
+
+def lanczos_start(flow: Any, flat: Any) -> Any:
+    """A carry's first Lanczos start: zeros of the flat state's size (the fixed start vector) where the flow saves the
+    curvature (`Flow.observe_warm`), else a scalar that nothing reads."""
+    return jnp.zeros_like(flat) if flow.observe_warm is not None else jnp.zeros((), flat.dtype)
+
+
+def warm_observed(flow: Any, y: Any, args: dict, s: Any) -> tuple[Any, dict]:
+    """`SteppingMethod.observed` for a carry with a ``start`` field (see `lanczos_start`) at the flow's state `y`:
+    where the flow saves the curvature, each save's Lanczos starts from the last save's Ritz vectors, which move
+    little from save to save along a run (docs/finite-step.md §1)."""
+    if flow.observe_warm is None:
+        return s, flow.observe(y, args)
+    obs, start = flow.observe_warm(y, args, s.start)
+    return s._replace(start=start), obs
 
 
 def window(method: SteppingMethod, st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
