@@ -21,7 +21,7 @@ def _drift(weights, steps):
 
 
 def test_drift_at_the_last_save_of_a_default_run_is_below_the_target():
-    # the drift grows over the last escape (t ≈ 200 → 1000) and then stays: at rtol 1e-6 it ended at 3.5e-6
+    # the drift grows over the last escape (t ≈ 200 → 1000) and then stays (see the next test for its size)
     prob = dln.MatrixCompletion.random((6, 6), 2, 24, seed=1)
     ds = dln.integrate(prob, depth=3, init="gaussian", scale=1e-2, save_weights=True, progress=False)
     assert ds["status"].item() == dln.Status.CONVERGED
@@ -38,9 +38,10 @@ def test_drift_at_the_last_save_of_a_default_run_is_below_the_target():
 
 
 def test_the_drift_is_integration_error_that_the_default_tolerance_bounds():
-    # negative control: the same run at the old default rtol 1e-6 drifts past the target; depth 1 keeps 1e-6
+    # negative control: the same run at a loose rtol drifts past the target (measured, relative to max‖W_j‖²: 1.2e-7
+    # at rtol 1e-6, 1.2e-6 at 1e-5, 1.9e-5 at 1e-4; 4.6e-8 at the default 2e-7); depth 1 keeps 1e-6
     prob = dln.MatrixCompletion.random((6, 6), 2, 24, seed=1)
-    loose = dln.integrate(prob, depth=3, init="gaussian", scale=1e-2, rtol=1e-6, progress=False)
+    loose = dln.integrate(prob, depth=3, init="gaussian", scale=1e-2, rtol=1e-4, progress=False)
     size = float((loose["weights_final"].fillna(0.0) ** 2).sum(("out", "in")).max())
     assert float(loose["balancedness"].isel(time=-1).item()) > TARGET * size
     assert default_rtol(prob, [1], [1e-2]) == 1e-6

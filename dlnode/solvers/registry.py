@@ -3,7 +3,7 @@
 - diffrax (`tsit5`, `dopri5`, `dopri8`, `kvaerno5`): PID step-size control, vmapped over the batch.
 - scipy (`scipy:RK45`, `scipy:LSODA`, `scipy:BDF`, `scipy:Radau`): the float64 reference; a jitted right-hand
   side and, for the implicit methods, the jitted Jacobian −∇²L.
-- `rosenbrock`: RODAS3, a linearly implicit (L-stable) Rosenbrock method of order 3 with matrix-free CG stage
+- `rosenbrock`: RODAS4, a linearly implicit (L-stable) Rosenbrock method of order 4 with matrix-free CG stage
   solves on Hessian-vector products, for stiff small-init flows through every plateau (see `rosenbrock`); on
   flows of the end-to-end matrix, Shampine's order-4 Rosenbrock method in singular coordinates (U, ln σ, V) with
   dense LU (see `singular`).

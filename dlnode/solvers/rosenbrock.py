@@ -6,28 +6,35 @@ step is capped at ~2.6/λ_max; a linearly implicit step is not. The Jacobian of 
 symmetric, so every stage system (I + hγ∇²L) u = b is solved by conjugate gradients on Hessian-vector products
 (the tangent of ``jax.linearize`` of the field), and the n × n Jacobian is never formed.
 
-Method ``rosenbrock``: RODAS3 (Sandu et al. 1997), a 4-stage Rosenbrock method of order 3 with an embedded
-order-2 estimate, L-stable and stiffly accurate (R(∞) = 0, and the estimate vanishes on infinitely stiff
-components); 3 field evaluations and 4 CG solves per step, each CG started from the Galerkin projection on the
+Method ``rosenbrock``: RODAS4 (Hairer & Wanner 1996), a 6-stage Rosenbrock method of order 4 with an embedded
+order-3 estimate, L-stable and stiffly accurate (R(∞) = 0, and the estimate vanishes on infinitely stiff
+components); 5 field evaluations and 6 CG solves per step, each CG started from the Galerkin projection on the
 earlier stage solutions. While accuracy, not stability, limits the step (h·λ_max ≤ `SWITCH`), steps are explicit
 (Dormand–Prince 5(4)), as in LSODA. Time is carried as a compensated two-float sum (t_hi, t_lo), never fed to the
 (autonomous) field, so plateaus of 10¹⁸ time units still resolve steps of order one; steps land exactly on the
 save times; step growth is capped per step and by h·γ·λ_max ≤ `STIFF_CEILING` (a larger h·λ_max loses the slow
 subspace to round-off).
 
-Why RODAS3 and not Shampine's order-4 method (`SHAMPINE`, kept for the singular path of `dlnode.solvers.singular`, where
-it takes half the steps): measured on the Arora et al. completion (rtol 1e-4 / 1e-6 / 1e-8, same CG tolerance),
-6.1 / 13.4 / 31.1 s with RODAS3 against 7.3 / 14.2 / 42.3 s; equal within noise on the depth-4 completions at
-d = 10 and 50. (Shampine's method keeps a third of a stiff deviation per step, R(∞) = 1/3, and its estimate counts
-two thirds of it as error; RODAS3 does neither.)
+Why RODAS4: the per-layer default rtol (2e-7) is tight, and at a tight tolerance an order-4 method takes far fewer
+steps than an order-3 one. Measured against RODAS3 (Sandu et al. 1997; 4 stages, order 3 with an order-2
+estimate, also L-stable), cold, one process per case, on the 33 per-layer cases of the generated gauntlet that
+`auto` sends to this path (`benchmarks/gauntlet.py`): on the 25 that converge, 0.42–1.0 of the steps (median
+0.64) and 229 s in all against 287 s (median time ratio 0.88; the slowest three 49.8 → 35.5 s, 60.0 → 42.3 s and
+20.9 → 13.7 s; at worst 3.2 → 4.1 s, where the compile varied); against references at rtol 1e-10, errors of
+1.1e-8 to 1.1e-5 on 13 of them (the same to two digits as RODAS3's where those were measured: cases 5, 8, 19, 57);
+the 8 cases that stop as `unresolved` take the same steps at 1.5× their cost (15.7 → 24.4 s at worst).
+Shampine's order-4 method (`SHAMPINE`, kept for the singular path of `dlnode.solvers.singular`) keeps a third of a
+stiff deviation per step (R(∞) = 1/3) and its estimate counts two thirds of it as error; on the Arora et al.
+completion (rtol 1e-4 / 1e-6 / 1e-8) it took 7.3 / 14.2 / 42.3 s against RODAS3's 6.1 / 13.4 / 31.1 s.
 
 References
 ----------
-Sandu, Verwer, Blom, Spee, Carmichael, Potra (1997), "Benchmarking stiff ODE solvers for atmospheric chemistry
-problems II: Rosenbrock solvers", Atmos. Environ. 31(20), 3459–3472 (RODAS3);
+Hairer, Wanner (1996), *Solving ODEs II*, §IV.7 (the transformed stage equations and order conditions) and the
+coefficients of RODAS (their code rodas.f, METH = 1); Sandu, Verwer, Blom, Spee, Carmichael, Potra (1997),
+"Benchmarking stiff ODE solvers for atmospheric chemistry problems II: Rosenbrock solvers", Atmos. Environ. 31(20),
+3459–3472 (RODAS3, the method before);
 Shampine (1982), "Implementation of Rosenbrock methods", ACM TOMS 8(2), 93–113; Kaps, Rentrop (1979),
-"Generalized Runge–Kutta methods of order four with stepsize control for stiff ODEs", Numer. Math. 33, 55–68;
-Hairer, Wanner (1996), *Solving ODEs II*, §IV.7 (the transformed stage equations and order conditions).
+"Generalized Runge–Kutta methods of order four with stepsize control for stiff ODEs", Numer. Math. 33, 55–68.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from dlnode.solvers.stepping import BATCH_AXIS, SteppingMethod, compiled, lanczo
 from dlnode.solvers.tableaus import DOPRI5, ExplicitTableau
 
 __all__ = [
-    "RODAS3", "SHAMPINE", "TABLEAU", "Tableau", "error_norm", "make_batch", "probe", "settle", "step_factor",
+    "RODAS4", "SHAMPINE", "TABLEAU", "Tableau", "error_norm", "make_batch", "probe", "settle", "step_factor",
 ]  # fmt: skip
 
 
@@ -82,19 +89,35 @@ SHAMPINE = Tableau(
     order=3,
 )
 
-# Sandu et al. (1997): order 3, embedded order 2, L-stable and stiffly accurate (m is the last row of a plus the
-# last stage), the estimate is the last stage u₄ and vanishes as h·λ → ∞; stage 2 reuses f(y) (a₂ⱼ = 0), so a
-# step costs 3 field evaluations and 4 solves, as Shampine's.
-RODAS3 = Tableau(
-    gamma=0.5,
-    a=np.array([[0, 0, 0, 0], [0, 0, 0, 0], [2, 0, 0, 0], [2, 0, 1, 0]], dtype=float),
-    c=np.array([[0, 0, 0, 0], [4, 0, 0, 0], [1, -1, 0, 0], [1, -1, -8 / 3, 0]], dtype=float),
-    m=np.array([2, 0, 1, 1], dtype=float),
-    e=np.array([0, 0, 0, 1], dtype=float),
-    order=2,
-)
 
-TABLEAU = RODAS3
+# Hairer & Wanner (1996), RODAS (their rodas.f, METH = 1): order 4, embedded order 3, L-stable and stiffly accurate
+# (the solution is the last stage's argument plus u₆, the estimate is u₆); stage 6 evaluates at y + Σ a₅ⱼuⱼ + u₅,
+# so a step costs 5 field evaluations and 6 solves.
+_A5 = [1.221224509226641, 6.019134481288629, 12.53708332932087, -0.6878860361058950]
+RODAS4 = Tableau(
+    gamma=0.25,
+    a=np.array([
+        [0, 0, 0, 0, 0, 0],
+        [1.544, 0, 0, 0, 0, 0],
+        [0.9466785280815826, 0.2557011698983284, 0, 0, 0, 0],
+        [3.314825187068521, 2.896124015972201, 0.9986419139977817, 0, 0, 0],
+        [*_A5, 0, 0],
+        [*_A5, 1, 0],
+    ]),
+    c=np.array([
+        [0, 0, 0, 0, 0, 0],
+        [-5.6688, 0, 0, 0, 0, 0],
+        [-2.430093356833875, -0.2063599157091915, 0, 0, 0, 0],
+        [-0.1073529058151375, -9.594562251023355, -20.47028614809616, 0, 0, 0],
+        [7.496443313967647, -10.24680431464352, -33.99990352819905, 11.70890893206160, 0, 0],
+        [8.083246795921522, -7.981132988064893, -31.52159432874371, 16.31930543123136, -6.058818238834054, 0],
+    ]),
+    m=np.array([*_A5, 1, 1]),
+    e=np.array([0, 0, 0, 0, 0, 1], dtype=float),
+    order=3,
+)  # fmt: skip
+
+TABLEAU = RODAS4
 
 SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 5.0  # step controller: h ← h·clip(0.9 err^{−1/(order+1)}, 0.2, 5)
 # Switching (after LSODA, Petzold 1983): an explicit DOPRI5 step (7 field evaluations and one power step) costs
