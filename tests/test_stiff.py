@@ -18,7 +18,7 @@ GLOBAL_FACTOR = 100.0
 RTOL = 1e-6
 # RODAS4 has an order-3 embedded estimate: h ∝ rtol^{1/4}, so the step count grows by 10^{1/4} per decade.
 STEP_SLOPE, STEP_SLOPE_TOL = 1 / 4, 0.05
-# Stage (escape) times: at rtol 1e-8 a 3rd-order integration moves an escape time by far less than 1e-4 of itself.
+# Stage (escape) times: at rtol 1e-8 an order-4 integration moves an escape time by far less than 1e-4 of itself.
 STAGE_RTOL, STAGE_TOL = 1e-8, 1e-4
 # D_j is conserved by the flow: its drift is integration error, a modest multiple of rtol·max_j‖W_j‖².
 DRIFT_FACTOR = 100.0
