@@ -130,8 +130,8 @@ SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 5.0  # step controller: h ← h·clip(0.9 e
 # took Rosenbrock steps goes back only below SWITCH_BACK (hysteresis: the first Rosenbrock attempt is often
 # rejected, and without it the solver would alternate). Rosenbrock pays only where accuracy allows h·λ_max of some
 # tens (measured with RODAS3 on the Arora completion: its cost per unit time falls below the explicit one near
-# h·λ_max ≈ 30–50; thresholds of 20/7 and 50/20 instead of 30/10 gained nothing beyond noise; not re-tuned for
-# RODAS4).
+# h·λ_max ≈ 30–50; thresholds of 20/7 and 50/20 instead of 30/10 gained nothing beyond noise). With RODAS4, on 13
+# per-layer gauntlet cases (cold, one process each): 60/20 took 1.11× the time of 30/10 (median), 20/7 1.02×.
 EXPLICIT_STABLE, SWITCH, SWITCH_BACK, CAPPED_GROWTH = 3.0, 30.0, 10.0, 1.5
 STIFF_CEILING = 1e8  # h·γ·λ_max cap: CG and the update keep ~ε·1e8 relative accuracy in the slow subspace
 # stage residual, in units of the local error tolerance atol + rtol·|y|. Measured on the Arora completion (RODAS3,
