@@ -8,12 +8,12 @@ symmetric, so every stage system (I + hγ∇²L) u = b is solved by conjugate gr
 
 Method ``rosenbrock``: RODAS4 (Hairer & Wanner 1996), a 6-stage Rosenbrock method of order 4 with an embedded
 order-3 estimate, L-stable and stiffly accurate (R(∞) = 0, and the estimate vanishes on infinitely stiff
-components); 5 field evaluations and 6 CG solves per step, each CG started from the Galerkin projection on the
-earlier stage solutions. While accuracy, not stability, limits the step (h·λ_max ≤ `SWITCH`), steps are explicit
-(Dormand–Prince 5(4)), as in LSODA. Time is carried as a compensated two-float sum (t_hi, t_lo), never fed to the
-(autonomous) field, so plateaus of 10¹⁸ time units still resolve steps of order one; steps land exactly on the
-save times; step growth is capped per step and by h·γ·λ_max ≤ `STIFF_CEILING` (a larger h·λ_max loses the slow
-subspace to round-off).
+components); 6 field evaluations (the one at y included) and 6 CG solves per step, each CG started from the Galerkin
+projection on the earlier stage solutions. While accuracy, not stability, limits the step (h·λ_max ≤ `SWITCH`),
+steps are explicit (Dormand–Prince 5(4)), as in LSODA. Time is carried as a compensated two-float sum (t_hi, t_lo),
+never fed to the (autonomous) field, so plateaus of 10¹⁸ time units still resolve steps of order one; steps land
+exactly on the save times; step growth is capped per step and by h·γ·λ_max ≤ `STIFF_CEILING` (a larger h·λ_max loses
+the slow subspace to round-off).
 
 Why RODAS4: the per-layer default rtol (2e-7) is tight, and at a tight tolerance an order-4 method takes far fewer
 steps than an order-3 one. Measured against RODAS3 (Sandu et al. 1997; 4 stages, order 3 with an order-2
@@ -59,79 +59,26 @@ from dlnode.solvers.core import RUNNING, Status, stop_flags
 from dlnode.solvers.krylov import cg, power_iteration
 from dlnode.solvers.resolution import roundoff_scale, unresolved
 from dlnode.solvers.stepping import BATCH_AXIS, SteppingMethod, compiled, lanczos_start, warm_observed
-from dlnode.solvers.tableaus import DOPRI5, ExplicitTableau
+from dlnode.solvers.tableaus import DOPRI5, RODAS4, SHAMPINE, ExplicitTableau, Tableau
 
 __all__ = [
     "RODAS4", "SHAMPINE", "TABLEAU", "Tableau", "error_norm", "make_batch", "probe", "settle", "step_factor",
 ]  # fmt: skip
 
 
-class Tableau(NamedTuple):
-    """A Rosenbrock method in the transformed form of Hairer & Wanner (u_i = Σ_{j≤i} γ_ij k_j):
-
-    (I − hγJ) u_i = hγ (f(y + Σ_{j<i} a_ij u_j) + Σ_{j<i} c_ij u_j / h),  y₁ = y + Σ m_i u_i,
-    local error estimate Σ e_i u_i = y₁ − ŷ₁ of order `order` + 1 in h.
-    """
-
-    gamma: float
-    a: np.ndarray
-    c: np.ndarray
-    m: np.ndarray
-    e: np.ndarray
-    order: int  # of the embedded solution ŷ₁, so the error estimate scales as h^{order+1}
-
-
-# Shampine (1982), parameters after Kaps & Rentrop (1979): order 4, embedded order 3, A-stable, R(∞) = 1/3;
-# stage 4 reuses stage 3's field value (a_4j = a_3j), so a step costs 3 field evaluations and 4 solves.
-SHAMPINE = Tableau(
-    gamma=0.5,
-    a=np.array([[0, 0, 0, 0], [2, 0, 0, 0], [48 / 25, 6 / 25, 0, 0], [48 / 25, 6 / 25, 0, 0]], dtype=float),
-    c=np.array([[0, 0, 0, 0], [-8, 0, 0, 0], [372 / 25, 12 / 5, 0, 0], [-112 / 125, -54 / 125, -2 / 5, 0]]),
-    m=np.array([19 / 9, 1 / 2, 25 / 108, 125 / 108]),
-    e=np.array([17 / 54, 7 / 36, 0, 125 / 108]),
-    order=3,
-)
-
-
-# Hairer & Wanner (1996), RODAS (their rodas.f, METH = 1): order 4, embedded order 3, L-stable and stiffly accurate
-# (the solution is the last stage's argument plus u₆, the estimate is u₆); stage 6 evaluates at y + Σ a₅ⱼuⱼ + u₅,
-# so a step costs 5 field evaluations and 6 solves.
-_A5 = [1.221224509226641, 6.019134481288629, 12.53708332932087, -0.6878860361058950]
-RODAS4 = Tableau(
-    gamma=0.25,
-    a=np.array([
-        [0, 0, 0, 0, 0, 0],
-        [1.544, 0, 0, 0, 0, 0],
-        [0.9466785280815826, 0.2557011698983284, 0, 0, 0, 0],
-        [3.314825187068521, 2.896124015972201, 0.9986419139977817, 0, 0, 0],
-        [*_A5, 0, 0],
-        [*_A5, 1, 0],
-    ]),
-    c=np.array([
-        [0, 0, 0, 0, 0, 0],
-        [-5.6688, 0, 0, 0, 0, 0],
-        [-2.430093356833875, -0.2063599157091915, 0, 0, 0, 0],
-        [-0.1073529058151375, -9.594562251023355, -20.47028614809616, 0, 0, 0],
-        [7.496443313967647, -10.24680431464352, -33.99990352819905, 11.70890893206160, 0, 0],
-        [8.083246795921522, -7.981132988064893, -31.52159432874371, 16.31930543123136, -6.058818238834054, 0],
-    ]),
-    m=np.array([*_A5, 1, 1]),
-    e=np.array([0, 0, 0, 0, 0, 1], dtype=float),
-    order=3,
-)  # fmt: skip
-
 TABLEAU = RODAS4
 
 SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 5.0  # step controller: h ← h·clip(0.9 err^{−1/(order+1)}, 0.2, 5)
 # Switching (after LSODA, Petzold 1983): an explicit DOPRI5 step (7 field evaluations and one power step) costs
-# about a twentieth of a RODAS3 step with its CG solves (a RODAS4 step about a thirtieth), and its stability bound
-# is h·λ_max ≈ 3.3. Steps are explicit, at h ≤ EXPLICIT_STABLE/λ_max, while every run of the batch has an accuracy
-# step h·λ_max ≤ SWITCH; a capped explicit step lets the accuracy step grow by at most CAPPED_GROWTH. A run that
-# took Rosenbrock steps goes back only below SWITCH_BACK (hysteresis: the first Rosenbrock attempt is often
-# rejected, and without it the solver would alternate). Rosenbrock pays only where accuracy allows h·λ_max of some
-# tens (measured with RODAS3 on the Arora completion: its cost per unit time falls below the explicit one near
-# h·λ_max ≈ 30–50; thresholds of 20/7 and 50/20 instead of 30/10 gained nothing beyond noise). With RODAS4, on 13
-# per-layer gauntlet cases (cold, one process each): 60/20 took 1.11× the time of 30/10 (median), 20/7 1.02×.
+# about a twentieth of a RODAS3 step with its CG solves (a RODAS4 step, by its stages, about a thirtieth), and its
+# stability bound is h·λ_max ≈ 3.3. Steps are explicit, at h ≤ EXPLICIT_STABLE/λ_max, while every run of the batch
+# has an accuracy step h·λ_max ≤ SWITCH; a capped explicit step lets the accuracy step grow by at most
+# CAPPED_GROWTH. A run that took Rosenbrock steps goes back only below SWITCH_BACK (hysteresis: the first Rosenbrock
+# attempt is often rejected, and without it the solver would alternate). Rosenbrock pays only where accuracy allows
+# h·λ_max of some tens (measured with RODAS3 on the Arora completion: its cost per unit time falls below the
+# explicit one near h·λ_max ≈ 30–50; thresholds of 20/7 and 50/20 instead of 30/10 gained nothing beyond noise).
+# With RODAS4, on 13 per-layer gauntlet cases (cold, one process each): 60/20 took 1.11× the time of 30/10 (median),
+# 20/7 1.02×.
 EXPLICIT_STABLE, SWITCH, SWITCH_BACK, CAPPED_GROWTH = 3.0, 30.0, 10.0, 1.5
 STIFF_CEILING = 1e8  # h·γ·λ_max cap: CG and the update keep ~ε·1e8 relative accuracy in the slow subspace
 # stage residual, in units of the local error tolerance atol + rtol·|y|. Measured on the Arora completion (RODAS3,

@@ -58,14 +58,15 @@ import numpy as np
 
 from dlnode.errors import fail, refused, shown
 from dlnode.flows.flow import Flow, end_to_end_observables
-from dlnode.solvers.rosenbrock import SHAMPINE, error_norm, settle, step_factor
+from dlnode.solvers.rosenbrock import error_norm, settle, step_factor
 from dlnode.solvers.stepping import SteppingMethod, compiled
+from dlnode.solvers.tableaus import SHAMPINE
 
 # Shampine's order-4 method, not the layer path's RODAS4: each step here pays an LU (or GMRES solves), and RODAS4's
-# six stages and five field evaluations cost more than its fewer steps save. Measured on the 11 end-to-end cases of
-# the generated gauntlet (`benchmarks/gauntlet.py`, cold, one process each): RODAS4 took 0.59–0.92 of the steps
-# and 165 s against 161 s in all (median time ratio 1.11, from 0.71 to 1.38). RODAS3 (order 3), on the depth-8
-# factorisation (σ(0) = 1e-24): 5833 steps and 7.3 s where this takes 2793 and 2.9 s (rtol 1e-7).
+# six stages and six field evaluations (Shampine's: four and three) cost more than its fewer steps save. Measured on
+# the 11 end-to-end cases of the generated gauntlet (`benchmarks/gauntlet.py`, cold, one process each): RODAS4 took
+# 0.59–0.92 of the steps and 165 s against 161 s in all (median time ratio 1.11, from 0.71 to 1.38). RODAS3 (order
+# 3), on the depth-8 factorisation (σ(0) = 1e-24): 5833 steps and 7.3 s where this takes 2793 and 2.9 s (rtol 1e-7).
 TABLEAU = SHAMPINE
 
 __all__ = [
