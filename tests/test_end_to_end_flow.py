@@ -146,7 +146,8 @@ def test_infinite_depth_keeps_a_rectangular_column_space_and_says_so(shape):
     """a^∞_ik = 0 between a singular value and a padded zero (docs/math.md §5): at depth ∞ a 6 × 3 W keeps its
     column space (3 × 6: its row space), so on a factorisation whose target lies outside it the loss stops at the
     best fit inside, ½‖M − PM‖² (P the projector onto W(0)'s column space), a closed form; the plan warns before the
-    run. Negative control: depth 64 leaves that subspace and converges."""
+    run, and the run stops there as `subspace_optimum`, its floor ℓ*_S stored as `loss_floor`. Negative control:
+    depth 64 leaves that subspace and converges."""
     rng = np.random.default_rng(3)
     target = rng.standard_normal((shape[0], 2)) @ rng.standard_normal((2, shape[1]))
     prob = dln.Factorization(target)
@@ -163,10 +164,16 @@ def test_infinite_depth_keeps_a_rectangular_column_space_and_says_so(shape):
     assert loss[last] == pytest.approx(best, rel=1e-6)
     moved = np.linalg.svd(w[last] if shape[0] > shape[1] else w[last].T, full_matrices=False)[0]
     assert np.linalg.svd(basis.T @ moved, compute_uv=False).min() > 1 - 1e-9  # the subspace, to round-off
-    assert ds.status.item() == int(dln.Status.NOT_CONVERGED)
+    assert ds.status.item() == int(dln.Status.SUBSPACE_OPTIMUM)
+    assert ds.loss_floor.item() == pytest.approx(best, rel=1e-10)
+    assert loss[last] - best <= 1e-8 * (loss[0] - best)  # the stop rule, against the floor
+    assert np.all(loss[last:] == loss[last])  # held past its end, as a converged run's
     deep = dln.integrate(prob, depth=64, **kw)
     assert deep.status.item() == int(dln.Status.CONVERGED)
     assert deep.loss.isel(time=-1).item() < 1e-6 * best
+    assert "loss_floor" not in deep  # no floor above l* at a finite depth
+    fixed = dln.integrate(prob, depth="inf", t1=float(ds.t_final.item()), **kw)  # t1 given: no stop rule
+    assert fixed.status.item() == int(dln.Status.FINISHED) and "loss_floor" not in fixed
 
 
 def test_no_frozen_subspace_warning_where_there_is_none(recwarn):

@@ -99,3 +99,48 @@ def test_bad_input_gets_a_one_line_error(call, match):
     with pytest.raises(ValueError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("shape", [(7, 4), (4, 7)])
+def test_loss_min_in_span_against_least_squares(shape):
+    """ℓ*_S, the best fit inside W₀'s column space (tall W₀) or row space (wide), by conjugate gradients on the
+    problem's Hessian products, against a dense least-squares solve over the subspace's coordinates: a completion
+    (each column, or row, its own least squares over the observed entries) and a sensing problem. A square W₀ of
+    full rank spans everything: ℓ*_S = ℓ* (negative control: the subspace is what lifts the floor)."""
+    rng = np.random.default_rng(5)
+    target = rng.standard_normal((shape[0], 2)) @ rng.standard_normal((2, shape[1]))
+    w0 = rng.standard_normal(shape)
+    basis = np.linalg.svd(w0 if shape[0] > shape[1] else w0.T, full_matrices=False)[0]  # (long side, short side)
+    r = basis.shape[1]
+    mask = rng.random(shape) < 0.7
+    completion = dln.MatrixCompletion(target, mask)
+    sensing = dln.MatrixSensing(rng.standard_normal((30, *shape)), target)
+
+    def least_squares(prob):  # the loss's linear map on the coordinates Z (W = QZ, or W = ZᵀQᵀ), column by column
+        count = r * (shape[1] if shape[0] > shape[1] else shape[0])
+        cols = []
+        for i in range(count):
+            z = np.zeros(count)
+            z[i] = 1.0
+            z = z.reshape(r, -1)
+            w = basis @ z if shape[0] > shape[1] else (basis @ z).T
+            cols.append(w)
+        if isinstance(prob, dln.MatrixCompletion):
+            a = np.stack([c[mask] for c in cols], axis=1)
+            b = target[mask]
+        else:
+            a = np.stack([np.einsum("mij,ij->m", prob.sensing, c) for c in cols], axis=1)
+            b = np.einsum("mij,ij->m", prob.sensing, target)
+        z = np.linalg.lstsq(a, b, rcond=None)[0]
+        return 0.5 * float(np.sum((a @ z - b) ** 2)) / (1 if isinstance(prob, dln.MatrixCompletion) else len(b))
+
+    for prob in (completion, sensing):
+        expected = least_squares(prob)
+        got = prob.loss_min_in_span(w0)
+        assert got > prob.loss_min + 1e-3
+        assert got == pytest.approx(expected, rel=1e-10)
+    low_rank = rng.standard_normal((5, 2)) @ rng.standard_normal((2, 5))
+    square = dln.MatrixSensing(rng.standard_normal((40, 5, 5)), low_rank)
+    assert square.loss_min_in_span(rng.standard_normal((5, 5))) == pytest.approx(square.loss_min, abs=1e-9)
+    with pytest.raises(ValueError, match="w0"):
+        completion.loss_min_in_span(np.zeros((3, 3)))

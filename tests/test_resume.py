@@ -97,6 +97,26 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(case, problem, scale, 
     assert (first["t_final"] <= want["t_final"].sel(depth=first["depth"])).where(begun, True).all()
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_a_run_stopped_at_its_subspace_optimum_resumes(k):
+    """Depth ∞ on a rectangular W stops at the best fit inside W(0)'s column space (`subspace_optimum`, its floor
+    computed before the run): an interrupted run keeps that floor in its checkpoint, and resumes to the same bits."""
+    rng = np.random.default_rng(1)
+    problem = dln.Factorization(rng.standard_normal((5, 2)) @ rng.standard_normal((2, 3)))
+    kw = {"depth": "inf", "flow": "end_to_end", "init": "balanced", "scale": 1e-2, "scale_of": "product",
+          "seed": [0, 1], "progress": False}  # fmt: skip
+    with pytest.MonkeyPatch.context() as m, pytest.warns(UserWarning, match="keeps W"):
+        m.setattr(driver, "_interrupt_requested", lambda flag: False)
+        want = dln.integrate(problem, **kw)
+    assert (want["status"] == int(dln.Status.SUBSPACE_OPTIMUM)).all()
+    with pytest.MonkeyPatch.context() as m, pytest.warns(UserWarning, match="keeps W"):
+        interrupt_at(m, k)
+        first = dln.integrate(problem, **kw)
+        assert (first["status"] == int(dln.Status.INTERRUPTED)).all()
+        got = dln.resume(first)
+    assert_bitwise_equal(got, want)
+
+
 def test_a_run_interrupted_twice_resumes_twice(monkeypatch):
     problem = dln.Regression.whitened([2.0, 1.0], 2, 2, seed=0)
     kw = {"depth": [2, 3], "scale": 0.5, "seed": [0, 1], "method": "tsit5", "t1": 6.0, "saveat": 40,

@@ -153,7 +153,7 @@ def _load(ds: xr.Dataset, source: Path) -> xr.Dataset:
 
 # statuses that say a run went to its end: it had a finite initial loss (else it would have diverged at once) and
 # reached a finite time
-RAN = (int(Status.FINISHED), int(Status.CONVERGED), int(Status.NOT_CONVERGED))
+RAN = (int(Status.FINISHED), int(Status.CONVERGED), int(Status.NOT_CONVERGED), int(Status.SUBSPACE_OPTIMUM))
 
 
 def _check_complete(ds: xr.Dataset, source: Path) -> None:

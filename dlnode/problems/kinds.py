@@ -91,6 +91,54 @@ class Problem:
         """ℓ* = min ℓ over all matrices W (depth 1); deeper nets reach it when the width allows."""
         return 0.0
 
+    def loss_min_in_span(self, w0: Any) -> float:
+        """ℓ*_S = min ℓ over the matrices whose column space lies in W₀'s (d_out > d_in), or whose row space lies
+        in W₀'s (d_out < d_in): the lowest loss a flow that keeps that space can reach (depth ∞, docs/math.md §5);
+        ℓ* for a square W₀ of full rank.
+
+        ℓ is quadratic, so on the subspace S it is minimised where P H(W − W*) = 0 (P the orthogonal projector
+        onto S): conjugate gradients on P H P from 0, exact Hessian products, at most 4·dim S iterations, to a
+        residual 1e-13 of the first; ℓ at the result is above ℓ*_S by ½⟨δ, Hδ⟩ for its error δ, second order."""
+        w0 = np.asarray(w0, dtype=np.float64)
+        if w0.shape != self.w_star.shape:
+            fail("w0", f"must have the problem's shape {self.w_star.shape}", shown(f"shape {w0.shape}"),
+                 "pass the end-to-end matrix W(0)")  # fmt: skip
+        u, s, vt = np.linalg.svd(w0, full_matrices=False)
+        rank = int((s > s[0] * max(w0.shape) * np.finfo(np.float64).eps).sum()) if s.size and s[0] > 0 else 0
+        if w0.shape[0] >= w0.shape[1]:  # tall (or square): the column space
+            basis = u[:, :rank]
+
+            def project(w: np.ndarray) -> np.ndarray:
+                return basis @ (basis.T @ w)
+        else:
+            basis = vt[:rank].T
+
+            def project(w: np.ndarray) -> np.ndarray:
+                return (w @ basis) @ basis.T
+
+        arrays = self.arrays()
+
+        def apply(x: np.ndarray) -> np.ndarray:
+            return project(np.asarray(type(self).hessian_op(project(x), arrays)))
+
+        x = np.zeros_like(w0)
+        residual = project(np.asarray(type(self).hessian_op(np.asarray(arrays["w_star"]), arrays)))
+        direction, rr = residual.copy(), float((residual * residual).sum())
+        stop = 1e-26 * rr
+        for _ in range(4 * rank * min(w0.shape)):
+            if rr <= stop:
+                break
+            product = apply(direction)
+            curvature = float((direction * product).sum())
+            if curvature <= 0:  # a direction H does not see: the residual is already in H's null space
+                break
+            alpha = rr / curvature
+            x = x + alpha * direction
+            residual = residual - alpha * product
+            rr, previous = float((residual * residual).sum()), rr
+            direction = residual + (rr / previous) * direction
+        return float(type(self).loss_fn(x, arrays))
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays the jitted gradient needs (a pytree); includes the minimiser and ℓ*."""
         return {"w_star": self.w_star, "loss_min": np.float64(self.loss_min), **self._operator()}

@@ -32,7 +32,7 @@ from dlnode.runtime.interrupts import sigint_flag, stop_requested
 from dlnode.solvers import METHODS, Solution, Status, solve
 from dlnode.solvers.auto import PER_DEPTH
 from dlnode.solvers.core import RUNNING
-from dlnode.solvers.driver import Horizon
+from dlnode.solvers.driver import HELD, Horizon
 
 __all__ = ["dataset_attrs", "integrate", "run_plan"]
 
@@ -170,6 +170,14 @@ def _assemble(plan: Plan, raw: dict[float, Solution], given: Problem) -> Any:
         ds = ds.reindex(depth=plan.depths, fill_value=fill)
     if plan.flow == "end_to_end":
         ds = _with_plain_time(ds)
+    floors = {d: sol.floor for d, sol in runs.items() if sol.floor is not None}
+    if floors:  # depth ∞ on a rectangular W: each cell's lowest reachable loss (ℓ* at the other depths)
+        values = np.full((len(ds["depth"]), len(plan.scales), len(plan.seeds)), plan.problem.loss_min)
+        for i, d in enumerate(ds["depth"].values):
+            if float(d) in floors:
+                values[i] = np.where(np.isnan(floors[float(d)]), plan.problem.loss_min,
+                                     floors[float(d)]).reshape(values[i].shape)  # fmt: skip
+        ds["loss_floor"] = (("depth", "scale", "seed"), values, LOSS_FLOOR_ATTRS)
     if plan.until_converged:
         _warn_unconverged(ds, plan.problem)
     ds = with_problem(ds, plan.problem)
@@ -186,6 +194,8 @@ def _assemble(plan: Plan, raw: dict[float, Solution], given: Problem) -> Any:
     return ds
 
 
+LOSS_FLOOR_ATTRS = {"long_name": "lowest loss the run can reach: l* inside W(0)'s column/row space at depth inf on a "
+                    "rectangular W, l* elsewhere", "units": "1"}  # fmt: skip
 PENDING_FILL = {"status": int(Status.PENDING), "num_steps": -1, "num_rejected": -1, "method_used": -1}
 
 
@@ -278,7 +288,7 @@ def _common_grid(runs: dict[float, Solution], cut: bool, lr: float) -> dict[floa
 
     def resize(sol: Solution) -> Solution:
         extra = len(longest) - len(sol.ts)
-        held = sol.status == Status.CONVERGED
+        held = np.isin(sol.status, HELD)
 
         def pad(a):
             if extra:
@@ -318,9 +328,10 @@ def _run_depth(plan: Plan, depth: float, show: Callable, y0: Any, checkpoint: An
         y0 = pack_layers(y0)
         if plan.noise.paths is not None:
             y0 = with_paths(y0, plan.noise.paths)
+    floor = _floors(plan, depth, y0) if checkpoint is None else None  # a resumed run keeps its own
     sol = solve(plan.methods[depth], flow, plan.problem.arrays(), y0, plan.times, plan.controls_at(depth),
                 until_converged=plan.until_converged, horizon=horizon, on_window=show,
-                checkpoint=checkpoint)  # fmt: skip
+                checkpoint=checkpoint, floor=floor)  # fmt: skip
     if not flow.end_to_end:
         sol = dataclasses.replace(sol, final=unpack_layers(sol.final))
     if plan.method in METHODS and METHODS[plan.method].needs_lr:  # fixed steps: step k at t = k·lr (or k·dt)
@@ -328,6 +339,22 @@ def _run_depth(plan: Plan, depth: float, show: Callable, y0: Any, checkpoint: An
     if plan.flow != "end_to_end":
         return sol
     return _with_recovered_layers(sol, depth, plan.width, plan.save_weights)
+
+
+def _floors(plan: Plan, depth: float, y0: Any) -> np.ndarray | None:
+    """Each cell's lowest reachable loss where it lies above ℓ* (NaN elsewhere), or None: depth ∞ end to end on a
+    rectangular W keeps W(0)'s column or row space (docs/math.md §5), so an until-converged run stops at the best
+    fit inside it, ℓ*_S (`Problem.loss_min_in_span`), when that is above ℓ* by more than the stop rule allows."""
+    problem = plan.problem
+    if not (plan.until_converged and plan.flow == "end_to_end" and math.isinf(depth)
+            and problem.d_out != problem.d_in):  # fmt: skip
+        return None
+    floors = np.full(len(y0), np.nan)
+    for b, w0 in enumerate(np.asarray(y0)):
+        inside, loss0 = problem.loss_min_in_span(w0), float(problem.loss(w0))
+        if inside - problem.loss_min > plan.controls.loss_tol * (loss0 - problem.loss_min):
+            floors[b] = inside
+    return floors
 
 
 def _flow_of(plan: Plan, depth: float) -> Any:

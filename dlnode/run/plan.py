@@ -108,12 +108,14 @@ def default_rtol(problem: Problem, depths: Sequence[float], scales: Sequence[flo
 def warn_frozen_subspace(problem: Problem) -> None:
     """Warn that depth ∞ keeps a rectangular W's column space (d_out > d_in) or row space (d_out < d_in): the
     logarithmic mean a^∞_ik of docs/math.md §5 is 0 between a singular value and a padded zero, so no part of the
-    flow leaves that subspace, and the loss stops at the best fit inside it wherever the target does not lie in it."""
+    flow leaves that subspace, and the loss stops at the best fit inside it wherever the target does not lie in it
+    (status subspace_optimum, `Problem.loss_min_in_span`)."""
     m, n = problem.d_out, problem.d_in
     if m != n:
         space = f"column space (d_out {m} > d_in {n})" if m > n else f"row space (d_out {m} < d_in {n})"
         warnings.warn(f"dlnode: at depth inf the end-to-end flow keeps W(0)'s {space}: it fits only inside it, so the "
-                      "loss may stop above its minimum (status not_converged); a finite depth (e.g. 64) leaves it",
+                      "loss may stop above its minimum, at the best fit inside (ds['loss_floor']; a run until "
+                      "converged stops there as subspace_optimum); a finite depth (e.g. 64) leaves it",
                       stacklevel=4)  # fmt: skip
 
 

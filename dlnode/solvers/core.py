@@ -45,6 +45,7 @@ class Status(enum.IntEnum):
     PENDING = -7  # a sweep cell whose result has not been written yet
     UNRESOLVED = -8  # float64 stopped resolving the flow (its weights or its time) while the loss was far off
     NORM_RUNAWAY = -9  # ‖W‖₂ passed norm_limit × max(‖W*‖₂, ‖W(0)‖₂) before the loss converged
+    SUBSPACE_OPTIMUM = -10  # depth ∞, rectangular W: converged to ℓ*_S, the best fit inside W(0)'s column/row space
 
     @property
     def meaning(self) -> str:
@@ -98,6 +99,11 @@ MESSAGES = {
         "before the loss converged, so the flow may have no finite limit, or reach one only far later; the "
         "trajectory up to then is kept; pass a larger norm_limit (inf: no limit) to integrate further"
     ),
+    Status.SUBSPACE_OPTIMUM: (
+        "stopped at the best fit inside W(0)'s column space (d_out > d_in) or row space (d_out < d_in), which the "
+        "depth-inf flow never leaves: l - l*_S <= loss_tol (l0 - l*_S) with l*_S > l* the lowest loss inside it "
+        "(ds['loss_floor']), so l* is out of reach; a finite depth (e.g. 64) leaves that space"
+    ),
 }
 
 
@@ -117,6 +123,7 @@ class Solution:
     messages: tuple[str, ...]
     step: np.ndarray | None = None
     checkpoint: Any = None  # an interrupted run's `driver.Checkpoint`: `drive(..., checkpoint=...)` continues it
+    floor: np.ndarray | None = None  # each cell's lowest reachable loss above ℓ* (NaN: none), where `drive` had one
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,9 @@ still running get status INTERRUPTED and keep what they integrated, and the resu
 which `drive` continues the run bit for bit), extends the horizon of an until-converged
 run while its loss is still falling, stops a cell whose norm runs away (`NORM_RUNAWAY`: ‖W‖₂ past
 controls.norm_limit × max(‖W*‖₂, ‖W(0)‖₂) before it converged, checked on the state at each window's end, i.e.
-every `Method.window_steps` steps at most; the cell keeps its trajectory and final state from that window), and
+every `Method.window_steps` steps at most; the cell keeps its trajectory and final state from that window), stops a
+cell that has a floor of its own above ℓ* once its loss meets the stop rule against that floor
+(`SUBSPACE_OPTIMUM`: depth ∞ on a rectangular W, which keeps W(0)'s column or row space), and
 stops as soon as no cell is running. A run is integrated once: the save
 grid of an until-converged run is laid out ahead (log-spaced up to the horizon) and cut after the latest time a
 cell needed.
@@ -27,7 +29,10 @@ from dlnode.errors import fail, shown
 from dlnode.runtime.interrupts import sigint_flag
 from dlnode.solvers.core import COMPILE, MESSAGES, RUNNING, Controls, Method, Solution, Status
 
-__all__ = ["Checkpoint", "Horizon", "WINDOW", "drive"]
+__all__ = ["Checkpoint", "HELD", "Horizon", "WINDOW", "drive"]
+
+# statuses of a cell at rest: its saves past its end hold its last values (the others' are NaN)
+HELD = (int(Status.CONVERGED), int(Status.SUBSPACE_OPTIMUM))
 
 WINDOW = 16  # save times per window (one compiled shape for every window)
 REACHED_RTOL = 1e-12  # a save time counts as reached when t_cell >= ts·(1 − this)
@@ -119,8 +124,20 @@ def _norm(obs: Any) -> np.ndarray:
     return np.max(np.abs(product.reshape(product.shape[0], -1)), axis=-1)
 
 
-def _runaway(last: Any, saved: _Saved, running: np.ndarray, controls: Controls) -> np.ndarray:
-    """Running cells whose ‖W‖₂ at the window's end is past norm_limit × max(‖W*‖₂, ‖W(0)‖₂) (NaN-safe)."""
+def _at_floor(last: Any, saved: _Saved, running: np.ndarray, controls: Controls,
+              floor: np.ndarray | None) -> np.ndarray:  # fmt: skip
+    """Running cells with a floor of their own whose loss at the window's end meets the stop rule against it:
+    ℓ − floor ≤ loss_tol·(ℓ₀ − floor), ℓ₀ the loss at t = 0."""
+    if floor is None:
+        return np.zeros_like(running)
+    loss, loss0 = np.asarray(last["loss"]), saved.values["loss"][:, 0]
+    with np.errstate(invalid="ignore"):
+        return running & np.isfinite(floor) & (loss - floor <= controls.loss_tol * (loss0 - floor))
+
+
+def _runaway(last: Any, saved: _Saved, running: np.ndarray, controls: Controls, floor: Any = None) -> np.ndarray:
+    """Running cells whose ‖W‖₂ at the window's end is past norm_limit × max(‖W*‖₂, ‖W(0)‖₂) (NaN-safe); `floor`
+    is not used (the driver's stop rules share one signature)."""
     if not np.isfinite(controls.norm_limit):
         return np.zeros_like(running)
     initial = _norm(jax.tree_util.tree_map(lambda a: a[:, 0], saved.values))
@@ -156,6 +173,7 @@ class Checkpoint:
     compile_time: float
     halted: _Halted | None = None  # cells stopped by the driver itself (norm runaway), frozen as they stopped
     spent: bool = False
+    floor: np.ndarray | None = None  # each cell's lowest reachable loss the run was started with (`drive`)
 
 
 def _clock(summ: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -184,6 +202,7 @@ def drive(
     on_window: Callable[[float, dict], None] | None = None,
     window_steps: int | None = None,
     checkpoint: Checkpoint | None = None,
+    floor: np.ndarray | None = None,
 ) -> Solution:
     """Integrate the batch `y0` with `method` over the save times `ts` (ts[0] = 0), window by window.
 
@@ -196,6 +215,12 @@ def drive(
     `Checkpoint`; passing it back as `checkpoint` (with the same method, flow, arrays and controls; `y0` and `ts`
     are then taken from it) continues the run, and the Solution returned is the whole run's, equal bit for bit to
     one never interrupted.
+
+    `floor` (until converged): each cell's lowest reachable loss where it is above ℓ* (NaN elsewhere), e.g.
+    `Problem.loss_min_in_span` for depth ∞ on a rectangular W. A cell whose loss meets the stop rule against its
+    floor, ℓ − floor ≤ loss_tol·(ℓ₀ − floor), at a window's end stops there as SUBSPACE_OPTIMUM (its saves after
+    that are held, as a converged cell's), and the horizon is extended while a cell's loss still falls towards its
+    floor. A resumed run keeps the floor it was started with.
     """
     c = _controls_tree(controls, window_steps or method.window_steps)
     arrays_j = jax.tree_util.tree_map(jnp.asarray, arrays)
@@ -212,6 +237,8 @@ def drive(
             checkpoint.previous)  # fmt: skip
         saved, end_obs, halted = copy.deepcopy(checkpoint.saved), checkpoint.end_obs, copy.deepcopy(checkpoint.halted)
         wall_before, compile_before_ck = checkpoint.wall, checkpoint.compile_time
+        floor = checkpoint.floor
+    floor = None if floor is None or not until_converged else np.asarray(floor, dtype=np.float64)
     stopped = None
     with sigint_flag() as flag:
         while True:
@@ -227,14 +254,17 @@ def drive(
             _fill(saved, obs, window, k, summ)
             running = summ["status"] == RUNNING
             end_obs = last if end_obs is None else _where_cells(running | (summ["status"] == 1), last, end_obs)
-            away = _runaway(last, saved, running, controls)
-            if away.any():  # frozen here: the method runs them on with the others, unseen
-                now = dict(summ, status=np.where(away, int(Status.NORM_RUNAWAY), summ["status"]))
-                final_now = method.final(flow, state)
-                halted = halted or _Halted(np.zeros_like(away), now, final_now)
-                halted.add(away, now, final_now)
-                summ = halted.hold(summ)
-                running = summ["status"] == RUNNING
+            # cells the driver stops itself, frozen here (the method runs them on with the others, unseen): a norm
+            # running away, and a loss at the floor of its own (held like a converged cell's)
+            for code, rule in ((Status.NORM_RUNAWAY, _runaway), (Status.SUBSPACE_OPTIMUM, _at_floor)):
+                cells = rule(last, saved, running, controls, floor)
+                if cells.any():
+                    now = dict(summ, status=np.where(cells, int(code), summ["status"]))
+                    final_now = method.final(flow, state)
+                    halted = halted or _Halted(np.zeros_like(cells), now, final_now)
+                    halted.add(cells, now, final_now)
+                    summ = halted.hold(summ)
+                    running = summ["status"] == RUNNING
             if on_window is not None:
                 on_window(float(np.max(summ["t"])), summ)
             # a running cell short of its save times whose time did not move (by an ulp of t) cannot go on: the
@@ -281,7 +311,7 @@ def drive(
                 until_converged
                 and horizon is not None
                 and extensions < horizon.extensions
-                and _falling(saved, running, arrays, horizon)
+                and _falling(saved, running, arrays, horizon, floor)
             ):
                 extra = _extend(ts, horizon.decades)
                 ts = np.concatenate([ts, extra])
@@ -292,7 +322,8 @@ def drive(
                 break
             if _interrupt_requested(flag):  # at a window boundary: everything the next window needs is known
                 stopped = Checkpoint(method.name, c, until_converged, horizon, state, copy.deepcopy(saved),
-                                     end_obs, ts, k, extensions, previous, 0.0, 0.0, copy.deepcopy(halted))  # fmt: skip
+                                     end_obs, ts, k, extensions, previous, 0.0, 0.0, copy.deepcopy(halted),
+                                     floor=floor)  # fmt: skip
                 summ = dict(summ, status=np.where(running, int(Status.INTERRUPTED), summ["status"]))
                 break
     final_state = method.final(flow, state)
@@ -304,7 +335,7 @@ def drive(
         stopped.wall, stopped.compile_time = wall_before + wall, compile_before_ck + compile_time
     sol = _finish(saved, end_obs, ts, summ, final_state, until_converged, wall + wall_before,
                   compile_time + compile_before_ck)  # fmt: skip
-    return dataclasses.replace(sol, checkpoint=stopped)
+    return dataclasses.replace(sol, checkpoint=stopped, floor=floor)
 
 
 def _check_checkpoint(ck: Checkpoint, method: Method, c: dict, until_converged: bool, horizon: Horizon | None) -> None:
@@ -353,12 +384,13 @@ def _fill(saved: _Saved, obs: Any, window: np.ndarray, k: int, summ: dict) -> No
     saved.filled[:, k : k + n] |= take
 
 
-def _falling(saved: _Saved, running: np.ndarray, arrays: dict, horizon: Horizon) -> bool:
+def _falling(saved: _Saved, running: np.ndarray, arrays: dict, horizon: Horizon,
+             floor: np.ndarray | None = None) -> bool:  # fmt: skip
     """Whether some running cell's loss fell, over the last `horizon.decades` of its saves, by more than
-    `horizon.falling` of its distance to ℓ*."""
+    `horizon.falling` of its distance to ℓ* (to its own floor, where `floor` gives one)."""
     loss = saved.values["loss"]
-    loss_min = float(np.asarray(arrays["loss_min"]))
     for b in np.flatnonzero(running):
+        loss_min = float(np.asarray(arrays["loss_min"])) if floor is None or np.isnan(floor[b]) else float(floor[b])
         values = loss[b][saved.filled[b]]
         if len(values) < 2:
             continue
@@ -391,7 +423,7 @@ def _finish(
         Status.NO_STEP
     )
     keep = len(ts)
-    held = status == int(Status.CONVERGED)
+    held = np.isin(status, HELD)
 
     def fill(values, end):
         values = values[:, :keep].copy()

@@ -67,10 +67,12 @@ def solve(
     horizon: Horizon | None = None,
     on_window: Any = None,
     checkpoint: Any = None,
+    floor: Any = None,
 ) -> Solution:
     """Integrate a batch of initial states `y0` (a pytree whose leaves have the batch as leading axis: the layer
     tuple, or the end-to-end matrix) under `flow` and observe at `ts` (ts[0] = 0), window by window.
-    `checkpoint` (the `Solution.checkpoint` of an interrupted run) continues that run instead (see `drive`).
+    `checkpoint` (the `Solution.checkpoint` of an interrupted run) continues that run instead, and `floor` gives
+    cells a lowest reachable loss above ℓ* (see `drive`).
 
     Raises
     ------
@@ -83,4 +85,4 @@ def solve(
     if reason:
         raise refused(reason)
     return drive(entry, flow, arrays, y0, ts, controls, until_converged=until_converged, horizon=horizon,
-                 on_window=on_window, checkpoint=checkpoint)  # fmt: skip
+                 on_window=on_window, checkpoint=checkpoint, floor=floor)  # fmt: skip
