@@ -244,6 +244,7 @@ def test_default_rtol_keeps_the_balancedness_and_tightens_only_end_to_end_platea
     from dlnode.flows.scales import predicted_stiffness
     from dlnode.run.plan import (
         DEFAULT_RTOL,
+        MAX_DEFAULT_RTOL_INFINITE,
         MAX_DEFAULT_RTOL_LAYERS,
         MIN_DEFAULT_RTOL_END_TO_END,
         STIFFNESS_FREE,
@@ -266,6 +267,9 @@ def test_default_rtol_keeps_the_balancedness_and_tightens_only_end_to_end_platea
     assert MIN_DEFAULT_RTOL_END_TO_END < tightened < DEFAULT_RTOL
     assert default_rtol(deep, [4], [1e-2], flow="end_to_end") == pytest.approx(tightened, rel=1e-12)
     assert default_rtol(deep, [4], [1e-3], flow="end_to_end") == MIN_DEFAULT_RTOL_END_TO_END
+    # depth ∞ escapes the sharpest: at most 2e-7 even where its plateau is mild (depth 4 beside it: the same call)
+    assert default_rtol(mild, [2, math.inf], [0.5], flow="end_to_end") == MAX_DEFAULT_RTOL_INFINITE < DEFAULT_RTOL
+    assert default_rtol(deep, [4, math.inf], [1e-3], flow="end_to_end") == MIN_DEFAULT_RTOL_END_TO_END
     ds = dln.integrate(mild, depth=2, scale=0.5, t1=1.0, method="tsit5", progress=False)
     rtol = MAX_DEFAULT_RTOL_LAYERS
     assert ds.attrs["rtol"] == rtol and ds.attrs["atol"] == pytest.approx(1e-3 * rtol * 0.5)
