@@ -1,6 +1,7 @@
 """flow='end_to_end' through `integrate`: against the per-layer flow, Saxe-type σ dynamics, the ∞ limit, energy."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -152,8 +153,11 @@ def test_infinite_depth_keeps_a_rectangular_column_space_and_says_so(shape):
     target = rng.standard_normal((shape[0], 2)) @ rng.standard_normal((2, shape[1]))
     prob = dln.Factorization(target)
     kw = dict(flow="end_to_end", init="balanced", scale=1e-2, scale_of="product", seed=0, progress=False)
-    with pytest.warns(UserWarning, match=r"at depth inf the end-to-end flow keeps W\(0\)'s (column|row) space"):
+    with pytest.warns(UserWarning) as record:
         ds = dln.integrate(prob, depth="inf", **kw)
+    said = [str(w.message) for w in record]
+    assert any(re.search(r"at depth inf the end-to-end flow keeps W\(0\)'s (column|row) space", m) for m in said)
+    assert any("subspace_optimum (the best fit inside W(0)'s subspace, loss_floor" in m for m in said)  # after
     w = ds["product"].isel(depth=0, scale=0, seed=0).values
     loss = ds.loss.isel(depth=0, scale=0, seed=0).values
     last = np.flatnonzero(np.isfinite(loss))[-1]

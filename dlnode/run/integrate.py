@@ -228,7 +228,9 @@ def _warn_unconverged(ds: Any, problem: Problem) -> None:
             continue
         sv = ds["singular_values"].sel(where).isel(k=0).dropna("time").values
         note = ""
-        if len(sv) >= 2 and sv[-1] > RUNAWAY_NOTE * s_star and sv[-1] > sv[-2]:
+        if code == int(Status.SUBSPACE_OPTIMUM):
+            note = f" (the best fit inside W(0)'s subspace, loss_floor {float(ds['loss_floor'].sel(where)):.6g})"
+        elif len(sv) >= 2 and sv[-1] > RUNAWAY_NOTE * s_star and sv[-1] > sv[-2]:
             note = f" (σ₁ = {sv[-1]:.3g}, {sv[-1] / s_star:.3g}× the minimiser's and growing: the norm runs away)"
         parts.append(f"depth {where['depth']:g}, scale {where['scale']:g}, seed {where['seed']}: "
                      f"{Status(code).meaning}{note}")  # fmt: skip
