@@ -123,9 +123,17 @@ def below_cut(config: dict) -> xr.Dataset:
     return xr.concat(cells, xr.DataArray(config["cut_ratio"], dims="cut_ratio")).assign_attrs(cut_u0=u0)
 
 
+def completion_scale(config: dict, depth: int) -> float:
+    """The per-layer init scale of the completion runs at `depth`: ``cmp_scale``, or its entry for `depth` when it
+    maps depths to scales (depth 2 separates its stages only as ln(1/ε): it runs from a smaller ε)."""
+    scale = config["cmp_scale"]
+    return float(scale[depth]) if isinstance(scale, dict) else float(scale)
+
+
 def completion(config: dict) -> xr.Dataset:
     """Deep matrix completion (Arora et al. 2019's instance, ``cmp_shape``, rank ``cmp_rank``, a fraction
-    ``cmp_observed`` of the entries) by the flow and by GD at ``cmp_lr``: stages, and the recovery error of M."""
+    ``cmp_observed`` of the entries) by the flow and by GD at ``cmp_lr``, each depth from its own scale
+    (`completion_scale`): stages, and the recovery error of M."""
     cells = []
     for seed in config["cmp_seed"]:
         prob = dln.MatrixCompletion.random(shape=tuple(config["cmp_shape"]), rank=config["cmp_rank"],
@@ -134,17 +142,23 @@ def completion(config: dict) -> xr.Dataset:
         runs = {"flow": {}, "gd": {"method": "gd", "lr": config["cmp_lr"]}}
         found = []
         for kw in (runs[name] for name in config["cmp_method"]):
-            ds = dln.integrate(prob, depth=config["cmp_depth"], scale=config["cmp_scale"], seed=0, progress=False, **kw)
-            w = ds["product"].isel(time=-1).values
-            error = np.linalg.norm(w - m, axis=(-2, -1)) / np.linalg.norm(m)
-            found.append(xr.Dataset({
-                "cmp_stages": (("depth", "scale", "seed"), dln.stages(ds)["num_stages"].values),
-                "cmp_error": (("depth", "scale", "seed"), error),
-                "cmp_status": ds["status"].reset_coords(drop=True),
-            }).isel(scale=0, seed=0, drop=True).rename(depth="cmp_depth"))  # fmt: skip
+            depths = []
+            for depth in config["cmp_depth"]:
+                ds = dln.integrate(prob, depth=depth, scale=completion_scale(config, depth), seed=0, progress=False,
+                                   **kw)  # fmt: skip
+                w = ds["product"].isel(time=-1).values
+                error = np.linalg.norm(w - m, axis=(-2, -1)) / np.linalg.norm(m)
+                depths.append(xr.Dataset({
+                    "cmp_stages": (("depth", "scale", "seed"), dln.stages(ds)["num_stages"].values),
+                    "cmp_error": (("depth", "scale", "seed"), error),
+                    "cmp_status": ds["status"].reset_coords(drop=True),
+                }).isel(scale=0, seed=0, drop=True).rename(depth="cmp_depth"))  # fmt: skip
+            found.append(xr.concat(depths, "cmp_depth"))
         cells.append(xr.concat(found, xr.DataArray(config["cmp_method"], dims="cmp_method")))
     out = xr.concat(cells, xr.DataArray(config["cmp_seed"], dims="cmp_seed"))
-    return out.assign_attrs(cmp_rank=config["cmp_rank"], cmp_lr=config["cmp_lr"], cmp_scale=config["cmp_scale"])
+    scales = [completion_scale(config, d) for d in config["cmp_depth"]]
+    out["cmp_scale"] = ("cmp_depth", np.asarray(scales), {"long_name": "per-layer init scale", "units": "1"})
+    return out.assign_attrs(cmp_rank=config["cmp_rank"], cmp_lr=config["cmp_lr"])
 
 
 def completion_rows(ds: xr.Dataset) -> list[dict]:
@@ -159,7 +173,7 @@ def completion_rows(ds: xr.Dataset) -> list[dict]:
         recovered = int(((cell["cmp_error"] < 1e-2).values & done).sum())
         where = (f"over {cell.sizes['cmp_seed']} instance(s) x ({methods}); {int(done.sum())}/{done.size} converged, "
                  f"{recovered} recovered M to 1e-2")  # fmt: skip
-        claim = f"completion, depth {int(depth)}, rank-{rank} matrix: {rank} stages"
+        claim = f"completion, depth {int(depth)}, rank-{rank} matrix, eps {float(cell['cmp_scale']):g}: {rank} stages"
         rows.append(count_row(claim, cell["cmp_stages"].values[done], rank, where))
     return rows
 

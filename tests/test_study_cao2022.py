@@ -16,7 +16,7 @@ def ds():
 
 def test_every_check_passes(ds):
     rows = cao2022.check(ds)
-    assert len(rows) == 13 and all(row["passed"] for row in rows), [row for row in rows if not row["passed"]]
+    assert len(rows) == 14 and all(row["passed"] for row in rows), [row for row in rows if not row["passed"]]
 
 
 def test_stages_equal_the_target_rank(ds):
@@ -71,9 +71,17 @@ def test_mode_below_the_cut(ds):
 
 
 def test_completion_by_gd_and_flow(ds):
-    # deep matrix completion (their reconstruction setting) by the flow and by GD: 3 stages, M recovered
+    # deep matrix completion (their reconstruction setting) by GD at depths 2 (eps 1e-12) and 3 (1e-2): 3 stages, M
+    # recovered
+    assert list(ds["cmp_depth"].values) == [2, 3] and list(ds["cmp_scale"].values) == [1e-12, 1e-2]
     assert bool((ds["cmp_stages"] == 3).all()) and bool((ds["cmp_error"] < 1e-2).all())
     assert bool((ds["cmp_status"] == dln.Status.CONVERGED).all())
+    # control: depth 2 from eps 1e-2 on instance 0, where two modes rise together (ln(1/eps) too small to part
+    # them), shows 2 stages, and the row fails
+    (row,) = cases.completion_rows(
+        cases.completion(cao2022.QUICK | {"cmp_seed": [0], "cmp_depth": [2], "cmp_scale": 1e-2, "cmp_method": ["flow"]})
+    )
+    assert not row["passed"] and "[2]" in row["ours"]
 
 
 def test_figures(ds, tmp_path):
