@@ -68,7 +68,6 @@ from dlnode.run.integrate import integrate  # noqa: E402
 from dlnode.run.resuming import resume  # noqa: E402
 from dlnode.run.saveat import SaveAt  # noqa: E402
 from dlnode.solvers import METHODS, Status  # noqa: E402
-from dlnode.sweeps.sweep import sweep  # noqa: E402
 
 __all__ = [
     "METHODS",
@@ -118,3 +117,12 @@ __all__ = [
     "save",
     "validate",
 ]
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    """`dlnode.sweep` on first use: Dask and zarr load with the first sweep, not with every ``import dlnode``."""
+    if name == "sweep":
+        from dlnode.sweeps.sweep import sweep
+
+        return sweep
+    raise AttributeError(f"module 'dlnode' has no attribute {name!r}")

@@ -21,7 +21,6 @@ import numpy as np
 import typer
 
 from dlnode._version import __version__
-from dlnode.analysis.plot import PLOTS
 from dlnode.data.outputs import check_figure_path
 from dlnode.data.schema import STATUS_MEANINGS
 from dlnode.data.storage import DATASET_SUFFIXES, atomic_path, check_output_path, is_dlnode_store
@@ -87,6 +86,8 @@ def _unraisable(hook):  # noqa: ANN001, ANN202
 
 def write_figure(kind: str, ds, path: Path, overwrite: bool) -> None:  # noqa: ANN001
     """A figure written atomically: an interrupted or failed plot leaves no partial image."""
+    from dlnode.analysis.plot import PLOTS  # matplotlib loads for the commands that draw, not for every command
+
     with atomic_path(path, "--out", replace=overwrite) as tmp:
         PLOTS[kind](ds, path=tmp)
 
@@ -209,6 +210,7 @@ def plot_command(
 ) -> None:
     """A figure of a stored dataset: loss, singular_values, rank_staircase, sharpness, effective_rank."""
     import dlnode as dln
+    from dlnode.analysis.plot import PLOTS
 
     if kind not in PLOTS or kind == "gd_error":
         choices = sorted(k for k in PLOTS if k != "gd_error")

@@ -350,9 +350,11 @@ def test_invalid_arguments_raise_one_line_errors(bad_calls, match):
 
 
 def test_every_accessor_method_says_what_it_computes():
-    """``help(ds.dln.X)`` shows the docstring of the function X applies, for every public method and plot."""
+    """``help(ds.dln.X)`` shows the docstring of the function X applies, for every public method and plot (the plot
+    namespace takes its docstrings from `dlnode.analysis.plot` when ``ds.dln.plot`` is first used)."""
     from dlnode.analysis.accessor import DlnAccessor, _PlotNamespace
 
+    assert xr.Dataset().dln.plot is not None  # the user's path: ds.dln.plot
     for cls in (DlnAccessor, _PlotNamespace):
         for name in dir(cls):
             member = getattr(cls, name)

@@ -82,3 +82,24 @@ def test_bench_runs_the_benchmark_module_in_a_fresh_interpreter(tmp_path, monkey
     assert failed.exit_code == 2
     assert calls[-1][0][:3] == [sys.executable, "-m", "benchmarks.stiff_targets"]
     assert "benchmarks.stiff_targets exited with status 1" in failed.output
+
+
+LAZY = ("matplotlib", "dask", "distributed", "zarr", "scipy.stats")
+
+
+def test_import_leaves_plotting_and_dask_for_first_use():
+    """``import dlnode`` (and so every ``dlnode`` command) loads neither matplotlib, Dask, zarr nor scipy.stats, about
+    a second of its start; they load on first use. The second half is the control: the same check after `dln.sweep`
+    and ``ds.dln.plot`` finds Dask, zarr and matplotlib loaded (Dask's distributed scheduler loads when a sweep runs,
+    scipy.stats with the first fitted order)."""
+    probe = (
+        "import sys, dlnode as dln, xarray as xr\n"
+        f"print(sorted(m for m in {LAZY!r} if m in sys.modules))\n"
+        "dln.sweep; xr.Dataset().dln.plot\n"
+        f"print(sorted(m for m in {LAZY!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    before, after = done.stdout.splitlines()
+    assert before == "[]"
+    assert after == str(["dask", "matplotlib", "zarr"])

@@ -7,17 +7,19 @@ name applied to the dataset; see that function for the mathematics.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 import xarray as xr
-from matplotlib.figure import Figure
 
-from dlnode.analysis import plot
 from dlnode.analysis import spectra as analysis
 from dlnode.analysis.curvature import layer_alignment, sharpness_of
 from dlnode.analysis.discrete import compare
 from dlnode.data.schema import problem_from
 from dlnode.problems.kinds import Problem
+
+if TYPE_CHECKING:  # matplotlib loads with the first figure, not with every `import dlnode`
+    from matplotlib.figure import Figure
 
 __all__ = ["DlnAccessor"]
 
@@ -26,25 +28,25 @@ class _PlotNamespace:
     """``ds.dln.plot.<kind>(...)``: the figures of `dlnode.analysis.plot` for this dataset."""
 
     def __init__(self, ds: xr.Dataset) -> None:
-        self._ds = ds
+        self._ds, self._plot = ds, _plots()
 
     def loss(self, **kwargs: Any) -> Figure:
-        return plot.loss(self._ds, **kwargs)
+        return self._plot.loss(self._ds, **kwargs)
 
     def singular_values(self, **kwargs: Any) -> Figure:
-        return plot.singular_values(self._ds, **kwargs)
+        return self._plot.singular_values(self._ds, **kwargs)
 
     def rank_staircase(self, **kwargs: Any) -> Figure:
-        return plot.rank_staircase(self._ds, **kwargs)
+        return self._plot.rank_staircase(self._ds, **kwargs)
 
     def sharpness(self, problem: Problem | None = None, **kwargs: Any) -> Figure:
-        return plot.sharpness(self._ds, problem, **kwargs)
+        return self._plot.sharpness(self._ds, problem, **kwargs)
 
     def effective_rank(self, **kwargs: Any) -> Figure:
-        return plot.effective_rank(self._ds, **kwargs)
+        return self._plot.effective_rank(self._ds, **kwargs)
 
     def gd_error(self, **kwargs: Any) -> Figure:
-        return plot.gd_error(self._ds, **kwargs)
+        return self._plot.gd_error(self._ds, **kwargs)
 
 
 @xr.register_dataset_accessor("dln")
@@ -114,7 +116,15 @@ _documented(DlnAccessor, {
     "escape_times": analysis.escape_times, "compare": compare, "final": analysis.final_values,
     "sharpness": sharpness_of, "log_volume": analysis.log_volume, "layer_alignment": layer_alignment,
 }, "ds.dln")  # fmt: skip
-_documented(_PlotNamespace, {
-    "loss": plot.loss, "singular_values": plot.singular_values, "rank_staircase": plot.rank_staircase,
-    "sharpness": plot.sharpness, "effective_rank": plot.effective_rank, "gd_error": plot.gd_error,
-}, "ds.dln.plot")  # fmt: skip
+
+
+@functools.cache
+def _plots() -> Any:
+    """`dlnode.analysis.plot`, imported (with matplotlib) and its docstrings given to ``ds.dln.plot`` on first use."""
+    from dlnode.analysis import plot
+
+    _documented(_PlotNamespace, {
+        "loss": plot.loss, "singular_values": plot.singular_values, "rank_staircase": plot.rank_staircase,
+        "sharpness": plot.sharpness, "effective_rank": plot.effective_rank, "gd_error": plot.gd_error,
+    }, "ds.dln.plot")  # fmt: skip
+    return plot

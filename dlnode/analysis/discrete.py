@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.interpolate
-import scipy.stats
 import xarray as xr
 
 from dlnode.analysis.variables import is_real
@@ -291,6 +290,8 @@ def gd_errors(
 
 def fit_order(errors: xr.DataArray) -> xr.DataArray:
     """Slope of ln(error) against ln(lr) (`scipy.stats.linregress`), per run; NaN if an error is not positive."""
+
+    import scipy.stats  # loaded with the first fit, not with every `import dlnode` (a third of a second)
 
     def slope(lr: np.ndarray, err: np.ndarray) -> float:
         if not np.all(np.isfinite(err) & (err > 0)):
