@@ -232,7 +232,7 @@ def release_compiled(keep: int = 0) -> None:
 def call(fn: Any, *args: Any) -> Any:
     """Run the jitted `fn` on `args`, compiling ahead of time once per abstract signature (timed in `COMPILE`)."""
     leaves, treedef = jax.tree_util.tree_flatten(args)
-    key = (fn, treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
+    key = (fn, treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))  # dtypes hash as they are
     compiled = _COMPILED.get(key)
     if compiled is None:
         start, cpu = time.perf_counter(), time.process_time()
