@@ -188,7 +188,8 @@ def test_what_cannot_be_resumed_is_refused_in_one_line(interrupted, tmp_path):
 def test_a_dataset_resumes_once(monkeypatch):
     problem = dln.Regression.whitened([2.0, 1.0], 2, 2, seed=0)
     interrupt_at(monkeypatch, 1)
-    first = dln.integrate(problem, depth=2, scale=0.5, seed=[0, 1], method="gd", lr=0.05, t1=6.0, saveat=40,
+    # more saves than one window of GD's holds, so that the run is interrupted in its first
+    first = dln.integrate(problem, depth=2, scale=0.5, seed=[0, 1], method="gd", lr=0.05, t1=60.0, saveat=400,
                           progress=False)  # fmt: skip
     dln.resume(first)
     one_line_error(lambda: dln.resume(first), "resumed already")
@@ -240,3 +241,28 @@ def test_a_checkpoint_continues_only_its_own_run(monkeypatch):
     )
     one_line_error(lambda: driver.drive(dln.METHODS["tsit5"], flow, arrays, None, None, controls,
                                         checkpoint=part.checkpoint), "already resumed")  # fmt: skip
+
+
+@pytest.mark.parametrize("state_max", [None, 0])
+def test_gd_windows_hold_more_saves_unless_the_batch_is_large(state_max, monkeypatch):
+    """GD's steps are cheap next to a window's round trip, so its windows hold `gd.WINDOW_SAVES` save times; a batch
+    of more than `driver.WINDOW_STATE_MAX` state numbers (the control: the limit set to 0) goes back to `WINDOW`, so
+    that heavy batches still show progress and take Ctrl-C often. Either way the run is the same, bit for bit."""
+    from dlnode.solvers import gd
+
+    if state_max is not None:
+        monkeypatch.setattr(driver, "WINDOW_STATE_MAX", state_max)
+    flow, arrays, y0, _, _ = _drive_args()
+    ts = np.arange(301) * 0.05
+    controls = Controls(t1=ts[-1], rtol=1e-6, atol=1e-9, lr=0.05, loss_tol=-np.inf, diverge=1e12, max_steps=10_000)
+    windows = []
+    got = driver.drive(dln.METHODS["gd"], flow, arrays, y0, ts, controls, on_window=lambda t, s: windows.append(t))
+    saves = gd.WINDOW_SAVES if state_max is None else driver.WINDOW
+    assert len(windows) == -(-len(ts) // saves)
+    if state_max is None:
+        monkeypatch.setattr(driver, "WINDOW_STATE_MAX", 0)
+        other = driver.drive(dln.METHODS["gd"], flow, arrays, y0, ts, controls)
+        for name in ("status", "t_final", "num_steps", "ts"):
+            assert np.array_equal(getattr(got, name), getattr(other, name)), name
+        for key in got.observed:
+            np.testing.assert_array_equal(got.observed[key], other.observed[key], err_msg=key)

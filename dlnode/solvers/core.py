@@ -22,6 +22,7 @@ __all__ = [
     "COMPILE",
     "MESSAGES",
     "RUNNING",
+    "WINDOW",
     "Controls",
     "Method",
     "Solution",
@@ -155,6 +156,11 @@ def stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]
 
 
 # --------------------------------------------------------------------------------------------- the method contract
+# Save times per window unless a method says otherwise (`Method.window_saves`): each window is one compiled call and
+# a host round trip (the driver's checks, Ctrl-C, progress), about half a millisecond.
+WINDOW = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """One integration method: what it supports, and how it starts and advances a batch in windows.
@@ -181,6 +187,7 @@ class Method:
     summary: Any
     final: Any
     needs_lr: bool = False  # a discrete method: its step is the user's lr (gradient descent), not chosen by control
+    window_saves: int = WINDOW  # save times per window (one compiled shape for every window of the method)
 
 
 # Seconds spent compiling, summed over every `call`: the driver reports compile time apart from run time.

@@ -27,14 +27,13 @@ import numpy as np
 
 from dlnode.errors import fail, shown
 from dlnode.runtime.interrupts import sigint_flag
-from dlnode.solvers.core import COMPILE, MESSAGES, RUNNING, Controls, Method, Solution, Status
+from dlnode.solvers.core import COMPILE, MESSAGES, RUNNING, WINDOW, Controls, Method, Solution, Status
 
 __all__ = ["Checkpoint", "HELD", "Horizon", "WINDOW", "drive"]
 
 # statuses of a cell at rest: its saves past its end hold its last values (the others' are NaN)
 HELD = (int(Status.CONVERGED), int(Status.SUBSPACE_OPTIMUM))
 
-WINDOW = 16  # save times per window (one compiled shape for every window)
 REACHED_RTOL = 1e-12  # a save time counts as reached when t_cell >= ts·(1 − this)
 # A running cell short of its save times whose time moved by less than one float64 ulp of t over a window fails at
 # once if nothing moved at all, and after this many such windows in a row if its compensated time still crept in
@@ -53,6 +52,15 @@ ULP = 2.0**-52
 # `CREEP_WINDOWS` such windows in a row stop the cell as a solver failure, rather than spend the budget creeping
 # (case 42: about 15 s a window, and 780 windows of budget that would move its time by 3e-10 of itself).
 STATE_CREEP, CREEP_WINDOWS = 2.0**-20, 4
+WINDOW_STATE_MAX = 2**16  # a batch's state numbers up to which a method's own `window_saves` applies
+
+
+def _window_saves(method: Method, state: Any) -> int:
+    """Save times per window: the method's (`Method.window_saves`), but `WINDOW` for a batch of more than
+    `WINDOW_STATE_MAX` state numbers, whose steps are no longer cheap next to a window's round trip and whose longer
+    windows would only delay progress and Ctrl-C (10⁴ noise paths of a small network: about 60 ms a step)."""
+    size = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(state))
+    return method.window_saves if size <= WINDOW_STATE_MAX else min(method.window_saves, WINDOW)
 
 
 class _Progress(NamedTuple):
@@ -240,10 +248,11 @@ def drive(
         floor = checkpoint.floor
     floor = None if floor is None or not until_converged else np.asarray(floor, dtype=np.float64)
     stopped = None
+    saves = _window_saves(method, state)
     with sigint_flag() as flag:
         while True:
-            window = ts[k : k + WINDOW]
-            padded = np.concatenate([window, np.full(WINDOW - len(window), window[-1])])
+            window = ts[k : k + saves]
+            padded = np.concatenate([window, np.full(saves - len(window), window[-1])])
             obs, last, state = method.advance(flow, state, arrays_j, padded, c)
             obs, last = jax.device_get((obs, last))
             summ = method.summary(state)
