@@ -73,6 +73,27 @@ def test_a_method_of_one_step_lands_on_every_save_time():
     assert (np.asarray(st["s"].rejected) == -1).all()  # end_window ran once
 
 
+@dataclass(frozen=True)
+class CountingEuler(Euler):
+    """`Euler` whose every observation adds 100 to the carry's `rejected` (as `FixedStep` carries its Lanczos start
+    from one observation to the next)."""
+
+    def observed(self, s, st, arrays):
+        return s._replace(rejected=s.rejected + 100), self.observe(s, st, arrays)
+
+
+def test_a_repeated_save_time_is_observed_once():
+    """The driver pads a window by repeating its last time; a repeat takes no step, so its observables are the last
+    ones and are not computed again (with the curvature, a Lanczos solve each). Control: the same number of distinct
+    times observes each of them. (100 per observation, the end-of-window one included, and −1 from `end_window`.)"""
+    repeated = np.array([0.0, 0.25, 1.0, 1.0, 2.5])
+    obs, _, st, _ = _run(CountingEuler(0.125), repeated)
+    assert (np.asarray(st["s"].rejected) == 5 * 100 - 1).all()
+    np.testing.assert_array_equal(np.asarray(obs["y"])[:, 3], np.asarray(obs["y"])[:, 2])
+    _, _, st, _ = _run(CountingEuler(0.125), np.array([0.0, 0.25, 1.0, 1.5, 2.5]))
+    assert (np.asarray(st["s"].rejected) == 6 * 100 - 1).all()
+
+
 def test_the_budgets_bound_the_attempts_of_a_window_and_of_the_run():
     ts = np.array([0.0, 10.0])
     _, last, st, _ = _run(Euler(0.125), ts, window_steps=3)

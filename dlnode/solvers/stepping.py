@@ -104,20 +104,31 @@ def warm_observed(flow: Any, y: Any, args: dict, s: Any) -> tuple[Any, dict]:
 
 def window(method: SteppingMethod, st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
     """The shared windowed loop for one cell: ``(observables at ts, observables at the state reached, state)``.
-    `ts` is increasing, padded by repeating its last time."""
+    `ts` is increasing, padded by repeating its last time (a repeated time is stepped to and observed once)."""
     s0 = st["s"]
     spent = method.attempts(s0)
 
-    def advance(s: Any, target: Any) -> tuple[Any, dict]:
+    def advance(carry: tuple, target: Any, repeat: Any) -> tuple[tuple, dict]:
         def cond(s: Any) -> Any:
             attempts = method.attempts(s)
             budget = (attempts < c["max_steps"]) & (attempts - spent < c["window_steps"])
             return (s.status == RUNNING) & method.short(s, target) & budget
 
-        s = jax.lax.while_loop(cond, lambda s: method.step(s, st, target, arrays, c), s)
-        return method.observed(s, st, arrays)
+        def reach(s: Any) -> tuple[Any, dict]:
+            s = jax.lax.while_loop(cond, lambda s: method.step(s, st, target, arrays, c), s)
+            return method.observed(s, st, arrays)
 
-    s, obs = jax.lax.scan(advance, s0, method.targets(ts, st))
+        # a save time equal to the one before (the driver pads a window by repeating its last) takes no step, so its
+        # observables are the last ones: no second observation (a Lanczos solve, with the curvature)
+        s, previous = carry
+        s, obs = jax.lax.cond(repeat, lambda s: (s, previous), reach, s)
+        return (s, obs), obs
+
+    ts = jnp.asarray(ts)
+    repeats = jnp.concatenate([jnp.zeros(1, bool), ts[1:] == ts[:-1]])  # from ts, the same for every cell of a batch
+    shapes = jax.eval_shape(lambda s: method.observed(s, st, arrays)[1], s0)
+    none = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)  # never read: ts[0] is no repeat
+    (s, _), obs = jax.lax.scan(lambda carry, x: advance(carry, *x), (s0, none), (method.targets(ts, st), repeats))
     s = method.end_window(s0, s, st, arrays, c)
     s, end_obs = method.observed(s, st, arrays)
     return obs, end_obs, dict(st, s=s)
