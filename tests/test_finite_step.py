@@ -65,6 +65,18 @@ def test_sharpness_along_a_stiff_flow_matches_the_dense_hessian():
         np.testing.assert_allclose(ds["sharpness"].isel(depth=0, scale=0, seed=0, time=i).values, dense, rtol=EIG_RTOL)
 
 
+def test_sharpness_along_an_explicit_flow_matches_the_dense_hessian():
+    """diffrax's methods save the states and observe them after each window, each save's Lanczos warm-started from
+    the last's (and a window's padded repeats of its last time not solved again): 22 saves, two windows, the second
+    padded; every save's top-2 eigenvalues equal eigvalsh of the dense Hessian at that save's weights."""
+    ds = dln.integrate(PROB, depth=3, scale=0.5, method="tsit5", t1=2.0, saveat=21, sharpness=2, rtol=SOLVER_RTOL,
+                       save_weights=True, progress=False)  # fmt: skip
+    assert ds.attrs["method"] == "tsit5" and 16 < ds.sizes["time"] < 32
+    for i in range(ds.sizes["time"]):
+        dense = _dense_top([w[i] for w in _layers(ds, 3)], 2)
+        np.testing.assert_allclose(ds["sharpness"].isel(depth=0, scale=0, seed=0, time=i).values, dense, rtol=EIG_RTOL)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [

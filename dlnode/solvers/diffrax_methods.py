@@ -18,9 +18,11 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from dlnode.flows.flow import Flow
 from dlnode.solvers.core import RUNNING, Method, Status, batched, by_cell, call, stop_flags
+from dlnode.solvers.stepping import lanczos_start
 
 __all__ = ["DIFFRAX"]
 
@@ -105,7 +107,12 @@ def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple
         args = flow.prepare(y0, arrays, c)
         zero = jnp.zeros((), jnp.int64)
         return {"y": y0, "t": jnp.zeros(()), "steps": zero, "rejected": zero, "status": zero, "args": args,
-                "loss0": flow.loss(y0, args)}  # fmt: skip
+                "loss0": flow.loss(y0, args), "start": lanczos_start(flow, ravel_pytree(y0)[0])}  # fmt: skip
+
+    # A flow that saves the curvature is observed after the solve, save after save, each save's Lanczos warm-started
+    # from the last save's Ritz vectors as the in-house methods do (docs/finite-step.md §1): diffrax's save function
+    # sees one state alone. Other flows are observed by diffrax at the save times.
+    warm = flow.observe_warm is not None
 
     def window(st: dict, arrays: dict, ts: Any, c: dict) -> tuple:
         args, loss0, t0 = st["args"], st["loss0"], st["t"]
@@ -118,10 +125,9 @@ def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple
             converged, diverged = stop_flags(flow.loss(y, args), loss0, arrays["loss_min"], c)
             return converged | diverged
 
-        saveat = diffrax.SaveAt(
-            subs=[diffrax.SubSaveAt(ts=saves, fn=lambda t, y, args: flow.observe(y, args)),
-                  diffrax.SubSaveAt(t1=True)]
-        )  # fmt: skip
+        observed = (lambda t, y, args: y) if warm else (lambda t, y, args: flow.observe(y, args))
+        at_save = diffrax.SubSaveAt(ts=saves, fn=observed)
+        saveat = diffrax.SaveAt(subs=[at_save, diffrax.SubSaveAt(t1=True)])
         with _checks_in_graph():
             sol = diffrax.diffeqsolve(
                 term, solver, t0, t1, None, st["y"], args, saveat=saveat,
@@ -149,13 +155,29 @@ def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple
         )
         # saves at the start time are the state itself (diffrax fills saves of a failed first step with inf)
         at_start = ts <= t0
-        start_obs = flow.observe(st["y"], args)
-        obs = jax.tree_util.tree_map(
-            lambda saved, now: jnp.where(at_start.reshape((-1,) + (1,) * (saved.ndim - 1)), now[None], saved),
-            sol.ys[0],
-            start_obs,
-        )
-        return obs, flow.observe(new["y"], args), new
+
+        def at_start_or(saved: Any, now: Any) -> Any:
+            return jnp.where(at_start.reshape((-1,) + (1,) * (saved.ndim - 1)), now[None], saved)
+
+        if not warm:
+            obs = jax.tree_util.tree_map(at_start_or, sol.ys[0], flow.observe(st["y"], args))
+            return obs, flow.observe(new["y"], args), new
+        ys = jax.tree_util.tree_map(at_start_or, sol.ys[0], st["y"])
+        # a save time repeated (the driver pads a window by repeating its last) holds the same state: observed once
+        repeats = jnp.concatenate([jnp.zeros(1, bool), ts[1:] == ts[:-1]])
+        shapes = jax.eval_shape(lambda y: flow.observe_warm(y, args, st["start"])[0], st["y"])
+        blank = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)  # never read: ts[0] no repeat
+
+        def save(carry: tuple, x: tuple) -> tuple[tuple, dict]:
+            start, previous = carry
+            y, repeat = x
+            obs, start = jax.lax.cond(repeat, lambda y: (previous, start),
+                                      lambda y: flow.observe_warm(y, args, start), y)  # fmt: skip
+            return (start, obs), obs
+
+        (start, _), obs = jax.lax.scan(save, (st["start"], blank), (ys, repeats))
+        end_obs, start = flow.observe_warm(new["y"], args, start)
+        return obs, end_obs, dict(new, start=start)
 
     def final(st: dict) -> Any:
         return st["y"]
