@@ -52,13 +52,16 @@ ULP = 2.0**-52
 # `CREEP_WINDOWS` such windows in a row stop the cell as a solver failure, rather than spend the budget creeping
 # (case 42: about 15 s a window, and 780 windows of budget that would move its time by 3e-10 of itself).
 STATE_CREEP, CREEP_WINDOWS = 2.0**-20, 4
-WINDOW_STATE_MAX = 2**16  # a batch's state numbers up to which a method's own `window_saves` applies
+# A batch's state numbers up to which a method's own `window_saves` applies: 128 saves of a state this size and of
+# observables about as large hold 2^23 numbers (64 MB) in a window's buffers, next to 8 MB in 16 saves.
+WINDOW_STATE_MAX = 2**15
 
 
 def _window_saves(method: Method, state: Any) -> int:
     """Save times per window: the method's (`Method.window_saves`), but `WINDOW` for a batch of more than
     `WINDOW_STATE_MAX` state numbers, whose steps are no longer cheap next to a window's round trip and whose longer
-    windows would only delay progress and Ctrl-C (10⁴ noise paths of a small network: about 60 ms a step)."""
+    windows would hold more memory and delay progress and Ctrl-C (10⁴ noise paths of a small network: about 60 ms a
+    step)."""
     size = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(state))
     return method.window_saves if size <= WINDOW_STATE_MAX else min(method.window_saves, WINDOW)
 
