@@ -69,13 +69,14 @@ def complementarity(c: jax.Array, b: jax.Array) -> jax.Array:
     return x
 
 
-def central_parts(gradient: Callable[[Any], Any], y: Any, lr: Any, k: int) -> dict[str, Any]:
+def central_parts(gradient: Callable[[Any], Any], y: Any, lr: Any, k: int, start: Any = None) -> dict[str, Any]:
     """What the central flow needs at y: the gradient, the field, the top-k eigenvalues θ, X and its summaries.
 
-    `gradient(y)` is ∇L as a pytree of y's structure; `lr` the GD step η (traced).
+    `gradient(y)` is ∇L as a pytree of y's structure; `lr` the GD step η (traced); `start` warm-starts the Lanczos
+    solve (`dlnode.flows.hessian.top_eigenpairs`; None: the fixed start vector), and ``"start"`` is the next one.
     """
     grads = gradient(y)
-    theta, vectors, products = top_eigenpairs(gradient, y, k)
+    theta, vectors, products = top_eigenpairs(gradient, y, k, start)
     pairs = [(i, j) for i in range(k) for j in range(i, k)]
 
     def curvature_gradient(i: int, j: int) -> Any:  # g_ij = ∇_w ⟨u_i, ∇²L(w) u_j⟩
@@ -107,4 +108,5 @@ def central_parts(gradient: Callable[[Any], Any], y: Any, lr: Any, k: int) -> di
         "loss_shift": 0.5 * jnp.sum(x * jnp.diag(theta)),
         "regime": active.astype(theta.dtype),
         "products": products,
+        "start": sum(ravel_pytree(v)[0] for v in vectors),
     }

@@ -240,8 +240,8 @@ def _layer_flow(problem_cls: type, save_weights: bool, name: str, sharpness: int
     def gradient(y: tuple, arrays: dict) -> tuple:
         return layer_gradients(y, grad_fn, arrays)[0]
 
-    def central_at(y: Any, args: dict) -> dict:
-        return central_parts(lambda z: gradient(z, args["problem"]), y, args["lr"], max(sharpness, 1))
+    def central_at(y: Any, args: dict, start: Any = None) -> dict:
+        return central_parts(lambda z: gradient(z, args["problem"]), y, args["lr"], max(sharpness, 1), start)
 
     def field(t: Any, y: Any, args: dict) -> Any:
         if central:
@@ -262,7 +262,8 @@ def _layer_flow(problem_cls: type, save_weights: bool, name: str, sharpness: int
         out["grad_norm"] = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))
         out["balancedness"] = _balancedness_drift(y, args["d0"])
         if central:  # the top eigenvalues, the predicted oscillation and time-averaged loss, the regime
-            parts = central_at(y, args)
+            parts = central_at(y, args, start)  # a save's Lanczos warm-started (the field's are not: §3)
+            start = parts["start"]
             out.update({k: parts[k] for k in ("sharpness", "oscillation", "regime")})
             out["loss_averaged"] = out["loss"] + parts["loss_shift"]
         elif sharpness:
@@ -278,7 +279,7 @@ def _layer_flow(problem_cls: type, save_weights: bool, name: str, sharpness: int
         return {"problem": arrays, "d0": initial_balancedness(y0), "lr": c["lr"]}
 
     return Flow(name, field, loss, observe, prepare, symmetric_jacobian=not central, problem_cls=problem_cls,
-                observe_warm=observe_warm if sharpness and not central else None)  # fmt: skip
+                observe_warm=observe_warm if sharpness or central else None)  # fmt: skip
 
 
 @cache
