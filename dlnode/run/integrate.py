@@ -6,13 +6,13 @@ import copy
 import dataclasses
 import datetime
 import functools
+import importlib.metadata
 import json
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import diffrax
 import jax
 import numpy as np
 from tqdm.auto import tqdm
@@ -444,7 +444,7 @@ def dataset_attrs(plan: Plan, runs: dict) -> dict[str, Any]:
         "compile_time": float(sum(s.compile_time for s in runs.values())),
         "run_time": float(sum(s.wall_time for s in runs.values())),
         "jax_version": jax.__version__,
-        "diffrax_version": diffrax.__version__,
+        "diffrax_version": importlib.metadata.version("diffrax"),
         "x64": int(jax.config.jax_enable_x64),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "Conventions": "CF-1.8",

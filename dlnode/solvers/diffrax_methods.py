@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +25,8 @@ from dlnode.solvers.stepping import lanczos_start
 
 __all__ = ["DIFFRAX"]
 
-SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8, "kvaerno5": diffrax.Kvaerno5}
+# diffrax's solvers by name: diffrax (with equinox) loads with the first run of one of them, not with `import dlnode`
+SOLVERS = {"tsit5": "Tsit5", "dopri5": "Dopri5", "dopri8": "Dopri8", "kvaerno5": "Kvaerno5"}
 WINDOW_STEPS = 4096  # steps per diffeqsolve (static: diffrax sizes its loop by it)
 # cells of at least this many unknowns run one at a time (`core.by_cell`), smaller ones as one vmapped batch (see
 # benchmarks/batch_cells.py and docs/solvers.md). Measured
@@ -92,6 +92,8 @@ def _alone(y: Any) -> bool:
 def _status(result: Any, converged: Any) -> Any:
     """diffrax's result → RUNNING (reached the window's end or its step budget), CONVERGED, DIVERGED or
     SOLVER_FAILURE."""
+    import diffrax
+
     event = Status.where(converged, Status.CONVERGED, jnp.int64(Status.DIVERGED))
     ok = (result == diffrax.RESULTS.successful) | (result == diffrax.RESULTS.max_steps_reached)
     failed = Status.where(result == diffrax.RESULTS.event_occurred, event, jnp.int64(Status.SOLVER_FAILURE))
@@ -100,8 +102,10 @@ def _status(result: Any, converged: Any) -> Any:
 
 @cache
 def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple[Callable, Callable, Callable]:
+    import diffrax
+
     term = diffrax.ODETerm(flow.field)
-    solver = SOLVERS[name]()
+    solver = getattr(diffrax, SOLVERS[name])()
 
     def start(y0: Any, arrays: dict, c: dict) -> dict:
         args = flow.prepare(y0, arrays, c)

@@ -25,7 +25,7 @@ from jax.flatten_util import ravel_pytree
 from dlnode.flows.flow import Flow, layer_gradients
 from dlnode.problems.samples import samples_of
 from dlnode.solvers.core import RUNNING, Method, Status, stop_flags
-from dlnode.solvers.sde import SDE_SOLVERS, brownian_increment, control_size, sde_terms
+from dlnode.solvers.sde import SDE_SOLVERS, brownian_increment, control_size, sde_solver, sde_terms
 from dlnode.solvers.stepping import SteppingMethod, lanczos_start, method_entry, warm_observed
 from dlnode.solvers.stochastic import step_gradient
 
@@ -63,7 +63,7 @@ def _stepper(name: str, flow: Flow) -> Callable:
             return y1, problem_cls.loss_fn(w, args["problem"]), state
 
         return step
-    solver = SDE_SOLVERS[name]()
+    solver = sde_solver(name)
 
     def step(y, n, key, state, args, c):
         width = samples_of(problem_cls.kind).width(args["problem"])

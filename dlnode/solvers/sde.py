@@ -43,14 +43,13 @@ Differential Equations, §10–§15.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
 
-import diffrax
 import jax
 import jax.numpy as jnp
-import lineax
 
 from dlnode.flows.diagonal import diagonal_backprop
 from dlnode.flows.flow import layer_gradients, partial_products
@@ -67,10 +66,11 @@ __all__ = [
     "diagonal_spread",
     "diffusion",
     "dt_level",
+    "sde_solver",
     "sde_terms",
 ]
 
-SDE_SOLVERS = {"sde_euler": diffrax.Euler, "sde_heun": diffrax.Heun}
+SDE_SOLVERS = {"sde_euler": "Euler", "sde_heun": "Heun"}  # diffrax's solvers by name: diffrax loads with the first SDE
 STRATONOVICH = {"sde_heun"}
 DT_LEVELS = 10  # an SDE step is dt = lr·2^m, |m| ≤ this: every such step integrates the same Brownian path
 CELL = 0  # a cell's own increment is drawn from its key folded with 0; its bridge levels with 1 … DT_LEVELS
@@ -261,21 +261,38 @@ def brownian_increment(key: Any, n: Any, level: Any, lr: Any, size: int) -> Any:
     return jax.lax.fori_loop(1, fine + 1, split, whole)
 
 
-class _Increment(diffrax.AbstractPath):
-    """The control of one step: its Brownian increment, whatever interval the solver asks for (it asks once, for
-    the step's own [t0, t1])."""
+def sde_solver(name: str) -> Any:
+    """A new instance of diffrax's solver for the SDE method `name` (a key of `SDE_SOLVERS`)."""
+    import diffrax
 
-    dw: Any
-    t0: Any = None
-    t1: Any = None
+    return getattr(diffrax, SDE_SOLVERS[name])()
 
-    def evaluate(self, t0: Any, t1: Any = None, left: bool = True) -> Any:
-        return self.dw
+
+@functools.cache
+def _increment_path() -> type:
+    """The diffrax path of one step's control (defined on first use, so that diffrax loads with the first SDE)."""
+    import diffrax
+
+    class Increment(diffrax.AbstractPath):
+        """The control of one step: its Brownian increment, whatever interval the solver asks for (it asks once,
+        for the step's own [t0, t1])."""
+
+        dw: Any
+        t0: Any = None
+        t1: Any = None
+
+        def evaluate(self, t0: Any, t1: Any = None, left: bool = True) -> Any:
+            return self.dw
+
+    return Increment
 
 
 def sde_terms(name: str, flow: Any, dw: Any, arrays: dict, lr: Any, delta: Any, width: int) -> Any:
     """The diffrax terms of one step of one path: drift (Stratonovich-corrected for `STRATONOVICH` solvers) and the
     diffusion as a lineax operator on the step's Brownian increment `dw` (`brownian_increment`)."""
+    import diffrax
+    import lineax
+
     apply = diffusion(flow.noise, flow.problem_cls, flow.backprop or layer_gradients)
     size = control_size(flow.noise, width)
     structure = jax.ShapeDtypeStruct((size,), jnp.float64)
@@ -299,4 +316,4 @@ def sde_terms(name: str, flow: Any, dw: Any, arrays: dict, lr: Any, delta: Any, 
     def sigma(t: Any, y: Any, args: dict) -> Any:
         return lineax.FunctionLinearOperator(lambda b: apply(y, b, arrays, lr, delta), structure)
 
-    return diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(sigma, _Increment(dw)))
+    return diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(sigma, _increment_path()(dw)))
