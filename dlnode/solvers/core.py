@@ -28,6 +28,7 @@ __all__ = [
     "Solution",
     "Status",
     "call",
+    "repeated",
     "stop_flags",
 ]
 
@@ -159,6 +160,14 @@ def stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]
 # Save times per window unless a method says otherwise (`Method.window_saves`): each window is one compiled call and
 # a host round trip (the driver's checks, Ctrl-C, progress), about half a millisecond.
 WINDOW = 16
+
+
+def repeated(ts: Any) -> Any:
+    """Which save times of a window repeat the one before (the driver pads a window by repeating its last): a method
+    observes such a time once. Read from `ts` alone, which every cell of a batch shares, so that a branch on it stays
+    a branch under vmap."""
+    ts = jnp.asarray(ts)
+    return jnp.concatenate([jnp.zeros(1, bool), ts[1:] == ts[:-1]])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from dlnode.flows.flow import Flow
-from dlnode.solvers.core import RUNNING, Method, Status, batched, by_cell, call, stop_flags
+from dlnode.solvers.core import RUNNING, Method, Status, batched, by_cell, call, repeated, stop_flags
 from dlnode.solvers.stepping import lanczos_start
 
 __all__ = ["DIFFRAX"]
@@ -166,9 +166,15 @@ def _functions(name: str, flow: Flow, window_steps: int = WINDOW_STEPS) -> tuple
         if not warm:
             obs = jax.tree_util.tree_map(at_start_or, sol.ys[0], flow.observe(st["y"], args))
             return obs, flow.observe(new["y"], args), new
-        ys = jax.tree_util.tree_map(at_start_or, sol.ys[0], st["y"])
-        # a save time repeated (the driver pads a window by repeating its last) holds the same state: observed once
-        repeats = jnp.concatenate([jnp.zeros(1, bool), ts[1:] == ts[:-1]])
+        # a save the solve did not reach is inf in diffrax's output; observe the state it ended at there instead (the
+        # driver reads reached saves only), so that no inf reaches the Lanczos solve or LAPACK
+        reached = (saves <= t_end).reshape(-1)
+        ys = jax.tree_util.tree_map(
+            lambda saved, end: jnp.where(reached.reshape((-1,) + (1,) * (saved.ndim - 1)), saved, end[None]),
+            sol.ys[0], y1,
+        )  # fmt: skip
+        ys = jax.tree_util.tree_map(at_start_or, ys, st["y"])
+        repeats = repeated(ts)  # a repeated save time holds the same state: observed once
         shapes = jax.eval_shape(lambda y: flow.observe_warm(y, args, st["start"])[0], st["y"])
         blank = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)  # never read: ts[0] no repeat
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from dlnode.solvers.core import RUNNING, Method, by_cell, call
+from dlnode.solvers.core import RUNNING, Method, by_cell, call, repeated
 
 __all__ = ["BATCH_AXIS", "SteppingMethod", "compiled", "lanczos_start", "method_entry", "warm_observed", "window"]
 
@@ -124,8 +124,7 @@ def window(method: SteppingMethod, st: dict, arrays: dict, ts: Any, c: dict) -> 
         s, obs = jax.lax.cond(repeat, lambda s: (s, previous), reach, s)
         return (s, obs), obs
 
-    ts = jnp.asarray(ts)
-    repeats = jnp.concatenate([jnp.zeros(1, bool), ts[1:] == ts[:-1]])  # from ts, the same for every cell of a batch
+    ts, repeats = jnp.asarray(ts), repeated(ts)
     shapes = jax.eval_shape(lambda s: method.observed(s, st, arrays)[1], s0)
     none = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)  # never read: ts[0] is no repeat
     (s, _), obs = jax.lax.scan(lambda carry, x: advance(carry, *x), (s0, none), (method.targets(ts, st), repeats))
