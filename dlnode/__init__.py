@@ -126,3 +126,8 @@ def __getattr__(name: str):  # noqa: ANN202
 
         return sweep
     raise AttributeError(f"module 'dlnode' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names with `sweep`, which `__getattr__` supplies (tab completion, ``dir(dlnode)``)."""
+    return sorted(set(globals()) | {"sweep"})

@@ -95,6 +95,7 @@ def test_import_leaves_plotting_dask_and_diffrax_for_first_use():
     probe = (
         "import sys, numpy as np, dlnode as dln, xarray as xr\n"
         f"print(' '.join(m for m in {LAZY!r} if m in sys.modules))\n"
+        "assert 'sweep' in dir(dln) and 'dask' not in sys.modules  # listed before it loads\n"
         "dln.sweep; xr.Dataset().dln.plot\n"
         "dln.integrate(dln.Factorization(np.eye(2)), depth=1, scale=0.1, t1=1.0, method='tsit5', progress=False)\n"
         f"print(' '.join(m for m in {LAZY!r} if m in sys.modules))\n"
