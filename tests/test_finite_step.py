@@ -265,6 +265,27 @@ def test_gd_that_spikes_and_recovers_is_not_diverged_and_the_fraction_over_lr():
     assert "left every bound" in dln.solvers.core.MESSAGES[dln.Status.DIVERGED]
 
 
+def test_gd_that_never_settles_stops_at_its_horizon_as_not_converged(monkeypatch):
+    """GD at lr 0.1 on this completion, whose minimisers are all sharper than 2/lr = 20, bounces for ever. Run until
+    converged it stops at its planned horizon as NOT_CONVERGED, and the warning says its loss still oscillates.
+    Negative control: comparing save against save (the rule of the flows, whose loss is monotone), the chaotic loss
+    "fell" and the horizon was extended, past the budget (the default budget of 10^7 steps took 25 s)."""
+    from dlnode.solvers import driver
+
+    prob = dln.MatrixCompletion.random(shape=(6, 6), rank=2, observed=0.6, seed=0)
+    kw = {"method": "gd", "depth": 3, "scale": 0.1, "lr": 0.1, "progress": False, "max_steps": 400_000}
+    with pytest.warns(UserWarning, match="rises and falls between saves: lr = 0.1"):
+        ds = dln.integrate(prob, **kw)
+    assert int(ds["status"].item()) == dln.Status.NOT_CONVERGED
+    assert float(ds["t_final"].item()) == pytest.approx(ds.attrs["t1"])
+    assert int(ds["num_steps"].item()) <= round(ds.attrs["t1"] / 0.1) < 400_000
+    monkeypatch.setattr(driver, "NON_MONOTONE", ())
+    with pytest.warns(UserWarning, match="max_steps"):
+        extended = dln.integrate(prob, **kw)
+    assert int(extended["status"].item()) == dln.Status.MAX_STEPS
+    assert float(extended["t_final"].item()) > 2 * ds.attrs["t1"]
+
+
 @pytest.mark.parametrize(("n", "k"), [(60, 3), (40, 30), (1500, 3)])
 def test_lanczos_past_its_first_checks_against_eigh(n, k):
     """A quadratic whose top eigenvalues cluster (or k above the first checks' block) needs more products than the

@@ -232,11 +232,20 @@ def _warn_unconverged(ds: Any, problem: Problem) -> None:
             note = f" (the best fit inside W(0)'s subspace, loss_floor {float(ds['loss_floor'].sel(where)):.6g})"
         elif len(sv) >= 2 and sv[-1] > RUNAWAY_NOTE * s_star and sv[-1] > sv[-2]:
             note = f" (σ₁ = {sv[-1]:.3g}, {sv[-1] / s_star:.3g}× the minimiser's and growing: the norm runs away)"
+        elif code == int(Status.NOT_CONVERGED) and ds.attrs.get("method") == "gd" and _oscillates(ds, where):
+            note = (f" (its loss still rises and falls between saves: lr = {ds.attrs['lr']:g} may be past 2/S at "
+                    "every minimum within reach; dln.sharpness_bounds, or sharpness=1 to see S)")  # fmt: skip
         parts.append(f"depth {where['depth']:g}, scale {where['scale']:g}, seed {where['seed']}: "
                      f"{Status(code).meaning}{note}")  # fmt: skip
     if parts:
         shown = "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")
         warnings.warn(f"dlnode: {len(parts)} of {status.size} runs did not converge: {shown}", stacklevel=3)
+
+
+def _oscillates(ds: Any, where: dict) -> bool:
+    """Whether the loss of one run rose between consecutive saves over the last quarter of its saves."""
+    loss = ds["loss"].sel(where).dropna("time").values
+    return bool(np.any(np.diff(loss[-max(2, len(loss) // 4) :]) > 0))
 
 
 def _run_grid(plan: Plan, done: dict[float, Solution] | None = None, depth: float | None = None,
