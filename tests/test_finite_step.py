@@ -243,6 +243,34 @@ def test_single_eigenvalue_closed_form_is_projected_gradient_flow():
     np.testing.assert_allclose(float(parts["covariance"][0, 0]), -2 * a / (grad_s @ grad_s), rtol=1e-5)
 
 
+def test_central_field_with_three_tracked_eigenvalues_against_dense_curvature_gradients():
+    """k = 3, lr past the third eigenvalue's edge while the flow sharpens (depth 3 from 0.1, at t = 2 of its
+    gradient flow): X has three eigenvalues at the edge, and the field equals −(∇L + ½ Σ_ij X_ij g_ij) with every
+    g_ij = ∇_w(u_iᵀ ∇²L(w) u_j) taken pair by pair from the dense Hessian (the solver computes the six in one vmapped
+    Hessian-vector product) and X the solver's own."""
+    from dlnode.flows.central import central_parts
+    from dlnode.flows.flow import layer_gradients
+    from dlnode.flows.hessian import top_eigenpairs
+
+    ds = dln.integrate(PROB, depth=3, scale=0.1, method="tsit5", saveat=[0.0, 2.0], save_weights=True, progress=False)
+    layers = tuple(jnp.asarray(w) for w in _layers(ds, 3, time=-1))
+    arrays = jax.tree_util.tree_map(jnp.asarray, PROB.arrays())
+    gradient = functools.partial(lambda y: layer_gradients(y, type(PROB).grad_fn, arrays)[0])
+    flat, unravel = ravel_pytree(layers)
+    lr = 2.0 / float(_dense_top(layers, 3)[-1]) * 0.9  # the top three past 2/η
+    parts = central_parts(gradient, layers, lr, 3)
+    _, vectors, _ = top_eigenpairs(gradient, layers, 3)
+    u = [np.asarray(ravel_pytree(v)[0]) for v in vectors]
+    loss, _ = flat_problem(type(PROB))
+    hessian = jax.hessian(lambda x: loss(unravel(x), arrays))
+    x = np.asarray(parts["covariance"])
+    correction = sum(x[i, j] * np.asarray(jax.grad(lambda w, i=i, j=j: u[i] @ hessian(w) @ u[j])(flat))
+                     for i in range(3) for j in range(3))  # fmt: skip
+    expected = -(np.asarray(ravel_pytree(parts["gradient"])[0]) + 0.5 * correction)
+    np.testing.assert_allclose(np.asarray(ravel_pytree(parts["field"])[0]), expected, rtol=1e-9, atol=1e-12)
+    assert int(parts["regime"]) == 3
+
+
 def test_gd_that_spikes_and_recovers_is_not_diverged_and_the_fraction_over_lr():
     """At lr 0.3 GD's loss goes up and down and comes back to ~1e-30: FINISHED, not DIVERGED; at 0.6 the loss
     leaves every bound: DIVERGED, and the message names the bound. `divergence_fraction` counts seeds per lr."""

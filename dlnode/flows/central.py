@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from dlnode.flows.hessian import hvp, top_eigenpairs
@@ -77,17 +78,22 @@ def central_parts(gradient: Callable[[Any], Any], y: Any, lr: Any, k: int, start
     """
     grads = gradient(y)
     theta, vectors, products = top_eigenpairs(gradient, y, k, start)
-    pairs = [(i, j) for i in range(k) for j in range(i, k)]
+    g_flat, unravel = ravel_pytree(grads)
+    flat = jnp.stack([ravel_pytree(v)[0] for v in vectors])  # (k, p)
 
-    def curvature_gradient(i: int, j: int) -> Any:  # g_ij = ∇_w ⟨u_i, ∇²L(w) u_j⟩
+    def curvature_gradient(u_i: Any, u_j: Any) -> Any:  # g_ij = ∇_w ⟨u_i, ∇²L(w) u_j⟩
         def along(w):
-            return ravel_pytree(hvp(gradient, w, vectors[j]))[0] @ ravel_pytree(vectors[i])[0]
+            return ravel_pytree(hvp(gradient, w, unravel(u_j)))[0] @ u_i
 
         return ravel_pytree(jax.grad(along)(y))[0]
 
-    g_flat, unravel = ravel_pytree(grads)
-    g = {pair: curvature_gradient(*pair) for pair in pairs}
-    gram = jnp.stack([jnp.stack([g[(min(i, j), max(i, j))] for j in range(k)]) for i in range(k)])  # (k, k, p)
+    # the k(k+1)/2 pairs i ≤ j in one vmapped product: traced once, whatever k (one traced product per pair compiled
+    # in 6 s at k = 1 and 17 s at k = 8, and for minutes at k = 40)
+    upper_i, upper_j = np.triu_indices(k)
+    g = jax.vmap(curvature_gradient)(flat[upper_i], flat[upper_j])  # (k(k+1)/2, p)
+    pair = np.zeros((k, k), dtype=int)
+    pair[upper_i, upper_j] = pair[upper_j, upper_i] = np.arange(len(upper_i))
+    gram = g[pair]  # (k, k, p): g_ij = g_ji
     tau = RELAX_STEPS * lr
     edge = 2.0 / lr
     a = jnp.einsum("ijp,p->ij", gram, g_flat)
