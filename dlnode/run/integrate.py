@@ -233,8 +233,9 @@ def _warn_unconverged(ds: Any, problem: Problem) -> None:
         elif len(sv) >= 2 and sv[-1] > RUNAWAY_NOTE * s_star and sv[-1] > sv[-2]:
             note = f" (σ₁ = {sv[-1]:.3g}, {sv[-1] / s_star:.3g}× the minimiser's and growing: the norm runs away)"
         elif code == int(Status.NOT_CONVERGED) and ds.attrs.get("method") == "gd" and _oscillates(ds, where):
+            see = "S is ds.sharpness" if int(ds.attrs.get("sharpness", 0)) else "pass sharpness=1 to see S"
             note = (f" (its loss still rises and falls between saves: lr = {ds.attrs['lr']:g} may be past 2/S at "
-                    "every minimum within reach; dln.sharpness_bounds, or sharpness=1 to see S)")  # fmt: skip
+                    f"every minimum within reach; {see})")  # fmt: skip
         parts.append(f"depth {where['depth']:g}, scale {where['scale']:g}, seed {where['seed']}: "
                      f"{Status(code).meaning}{note}")  # fmt: skip
     if parts:
