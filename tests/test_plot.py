@@ -72,6 +72,21 @@ def test_sharpness_plot_with_bounds(flat_minima, tmp_path):
         plot.sharpness(ds)
 
 
+def test_sharpness_saved_along_a_run_is_drawn_at_its_last_save(tmp_path):
+    """A run with ``sharpness=1`` holds S at every save (dims eig and time): the figure draws one point per run, its
+    top eigenvalue at the last save, which equals the sharpness computed afresh at the final weights."""
+    prob = univariate_problem()
+    ds = dln.integrate(prob, depth=3, scale=0.3, seed=[0, 1], method="gd", lr=0.05, t1=5.0, sharpness=1,
+                       progress=False)  # fmt: skip
+    assert {"eig", "time"} <= set(ds["sharpness"].dims)
+    path = tmp_path / "sharpness.png"
+    fig = plot.sharpness(ds, path=path)
+    check_png(fig, path)
+    drawn = np.concatenate([line.get_ydata() for line in fig.axes[0].get_lines() if line.get_marker() == "o"])
+    fresh = ds.drop_vars("sharpness").dln.sharpness().values.ravel()
+    np.testing.assert_allclose(np.sort(drawn), np.sort(fresh), rtol=1e-8)
+
+
 def test_gd_error_plot_shows_the_fitted_order(tmp_path):
     flow, runs = decoupled_runs([0.02, 0.01, 0.005], end_time=1.0)
     path = tmp_path / "gd_error.png"

@@ -207,15 +207,17 @@ def rank_staircase(ds: xr.Dataset, level: float = 0.5, learned: float = 0.05, pa
 def sharpness(ds: xr.Dataset, problem: Problem | None = None, path: str | Path | None = None) -> Figure:
     """Sharpness at the final weights against depth, with Marion–Chizat's S_min and upper line when they apply.
 
-    Uses the dataset's ``sharpness`` variable when it has one, else computes it on `problem` (default: the
-    problem stored in the dataset). The bounds are drawn for a univariate `Regression`, in dlnode's ½-loss
-    convention (see `sharpness_bounds`).
+    Uses the dataset's ``sharpness`` variable when it has one (saved along the run: its top eigenvalue at the last
+    save), else computes it on `problem` (default: the problem stored in the dataset). The bounds are drawn for a
+    univariate `Regression`, in dlnode's ½-loss convention (see `sharpness_bounds`).
     """
     ds = _drawable(ds, "sharpness")
     if problem is None and "problem_fields" in ds.attrs:
         problem = problem_from(ds)
-    if "sharpness" in ds:
+    if "sharpness" in ds:  # saved along the run (``sharpness=k``): the top eigenvalue at each run's last save
         values = ds["sharpness"]
+        values = values.isel(eig=0) if "eig" in values.dims else values
+        values = analysis.final_values(values) if "time" in values.dims else values
     elif problem is None:
         raise refused("problem is required to compute the sharpness; or pass a dataset with a 'sharpness' variable")
     else:
