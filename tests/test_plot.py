@@ -87,6 +87,25 @@ def test_sharpness_saved_along_a_run_is_drawn_at_its_last_save(tmp_path):
     np.testing.assert_allclose(np.sort(drawn), np.sort(fresh), rtol=1e-8)
 
 
+@pytest.fixture(scope="module")
+def noisy():
+    """SGD with four noise paths (a ``path`` dim) at depths 2 and 3, with S saved along the way."""
+    prob = dln.MatrixSensing.random(shape=(4, 4), rank=1, measurements=30, seed=0)
+    return dln.integrate(prob, depth=[2, 3], scale=0.3, method="sgd", lr=0.05, batch=2, paths=4, t1=5.0,
+                         sharpness=1, progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["loss", "singular_values", "rank_staircase", "sharpness", "effective_rank"])
+def test_every_figure_draws_noise_paths(noisy, kind, tmp_path):
+    """A dataset with noise paths: each path is drawn as a run of its own (the loss: one line per depth and path),
+    where every figure but the sharpness's used to fail on the extra dim."""
+    path = tmp_path / f"{kind}.png"
+    fig = plot.PLOTS[kind](noisy, path=path)
+    check_png(fig, path)
+    if kind == "loss":
+        assert len(fig.axes[0].get_lines()) == 2 * 4
+
+
 def test_gd_error_plot_shows_the_fitted_order(tmp_path):
     flow, runs = decoupled_runs([0.02, 0.01, 0.005], end_time=1.0)
     path = tmp_path / "gd_error.png"

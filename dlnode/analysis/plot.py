@@ -40,7 +40,7 @@ __all__ = ["PLOTS", "effective_rank", "figure", "finish", "gd_error", "loss", "r
 __all__ += ["singular_values"]
 
 TIME_LABEL = r"time $t$ [flow time; GD: step $\times$ lr]"
-RUN_DIMS = ("depth", "scale", "seed")
+RUN_DIMS = ("depth", "scale", "seed", "path")  # a noise path (method="sgd", …) is drawn as a run of its own
 LINESTYLES = ("-", "--", ":", "-.")
 
 
@@ -103,7 +103,7 @@ def _positive_time(da: xr.DataArray) -> xr.DataArray:
 
 
 def loss(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
-    """Loss ℓ(W(t)) on log-log axes: colour = depth, line style = scale, one line per seed."""
+    """Loss ℓ(W(t)) on log-log axes: colour = depth, line style = scale, one line per seed (and noise path)."""
     ds = _drawable(ds, "loss")
     da = _positive_time(require_variable(ds, "loss")).compute()  # what it draws, loaded once
     fig, axes = figure()
@@ -146,7 +146,7 @@ def singular_values(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
         i, j = scales.index(where.get("scale")), depths.index(where.get("depth"))
         ax = axes[i, j]
         panel = panel.compute()  # one panel's spectra at a time: a lazily opened store stays on disk
-        for s, (_, y) in enumerate(_runs(panel, ("seed",))):
+        for s, (_, y) in enumerate(_runs(panel, ("seed", "path"))):
             for k in range(n_k):
                 label = rf"$\sigma_{{{k + 1}}}$" if s == 0 and n_k <= LEGEND_MAX else None
                 ax.plot(y["time"], y.isel(k=k), color=colors[k], lw=1.0, alpha=0.8, label=label)
@@ -244,7 +244,8 @@ def sharpness(ds: xr.Dataset, problem: Problem | None = None, path: str | Path |
 
 
 def effective_rank(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
-    """Effective rank of W at each run's last reached time against depth (mean ± std over seeds; ∞ at the right)."""
+    """Effective rank of W at each run's last reached time against depth (mean ± std over seeds and noise paths; ∞ at
+    the right)."""
     ds = _drawable(ds, "effective_rank")
     erank = analysis.final_values(analysis.effective_rank(ds)).compute()  # the reduced result, loaded once
     depth = erank["depth"].values
@@ -256,8 +257,8 @@ def effective_rank(ds: xr.Dataset, path: str | Path | None = None) -> Figure:
     scales = _values(erank, "scale")
     for color, scale in zip(_colors(len(scales)), scales, strict=True):
         e = erank if scale is None else erank.sel(scale=scale)
-        mean = e.mean("seed") if "seed" in e.dims else e
-        std = e.std("seed") if "seed" in e.dims else 0 * e
+        over = [d for d in ("seed", "path") if d in e.dims]
+        mean, std = e.mean(over), e.std(over)  # over nothing: the value itself, and 0
         ax.errorbar(e["position"], mean, yerr=std, marker="o", color=color, capsize=3, label=f"scale {scale}")
     ax.set_xticks(position, [("∞" if not np.isfinite(d) else f"{d:g}") for d in depth])
     ax.set(xlabel="depth $N$", ylabel=r"effective rank $e^{-\sum_i p_i \ln p_i}$, $p = \sigma / \sum \sigma$")
