@@ -41,6 +41,10 @@ SPARSE_TOL = 1e-3  # an entry counts as nonzero when |βᵢ| > this fraction of 
 
 
 def _check_path(da: xr.DataArray, name: str) -> None:
+    if not isinstance(da, xr.DataArray):
+        got = f"a Dataset of {sorted(map(str, da.data_vars))}" if isinstance(da, xr.Dataset) else type(da).__name__
+        fail(name, "must be one variable (an xarray DataArray) with a 'path' dim", shown(got),
+             "pass one variable of a stochastic run, e.g. ds['loss']")  # fmt: skip
     if "path" not in da.dims:
         fail(name, "must have a 'path' dim (a run of a stochastic method)", shown(str(tuple(da.dims))),
              "pass a variable of a run with method='sgd', 'label_noise' or an SDE method")  # fmt: skip
@@ -160,6 +164,9 @@ def hessian_trace(ds: xr.Dataset, problem: Any, which: str = "weights") -> xr.Da
 def interpolators(problem: Any) -> dict[str, np.ndarray]:
     """The minimum-ℓ₂ and minimum-ℓ₁ solutions of Xᵀβ = y of a regression with samples (n ≤ d), as (1, d) rows:
     the pseudo-inverse solution, and a linear program (β = p − q, p, q ≥ 0, min Σ p + q) solved by HiGHS."""
+    if not (hasattr(problem, "inputs") and hasattr(problem, "labels")):
+        fail("problem", "must be a regression with samples (dlnode.SparseRegression)", shown(type(problem).__name__),
+             "pass the SparseRegression the runs were made on, e.g. dln.problem_from(ds)")  # fmt: skip
     x, y = np.asarray(problem.inputs), np.asarray(problem.labels).ravel()
     l2 = np.linalg.lstsq(x.T, y, rcond=None)[0]
     d = x.shape[0]
