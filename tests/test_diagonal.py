@@ -131,6 +131,8 @@ def test_path_statistics_and_sparsity():
         dln.path_summary(a.isel(path=0))
     with pytest.raises(dln.DlnodeError, match=r"^b must be one variable .*got a Dataset of \['loss'\].*ds\['loss'\]"):
         dln.weak_error(a, xr.Dataset({"loss": b}))
+    with pytest.raises(dln.DlnodeError, match="^which must be 'weights' .* or 'final'.*got 'last'"):
+        dln.hessian_trace(xr.Dataset({"loss": b}), PROB, which="last")
     with pytest.raises(dln.DlnodeError, match="^problem must be a regression with samples.*got MatrixCompletion"):
         dln.interpolators(dln.MatrixCompletion.random(shape=(4, 4), rank=1, observed=0.5, seed=0))
     beta = xr.DataArray(np.array([[[3.0, -3.0, 0.0, 1e-9]]]), dims=("time", "row", "col"))

@@ -108,6 +108,9 @@ def _trace(problem_cls: type, network: str, depth: int, state: Any, arrays: dict
 
 def _states(ds: xr.Dataset, which: str) -> tuple[str, xr.DataArray]:
     network = ds.attrs.get("network", "dense")
+    if which not in ("weights", "final"):
+        fail("which", "must be 'weights' (every saved state) or 'final' (the run's end)", shown(repr(which)),
+             "pass which='final', or which='weights' with a run saved with save_weights=True")  # fmt: skip
     if which == "weights" and "weights" not in ds:
         fail("ds", "lacks 'weights' (the layers along time)", None, "integrate with save_weights=True, or pass "
              "which='final'")  # fmt: skip
