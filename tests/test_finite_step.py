@@ -253,7 +253,8 @@ def test_central_field_with_three_tracked_eigenvalues_against_dense_curvature_gr
     from dlnode.flows.flow import layer_gradients
     from dlnode.flows.hessian import top_eigenpairs
 
-    ds = dln.integrate(PROB, depth=3, scale=0.1, method="tsit5", saveat=[0.0, 2.0], save_weights=True, progress=False)
+    ds = dln.integrate(PROB, depth=3, scale=0.1, method="tsit5", t1=2.0, saveat=[0.0, 2.0], save_weights=True,
+                       progress=False)  # fmt: skip
     layers = tuple(jnp.asarray(w) for w in _layers(ds, 3, time=-1))
     arrays = jax.tree_util.tree_map(jnp.asarray, PROB.arrays())
     gradient = functools.partial(lambda y: layer_gradients(y, type(PROB).grad_fn, arrays)[0])
