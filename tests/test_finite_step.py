@@ -299,7 +299,7 @@ def test_gd_that_never_settles_stops_at_its_horizon_as_not_converged(monkeypatch
     """GD at lr 0.1 on this completion, whose minimisers are all sharper than 2/lr = 20, bounces for ever. Run until
     converged it stops at its planned horizon as NOT_CONVERGED, and the warning says its loss still oscillates.
     Negative control: comparing save against save (the rule of the flows, whose loss is monotone), the chaotic loss
-    "fell" and the horizon was extended, past the budget (the default budget of 10^7 steps took 25 s)."""
+    "fell" and the horizon was extended, past the budget (the default budget of 10^7 steps took 30 s)."""
     from dlnode.solvers import driver
 
     prob = dln.MatrixCompletion.random(shape=(6, 6), rank=2, observed=0.6, seed=0)
