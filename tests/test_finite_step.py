@@ -5,6 +5,7 @@ below the edge; a brute-force minimisation for the complementarity solve; the st
 """
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -314,6 +315,30 @@ def test_gd_that_never_settles_stops_at_its_horizon_as_not_converged(monkeypatch
         extended = dln.integrate(prob, **kw)
     assert int(extended["status"].item()) == dln.Status.MAX_STEPS
     assert float(extended["t_final"].item()) > 2 * ds.attrs["t1"]
+
+
+def test_a_central_flow_that_comes_to_rest_on_the_edge_says_so():
+    """ℓ = ½(ab − 1)² (a 1 × 1 whitened regression at depth 2) has the Hessian [[b², 2ab − 1], [2ab − 1, a²]]; its
+    flattest minimiser, a = b = ±1, has S = 2. At lr = 1.2 (2/η = 5/3 < 2) no minimiser is flat enough: the central
+    flow comes to rest on the edge at the least loss there, a = b with 3a² − 1 = 2/η (closed form: a² = 8/9, ℓ =
+    ½(a² − 1)² = 1/162). Run until converged it ends NOT_CONVERGED at its horizon, held at that point (measured: |a|
+    within 3.3e-7, S within 8.0e-7 relative, at rtol 2e-7; checked to 10·rtol), and the warning says why. Negative
+    control: at lr = 0.5 (2/η = 4 > 2) it converges, to S = 2, with no warning."""
+    prob = dln.Regression.whitened([1.0], 1, 1, seed=0)
+    kw = {"depth": 2, "scale": 0.5, "seed": 0, "flow": "central", "progress": False, "save_weights": True}
+    with pytest.warns(UserWarning, match=r"held at the edge S = 2/lr = 1.66667 with loss 0.00617"):
+        ds = dln.integrate(prob, lr=1.2, **kw)
+    assert int(ds["status"].item()) == dln.Status.NOT_CONVERGED
+    last = ds.isel(time=-1)
+    np.testing.assert_allclose(np.abs(last["weights"].values.ravel()), np.sqrt(8 / 9), rtol=2e-6)
+    assert float(last["sharpness"].item()) == pytest.approx(2 / 1.2, rel=2e-6)
+    assert float(last["loss"].item()) == pytest.approx(1 / 162, rel=1e-4)  # 10·rtol on a is 6.8e-5 on ℓ (4a/(a² − 1))
+    assert float(last["regime"].item()) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flat = dln.integrate(prob, lr=0.5, **kw)
+    assert int(flat["status"].item()) == dln.Status.CONVERGED
+    assert float(flat["sharpness"].isel(time=-1).item()) == pytest.approx(2.0, rel=1e-3)
 
 
 def test_the_trend_rule_extends_no_stationary_loss_and_a_clearly_falling_one():

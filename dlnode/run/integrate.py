@@ -236,6 +236,12 @@ def _warn_unconverged(ds: Any, problem: Problem) -> None:
             see = "S is ds.sharpness" if int(ds.attrs.get("sharpness", 0)) else "pass sharpness=1 to see S"
             note = (f" (its loss still rises and falls between saves: lr = {ds.attrs['lr']:g} may be past 2/S at "
                     f"every minimum within reach; {see})")  # fmt: skip
+        elif code == int(Status.NOT_CONVERGED) and ds.attrs.get("flow") == "central" and _held_at_edge(ds, where):
+            lr = float(ds.attrs["lr"])
+            loss = float(ds["loss"].sel(where).dropna("time").values[-1])
+            note = (f" (it ends held at the edge S = 2/lr = {2 / lr:.6g} with loss {loss:.6g}: the central flow may "
+                    f"come to rest on the edge, where GD at lr = {lr:g} keeps oscillating; its loss falls ever more "
+                    f"slowly there, so a horizon of your own (t1=) bounds the cost)")  # fmt: skip
         parts.append(f"depth {where['depth']:g}, scale {where['scale']:g}, seed {where['seed']}: "
                      f"{Status(code).meaning}{note}")  # fmt: skip
     if parts:
@@ -247,6 +253,12 @@ def _oscillates(ds: Any, where: dict) -> bool:
     """Whether the loss of one run rose between consecutive saves over the last quarter of its saves."""
     loss = ds["loss"].sel(where).dropna("time").values
     return bool(np.any(np.diff(loss[-max(2, len(loss) // 4) :]) > 0))
+
+
+def _held_at_edge(ds: Any, where: dict) -> bool:
+    """Whether a central-flow run ended with some eigenvalue held at the edge (`regime` ≥ 1 at its last save)."""
+    regime = ds["regime"].sel(where).dropna("time").values if "regime" in ds else np.zeros(0)
+    return bool(len(regime) and regime[-1] >= 1)
 
 
 def _run_grid(plan: Plan, done: dict[float, Solution] | None = None, depth: float | None = None,
