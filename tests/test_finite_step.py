@@ -321,9 +321,9 @@ def test_a_central_flow_that_comes_to_rest_on_the_edge_says_so():
     """ℓ = ½(ab − 1)² (a 1 × 1 whitened regression at depth 2) has the Hessian [[b², 2ab − 1], [2ab − 1, a²]]; its
     flattest minimiser, a = b = ±1, has S = 2. At lr = 1.2 (2/η = 5/3 < 2) no minimiser is flat enough: the central
     flow comes to rest on the edge at the least loss there, a = b with 3a² − 1 = 2/η (closed form: a² = 8/9, ℓ =
-    ½(a² − 1)² = 1/162). Run until converged it ends NOT_CONVERGED at its horizon, held at that point (measured: |a|
-    within 3.3e-7, S within 8.0e-7 relative, at rtol 2e-7; checked to 10·rtol), and the warning says why. Negative
-    control: at lr = 0.5 (2/η = 4 > 2) it converges, to S = 2, with no warning."""
+    ½(a² − 1)² = 1/162, the other eigenvalue 1/9). Run until converged it ends NOT_CONVERGED at its horizon, held
+    at that point (measured: |a| within 3.3e-7, S within 8.0e-7 relative, at rtol 2e-7; checked to 10·rtol), and
+    the warning says why. Negative control: at lr = 0.5 (2/η = 4 > 2) it converges, to S = 2, with no warning."""
     prob = dln.Regression.whitened([1.0], 1, 1, seed=0)
     kw = {"depth": 2, "scale": 0.5, "seed": 0, "flow": "central", "progress": False, "save_weights": True}
     with pytest.warns(UserWarning, match=r"held at the edge S = 2/lr = 1.66667 with loss 0.00617"):
@@ -334,11 +334,55 @@ def test_a_central_flow_that_comes_to_rest_on_the_edge_says_so():
     assert float(last["sharpness"].item()) == pytest.approx(2 / 1.2, rel=2e-6)
     assert float(last["loss"].item()) == pytest.approx(1 / 162, rel=1e-4)  # 10·rtol on a is 6.8e-5 on ℓ (4a/(a² − 1))
     assert float(last["regime"].item()) == 1
+    # the untracked eigenvalue there: the Hessian [[a², 2a² − 1], [2a² − 1, a²]] has a² ± (2a² − 1) = 5/3 and 1/9
+    assert float(last["untracked_sharpness"].item()) == pytest.approx(1 / 9, rel=1e-4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         flat = dln.integrate(prob, lr=0.5, **kw)
     assert int(flat["status"].item()) == dln.Status.CONVERGED
     assert float(flat["sharpness"].isel(time=-1).item()) == pytest.approx(2.0, rel=1e-3)
+
+
+def test_the_untracked_edge_rule_on_saved_eigenvalues():
+    """The driver stops a running central-flow cell whose largest untracked eigenvalue passed (1 + slack)·2/lr at any
+    filled save or at the window's end; NaN (not monitored), unfilled saves and stopped cells are left alone."""
+    from dlnode.solvers import driver
+    from dlnode.solvers.core import Controls
+
+    controls = Controls(1.0, 1e-6, 1e-9, 0.1, 1e-8, 1e12, 1000)  # lr = 0.1: the edge 2/lr = 20, the bound 20.02
+    values = np.array([[19.0, 20.1, 19.0], [19.0, 20.01, np.nan], [19.0, 25.0, 19.0], [np.nan, np.nan, np.nan],
+                       [19.0, 19.0, 19.0]])  # fmt: skip
+    filled = np.ones_like(values, bool)
+    filled[2, 1] = False  # a save the cell did not reach
+    saved = driver._Saved({"untracked_sharpness": values}, filled)
+    last = {"untracked_sharpness": np.array([19.0, 19.0, 19.0, np.nan, 21.0])}
+    running = np.array([True, True, True, True, True])
+    got = driver._untracked_edge(last, saved, running, controls)
+    assert got.tolist() == [True, False, False, False, True]
+    assert not driver._untracked_edge(last, saved, np.zeros(5, bool), controls).any()
+    assert not driver._untracked_edge(last, driver._Saved({"loss": values}, filled), running, controls).any()
+
+
+def test_a_central_flow_stops_when_an_untracked_eigenvalue_passes_its_bound(monkeypatch):
+    """The run of the test above, the untracked eigenvalue going from about −0.25 (at the init) to 1/9 (at rest):
+    with the bound put at 0.1 (slack −0.94 of 2/lr = 5/3) the run stops as UNTRACKED_EDGE before its horizon, keeps
+    its trajectory, and the warning names the fix; at the real slack it ends as in the test above (control)."""
+    from dlnode.solvers import driver
+
+    prob = dln.Regression.whitened([1.0], 1, 1, seed=0)
+    kw = {"depth": 2, "scale": 0.5, "seed": 0, "flow": "central", "lr": 1.2, "progress": False}
+    monkeypatch.setattr(driver, "UNTRACKED_SLACK", 0.1 * 1.2 / 2 - 1)
+    with pytest.warns(UserWarning, match=r"untracked_edge \(eigenvalue 2, which it does not track, passed 2/lr = "
+                                         r"1.66667 by t = .*: pass sharpness=2\)"):  # fmt: skip
+        ds = dln.integrate(prob, **kw)
+    assert int(ds["status"].item()) == dln.Status.UNTRACKED_EDGE
+    untracked = ds["untracked_sharpness"].squeeze().dropna("time").values
+    assert untracked[0] < 0.1 < untracked.max() and np.isfinite(ds["loss"].squeeze().dropna("time").values).all()
+    monkeypatch.setattr(driver, "UNTRACKED_SLACK", 1e-3)
+    with pytest.warns(UserWarning, match="held at the edge"):
+        control = dln.integrate(prob, **kw)
+    assert int(control["status"].item()) == dln.Status.NOT_CONVERGED
+    assert float(ds["t_final"].item()) < 0.01 * float(control["t_final"].item())
 
 
 def test_the_trend_rule_extends_no_stationary_loss_and_a_clearly_falling_one():

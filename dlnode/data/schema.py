@@ -59,6 +59,8 @@ OPTIONAL_VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "oscillation": ((*RUN, "time"), "central flow: predicted oscillation size sqrt(tr Sigma) of GD about it", "1"),
     "loss_averaged": ((*RUN, "time"), "central flow: predicted time-averaged GD loss L + <Sigma, H>/2", "1"),
     "regime": ((*RUN, "time"), "central flow: number of Hessian eigenvalues held at 2/lr (0: gradient flow)", "1"),
+    "untracked_sharpness": ((*RUN, "time"), "central flow: the largest Hessian eigenvalue not tracked (the (k+1)-th); "
+                            "past 2/lr the run stops as untracked_edge", "1/time"),
 }
 
 

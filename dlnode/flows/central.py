@@ -31,12 +31,13 @@ from jax.flatten_util import ravel_pytree
 
 from dlnode.flows.hessian import hvp, top_eigenpairs
 
-__all__ = ["RELAX_STEPS", "central_parts", "complementarity"]
+__all__ = ["RELAX_STEPS", "UNTRACKED_SLACK", "central_parts", "complementarity"]
 
 RELAX_STEPS = 1.0  # τ = RELAX_STEPS·η: the tracked eigenvalues relax onto 2/η on the time scale of one GD step
 PROJECTED_ITERATIONS = 1000  # at most this many accelerated projected-gradient iterations of the k ≥ 2 solve
 PROJECTED_CHECK = 10  # ... whose fixed-point residual is checked every this many iterations
 PROJECTED_RTOL = 1e-13  # ... and which stops once that residual is below this fraction of X's scale ‖C‖/‖B‖
+UNTRACKED_SLACK = 1e-3  # the (k+1)-th eigenvalue past (1 + this)·2/η: the run stops (`Status.UNTRACKED_EDGE`)
 ACTIVE_RTOL = 1e-9  # an eigenvalue of X above this fraction of tr X (and of the scale) counts as at the edge
 
 
@@ -90,14 +91,22 @@ def complementarity(c: jax.Array, b: jax.Array) -> jax.Array:
     return x
 
 
-def central_parts(gradient: Callable[[Any], Any], y: Any, lr: Any, k: int, start: Any = None) -> dict[str, Any]:
+def central_parts(gradient: Callable[[Any], Any], y: Any, lr: Any, k: int, start: Any = None,
+                  monitor: bool = False) -> dict[str, Any]:  # fmt: skip
     """What the central flow needs at y: the gradient, the field, the top-k eigenvalues θ, X and its summaries.
 
     `gradient(y)` is ∇L as a pytree of y's structure; `lr` the GD step η (traced); `start` warm-starts the Lanczos
     solve (`dlnode.flows.hessian.top_eigenpairs`; None: the fixed start vector), and ``"start"`` is the next one.
+    `monitor`: the solve also finds the (k+1)-th eigenvalue, the largest one not tracked (``"untracked"``; NaN when
+    the network has only k parameters): where it passes 2/η, the flow with k tracked no longer holds (a save's
+    check, `dlnode.solvers.driver`; the field itself tracks k).
     """
     grads = gradient(y)
-    theta, vectors, products = top_eigenpairs(gradient, y, k, start)
+    n = ravel_pytree(y)[0].shape[0]
+    solved = k + 1 if monitor and k < n else k
+    theta, vectors, products = top_eigenpairs(gradient, y, solved, start)
+    untracked = theta[k] if solved > k else jnp.full((), jnp.nan, theta.dtype)
+    theta, start_next, vectors = theta[:k], sum(ravel_pytree(v)[0] for v in vectors), vectors[:k]
     g_flat, unravel = ravel_pytree(grads)
     flat = jnp.stack([ravel_pytree(v)[0] for v in vectors])  # (k, p)
 
@@ -134,5 +143,6 @@ def central_parts(gradient: Callable[[Any], Any], y: Any, lr: Any, k: int, start
         "loss_shift": 0.5 * jnp.sum(x * jnp.diag(theta)),
         "regime": active.astype(theta.dtype),
         "products": products,
-        "start": sum(ravel_pytree(v)[0] for v in vectors),
+        "start": start_next,
+        "untracked": untracked,
     }

@@ -240,8 +240,9 @@ def _layer_flow(problem_cls: type, save_weights: bool, name: str, sharpness: int
     def gradient(y: tuple, arrays: dict) -> tuple:
         return layer_gradients(y, grad_fn, arrays)[0]
 
-    def central_at(y: Any, args: dict, start: Any = None) -> dict:
-        return central_parts(lambda z: gradient(z, args["problem"]), y, args["lr"], max(sharpness, 1), start)
+    def central_at(y: Any, args: dict, start: Any = None, monitor: bool = False) -> dict:
+        return central_parts(lambda z: gradient(z, args["problem"]), y, args["lr"], max(sharpness, 1), start,
+                             monitor)  # fmt: skip
 
     def field(t: Any, y: Any, args: dict) -> Any:
         if central:
@@ -262,9 +263,10 @@ def _layer_flow(problem_cls: type, save_weights: bool, name: str, sharpness: int
         out["grad_norm"] = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))
         out["balancedness"] = _balancedness_drift(y, args["d0"])
         if central:  # the top eigenvalues, the predicted oscillation and time-averaged loss, the regime
-            parts = central_at(y, args, start)  # a save's Lanczos warm-started (the field's are not: §3)
+            parts = central_at(y, args, start, monitor=True)  # a save's Lanczos warm-started (the field's are not: §3)
             start = parts["start"]
             out.update({k: parts[k] for k in ("sharpness", "oscillation", "regime")})
+            out["untracked_sharpness"] = parts["untracked"]
             out["loss_averaged"] = out["loss"] + parts["loss_shift"]
         elif sharpness:
             out["sharpness"], start = tracked_eigenvalues(lambda z: gradient(z, args["problem"]), y, sharpness, start)

@@ -236,6 +236,10 @@ def _warn_unconverged(ds: Any, problem: Problem) -> None:
             see = "S is ds.sharpness" if int(ds.attrs.get("sharpness", 0)) else "pass sharpness=1 to see S"
             note = (f" (its loss still rises and falls between saves: lr = {ds.attrs['lr']:g} may be past 2/S at "
                     f"every minimum within reach; {see})")  # fmt: skip
+        elif code == int(Status.UNTRACKED_EDGE):
+            k, t = int(ds["sharpness"].sizes["eig"]), float(ds["t_final"].sel(where))
+            note = (f" (eigenvalue {k + 1}, which it does not track, passed 2/lr = {2 / float(ds.attrs['lr']):.6g} "
+                    f"by t = {t:.4g}: pass sharpness={k + 1})")  # fmt: skip
         elif code == int(Status.NOT_CONVERGED) and ds.attrs.get("flow") == "central" and _held_at_edge(ds, where):
             lr = float(ds.attrs["lr"])
             loss = float(ds["loss"].sel(where).dropna("time").values[-1])

@@ -48,6 +48,7 @@ class Status(enum.IntEnum):
     UNRESOLVED = -8  # float64 stopped resolving the flow (its weights or its time) while the loss was far off
     NORM_RUNAWAY = -9  # ‖W‖₂ passed norm_limit × max(‖W*‖₂, ‖W(0)‖₂) before the loss converged
     SUBSPACE_OPTIMUM = -10  # depth ∞, rectangular W: converged to ℓ*_S, the best fit inside W(0)'s column/row space
+    UNTRACKED_EDGE = -11  # central flow: an eigenvalue it does not track (the (k+1)-th) passed 2/lr
 
     @property
     def meaning(self) -> str:
@@ -105,6 +106,11 @@ MESSAGES = {
         "stopped at the best fit inside W(0)'s column space (d_out > d_in) or row space (d_out < d_in), which the "
         "depth-inf flow never leaves: l - l*_S <= loss_tol (l0 - l*_S) with l*_S > l* the lowest loss inside it "
         "(ds['loss_floor']), so l* is out of reach; a finite depth (e.g. 64) leaves that space"
+    ),
+    Status.UNTRACKED_EDGE: (
+        "stopped: the central flow's largest untracked Hessian eigenvalue (the (k+1)-th, ds['untracked_sharpness']) "
+        "passed 2/lr, which a flow tracking k = sharpness eigenvalues cannot hold at the edge, so it no longer "
+        "follows GD; the trajectory up to then is kept; pass sharpness=k+1"
     ),
 }
 

@@ -7,7 +7,9 @@ run while its loss is still falling, stops a cell whose norm runs away (`NORM_RU
 controls.norm_limit × max(‖W*‖₂, ‖W(0)‖₂) before it converged, checked on the state at each window's end, i.e.
 every `Method.window_steps` steps at most; the cell keeps its trajectory and final state from that window), stops a
 cell that has a floor of its own above ℓ* once its loss meets the stop rule against that floor
-(`SUBSPACE_OPTIMUM`: depth ∞ on a rectangular W, which keeps W(0)'s column or row space), and
+(`SUBSPACE_OPTIMUM`: depth ∞ on a rectangular W, which keeps W(0)'s column or row space), stops a central flow
+whose largest untracked Hessian eigenvalue passed 2/lr at a save (`UNTRACKED_EDGE`: it tracks k = `sharpness`
+eigenvalues and holds only those at the edge), and
 stops as soon as no cell is running. A run is integrated once: the save
 grid of an until-converged run is laid out ahead (log-spaced up to the horizon) and cut after the latest time a
 cell needed.
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlnode.errors import fail, shown
+from dlnode.flows.central import UNTRACKED_SLACK
 from dlnode.runtime.interrupts import sigint_flag
 from dlnode.solvers.core import COMPILE, MESSAGES, RUNNING, WINDOW, Controls, Method, Solution, Status
 
@@ -168,6 +171,18 @@ def _runaway(last: Any, saved: _Saved, running: np.ndarray, controls: Controls, 
     return running & (_norm(last) > bound)
 
 
+def _untracked_edge(last: Any, saved: _Saved, running: np.ndarray, controls: Controls, floor: Any = None) -> np.ndarray:
+    """Running central-flow cells whose largest untracked eigenvalue (saved as ``untracked_sharpness``) passed
+    (1 + `UNTRACKED_SLACK`)·2/lr at a save so far or at the window's end (NaN: not monitored); `floor` is not used."""
+    if "untracked_sharpness" not in saved.values:
+        return np.zeros_like(running)
+    bound = (1.0 + UNTRACKED_SLACK) * 2.0 / controls.lr
+    values = np.where(saved.filled, saved.values["untracked_sharpness"], -np.inf)
+    with np.errstate(invalid="ignore"):
+        past = (np.nan_to_num(values, nan=-np.inf) > bound).any(axis=1)
+        return running & (past | (np.nan_to_num(np.asarray(last["untracked_sharpness"]), nan=-np.inf) > bound))
+
+
 def _controls_tree(c: Controls, window_steps: int) -> dict[str, Any]:
     tree = {k: np.float64(v) for k, v in dataclasses.asdict(c).items()}
     tree["window_steps"] = np.float64(window_steps)
@@ -280,7 +295,8 @@ def drive(
             end_obs = last if end_obs is None else _where_cells(running | (summ["status"] == 1), last, end_obs)
             # cells the driver stops itself, frozen here (the method runs them on with the others, unseen): a norm
             # running away, and a loss at the floor of its own (held like a converged cell's)
-            for code, rule in ((Status.NORM_RUNAWAY, _runaway), (Status.SUBSPACE_OPTIMUM, _at_floor)):
+            for code, rule in ((Status.NORM_RUNAWAY, _runaway), (Status.SUBSPACE_OPTIMUM, _at_floor),
+                               (Status.UNTRACKED_EDGE, _untracked_edge)):  # fmt: skip
                 cells = rule(last, saved, running, controls, floor)
                 if cells.any():
                     now = dict(summ, status=np.where(cells, int(code), summ["status"]))
