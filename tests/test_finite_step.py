@@ -364,7 +364,7 @@ def test_the_untracked_edge_rule_on_saved_eigenvalues():
 
 
 def test_a_central_flow_stops_when_an_untracked_eigenvalue_passes_its_bound(monkeypatch):
-    """The run of the test above, the untracked eigenvalue going from about −0.25 (at the init) to 1/9 (at rest):
+    """The run of the test above, the untracked eigenvalue going from about −1.0 (at the init) to 1/9 (at rest):
     with the bound put at 0.1 (slack −0.94 of 2/lr = 5/3) the run stops as UNTRACKED_EDGE before its horizon, keeps
     its trajectory, and the warning names the fix; at the real slack it ends as in the test above (control)."""
     from dlnode.solvers import driver

@@ -71,7 +71,7 @@ def complementarity(c: jax.Array, b: jax.Array) -> jax.Array:
         return x_new, x_new + ((t - 1.0) / t_new) * (x_new - x), t_new
 
     # stopped on the projected-gradient fixed point ‖X − P(X − s∇f(X))‖ (zero exactly at the minimiser), not after a
-    # fixed count: 100 to 300 iterations reach 1e-13 on the central flows measured, where 1000 every evaluation made a
+    # fixed count: 70 to 170 iterations reached 1e-13 on the central flows measured, where 1000 every evaluation made a
     # k = 2 field evaluation cost several Lanczos solves; below the edge (X = 0, C ≻ 0) the first check stops it
     tol = PROJECTED_RTOL * jnp.linalg.norm(c) * step
 

@@ -244,8 +244,8 @@ def _warn_unconverged(ds: Any, problem: Problem) -> None:
             lr = float(ds.attrs["lr"])
             loss = float(ds["loss"].sel(where).dropna("time").values[-1])
             note = (f" (it ends held at the edge S = 2/lr = {2 / lr:.6g} with loss {loss:.6g}: the central flow may "
-                    f"come to rest on the edge, where GD at lr = {lr:g} keeps oscillating; its loss falls ever more "
-                    f"slowly there, so a horizon of your own (t1=) bounds the cost)")  # fmt: skip
+                    f"come to rest on the edge above the least loss, where GD at lr = {lr:g} keeps oscillating; a "
+                    f"horizon of your own, t1=, bounds the cost)")  # fmt: skip
         parts.append(f"depth {where['depth']:g}, scale {where['scale']:g}, seed {where['seed']}: "
                      f"{Status(code).meaning}{note}")  # fmt: skip
     if parts:

@@ -177,10 +177,9 @@ def _untracked_edge(last: Any, saved: _Saved, running: np.ndarray, controls: Con
     if "untracked_sharpness" not in saved.values:
         return np.zeros_like(running)
     bound = (1.0 + UNTRACKED_SLACK) * 2.0 / controls.lr
-    values = np.where(saved.filled, saved.values["untracked_sharpness"], -np.inf)
-    with np.errstate(invalid="ignore"):
-        past = (np.nan_to_num(values, nan=-np.inf) > bound).any(axis=1)
-        return running & (past | (np.nan_to_num(np.asarray(last["untracked_sharpness"]), nan=-np.inf) > bound))
+    values = np.nan_to_num(np.where(saved.filled, saved.values["untracked_sharpness"], -np.inf), nan=-np.inf)
+    end = np.nan_to_num(np.asarray(last["untracked_sharpness"]), nan=-np.inf)
+    return running & ((values > bound).any(axis=1) | (end > bound))
 
 
 def _controls_tree(c: Controls, window_steps: int) -> dict[str, Any]:
@@ -294,7 +293,8 @@ def drive(
             running = summ["status"] == RUNNING
             end_obs = last if end_obs is None else _where_cells(running | (summ["status"] == 1), last, end_obs)
             # cells the driver stops itself, frozen here (the method runs them on with the others, unseen): a norm
-            # running away, and a loss at the floor of its own (held like a converged cell's)
+            # running away, a loss at the floor of its own (held like a converged cell's), and a central flow whose
+            # untracked eigenvalue passed the edge
             for code, rule in ((Status.NORM_RUNAWAY, _runaway), (Status.SUBSPACE_OPTIMUM, _at_floor),
                                (Status.UNTRACKED_EDGE, _untracked_edge)):  # fmt: skip
                 cells = rule(last, saved, running, controls, floor)
