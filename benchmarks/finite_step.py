@@ -14,6 +14,10 @@ against the whole field (both jitted, median of repeats).
 
     python -m benchmarks.finite_step [--quick] [--paper]
 
+`--tracked` adds the central flow tracking k = 1, 2 and 3 eigenvalues on a whitened 5 × 5 regression (singular values
+3, 2, 1; depth 3, Gaussian 0.5, lr 0.2, t1 = 200) whose second eigenvalue sits just below the edge: steps, rejected
+steps and run time (median of `TRACKED_REPEATS` after the compiling run) for each k.
+
 `--paper` adds the field evaluation's Lanczos share on the network of Cohen et al.'s own size (20 layers of width 50,
 50,000 parameters, the same data construction), where the Lanczos reorthogonalisation, not the products, is the cost.
 """
@@ -105,10 +109,29 @@ def measure(config: dict, repeats: int = REPEATS) -> dict[str, float]:
     return out
 
 
+TRACKED_REPEATS = 3
+
+
+def tracked(repeats: int = TRACKED_REPEATS) -> dict[int, dict[str, float]]:
+    """The central flow at k = 1, 2, 3 tracked eigenvalues on a regression with two eigenvalues near the edge."""
+    prob = dln.Regression.whitened([3.0, 2.0, 1.0], 5, 5, seed=0)
+    kw = {"depth": 3, "scale": 0.5, "seed": 0, "flow": "central", "lr": 0.2, "t1": 200.0, "saveat": 40,
+          "progress": False}  # fmt: skip
+    out = {}
+    for k in (1, 2, 3):
+        ds = dln.integrate(prob, sharpness=k, **kw)
+        times = [float(dln.integrate(prob, sharpness=k, **kw).attrs["run_time"]) for _ in range(repeats)]
+        out[k] = {"steps": float(ds["num_steps"].sum()), "rejected": float(ds["num_rejected"].sum()),
+                  "run": statistics.median(times), "second": float(ds["sharpness"].isel(time=-1, eig=1).item())
+                  if k > 1 else float(ds["untracked_sharpness"].isel(time=-1).item())}  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--paper", action="store_true", help="also the Lanczos share at L = 20, d = 50")
+    parser.add_argument("--tracked", action="store_true", help="also the central flow at k = 1, 2, 3 near the edge")
     args = parser.parse_args(argv)
     config = dict(cohen2021.QUICK if args.quick else cohen2021.FULL)
     times = measure(config)
@@ -135,6 +158,11 @@ def main(argv: list[str] | None = None) -> None:
               f"{1e3 * paper['gradient']:.3f} ms")  # fmt: skip
     print(f"  central flow: ~{evaluations:.0f} field evaluations ({evaluations / config['steps']:.1f} per GD step), "
           f"{1e3 * times['central flow'] / evaluations:.2f} ms each in the run")  # fmt: skip
+    if args.tracked:
+        print("  central flow, whitened 5 x 5 regression, depth 3, lr 0.2 (2/lr = 10), t1 = 200:")
+        for k, row in tracked().items():
+            print(f"    k = {k}: {row['steps']:.0f} steps, {row['rejected']:.0f} rejected, {row['run']:.2f} s; "
+                  f"second eigenvalue at the end {row['second']:.4g}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -349,7 +349,8 @@ def test_the_untracked_edge_rule_on_saved_eigenvalues():
     from dlnode.solvers import driver
     from dlnode.solvers.core import Controls
 
-    controls = Controls(1.0, 1e-6, 1e-9, 0.1, 1e-8, 1e12, 1000)  # lr = 0.1: the edge 2/lr = 20, the bound 20.02
+    controls = Controls(t1=1.0, rtol=1e-6, atol=1e-9, lr=0.1, loss_tol=1e-8, diverge=1e12, max_steps=1000)
+    # lr = 0.1: the edge 2/lr = 20, the bound (1 + 1e-3)·20 = 20.02
     values = np.array([[19.0, 20.1, 19.0], [19.0, 20.01, np.nan], [19.0, 25.0, 19.0], [np.nan, np.nan, np.nan],
                        [19.0, 19.0, 19.0]])  # fmt: skip
     filled = np.ones_like(values, bool)

@@ -31,13 +31,12 @@ from jax.flatten_util import ravel_pytree
 
 from dlnode.flows.hessian import hvp, top_eigenpairs
 
-__all__ = ["RELAX_STEPS", "UNTRACKED_SLACK", "central_parts", "complementarity"]
+__all__ = ["RELAX_STEPS", "central_parts", "complementarity"]
 
 RELAX_STEPS = 1.0  # τ = RELAX_STEPS·η: the tracked eigenvalues relax onto 2/η on the time scale of one GD step
 PROJECTED_ITERATIONS = 1000  # at most this many accelerated projected-gradient iterations of the k ≥ 2 solve
 PROJECTED_CHECK = 10  # ... whose fixed-point residual is checked every this many iterations
 PROJECTED_RTOL = 1e-13  # ... and which stops once that residual is below this fraction of X's scale ‖C‖/‖B‖
-UNTRACKED_SLACK = 1e-3  # the (k+1)-th eigenvalue past (1 + this)·2/η: the run stops (`Status.UNTRACKED_EDGE`)
 ACTIVE_RTOL = 1e-9  # an eigenvalue of X above this fraction of tr X (and of the scale) counts as at the edge
 
 

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlnode.errors import fail, shown
-from dlnode.flows.central import UNTRACKED_SLACK
 from dlnode.runtime.interrupts import sigint_flag
 from dlnode.solvers.core import COMPILE, MESSAGES, RUNNING, WINDOW, Controls, Method, Solution, Status
 
@@ -105,6 +104,7 @@ class Horizon:
 # least `TREND` of the pairs (one save of the last quarter, one of the quarter before) fell: 1 for a falling
 # sequence, about 0.5 ± 0.06 for 50 saves of a stationary one.
 NON_MONOTONE, TREND = ("gd", "sde"), 0.75
+UNTRACKED_SLACK = 1e-3  # a central flow's (k+1)-th eigenvalue past (1 + this)·2/lr stops it (`Status.UNTRACKED_EDGE`)
 
 
 @dataclasses.dataclass
