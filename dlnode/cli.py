@@ -27,6 +27,7 @@ from dlnode.data.storage import DATASET_SUFFIXES, atomic_path, check_output_path
 from dlnode.errors import DlnodeError
 from dlnode.runtime.interrupts import quit_while_starting
 from dlnode.solvers.core import Status
+from dlnode.solvers.gd import FIXED_STEP
 
 app = typer.Typer(
     add_completion=False,
@@ -303,14 +304,17 @@ def info(path: Annotated[Path, typer.Argument(help="a dataset written by dlnode 
     typer.echo(f"time: {len(t)} points from {t[0]:g} to {t[-1]:g}")
     typer.echo("variables: " + ", ".join(sorted(ds.data_vars)))
     status = ds["status"].values
-    typer.echo("status: " + ", ".join(f"{name} {int((status == k).sum())}" for k, name in _meanings(ds).items()))
+    counts = {name: int((status == k).sum()) for k, name in _meanings(ds).items()}
+    typer.echo("status: " + ", ".join(f"{name} {n}" for name, n in counts.items() if n) + f" (of {status.size} runs)")
     try:
         problem = json.loads(ds.attrs.get("problem", "{}"))
         typer.echo("problem: " + ", ".join(f"{k}={v}" for k, v in problem.items()))
     except (ValueError, TypeError, AttributeError, RecursionError):
         typer.echo(f"problem: {str(ds.attrs.get('problem'))[:80]!r} (not the JSON dlnode writes)")
-    keys = ("flow", "method", "method_reason", "init", "width", "rtol", "atol", "lr", "t1", "compile_time", "run_time",
-            "jax_version", "diffrax_version", "x64", "created")  # fmt: skip
+    fixed_step = ds.attrs.get("method") in FIXED_STEP  # rtol and atol do not apply to a run of fixed steps
+    keys = ("network", "flow", "method", "method_reason", "init", "scale_of", "width", *(() if fixed_step else
+            ("rtol", "atol")), "lr", "dt", "batch", "sampling", "label_noise", "paths", "sharpness", "t1",
+            "compile_time", "run_time", "jax_version", "diffrax_version", "x64", "created")  # fmt: skip
     for key in keys:
         if key in ds.attrs:
             typer.echo(f"{key}: {ds.attrs[key]}")

@@ -8,10 +8,24 @@ one into a single line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from typing import Any, NoReturn
 
 __all__ = ["ArgumentError", "DatasetError", "DlnodeError", "PathError", "PathExistsError", "PathMissingError", "fail",
-           "refused", "shown"]  # fmt: skip
+           "refused", "shown", "warn"]  # fmt: skip
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str) -> None:
+    """A `UserWarning` reported at the caller's own line: the first frame outside the dlnode package, however deep
+    inside it the warning is raised (`integrate`, `resume`, a sweep)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
 
 
 class DlnodeError(Exception):

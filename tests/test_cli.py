@@ -42,7 +42,8 @@ def test_info_and_plot_describe_a_stored_run(tmp_path):
     dln.validate(ds)
     info = _run("info", str(out))
     assert info.returncode == 0, info.stderr
-    assert "status:" in info.stdout and "matrix_completion" in info.stdout
+    assert "status: converged 2 (of 2 runs)\n" in info.stdout and "matrix_completion" in info.stdout
+    assert "rtol: " in info.stdout and "batch: " not in info.stdout  # an adaptive run: its tolerances, no noise
     xr.testing.assert_identical(ds, dln.open(out))
     fig = tmp_path / "sv.png"
     proc = _run("plot", str(out), "--kind", "singular_values", "-o", str(fig))

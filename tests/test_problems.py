@@ -144,3 +144,11 @@ def test_loss_min_in_span_against_least_squares(shape):
     assert square.loss_min_in_span(rng.standard_normal((5, 5))) == pytest.approx(square.loss_min, abs=1e-9)
     with pytest.raises(ValueError, match="w0"):
         completion.loss_min_in_span(np.zeros((3, 3)))
+
+
+def test_a_problem_shows_what_defines_it_in_one_line_not_its_arrays():
+    assert repr(dln.MatrixSensing.random(shape=(6, 6), rank=2, measurements=40, seed=0)) == (
+        "MatrixSensing(6 × 6, measurements=40, rank=2, seed=0)"
+    )
+    assert repr(dln.Factorization(np.eye(3))) == "Factorization(3 × 3)"
+    assert "\n" not in repr(dln.MatrixCompletion.random(shape=(30, 30), rank=3, observed=0.5, seed=1))

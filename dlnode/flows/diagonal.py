@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlnode.flows.flow import Flow
+from dlnode.flows.flow import Flow, singular_values_of
 from dlnode.flows.hessian import tracked_eigenvalues
 
 __all__ = ["DIAGONAL_INITS", "diagonal_backprop", "diagonal_flow", "diagonal_init", "diagonal_product", "hypentropy"]
@@ -102,7 +102,7 @@ def diagonal_flow(problem_cls: type, depth: int, save_weights: bool = False, mod
         out = {
             "loss": problem_cls.loss_from_grad(w, e, args["problem"]),
             "product": w,
-            "singular_values": jnp.linalg.svd(w, compute_uv=False),
+            "singular_values": singular_values_of(w),
             "grad_norm": jnp.sqrt(sum(jnp.sum(g * g) for g in grads)),
             "balancedness": jnp.max(jnp.where(jnp.isfinite(drift), drift, jnp.nan)),
         }

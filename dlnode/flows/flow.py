@@ -213,9 +213,16 @@ def initial_balancedness(layers: Any) -> tuple:
     return (head, inner, tail)
 
 
+def singular_values_of(w: Any) -> Any:
+    """σ(W) by an SVD; NaN where W is not finite (a diverged run), whose SVD LAPACK refuses with a line on stderr
+    at every save."""
+    finite = jnp.all(jnp.isfinite(w))
+    return jnp.where(finite, jnp.linalg.svd(jnp.where(finite, w, 0.0), compute_uv=False), jnp.nan)
+
+
 def _summary(w: Any, e: Any, problem_cls: type, arrays: dict, singular_values: Any = None) -> dict[str, Any]:
     """Loss, W and its singular values (by an SVD of W unless given)."""
-    sv = jnp.linalg.svd(w, compute_uv=False) if singular_values is None else singular_values
+    sv = singular_values_of(w) if singular_values is None else singular_values
     return {"loss": problem_cls.loss_from_grad(w, e, arrays), "product": w, "singular_values": sv}
 
 

@@ -68,7 +68,7 @@ def _low_rank_target(shape: tuple[int, int], rank: int, rng: np.random.Generator
     return m * (np.sqrt(shape[0] * shape[1]) / np.linalg.norm(m))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Problem:
     """Base of all problems: shapes, the minimiser, and the JSON description stored in datasets."""
 
@@ -173,6 +173,12 @@ class Problem:
     def to_json(self) -> str:
         return json.dumps(self.describe(), sort_keys=True)
 
+    def __repr__(self) -> str:
+        """What defines the problem in a line, not its arrays: e.g. ``MatrixSensing(6 × 6, measurements=40, rank=2,
+        seed=0)``."""
+        extra = "".join(f", {k}={v!r}" for k, v in self._extra_description().items())
+        return f"{type(self).__name__}({self.d_out} × {self.d_in}{extra})"
+
     def fields(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The dataclass fields that define the problem: (arrays, JSON-able scalars); `from_fields` inverts it."""
         arrays, scalars = {}, {}
@@ -208,7 +214,7 @@ class Problem:
         raise NotImplementedError
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Regression(Problem):
     """Linear regression ℓ(W) = (1/2n)‖WX − Y‖²_F on inputs X (d_in, n) and targets Y (d_out, n).
 
@@ -349,7 +355,7 @@ class Regression(Problem):
         return extra
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class MatrixCompletion(Problem):
     """Matrix completion ℓ(W) = ½ Σ_{(i,j)∈Ω} (W_ij − M_ij)², divided by |Ω| when `normalize`.
 
@@ -454,7 +460,7 @@ class MatrixCompletion(Problem):
         return {"observed": int(self.mask.sum()), "normalize": self.normalize, "rank": self.rank, "seed": self.seed}
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class MatrixSensing(Problem):
     """Matrix sensing ℓ(W) = (1/2m) Σ_i (⟨A_i, W⟩ − y_i)² with noiseless y_i = ⟨A_i, M⟩."""
 
@@ -515,7 +521,7 @@ class MatrixSensing(Problem):
         return {"measurements": int(self.sensing.shape[0]), "rank": self.rank, "seed": self.seed}
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Factorization(Problem):
     """Full matrix factorisation ℓ(W) = ½‖W − M‖²_F (every entry observed)."""
 

@@ -26,7 +26,7 @@ from dlnode.problems.kinds import KINDS, Problem
 __all__ = ["SparseRegression"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class SparseRegression(Problem):
     """Linear regression that keeps its samples (for minibatches and label noise), with an optional known truth.
 

@@ -9,7 +9,6 @@ import functools
 import importlib.metadata
 import json
 import math
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from dlnode._version import __version__
 from dlnode.data.schema import METHOD_CODES, METHOD_USED_ATTRS, to_dataset, with_problem
+from dlnode.errors import warn
 from dlnode.flows.diagonal import diagonal_flow
 from dlnode.flows.endtoend import recover_layers
 from dlnode.flows.flow import get_flow, pack_layers, unpack_layers
@@ -145,14 +145,15 @@ def integrate(
         return run_plan(Plan.build(**(given | {"problem": copy.deepcopy(problem)})), problem)
 
 
-def run_plan(plan: Plan, given: Problem | None = None) -> Any:
+def run_plan(plan: Plan, given: Problem | None = None, warn_stops: bool = True) -> Any:
     """Run a validated `Plan` (what `integrate` does with the plan of its arguments) and return its Dataset;
-    `given` is the problem object the caller holds (default: the plan's own)."""
+    `given` is the problem object the caller holds (default: the plan's own). `warn_stops=False` leaves out the
+    warning that names the runs that did not converge or reach t1 (a sweep's task: the sweep counts statuses)."""
     with sigint_flag():
-        return _assemble(plan, _run_grid(plan), plan.problem if given is None else given)
+        return _assemble(plan, _run_grid(plan), plan.problem if given is None else given, warn_stops)
 
 
-def _assemble(plan: Plan, raw: dict[float, Solution], given: Problem) -> Any:
+def _assemble(plan: Plan, raw: dict[float, Solution], given: Problem, warn_stops: bool = True) -> Any:
     """The dataset of the runs of `plan` (one Solution per depth run so far; the depths not begun are there with
     status PENDING); an interrupted one is remembered for `resume`, with the problem object `given`."""
     cut = plan.until_converged and not isinstance(plan.saveat, np.ndarray)
@@ -178,8 +179,8 @@ def _assemble(plan: Plan, raw: dict[float, Solution], given: Problem) -> Any:
                 values[i] = np.where(np.isnan(floors[float(d)]), plan.problem.loss_min,
                                      floors[float(d)]).reshape(values[i].shape)  # fmt: skip
         ds["loss_floor"] = (("depth", "scale", "seed"), values, LOSS_FLOOR_ATTRS)
-    if plan.until_converged:
-        _warn_unconverged(ds, plan.problem)
+    if warn_stops:
+        _warn_unconverged(ds, plan.problem, plan.until_converged)
     ds = with_problem(ds, plan.problem)
     stopped = [d for d, sol in raw.items() if sol.checkpoint is not None]
     if stopped or pending:  # Ctrl-C: `dlnode.resume(ds)` runs the rest
@@ -188,9 +189,9 @@ def _assemble(plan: Plan, raw: dict[float, Solution], given: Problem) -> Any:
         remember(ds, functools.partial(_continue, plan, done, depth, checkpoint, given), given)
         cells = len(plan.scales) * len(plan.seeds)
         names = ", ".join(f"{d:g}" for d in pending) or "none"
-        warnings.warn(f"dlnode: interrupted (Ctrl-C): {len(stopped) * cells} runs stopped early (status interrupted)"
-                      f", {len(pending)} depths not begun (status pending: {names}); dlnode.resume(ds) continues "
-                      "the call to the result it would have had", stacklevel=4)  # fmt: skip
+        warn(f"dlnode: interrupted (Ctrl-C): {len(stopped) * cells} runs stopped early (status interrupted), "
+             f"{len(pending)} depths not begun (status pending: {names}); dlnode.resume(ds) continues the call to "
+             "the result it would have had")  # fmt: skip
     return ds
 
 
@@ -208,29 +209,33 @@ def _continue(plan: Plan, done: dict, depth: float | None, checkpoint: Any, give
 
 
 def _cells(da: Any) -> list[dict]:
-    """Every (depth, scale, seed) coordinate triple of a run variable."""
-    return [{"depth": float(d), "scale": float(sc), "seed": int(se)}
-            for d in da["depth"].values for sc in da["scale"].values for se in da["seed"].values]  # fmt: skip
+    """Every cell of a run variable: one dict of coordinates (depth, scale, seed, and path where there is one)."""
+    names = list(da.dims)
+    axes = [da[n].values for n in names]
+    return [
+        {n: axis[i].item() for n, axis, i in zip(names, axes, index, strict=True)} for index in np.ndindex(da.shape)
+    ]
 
 
 RUNAWAY_NOTE = 3.0  # σ₁ above this many times the minimiser's, still growing at the end: say the norm runs away
 
 
-def _warn_unconverged(ds: Any, problem: Problem) -> None:
-    """One warning line for the runs of an until-converged call that did not converge, with why (and whether the
-    norm is running away: a flow whose minimiser is at infinity converges in loss only, never in W)."""
+def _warn_unconverged(ds: Any, problem: Problem, until_converged: bool = True) -> None:
+    """One warning line for the runs of a call that did not converge (until converged) or did not reach t1 (a
+    horizon given), with why (and whether the norm is running away: a flow whose minimiser is at infinity converges
+    in loss only, never in W)."""
     status = ds["status"]
     s_star = float(np.linalg.norm(problem.w_star, 2))
     parts = []
     for where in _cells(status):
         code = int(status.sel(where))
-        if code in (int(Status.CONVERGED), int(Status.INTERRUPTED), int(Status.PENDING)):  # Ctrl-C: its own message
-            continue
+        if code in (int(Status.CONVERGED), int(Status.FINISHED), int(Status.INTERRUPTED), int(Status.PENDING)):
+            continue  # Ctrl-C has its own message
         sv = ds["singular_values"].sel(where).isel(k=0).dropna("time").values
         note = ""
         if code == int(Status.SUBSPACE_OPTIMUM):
             note = f" (the best fit inside W(0)'s subspace, loss_floor {float(ds['loss_floor'].sel(where)):.6g})"
-        elif len(sv) >= 2 and sv[-1] > RUNAWAY_NOTE * s_star and sv[-1] > sv[-2]:
+        elif code != int(Status.DIVERGED) and len(sv) >= 2 and sv[-1] > RUNAWAY_NOTE * s_star and sv[-1] > sv[-2]:
             note = f" (σ₁ = {sv[-1]:.3g}, {sv[-1] / s_star:.3g}× the minimiser's and growing: the norm runs away)"
         elif code == int(Status.NOT_CONVERGED) and ds.attrs.get("method") == "gd" and _oscillates(ds, where):
             see = "S is ds.sharpness" if int(ds.attrs.get("sharpness", 0)) else "pass sharpness=1 to see S"
@@ -246,11 +251,14 @@ def _warn_unconverged(ds: Any, problem: Problem) -> None:
             note = (f" (it ends held at the edge S = 2/lr = {2 / lr:.6g} with loss {loss:.6g}: the central flow may "
                     f"come to rest on the edge above the least loss, where GD at lr = {lr:g} keeps oscillating; a "
                     f"horizon of your own, t1=, bounds the cost)")  # fmt: skip
-        parts.append(f"depth {where['depth']:g}, scale {where['scale']:g}, seed {where['seed']}: "
-                     f"{Status(code).meaning}{note}")  # fmt: skip
+        path = f", path {where['path']}" if "path" in where else ""
+        stop = "" if until_converged else f" at t = {float(ds['t_final'].sel(where)):.4g}"
+        parts.append(f"depth {where['depth']:g}, scale {where['scale']:g}, seed {where['seed']}{path}: "
+                     f"{Status(code).meaning}{stop}{note}")  # fmt: skip
     if parts:
         shown = "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")
-        warnings.warn(f"dlnode: {len(parts)} of {status.size} runs did not converge: {shown}", stacklevel=3)
+        what = "did not converge" if until_converged else f"stopped before t1 = {float(ds.attrs['t1']):.6g}"
+        warn(f"dlnode: {len(parts)} of {status.size} runs {what}: {shown}")
 
 
 def _oscillates(ds: Any, where: dict) -> bool:

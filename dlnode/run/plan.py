@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ from dlnode.checks import (
     check_tolerances,
     check_width,
 )
-from dlnode.errors import fail
+from dlnode.errors import fail, warn
 from dlnode.flows.flow import FLOWS
 from dlnode.flows.scales import (
     _fingerprint,
@@ -119,10 +118,9 @@ def warn_frozen_subspace(problem: Problem) -> None:
     m, n = problem.d_out, problem.d_in
     if m != n:
         space = f"column space (d_out {m} > d_in {n})" if m > n else f"row space (d_out {m} < d_in {n})"
-        warnings.warn(f"dlnode: at depth inf the end-to-end flow keeps W(0)'s {space}: it fits only inside it, so the "
-                      "loss may stop above its minimum, at the best fit inside (ds['loss_floor']; a run until "
-                      "converged stops there as subspace_optimum); a finite depth (e.g. 64) leaves it",
-                      stacklevel=4)  # fmt: skip
+        warn(f"dlnode: at depth inf the end-to-end flow keeps W(0)'s {space}: it fits only inside it, so the loss "
+             "may stop above its minimum, at the best fit inside (ds['loss_floor']; a run until converged stops "
+             "there as subspace_optimum); a finite depth (e.g. 64) leaves it")  # fmt: skip
 
 
 def log_times(count: int, t1: float, unit: float) -> np.ndarray:

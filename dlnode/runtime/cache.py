@@ -7,10 +7,11 @@ Where it lives: ``$DLNODE_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/dlnode/ja
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import jax
+
+from dlnode.errors import warn
 
 __all__ = ["compilation_cache", "default_cache_dir"]
 
@@ -40,9 +41,10 @@ def compilation_cache(path: str | os.PathLike | None = "default") -> Path | None
         except OSError:
             where = None
     if where is not None and not os.access(where, os.W_OK | os.X_OK):  # JAX would warn at every program it keeps
-        warnings.warn(f"dlnode: the compilation cache directory {str(where)!r} is not writable: compiling without a "
-                      "persistent cache (set DLNODE_CACHE_DIR to a writable directory, or to off)",
-                      stacklevel=2)  # fmt: skip
+        warn(
+            f"dlnode: the compilation cache directory {str(where)!r} is not writable: compiling without a "
+            "persistent cache (set DLNODE_CACHE_DIR to a writable directory, or to off)"
+        )
         where = None
     jax.config.update("jax_compilation_cache_dir", None if where is None else str(where))
     if where is not None:

@@ -215,7 +215,7 @@ def run_task(config_json: str, chunk: tuple, tolerances: tuple[float, float], ta
     worker process meanwhile: JAX's threads, the event loop, and other tasks on a worker of several threads)."""
     clock, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
     layout = _layout(config_json, chunk, tolerances)
-    ds = run_plan(task_plan(layout, task))
+    ds = run_plan(task_plan(layout, task), warn_stops=False)  # the sweep's own report counts the statuses
     if ds.sizes["time"] != len(layout.times) or not np.allclose(ds["time"], layout.times, rtol=TIME_RTOL, atol=0):
         raise refused(f"cells {_describe(layout, task)}: save times differ from the store's; report this as a bug")
     arrays = _cell_arrays(layout, ds)
