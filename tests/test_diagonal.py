@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.integrate
 import scipy.optimize
 import xarray as xr
 
@@ -77,6 +78,52 @@ def test_depth_three_conserves_u_and_v_powers():
     assert float(ds["balancedness"].max()) < CONSERVED_TOL
 
 
+def _decoupled_diagonal(beta_star):
+    """A regression whose design has X Xᵀ = n I (d = 4, n = 8): ∇ℓ(β) = β − β*, so every coordinate of a diagonal
+    network runs its own scalar flow."""
+    d, n = len(beta_star), 8
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((n, n)))
+    x = np.sqrt(n) * q[:, :d].T
+    return dln.SparseRegression(x, x.T @ beta_star)
+
+
+def _scalar_flows(beta_star, depth, alpha, times):
+    """β(t) = u(t)^D of du/dt = −D u^{D−1}(u^D − β*) from u(0) = α, one coordinate at a time (scipy Radau, rtol
+    1e-12): the `positive` init on the decoupled design, by a second backend."""
+    out = []
+    for b in beta_star:
+        sol = scipy.integrate.solve_ivp(lambda t, u, b=b: -depth * u ** (depth - 1) * (u**depth - b),
+                                        (0.0, times[-1]), [alpha], method="Radau", t_eval=times, rtol=1e-12,
+                                        atol=1e-14)  # fmt: skip
+        out.append(sol.y[0] ** depth)
+    return np.array(out).T
+
+
+def test_a_deep_diagonal_network_takes_the_stiff_path_by_default_and_matches_its_scalar_flows():
+    # depth 3 from 1e-3: each coordinate waits ~ 1/(3·1e-3·β*) on its plateau (up to 1333 time units), then relaxes
+    # at a rate up to 9·2^{4/3} ≈ 23: stiff, so auto takes rosenbrock (tsit5 needed 10.6× its steps on this case
+    # until converged, and ran out of its 200,000 on SparseRegression.random() from 1e-3)
+    beta_star = np.array([2.0, 1.0, 0.5, 0.25])
+    prob, alpha = _decoupled_diagonal(beta_star), 1e-3
+    times = np.linspace(0.0, 1500.0, 1501)  # saves every time unit: each escape (about one unit wide) is sampled
+    ds = dln.integrate(prob, depth=3, network="diagonal", init="positive", scale=alpha, t1=1500.0, saveat=times,
+                       progress=False)  # fmt: skip
+    assert ds.attrs["method"] == "rosenbrock" and "depth >= 3 is stiff" in ds.attrs["method_reason"]
+    assert int(ds["status"].item()) == int(dln.Status.FINISHED)
+    beta = ds["product"].values.reshape(len(times), -1)
+    reference = _scalar_flows(beta_star, 3, alpha, times)
+    tol = 1e-5  # of max β*, at every save (measured 1.4e-7 with the default rtol)
+    assert np.abs(beta - reference).max() < tol * beta_star.max()
+    # negative control: an init off by 1e-4 of itself shifts the escapes by as much, far outside the tolerance
+    shifted = _scalar_flows(beta_star, 3, alpha * (1 + 1e-4), times)
+    assert np.abs(shifted - reference).max() > 100 * tol * beta_star.max()
+    # until converged, with every default: the stiff path again, converged
+    ds = dln.integrate(prob, depth=[2, 3], network="diagonal", init="positive", scale=alpha, progress=False)
+    assert ds.attrs["method"] == "per depth" and (ds["status"] == int(dln.Status.CONVERGED)).all()
+    names = ds["method_used"].attrs["flag_meanings"].split()
+    assert [names[code] for code in ds["method_used"].values.ravel()] == ["tsit5", "rosenbrock"]
+
+
 def test_diagonal_gd_equals_a_hand_written_loop():
     lr, steps, depth = 0.02, 50, 2
     ds = dln.integrate(PROB, depth=depth, network="diagonal", init="uniform", scale=0.3, method="gd", lr=lr,
@@ -147,7 +194,6 @@ def test_path_statistics_and_sparsity():
         (dict(width=4), "width does not apply to network='diagonal'"),
         (dict(network="sparse"), "network must be one of ('dense', 'diagonal')"),
         (dict(flow="end_to_end"), "flow must be 'layers' or 'modified' for network='diagonal'"),
-        (dict(method="rosenbrock"), "method must not be 'rosenbrock' for network='diagonal'"),
     ],
 )
 def test_bad_diagonal_arguments_are_refused_in_one_line(kw, words):

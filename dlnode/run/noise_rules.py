@@ -133,9 +133,6 @@ def plan_noise(problem: Any, method: str, flow: str, network: str, init: Any, de
 
 
 def _check_diagonal(flow: str, init: Any, depths: list[float], width: Any, method: str) -> None:
-    if method == "rosenbrock":  # its float64-resolution check and Jacobian solves are written for dense layers
-        fail("method", "must not be 'rosenbrock' for network='diagonal' (its stiff path is the dense layers')",
-             method, "pass method='kvaerno5' (stiff) or leave method='auto'")  # fmt: skip
     if flow not in ("layers", "modified"):
         fail("flow", "must be 'layers' or 'modified' for network='diagonal'", flow, "pass flow='layers'")
     if not isinstance(init, str) or init not in DIAGONAL_INITS:

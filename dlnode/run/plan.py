@@ -46,7 +46,7 @@ from dlnode.run.rules import (
 )
 from dlnode.run.saveat import SaveAt
 from dlnode.solvers import METHODS, Controls
-from dlnode.solvers.auto import choose_methods
+from dlnode.solvers.auto import choose_diagonal, choose_methods
 from dlnode.solvers.gd import SDE_METHODS
 
 __all__ = [
@@ -257,7 +257,7 @@ class Plan:
         memory = check_memory(problem, depths, width, cells, saveat, save_weights, t1 is None,
                               paths=len(noisy.paths or [0]))  # fmt: skip
         if method == "auto" and noisy.network == "diagonal":
-            methods, chosen, reason = dict.fromkeys(depths, "tsit5"), "tsit5", "auto: tsit5 for a diagonal network"
+            methods, chosen, reason = choose_diagonal(depths)
         elif method == "auto" and flow == "central":  # its field holds a Lanczos solve: no Jacobian, no probe
             methods, chosen = dict.fromkeys(depths, "tsit5"), "tsit5"
             reason = "auto: the central flow needs an explicit method -> tsit5"

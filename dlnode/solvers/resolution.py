@@ -38,7 +38,13 @@ RESOLVE, MIN_STEPS, FAR, LONG_STEP = 1e-2, 32, 1e-6, 30.0
 def roundoff_scale(flow: Flow, layers: Any, args: dict) -> Any:
     """ρ = ε‖E‖_F (Σ_j Π_{i≠j} ‖W_i‖²_F)^{1/2}: the size of the float64 round-off of the layer field
     −(W_N⋯W_{j+1})ᵀ E (W_{j−1}⋯W_1)ᵀ at `layers` (a tuple or `Stacked`, one cell). A scale, not a bound: the
-    measured error on the plateau above was 1/60 of it in the slow directions and 1/3 of it in all."""
+    measured error on the plateau above was 1/60 of it in the slow directions and 1/3 of it in all. For a diagonal
+    network (β = u^D − v^D, the field −D u^{D−1} ⊙ E and +D v^{D−1} ⊙ E) the same scale is ε‖E‖_F times the norm of
+    the pair (D|u|^{D−1}, D|v|^{D−1})."""
+    if flow.network == "diagonal":
+        _, _, e = flow.backprop(layers, flow.problem_cls.grad_fn, args["problem"])
+        factor = jnp.sqrt(sum(jnp.sum((flow.depth * jnp.abs(x) ** (flow.depth - 1)) ** 2) for x in layers))
+        return jnp.finfo(e.dtype).eps * jnp.linalg.norm(e) * factor
     _, _, e = layer_gradients(layers, flow.problem_cls.grad_fn, args["problem"])
     logs = jnp.concatenate([0.5 * jnp.log(jnp.sum(w * w, axis=(-2, -1))).reshape(-1) for w in
                             unpack_layers(layers, batch=False)])  # fmt: skip
