@@ -380,8 +380,11 @@ def describe(path: str | os.PathLike) -> str:
         shown = shown_values(values[:12])
         lines.append(f"grid {dim} ({len(values)}): {shown}{', ...' if len(values) > 12 else ''}")
     for name in EXTRA_AXES:
-        if name not in run_dims:
-            lines.append(f"{name}: {ds.attrs.get('label_noise' if name == 'noise' else name)}")
+        value = ds.attrs.get("label_noise" if name == "noise" else name)
+        if name not in run_dims and not _not_applicable(value):  # e.g. lr of a flow, batch of full-batch GD
+            lines.append(f"{name}: {value}")
+    if ds.attrs.get("network", "dense") != "dense":
+        lines.append(f"network: {ds.attrs['network']}")
     t = ds["time"].values
     lines.append(f"time: {len(t)} points from {t[0]:g} to {t[-1]:g}")
     done = int(np.isin(status, REDO, invert=True).sum())
@@ -389,7 +392,8 @@ def describe(path: str | os.PathLike) -> str:
     lines.append("status: " + ", ".join(f"{k} {v}" for k, v in status_counts(status).items()))
     lines.append("problem: " + ", ".join(f"{k}={v}" for k, v in json.loads(ds.attrs["problem"]).items()))
     for key in ("rtol", "atol", "t1", "width", "sweep_batch", "jax_version", "diffrax_version", "x64"):
-        lines.append(f"{key}: {ds.attrs.get(key)}")
+        if not (key == "width" and ds.attrs.get("network") == "diagonal"):  # u and v have β's shape: no width
+            lines.append(f"{key}: {ds.attrs.get(key)}")
     runs = json.loads(ds.attrs.get("sweep_runs", "[]"))
     for r in runs[-5:]:
         spent = ", ".join(f"{k.removesuffix('_s')} {v:g} s" for k, v in r.get("task_seconds", {}).items())
@@ -412,3 +416,8 @@ def export(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = Fa
     with atomic_path(target, "out", replace=overwrite) as tmp:
         NetCDF().write(ds, tmp)  # as dlnode.save writes it: every chunk with its checksum
     return int(np.isin(ds["status"].values, REDO).sum())
+
+
+def _not_applicable(value: Any) -> bool:
+    """An attribute a call left at its default because it does not apply (None, or NaN for a number)."""
+    return value is None or value == "None" or (isinstance(value, (float, np.floating)) and math.isnan(value))
