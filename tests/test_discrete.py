@@ -73,6 +73,22 @@ def test_compare_refuses_a_save_grid_too_coarse_for_the_escape():
     assert "saveat=a['time'].values" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_sgd_against_the_flow_keeps_its_paths_and_a_coarse_flow_is_refused_in_one_line():
+    prob = dln.MatrixSensing.random(shape=(5, 5), rank=2, measurements=30, seed=0)
+    common = {"depth": 3, "scale": 0.1, "t1": 2.0, "progress": False}
+    sgd = dln.integrate(prob, method="sgd", batch=6, lr=0.01, paths=4, **common)
+    coarse = dln.integrate(prob, saveat=12, **common)  # 12 saves for SGD's 200 steps
+    with pytest.raises(ValueError, match="too coarse to interpolate") as info:  # a has paths, b has none
+        compare(sgd, coarse)
+    assert "saveat=a['time'].values" in str(info.value) and "\n" not in str(info.value)
+    flow = dln.integrate(prob, saveat=sgd["time"].values, **common)
+    errors = compare(sgd, flow)
+    assert errors.sizes["path"] == 4 and not bool(errors["interpolated"].any())
+    # each path's error against the flow is its own: the paths differ, and from the first step on
+    assert float(errors["product_error"].isel(time=-1).std("path").max()) > 0
+    assert (errors["product_error"].isel(time=slice(1, None)) > 0).all()
+
+
 def test_gradient_descent_follows_the_modified_flow_with_order_two():
     # Barrett & Dherin (2021): GD follows the flow of L + (lr/4)‖∇L‖² to O(lr²); the modified flow depends on lr,
     # so each GD run needs its own reference, and one reference for several lr is refused.

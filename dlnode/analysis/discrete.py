@@ -191,9 +191,10 @@ def compare(a: xr.Dataset, b: xr.Dataset, time_rtol: float = 1e-9, accuracy: flo
             cell = bad.stack(cell=bad.dims)
             where = {d: c.values[int(cell.values.argmax())] for d, c in cell["cell"].coords.items() if d != "cell"}
             run = {d: v for d, v in where.items() if d != "time"}
+            at_b = {d: v for d, v in where.items() if d in est.dims}  # b may lack a's dims (a's noise paths)
             raise refused(
                 f"b's save grid is too coarse to interpolate its {name} at a's times: at time {where['time']:.6g} "
-                f"the estimated interpolation error {float(est.sel(where)):.1e} exceeds accuracy={accuracy:g} x the "
+                f"the estimated interpolation error {float(est.sel(at_b)):.1e} exceeds accuracy={accuracy:g} x the "
                 f"run's largest error ({float(error.max('time').sel(run)):.1e}); save b at a's times "
                 "(saveat=a['time'].values) or on a finer grid"
             )
