@@ -245,6 +245,12 @@ def _warn_unconverged(ds: Any, problem: Problem, until_converged: bool = True) -
             k, t = int(ds["sharpness"].sizes["eig"]), float(ds["t_final"].sel(where))
             note = (f" (eigenvalue {k + 1}, which it does not track, passed 2/lr = {2 / float(ds.attrs['lr']):.6g} "
                     f"by t = {t:.4g}: pass sharpness={k + 1})")  # fmt: skip
+        elif code == int(Status.EDGE_REST):
+            lr, t = float(ds.attrs["lr"]), float(ds["t_final"].sel(where))
+            loss = float(ds["loss"].sel(where).dropna("time").values[-1])
+            note = (f" (it came to rest on the edge S = 2/lr = {2 / lr:.6g} with loss {loss:.6g}: its loss fell by "
+                    f"less than 1e-3 of its gap to l* over the decade of time to t = {t:.4g}, so GD at lr = {lr:g} "
+                    "is predicted to keep oscillating there; t1= integrates further)")  # fmt: skip
         elif code == int(Status.NOT_CONVERGED) and ds.attrs.get("flow") == "central" and _held_at_edge(ds, where):
             lr = float(ds.attrs["lr"])
             loss = float(ds["loss"].sel(where).dropna("time").values[-1])

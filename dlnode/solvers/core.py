@@ -49,6 +49,7 @@ class Status(enum.IntEnum):
     NORM_RUNAWAY = -9  # ‖W‖₂ passed norm_limit × max(‖W*‖₂, ‖W(0)‖₂) before the loss converged
     SUBSPACE_OPTIMUM = -10  # depth ∞, rectangular W: converged to ℓ*_S, the best fit inside W(0)'s column/row space
     UNTRACKED_EDGE = -11  # central flow: an eigenvalue it does not track (the (k+1)-th) passed 2/lr
+    EDGE_REST = -12  # central flow, t1=None: held at the edge, its loss stopped falling (over a decade of time)
 
     @property
     def meaning(self) -> str:
@@ -111,6 +112,11 @@ MESSAGES = {
         "stopped: the central flow's largest untracked Hessian eigenvalue (the (k+1)-th, ds['untracked_sharpness']) "
         "passed 2/lr, which a flow tracking k = sharpness eigenvalues cannot hold at the edge, so it no longer "
         "follows GD; the trajectory up to then is kept; pass sharpness=k+1"
+    ),
+    Status.EDGE_REST: (
+        "stopped: the central flow came to rest on the edge S = 2/lr above l*: held there, its loss fell by less "
+        "than 1e-3 of its distance to l* over the last decade of time (the test that ends an until-converged run at "
+        "its horizon), so GD at this lr is predicted to oscillate there for ever; pass t1 to integrate further"
     ),
 }
 
