@@ -30,8 +30,8 @@ values = st.lists(st.floats(0.5, 3.0), min_size=1, max_size=2)
 problems = st.builds(lambda s, seed: dln.Regression.whitened(sorted(s, reverse=True), 2, 2, seed=seed), values,
                      st.integers(0, 2**32))  # fmt: skip
 
-# the methods and their paths: diffrax, the Rosenbrock–CG layers path, gradient descent, and the end-to-end flow
-# in singular coordinates (depth inf included)
+# the methods and their paths: diffrax, the Rosenbrock–CG layers path, gradient descent, the end-to-end flow in
+# singular coordinates (depth inf included), and the central flow
 CASES = {
     "tsit5": {"method": "tsit5", "depth": [2, 3]},
     "rosenbrock": {"method": "rosenbrock", "depth": [2, 3]},
@@ -41,6 +41,9 @@ CASES = {
     "rosenbrock+sharpness": {"method": "rosenbrock", "depth": [2, 3], "sharpness": 1},
     "singular": {"method": "rosenbrock", "flow": "end_to_end", "init": "balanced", "scale_of": "product",
                  "depth": [3, "inf"]},
+    # the central flow (its saves' Lanczos warm start, its edge rules) at an lr whose edge 2/lr = 4 the larger
+    # problems reach
+    "central": {"flow": "central", "lr": 0.5, "depth": [2, 3]},
 }  # fmt: skip
 
 
