@@ -208,13 +208,16 @@ def _continue(plan: Plan, done: dict, depth: float | None, checkpoint: Any, give
         return _assemble(plan, _run_grid(plan, done, depth, checkpoint), given)
 
 
-def _cells(da: Any) -> list[dict]:
-    """Every cell of a run variable: one dict of coordinates (depth, scale, seed, and path where there is one)."""
+def _cells(da: Any, mask: np.ndarray, limit: int) -> list[dict]:
+    """The first `limit` cells of a run variable where `mask` (of its shape) holds: one dict of coordinates each
+    (depth, scale, seed, and path where there is one)."""
     names = list(da.dims)
     axes = [da[n].values for n in names]
-    return [
-        {n: axis[i].item() for n, axis, i in zip(names, axes, index, strict=True)} for index in np.ndindex(da.shape)
-    ]
+    return [{n: axis[i].item() for n, axis, i in zip(names, axes, index, strict=True)}
+            for index in np.argwhere(mask)[:limit]]  # fmt: skip
+
+
+SHOWN = 3  # the runs a stop warning describes one by one; the rest it counts
 
 
 RUNAWAY_NOTE = 3.0  # σ₁ above this many times the minimiser's, still growing at the end: say the norm runs away
@@ -226,11 +229,12 @@ def _warn_unconverged(ds: Any, problem: Problem, until_converged: bool = True) -
     in loss only, never in W)."""
     status = ds["status"]
     s_star = float(np.linalg.norm(problem.w_star, 2))
+    # Ctrl-C (interrupted, pending) has its own message
+    quiet = [int(Status.CONVERGED), int(Status.FINISHED), int(Status.INTERRUPTED), int(Status.PENDING)]
+    stopped = ~np.isin(status.values, quiet)
     parts = []
-    for where in _cells(status):
+    for where in _cells(status, stopped, SHOWN):  # a select per cell shown, not per cell: paths can be thousands
         code = int(status.sel(where))
-        if code in (int(Status.CONVERGED), int(Status.FINISHED), int(Status.INTERRUPTED), int(Status.PENDING)):
-            continue  # Ctrl-C has its own message
         sv = ds["singular_values"].sel(where).isel(k=0).dropna("time").values
         note = ""
         if code == int(Status.SUBSPACE_OPTIMUM):
@@ -261,10 +265,11 @@ def _warn_unconverged(ds: Any, problem: Problem, until_converged: bool = True) -
         stop = "" if until_converged else f" at t = {float(ds['t_final'].sel(where)):.4g}"
         parts.append(f"depth {where['depth']:g}, scale {where['scale']:g}, seed {where['seed']}{path}: "
                      f"{Status(code).meaning}{stop}{note}")  # fmt: skip
-    if parts:
-        shown = "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")
+    count = int(stopped.sum())
+    if count:
+        shown = "; ".join(parts) + (f"; and {count - len(parts)} more" if count > len(parts) else "")
         what = "did not converge" if until_converged else f"stopped before t1 = {float(ds.attrs['t1']):.6g}"
-        warn(f"dlnode: {len(parts)} of {status.size} runs {what}: {shown}")
+        warn(f"dlnode: {count} of {status.size} runs {what}: {shown}")
 
 
 def _oscillates(ds: Any, where: dict) -> bool:
