@@ -386,6 +386,12 @@ def test_the_edge_rest_rule_on_saved_losses():
     # cell 0: 1.0 → 0.9991 over [10, 100] is 9e-4 of its gap; cell 1: 1.2e-3, still falling
     assert rule({}, saved, running, controls).tolist() == [True, False, False, False, False]
     assert not rule({}, driver._Saved({"loss": loss}, filled), running, controls).any()
+    # a flow started on the edge, its loss flat over its first saves: t = 0 begins no decade
+    early = driver._Saved({"loss": np.array([[1.0, 1.0, 1.0]]), "regime": np.ones((1, 3))}, np.ones((1, 3), bool))
+    begun = functools.partial(driver._edge_rest, ts=np.array([0.0, 1e-3, 5e-3]), loss_min=0.0, falling=1e-3)
+    assert not begun({}, early, np.array([True]), controls).any()
+    later = functools.partial(driver._edge_rest, ts=np.array([0.0, 1e-3, 1e-2]), loss_min=0.0, falling=1e-3)
+    assert later({}, early, np.array([True]), controls).all()  # ... and a decade from t = 1e-3 on does
 
 
 def test_a_central_flow_stops_when_an_untracked_eigenvalue_passes_its_bound(monkeypatch):

@@ -180,7 +180,7 @@ def _assemble(plan: Plan, raw: dict[float, Solution], given: Problem, warn_stops
                                      floors[float(d)]).reshape(values[i].shape)  # fmt: skip
         ds["loss_floor"] = (("depth", "scale", "seed"), values, LOSS_FLOOR_ATTRS)
     if warn_stops:
-        _warn_unconverged(ds, plan.problem, plan.until_converged)
+        _warn_stops(ds, plan.problem, plan.until_converged)
     ds = with_problem(ds, plan.problem)
     stopped = [d for d, sol in raw.items() if sol.checkpoint is not None]
     if stopped or pending:  # Ctrl-C: `dlnode.resume(ds)` runs the rest
@@ -223,7 +223,7 @@ SHOWN = 3  # the runs a stop warning describes one by one; the rest it counts
 RUNAWAY_NOTE = 3.0  # σ₁ above this many times the minimiser's, still growing at the end: say the norm runs away
 
 
-def _warn_unconverged(ds: Any, problem: Problem, until_converged: bool = True) -> None:
+def _warn_stops(ds: Any, problem: Problem, until_converged: bool = True) -> None:
     """One warning line for the runs of a call that did not converge (until converged) or did not reach t1 (a
     horizon given), with why (and whether the norm is running away: a flow whose minimiser is at infinity converges
     in loss only, never in W)."""

@@ -77,7 +77,7 @@ def plan_noise(problem: Any, method: str, flow: str, network: str, init: Any, de
     if not isinstance(network, str) or network not in NETWORKS:
         fail("network", f"must be one of {NETWORKS}", network, "pass network='dense' or network='diagonal'")
     if network == "diagonal":
-        _check_diagonal(flow, init, depths, width, method)
+        _check_diagonal(flow, init, depths, width)
     if method not in NOISY:
         for name, value in (("batch", batch), ("noise", noise), ("paths", paths), ("dt", dt)):
             if value is not None:
@@ -132,7 +132,7 @@ def plan_noise(problem: Any, method: str, flow: str, network: str, init: Any, de
     return NoisePlan(network, spec, float(noise or 0.0), step, _as_paths(paths))
 
 
-def _check_diagonal(flow: str, init: Any, depths: list[float], width: Any, method: str) -> None:
+def _check_diagonal(flow: str, init: Any, depths: list[float], width: Any) -> None:
     if flow not in ("layers", "modified"):
         fail("flow", "must be 'layers' or 'modified' for network='diagonal'", flow, "pass flow='layers'")
     if not isinstance(init, str) or init not in DIAGONAL_INITS:

@@ -202,10 +202,12 @@ def _edge_rest(last: Any, saved: _Saved, running: np.ndarray, controls: Controls
     for b in np.flatnonzero(running):
         filled = saved.filled[b]
         t, loss, regime = ts[filled], saved.values["loss"][b][filled], saved.values["regime"][b][filled]
-        if len(t) < 2 or not t[-1] > 0 or t[0] > t[-1] / 10**REST_DECADES:
+        # the last save at or before t_end/10^REST_DECADES, counting positive times only: t = 0 starts no decade (a
+        # flow started on the edge would otherwise stop after its first saves, over a sliver of time)
+        before = np.flatnonzero((t > 0) & (t <= t[-1] / 10**REST_DECADES))
+        if not len(before):
             continue  # not yet a decade of saves
-        span = t >= t[-1] / 10**REST_DECADES
-        start = max(int(np.argmax(span)) - 1, 0)  # the save at or just before the decade began
+        start = int(before[-1])
         if np.all(regime[start:] >= 1) and loss[start] - loss[-1] <= falling * max(loss[-1] - loss_min, 1e-300):
             out[b] = True
     return out
@@ -322,8 +324,8 @@ def drive(
             running = summ["status"] == RUNNING
             end_obs = last if end_obs is None else _where_cells(running | (summ["status"] == 1), last, end_obs)
             # cells the driver stops itself, frozen here (the method runs them on with the others, unseen): a norm
-            # running away, a loss at the floor of its own (held like a converged cell's), and a central flow whose
-            # untracked eigenvalue passed the edge
+            # running away, a loss at the floor of its own (held like a converged cell's), a central flow whose
+            # untracked eigenvalue passed the edge, and (until converged) one at rest on the edge
             rest = functools.partial(_edge_rest, ts=ts, loss_min=float(np.asarray(arrays["loss_min"])),
                                      falling=(horizon or Horizon()).falling)  # fmt: skip
             for code, rule in ((Status.NORM_RUNAWAY, _runaway), (Status.SUBSPACE_OPTIMUM, _at_floor),
