@@ -381,16 +381,16 @@ def test_the_edge_rest_rule_on_saved_losses():
     filled = np.ones_like(loss, bool)
     filled[3, 4:] = False  # saves to t = 10 only: less than a decade at the edge so far
     saved = driver._Saved({"loss": loss, "regime": regime}, filled)
-    rule = functools.partial(driver._edge_rest, ts=ts, loss_min=0.0, falling=1e-3)
+    rule = functools.partial(driver._edge_rest, ts=ts, arrays={"loss_min": 0.0}, falling=1e-3)
     running = np.array([True, True, True, True, False])
     # cell 0: 1.0 → 0.9991 over [10, 100] is 9e-4 of its gap; cell 1: 1.2e-3, still falling
     assert rule({}, saved, running, controls).tolist() == [True, False, False, False, False]
     assert not rule({}, driver._Saved({"loss": loss}, filled), running, controls).any()
     # a flow started on the edge, its loss flat over its first saves: t = 0 begins no decade
     early = driver._Saved({"loss": np.array([[1.0, 1.0, 1.0]]), "regime": np.ones((1, 3))}, np.ones((1, 3), bool))
-    begun = functools.partial(driver._edge_rest, ts=np.array([0.0, 1e-3, 5e-3]), loss_min=0.0, falling=1e-3)
+    begun = functools.partial(driver._edge_rest, ts=np.array([0.0, 1e-3, 5e-3]), arrays={"loss_min": 0.0}, falling=1e-3)
     assert not begun({}, early, np.array([True]), controls).any()
-    later = functools.partial(driver._edge_rest, ts=np.array([0.0, 1e-3, 1e-2]), loss_min=0.0, falling=1e-3)
+    later = functools.partial(driver._edge_rest, ts=np.array([0.0, 1e-3, 1e-2]), arrays={"loss_min": 0.0}, falling=1e-3)
     assert later({}, early, np.array([True]), controls).all()  # ... and a decade from t = 1e-3 on does
 
 

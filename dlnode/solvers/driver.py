@@ -191,7 +191,7 @@ def _untracked_edge(last: Any, saved: _Saved, running: np.ndarray, controls: Con
 
 
 def _edge_rest(last: Any, saved: _Saved, running: np.ndarray, controls: Controls, floor: Any = None, *,
-               ts: np.ndarray, loss_min: float, falling: float) -> np.ndarray:  # fmt: skip
+               ts: np.ndarray, arrays: dict, falling: float) -> np.ndarray:  # fmt: skip
     """Running central-flow cells (those that save ``regime``) held at the edge at every save of the last
     `REST_DECADES` of time whose loss fell over that span by less than `falling` of its distance to ℓ*: the test
     that ends an until-converged run at its horizon (`_falling`), applied as soon as a decade at the edge has
@@ -199,6 +199,7 @@ def _edge_rest(last: Any, saved: _Saved, running: np.ndarray, controls: Controls
     out = np.zeros_like(running)
     if "regime" not in saved.values:
         return out
+    loss_min = float(np.asarray(arrays["loss_min"]))
     for b in np.flatnonzero(running):
         filled = saved.filled[b]
         t, loss, regime = ts[filled], saved.values["loss"][b][filled], saved.values["regime"][b][filled]
@@ -326,8 +327,7 @@ def drive(
             # cells the driver stops itself, frozen here (the method runs them on with the others, unseen): a norm
             # running away, a loss at the floor of its own (held like a converged cell's), a central flow whose
             # untracked eigenvalue passed the edge, and (until converged) one at rest on the edge
-            rest = functools.partial(_edge_rest, ts=ts, loss_min=float(np.asarray(arrays["loss_min"])),
-                                     falling=(horizon or Horizon()).falling)  # fmt: skip
+            rest = functools.partial(_edge_rest, ts=ts, arrays=arrays, falling=(horizon or Horizon()).falling)
             for code, rule in ((Status.NORM_RUNAWAY, _runaway), (Status.SUBSPACE_OPTIMUM, _at_floor),
                                (Status.UNTRACKED_EDGE, _untracked_edge),
                                *(((Status.EDGE_REST, rest),) if until_converged else ())):  # fmt: skip
