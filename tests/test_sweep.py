@@ -321,6 +321,7 @@ def test_cli_info_and_export(client, tmp_path):
     assert "grid depth (2): 1, 2" in info.output and "cells: 8, done 8, to compute 0" in info.output
     assert "status: finished 8" in info.output
     assert "batch: None" not in info.output and "noise: None" not in info.output  # what does not apply is not shown
+    assert "rtol: " in info.output  # an adaptive method's grid states its tolerances (a fixed-step grid's does not)
     out = tmp_path / "out.nc"
     assert runner.invoke(app, ["export", str(store), str(out)]).exit_code == 0
     xr.testing.assert_identical(dln.open(out), dln.open(store))

@@ -269,3 +269,4 @@ def test_cli_info_shows_where_the_tasks_time_went(stores):
     (line,) = [ln for ln in done.output.splitlines() if ln.startswith("run ")]
     assert f"; {record['tasks_done']} tasks spent " in line
     assert f"integrate {record['task_seconds']['integrate_s']:g} s" in line
+    assert "\nrtol: " not in done.output and "\nt1: " in done.output  # a GD grid: fixed steps, no tolerance applies

@@ -45,6 +45,7 @@ from dlnode.problems.kinds import Problem
 from dlnode.run.integrate import dataset_attrs
 from dlnode.run.plan import Plan
 from dlnode.solvers import Status
+from dlnode.solvers.gd import FIXED_STEP
 from dlnode.sweeps.config import SweepConfig, config_diff, layer_extent, save_times
 
 __all__ = ["SWEEP_ATTR", "Layout", "describe", "export", "is_sweep_store", "open_store", "prepare", "stored_chunks",
@@ -391,8 +392,11 @@ def describe(path: str | os.PathLike) -> str:
     lines.append(f"cells: {status.size}, done {done}, to compute {status.size - done}")
     lines.append("status: " + ", ".join(f"{k} {v}" for k, v in status_counts(status).items()))
     lines.append("problem: " + ", ".join(f"{k}={v}" for k, v in json.loads(ds.attrs["problem"]).items()))
+    skip = {"width"} if ds.attrs.get("network") == "diagonal" else set()  # u and v have β's shape: no width
+    if ds.attrs.get("method") in FIXED_STEP:
+        skip |= {"rtol", "atol"}  # a grid of fixed steps: no tolerance applies
     for key in ("rtol", "atol", "t1", "width", "sweep_batch", "jax_version", "diffrax_version", "x64"):
-        if not (key == "width" and ds.attrs.get("network") == "diagonal"):  # u and v have β's shape: no width
+        if key not in skip:
             lines.append(f"{key}: {ds.attrs.get(key)}")
     runs = json.loads(ds.attrs.get("sweep_runs", "[]"))
     for r in runs[-5:]:
