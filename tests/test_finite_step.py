@@ -321,10 +321,10 @@ def test_a_central_flow_that_comes_to_rest_on_the_edge_says_so():
     """ℓ = ½(ab − 1)² (a 1 × 1 whitened regression at depth 2) has the Hessian [[b², 2ab − 1], [2ab − 1, a²]]; its
     flattest minimiser, a = b = ±1, has S = 2. At lr = 1.2 (2/η = 5/3 < 2) no minimiser is flat enough: the central
     flow comes to rest on the edge at the least loss there, a = b with 3a² − 1 = 2/η (closed form: a² = 8/9, ℓ =
-    ½(a² − 1)² = 1/162, the other eigenvalue 1/9). Run until converged it stops as EDGE_REST once a decade of
-    time at the edge has passed with its loss still, long before its horizon, held at that point (measured: |a|
-    within 3.3e-7, S within 8.0e-7 relative, at rtol 2e-7; checked to 10·rtol), and the warning says why. Negative
-    control: at lr = 0.5 (2/η = 4 > 2) it converges, to S = 2, with no warning."""
+    ½(a² − 1)² = 1/162, the other eigenvalue 1/9). Run until converged, it stops as EDGE_REST, held at that point
+    (measured: |a| within 3.3e-7, S within 8.0e-7 relative, at rtol 2e-7; checked to 10·rtol), once its loss has
+    stood still on the edge for a decade of time, long before its horizon; the warning says why. Negative control:
+    at lr = 0.5 (2/η = 4 > 2) it converges, to S = 2, with no warning."""
     prob = dln.Regression.whitened([1.0], 1, 1, seed=0)
     kw = {"depth": 2, "scale": 0.5, "seed": 0, "flow": "central", "progress": False, "save_weights": True}
     with pytest.warns(UserWarning, match=r"came to rest on the edge S = 2/lr = 1.66667 with loss 0.00617"):
