@@ -18,6 +18,10 @@ against the whole field (both jitted, median of repeats).
 3, 2, 1; depth 3, Gaussian 0.5, lr 0.2, t1 = 200) whose second eigenvalue sits just below the edge: steps, rejected
 steps and run time (median of `TRACKED_REPEATS` after the compiling run) for each k.
 
+`--rest` runs the central flow until converged on a whitened 6 × 6 regression (singular values 4, 2, 1; depth 4,
+Gaussian 0.4, lr 0.1) where it comes to rest on the edge above ℓ*: with the driver's edge-rest rule and with it
+switched off (the run then goes on to its horizon): status, time reached, steps, run time and final loss of each.
+
 `--paper` adds the field evaluation's Lanczos share on the network of Cohen et al.'s own size (20 layers of width 50,
 50,000 parameters, the same data construction), where the Lanczos reorthogonalisation, not the products, is the cost.
 """
@@ -25,9 +29,11 @@ steps and run time (median of `TRACKED_REPEATS` after the compiling run) for eac
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -127,11 +133,35 @@ def tracked(repeats: int = TRACKED_REPEATS) -> dict[int, dict[str, float]]:
     return out
 
 
+def at_rest() -> dict[str, dict[str, float]]:
+    """The central flow run until converged on a regression where it comes to rest on the edge above ℓ*: with the
+    driver's edge-rest rule (status ``edge_rest``), and with the rule switched off (``REST_DECADES`` = ∞: the run
+    goes on to its horizon, status ``not_converged``). One run each, cold compile apart."""
+    from dlnode.solvers import driver
+
+    prob = dln.Regression.whitened([4.0, 2.0, 1.0], 6, 6, seed=1)
+    kw = {"depth": 4, "scale": 0.4, "seed": 0, "flow": "central", "lr": 0.1, "progress": False}
+    out = {}
+    for name, decades in (("with the rule", driver.REST_DECADES), ("rule off", math.inf)):
+        saved, driver.REST_DECADES = driver.REST_DECADES, decades
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the runs' own stop warnings: their statuses are printed
+                ds = dln.integrate(prob, **kw)
+        finally:
+            driver.REST_DECADES = saved
+        out[name] = {"status": dln.Status(int(ds["status"].item())).meaning, "t": float(ds["t_final"].item()),
+                     "steps": float(ds["num_steps"].item()), "run": float(ds.attrs["run_time"]),
+                     "loss": float(ds["loss"].squeeze().dropna("time").values[-1])}  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--paper", action="store_true", help="also the Lanczos share at L = 20, d = 50")
     parser.add_argument("--tracked", action="store_true", help="also the central flow at k = 1, 2, 3 near the edge")
+    parser.add_argument("--rest", action="store_true", help="also a central flow at rest on the edge, rule on and off")
     args = parser.parse_args(argv)
     config = dict(cohen2021.QUICK if args.quick else cohen2021.FULL)
     times = measure(config)
@@ -163,6 +193,11 @@ def main(argv: list[str] | None = None) -> None:
         for k, row in tracked().items():
             print(f"    k = {k}: {row['steps']:.0f} steps, {row['rejected']:.0f} rejected, {row['run']:.2f} s; "
                   f"second eigenvalue at the end {row['second']:.4g}")  # fmt: skip
+    if args.rest:
+        print("  central flow until converged, whitened 6 x 6 regression (4, 2, 1), depth 4, Gaussian 0.4, lr 0.1:")
+        for name, row in at_rest().items():
+            print(f"    {name}: {row['status']} at t = {row['t']:.4g}, {row['steps']:.0f} steps, {row['run']:.1f} s, "
+                  f"loss {row['loss']:.7g}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def choose_diagonal(depths: Sequence[float]) -> tuple[dict[float, str], str, str
     stiff from its first escape on, at every init scale. At D = 2 the wait is ~ log(1/α), and tsit5 is the cheaper
     run. Measured on `SparseRegression.random()` (d = 100, n = 40, uniform init 0.1, 1e-2, 1e-3; docs/noise.md):
     tsit5 ran out of steps at D = 3 from 1e-2 and 1e-3 and at D = 4 from every scale, where rosenbrock converged in
-    1.3k–9.2k steps; at D = 2 both converge, in under 0.5 s each."""
+    1.3k–9.2k steps; at D = 2 both converge, in under 0.5 s each (`python -m benchmarks.diagonal_depth`)."""
     methods = {d: EXPLICIT if d <= 2 else STIFF for d in depths}
     why = {EXPLICIT: f"depth <= 2 has no long plateau -> {EXPLICIT}",
            STIFF: f"depth >= 3 is stiff after its first escape (a plateau ~ scale^-(D-2)) -> {STIFF}"}  # fmt: skip

@@ -209,7 +209,7 @@ def _edge_rest(last: Any, saved: _Saved, running: np.ndarray, controls: Controls
         if not len(before):
             continue  # not yet a decade of saves
         start = int(before[-1])
-        if np.all(regime[start:] >= 1) and loss[start] - loss[-1] <= falling * max(loss[-1] - loss_min, 1e-300):
+        if np.all(regime[start:] >= 1) and not _fell(loss[start], loss[-1], loss_min, falling):
             out[b] = True
     return out
 
@@ -477,9 +477,15 @@ def _falling(saved: _Saved, running: np.ndarray, arrays: dict, horizon: Horizon,
             if np.mean(last[:, None] < earlier[None, :]) < TREND:
                 continue
             before, now = np.median(earlier), np.median(last)
-        if before - now > horizon.falling * max(now - loss_min, 1e-300):
+        if _fell(before, now, loss_min, horizon.falling):
             return True
     return False
+
+
+def _fell(before: float, now: float, loss_min: float, falling: float) -> bool:
+    """Whether a loss fell from `before` to `now` by more than `falling` of its distance to ℓ* (`loss_min`): the
+    horizon's test (`_falling`) and the edge-rest rule's (`_edge_rest`)."""
+    return bool(before - now > falling * max(now - loss_min, 1e-300))
 
 
 def _extend(ts: np.ndarray, decades: float) -> np.ndarray:
