@@ -6,6 +6,9 @@ global error against the flow is O(lr) and against the modified flow O(lr²) (Ba
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -14,6 +17,7 @@ from reference_runs import S_WELL_SEPARATED, build_dataset, decoupled_runs, exac
 import dlnode as dln
 import dlnode.analysis.accessor  # noqa: F401  (registers ds.dln)
 from dlnode.analysis.discrete import compare, convergence_order, gd_errors
+from dlnode.flows.flow import sharpness_floors
 
 # Explicit Euler has global error O(lr): the fitted order of GD against the exact flow is 1 up to O(lr) terms.
 ORDER_ATOL = 0.15
@@ -150,3 +154,43 @@ def test_convergence_order_says_how_to_give_one_reference_and_when_the_error_pea
     assert abs(order - 1.0) < 0.1  # explicit Euler: first order
     errors = gd_errors(flow, runs)
     assert "product_error_time" in errors and float(errors["product_error_time"].min()) > 0
+
+
+def test_a_modified_flow_that_settles_past_two_over_lr_says_gd_cannot_follow_it():
+    # The modified flow converges to a minimiser of L whatever lr; GD at lr is stable there only if S < 2/lr.
+    # Reference: the dense Hessian's top eigenvalue at the final weights, and GD itself at both step sizes.
+    prob = dln.MatrixSensing.random(shape=(6, 6), rank=2, measurements=40, seed=0)
+    common = dict(depth=2, scale=0.1, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        past = dln.integrate(prob, flow="modified", lr=0.3, **common)
+    (message,) = [str(w.message) for w in caught]
+    assert "1 of 1 modified-flow runs end where the sharpness S is above 2/lr = 6.66667" in message
+    assert past.status.item() == int(dln.Status.CONVERGED)  # true of the flow: the warning is about GD
+    exact = past.dln.sharpness(exact=True).item()
+    bound = float(re.search(r"S ≥ ([0-9.]+)", message).group(1))
+    assert 2 / 0.3 < bound <= exact * (1 + 1e-4) and bound == pytest.approx(exact, rel=1e-2)
+    with pytest.warns(UserWarning, match="diverged"):
+        gd = dln.integrate(prob, method="gd", lr=0.3, t1=30.0, **common)
+    assert gd.status.item() == int(dln.Status.DIVERGED)
+    # negative control: at lr = 0.02 (2/lr = 100 > S) the flow says nothing and GD converges with it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        below = dln.integrate(prob, flow="modified", lr=0.02, **common)
+        gd = dln.integrate(prob, method="gd", lr=0.02, t1=below["t_final"].item(), **common)
+    assert below.dln.sharpness(exact=True).item() < 2 / 0.02
+    assert gd.loss.isel(time=-1).item() < 1e-6 * gd.loss.isel(time=0).item()
+
+
+def test_the_sharpness_lower_bound_never_exceeds_the_top_eigenvalue():
+    # a Rayleigh quotient is at most λ_max, at a saddle (the small init, indefinite Hessian) as at a minimum
+    prob = dln.MatrixSensing.random(shape=(5, 4), rank=2, measurements=14, seed=1)
+    rng = np.random.default_rng(0)
+    for size in (1e-3, 0.3, 1.0):
+        layers = [size * rng.standard_normal(s) for s in ((3, 4), (3, 3), (5, 3))]
+        exact = dln.sharpness(prob, layers, exact=True)
+        bound = sharpness_floors(type(prob), tuple(w[None] for w in layers), prob.arrays())[0]
+        assert bound <= exact * (1 + 1e-10) + 1e-12
+    bad = sharpness_floors(type(prob), tuple(np.full((1, *s), np.nan) for s in ((3, 4), (3, 3), (5, 3))),
+                           prob.arrays())  # fmt: skip
+    assert np.isnan(bad[0])

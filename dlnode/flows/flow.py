@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -28,7 +28,7 @@ import numpy as np
 
 from dlnode.flows.central import central_parts
 from dlnode.flows.endtoend import end_to_end_field
-from dlnode.flows.hessian import tracked_eigenvalues
+from dlnode.flows.hessian import sharpness_lower_bound, tracked_eigenvalues
 from dlnode.problems.network import product
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "layer_gradients",
     "pack_layers",
     "partial_products",
+    "sharpness_floors",
     "unpack_layers",
 ]
 
@@ -128,6 +129,23 @@ def unpack_layers(state: Any, batch: bool = True) -> tuple:
     n = state.hidden.shape[1 if batch else 0]
     hidden = [state.hidden[:, k] if batch else state.hidden[k] for k in range(n)]
     return (state.first, *hidden, state.last)
+
+
+def sharpness_floors(problem_cls: type, layers: tuple, arrays: dict) -> np.ndarray:
+    """A lower bound on the sharpness λ_max(∇²L) of each cell (`hessian.sharpness_lower_bound`), from layers with
+    the batch of cells as their leading axis; NaN for a cell whose layers are not finite."""
+    values = np.asarray(_floors(problem_cls, tuple(jnp.asarray(w) for w in layers), arrays))
+    finite = np.all([np.all(np.isfinite(np.asarray(w)), axis=tuple(range(1, np.ndim(w)))) for w in layers], axis=0)
+    return np.where(finite, values, np.nan)
+
+
+@partial(jax.jit, static_argnums=0)
+def _floors(problem_cls: type, layers: tuple, arrays: dict) -> Any:
+    def one(y: tuple) -> Any:
+        safe = tuple(jnp.where(jnp.isfinite(w), w, 0.0) for w in y)
+        return sharpness_lower_bound(lambda z: layer_gradients(z, problem_cls.grad_fn, arrays)[0], safe)
+
+    return jax.vmap(one)(layers)
 
 
 def layer_gradients(layers: Any, grad_fn: Callable, arrays: dict) -> tuple[Any, Any, Any]:

@@ -28,7 +28,16 @@ from jax.flatten_util import ravel_pytree
 
 from dlnode.errors import refused
 
-__all__ = ["LANCZOS_MAX", "LANCZOS_RTOL", "hvp", "top_eigenpairs", "top_eigenvalues", "tracked_eigenvalues"]
+__all__ = [
+    "LANCZOS_MAX",
+    "LANCZOS_RTOL",
+    "POWER_STEPS",
+    "hvp",
+    "sharpness_lower_bound",
+    "top_eigenpairs",
+    "top_eigenvalues",
+    "tracked_eigenvalues",
+]
 
 LANCZOS_RTOL = 1e-7  # residual of each of the top k Ritz pairs, relative to |θ₁|: eigenvalues to ~1e-14 relative
 LANCZOS_MAX = 80  # at most this many Lanczos vectors (or the parameter count, when smaller)
@@ -38,6 +47,7 @@ REORTHOGONALISE = 2**-0.5  # a second Gram-Schmidt pass when the first leaves le
 WARM_MIX = 1e-3  # a warm start is the previous Ritz vectors' sum plus this much of the fixed start vector
 GROW_BASIS = 1 << 16  # a basis of more entries (m·n) grows by doubling (see `_lanczos`)
 _START_KEY = 20210226  # the fixed start vector's PRNG key: a run's curvature is reproducible
+POWER_STEPS = 30  # power iterations of `sharpness_lower_bound`
 
 
 def hvp(gradient: Callable[[Any], Any], y: Any, v: Any) -> Any:
@@ -180,3 +190,21 @@ def tracked_eigenvalues(gradient: Callable[[Any], Any], y: Any, k: int, start: A
     start vector), and the start of the next solve along a run: the sum of the k Ritz vectors."""
     theta, vectors, _ = top_eigenpairs(gradient, y, k, start)
     return theta, sum(ravel_pytree(v)[0] for v in vectors)
+
+
+def sharpness_lower_bound(gradient: Callable[[Any], Any], y: Any, steps: int = POWER_STEPS) -> jax.Array:
+    """A lower bound on λ_max(∇²L) at y: the Rayleigh quotient vᵀ∇²L v (‖v‖ = 1) after `steps` power iterations
+    from v ∝ y (for a network's layers, the direction that scales every layer). Whatever the steps, a Rayleigh
+    quotient never exceeds λ_max, so a bound above 2/η proves the sharpness is; a fixed loop of products, cheaper to
+    compile than `top_eigenpairs` (about 0.2–0.3 s against 2–3 s)."""
+    flat, unravel = ravel_pytree(y)
+    _, tangent = jax.linearize(lambda x: ravel_pytree(gradient(unravel(x)))[0], flat)
+
+    def step(_, carry):
+        v, _ = carry
+        hv = tangent(v)
+        size = jnp.linalg.norm(hv)
+        return jnp.where(size > 0, hv / jnp.where(size > 0, size, 1.0), v), jnp.vdot(v, hv)
+
+    start = flat / jnp.where(jnp.linalg.norm(flat) > 0, jnp.linalg.norm(flat), 1.0)
+    return jax.lax.fori_loop(0, steps, step, (start, jnp.zeros((), flat.dtype)))[1]

@@ -21,7 +21,7 @@ from dlnode.data.schema import METHOD_CODES, METHOD_USED_ATTRS, to_dataset, with
 from dlnode.errors import warn
 from dlnode.flows.diagonal import diagonal_flow
 from dlnode.flows.endtoend import recover_layers
-from dlnode.flows.flow import get_flow, pack_layers, unpack_layers
+from dlnode.flows.flow import get_flow, pack_layers, sharpness_floors, unpack_layers
 from dlnode.problems.kinds import Problem
 from dlnode.problems.network import init_layers, product
 from dlnode.run.noise_rules import diagonal_states, with_paths
@@ -181,6 +181,8 @@ def _assemble(plan: Plan, raw: dict[float, Solution], given: Problem, warn_stops
         ds["loss_floor"] = (("depth", "scale", "seed"), values, LOSS_FLOOR_ATTRS)
     if warn_stops:
         _warn_stops(ds, plan.problem, plan.until_converged)
+        if plan.flow == "modified" and plan.noise.paths is None and plan.noise.network != "diagonal":
+            _warn_past_edge(ds, plan, raw)
     ds = with_problem(ds, plan.problem)
     stopped = [d for d, sol in raw.items() if sol.checkpoint is not None]
     if stopped or pending:  # Ctrl-C: `dlnode.resume(ds)` runs the rest
@@ -270,6 +272,43 @@ def _warn_stops(ds: Any, problem: Problem, until_converged: bool = True) -> None
         shown = "; ".join(parts) + (f"; and {count - len(parts)} more" if count > len(parts) else "")
         what = "did not converge" if until_converged else f"stopped before t1 = {float(ds.attrs['t1']):.6g}"
         warn(f"dlnode: {count} of {status.size} runs {what}: {shown}")
+
+
+def _warn_past_edge(ds: Any, plan: Plan, raw: dict[float, Solution]) -> None:
+    """One warning line for the modified-flow runs that end where GD at the call's lr cannot stay: the modified flow
+    is GD's to O(lr²) only while lr·S < 2, and a minimum with S > 2/lr is unstable under GD (it oscillates away or
+    diverges) though the flow settles there. S at each run's end is bounded below by power iteration
+    (`flows.flow.sharpness_floors`: a Rayleigh quotient, so the warning is never a false alarm); where S was saved
+    (`sharpness=k`), the first save with S ≥ 2/lr is named."""
+    lr = float(plan.controls.lr)
+    edge = 2.0 / lr
+    cells = len(plan.scales) * len(plan.seeds)
+    past = []
+    for depth, sol in raw.items():
+        if sol.checkpoint is not None or not len(sol.final):
+            continue
+        floors = sharpness_floors(type(plan.problem), sol.final, plan.problem.arrays())
+        for b in np.flatnonzero(floors >= edge):
+            past.append((depth, plan.scales[b // len(plan.seeds)], plan.seeds[b % len(plan.seeds)], floors[b]))
+    if not past:
+        return
+    parts = []
+    for depth, scale, seed, bound in past[:SHOWN]:
+        where = {"depth": depth, "scale": scale, "seed": seed}
+        first = ""
+        if "sharpness" in ds:
+            s = ds["sharpness"].sel(where).isel(eig=0)
+            reached = s.where(s >= edge, drop=True)
+            if reached.sizes["time"]:
+                first = f", past 2/lr from t = {float(reached['time'][0]):.4g}"
+        digits = 10.0 ** (math.floor(math.log10(bound)) - 3)  # 4 digits, rounded down: "S ≥" stays true
+        parts.append(f"depth {depth:g}, scale {scale:g}, seed {seed}: S ≥ {math.floor(bound / digits) * digits:.4g}"
+                     f"{first}")  # fmt: skip
+    more = f"; and {len(past) - SHOWN} more" if len(past) > SHOWN else ""
+    warn(f"dlnode: {len(past)} of {len(raw) * cells} modified-flow runs end where the sharpness S is above 2/lr = "
+         f"{edge:.6g} ({'; '.join(parts)}{more}): the modified flow follows GD at lr = {lr:g} only while lr·S < 2, "
+         "and GD cannot settle at such a minimum (it oscillates away or diverges); flow='central' follows GD on the "
+         f"edge{'' if 'sharpness' in ds else ', sharpness=1 saves S along the run'}")  # fmt: skip
 
 
 def _oscillates(ds: Any, where: dict) -> bool:
