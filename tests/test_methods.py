@@ -93,6 +93,45 @@ def test_auto_takes_the_stiff_path_for_small_init_deep_flows():
     assert "predicted plateau stiffness" in ds.attrs["method_reason"]
 
 
+SENSING = dln.MatrixSensing.random(shape=(6, 6), rank=2, measurements=40, seed=0)  # n > d²: one minimiser, rank 2
+
+
+def test_auto_sees_the_stiff_tail_of_a_large_init_until_converged():
+    # W(0)'s part outside W*'s singular spaces must be shed at an algebraic rate; measured by the steps of both
+    # methods from the same call (the reference: rosenbrock converges in ~600 steps, tsit5 needs ~19,000 here)
+    prob = SENSING
+    assert prob.unique_minimiser and dln.Factorization(np.eye(3)).unique_minimiser
+    assert dln.Regression.whitened([2.0, 1.0], 3, 3).unique_minimiser
+    # where W* is not the only minimiser a run fits another one instead of shedding W(0)'s part: no tail rule
+    assert not dln.MatrixSensing.random(shape=(6, 6), rank=2, measurements=30, seed=0).unique_minimiser
+    assert not dln.MatrixCompletion.random((6, 5), 2, 0.8, seed=0).unique_minimiser
+    assert auto.tail_ratio(prob, 2, 0.1, "gaussian", None, 1e-8) == pytest.approx(235, rel=0.01)
+    ds = dln.integrate(prob, depth=2, scale=0.1, progress=False)
+    assert ds.attrs["method"] == "rosenbrock" and "stiff tail" in ds.attrs["method_reason"]
+    assert ds.status.item() == int(dln.Status.CONVERGED) and ds.num_steps.item() < 1000
+    explicit = dln.integrate(prob, depth=2, scale=0.1, method="tsit5", max_steps=5000, progress=False)
+    assert explicit.status.item() == int(dln.Status.MAX_STEPS)  # what auto chose before
+    # controls: a small init leaves no tail (the explicit path, as before); a horizon of its own has no stop rule
+    assert auto.tail_ratio(prob, 2, 0.01, "gaussian", None, 1e-8) == pytest.approx(0.0235, rel=0.01)  # ∝ scale^(2N)
+    small = dln.integrate(prob, depth=2, scale=0.01, progress=False)
+    assert small.attrs["method"] == "tsit5" and small.status.item() == int(dln.Status.CONVERGED)
+    assert "stiff tail" not in dln.integrate(prob, depth=2, scale=0.1, t1=1.0, progress=False).attrs["method_reason"]
+
+
+def test_auto_counts_the_modified_flow_s_extra_stiffness():
+    # the modified flow's Jacobian at a minimum is -(H + (lr/2) H²): its learned modes are 1 + lr·S/2 stiffer
+    prob = dln.Regression.whitened([4.0, 2.0, 1.0], 3, 3, seed=0)
+    plain = scales.predicted_stiffness(prob, 3, 0.3)
+    learned = 3 * 4.0 ** (4 / 3)  # N s*^(2 - 2/N) h, h = 1
+    assert scales.predicted_stiffness(prob, 3, 0.3, "modified", lr=0.1) == pytest.approx(
+        plain * (1 + 0.05 * learned), rel=1e-12
+    )
+    assert scales.predicted_stiffness(prob, 3, 0.3, "modified") == pytest.approx(plain, rel=1e-12)  # no lr: as before
+    # on SENSING at depth 3 from 0.1, lr = 0.3 (S ≈ 40 at the end): tsit5 ran out of its 200,000 steps, seed 1
+    ds = dln.integrate(SENSING, depth=3, scale=0.1, seed=1, flow="modified", lr=0.3, progress=False)
+    assert ds.attrs["method"] == "rosenbrock" and ds.status.item() == int(dln.Status.CONVERGED)
+
+
 def test_equal_flows_are_one_flow_and_share_compiled_solvers():
     """get_flow is cached on what defines the flow: depth 2 and 2.0 are one end-to-end flow, and the layer flow is
     one for every depth (an extra Flow object would compile every solver again)."""

@@ -89,22 +89,26 @@ def hessian_scale(problem: Problem, iterations: int = 50) -> float:
 
 
 def predicted_stiffness(problem: Problem, depth: float, scale: float, flow: str = "layers",
-                        scale_of: str = "layer") -> float:  # fmt: skip
+                        scale_of: str = "layer", lr: float = math.nan) -> float:  # fmt: skip
     """The sharpness once the top mode is learned over the growth rate of a mode still at u₀, in logarithms.
 
     Learned: curvature N s*^{2−2/N}·h (s* = ‖W*‖₂, h = λ_max of the loss Hessian); unlearned: growth rate
     N u₀^{1−2/N}·g (g = ‖∇ℓ(0)‖₂); u₀ = scale^N (per-layer scale) or scale (``scale_of="product"``, depth ∞).
-    For whitened regression (s* = g, h = 1) this is (s/u₀)^{1−2/N}; at depth ∞ s*²h/(u₀ g).
+    For whitened regression (s* = g, h = 1) this is (s/u₀)^{1−2/N}; at depth ∞ s*²h/(u₀ g). The modified flow
+    (``lr``) stiffens the learned modes by 1 + lr·S/2, its Jacobian at a minimum being −(∇²L + (lr/2)(∇²L)²).
     """
     known = problem_scales(problem)
     g, s_star, h = (max(x, 1e-300) for x in (known.gradient, known.target, known.curvature))
     log_u0 = math.log(scale) * (1.0 if scale_of == "product" or math.isinf(depth) else depth)
     if math.isinf(depth):
         return math.exp(min(2 * math.log(s_star) + math.log(h) - log_u0 - math.log(g), 700.0))
-    if depth <= 2:
-        return 1.0 if depth == 2 else scale / g
     c = 1.0 - 2.0 / depth
-    return math.exp(min((1 + c) * math.log(s_star) + math.log(h) - c * log_u0 - math.log(g), 700.0))
+    modified = 1.0
+    if flow == "modified" and math.isfinite(lr):
+        modified += 0.5 * lr * math.exp(min(math.log(depth) + (1 + c) * math.log(s_star) + math.log(h), 700.0))
+    if depth <= 2:
+        return modified * (1.0 if depth == 2 else scale / g)
+    return modified * math.exp(min((1 + c) * math.log(s_star) + math.log(h) - c * log_u0 - math.log(g), 700.0))
 
 
 ZERO_GRADIENT = 1e-12  # ‖∇ℓ(0)‖ below this fraction of the curvature λ_max(H): the target is zero at working precision

@@ -92,6 +92,11 @@ class Problem:
         """ℓ* = min ℓ over all matrices W (depth 1); deeper nets reach it when the width allows."""
         return 0.0
 
+    @property
+    def unique_minimiser(self) -> bool:
+        """Whether W* is ℓ's only minimiser (its Hessian positive definite): every run that converges ends at W*."""
+        return False
+
     def loss_min_in_span(self, w0: Any) -> float:
         """ℓ*_S = min ℓ over the matrices whose column space lies in W₀'s (d_out > d_in), or whose row space lies
         in W₀'s (d_out < d_in): the lowest loss a flow that keeps that space can reach (depth ∞, docs/math.md §5);
@@ -334,6 +339,11 @@ class Regression(Problem):
         return self.minimiser
 
     @property
+    def unique_minimiser(self) -> bool:
+        values = np.linalg.eigvalsh(self.sigma_xx)
+        return bool(values[0] > 1e-12 * max(values[-1], 1e-300))
+
+    @property
     def loss_min(self) -> float:
         return float(self.minimum)
 
@@ -441,6 +451,10 @@ class MatrixCompletion(Problem):
     def w_star(self) -> np.ndarray:
         return self.target_matrix
 
+    @property
+    def unique_minimiser(self) -> bool:
+        return bool(self.mask.all())
+
     def _operator(self) -> dict[str, np.ndarray]:
         weight = 1.0 / self.mask.sum() if self.normalize else 1.0
         return {"weight": self.mask * weight}
@@ -505,6 +519,11 @@ class MatrixSensing(Problem):
     def w_star(self) -> np.ndarray:
         return self.target_matrix
 
+    @property
+    def unique_minimiser(self) -> bool:
+        flat = self.sensing.reshape(self.sensing.shape[0], -1)
+        return flat.shape[0] >= flat.shape[1] and int(np.linalg.matrix_rank(flat)) == flat.shape[1]
+
     def _operator(self) -> dict[str, np.ndarray]:
         return {"sensing": self.sensing}
 
@@ -540,6 +559,10 @@ class Factorization(Problem):
     @property
     def w_star(self) -> np.ndarray:
         return self.target_matrix
+
+    @property
+    def unique_minimiser(self) -> bool:
+        return True
 
     def _operator(self) -> dict[str, np.ndarray]:
         return {}

@@ -262,8 +262,9 @@ class Plan:
             methods, chosen = dict.fromkeys(depths, "tsit5"), "tsit5"
             reason = "auto: the central flow needs an explicit method -> tsit5"
         elif method == "auto":
+            tol = (loss_tol or DEFAULT_LOSS_TOL) if requested_t1 is None else math.nan  # the tail rule: until converged
             methods, chosen, reason = choose_methods(problem, depths, scales, init, width, flow,
-                                                     float(lr or math.nan), scale_of)  # fmt: skip
+                                                     float(lr or math.nan), scale_of, tol)  # fmt: skip
         else:
             methods, chosen, reason = dict.fromkeys(depths, method), method, "given"
         if flow == "end_to_end" and any(math.isinf(d) for d in depths):
