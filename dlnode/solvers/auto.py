@@ -27,7 +27,15 @@ from dlnode.problems.network import init_layers, layer_shapes, product
 from dlnode.solvers import rosenbrock as stiff
 from dlnode.solvers import singular
 
-__all__ = ["STIFF_RATIO", "TAIL_RATIO", "choose_diagonal", "choose_method", "predicted_stiffness", "tail_ratio"]
+__all__ = [
+    "STIFF_RATIO",
+    "TAIL_RATIO",
+    "choose_diagonal",
+    "choose_method",
+    "predicted_stiffness",
+    "slow_fraction",
+    "tail_ratio",
+]
 
 STIFF_RATIO = stiff.STIFF_RATIO
 EXPLICIT, STIFF = "tsit5", "rosenbrock"
@@ -82,6 +90,16 @@ def choose_method(
     if worst > STIFF_RATIO:
         return STIFF, f"{stiff_reason} -> {STIFF}"
     deep = [d for d in depths if d >= 2]
+    if flow in ("layers", "modified") and math.isfinite(loss_tol) and problem.unique_minimiser:
+        top = max(scales)
+        for depth in depths:
+            first = top ** (1.0 / depth) if scale_of == "product" else top
+            w0 = np.asarray(product(init_layers(problem, int(depth), init, first, 0, width)), dtype=np.float64)
+            slow, kappa = slow_fraction(problem, w0, 1.0 / STIFF_RATIO)
+            if slow > loss_tol:
+                return STIFF, (f"auto: the loss's curvature spans {kappa:.3g}x, and at depth {depth:g}, scale {top:g} "
+                               f"{slow:.3g} of the loss gap lies where it is below 1/{STIFF_RATIO:g} of its top, "
+                               f"more than the stop rule leaves ({loss_tol:g}) -> {STIFF}")  # fmt: skip
     if flow in ("layers", "modified") and deep and math.isfinite(loss_tol) and problem.unique_minimiser:
         top = max(scales)
         for depth in deep:
@@ -165,6 +183,30 @@ def tail_ratio(problem: Problem, depth: int, scale: float, init: Any, width: int
     gap = float(problem.loss(w0)) - problem.loss_min
     added = float(problem.loss(w_star + outside)) - problem.loss_min
     return added / (loss_tol * gap) if gap > 0 else 0.0
+
+
+def slow_fraction(problem: Problem, w0: np.ndarray, below: float) -> tuple[float, float]:
+    """(the fraction of ℓ(W(0)) − ℓ* in the loss Hessian's eigendirections of curvature below `below`·λ_max, the
+    Hessian's condition number) for a regression (H: Δ ↦ ΔΣ_xx) or a matrix sensing problem (H = AᵀA/m on vec W);
+    (0, 1) for the others, whose Hessian is a multiple of the identity where it is not zero. A run until converged
+    must resolve that part at its slow rates while the top curvature bounds an explicit step: a stiff run when the
+    fraction is above the stop rule's loss_tol (depth 1 is the linear flow W' = −H(W − W*), whose stiffness this is)."""
+    error = w0 - np.asarray(problem.w_star, dtype=np.float64)
+    if problem.kind == "regression":
+        lam, vectors = np.linalg.eigh(np.asarray(problem.sigma_xx, dtype=np.float64))
+        coords = np.sum((error @ vectors) ** 2, axis=0)
+    elif problem.kind == "matrix_sensing":
+        flat = np.asarray(problem.sensing, dtype=np.float64).reshape(problem.sensing.shape[0], -1)
+        lam, vectors = np.linalg.eigh(flat.T @ flat / flat.shape[0])
+        coords = (vectors.T @ error.ravel()) ** 2
+    else:
+        return 0.0, 1.0
+    parts = 0.5 * np.maximum(lam, 0.0) * coords
+    gap, top = float(parts.sum()), float(lam[-1])
+    if not gap > 0 or not top > 0:
+        return 0.0, 1.0
+    low = float(np.min(lam[lam > 0])) if np.any(lam > 0) else top
+    return float(parts[lam < below * top].sum()) / gap, top / low
 
 
 def _probe_initial(problem: Problem, depth: int, scale: float, init: Any, width: int | None, flow: str, lr: float):  # noqa: ANN202
