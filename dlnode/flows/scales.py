@@ -21,6 +21,7 @@ from dlnode.problems.kinds import Problem
 
 __all__ = [
     "ProblemScales",
+    "derived",
     "escape_estimate",
     "gradient_scale",
     "hessian_scale",
@@ -65,6 +66,22 @@ def problem_scales(problem: Problem) -> ProblemScales:
     )
     _KNOWN[key] = (weakref.ref(problem, lambda _, key=key: _KNOWN.pop(key, None)), fingerprint, scales)
     return scales
+
+
+_DERIVED: dict[int, tuple[weakref.ref, bytes, dict[str, Any]]] = {}
+
+
+def derived(problem: Problem, name: str, compute: Any) -> Any:
+    """`compute()` once per problem and `name` (kept as `problem_scales` keeps its scales: by the problem object
+    and a fingerprint of its arrays), for what planning reads at every call and costs a factorisation."""
+    key, fingerprint = id(problem), _fingerprint(problem)
+    entry = _DERIVED.get(key)
+    if entry is None or entry[0]() is not problem or entry[1] != fingerprint:
+        entry = (weakref.ref(problem, lambda _, key=key: _DERIVED.pop(key, None)), fingerprint, {})
+        _DERIVED[key] = entry
+    if name not in entry[2]:
+        entry[2][name] = compute()
+    return entry[2][name]
 
 
 def gradient_scale(problem: Problem) -> float:

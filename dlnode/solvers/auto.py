@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from dlnode.flows.flow import get_flow
-from dlnode.flows.scales import plateau_scales, predicted_stiffness
+from dlnode.flows.scales import derived, plateau_scales, predicted_stiffness
 from dlnode.problems.kinds import Problem
 from dlnode.problems.network import init_layers, layer_shapes, product
 from dlnode.solvers import rosenbrock as stiff
@@ -90,7 +90,8 @@ def choose_method(
     if worst > STIFF_RATIO:
         return STIFF, f"{stiff_reason} -> {STIFF}"
     deep = [d for d in depths if d >= 2]
-    if flow in ("layers", "modified") and math.isfinite(loss_tol) and problem.unique_minimiser:
+    unique = math.isfinite(loss_tol) and derived(problem, "unique_minimiser", lambda: problem.unique_minimiser)
+    if flow in ("layers", "modified") and unique:
         top = max(scales)
         for depth in depths:
             first = top ** (1.0 / depth) if scale_of == "product" else top
@@ -100,7 +101,7 @@ def choose_method(
                 return STIFF, (f"auto: the loss's curvature spans {kappa:.3g}x, and at depth {depth:g}, scale {top:g} "
                                f"{slow:.3g} of the loss gap lies where it is below 1/{STIFF_RATIO:g} of its top, "
                                f"more than the stop rule leaves ({loss_tol:g}) -> {STIFF}")  # fmt: skip
-    if flow in ("layers", "modified") and deep and math.isfinite(loss_tol) and problem.unique_minimiser:
+    if flow in ("layers", "modified") and deep and unique:
         top = max(scales)
         for depth in deep:
             first = top ** (1.0 / depth) if scale_of == "product" else top
@@ -191,22 +192,32 @@ def slow_fraction(problem: Problem, w0: np.ndarray, below: float) -> tuple[float
     (0, 1) for the others, whose Hessian is a multiple of the identity where it is not zero. A run until converged
     must resolve that part at its slow rates while the top curvature bounds an explicit step: a stiff run when the
     fraction is above the stop rule's loss_tol (depth 1 is the linear flow W' = −H(W − W*), whose stiffness this is)."""
-    error = w0 - np.asarray(problem.w_star, dtype=np.float64)
-    if problem.kind == "regression":
-        lam, vectors = np.linalg.eigh(np.asarray(problem.sigma_xx, dtype=np.float64))
-        coords = np.sum((error @ vectors) ** 2, axis=0)
-    elif problem.kind == "matrix_sensing":
-        flat = np.asarray(problem.sensing, dtype=np.float64).reshape(problem.sensing.shape[0], -1)
-        lam, vectors = np.linalg.eigh(flat.T @ flat / flat.shape[0])
-        coords = (vectors.T @ error.ravel()) ** 2
-    else:
+    spectrum = derived(problem, "hessian_spectrum", lambda: _hessian_spectrum(problem))
+    if spectrum is None:
         return 0.0, 1.0
+    lam, vectors = spectrum
+    error = w0 - np.asarray(problem.w_star, dtype=np.float64)
+    if problem.kind == "regression":  # H acts on the rows of W: its eigenvalue λ_i on every row's i-th coordinate
+        coords = np.sum((error @ vectors) ** 2, axis=0)
+    else:
+        coords = (vectors.T @ error.ravel()) ** 2
     parts = 0.5 * np.maximum(lam, 0.0) * coords
     gap, top = float(parts.sum()), float(lam[-1])
     if not gap > 0 or not top > 0:
         return 0.0, 1.0
     low = float(np.min(lam[lam > 0])) if np.any(lam > 0) else top
     return float(parts[lam < below * top].sum()) / gap, top / low
+
+
+def _hessian_spectrum(problem: Problem) -> tuple[np.ndarray, np.ndarray] | None:
+    """The loss Hessian's eigenpairs: of Σ_xx for a regression (H: Δ ↦ ΔΣ_xx), of AᵀA/m on vec W for sensing;
+    None for the other kinds."""
+    if problem.kind == "regression":
+        return np.linalg.eigh(np.asarray(problem.sigma_xx, dtype=np.float64))
+    if problem.kind == "matrix_sensing":
+        flat = np.asarray(problem.sensing, dtype=np.float64).reshape(problem.sensing.shape[0], -1)
+        return np.linalg.eigh(flat.T @ flat / flat.shape[0])
+    return None
 
 
 def _probe_initial(problem: Problem, depth: int, scale: float, init: Any, width: int | None, flow: str, lr: float):  # noqa: ANN202
