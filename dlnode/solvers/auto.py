@@ -61,7 +61,8 @@ def choose_method(
     loss_tol: float = math.nan,
 ) -> tuple[str, str]:
     """(method, reason) for one `integrate` call: the stiff path if any (depth, scale) cell needs it. `loss_tol`
-    (a run until converged: the stop rule's fraction of ℓ₀ − ℓ*) turns on the tail rule (`tail_ratio`)."""
+    (a run until converged: the stop rule's fraction of ℓ₀ − ℓ*) turns on the rules for the end of such a run, on a
+    problem with one minimiser: an ill-conditioned loss (`slow_fraction`) and a stiff tail (`tail_ratio`)."""
     worst, where = 0.0, ""
     plateau, plateau_of = plateau_scales(init, scales, scale_of)  # the product's starting size
     for depth in depths:
@@ -98,9 +99,9 @@ def choose_method(
             w0 = np.asarray(product(init_layers(problem, int(depth), init, first, 0, width)), dtype=np.float64)
             slow, kappa = slow_fraction(problem, w0, 1.0 / STIFF_RATIO)
             if slow > loss_tol:
-                return STIFF, (f"auto: the loss's curvature spans {kappa:.3g}x, and at depth {depth:g}, scale {top:g} "
-                               f"{slow:.3g} of the loss gap lies where it is below 1/{STIFF_RATIO:g} of its top, "
-                               f"more than the stop rule leaves ({loss_tol:g}) -> {STIFF}")  # fmt: skip
+                return STIFF, (f"auto: the loss's curvature spans {kappa:.3g}x, and at depth {depth:g}, scale {top:g}, "
+                               f"{slow:.3g} of the loss gap lies where the curvature is below 1/{STIFF_RATIO:g} of "
+                               f"its top, more than the stop rule leaves ({loss_tol:g}) -> {STIFF}")  # fmt: skip
     if flow in ("layers", "modified") and deep and unique:
         top = max(scales)
         for depth in deep:
@@ -164,11 +165,10 @@ def choose_methods(problem: Problem, depths: Sequence[float], *rest: Any) -> tup
 # A run until converged on a problem whose only minimiser is W* (`Problem.unique_minimiser`: where there are others,
 # a run fits them instead: a residual init on a 6 × 5 completion, 80 % observed, converges in a few tsit5 steps)
 # whose W(0) puts more than this multiple of the loss its stop rule leaves (loss_tol·(ℓ₀ − ℓ*)) outside W*'s singular
-# spaces must shed it: at depth N ≥ 2 such a part σ decays as σ' ∝ −σ^{3−2/N}, algebraically,
-# along the loss's weakest directions, while the learned modes keep the sharpness up, so the tail is stiff. On a 6 × 6
-# rank-2 sensing problem with 40 measurements (seeds 0, 1; warm; tsit5 against rosenbrock): depth 2 from 0.3
-# 10,685 against 598 steps, from 0.1 18,713 against 561; depth 3 from 0.3 18,614 against 572 steps, 24.9 s against
-# 0.45 s; depth 4 from 0.3 123,591 against 611, 37 s against 0.6 s (ratios 1.9e4, 235, 2350, 213).
+# spaces must shed it: at depth N ≥ 2 such a part σ decays as σ' ∝ −σ^{3−2/N}, algebraically, while the learned
+# modes keep the sharpness up, so the tail is stiff. On a 6 × 6 rank-2 factorisation (Hessian I: the tail alone),
+# tsit5 against rosenbrock: depth 2 from 0.1 1,013 against 466 steps (tail ratio 227), from 0.3 1,855 against 493
+# (1.8e4); depth 3 from 0.3 9,177 against 526 (1.8e3); from 0.01 at depth 2 (0.023) tsit5 87 against 220.
 TAIL_RATIO = 1.0
 
 
