@@ -91,7 +91,8 @@ def choose_method(
     if worst > STIFF_RATIO:
         return STIFF, f"{stiff_reason} -> {STIFF}"
     deep = [d for d in depths if d >= 2]
-    unique = math.isfinite(loss_tol) and derived(problem, "unique_minimiser", lambda: problem.unique_minimiser)
+    unique = (math.isfinite(loss_tol) and _spectrum_affordable(problem)
+              and derived(problem, "unique_minimiser", lambda: problem.unique_minimiser))  # fmt: skip
     if flow in ("layers", "modified") and unique:
         top = max(scales)
         for depth in depths:
@@ -207,6 +208,16 @@ def slow_fraction(problem: Problem, w0: np.ndarray, below: float) -> tuple[float
         return 0.0, 1.0
     low = float(np.min(lam[lam > 0])) if np.any(lam > 0) else top
     return float(parts[lam < below * top].sum()) / gap, top / low
+
+
+# The end-of-run rules factorise the loss Hessian once per problem: Σ_xx (d_in × d_in) for a regression, AᵀA/m
+# (d_out·d_in square) for sensing, an eigh of O(size³); above this size (about 0.3 s on one core) they are skipped
+SPECTRUM_MAX = 1000
+
+
+def _spectrum_affordable(problem: Problem) -> bool:
+    size = {"regression": problem.d_in, "matrix_sensing": problem.d_in * problem.d_out}.get(problem.kind, 0)
+    return size <= SPECTRUM_MAX
 
 
 def _hessian_spectrum(problem: Problem) -> tuple[np.ndarray, np.ndarray] | None:
