@@ -1,13 +1,14 @@
-"""Matrix-free linear algebra on flat float64 vectors for the stiff solver: conjugate gradients and power iteration.
+"""Matrix-free linear algebra on flat float64 vectors for the stiff solver: conjugate gradients (power iteration
+is `dlnode.flows.hessian.power_iteration`, shared with the sharpness bounds).
 
-Both act through a matrix-vector product only, so the Hessian −J = ∇²L of a gradient flow enters as a
+It acts through a matrix-vector product only, so the Hessian −J = ∇²L of a gradient flow enters as a
 Hessian-vector product (one ``jax.linearize`` tangent of the field, about the cost of one gradient) and nothing
 of size n² is ever formed.
 
 References
 ----------
 Hestenes, Stiefel (1952), "Methods of conjugate gradients for solving linear systems", J. Res. NBS 49(6).
-Saad (2003), *Iterative Methods for Sparse Linear Systems*, 2nd ed., SIAM, §6.7 (CG), §4.1 (power iteration).
+Saad (2003), *Iterative Methods for Sparse Linear Systems*, 2nd ed., SIAM, §6.7 (CG).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["cg", "power_iteration"]
+__all__ = ["cg"]
 
 
 def cg(
@@ -66,21 +67,3 @@ def cg(
     state = (x0, r0, r0, jnp.vdot(r0, r0), jnp.zeros((), jnp.int32), jnp.ones((), bool))
     x, r, _, _, k, ok = jax.lax.while_loop(cond, body, state)
     return x, r, k, ok & small(r)
-
-
-def power_iteration(matvec: Callable[[Any], Any], v: Any, iterations: int) -> tuple[Any, Any]:
-    """`iterations` steps of v ← Av/‖Av‖; returns (|Rayleigh quotient| of the last iterate, the iterate).
-
-    For a symmetric A the Rayleigh quotient vᵀAv is a lower bound on the spectral radius that converges to it
-    (linearly, at the ratio of the two largest |eigenvalues|).
-    """
-
-    def body(_, carry):
-        v, _ = carry
-        w = matvec(v)
-        rq = jnp.vdot(v, w)
-        return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(w.dtype).tiny), jnp.abs(rq)
-
-    v = v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(v.dtype).tiny)
-    v, lam = jax.lax.fori_loop(0, iterations, body, (v, jnp.zeros((), v.dtype)))
-    return lam, v

@@ -55,8 +55,9 @@ from jax.flatten_util import ravel_pytree
 
 from dlnode.errors import refused
 from dlnode.flows.flow import Flow, pack_layers
+from dlnode.flows.hessian import power_iteration
 from dlnode.solvers.core import RUNNING, Status, stop_flags
-from dlnode.solvers.krylov import cg, power_iteration
+from dlnode.solvers.krylov import cg
 from dlnode.solvers.resolution import roundoff_scale, unresolved
 from dlnode.solvers.stepping import BATCH_AXIS, SteppingMethod, compiled, lanczos_start, warm_observed
 from dlnode.solvers.tableaus import DOPRI5, RODAS4, SHAMPINE, ExplicitTableau, Tableau
@@ -291,6 +292,7 @@ def _initial_state(field: Callable, x0: Any, c: dict, start: Any) -> _State:
     h0 = jnp.where((d0 > 1e-5) & (d1 > 1e-5), 0.01 * d0 / jnp.maximum(d1, 1e-300), 1e-6)
     v0 = jax.random.normal(jax.random.PRNGKey(0), x0.shape, x0.dtype)
     lam, v = power_iteration(lambda p: -jvp(p), v0, POWER_START)
+    lam = jnp.abs(lam)  # the spectral radius of −J = ∇²L
     h0 = jnp.minimum(jnp.minimum(h0, c["t1"]), STIFF_CEILING / (TABLEAU.gamma * jnp.maximum(lam, 1e-300)))
     zero, izero = jnp.zeros((), x0.dtype), jnp.zeros((), jnp.int64)
     basis = (jnp.zeros((len(TABLEAU.m), *x0.shape), x0.dtype),) * 2 + (h0,)
@@ -399,6 +401,7 @@ def _probe_numbers(flow: Flow) -> Callable:
         f0, jvp = jax.linearize(lambda x: ravel_pytree(flow.field(0.0, unravel(x), args))[0], x0)
         v0 = jax.random.normal(jax.random.PRNGKey(0), x0.shape, x0.dtype)
         lam, _ = power_iteration(lambda p: -jvp(p), v0, PROBE_ITERATIONS)
+        lam = jnp.abs(lam)
         return lam, jnp.linalg.norm(f0) / jnp.maximum(jnp.linalg.norm(x0), 1e-300)
 
     return jax.jit(numbers)
