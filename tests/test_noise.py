@@ -209,8 +209,10 @@ def test_brownian_increments_are_one_path_at_every_dyadic_step():
     lr, size = 0.1, 3
     key = jax.random.PRNGKey(7)
 
+    increments = jax.jit(jax.vmap(brownian_increment, in_axes=(None, 0, None, None, None)), static_argnums=4)
+
     def steps(level, count):
-        return np.stack([np.asarray(brownian_increment(key, n, level, lr, size)) for n in range(count)])
+        return np.asarray(increments(key, np.arange(count), level, lr, size))
 
     fine = steps(-3, 32)  # dt = lr/8: four cells
     for level in (-2, -1, 0, 1, 2):
@@ -220,7 +222,9 @@ def test_brownian_increments_are_one_path_at_every_dyadic_step():
     keys = jax.random.split(jax.random.PRNGKey(1), 20000)
     for level in (-2, 0, 1):
         dt = lr * 2.0**level
-        draw = jax.vmap(lambda k, m=level: jax.vmap(lambda n: brownian_increment(k, n, m, lr, size))(np.arange(3)))
+        draw = jax.jit(
+            jax.vmap(lambda k, m=level: jax.vmap(lambda n: brownian_increment(k, n, m, lr, size))(np.arange(3)))
+        )
         inc = np.asarray(draw(keys))
         se = dt * np.sqrt(2.0 / len(keys))  # standard error of a sample variance
         assert np.all(np.abs(inc.mean(axis=0)) < Z_MAX * np.sqrt(dt / len(keys)))
@@ -310,8 +314,9 @@ def test_heun_correction_closed_form_is_the_column_sum(batch, sampling, label, d
     def closed(y):
         return spread(y, arrays, 0.05, 0.7)
 
+    closed, column_sum = jax.jit(closed), jax.jit(column_sum)  # compiled once, not traced op by op
     np.testing.assert_allclose(float(closed(state)), float(column_sum(state)), rtol=1e-13)
-    for got, want in zip(jax.grad(closed)(state), jax.grad(column_sum)(state), strict=True):
+    for got, want in zip(jax.jit(jax.grad(closed))(state), jax.jit(jax.grad(column_sum))(state), strict=True):
         np.testing.assert_allclose(
             np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-14 * float(np.abs(want).max())
         )
