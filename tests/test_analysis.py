@@ -218,7 +218,7 @@ def test_sharpness_of_the_aligned_minimiser_and_the_loss_convention(depth):
         w = dln.product([p.reshape(layer.shape) for p, layer in zip(parts, layers, strict=True)])
         return jnp.mean((y - w @ x) ** 2)
 
-    paper = np.linalg.eigvalsh(np.asarray(jax.hessian(paper_loss)(flat)))[-1]
+    paper = np.linalg.eigvalsh(np.asarray(jax.jit(jax.hessian(paper_loss))(flat)))[-1]
     paper_bounds = sharpness_bounds(prob, depth, convention="marion_chizat").sel(depth=depth)
     assert paper == pytest.approx(paper_bounds["aligned"].item(), rel=EXACT_RTOL)
     assert paper == pytest.approx(2 * sharpness(prob, layers, exact=True), rel=EXACT_RTOL)
