@@ -106,14 +106,15 @@ def test_auto_sees_the_stiff_tail_of_a_large_init_until_converged():
     # where W* is not the only minimiser a run fits another one instead of shedding W(0)'s part: no tail rule
     assert not dln.MatrixSensing.random(shape=(6, 6), rank=2, measurements=30, seed=0).unique_minimiser
     assert not dln.MatrixCompletion.random((6, 5), 2, 0.8, seed=0).unique_minimiser
-    assert auto.tail_ratio(prob, 3, 0.3, "gaussian", None, 1e-8) == pytest.approx(1830, rel=0.01)
+    w0 = {n: dln.product(dln.init_layers(prob, n, "gaussian", scale, 0)) for n, scale in ((3, 0.3), (2, 0.01))}
+    assert auto.tail_ratio(prob, w0[3], 1e-8) == pytest.approx(1830, rel=0.01)
     ds = dln.integrate(prob, depth=3, scale=0.3, progress=False)
     assert ds.attrs["method"] == "rosenbrock" and "stiff tail" in ds.attrs["method_reason"]
     assert ds.status.item() == int(dln.Status.CONVERGED) and ds.num_steps.item() < 1000  # 526
     explicit = dln.integrate(prob, depth=3, scale=0.3, method="tsit5", max_steps=3000, progress=False)
     assert explicit.status.item() == int(dln.Status.MAX_STEPS)  # what auto chose before (9177 steps to converge)
     # controls: a small init leaves no tail (the explicit path, as before); a horizon of its own has no stop rule
-    assert auto.tail_ratio(prob, 2, 0.01, "gaussian", None, 1e-8) == pytest.approx(0.0227, rel=0.01)  # ∝ scale^(2N)
+    assert auto.tail_ratio(prob, w0[2], 1e-8) == pytest.approx(0.0227, rel=0.01)  # ∝ scale^(2N)
     small = dln.integrate(prob, depth=2, scale=0.01, progress=False)
     assert small.attrs["method"] == "tsit5" and small.status.item() == int(dln.Status.CONVERGED)
     assert "stiff tail" not in dln.integrate(prob, depth=3, scale=0.3, t1=1.0, progress=False).attrs["method_reason"]

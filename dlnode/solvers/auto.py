@@ -93,21 +93,19 @@ def choose_method(
     deep = [d for d in depths if d >= 2]
     unique = (math.isfinite(loss_tol) and _spectrum_affordable(problem)
               and derived(problem, "unique_minimiser", lambda: problem.unique_minimiser))  # fmt: skip
-    if flow in ("layers", "modified") and unique:
+    if flow in ("layers", "modified") and unique:  # W(0) of seed 0 at the largest scale, once per depth
         top = max(scales)
+        firsts = {d: top ** (1.0 / d) if scale_of == "product" else top for d in depths}
+        w0 = {d: np.asarray(product(init_layers(problem, int(d), init, firsts[d], 0, width)), dtype=np.float64)
+              for d in depths}  # fmt: skip
         for depth in depths:
-            first = top ** (1.0 / depth) if scale_of == "product" else top
-            w0 = np.asarray(product(init_layers(problem, int(depth), init, first, 0, width)), dtype=np.float64)
-            slow, kappa = slow_fraction(problem, w0, 1.0 / STIFF_RATIO)
+            slow, kappa = slow_fraction(problem, w0[depth], 1.0 / STIFF_RATIO)
             if slow > loss_tol:
                 return STIFF, (f"auto: the loss's curvature spans {kappa:.3g}x, and at depth {depth:g}, scale {top:g}, "
                                f"{slow:.3g} of the loss gap lies where the curvature is below 1/{STIFF_RATIO:g} of "
                                f"its top, more than the stop rule leaves ({loss_tol:g}) -> {STIFF}")  # fmt: skip
-    if flow in ("layers", "modified") and deep and unique:
-        top = max(scales)
         for depth in deep:
-            first = top ** (1.0 / depth) if scale_of == "product" else top
-            tail = tail_ratio(problem, int(depth), first, init, width, loss_tol)
+            tail = tail_ratio(problem, w0[depth], loss_tol)
             if tail > TAIL_RATIO:
                 return STIFF, (f"auto: at depth {depth:g}, scale {top:g}, W(0)'s part outside W*'s singular spaces "
                                f"holds {tail:.3g}x the loss the stop rule leaves, which a deep net sheds at an "
@@ -173,13 +171,13 @@ def choose_methods(problem: Problem, depths: Sequence[float], *rest: Any) -> tup
 TAIL_RATIO = 1.0
 
 
-def tail_ratio(problem: Problem, depth: int, scale: float, init: Any, width: int | None, loss_tol: float) -> float:
+def tail_ratio(problem: Problem, w0: np.ndarray, loss_tol: float) -> float:
     """The loss that W(0)'s part outside W*'s column and row spaces adds at W*, ℓ(W* + P⊥ W(0) Q⊥) − ℓ*, over the loss
-    the stop rule leaves, loss_tol·(ℓ₀ − ℓ*) (seed 0's init): above `TAIL_RATIO`, the run ends in a stiff tail."""
+    the stop rule leaves, loss_tol·(ℓ₀ − ℓ*): above `TAIL_RATIO`, a run from the product W(0) of a net of depth ≥ 2
+    ends in a stiff tail."""
     w_star = np.asarray(problem.w_star, dtype=np.float64)
     u, s, vt = np.linalg.svd(w_star)
     rank = int(np.sum(s > 1e-10 * s[0])) if s.size and s[0] > 0 else 0
-    w0 = np.asarray(product(init_layers(problem, depth, init, scale, 0, width)), dtype=np.float64)
     left = w0 - u[:, :rank] @ (u[:, :rank].T @ w0)
     outside = left - (left @ vt[:rank].T) @ vt[:rank]
     gap = float(problem.loss(w0)) - problem.loss_min
