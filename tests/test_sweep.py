@@ -8,6 +8,7 @@ tests. Every reference value is a plain `dln.integrate` call on the same cell in
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -345,6 +346,23 @@ def test_gradient_descent_lr_axis(client, tmp_path):
         for name in ("loss", "product", "status", "num_steps"):
             np.testing.assert_array_equal(got[name].values, ref[name].values, err_msg=name)
         np.testing.assert_array_equal(got["num_steps"].values, round(2.0 / lr))  # GD: t1 / lr steps exactly
+
+
+def test_a_modified_flow_cell_that_ends_past_two_over_lr_is_reported_by_the_sweep(client, tmp_path):
+    """As in `integrate`: a modified-flow cell that settles where S ≥ 2/lr (GD at that lr cannot stay there) is
+    named in one warning line, with a lower bound on S (at most the store's final weights' exact sharpness); the
+    cell at the small lr is not (negative control)."""
+    config = {"problem": {"kind": "matrix_sensing", "shape": [6, 6], "rank": 2, "measurements": 40, "seed": 0},
+              "grid": {"depth": [2], "scale": [0.1], "seed": [0], "flow": "modified", "lr": [0.02, 0.3]},
+              "integrate": {"t1": 60.0, "saveat": 4}}  # fmt: skip
+    with pytest.warns(UserWarning, match="modified-flow cells") as caught:
+        ds = dln.sweep(config, tmp_path / "m.zarr", client=client, progress=False).load()
+    (message,) = [str(w.message) for w in caught if "modified-flow" in str(w.message)]
+    assert "1 of 2 modified-flow cells of this sweep end where the sharpness S is above 2/lr = 6.66667" in message
+    assert "lr = 0.3 only while" in message
+    exact = ds.sel(lr=[0.02, 0.3]).dln.sharpness(exact=True).isel(depth=0, scale=0, seed=0).values
+    bound = float(re.search(r"S ≥ ([0-9.]+)", message).group(1))
+    assert exact[0] < 2 / 0.02 and 2 / 0.3 < bound <= exact[1]
 
 
 def test_end_to_end_to_depth_infinity(client, tmp_path):

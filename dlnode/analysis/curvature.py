@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from dlnode.data.schema import unpad_layers
 from dlnode.errors import refused
 from dlnode.flows.hessian import top_eigenvalues
 from dlnode.problems.kinds import Problem, Regression
@@ -105,23 +106,6 @@ def sharpness(problem: Problem, weights: Sequence[Any], k: int = 1, exact: bool 
     return float(values[0]) if k == 1 else values
 
 
-def _unpad(weights: np.ndarray, depth: float, d_in: int) -> list[np.ndarray] | None:
-    """Layers W_1 … W_N of one run from the NaN-padded (layer, out, in) block; None for depth ∞ or a failed run.
-
-    Layer j occupies the top-left (d_j, d_{j−1}) corner; d_j is the number of its rows that are not all NaN.
-    """
-    if not np.isfinite(depth):
-        return None
-    layers, cols = [], d_in
-    for block in weights[: int(depth)]:
-        rows_present = np.flatnonzero(~np.all(np.isnan(block[:, :cols]), axis=1))
-        if rows_present.size == 0:
-            return None
-        layers.append(block[: rows_present[-1] + 1, :cols])
-        cols = layers[-1].shape[0]
-    return layers if all(np.all(np.isfinite(w)) for w in layers) else None
-
-
 def _per_run(ds: xr.Dataset, func: Any, output_core_dims: list[str]) -> xr.DataArray:
     """Apply func(layers) to every run (and saved time, when ``weights`` is present) of a dataset."""
     name = "weights" if "weights" in ds else "weights_final"
@@ -130,7 +114,7 @@ def _per_run(ds: xr.Dataset, func: Any, output_core_dims: list[str]) -> xr.DataA
     d_in = ds.sizes["col"] if "col" in ds.dims else ds.sizes["in"]
 
     def one(weights: np.ndarray, depth: float) -> Any:
-        return func(_unpad(weights, float(depth), d_in))
+        return func(unpad_layers(weights, float(depth), d_in))
 
     return xr.apply_ufunc(
         one, ds[name], ds["depth"], input_core_dims=[["layer", "out", "in"], []],

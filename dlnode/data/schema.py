@@ -20,7 +20,7 @@ from dlnode.data.storage import DATASET_SUFFIXES, HDF5_SIGNATURE, atomic_path, c
 from dlnode.checks import check_bool
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "GRID_DIMS", "STATUS_MEANINGS", "VARIABLES", "open_dataset", "problem_from",
-           "problem_variables", "save", "to_dataset", "validate"]  # fmt: skip
+           "problem_variables", "save", "to_dataset", "unpad_layers", "validate"]  # fmt: skip
 
 RUN = ("depth", "scale", "seed")
 # a sweep's swept axes beyond RUN: dims after RUN (and path), in this order
@@ -88,6 +88,23 @@ def _pad_layers(layers: Sequence[np.ndarray], lead: tuple, n_layer: int, n_out: 
     for j, w in enumerate(layers):
         out[..., j, : w.shape[-2], : w.shape[-1]] = w
     return out
+
+
+def unpad_layers(weights: np.ndarray, depth: float, d_in: int) -> list[np.ndarray] | None:
+    """Layers W_1 … W_N of one run from the NaN-padded (layer, out, in) block; None for depth ∞ or a failed run.
+
+    Layer j occupies the top-left (d_j, d_{j−1}) corner; d_j is the number of its rows that are not all NaN.
+    """
+    if not np.isfinite(depth):
+        return None
+    layers, cols = [], d_in
+    for block in weights[: int(depth)]:
+        rows_present = np.flatnonzero(~np.all(np.isnan(block[:, :cols]), axis=1))
+        if rows_present.size == 0:
+            return None
+        layers.append(block[: rows_present[-1] + 1, :cols])
+        cols = layers[-1].shape[0]
+    return layers if all(np.all(np.isfinite(w)) for w in layers) else None
 
 
 def to_dataset(

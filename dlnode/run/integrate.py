@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dlnode._version import __version__
-from dlnode.data.schema import METHOD_CODES, METHOD_USED_ATTRS, to_dataset, with_problem
+from dlnode.data.schema import METHOD_CODES, METHOD_USED_ATTRS, to_dataset, unpad_layers, with_problem
 from dlnode.errors import warn
 from dlnode.flows.diagonal import diagonal_flow
 from dlnode.flows.endtoend import recover_layers
@@ -181,8 +181,11 @@ def _assemble(plan: Plan, raw: dict[float, Solution], given: Problem, warn_stops
         ds["loss_floor"] = (("depth", "scale", "seed"), values, LOSS_FLOOR_ATTRS)
     if warn_stops:
         _warn_stops(ds, plan.problem, plan.until_converged)
-        if plan.flow == "modified" and plan.noise.paths is None and plan.noise.network != "diagonal":
-            _warn_past_edge(ds, plan, raw)
+        past = past_edge(ds, plan)
+        if past:
+            finished = int(np.isin(ds["status"].values, [int(Status.INTERRUPTED), int(Status.PENDING)],
+                                   invert=True).sum())  # fmt: skip
+            warn(past_edge_message(past, finished, "runs", "sharpness" in ds))
     ds = with_problem(ds, plan.problem)
     stopped = [d for d, sol in raw.items() if sol.checkpoint is not None]
     if stopped or pending:  # Ctrl-C: `dlnode.resume(ds)` runs the rest
@@ -274,41 +277,60 @@ def _warn_stops(ds: Any, problem: Problem, until_converged: bool = True) -> None
         warn(f"dlnode: {count} of {status.size} runs {what}: {shown}")
 
 
-def _warn_past_edge(ds: Any, plan: Plan, raw: dict[float, Solution]) -> None:
-    """One warning line for the modified-flow runs that end where GD at the call's lr cannot stay: the modified flow
-    is GD's to O(lr²) only while lr·S < 2, and a minimum with S > 2/lr is unstable under GD (it oscillates away or
-    diverges) though the flow settles there. S at each run's end is bounded below by power iteration
-    (`flows.flow.sharpness_floors`: a Rayleigh quotient, so the warning is never a false alarm); where S was saved
-    (`sharpness=k`), the first save with S ≥ 2/lr is named."""
+def past_edge(ds: Any, plan: Plan) -> list[dict[str, Any]]:
+    """The modified-flow runs of `plan` (its dataset `ds`) that end where GD at the plan's lr cannot stay: the
+    modified flow is GD's to O(lr²) only while lr·S < 2, and a minimum with S > 2/lr is unstable under GD (it
+    oscillates away or diverges) though the flow settles there. S at each run's end (``weights_final``) is bounded
+    below by power iteration (`flows.flow.sharpness_floors`: a Rayleigh quotient, so never a false alarm). One dict
+    per such run: depth, scale, seed, lr, ``bound`` (S ≥ bound) and ``since`` (the first save with S ≥ 2/lr where
+    ``sharpness=k`` saved S, else NaN); [] for the other flows, noise paths and diagonal networks, whose layers are
+    not the modified flow's."""
+    if plan.flow != "modified" or plan.noise.paths is not None or plan.noise.network == "diagonal":
+        return []
     lr = float(plan.controls.lr)
-    edge = 2.0 / lr
-    cells = len(plan.scales) * len(plan.seeds)
-    past = []
-    for depth, sol in raw.items():
-        if sol.checkpoint is not None or not len(sol.final):
+    edge, past = 2.0 / lr, []
+    for k, depth in enumerate(ds["depth"].values):
+        status = ds["status"].isel(depth=k).values
+        weights = ds["weights_final"].isel(depth=k).values
+        cells = [(i, j, unpad_layers(weights[i, j], float(depth), plan.problem.d_in))
+                 for i, j in np.ndindex(*status.shape)
+                 if status[i, j] not in (int(Status.INTERRUPTED), int(Status.PENDING))]  # fmt: skip
+        cells = [(i, j, layers) for i, j, layers in cells if layers is not None]
+        if not cells:
             continue
-        floors = sharpness_floors(type(plan.problem), sol.final, plan.problem.arrays())
-        for b in np.flatnonzero(floors >= edge):
-            past.append((depth, plan.scales[b // len(plan.seeds)], plan.seeds[b % len(plan.seeds)], floors[b]))
-    if not past:
-        return
+        batch = tuple(np.stack([layers[n] for _, _, layers in cells]) for n in range(int(depth)))
+        floors = sharpness_floors(type(plan.problem), batch, plan.problem.arrays())
+        for (i, j, _), bound in zip(cells, floors, strict=True):
+            if not bound >= edge:
+                continue
+            since = math.nan
+            if "sharpness" in ds:
+                s = ds["sharpness"].isel(depth=k, scale=i, seed=j, eig=0)
+                reached = s.where(s >= edge, drop=True)
+                since = float(reached["time"][0]) if reached.sizes["time"] else math.nan
+            past.append({"depth": float(depth), "scale": plan.scales[i], "seed": plan.seeds[j], "lr": lr,
+                         "bound": float(bound), "since": since})  # fmt: skip
+    return past
+
+
+def past_edge_message(past: list[dict[str, Any]], total: int, what: str, sharpness_saved: bool) -> str:
+    """The one-line warning for the runs `past_edge` found, of `total` modified-flow runs (`what`: "runs" for a call,
+    "cells of this sweep" for a sweep, whose cells may differ in lr)."""
+    lrs = sorted({p["lr"] for p in past})
     parts = []
-    for depth, scale, seed, bound in past[:SHOWN]:
-        where = {"depth": depth, "scale": scale, "seed": seed}
-        first = ""
-        if "sharpness" in ds:
-            s = ds["sharpness"].sel(where).isel(eig=0)
-            reached = s.where(s >= edge, drop=True)
-            if reached.sizes["time"]:
-                first = f", past 2/lr from t = {float(reached['time'][0]):.4g}"
-        digits = 10.0 ** (math.floor(math.log10(bound)) - 3)  # 4 digits, rounded down: "S ≥" stays true
-        parts.append(f"depth {depth:g}, scale {scale:g}, seed {seed}: S ≥ {math.floor(bound / digits) * digits:.4g}"
-                     f"{first}")  # fmt: skip
+    for p in past[:SHOWN]:
+        digits = 10.0 ** (math.floor(math.log10(p["bound"])) - 3)  # 4 digits, rounded down: "S ≥" stays true
+        lr = f"lr {p['lr']:g}, " if len(lrs) > 1 else ""
+        since = f", past 2/lr from t = {p['since']:.4g}" if math.isfinite(p["since"]) else ""
+        parts.append(f"{lr}depth {p['depth']:g}, scale {p['scale']:g}, seed {p['seed']}: "
+                     f"S ≥ {math.floor(p['bound'] / digits) * digits:.4g}{since}")  # fmt: skip
     more = f"; and {len(past) - SHOWN} more" if len(past) > SHOWN else ""
-    warn(f"dlnode: {len(past)} of {len(raw) * cells} modified-flow runs end where the sharpness S is above 2/lr = "
-         f"{edge:.6g} ({'; '.join(parts)}{more}): the modified flow follows GD at lr = {lr:g} only while lr·S < 2, "
-         "and GD cannot settle at such a minimum (it oscillates away or diverges); flow='central' follows GD on the "
-         f"edge{'' if 'sharpness' in ds else ', sharpness=1 saves S along the run'}")  # fmt: skip
+    edge = f"2/lr = {2.0 / lrs[0]:.6g}" if len(lrs) == 1 else "2/lr"
+    at = f"lr = {lrs[0]:g}" if len(lrs) == 1 else "lr"
+    return (f"dlnode: {len(past)} of {total} modified-flow {what} end where the sharpness S is above {edge} "
+            f"({'; '.join(parts)}{more}): the modified flow follows GD at {at} only while lr·S < 2, and GD cannot "
+            "settle at such a minimum (it oscillates away or diverges); flow='central' follows GD on the edge"
+            f"{'' if sharpness_saved else ', sharpness=1 saves S along the run'}")  # fmt: skip
 
 
 def _oscillates(ds: Any, where: dict) -> bool:

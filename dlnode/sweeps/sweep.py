@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 from dlnode._version import __version__
 from dlnode.data.schema import METHOD_CODES
-from dlnode.errors import refused
-from dlnode.run.integrate import run_plan
+from dlnode.errors import refused, warn
+from dlnode.run.integrate import past_edge, past_edge_message, run_plan
 from dlnode.run.plan import Plan
 from dlnode.runtime.interrupts import sigint_flag
 from dlnode.solvers import Status
@@ -209,20 +209,24 @@ def run_task(config_json: str, chunk: tuple, tolerances: tuple[float, float], ta
              pending: np.ndarray, store: str) -> dict:  # fmt: skip
     """One task, on a worker: one `integrate` call over its cells, region-written into `store` (status last).
 
-    Returns the cells' status codes, the compile time, and where the task's time went: ``wall_s`` (the whole task),
+    Returns the cells' status codes, the compile time, its modified-flow cells and those of them that end past
+    2/lr (`dlnode.run.integrate.past_edge`), and where the task's time went: ``wall_s`` (the whole task),
     ``integrate_s`` (its ``compile_s`` included) and ``write_s`` (wall), ``thread_cpu_s`` (CPU of the thread that
     ran it: JAX runs compiled code on threads of its own, so mostly Python) and ``process_cpu_s`` (of the whole
     worker process meanwhile: JAX's threads, the event loop, and other tasks on a worker of several threads)."""
     clock, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
     layout = _layout(config_json, chunk, tolerances)
-    ds = run_plan(task_plan(layout, task), warn_stops=False)  # the sweep's own report counts the statuses
+    plan = task_plan(layout, task)
+    ds = run_plan(plan, warn_stops=False)  # the sweep's own report counts the statuses
     if ds.sizes["time"] != len(layout.times) or not np.allclose(ds["time"], layout.times, rtol=TIME_RTOL, atol=0):
         raise refused(f"cells {_describe(layout, task)}: save times differ from the store's; report this as a bug")
     arrays = _cell_arrays(layout, ds)
     written = time.perf_counter()
     write_cells(store, layout, task, arrays, pending)
     end = time.perf_counter()
+    modified = int(pending.sum()) if plan.flow == "modified" else 0
     return {"status": arrays["status"][pending].tolist(), "compile_s": ds.attrs["compile_time"],
+            "past_edge": past_edge(ds, plan), "modified_cells": modified, "sharpness_saved": "sharpness" in ds,
             "wall_s": end - clock, "integrate_s": written - clock, "write_s": end - written,
             "thread_cpu_s": time.thread_time() - cpu, "process_cpu_s": time.process_time() - process}  # fmt: skip
 
@@ -311,6 +315,7 @@ def _execute(tasks: list, layout: Layout, store: Path, status: np.ndarray, where
     counts = Counter(status_counts(status[~np.isin(status, REDO)]))
     before = sum(counts.values())
     started, clock, computed, errors, spent = _now(), time.perf_counter(), Counter(), [], []
+    edge = {"past": [], "modified": 0, "saved": True}  # modified-flow cells past 2/lr, of how many (`past_edge`)
     bar = tqdm(total=status.size, initial=before, unit="cell", desc="sweep", disable=not progress, file=sys.stderr)
     outcome, description = "interrupted", "not started"
     try:
@@ -329,6 +334,9 @@ def _execute(tasks: list, layout: Layout, store: Path, status: np.ndarray, where
                         continue
                     result = future.result()
                     spent.append({k: v for k, v in result.items() if k.endswith("_s")})
+                    edge["past"] += result["past_edge"]
+                    edge["modified"] += result["modified_cells"]
+                    edge["saved"] &= result["sharpness_saved"] or not result["modified_cells"]
                     names = [Status(s).meaning for s in result["status"]]
                     counts.update(names)
                     computed.update(names)
@@ -351,6 +359,8 @@ def _execute(tasks: list, layout: Layout, store: Path, status: np.ndarray, where
             tqdm.write(f"sweep {store}: {on_disk} of {status.size} cells on disk ({before} before this run); "
                        f"reported now: {sum(computed.values())} ({by}); {len(errors)} failed tasks; {outcome}; "
                        f"{wall:.1f} s", file=sys.stderr)  # fmt: skip
+    if edge["past"]:
+        warn(past_edge_message(edge["past"], edge["modified"], "cells of this sweep", edge["saved"]))
     if errors:
         task, exc = errors[0]
         raise RuntimeError(f"{len(errors)} sweep tasks raised (their cells stay pending, the rest are on disk); "
