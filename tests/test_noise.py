@@ -40,15 +40,17 @@ def _one_step_moments(ds):
     return beta.mean(0), np.cov(beta.T)
 
 
-def _per_sample_gradients(beta):
-    x, y = PROB.inputs, PROB.labels.ravel()
-    return (beta @ x - y)[:, None] * x.T  # row i: ∇ℓᵢ = rᵢ xᵢ
+def _per_sample_gradients(beta, prob=PROB):
+    """Row i: ∇ℓᵢ = rᵢ xᵢᵀ, flattened (rᵢ = W xᵢ − yᵢ, one entry per output)."""
+    x, y = prob.inputs, prob.labels
+    r = beta.reshape(y.shape[0], -1) @ x - y  # (outputs, n)
+    return np.einsum("on,dn->nod", r, x).reshape(x.shape[1], -1)
 
 
-def _check_moments(ds, beta0, lr, cov_step):
+def _check_moments(ds, beta0, lr, cov_step, prob=PROB):
     mean, cov = _one_step_moments(ds)
     paths = ds.sizes["path"]
-    expected = beta0 - lr * _per_sample_gradients(beta0).mean(0)
+    expected = beta0 - lr * _per_sample_gradients(beta0, prob).mean(0)
     se = np.sqrt(np.diag(cov_step) / paths)
     assert np.all(np.abs(mean - expected) < Z_MAX * se + 1e-15)
     # trace of the covariance: its variance is 2 tr(C²)/P for a Gaussian, bounded by 2 tr(C)² /P in general; use
@@ -70,6 +72,30 @@ def test_one_sgd_step_has_the_minibatch_mean_and_covariance(sampling, factor):
     g = _per_sample_gradients(beta0)
     sigma1 = np.cov(g.T, bias=True)  # (1/n) Σ (gᵢ − ḡ)(gᵢ − ḡ)ᵀ
     _check_moments(ds, beta0, lr, lr**2 * factor(n, batch) * sigma1)
+
+
+def test_a_regression_with_several_outputs_keeps_its_samples_for_sgd():
+    """SparseRegression(X, Y) with Y of k = 2 rows: its flow is `Regression(X, Y)`'s bit for bit (the same loss, the
+    same solver), one SGD step has the minibatch mean and covariance of its per-sample gradients rᵢxᵢᵀ (k × d each),
+    and a truth of the wrong size is refused in one line."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 12))
+    y = rng.standard_normal((2, 3)) @ x + 0.1 * rng.standard_normal((2, 12))
+    prob = dln.SparseRegression(x, y)
+    assert (prob.d_out, prob.d_in) == (2, 3) and prob.convention == "(1/2n) sum_i ||W x_i - y_i||^2"
+    kw = dict(depth=3, scale=0.3, method="tsit5", rtol=1e-10, atol=1e-12, t1=5.0, saveat=5, progress=False)
+    flow, dense = dln.integrate(prob, **kw), dln.integrate(dln.Regression(x, y), **kw)
+    np.testing.assert_array_equal(flow["product"].values, dense["product"].values)
+    lr, batch = 0.1, 3
+    ds = dln.integrate(prob, depth=1, init="gaussian", scale=1.0, method="sgd", batch=batch,
+                       sampling="with_replacement", lr=lr, t1=lr, saveat=np.array([lr]), paths=PATHS,
+                       progress=False)  # fmt: skip
+    beta0 = ds["product"].isel(depth=0, scale=0, seed=0, time=0, path=0).values.ravel()
+    g = _per_sample_gradients(beta0, prob)
+    _check_moments(ds, beta0, lr, lr**2 / batch * np.cov(g.T, bias=True), prob)
+    with pytest.raises(dln.DlnodeError, match=r"truth must have k × d = 2 × 3 entries") as info:
+        dln.SparseRegression(x, y, truth=np.zeros(3))
+    assert "\n" not in str(info.value)
 
 
 def _depth_one(method, lr, t1, **kw):

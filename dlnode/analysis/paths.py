@@ -170,6 +170,10 @@ def interpolators(problem: Any) -> dict[str, np.ndarray]:
     if not (hasattr(problem, "inputs") and hasattr(problem, "labels")):
         fail("problem", "must be a regression with samples (dlnode.SparseRegression)", shown(type(problem).__name__),
              "pass the SparseRegression the runs were made on, e.g. dln.problem_from(ds)")  # fmt: skip
+    outputs = np.shape(problem.labels)[0]
+    if outputs != 1:
+        fail("problem", "must have one output (interpolators of y = Xᵀβ are rows β)", shown(f"{outputs} outputs"),
+             "pass a SparseRegression with y of shape (n,)")  # fmt: skip
     x, y = np.asarray(problem.inputs), np.asarray(problem.labels).ravel()
     l2 = np.linalg.lstsq(x.T, y, rcond=None)[0]
     d = x.shape[0]

@@ -1,6 +1,7 @@
 """Sparse linear regression with its samples kept: the test bed of diagonal linear networks and of label noise.
 
-ℓ(β) = (1/2n) Σᵢ (⟨β, xᵢ⟩ − yᵢ)² on inputs X (d, n) and labels y (1, n) (β a 1 × d row, so dense networks apply too).
+ℓ(β) = (1/2n) Σᵢ (⟨β, xᵢ⟩ − yᵢ)² on inputs X (d, n) and labels y (1, n) (β a 1 × d row, so dense networks apply too);
+with k outputs, Y (k, n), ℓ(W) = (1/2n) Σᵢ ‖W xᵢ − yᵢ‖² (a multi-output regression that keeps its samples, for SGD).
 A random instance (`SparseRegression.random`) has a Gaussian design xᵢ ~ N(0, I_d), an s-sparse truth β* and
 yᵢ = ⟨β*, xᵢ⟩ + σ εᵢ. With n < d the minimisers form an affine space: W* is the minimum-ℓ₂-norm one (ℓ* = 0), and
 which interpolator training ends at is the implicit bias the studies measure.
@@ -33,8 +34,9 @@ class SparseRegression(Problem):
     Parameters
     ----------
     X : inputs, (d, n).
-    y : labels, (n,) or (1, n).
-    truth : the β* that generated the labels, (d,) or (1, d), if known (test error ‖β − β*‖² and recovery).
+    y : labels, (n,) or (1, n); or (k, n) for k outputs (a dense network's W is then k × d).
+    truth : the β* that generated the labels, (d,) or (1, d) (k × d for k outputs), if known (test error ‖β − β*‖²
+        and recovery).
     noise, sparsity, seed : labels of a random instance (recorded in the dataset's problem description).
     """
 
@@ -46,19 +48,24 @@ class SparseRegression(Problem):
     seed: int | None = None
 
     kind: ClassVar[str] = "sparse_regression"
-    convention: ClassVar[str] = "(1/2n) sum_i (<beta, x_i> - y_i)^2"
 
     def __init__(self, X: Any, y: Any, truth: Any = None, *, noise: float = 0.0, sparsity: int | None = None,
                  seed: int | None = None) -> None:  # fmt: skip
         x = as_array("X", X, ndim=2)
-        labels = as_array("y", y, ndim=None).reshape(1, -1)
+        labels = as_array("y", y, ndim=None)
+        if labels.ndim > 2:
+            fail("y", "must be (n,) labels or (k, n) for k outputs", shown(f"shape {labels.shape}"),
+                 "pass X as (d, n) and y as (n,) or (k, n)")  # fmt: skip
+        labels = labels.reshape(1, -1) if labels.ndim < 2 else labels
         if labels.shape[1] != x.shape[1]:
             fail("y", f"must hold one label per column of X ({x.shape[1]})", shown(f"{labels.shape[1]} labels"),
-                 "pass X as (d, n) and y as (n,)")  # fmt: skip
+                 "pass X as (d, n) and y as (n,) or (k, n)")  # fmt: skip
         if truth is not None:
-            truth = as_array("truth", truth, ndim=None).reshape(1, -1)
-            if truth.shape[1] != x.shape[0]:
-                fail("truth", f"must have d = {x.shape[0]} entries", shown(f"{truth.shape[1]}"), "pass beta* as (d,)")
+            truth = as_array("truth", truth, ndim=None)
+            truth = truth.reshape(1, -1) if truth.ndim < 2 else truth
+            if truth.shape != (labels.shape[0], x.shape[0]):
+                fail("truth", f"must have k × d = {labels.shape[0]} × {x.shape[0]} entries (one row per output)",
+                     shown(f"{np.size(truth)} entries"), "pass beta* as (d,), or (k, d) for k outputs")  # fmt: skip
         if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not 0 <= noise < np.inf:
             fail("noise", "must be a finite number >= 0 (the label noise of the instance)", noise, "pass e.g. 0.0")
         seed = None if seed is None else check_seed(seed)
@@ -98,6 +105,11 @@ class SparseRegression(Problem):
     @property
     def n(self) -> int:
         return int(self.inputs.shape[1])
+
+    @property
+    def convention(self) -> str:  # type: ignore[override]
+        return ("(1/2n) sum_i (<beta, x_i> - y_i)^2" if self.labels.shape[0] == 1
+                else "(1/2n) sum_i ||W x_i - y_i||^2")  # fmt: skip
 
     @property
     def w_star(self) -> np.ndarray:

@@ -89,7 +89,8 @@ def plan_noise(problem: Any, method: str, flow: str, network: str, init: Any, de
     samples = samples_of(problem.kind)
     if samples is None:
         fail("problem", f"must keep its samples for method={method!r} (minibatches and labels are per sample)",
-             problem.kind, "use dlnode.SparseRegression(X, y) or dlnode.MatrixSensing")  # fmt: skip
+             problem.kind, "use dlnode.SparseRegression(X, Y), a regression that keeps its samples (Y: (n,) or "
+             "(outputs, n)), or dlnode.MatrixSensing")  # fmt: skip
     n = int(samples.count(problem.arrays()))
     check_positive("lr", lr, f" for method={method!r} (the step of the noisy updates, or the one the SDE models)")
     if method in ("sgd", "label_noise") and flow != "layers":
