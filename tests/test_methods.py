@@ -134,6 +134,12 @@ def test_auto_sees_an_ill_conditioned_loss_that_a_run_until_converged_must_resol
     explicit = dln.integrate(prob, depth=1, scale=1e-3, method="tsit5", progress=False)
     assert ds.status.item() == explicit.status.item() == int(dln.Status.CONVERGED)
     assert explicit.num_steps.item() > 5 * ds.num_steps.item()
+    # the same regression with its samples kept has the same flow, and auto gives it the same path (it took tsit5's
+    # 13,164 steps before the rule read its Σ_xx); with n < d its minimisers are many: no end-of-run rule
+    kept = dln.SparseRegression(x, np.array([[1.0, 1.0]]) @ x)
+    assert kept.unique_minimiser and not dln.SparseRegression(x[:, :1], x[0, :1]).unique_minimiser
+    same = dln.integrate(kept, depth=1, scale=1e-3, progress=False)
+    assert same.attrs["method_reason"] == ds.attrs["method_reason"] and same.num_steps.item() == ds.num_steps.item()
     # the sensing branch's H = AᵀA/m is the problem's own Hessian operator; a well-conditioned loss has no slow part
     delta = np.random.default_rng(0).standard_normal((6, 6))
     flat = SENSING.sensing.reshape(40, -1)

@@ -31,6 +31,13 @@ from dlnode.errors import fail, shown
 __all__ = ["KINDS", "Factorization", "MatrixCompletion", "MatrixSensing", "Problem", "Regression"]
 
 
+def positive_definite(sxx: np.ndarray) -> bool:
+    """Whether a regression's input covariance Σ_xx is positive definite (to 1e-12 of its top eigenvalue): then
+    ℓ's Hessian, Δ ↦ ΔΣ_xx, is, and W* is its only minimiser."""
+    values = np.linalg.eigvalsh(sxx)
+    return bool(values[0] > 1e-12 * max(values[-1], 1e-300))
+
+
 def _as_matrix(name: str, value: Any, ndim: int = 2) -> np.ndarray:
     return as_array(name, value, ndim)
 
@@ -340,8 +347,7 @@ class Regression(Problem):
 
     @property
     def unique_minimiser(self) -> bool:
-        values = np.linalg.eigvalsh(self.sigma_xx)
-        return bool(values[0] > 1e-12 * max(values[-1], 1e-300))
+        return positive_definite(self.sigma_xx)
 
     @property
     def loss_min(self) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 
 from dlnode.checks import as_array, check_positive_int, check_seed
 from dlnode.errors import fail, shown
-from dlnode.problems.kinds import KINDS, Problem
+from dlnode.problems.kinds import KINDS, Problem, positive_definite
 
 __all__ = ["SparseRegression"]
 
@@ -107,6 +107,15 @@ class SparseRegression(Problem):
         return int(self.inputs.shape[1])
 
     @property
+    def sigma_xx(self) -> np.ndarray:
+        """Σ_xx = XXᵀ/n: ℓ's Hessian is Δ ↦ ΔΣ_xx, as a `Regression`'s."""
+        return self.inputs @ self.inputs.T / self.n
+
+    @property
+    def unique_minimiser(self) -> bool:
+        return positive_definite(self.sigma_xx)
+
+    @property
     def convention(self) -> str:  # type: ignore[override]
         return ("(1/2n) sum_i (<beta, x_i> - y_i)^2" if self.labels.shape[0] == 1
                 else "(1/2n) sum_i ||W x_i - y_i||^2")  # fmt: skip
@@ -120,7 +129,7 @@ class SparseRegression(Problem):
         return self._minimum
 
     def _operator(self) -> dict[str, np.ndarray]:
-        return {"sigma_xx": self.inputs @ self.inputs.T / self.n, "inputs": self.inputs.T.copy(),
+        return {"sigma_xx": self.sigma_xx, "inputs": self.inputs.T.copy(),
                 "offsets": self._offsets}  # fmt: skip
 
     @staticmethod

@@ -187,8 +187,9 @@ def tail_ratio(problem: Problem, w0: np.ndarray, loss_tol: float) -> float:
 
 def slow_fraction(problem: Problem, w0: np.ndarray, below: float) -> tuple[float, float]:
     """(the fraction of ℓ(W(0)) − ℓ* in the loss Hessian's eigendirections of curvature below `below`·λ_max, the
-    Hessian's condition number) for a regression (H: Δ ↦ ΔΣ_xx) or a matrix sensing problem (H = AᵀA/m on vec W);
-    (0, 1) for the others, whose Hessian is a multiple of the identity where it is not zero. A run until converged
+    Hessian's condition number) for a regression, samples kept or not (H: Δ ↦ ΔΣ_xx), or a matrix sensing problem
+    (H = AᵀA/m on vec W); (0, 1) for the others, whose Hessian is a multiple of the identity where it is not zero.
+    A run until converged
     must resolve that part at its slow rates while the top curvature bounds an explicit step: a stiff run when the
     fraction is above the stop rule's loss_tol (depth 1 is the linear flow W' = −H(W − W*), whose stiffness this is)."""
     spectrum = derived(problem, "hessian_spectrum", lambda: _hessian_spectrum(problem))
@@ -196,7 +197,7 @@ def slow_fraction(problem: Problem, w0: np.ndarray, below: float) -> tuple[float
         return 0.0, 1.0
     lam, vectors = spectrum
     error = w0 - np.asarray(problem.w_star, dtype=np.float64)
-    if problem.kind == "regression":  # H acts on the rows of W: its eigenvalue λ_i on every row's i-th coordinate
+    if problem.kind in ROW_HESSIAN:  # H acts on the rows of W: its eigenvalue λ_i on every row's i-th coordinate
         coords = np.sum((error @ vectors) ** 2, axis=0)
     else:
         coords = (vectors.T @ error.ravel()) ** 2
@@ -213,15 +214,19 @@ def slow_fraction(problem: Problem, w0: np.ndarray, below: float) -> tuple[float
 SPECTRUM_MAX = 1000
 
 
+# the kinds whose loss Hessian is Δ ↦ ΔΣ_xx (a regression, with its samples kept or not)
+ROW_HESSIAN = ("regression", "sparse_regression")
+
+
 def _spectrum_affordable(problem: Problem) -> bool:
-    size = {"regression": problem.d_in, "matrix_sensing": problem.d_in * problem.d_out}.get(problem.kind, 0)
-    return size <= SPECTRUM_MAX
+    size = problem.d_in if problem.kind in ROW_HESSIAN else problem.d_in * problem.d_out
+    return size <= SPECTRUM_MAX if problem.kind in (*ROW_HESSIAN, "matrix_sensing") else True
 
 
 def _hessian_spectrum(problem: Problem) -> tuple[np.ndarray, np.ndarray] | None:
     """The loss Hessian's eigenpairs: of Σ_xx for a regression (H: Δ ↦ ΔΣ_xx), of AᵀA/m on vec W for sensing;
     None for the other kinds."""
-    if problem.kind == "regression":
+    if problem.kind in ROW_HESSIAN:
         return np.linalg.eigh(np.asarray(problem.sigma_xx, dtype=np.float64))
     if problem.kind == "matrix_sensing":
         flat = np.asarray(problem.sensing, dtype=np.float64).reshape(problem.sensing.shape[0], -1)
