@@ -31,7 +31,7 @@ problems = st.builds(lambda s, seed: dln.Regression.whitened(sorted(s, reverse=T
                      st.integers(0, 2**32))  # fmt: skip
 
 # the methods and their paths: diffrax, the Rosenbrock–CG layers path, gradient descent, the end-to-end flow in
-# singular coordinates (depth inf included), and the central flow
+# singular coordinates (depth inf included), the central flow and the modified flow
 CASES = {
     "tsit5": {"method": "tsit5", "depth": [2, 3]},
     "rosenbrock": {"method": "rosenbrock", "depth": [2, 3]},
@@ -44,6 +44,8 @@ CASES = {
     # the central flow (its saves' Lanczos warm start, its edge rules) at an lr whose edge 2/lr = 4 the larger
     # problems reach
     "central": {"flow": "central", "lr": 0.5, "depth": [2, 3]},
+    # the modified flow (its lr-dependent field; the past-edge check reads the final weights of a resumed call too)
+    "modified": {"flow": "modified", "lr": 0.5, "depth": [2, 3]},
 }  # fmt: skip
 
 
