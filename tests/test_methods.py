@@ -1,5 +1,7 @@
 """Every registered method against a tight reference; tolerance-driven balancedness drift; no retracing."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -148,6 +150,29 @@ def test_auto_sees_an_ill_conditioned_loss_that_a_run_until_converged_must_resol
     assert auto.slow_fraction(dln.Regression.whitened([2.0, 1.0], 3, 3), np.zeros((3, 3)), 1e-2) == (0.0, 1.0)
 
 
+def test_auto_sees_a_long_given_horizon_past_the_first_escape():
+    # a run to a given t1 goes on after it converges, where the learned mode's curvature bounds an explicit step:
+    # to t1 = 1e3 the stiff path takes 442 steps where tsit5 (what auto chose before) took 11,351, and to 1e5 ran
+    # out of its budget at t = 1.4e4
+    kw = dict(depth=3, scale=0.1, t1=1e3, progress=False)
+    ds = dln.integrate(SENSING, **kw)
+    assert ds.attrs["method"] == "rosenbrock" and "explicit steps past the first escape" in ds.attrs["method_reason"]
+    assert ds.status.item() == int(dln.Status.FINISHED) and ds.num_steps.item() < 1000
+    explicit = dln.integrate(SENSING, method="tsit5", max_steps=5000, **kw)
+    assert explicit.status.item() == int(dln.Status.MAX_STEPS)
+    # the estimate it reads: S*·(t1 − first escape)/3.5 with S* = N s*^{2−2/N} λ_max(H), the top of the dense
+    # Hessian at a balanced minimiser of this problem's loss
+    s_star = np.linalg.norm(SENSING.w_star, 2)
+    flat = SENSING.sensing.reshape(40, -1)
+    h = np.linalg.eigvalsh(flat.T @ flat / 40)[-1]
+    escape = scales.escape_estimate(SENSING, [3], [0.1], slowest=False)
+    want = 3 * s_star ** (4 / 3) * h * (1e3 - escape) / auto.EXPLICIT_REACH
+    assert auto.horizon_steps(SENSING, 3, [0.1], "layer", "layers", math.nan, 1e3) == pytest.approx(want, rel=1e-6)
+    # control: a horizon that ends near the first escape keeps the explicit path
+    short = dln.integrate(SENSING, **{**kw, "t1": 2.0})
+    assert "explicit steps past" not in short.attrs["method_reason"]
+
+
 def test_auto_counts_the_modified_flow_s_extra_stiffness():
     # the modified flow's Jacobian at a minimum is -(H + (lr/2) H²): its learned modes are 1 + lr·S/2 stiffer
     prob = dln.Regression.whitened([4.0, 2.0, 1.0], 3, 3, seed=0)
@@ -162,7 +187,8 @@ def test_auto_counts_the_modified_flow_s_extra_stiffness():
     from dlnode.run.plan import Plan
 
     kw = dict(depth=3, scale=0.1, seed=1, t1=2000.0, progress=False)
-    assert Plan.build(SENSING, **kw).method == "tsit5"
+    plain = Plan.build(SENSING, **kw)  # stiff too, by its long horizon only (`auto.horizon_steps`)
+    assert plain.method == "rosenbrock" and "predicted plateau stiffness" not in plain.reason
     plan = Plan.build(SENSING, flow="modified", lr=0.3, **kw)
     assert plan.method == "rosenbrock" and "predicted plateau stiffness" in plan.reason
     ds = dln.integrate(SENSING, flow="modified", lr=0.3, **kw)

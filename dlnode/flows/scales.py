@@ -25,6 +25,7 @@ __all__ = [
     "escape_estimate",
     "gradient_scale",
     "hessian_scale",
+    "learned_curvature",
     "plateau_scales",
     "predicted_stiffness",
     "problem_scales",
@@ -103,6 +104,16 @@ def hessian_scale(problem: Problem, iterations: int = 50) -> float:
             return 0.0
         v = hv / lam
     return lam
+
+
+def learned_curvature(problem: Problem, depth: float, flow: str = "layers", lr: float = math.nan) -> float:
+    """The curvature of the top mode once it is learned: N s*^{2−2/N}·h (s* = ‖W*‖₂, h = λ_max of the loss Hessian;
+    docs/math.md §3), the sharpness at a balanced minimiser, times the modified flow's 1 + lr·S/2 (``lr``) — what
+    bounds an explicit step from the first escape on (finite depth; at depth 1 it is h)."""
+    known = problem_scales(problem)
+    s_star, h = (max(x, 1e-300) for x in (known.target, known.curvature))
+    curvature = math.exp(min(math.log(depth) + (2.0 - 2.0 / depth) * math.log(s_star) + math.log(h), 700.0))
+    return curvature * (1.0 + 0.5 * lr * curvature if flow == "modified" and math.isfinite(lr) else 1.0)
 
 
 def predicted_stiffness(problem: Problem, depth: float, scale: float, flow: str = "layers",

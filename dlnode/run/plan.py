@@ -263,8 +263,9 @@ class Plan:
             reason = "auto: the central flow needs an explicit method -> tsit5"
         elif method == "auto":
             tol = (loss_tol or DEFAULT_LOSS_TOL) if requested_t1 is None else math.nan  # the tail rule: until converged
+            horizon = float(t1) if requested_t1 is not None else math.nan  # a given t1: the run goes on to it
             methods, chosen, reason = choose_methods(problem, depths, scales, init, width, flow,
-                                                     float(lr or math.nan), scale_of, tol)  # fmt: skip
+                                                     float(lr or math.nan), scale_of, tol, horizon)  # fmt: skip
         else:
             methods, chosen, reason = dict.fromkeys(depths, method), method, "given"
         if flow == "end_to_end" and any(math.isinf(d) for d in depths):
