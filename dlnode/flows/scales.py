@@ -131,12 +131,11 @@ def predicted_stiffness(problem: Problem, depth: float, scale: float, flow: str 
     if math.isinf(depth):
         return math.exp(min(2 * math.log(s_star) + math.log(h) - log_u0 - math.log(g), 700.0))
     c = 1.0 - 2.0 / depth
-    modified = 1.0
-    if flow == "modified" and math.isfinite(lr):
-        modified += 0.5 * lr * math.exp(min(math.log(depth) + (1 + c) * math.log(s_star) + math.log(h), 700.0))
+    learned = learned_curvature(problem, depth)
+    modified = learned_curvature(problem, depth, flow, lr) / learned
     if depth <= 2:
         return modified * (1.0 if depth == 2 else scale / g)
-    return modified * math.exp(min((1 + c) * math.log(s_star) + math.log(h) - c * log_u0 - math.log(g), 700.0))
+    return modified * math.exp(min(math.log(learned / depth) - c * log_u0 - math.log(g), 700.0))
 
 
 ZERO_GRADIENT = 1e-12  # ‖∇ℓ(0)‖ below this fraction of the curvature λ_max(H): the target is zero at working precision
