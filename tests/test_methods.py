@@ -173,6 +173,25 @@ def test_auto_sees_a_long_given_horizon_past_the_first_escape():
     assert "explicit steps past" not in short.attrs["method_reason"]
 
 
+def test_auto_gives_the_end_to_end_flow_the_end_of_run_and_horizon_rules():
+    # the end-to-end flow of an ill-conditioned loss (SENSING: condition number 944) ends as stiff as the layers':
+    # until converged at depth 3 from a balanced product of 0.1, tsit5 (what auto chose before) ran out of its
+    # 200,000 steps at 159,533 accepted, where singular coordinates converge in 480; to t1 = 1e4, 37,670 against 385
+    kw = dict(depth=3, scale=0.1, flow="end_to_end", init="balanced", scale_of="product", progress=False)
+    ds = dln.integrate(SENSING, **kw)
+    assert ds.attrs["method"] == "rosenbrock" and "curvature spans 944x" in ds.attrs["method_reason"]
+    assert ds.status.item() == int(dln.Status.CONVERGED) and ds.num_steps.item() < 1000
+    with pytest.warns(UserWarning, match="did not converge"):
+        explicit = dln.integrate(SENSING, method="tsit5", max_steps=20_000, **kw)
+    assert explicit.status.item() == int(dln.Status.MAX_STEPS)
+    far = dln.integrate(SENSING, t1=1e4, **kw)
+    assert far.attrs["method"] == "rosenbrock" and "explicit steps past" in far.attrs["method_reason"]
+    assert far.status.item() == int(dln.Status.FINISHED) and far.num_steps.item() < 1000
+    # control: a loss with many minimisers (a completion) keeps the explicit path at depth 2, where it has no plateau
+    completion = dln.MatrixCompletion.random((6, 6), 2, 0.6, seed=0)
+    assert dln.integrate(completion, **{**kw, "depth": 2}).attrs["method"] == "tsit5"
+
+
 def test_auto_counts_the_modified_flow_s_extra_stiffness():
     # the modified flow's Jacobian at a minimum is -(H + (lr/2) H²): its learned modes are 1 + lr·S/2 stiffer
     prob = dln.Regression.whitened([4.0, 2.0, 1.0], 3, 3, seed=0)
