@@ -35,8 +35,11 @@ from dlnode.solvers import rosenbrock as stiff
 from dlnode.solvers import singular
 
 __all__ = [
+    "EXPLICIT_REACH",
+    "HORIZON_STEPS",
     "STIFF_RATIO",
     "TAIL_RATIO",
+    "TAIL_RATIO_END_TO_END",
     "choose_diagonal",
     "choose_method",
     "horizon_steps",
@@ -109,11 +112,9 @@ def choose_method(
         return STIFF, f"{stiff_reason} -> {STIFF}"
     deep = [d for d in depths if d >= 2]
     if flow in ("layers", "modified"):
-        why = _end_of_run(problem, depths, scales, init, width, scale_of, loss_tol, TAIL_RATIO)
-        if why is not None:
-            return STIFF, f"{why} -> {STIFF}"
-    if flow in ("layers", "modified"):
-        why = _long_horizon(problem, depths, plateau, plateau_of, flow, lr, horizon)
+        why = _end_of_run(problem, depths, scales, init, width, scale_of, loss_tol, TAIL_RATIO) or _long_horizon(
+            problem, depths, plateau, plateau_of, flow, lr, horizon
+        )
         if why is not None:
             return STIFF, f"{why} -> {STIFF}"
     if deep:
@@ -131,9 +132,9 @@ def choose_method(
 
 
 # A run to a t1 the caller gave goes on after it converges. From the first escape on, the learned mode's curvature
-# S* = N s*^{2−2/N}·h (`scales.learned_curvature`) bounds an explicit step (h·S* ≤ EXPLICIT_REACH, about the real
-# stability interval of tsit5's and DOPRI5's tableaux), while `rosenbrock`'s steps grow once the flow settles. Above
-# HORIZON_STEPS such steps the stiff path is chosen. On a 6 × 6 rank-2 sensing problem (40 measurements), depth 3
+# S* = N s*^{2−2/N}·h (`scales.learned_curvature`) bounds an explicit step Δt (Δt·S* ≤ EXPLICIT_REACH, about the
+# real stability interval of tsit5's and DOPRI5's tableaux), while `rosenbrock`'s steps grow once the flow settles.
+# Above HORIZON_STEPS such steps the stiff path is chosen. On a 6 × 6 rank-2 sensing problem (40 measurements), depth 3
 # from Gaussian 0.1: to t1 = 1e3 tsit5 took 11,351 steps against rosenbrock's 442 (predicted 3.2e4: S* is the
 # curvature at a balanced minimiser, above what this run meets); to 1e5 tsit5 ran out of steps at t = 1.4e4,
 # where rosenbrock took 461.
@@ -252,8 +253,8 @@ TAIL_RATIO_END_TO_END = 100.0
 
 def tail_ratio(problem: Problem, w0: np.ndarray, loss_tol: float) -> float:
     """The loss that W(0)'s part outside W*'s column and row spaces adds at W*, ℓ(W* + P⊥ W(0) Q⊥) − ℓ*, over the loss
-    the stop rule leaves, loss_tol·(ℓ₀ − ℓ*): above `TAIL_RATIO`, a run from the product W(0) of a net of depth ≥ 2
-    ends in a stiff tail."""
+    the stop rule leaves, loss_tol·(ℓ₀ − ℓ*): above `TAIL_RATIO` (`TAIL_RATIO_END_TO_END` for the end-to-end flow),
+    a run from the product W(0) of a net of depth ≥ 2 ends in a stiff tail."""
     w_star = np.asarray(problem.w_star, dtype=np.float64)
     u, s, vt = np.linalg.svd(w_star)
     rank = int(np.sum(s > 1e-10 * s[0])) if s.size and s[0] > 0 else 0
@@ -268,9 +269,9 @@ def slow_fraction(problem: Problem, w0: np.ndarray, below: float) -> tuple[float
     """(the fraction of ℓ(W(0)) − ℓ* in the loss Hessian's eigendirections of curvature below `below`·λ_max, the
     Hessian's condition number) for a regression, samples kept or not (H: Δ ↦ ΔΣ_xx), or a matrix sensing problem
     (H = AᵀA/m on vec W); (0, 1) for the others, whose Hessian is a multiple of the identity where it is not zero.
-    A run until converged
-    must resolve that part at its slow rates while the top curvature bounds an explicit step: a stiff run when the
-    fraction is above the stop rule's loss_tol (depth 1 is the linear flow W' = −H(W − W*), whose stiffness this is)."""
+    A run until converged must resolve that part at its slow rates while the top curvature bounds an explicit step:
+    a stiff run when the fraction is above the stop rule's loss_tol (depth 1 is the linear flow W' = −H(W − W*),
+    whose stiffness this is)."""
     spectrum = derived(problem, "hessian_spectrum", lambda: _hessian_spectrum(problem))
     if spectrum is None:
         return 0.0, 1.0
