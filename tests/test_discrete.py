@@ -18,6 +18,8 @@ import dlnode as dln
 import dlnode.analysis.accessor  # noqa: F401  (registers ds.dln)
 from dlnode.analysis.discrete import compare, convergence_order, gd_errors
 from dlnode.flows.flow import sharpness_floors
+from dlnode.run.integrate import past_edge
+from dlnode.run.plan import Plan
 
 # Explicit Euler has global error O(lr): the fitted order of GD against the exact flow is 1 up to O(lr) terms.
 ORDER_ATOL = 0.15
@@ -170,6 +172,10 @@ def test_a_modified_flow_that_settles_past_two_over_lr_says_gd_cannot_follow_it(
     exact = past.dln.sharpness(exact=True).item()
     bound = float(re.search(r"S ≥ ([0-9.]+)", message).group(1))
     assert 2 / 0.3 < bound <= exact * (1 + 1e-4) and bound == pytest.approx(exact, rel=1e-2)
+    # what a sweep task reports: only the cells it was asked for (a mask of the status's shape)
+    plan = Plan.build(prob, flow="modified", lr=0.3, **common)
+    assert [p["bound"] for p in past_edge(past, plan)] == [pytest.approx(bound, rel=1e-3)]
+    assert past_edge(past, plan, np.zeros(past["status"].shape, bool)) == []
     with pytest.warns(UserWarning, match="diverged"):
         gd = dln.integrate(prob, method="gd", lr=0.3, t1=30.0, **common)
     assert gd.status.item() == int(dln.Status.DIVERGED)

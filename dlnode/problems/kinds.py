@@ -28,7 +28,7 @@ import scipy.sparse.linalg
 from dlnode.checks import as_array, check_bool, check_optional_int, check_positive_int, check_seed
 from dlnode.errors import fail, shown
 
-__all__ = ["KINDS", "Factorization", "MatrixCompletion", "MatrixSensing", "Problem", "Regression"]
+__all__ = ["KINDS", "Factorization", "MatrixCompletion", "MatrixSensing", "Problem", "Regression", "positive_definite"]
 
 
 def positive_definite(sxx: np.ndarray) -> bool:

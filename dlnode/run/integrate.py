@@ -277,14 +277,15 @@ def _warn_stops(ds: Any, problem: Problem, until_converged: bool = True) -> None
         warn(f"dlnode: {count} of {status.size} runs {what}: {shown}")
 
 
-def past_edge(ds: Any, plan: Plan) -> list[dict[str, Any]]:
+def past_edge(ds: Any, plan: Plan, cells: np.ndarray | None = None) -> list[dict[str, Any]]:
     """The modified-flow runs of `plan` (its dataset `ds`) that end where GD at the plan's lr cannot stay: the
     modified flow is GD's to O(lr²) only while lr·S < 2, and a minimum with S > 2/lr is unstable under GD (it
     oscillates away or diverges) though the flow settles there. S at each run's end (``weights_final``) is bounded
     below by power iteration (`flows.flow.sharpness_floors`: a Rayleigh quotient, so never a false alarm). One dict
     per such run: depth, scale, seed, lr, ``bound`` (S ≥ bound) and ``since`` (the first save with S ≥ 2/lr where
     ``sharpness=k`` saved S, else NaN); [] for the other flows, noise paths and diagonal networks, whose layers are
-    not the modified flow's."""
+    not the modified flow's. `cells` (a mask of ``ds.status``'s shape) limits the check to those runs: a sweep task
+    reports the cells it computes for the store, not those already there."""
     if plan.flow != "modified" or plan.noise.paths is not None or plan.noise.network == "diagonal":
         return []
     lr = float(plan.controls.lr)
@@ -292,15 +293,16 @@ def past_edge(ds: Any, plan: Plan) -> list[dict[str, Any]]:
     for k, depth in enumerate(ds["depth"].values):
         status = ds["status"].isel(depth=k).values
         weights = ds["weights_final"].isel(depth=k).values
-        cells = [(i, j, unpad_layers(weights[i, j], float(depth), plan.problem.d_in))
-                 for i, j in np.ndindex(*status.shape)
-                 if status[i, j] not in (int(Status.INTERRUPTED), int(Status.PENDING))]  # fmt: skip
-        cells = [(i, j, layers) for i, j, layers in cells if layers is not None]
-        if not cells:
+        wanted = np.ones(status.shape, bool) if cells is None else np.asarray(cells, bool)[k]
+        finals = [(i, j, unpad_layers(weights[i, j], float(depth), plan.problem.d_in))
+                  for i, j in np.ndindex(*status.shape)
+                  if wanted[i, j] and status[i, j] not in (int(Status.INTERRUPTED), int(Status.PENDING))]  # fmt: skip
+        finals = [(i, j, layers) for i, j, layers in finals if layers is not None]
+        if not finals:
             continue
-        batch = tuple(np.stack([layers[n] for _, _, layers in cells]) for n in range(int(depth)))
+        batch = tuple(np.stack([layers[n] for _, _, layers in finals]) for n in range(int(depth)))
         floors = sharpness_floors(type(plan.problem), batch, plan.problem.arrays())
-        for (i, j, _), bound in zip(cells, floors, strict=True):
+        for (i, j, _), bound in zip(finals, floors, strict=True):
             if not bound >= edge:
                 continue
             since = math.nan

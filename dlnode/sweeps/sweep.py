@@ -226,7 +226,8 @@ def run_task(config_json: str, chunk: tuple, tolerances: tuple[float, float], ta
     end = time.perf_counter()
     modified = int(pending.sum()) if plan.flow == "modified" else 0
     return {"status": arrays["status"][pending].tolist(), "compile_s": ds.attrs["compile_time"],
-            "past_edge": past_edge(ds, plan), "modified_cells": modified, "sharpness_saved": "sharpness" in ds,
+            "past_edge": past_edge(ds, plan, pending.reshape(ds["status"].shape) if modified else None),
+            "modified_cells": modified, "sharpness_saved": "sharpness" in ds,
             "wall_s": end - clock, "integrate_s": written - clock, "write_s": end - written,
             "thread_cpu_s": time.thread_time() - cpu, "process_cpu_s": time.process_time() - process}  # fmt: skip
 
