@@ -84,7 +84,7 @@ QUICK = {**FULL, "shape": (10, 10), "observed": 60, "depths": [1, 2, 4, 16, 64, 
 
 SLOPE_RANGE = (-1.2, -0.8)  # fitted exponent in N of the distances to depth inf, against the O(1/N) rate
 FIT_FROM = 16  # depths from which the asymptotic regime is fitted: the expansion is in ln(sigma)/N, ln 0.1 = -2.3
-LOSS_TOL = 1e-8  # dlnode's default convergence criterion l - l* <= LOSS_TOL (l0 - l*), the one every run uses
+LOSS_TOL = 1e-8  # dlnode's default convergence criterion l - l* <= LOSS_TOL (min(l0, l(W=0)) - l*), every run's
 RECOVERED = 1e-2  # relative error ||W - M||_F / ||M||_F below which M counts as recovered (as in arora2019)
 DEEP = 4  # the depths from which recovery and the target's rank are claimed (depth 2 is the negative control)
 ERANK_RTOL = 0.01  # "at the target's effective rank": within 1 % of erank(M)

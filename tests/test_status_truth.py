@@ -38,6 +38,36 @@ def test_a_zero_target_plans_a_finite_horizon_and_converges():
         assert loss[-1] <= 1e-8 * loss[0] and 9.0 < float(ds["time"][-1]) < 1e3
 
 
+def test_a_large_init_converges_against_the_problem_s_own_loss_scale():
+    """From per-layer scale 10 at depth 3, ℓ₀ is 3·10⁴ times ℓ(W = 0) = 2.5: the stop rule measures the gap from
+    min(ℓ₀, ℓ(0)), so "converged" means ℓ − ℓ* ≤ 1e-8 ℓ(0), where a rule on ℓ₀ alone stops anywhere below
+    1e-8 ℓ₀ = 7.6e-4 (the run's first save there holds 9.4e-5, 3.7e-5 ℓ(0): the negative control below)."""
+    prob = dln.Factorization(TARGET)
+    ds = dln.integrate(prob, depth=3, scale=10.0, saveat=8, progress=False)
+    loss = ds["loss"].values.ravel()
+    loss_at_zero = float(prob.loss(np.zeros((2, 2))))
+    assert loss[0] > 1e4 * loss_at_zero
+    assert int(ds["status"].item()) == int(S.CONVERGED)
+    assert loss[-1] <= 1e-8 * loss_at_zero
+    # the rule on ℓ₀ alone would have stopped at an earlier save, far above 1e-8 ℓ(0)
+    early = np.nonzero(loss <= 1e-8 * loss[0])[0][0]
+    assert early < len(loss) - 1 and loss[early] > 1e3 * 1e-8 * loss_at_zero
+    converged, _ = dln.solvers.core.stop_flags(loss[early], loss[0], 0.0, {"loss_tol": 1e-8, "diverge": 1e6,
+                                                                         "loss_scale": loss_at_zero})  # fmt: skip
+    assert not bool(converged)
+
+
+def test_a_large_init_far_above_the_minimiser_is_not_called_a_runaway_norm():
+    """σ₁ from a large init starts far above ‖W*‖₂ and falls; a small rise at the end, still below σ₁(0), is not a
+    norm running away (GD from per-layer scale 10 at depth 3 on an 8 × 8 completion ended at σ₁ = 359, 47× the
+    minimiser's, against 1735 at t = 0, and was said to run away); a σ₁ growing past 3× both is."""
+    from dlnode.run.integrate import running_away
+
+    assert not running_away(np.array([1735.0, 427.0, 359.0, 359.1]), 7.6)
+    assert running_away(np.array([1e-3, 2.0, 30.0, 40.0]), 7.6)
+    assert not running_away(np.array([1e-3, 2.0, 40.0, 30.0]), 7.6)  # falling at the end
+
+
 def test_scipy_rk45_out_of_steps_says_max_steps():
     prob = dln.Factorization(TARGET)
     ds = dln.integrate(prob, depth=2, scale=0.1, t1=100.0, method="scipy:RK45", max_steps=5, saveat=4,

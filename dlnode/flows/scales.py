@@ -35,11 +35,13 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class ProblemScales:
-    """‖∇ℓ(0)‖₂ (`gradient`), ‖W*‖₂ (`target`) and λ_max of the loss Hessian (`curvature`) of one problem."""
+    """‖∇ℓ(0)‖₂ (`gradient`), ‖W*‖₂ (`target`), λ_max of the loss Hessian (`curvature`) and ℓ(0) (`loss`) of one
+    problem (at W = 0)."""
 
     gradient: float
     target: float
     curvature: float
+    loss: float
 
 
 _KNOWN: dict[int, tuple[weakref.ref, bytes, ProblemScales]] = {}
@@ -64,6 +66,7 @@ def problem_scales(problem: Problem) -> ProblemScales:
         gradient=gradient_scale(problem),
         target=float(np.linalg.norm(problem.w_star, 2)),
         curvature=hessian_scale(problem),
+        loss=float(problem.loss(np.zeros_like(problem.w_star))),
     )
     _KNOWN[key] = (weakref.ref(problem, lambda _, key=key: _KNOWN.pop(key, None)), fingerprint, scales)
     return scales

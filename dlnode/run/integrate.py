@@ -31,7 +31,7 @@ from dlnode.run.saveat import SaveAt
 from dlnode.runtime.interrupts import sigint_flag, stop_requested
 from dlnode.solvers import METHODS, Solution, Status, solve
 from dlnode.solvers.auto import PER_DEPTH
-from dlnode.solvers.core import RUNNING
+from dlnode.solvers.core import RUNNING, stop_gap
 from dlnode.solvers.driver import HELD, Horizon
 
 __all__ = ["dataset_attrs", "integrate", "run_plan"]
@@ -92,7 +92,8 @@ def integrate(
         singular coordinates U, ln σ, V for ``end_to_end`` flows, see `dlnode.solvers.singular`), ``scipy:RK45``,
         ``scipy:LSODA``, ``scipy:BDF``, ``scipy:Radau``, or ``gd``.
     lr : step size, required for ``gd``, ``flow="modified"`` and ``flow="central"``.
-    t1 : end time. None: run until ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*) (CONVERGED), in one pass, on a log-spaced save
+    t1 : end time. None: run until ℓ − ℓ* ≤ loss_tol·(min(ℓ₀, ℓ(0)) − ℓ*) (CONVERGED; ℓ(0) the loss at W = 0, the
+        problem's own scale where a large init starts above it), in one pass, on a log-spaced save
         grid laid out from the problem's own time scale (1/‖∇ℓ(0)‖) and the slowest escape estimate, up to a
         horizon of `HORIZON_FACTOR` times that estimate, extended while the loss is still falling; a run that
         gets there without converging says NOT_CONVERGED. The grid is cut after the latest time a run needed, and
@@ -225,7 +226,16 @@ def _cells(da: Any, mask: np.ndarray, limit: int) -> list[dict]:
 SHOWN = 3  # the runs a stop warning describes one by one; the rest it counts
 
 
-RUNAWAY_NOTE = 3.0  # σ₁ above this many times the minimiser's, still growing at the end: say the norm runs away
+# σ₁ above this many times the minimiser's and its own at t = 0 (a large init starts far above W*'s: GD from
+# per-layer scale 10 at depth 3 ended at 47× the minimiser's, far below its start), still growing at the end: say
+# the norm runs away
+RUNAWAY_NOTE = 3.0
+
+
+def running_away(sv: np.ndarray, s_star: float) -> bool:
+    """Whether a run's σ₁ at its saves (`sv`, NaN-free, the first at t = 0 by default) says its norm runs away: at
+    the end above `RUNAWAY_NOTE` times both the minimiser's ‖W*‖₂ and σ₁ at the first save, and still growing."""
+    return len(sv) >= 2 and sv[-1] > RUNAWAY_NOTE * max(s_star, sv[0]) and sv[-1] > sv[-2]
 
 
 def _warn_stops(ds: Any, problem: Problem, until_converged: bool = True) -> None:
@@ -244,7 +254,7 @@ def _warn_stops(ds: Any, problem: Problem, until_converged: bool = True) -> None
         note = ""
         if code == int(Status.SUBSPACE_OPTIMUM):
             note = f" (the best fit inside W(0)'s subspace, loss_floor {float(ds['loss_floor'].sel(where)):.6g})"
-        elif code != int(Status.DIVERGED) and len(sv) >= 2 and sv[-1] > RUNAWAY_NOTE * s_star and sv[-1] > sv[-2]:
+        elif code != int(Status.DIVERGED) and running_away(sv, s_star):
             note = f" (σ₁ = {sv[-1]:.3g}, {sv[-1] / s_star:.3g}× the minimiser's and growing: the norm runs away)"
         elif code == int(Status.NOT_CONVERGED) and ds.attrs.get("method") == "gd" and _oscillates(ds, where):
             see = "S is ds.sharpness" if int(ds.attrs.get("sharpness", 0)) else "pass sharpness=1 to see S"
@@ -462,7 +472,8 @@ def _floors(plan: Plan, depth: float, y0: Any) -> np.ndarray | None:
     floors = np.full(len(y0), np.nan)
     for b, w0 in enumerate(np.asarray(y0)):
         inside, loss0 = problem.loss_min_in_span(w0), float(problem.loss(w0))
-        if inside - problem.loss_min > plan.controls.loss_tol * (loss0 - problem.loss_min):
+        gap = stop_gap(loss0, plan.controls.loss_scale, problem.loss_min, np)
+        if inside - problem.loss_min > plan.controls.loss_tol * gap:
             floors[b] = inside
     return floors
 
@@ -531,8 +542,8 @@ def dataset_attrs(plan: Plan, runs: dict) -> dict[str, Any]:
         "t1": controls.t1 if not plan.until_converged else float(max(s.ts[-1] for s in runs.values())),
         "until_converged": int(plan.until_converged),
         "loss_tol": controls.loss_tol,
-        "stop_rule": "l - l* <= loss_tol * (l0 - l*)  (status 1); l > diverge * max(l0, l(W=0)) or non-finite "
-        "(status -2); "
+        "stop_rule": "l - l* <= loss_tol * (min(l0, l(W=0)) - l*)  (status 1); "
+        "l > diverge * max(l0, l(W=0)) or non-finite (status -2); "
         "||W||_2 > norm_limit * max(||W*||_2, ||W(0)||_2) before converging (status -9)",
         "diverge": controls.diverge,
         "norm_limit": controls.norm_limit,

@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 PUBLIC_METHODS = ("auto", *METHODS)
-DEFAULT_LOSS_TOL = 1e-8  # stop when ℓ − ℓ* ≤ 1e-8 (ℓ₀ − ℓ*) if t1 is None
+DEFAULT_LOSS_TOL = 1e-8  # stop when ℓ − ℓ* ≤ 1e-8 (min(ℓ₀, ℓ(0)) − ℓ*) if t1 is None
 DIVERGENCE_FACTOR = 1e12  # a run whose loss grows past 1e12·ℓ₀ is marked diverged
 NORM_LIMIT = 1e3  # a run whose ‖W‖₂ passes 1e3·max(‖W*‖₂, ‖W(0)‖₂) before it converges is marked norm_runaway
 HORIZON_FACTOR = 1e4  # an until-converged run's planned horizon: this many times the slowest escape estimate
@@ -246,7 +246,7 @@ class Plan:
         if loss_tol is not None:
             check_positive("loss_tol", loss_tol)
             if loss_tol >= 1:
-                fail("loss_tol", "must be below 1 (a fraction of the initial loss gap l0 - l*: 1 stops at t = 0)",
+                fail("loss_tol", "must be below 1 (a fraction of the loss gap min(l0, l(W=0)) - l*: 1 stops at t = 0)",
                      loss_tol, "pass e.g. loss_tol=1e-8")  # fmt: skip
         if not isinstance(progress, (bool, np.bool_)):
             fail("progress", "must be True or False", progress, "pass progress=False to hide the progress bar")
@@ -286,7 +286,7 @@ class Plan:
             loss_tol=loss_tol or (DEFAULT_LOSS_TOL if requested_t1 is None else -math.inf), diverge=DIVERGENCE_FACTOR,
             max_steps=max_steps or max(METHODS[m].max_steps for m in methods.values()), noise=noisy.delta,
             dt=noisy.dt, norm_limit=float(norm_limit), target_norm=problem_scales(problem).target,
-            loss_scale=float(problem.loss(np.zeros_like(problem.w_star))),
+            loss_scale=problem_scales(problem).loss,
         )  # fmt: skip
         return cls(problem, depths, scales, seeds, init, width, flow, scale_of, chosen, method, reason, saveat,
                      times, bool(save_weights), bool(progress), until_converged, controls, methods,

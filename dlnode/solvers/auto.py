@@ -33,6 +33,7 @@ from dlnode.problems.kinds import Problem
 from dlnode.problems.network import init_layers, layer_shapes, product
 from dlnode.solvers import rosenbrock as stiff
 from dlnode.solvers import singular
+from dlnode.solvers.core import stop_gap
 
 __all__ = [
     "EXPLICIT_REACH",
@@ -253,21 +254,22 @@ TAIL_RATIO_END_TO_END = 100.0
 
 def tail_ratio(problem: Problem, w0: np.ndarray, loss_tol: float) -> float:
     """The loss that W(0)'s part outside W*'s column and row spaces adds at W*, ℓ(W* + P⊥ W(0) Q⊥) − ℓ*, over the loss
-    the stop rule leaves, loss_tol·(ℓ₀ − ℓ*): above `TAIL_RATIO` (`TAIL_RATIO_END_TO_END` for the end-to-end flow),
-    a run from the product W(0) of a net of depth ≥ 2 ends in a stiff tail."""
+    the stop rule leaves, loss_tol·(min(ℓ₀, ℓ(0)) − ℓ*) (`stop_gap`): above `TAIL_RATIO` (`TAIL_RATIO_END_TO_END`
+    for the end-to-end flow), a run from the product W(0) of a net of depth ≥ 2 ends in a stiff tail."""
     w_star = np.asarray(problem.w_star, dtype=np.float64)
     u, s, vt = np.linalg.svd(w_star)
     rank = int(np.sum(s > 1e-10 * s[0])) if s.size and s[0] > 0 else 0
     left = w0 - u[:, :rank] @ (u[:, :rank].T @ w0)
     outside = left - (left @ vt[:rank].T) @ vt[:rank]
-    gap = float(problem.loss(w0)) - problem.loss_min
+    gap = float(stop_gap(float(problem.loss(w0)), problem_scales(problem).loss, problem.loss_min, np))
     added = float(problem.loss(w_star + outside)) - problem.loss_min
     return added / (loss_tol * gap) if gap > 0 else 0.0
 
 
 def slow_fraction(problem: Problem, w0: np.ndarray, below: float) -> tuple[float, float]:
-    """(the fraction of ℓ(W(0)) − ℓ* in the loss Hessian's eigendirections of curvature below `below`·λ_max, the
-    Hessian's condition number) for a regression, samples kept or not (H: Δ ↦ ΔΣ_xx), or a matrix sensing problem
+    """(the part of ℓ(W(0)) − ℓ* in the loss Hessian's eigendirections of curvature below `below`·λ_max over the
+    gap the stop rule is a fraction of, min(ℓ₀, ℓ(0)) − ℓ* (`stop_gap`: above 1 for a large init), the Hessian's
+    condition number) for a regression, samples kept or not (H: Δ ↦ ΔΣ_xx), or a matrix sensing problem
     (H = AᵀA/m on vec W); (0, 1) for the others, whose Hessian is a multiple of the identity where it is not zero.
     A run until converged must resolve that part at its slow rates while the top curvature bounds an explicit step:
     a stiff run when the fraction is above the stop rule's loss_tol (depth 1 is the linear flow W' = −H(W − W*),
@@ -286,7 +288,8 @@ def slow_fraction(problem: Problem, w0: np.ndarray, below: float) -> tuple[float
     if not gap > 0 or not top > 0:
         return 0.0, 1.0
     low = float(np.min(lam[lam > 0])) if np.any(lam > 0) else top
-    return float(parts[lam < below * top].sum()) / gap, top / low
+    reference = float(stop_gap(gap, problem_scales(problem).loss - problem.loss_min, 0.0, np))
+    return float(parts[lam < below * top].sum()) / reference, top / low
 
 
 # The end-of-run rules factorise the loss Hessian once per problem: Σ_xx (d_in × d_in) for a regression, AᵀA/m

@@ -30,6 +30,7 @@ __all__ = [
     "call",
     "repeated",
     "stop_flags",
+    "stop_gap",
 ]
 
 
@@ -37,7 +38,7 @@ class Status(enum.IntEnum):
     """How a run ended. Non-negative codes are successes; negative ones say why the run stopped short."""
 
     FINISHED = 0  # reached the requested t1
-    CONVERGED = 1  # ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*)
+    CONVERGED = 1  # ℓ − ℓ* ≤ loss_tol·(min(ℓ₀, ℓ(0)) − ℓ*)
     MAX_STEPS = -1  # the step budget ran out first
     DIVERGED = -2  # the loss became non-finite or grew past diverge·max(ℓ₀, ℓ(0))
     SOLVER_FAILURE = -3  # repeated rejections, a failed linear solve, steps shrinking to nothing, or a creep
@@ -105,8 +106,8 @@ MESSAGES = {
     ),
     Status.SUBSPACE_OPTIMUM: (
         "stopped at the best fit inside W(0)'s column space (d_out > d_in) or row space (d_out < d_in), which the "
-        "depth-inf flow never leaves: l - l*_S <= loss_tol (l0 - l*_S) with l*_S > l* the lowest loss inside it "
-        "(ds['loss_floor']), so l* is out of reach; a finite depth (e.g. 64) leaves that space"
+        "depth-inf flow never leaves: l - l*_S <= loss_tol (min(l0, l(W=0)) - l*_S) with l*_S > l* the lowest loss "
+        "inside it (ds['loss_floor']), so l* is out of reach; a finite depth (e.g. 64) leaves that space"
     ),
     Status.UNTRACKED_EDGE: (
         "stopped: the central flow's largest untracked Hessian eigenvalue (the (k+1)-th, ds['untracked_sharpness']) "
@@ -148,7 +149,7 @@ class Controls:
     rtol: float
     atol: float
     lr: float
-    loss_tol: float  # stop when ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*); −inf disables
+    loss_tol: float  # stop when ℓ − ℓ* ≤ loss_tol·(min(ℓ₀, ℓ(0)) − ℓ*) (`stop_gap`); −inf disables
     diverge: float  # stop (status −2) when ℓ > diverge·max(ℓ₀, loss_scale, tiny) or ℓ is not finite
     max_steps: int
     noise: float = 0.0  # label noise δ of the stochastic methods and their SDEs
@@ -158,12 +159,22 @@ class Controls:
     loss_scale: float = 0.0  # ℓ(W = 0): a run started near a minimiser (ℓ₀ ≈ 0) diverges only past diverge·ℓ(0)
 
 
+def stop_gap(loss0: Any, loss_scale: Any, loss_min: Any, xp: Any = jnp) -> Any:
+    """The loss gap the stop rule is a fraction of: min(ℓ₀, ℓ(W = 0)) − ℓ*, the problem's own scale where W(0) starts
+    above it (a large init: at depth 3 and per-layer scale 10 on an 8 × 8 completion ℓ₀ is 8·10⁴ ℓ(0), and a rule on
+    ℓ₀ alone called a loss of 8e-4 ℓ(0) converged); ℓ₀ − ℓ* where W = 0 is itself a minimiser (ℓ(0) = ℓ*) or ℓ(0) is
+    not given (`loss_scale` 0). `xp`: numpy on the host, jax.numpy in compiled code."""
+    above = loss_scale > loss_min
+    return xp.where(above, xp.minimum(loss0, loss_scale), loss0) - loss_min
+
+
 def stop_flags(loss: Any, loss0: Any, loss_min: Any, c: dict) -> tuple[Any, Any]:
-    """(converged, diverged), the stop rule of every solver: ℓ − ℓ* ≤ loss_tol·(ℓ₀ − ℓ*) with ℓ and ℓ₀ finite (an
-    infinite ℓ₀ would make any loss "converged"); ℓ not finite or > div·max(ℓ₀, ℓ(0))."""
+    """(converged, diverged), the stop rule of every solver: ℓ − ℓ* ≤ loss_tol·(min(ℓ₀, ℓ(0)) − ℓ*) (`stop_gap`) with
+    ℓ and ℓ₀ finite (an infinite ℓ₀ would make any loss "converged"); ℓ not finite or > div·max(ℓ₀, ℓ(0))."""
     finite = jnp.isfinite(loss) & jnp.isfinite(loss0)
-    converged = finite & (loss - loss_min <= c["loss_tol"] * (loss0 - loss_min))
-    scale = jnp.maximum(loss0, c.get("loss_scale", 0.0))  # a controls dict of its own may leave the scale out
+    loss_scale = c.get("loss_scale", 0.0)  # a controls dict of its own may leave the scale out
+    converged = finite & (loss - loss_min <= c["loss_tol"] * stop_gap(loss0, loss_scale, loss_min))
+    scale = jnp.maximum(loss0, loss_scale)
     diverged = ~jnp.isfinite(loss) | (loss > c["diverge"] * jnp.maximum(scale, 1e-300))
     return converged, diverged
 

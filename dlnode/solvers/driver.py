@@ -30,7 +30,7 @@ import numpy as np
 
 from dlnode.errors import fail, shown
 from dlnode.runtime.interrupts import sigint_flag
-from dlnode.solvers.core import COMPILE, MESSAGES, RUNNING, WINDOW, Controls, Method, Solution, Status
+from dlnode.solvers.core import COMPILE, MESSAGES, RUNNING, WINDOW, Controls, Method, Solution, Status, stop_gap
 
 __all__ = ["Checkpoint", "HELD", "Horizon", "WINDOW", "drive"]
 
@@ -161,12 +161,13 @@ def _norm(obs: Any) -> np.ndarray:
 def _at_floor(last: Any, saved: _Saved, running: np.ndarray, controls: Controls,
               floor: np.ndarray | None) -> np.ndarray:  # fmt: skip
     """Running cells with a floor of their own whose loss at the window's end meets the stop rule against it:
-    ℓ − floor ≤ loss_tol·(ℓ₀ − floor), ℓ₀ the loss at t = 0."""
+    ℓ − floor ≤ loss_tol·(min(ℓ₀, ℓ(0)) − floor), ℓ₀ the loss at t = 0 (`stop_gap`)."""
     if floor is None:
         return np.zeros_like(running)
     loss, loss0 = np.asarray(last["loss"]), saved.values["loss"][:, 0]
     with np.errstate(invalid="ignore"):
-        return running & np.isfinite(floor) & (loss - floor <= controls.loss_tol * (loss0 - floor))
+        gap = stop_gap(loss0, controls.loss_scale, floor, np)
+        return running & np.isfinite(floor) & (loss - floor <= controls.loss_tol * gap)
 
 
 def _runaway(last: Any, saved: _Saved, running: np.ndarray, controls: Controls, floor: Any = None) -> np.ndarray:
@@ -287,9 +288,9 @@ def drive(
 
     `floor` (until converged): each cell's lowest reachable loss where it is above ℓ* (NaN elsewhere), e.g.
     `Problem.loss_min_in_span` for depth ∞ on a rectangular W. A cell whose loss meets the stop rule against its
-    floor, ℓ − floor ≤ loss_tol·(ℓ₀ − floor), at a window's end stops there as SUBSPACE_OPTIMUM (its saves after
-    that are held, as a converged cell's), and the horizon is extended while a cell's loss still falls towards its
-    floor. A resumed run keeps the floor it was started with.
+    floor, ℓ − floor ≤ loss_tol·(min(ℓ₀, ℓ(0)) − floor), at a window's end stops there as SUBSPACE_OPTIMUM (its
+    saves after that are held, as a converged cell's), and the horizon is extended while a cell's loss still falls
+    towards its floor. A resumed run keeps the floor it was started with.
     """
     c = _controls_tree(controls, window_steps or method.window_steps)
     arrays_j = jax.tree_util.tree_map(jnp.asarray, arrays)
