@@ -232,6 +232,11 @@ def check_saveat(saveat: Any) -> int | np.ndarray:
         return int(saveat)
     if isinstance(saveat, (bool, np.bool_, str, bytes)) or saveat is None:
         fail("saveat", "must be an int or a 1-D array of times", shown(_kind(saveat)), "pass e.g. saveat=200")
+    if isinstance(saveat, (float, np.floating)):  # a count typed as a float, or a single time
+        value = float(saveat)
+        fix = (f"pass saveat={max(1, round(value))} for a count, or saveat=[0, {value:g}] for times"
+               if math.isfinite(value) and value > 0 else "pass e.g. saveat=200")  # fmt: skip
+        fail("saveat", "must be a whole number of save times (an int) or a 1-D array of times", value, fix)
     ts = as_array("saveat", saveat, ndim=1)
     if ts[0] < 0 or np.any(np.diff(ts) <= 0):
         fail(

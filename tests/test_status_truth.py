@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import signal
+import warnings
 
 import numpy as np
 import pytest
@@ -66,6 +67,20 @@ def test_a_large_init_far_above_the_minimiser_is_not_called_a_runaway_norm():
     assert not running_away(np.array([1735.0, 427.0, 359.0, 359.1]), 7.6)
     assert running_away(np.array([1e-3, 2.0, 30.0, 40.0]), 7.6)
     assert not running_away(np.array([1e-3, 2.0, 40.0, 30.0]), 7.6)  # falling at the end
+
+
+def test_a_width_below_the_minimiser_s_rank_is_said_before_the_run_and_ends_not_converged():
+    """Width 1 caps the product's rank at 1 below W*'s 2: the call says so before it runs, and the run ends at the
+    best rank-one fit, ½σ₂² = 0.5 (Eckart–Young), as not_converged, never converged. Width 2 says nothing."""
+    prob = dln.Factorization(TARGET)
+    with pytest.warns(UserWarning, match="width 1 is below the rank 2 of the problem's minimiser") as record:
+        ds = dln.integrate(prob, depth=2, width=1, **{**QUICK, "saveat": 4})
+    assert "width" in str(record[0].message)  # the plan's warning comes first, before the run's own
+    assert int(ds["status"].item()) == int(S.NOT_CONVERGED)
+    assert float(ds["loss"].isel(time=-1).item()) == pytest.approx(0.5 * TARGET[1, 1] ** 2, rel=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dln.run.plan.Plan.build(prob, depth=2, width=2, scale=0.3)
 
 
 def test_scipy_rk45_out_of_steps_says_max_steps():

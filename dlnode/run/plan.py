@@ -28,6 +28,7 @@ from dlnode.errors import fail, warn
 from dlnode.flows.flow import FLOWS
 from dlnode.flows.scales import (
     _fingerprint,
+    derived,
     escape_estimate,
     plateau_scales,
     predicted_stiffness,
@@ -121,6 +122,25 @@ def warn_frozen_subspace(problem: Problem) -> None:
         warn(f"dlnode: at depth inf the end-to-end flow keeps W(0)'s {space}: it fits only inside it, so the loss "
              "may stop above its minimum, at the best fit inside (ds['loss_floor']; a run until converged stops "
              "there as subspace_optimum); a finite depth (e.g. 64) leaves it")  # fmt: skip
+
+
+def warn_narrow_width(problem: Problem, depths: Sequence[float], width: int | None, flow: str) -> None:
+    """Warn that a hidden width below the rank of the problem's minimiser W* caps the rank of the layers' product
+    W_N⋯W_1 (per-layer flows of depth ≥ 2) below it: ℓ* is out of reach (where W* is ℓ's only minimiser; where there
+    are others, unless one of rank ≤ width exists), and a run until converged ends at its horizon, not_converged,
+    at best at the fit of rank ≤ width. A 6 × 6 rank-2 completion at depth 3, width 1, ran to its horizon without a
+    word but the status."""
+    if width is None or flow == "end_to_end" or not any(d >= 2 for d in depths):
+        return
+    s = np.linalg.svd(np.asarray(problem.w_star, dtype=np.float64), compute_uv=False)
+    rank = int(np.sum(s > 1e-10 * s[0])) if s.size and s[0] > 0 else 0
+    if width >= rank:
+        return
+    only = derived(problem, "unique_minimiser", lambda: problem.unique_minimiser)
+    reach = "out of reach" if only else "out of reach unless a minimiser of rank <= width exists (W* is one of several)"
+    warn(f"dlnode: width {width} is below the rank {rank} of the problem's minimiser W*: the product of the layers "
+         f"has rank at most {width}, so l* is {reach}; a run until converged ends at its horizon as not_converged "
+         f"(at best the fit of rank <= {width}); pass width >= {rank} or width=None")  # fmt: skip
 
 
 def log_times(count: int, t1: float, unit: float) -> np.ndarray:
@@ -270,6 +290,8 @@ class Plan:
             methods, chosen, reason = dict.fromkeys(depths, method), method, "given"
         if flow == "end_to_end" and any(math.isinf(d) for d in depths):
             warn_frozen_subspace(problem)
+        if noisy.network == "dense":
+            warn_narrow_width(problem, depths, width, flow)
         plateau, plateau_of = plateau_scales(init, scales, scale_of)  # the product's starting size, for the estimates
         if rtol is None:
             rtol = default_rtol(problem, depths, plateau, flow, plateau_of)
