@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,7 +217,9 @@ def run_task(config_json: str, chunk: tuple, tolerances: tuple[float, float], ta
     worker process meanwhile: JAX's threads, the event loop, and other tasks on a worker of several threads)."""
     clock, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
     layout = _layout(config_json, chunk, tolerances)
-    plan = task_plan(layout, task)
+    with warnings.catch_warnings():  # what a plan warns of (a frozen subspace, a narrow width), the client's
+        warnings.filterwarnings("ignore", message="dlnode: ", category=UserWarning)  # grid plan said once
+        plan = task_plan(layout, task)
     ds = run_plan(plan, warn_stops=False)  # the sweep's own report counts the statuses
     if ds.sizes["time"] != len(layout.times) or not np.allclose(ds["time"], layout.times, rtol=TIME_RTOL, atol=0):
         raise refused(f"cells {_describe(layout, task)}: save times differ from the store's; report this as a bug")
