@@ -214,6 +214,25 @@ def test_auto_counts_the_modified_flow_s_extra_stiffness():
     assert ds.status.item() == int(dln.Status.FINISHED)
 
 
+def test_each_case_of_the_rules_benchmark_goes_where_its_rule_sends_it():
+    """`benchmarks.auto_rules` times auto against tsit5 and rosenbrock on the case behind each rule: each rule case
+    is planned for the stiff path by its own rule, each control for the explicit one (the plans alone, no run)."""
+    from benchmarks import auto_rules
+    from dlnode.run.plan import Plan
+
+    why = {"tail": "stiff tail", "horizon": "explicit steps past", "e2e_horizon": "explicit steps past",
+           "modified": "predicted plateau stiffness"}  # fmt: skip
+    for name, (_, problem, kwargs) in auto_rules.CASES.items():
+        plan = Plan.build(auto_rules._problem(problem), **kwargs)
+        if name.startswith("control"):
+            assert plan.method == "tsit5", (name, plan.reason)
+        else:
+            assert plan.method == "rosenbrock" and why.get(name, "curvature spans") in plan.reason, (name, plan.reason)
+    row = {"auto": {"status": 1, "seconds": 3.0}, "tsit5": {"status": -1, "seconds": 1.0},
+           "rosenbrock": {"status": 1, "seconds": 2.0}}  # fmt: skip
+    assert auto_rules.ratio(row) == 1.5  # against the best method that converged, not the faster one out of steps
+
+
 def test_equal_flows_are_one_flow_and_share_compiled_solvers():
     """get_flow is cached on what defines the flow: depth 2 and 2.0 are one end-to-end flow, and the layer flow is
     one for every depth (an extra Flow object would compile every solver again)."""
