@@ -192,6 +192,19 @@ def test_auto_gives_the_end_to_end_flow_the_end_of_run_and_horizon_rules():
     assert dln.integrate(completion, **{**kw, "depth": 2}).attrs["method"] == "tsit5"
 
 
+def test_auto_reads_the_tail_at_depth_inf_too():
+    # at depth ∞ a large product's part outside W*'s singular spaces decays as σ' ∝ −σ³ (in τ): the tail rule read
+    # finite depths only, and tsit5 ran out of its 200,000 steps at ℓ = 6e-7 ℓ(0) on this whitened regression
+    prob = dln.Regression.whitened([3.0, 2.0, 1.0], 4, 4, seed=0)
+    kw = dict(depth="inf", flow="end_to_end", init="balanced", scale=10.0, scale_of="product", progress=False)
+    ds = dln.integrate(prob, **kw)
+    assert ds.attrs["method"] == "rosenbrock" and "stiff tail" in ds.attrs["method_reason"]
+    assert ds.status.item() == int(dln.Status.CONVERGED)
+    with pytest.warns(UserWarning, match="did not converge"):
+        explicit = dln.integrate(prob, method="tsit5", max_steps=20_000, **kw)
+    assert explicit.status.item() == int(dln.Status.MAX_STEPS)
+
+
 def test_auto_counts_the_modified_flow_s_extra_stiffness():
     # the modified flow's Jacobian at a minimum is -(H + (lr/2) H²): its learned modes are 1 + lr·S/2 stiffer
     prob = dln.Regression.whitened([4.0, 2.0, 1.0], 3, 3, seed=0)

@@ -174,25 +174,27 @@ def _long_horizon(problem: Problem, depths: Sequence[float], scales: Sequence[fl
 def _end_of_run(problem: Problem, depths: Sequence[float], scales: Sequence[float], init: Any, width: int | None,
                 scale_of: str, loss_tol: float, tail_limit: float) -> str | None:  # fmt: skip
     """Why a run until converged (`loss_tol` finite) on a problem with one minimiser ends stiff — an ill-conditioned
-    loss (`slow_fraction`) or a stiff tail (`tail_ratio`, depth ≥ 2) — from W(0) of seed 0 at the largest scale,
-    built once per finite depth; None when neither rule holds (or they do not apply). `tail_limit`: the tail ratio
-    above which the tail is stiff."""
-    finite = [d for d in depths if math.isfinite(d)]
-    unique = (finite and math.isfinite(loss_tol) and _spectrum_affordable(problem)
+    loss (`slow_fraction`) or a stiff tail (`tail_ratio`, depth ≥ 2, ∞ included: there σ' ∝ −σ³ in τ) — from W(0)
+    of seed 0 at the largest scale, built once per depth (at depth ∞ the depth-1 draw of the product's scale, as
+    `integrate` starts it); None when neither rule holds (or they do not apply). `tail_limit`: the tail ratio
+    above which the tail is stiff. (A whitened 4 × 4 regression at depth ∞ from a balanced product of 10 ran
+    tsit5 out of its steps at ℓ = 6e-7 ℓ(0) while the rule, which read finite depths only, kept it there.)"""
+    unique = (depths and math.isfinite(loss_tol) and _spectrum_affordable(problem)
               and derived(problem, "unique_minimiser", lambda: problem.unique_minimiser))  # fmt: skip
     if not unique:
         return None
     top = max(scales)
-    firsts = {d: top ** (1.0 / d) if scale_of == "product" else top for d in finite}
+    firsts = {d: top ** (1.0 / d) if scale_of == "product" else top for d in depths if math.isfinite(d)}
     w0 = {d: np.asarray(product(init_layers(problem, int(d), init, firsts[d], 0, width)), dtype=np.float64)
-          for d in finite}  # fmt: skip
-    for depth in finite:
+          if math.isfinite(d) else np.asarray(init_layers(problem, 1, init, top, 0, width)[0], dtype=np.float64)
+          for d in depths}  # fmt: skip
+    for depth in depths:
         slow, kappa = slow_fraction(problem, w0[depth], 1.0 / STIFF_RATIO)
         if slow > loss_tol:
             return (f"auto: the loss's curvature spans {kappa:.3g}x, and at depth {depth:g}, scale {top:g}, "
                     f"{slow:.3g} of the loss gap lies where the curvature is below 1/{STIFF_RATIO:g} of its top, more "
                     f"than the stop rule leaves ({loss_tol:g})")  # fmt: skip
-    for depth in [d for d in finite if d >= 2]:
+    for depth in [d for d in depths if d >= 2]:
         tail = tail_ratio(problem, w0[depth], loss_tol)
         if tail > tail_limit:
             return (f"auto: at depth {depth:g}, scale {top:g}, W(0)'s part outside W*'s singular spaces holds "
