@@ -41,6 +41,8 @@ def _problem(name: str):  # noqa: ANN202
     if name == "ill_conditioned":  # Σ_xx = diag(2, 2e-4): condition number 1e4, one minimiser
         x = np.diag([1.0, 1e-2]) @ np.vstack([np.ones(4), [1.0, -1.0, 1.0, -1.0]]) * np.sqrt(2.0)
         return dln.Regression(x, np.array([[1.0, 1.0]]) @ x)
+    if name == "whitened":  # Σ_xx = I, singular values 3, 2, 1 of a 4 × 4 W*: one minimiser
+        return dln.Regression.whitened([3.0, 2.0, 1.0], 4, 4, seed=0)
     if name == "diag":
         return dln.Factorization(np.diag([2.0, 1.0]))
     if name == "completion":
@@ -61,6 +63,8 @@ CASES: dict[str, tuple[str, str, dict]] = {
     "e2e_until": ("end to end, ill-conditioned (until converged)", "sensing", {"depth": 3, "scale": 0.1, **E2E}),
     "e2e_horizon": ("end to end, a given t1 far past the escape", "sensing",
                     {"depth": 3, "scale": 0.1, "t1": 1e4, **E2E}),
+    "e2e_inf_tail": ("end to end at depth inf, a large product's tail (until converged)", "whitened",
+                     {"depth": "inf", "scale": 10.0, **E2E}),
     "control_mild": ("control: nothing stiff", "diag", {"depth": 2, "scale": 0.5, "t1": 1.0}),
     "control_small": ("control: small init, no tail", "factorization", {"depth": 2, "scale": 0.01}),
     "control_e2e": ("control: many minimisers, depth 2", "completion", {"depth": 2, "scale": 0.1, **E2E}),

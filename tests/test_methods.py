@@ -233,8 +233,8 @@ def test_each_case_of_the_rules_benchmark_goes_where_its_rule_sends_it():
     from benchmarks import auto_rules
     from dlnode.run.plan import Plan
 
-    why = {"tail": "stiff tail", "horizon": "explicit steps past", "e2e_horizon": "explicit steps past",
-           "modified": "predicted plateau stiffness"}  # fmt: skip
+    why = {"tail": "stiff tail", "e2e_inf_tail": "stiff tail", "horizon": "explicit steps past",
+           "e2e_horizon": "explicit steps past", "modified": "predicted plateau stiffness"}  # fmt: skip
     for name, (_, problem, kwargs) in auto_rules.CASES.items():
         plan = Plan.build(auto_rules._problem(problem), **kwargs)
         if name.startswith("control"):
