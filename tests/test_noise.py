@@ -98,6 +98,27 @@ def test_a_regression_with_several_outputs_keeps_its_samples_for_sgd():
     assert "\n" not in str(info.value)
 
 
+def test_a_random_regression_with_several_outputs_and_its_sweep_config():
+    """`SparseRegression.random(outputs=k)`: labels (k, n) = β* X exactly without noise, β* k × d with the same support
+    in every row, rows of their own signs (rank 2 here); outputs=1 is the single-output instance bit for bit; a sweep
+    config's problem table builds the same instance."""
+    from dlnode.sweeps.config import load_config
+
+    one = dln.SparseRegression.random(d=6, n=12, sparsity=2, seed=3, signed=True)
+    np.testing.assert_array_equal(dln.SparseRegression.random(6, 12, 2, 0.0, 3, True, outputs=1).labels, one.labels)
+    prob = dln.SparseRegression.random(d=6, n=12, sparsity=2, seed=3, signed=True, outputs=3)
+    assert prob.labels.shape == (3, 12) and (prob.d_out, prob.d_in) == (3, 6)
+    np.testing.assert_array_equal(prob.labels, prob.truth @ prob.inputs)
+    assert np.all(prob.truth[:, 2:] == 0) and np.all(np.abs(prob.truth[:, :2]) == 1)
+    assert np.linalg.matrix_rank(prob.truth) == 2
+    config = load_config({
+        "problem": {"kind": "sparse_regression", "d": 6, "n": 12, "sparsity": 2, "seed": 3, "signed": True,
+                    "outputs": 3},
+        "grid": {"depth": [2], "scale": [0.1]}, "integrate": {"t1": 1.0},
+    })  # fmt: skip
+    np.testing.assert_array_equal(config.problem.build().labels, prob.labels)
+
+
 def _depth_one(method, lr, t1, **kw):
     return dln.integrate(PROB, depth=1, init="gaussian", scale=1.0, method=method, lr=lr, t1=t1,
                          saveat=np.array([t1]), paths=PATHS, progress=False, **kw)  # fmt: skip

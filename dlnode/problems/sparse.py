@@ -82,19 +82,23 @@ class SparseRegression(Problem):
 
     @classmethod
     def random(cls, d: int = 100, n: int = 40, sparsity: int = 5, noise: float = 0.0, seed: int = 0,
-               signed: bool = False) -> SparseRegression:  # fmt: skip
+               signed: bool = False, outputs: int = 1) -> SparseRegression:  # fmt: skip
         """Gaussian design X (d, n) with N(0, 1) entries, β* = 1 on `sparsity` coordinates (random signs when
         `signed`), the rest 0, and labels ⟨β*, xᵢ⟩ + noise·N(0, 1). The support is the first `sparsity`
-        coordinates (the design is exchangeable, so this loses nothing; HaoChen et al. 2021 use the same)."""
+        coordinates (the design is exchangeable, so this loses nothing; HaoChen et al. 2021 use the same).
+        `outputs` = k > 1: β* is k × d with that support in every row and labels (k, n); each row draws its own
+        signs when `signed` (W* of rank min(k, sparsity) at most), and unsigned rows are equal (rank one)."""
         d, n = check_positive_int("d", d), check_positive_int("n", n)
         sparsity = check_positive_int("sparsity", sparsity)
+        outputs = check_positive_int("outputs", outputs)
         if sparsity > d:
             fail("sparsity", f"must be at most d = {d}", sparsity, "pass fewer nonzero coordinates")
         rng = np.random.default_rng(check_seed(seed))
         x = rng.standard_normal((d, n))
-        beta = np.zeros(d)
-        beta[:sparsity] = rng.choice([-1.0, 1.0], sparsity) if signed else 1.0
-        y = beta @ x + noise * rng.standard_normal(n)
+        shape = (d,) if outputs == 1 else (outputs, d)  # one output: the draws of a (d,) β*, as before outputs
+        beta = np.zeros(shape)
+        beta[..., :sparsity] = rng.choice([-1.0, 1.0], shape[:-1] + (sparsity,)) if signed else 1.0
+        y = beta @ x + noise * rng.standard_normal(shape[:-1] + (n,))
         return cls(x, y, beta, noise=float(noise), sparsity=sparsity, seed=int(seed))
 
     @classmethod

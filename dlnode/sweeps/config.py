@@ -119,7 +119,8 @@ class MatrixCompletionConfig(_Table):
 
 
 class SparseRegressionConfig(_Table):
-    """`SparseRegression.random`: Gaussian design of `n` samples in dimension `d`, a `sparsity`-sparse β*."""
+    """`SparseRegression.random`: Gaussian design of `n` samples in dimension `d`, a `sparsity`-sparse β* (k × d
+    for `outputs` = k)."""
 
     kind: Literal["sparse_regression"]
     d: PosInt
@@ -128,6 +129,7 @@ class SparseRegressionConfig(_Table):
     noise: NonNegative = 0.0
     seed: Seed = 0
     signed: bool = False
+    outputs: PosInt = 1
 
     @model_validator(mode="after")
     def _sparsity(self) -> SparseRegressionConfig:
@@ -136,7 +138,8 @@ class SparseRegressionConfig(_Table):
         return self
 
     def build(self) -> Problem:
-        return SparseRegression.random(self.d, self.n, self.sparsity, self.noise, self.seed, self.signed)
+        return SparseRegression.random(self.d, self.n, self.sparsity, self.noise, self.seed, self.signed,
+                                       self.outputs)  # fmt: skip
 
 
 class MatrixSensingConfig(_Table):
