@@ -5,9 +5,10 @@ tail, an ill-conditioned loss; a long given horizon; the modified flow's extra s
 thresholds) was added after a case where tsit5, the explicit default, ran out of steps or took many times the stiff
 path's. This benchmark runs those cases again, plus controls where the explicit path is right, with defaults only:
 ``auto``, ``tsit5`` and ``rosenbrock`` each cold in its own process (a fresh compilation cache, so compile time
-counts, as it does for a user's first call) under ``--limit`` seconds. Per case and method: the status, the steps
-attempted, the seconds of the `integrate` call (compile included); per case: auto's time over the best fixed
-method's that reached the same end (converged, or t1), the issue's "within 1.5×" read case by case.
+counts, as it does for a user's first call) under ``--limit`` seconds. Per case and method: the status, the accepted
+steps, the seconds of the `integrate` call (compile included); per case: auto's time over the best fixed
+method's that reached the same end (converged, or t1), the defaults' target "within 1.5× of the best fixed
+method" read case by case.
 
 Usage: ``python -m benchmarks.auto_rules [--only tail,horizon] [--limit 120]``; writes ``auto_rules.md`` in
 benchmarks/results (``auto_rules-2.md``, … when that exists).
@@ -72,7 +73,7 @@ CASES: dict[str, tuple[str, str, dict]] = {
 
 
 def run_one(name: str, method: str) -> dict:
-    """One case by one method, in this process: status, steps attempted, seconds of the call, auto's choice."""
+    """One case by one method, in this process: status, accepted steps, seconds of the call, auto's choice."""
     import warnings
 
     import dlnode as dln
