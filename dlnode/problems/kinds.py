@@ -100,6 +100,12 @@ class Problem:
         return 0.0
 
     @property
+    def minimiser_rank(self) -> int:
+        """The rank of W* (its singular values above 1e-10 of the largest; 0 for W* = 0)."""
+        s = np.linalg.svd(np.asarray(self.w_star, dtype=np.float64), compute_uv=False)
+        return int(np.sum(s > 1e-10 * s[0])) if s.size and s[0] > 0 else 0
+
+    @property
     def unique_minimiser(self) -> bool:
         """Whether W* is ℓ's only minimiser (its Hessian positive definite): every run that converges ends at W*."""
         return False

@@ -132,8 +132,7 @@ def warn_narrow_width(problem: Problem, depths: Sequence[float], width: int | No
     word but the status."""
     if width is None or flow == "end_to_end" or not any(d >= 2 for d in depths):
         return
-    s = np.linalg.svd(np.asarray(problem.w_star, dtype=np.float64), compute_uv=False)
-    rank = int(np.sum(s > 1e-10 * s[0])) if s.size and s[0] > 0 else 0
+    rank = problem.minimiser_rank
     if width >= rank:
         return
     only = derived(problem, "unique_minimiser", lambda: problem.unique_minimiser)

@@ -259,8 +259,8 @@ def tail_ratio(problem: Problem, w0: np.ndarray, loss_tol: float) -> float:
     the stop rule leaves, loss_tol·(min(ℓ₀, ℓ(0)) − ℓ*) (`stop_gap`): above `TAIL_RATIO` (`TAIL_RATIO_END_TO_END`
     for the end-to-end flow), a run from the product W(0) of a net of depth ≥ 2 ends in a stiff tail."""
     w_star = np.asarray(problem.w_star, dtype=np.float64)
-    u, s, vt = np.linalg.svd(w_star)
-    rank = int(np.sum(s > 1e-10 * s[0])) if s.size and s[0] > 0 else 0
+    u, _, vt = np.linalg.svd(w_star)
+    rank = problem.minimiser_rank
     left = w0 - u[:, :rank] @ (u[:, :rank].T @ w0)
     outside = left - (left @ vt[:rank].T) @ vt[:rank]
     gap = float(stop_gap(float(problem.loss(w0)), problem_scales(problem).loss, problem.loss_min, np))
