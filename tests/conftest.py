@@ -34,29 +34,12 @@ def traces():
     return lambda: TRACES["n"]
 
 
-# Past this many memory mappings in a worker, its compiled code is released after the module (a third of the
-# kernel's default limit, vm.max_map_count = 65,530)
-RELEASE_MAPPINGS = 20_000
-
-
-def _mappings() -> int:
-    """The memory mappings of this process (Linux), or a number past `RELEASE_MAPPINGS` where they cannot be read."""
-    try:
-        with open("/proc/self/maps", "rb") as maps:
-            return sum(1 for _ in maps)
-    except OSError:
-        return RELEASE_MAPPINGS + 1
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_code():
-    """Drop every compiled function after a test module once the worker holds `RELEASE_MAPPINGS` memory mappings
-    (later modules reload theirs from the persistent cache). XLA maps each compiled executable's code into memory,
-    some hundreds of mappings each (6,400 after the 13 tests of test_resume alone); kept for the whole suite they
-    passed the kernel's limit on mappings per process (vm.max_map_count, 65,530 by default) and a compilation late
-    in the run crashed with a segmentation fault. Released after every module instead, each later module traced,
-    lowered and loaded again what an earlier one had compiled."""
+    """Drop every compiled function after each test module (later modules reload theirs from the persistent cache).
+    XLA maps each compiled executable's code into memory, some hundreds of mappings each (6,400 after the 13 tests of
+    test_resume alone); kept for the whole suite they passed the kernel's limit on mappings per process
+    (vm.max_map_count, 65,530 by default) and a compilation late in the run crashed with a segmentation fault."""
     yield
-    if _mappings() > RELEASE_MAPPINGS:
-        core.release_compiled()
-        gc.collect()
+    core.release_compiled()
+    gc.collect()
