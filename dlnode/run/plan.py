@@ -128,7 +128,7 @@ def warn_narrow_width(problem: Problem, depths: Sequence[float], width: int | No
     """Warn that a hidden width below the rank of the problem's minimiser W* caps the rank of the layers' product
     W_N⋯W_1 (per-layer flows of depth ≥ 2) below it: ℓ* is out of reach (where W* is ℓ's only minimiser; where there
     are others, unless one of rank ≤ width exists), and a run until converged ends at its horizon, not_converged,
-    at best at the fit of rank ≤ width. A 6 × 6 rank-2 completion at depth 3, width 1, ran to its horizon without a
+    at best at the fit of rank ≤ width. An 8 × 8 rank-2 completion at depth 3, width 1, ran to its horizon without a
     word but the status."""
     if width is None or flow == "end_to_end" or not any(d >= 2 for d in depths):
         return
