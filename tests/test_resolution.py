@@ -6,11 +6,14 @@ a scale whose plateau is resolved, converges."""
 from fractions import Fraction
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import dlnode as dln
 from dlnode.flows.flow import flat_problem, get_flow
+from dlnode.solvers.core import RUNNING
+from dlnode.solvers.resolution import LONG_STEP, MIN_STEPS, unresolved
 
 PROBLEM = {"shape": (6, 6), "rank": 2, "observed": 24, "seed": 0}
 SLOW_EIGENVALUE = 1e-8  # ∇²L eigenvalues below this (the learned modes' are ~1 and above) span the slow directions
@@ -88,3 +91,15 @@ def test_a_resolved_plateau_converges():
     prob = dln.MatrixCompletion.random(**PROBLEM)
     ds = dln.integrate(prob, depth=3, init="gaussian", scale=1e-3, progress=False)
     assert ds["status"].item() == dln.Status.CONVERGED
+
+
+def test_far_from_converged_is_measured_against_the_stop_rules_gap():
+    """A slow, long-stepped window of a cell still 1e-3·ℓ(0) above ℓ* is unresolved though its large init started
+    at ℓ₀ = 1e6·ℓ(0): `FAR` is a fraction of the stop rule's gap min(ℓ₀, ℓ(0)) − ℓ*, as the stop rule's own
+    `loss_tol` is. Negative control: without ℓ(0) (the gap ℓ₀ − ℓ*, the rule before) the same window counts as
+    near enough, and a cell at 1e-7·ℓ(0) is near enough either way."""
+    running = jnp.asarray(RUNNING, jnp.int64)
+    slow = dict(moved=0.0, elapsed=1.0, accepted=MIN_STEPS, step=LONG_STEP, rho=1.0, loss0=1e6, loss_min=0.0)
+    assert int(unresolved(running, loss=1e-3, loss_scale=1.0, **slow)) == int(dln.Status.UNRESOLVED)
+    assert int(unresolved(running, loss=1e-3, **slow)) == RUNNING
+    assert int(unresolved(running, loss=1e-7, loss_scale=1.0, **slow)) == RUNNING

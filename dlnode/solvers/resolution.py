@@ -14,11 +14,11 @@ as the next mode escapes: resolved, if slowly.
 
 A cell whose weights moved, over a window of at least `MIN_STEPS` accepted steps ending with a long step
 (h·λ_max ≥ `LONG_STEP`, the stiff regime), at less than `RESOLVE` times the round-off scale, while
-ℓ − ℓ* > `FAR`·(ℓ₀ − ℓ*), stops as `Status.UNRESOLVED` instead of spending its step budget on round-off. (Steps
-that are short for another reason — rejections against a field that breaks, say — leave increments below an ulp
-of the weights that say nothing of the flow's speed: those runs keep their other statuses. At a minimum the field
-is at round-off too, but the stable directions damp it: the loss guard keeps a converged cell that runs on to a
-requested t1 out of this.)
+ℓ − ℓ* > `FAR`·(min(ℓ₀, ℓ(0)) − ℓ*) (the stop rule's gap, `core.stop_gap`), stops as `Status.UNRESOLVED` instead
+of spending its step budget on round-off. (Steps that are short for another reason — rejections against a field
+that breaks, say — leave increments below an ulp of the weights that say nothing of the flow's speed: those runs
+keep their other statuses. At a minimum the field is at round-off too, but the stable directions damp it: the loss
+guard keeps a converged cell that runs on to a requested t1 out of this.)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from dlnode.flows.flow import Flow, layer_gradients, unpack_layers
-from dlnode.solvers.core import RUNNING, Status
+from dlnode.solvers.core import RUNNING, Status, stop_gap
 
 __all__ = ["FAR", "LONG_STEP", "MIN_STEPS", "RESOLVE", "roundoff_scale", "unresolved"]
 
@@ -53,11 +53,12 @@ def roundoff_scale(flow: Flow, layers: Any, args: dict) -> Any:
 
 
 def unresolved(status: Any, moved: Any, elapsed: Any, accepted: Any, step: Any, rho: Any, loss: Any, loss0: Any,
-               loss_min: Any) -> Any:  # fmt: skip
+               loss_min: Any, loss_scale: Any = 0.0) -> Any:  # fmt: skip
     """`status`, or `Status.UNRESOLVED` for a running cell whose weights moved by `moved` (2-norm) in `elapsed`
     time over `accepted` steps, the last of size `step`·λ_max ≥ `LONG_STEP`, at less than `RESOLVE`·`rho` while its
-    loss is above `FAR` of its way to ℓ*."""
+    loss is above `FAR` of the stop rule's gap (`stop_gap` of ℓ₀ and ℓ(0) = `loss_scale`: a large init's ℓ₀ far
+    above ℓ(0) would call a loss still 1e-3 ℓ(0) above ℓ* near enough)."""
     # elapsed = 0: accepted stiff steps that no longer move the (compensated) time, far out on the axis
     slow = (accepted >= MIN_STEPS) & (step >= LONG_STEP) & ((elapsed <= 0) | (moved < RESOLVE * rho * elapsed))
-    far = loss - loss_min > FAR * (loss0 - loss_min)
+    far = loss - loss_min > FAR * stop_gap(loss0, loss_scale, loss_min)
     return jnp.where((status == RUNNING) & slow & far, int(Status.UNRESOLVED), status).astype(status.dtype)

@@ -380,7 +380,7 @@ class LayerRosenbrock(SteppingMethod):
         elapsed = (s.t_hi - s0.t_hi) + (s.t_lo - s0.t_lo)
         rho = roundoff_scale(self.flow, unravel(s.x), st["args"])
         status = unresolved(s.status, jnp.linalg.norm(s.x - s0.x), elapsed, s.steps - s0.steps, s.h * s.lam, rho,
-                            loss(s.x), st["loss0"], arrays["loss_min"])  # fmt: skip
+                            loss(s.x), st["loss0"], arrays["loss_min"], c.get("loss_scale", 0.0))  # fmt: skip
         return s._replace(status=status)
 
     def final(self, st: dict) -> Any:
