@@ -98,10 +98,12 @@ def test_noisy_runs_that_diverge_are_named_by_path_in_one_warning(capfd):
         ds = dln.integrate(prob, depth=3, scale=0.1, method="sgd", batch=4, lr=0.05, t1=20, paths=8, progress=False)
     assert (ds["status"] == int(dln.Status.DIVERGED)).all()
     assert (ds["t_final"] < 20).all()
-    # their SDE: the paths run in lockstep under diffrax, so a path that blew up is observed on with a non-finite W
-    # while the others go on; no SVD of it reaches LAPACK, which complained on stdout at every such save (56 lines)
+    # their SDE at dt = lr: the paths run in lockstep under diffrax, so a path that blew up is observed on with a
+    # non-finite W while the others go on; no SVD of it reaches LAPACK, which complained on stdout at every such save
+    # (56 lines). (The blow-ups are the step's: at dt = lr/2 the first four paths do not diverge, which the default
+    # step's check says; the step is passed here to keep them.)
     with pytest.warns(UserWarning, match=r"7 of 8 runs stopped before t1 = 20: .*: diverged at t = "):
-        sde = dln.integrate(prob, depth=3, scale=0.1, method="sde_heun", batch=4, lr=0.05, t1=20, paths=8,
+        sde = dln.integrate(prob, depth=3, scale=0.1, method="sde_heun", batch=4, lr=0.05, t1=20, paths=8, dt=0.05,
                             progress=False)  # fmt: skip
     out, err = capfd.readouterr()
     assert "DLASCL" not in out + err and "illegal value" not in out + err

@@ -1,6 +1,8 @@
 """Minibatch SGD, label noise and their SDEs: the limits that are gradient descent and the flow, one step's
 moments against their closed forms, and the refusals before any work."""
 
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ from scipy.stats import linregress
 
 import dlnode as dln
 from dlnode.flows.flow import partial_products
+from dlnode.flows.scales import problem_scales
+from dlnode.run.sde_step import STEP_TOL
 
 PROB = dln.SparseRegression.random(d=6, n=4, sparsity=2, noise=0.1, seed=3)
 Z_MAX = 4.5  # a sample moment this many Monte Carlo standard errors off its closed form fails the test
@@ -377,3 +381,33 @@ def test_partial_products_factor_the_end_to_end_matrix():
     np.testing.assert_allclose(w, layers[2] @ layers[1] @ layers[0], rtol=1e-13)
     for left, layer, right in zip(suffixes, layers, prefixes, strict=True):
         np.testing.assert_allclose(left @ layer @ right, w, rtol=1e-13)
+
+
+def test_the_default_sde_step_is_checked_at_half_the_step_on_the_same_paths():
+    """Heun at its default step dt = lr = 0.05 (minibatches of 4 on a 6 × 5 sensing problem, depth 3) holds the
+    loss near 1 on most paths up to t = 20, where the same SDE at lr/2 and lr/4 reaches ~1e-5 as SGD does: the run
+    at the default step is run again on its first paths at dt/2 (the same Brownian paths), and the difference of
+    the two path-means of the loss, relative to the stop rule's gap, is `dt_check`, with a warning above
+    `STEP_TOL` that names a smaller step. Reference: `dt_check` recomputed from an explicit run at lr/2, and the
+    same difference between lr/2 and lr/4 below the tolerance (the SDE is resolved there). Negative control: at
+    lr 0.02 the default step passes its check, without a warning; a step the caller passes is not checked."""
+    prob = dln.MatrixSensing.random(shape=(6, 5), rank=2, measurements=40, seed=0)
+    kw = dict(depth=3, scale=0.1, method="sde_heun", batch=4, lr=0.05, t1=20.0, paths=4, saveat=20, progress=False)
+    with pytest.warns(UserWarning, match=r"default SDE step dt = lr = 0.05 does not resolve sde_heun's SDE on this "
+                                         r"run: .* pass dt=0.0125 \(lr/4\) or smaller"):  # fmt: skip
+        ds = dln.integrate(prob, **kw)
+    assert ds.attrs["dt_check"] > STEP_TOL and ds.attrs["dt_check_paths"] == 4
+    half, quarter = (dln.integrate(prob, **kw | {"dt": dt, "saveat": ds["time"].values}) for dt in (0.025, 0.0125))
+    assert "dt_check" not in half.attrs
+
+    def difference(a, b):
+        loss0 = a["loss"].isel(time=0, path=0).item()
+        gap = min(loss0, problem_scales(prob).loss) - prob.loss_min
+        return float(abs((a["loss"] - b["loss"]).mean("path")).max()) / gap
+
+    assert difference(ds, half) == pytest.approx(ds.attrs["dt_check"], rel=1e-12)
+    assert difference(half, quarter) < STEP_TOL / 2  # measured 0.023 (0.19 at lr against lr/2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolved = dln.integrate(prob, **kw | {"lr": 0.02})
+    assert resolved.attrs["dt_check"] < STEP_TOL / 2  # measured 4e-4

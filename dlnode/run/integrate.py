@@ -9,6 +9,7 @@ import functools
 import importlib.metadata
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from dlnode.flows.endtoend import recover_layers
 from dlnode.flows.flow import get_flow, pack_layers, sharpness_floors, unpack_layers
 from dlnode.problems.kinds import Problem
 from dlnode.problems.network import init_layers, product
+from dlnode.run import sde_step
 from dlnode.run.noise_rules import diagonal_states, with_paths
 from dlnode.run.plan import NORM_LIMIT, Plan
 from dlnode.run.resuming import remember
@@ -143,7 +145,15 @@ def integrate(
     with sigint_flag():  # a Ctrl-C anywhere in the call (between depths too) stops it and keeps what ran
         # the call runs on its own copy of the problem: a later change to the caller's arrays changes neither the
         # dataset nor what `resume` continues (which refuses a changed problem instead)
-        return run_plan(Plan.build(**(given | {"problem": copy.deepcopy(problem)})), problem)
+        plan = Plan.build(**(given | {"problem": copy.deepcopy(problem)}))
+        ds = run_plan(plan, problem)
+        check = sde_step.check_call(given, plan, ds)
+        if check is None:
+            return ds
+        with warnings.catch_warnings():  # the check's own plan and stop warnings are the run's, said once above
+            warnings.simplefilter("ignore")
+            fine = run_plan(Plan.build(**(check | {"problem": copy.deepcopy(problem)})), problem, warn_stops=False)
+        return sde_step.checked(ds, fine, plan)
 
 
 def run_plan(plan: Plan, given: Problem | None = None, warn_stops: bool = True) -> Any:
