@@ -498,3 +498,21 @@ def test_a_warm_start_orthogonal_to_the_top_still_finds_it(mix, monkeypatch):
         assert used["warm"] < used["cold"], used
     else:
         np.testing.assert_allclose(float(theta[0]), 9.0, rtol=1e-12)
+
+
+def test_the_divergence_fraction_of_sgd_counts_every_noise_path():
+    """SGD with minibatches of 4 at lr 0.06 on a 6 × 5 sensing problem diverges on some of its noise paths, not
+    all (14 of 2 seeds × 8 paths): the fraction is over seeds × paths (each path is a run), the count of DIVERGED
+    statuses over the runs, where per path it was a fraction of 2 seeds. At lr 0.01 no run diverges (the control)."""
+    from dlnode.analysis.edge import divergence_fraction
+
+    prob = dln.MatrixSensing.random(shape=(6, 5), rank=2, measurements=40, seed=0)
+    kw = dict(depth=3, scale=0.1, seed=[0, 1], method="sgd", batch=4, t1=20.0, paths=8, saveat=10, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the runs that stopped early, named
+        runs = [dln.integrate(prob, lr=lr, **kw) for lr in (0.01, 0.06)]
+    diverged = int((runs[1]["status"] == int(dln.Status.DIVERGED)).sum())
+    assert 0 < diverged < 16, diverged
+    fraction = divergence_fraction(runs).squeeze()
+    assert fraction.dims == ("lr",) and fraction.values.tolist() == [0.0, diverged / 16]
+    assert "seeds x paths" in fraction.attrs["long_name"]

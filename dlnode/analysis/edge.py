@@ -114,7 +114,8 @@ def edge_summary(gd: xr.Dataset, band: float = EDGE_BAND) -> xr.Dataset:
 
 
 def divergence_fraction(runs: xr.Dataset | Sequence[xr.Dataset]) -> xr.DataArray:
-    """The fraction of seeds whose GD run diverged (status DIVERGED: the loss left every bound), per lr.
+    """The fraction of seeds whose GD run diverged (status DIVERGED: the loss left every bound), per lr; of a
+    stochastic method's runs (a ``path`` dim: SGD, label noise, their SDEs), the fraction of seeds × paths.
 
     A run whose loss oscillates or spikes and comes back is not diverged: only a non-finite loss or one past
     ``attrs["diverge"]``·max(ℓ₀, ℓ(W = 0)) is (the bound each dataset states in ``attrs["stop_rule"]``).
@@ -125,7 +126,8 @@ def divergence_fraction(runs: xr.Dataset | Sequence[xr.Dataset]) -> xr.DataArray
 
     Returns
     -------
-    DataArray over ``lr`` (ascending) and the runs' depth and scale: diverged seeds / seeds.
+    DataArray over ``lr`` (ascending) and the runs' depth and scale: diverged seeds / seeds (runs / runs over seed
+    and path).
     """
     if isinstance(runs, xr.Dataset):
         if "lr" not in runs.dims:
@@ -145,11 +147,14 @@ def divergence_fraction(runs: xr.Dataset | Sequence[xr.Dataset]) -> xr.DataArray
 
 
 def _fraction(status: xr.DataArray) -> xr.DataArray:
-    """Diverged seeds over the seeds each lr ran (datasets with other seed lists are NaN where they did not run)."""
+    """Diverged runs over the runs each lr ran, over seed (and path: each noise path is a run of its own); datasets
+    with other seed lists are NaN where they did not run."""
     ran = status.notnull()
-    diverged = (status == int(Status.DIVERGED)).where(ran, False).sum("seed") / ran.sum("seed")
+    over = [dim for dim in ("seed", "path") if dim in status.dims]
+    diverged = (status == int(Status.DIVERGED)).where(ran, False).sum(over) / ran.sum(over)
+    what = "seeds" if over == ["seed"] else "runs (seeds x paths)"
     return diverged.rename("divergence_fraction").assign_attrs(
-        long_name="fraction of seeds whose loss left every bound (status diverged)", units="1"
+        long_name=f"fraction of {what} whose loss left every bound (status diverged)", units="1"
     )
 
 
