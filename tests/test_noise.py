@@ -411,3 +411,28 @@ def test_the_default_sde_step_is_checked_at_half_the_step_on_the_same_paths():
         warnings.simplefilter("error")
         resolved = dln.integrate(prob, **kw | {"lr": 0.02})
     assert resolved.attrs["dt_check"] < STEP_TOL / 2  # measured 4e-4
+
+
+def test_ctrl_c_in_the_step_check_keeps_the_complete_run_and_says_it_is_unchecked(monkeypatch):
+    """Ctrl-C while the default step's check runs (simulated at the driver's check between windows, from the moment
+    the check's call is built): the run itself is complete and returned, without `dt_check`, and a warning says the
+    check was interrupted."""
+    from dlnode.run import sde_step
+    from dlnode.solvers import driver
+
+    hit = {"now": False}
+    build = sde_step.check_call
+
+    def check_call(*args):
+        hit["now"] = True
+        return build(*args)
+
+    monkeypatch.setattr(sde_step, "check_call", check_call)
+    monkeypatch.setattr(driver, "_interrupt_requested", lambda flag: hit["now"])
+    times = np.arange(1, 301) * 0.05  # saved at every step: several windows, so the check stops after its first
+    kw = dict(depth=2, scale=0.5, lr=0.05, t1=float(times[-1]), saveat=times, paths=2, noise=0.5, progress=False)
+    with pytest.warns(UserWarning, match=r"check of the default SDE step dt = lr = 0.05 was interrupted \(Ctrl-C\)"):
+        ds = dln.integrate(PROB, method="sde_euler", **kw)
+    assert (ds["status"] == int(dln.Status.FINISHED)).all() and "dt_check" not in ds.attrs
+    monkeypatch.setattr(driver, "_interrupt_requested", lambda flag: False)
+    assert "dt_check" in dln.integrate(PROB, method="sde_euler", **kw).attrs  # the control: not interrupted

@@ -43,8 +43,11 @@ def check_call(given: dict[str, Any], plan: Any, ds: Any) -> dict[str, Any] | No
 
 def checked(ds: Any, fine: Any, plan: Any) -> Any:
     """`ds` with ``dt_check`` (and ``dt_check_paths``) from its run again at dt/2 (`fine`); a warning above
-    `STEP_TOL`. A check that was itself interrupted adds nothing."""
+    `STEP_TOL`. A check that was itself interrupted (Ctrl-C) adds nothing but a warning that says so."""
     if np.isin(fine["status"].values, [int(Status.INTERRUPTED), int(Status.PENDING)]).any():
+        warn(f"dlnode: the check of the default SDE step dt = lr = {plan.noise.dt:g} was interrupted (Ctrl-C): the run "
+             f"is complete, its step unchecked (no dt_check); pass dt={plan.noise.dt / 2:g} to run the check's step "
+             "yourself")  # fmt: skip
         return ds
     k = fine.sizes["path"]
     coarse = ds.isel(path=slice(0, k))
