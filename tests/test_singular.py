@@ -371,11 +371,14 @@ def test_matrix_free_stage_solves_agree_with_the_dense_lu(monkeypatch, depth):
 
 
 def test_stage_solves_switch_to_dense_lu_where_gmres_falls_short(monkeypatch):
-    """On a 20 × 20 rank-2 completion (400 unknowns, above the dense limit) at depth 16 the pair-local preconditioner
-    is too weak: GMRES falls short on 30 % of the attempts and each is retried at a fifth of h (4092 steps). The
-    batch switches to dense LU stage solves between windows, and the trajectory is the one dense LU gives from the
-    start, to the tolerance."""
-    prob = dln.MatrixCompletion.random((20, 20), 2, 160, 0, normalize=True)
+    """On a 20 × 20 rank-2 completion (400 unknowns, above the dense limit of 300) at depth 16 the pair-local
+    preconditioner is too weak: GMRES falls short on 30 % of the attempts and each is retried at a fifth of h (4092
+    steps). The same holds on a 12 × 12 completion with 58 observed entries (144 unknowns), run here with the dense
+    limit lowered to 100 so that GMRES is tried first (a quarter of the cost). The batch switches to dense LU stage
+    solves between windows, and the trajectory is the one dense LU gives from the start, to the tolerance."""
+    monkeypatch.setattr(singular, "DENSE_MAX_UNKNOWNS", 100)
+    compiled.cache_clear()  # nothing compiled under the default limit is reused
+    prob = dln.MatrixCompletion.random((12, 12), 2, 58, 0, normalize=True)
     kw = _balanced_product(depth=16, saveat=40)
     switched = []
     variant = singular.SingularRosenbrock.variant
