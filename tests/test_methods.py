@@ -122,6 +122,30 @@ def test_auto_sees_the_stiff_tail_of_a_large_init_until_converged():
     assert "stiff tail" not in dln.integrate(prob, depth=3, scale=0.3, t1=1.0, progress=False).attrs["method_reason"]
 
 
+def test_auto_sees_the_curvature_a_large_unbalanced_init_keeps_on_a_run_that_cannot_converge():
+    """Width 1 on an 8 × 8 rank-2 completion (ℓ* out of reach), depth 2 from Gaussian 10: the conserved imbalance
+    ‖D‖₂ = ‖W₂ᵀW₂ − W₁W₁ᵀ‖₂ = 960 keeps the curvature at ≥ ~‖D‖₂·h for the whole run, so an explicit run to the
+    horizon takes about ‖D‖₂·h·t/3.5 steps or more (`imbalance_steps`): auto takes the stiff path, which ends at
+    its horizon, not_converged, in hundreds of steps. Reference: tsit5's own accepted steps to where it stopped
+    are the bound's to within a factor 2 (measured 0.94 of it: the bound is ‖D‖₂·h, not the exact curvature).
+    Controls: the same init at full width (ℓ* reachable, a run that stops when it converges) is not judged by the
+    horizon, and a small init (‖D‖ ~ scale²) stays explicit."""
+    prob = dln.MatrixCompletion.random((8, 8), rank=2, observed=40, seed=0)
+    kw = dict(depth=2, width=1, scale=10.0, progress=False)
+    with pytest.warns(UserWarning, match="width 1 is below the rank 2"):
+        ds = dln.integrate(prob, **kw)
+        explicit = dln.integrate(prob, method="tsit5", max_steps=20_000, **kw)
+    assert ds.attrs["method"] == "rosenbrock" and "conserved imbalance" in ds.attrs["method_reason"]
+    assert ds.status.item() == int(dln.Status.NOT_CONVERGED) and ds.num_steps.item() < 2000  # 715
+    assert explicit.status.item() == int(dln.Status.MAX_STEPS)
+    bound = auto.imbalance_steps(prob, dln.init_layers(prob, 2, "gaussian", 10.0, 0, 1), explicit.t_final.item())
+    assert 0.5 * bound <= explicit.num_steps.item() <= 2 * bound, (bound, explicit.num_steps.item())
+    assert "conserved imbalance" not in dln.integrate(prob, depth=2, scale=10.0, progress=False).attrs["method_reason"]
+    with pytest.warns(UserWarning, match="width 1 is below the rank 2"):
+        small = dln.integrate(prob, **kw | {"scale": 0.1})
+    assert small.attrs["method"] == "tsit5"
+
+
 def test_auto_sees_an_ill_conditioned_loss_that_a_run_until_converged_must_resolve():
     # X with singular values 1 and 1e-2 (Σ_xx's condition number 1e4, one minimiser): at depth 1 the flow is
     # W' = −(W − W*)Σ_xx, whose slow direction holds a closed-form share of the gap

@@ -124,16 +124,23 @@ def warn_frozen_subspace(problem: Problem) -> None:
              "there as subspace_optimum); a finite depth (e.g. 64) leaves it")  # fmt: skip
 
 
+def narrow_width(problem: Problem, depths: Sequence[float], width: int | None, flow: str) -> int | None:
+    """The rank of the problem's minimiser W* where a hidden width below it caps the rank of the layers' product
+    W_N⋯W_1 (per-layer flows of depth ≥ 2), else None."""
+    if width is None or flow == "end_to_end" or not any(d >= 2 for d in depths):
+        return None
+    rank = problem.minimiser_rank
+    return rank if width < rank else None
+
+
 def warn_narrow_width(problem: Problem, depths: Sequence[float], width: int | None, flow: str) -> None:
     """Warn that a hidden width below the rank of the problem's minimiser W* caps the rank of the layers' product
     W_N⋯W_1 (per-layer flows of depth ≥ 2) below it: ℓ* is out of reach (where W* is ℓ's only minimiser; where there
     are others, unless one of rank ≤ width exists), and a run until converged ends at its horizon, not_converged,
     at best at the fit of rank ≤ width. An 8 × 8 rank-2 completion at depth 3, width 1, ran to its horizon without a
     word but the status."""
-    if width is None or flow == "end_to_end" or not any(d >= 2 for d in depths):
-        return
-    rank = problem.minimiser_rank
-    if width >= rank:
+    rank = narrow_width(problem, depths, width, flow)
+    if rank is None:
         return
     only = derived(problem, "unique_minimiser", lambda: problem.unique_minimiser)
     reach = "out of reach" if only else "out of reach unless a minimiser of rank <= width exists (W* is one of several)"
@@ -283,8 +290,14 @@ class Plan:
         elif method == "auto":
             tol = (loss_tol or DEFAULT_LOSS_TOL) if requested_t1 is None else math.nan  # the tail rule: until converged
             horizon = float(t1) if requested_t1 is not None else math.nan  # a given t1: the run goes on to it
+            # the horizon a run goes to: a given t1, or the planned one where ℓ* is out of reach (a narrow width)
+            planned = horizon
+            if requested_t1 is None and narrow_width(problem, depths, width, flow) is not None:
+                plateau, plateau_of = plateau_scales(init, scales, scale_of)
+                planned = float(_save_grid(problem, depths, plateau, flow, plateau_of, saveat, t1)[1][-1])
             methods, chosen, reason = choose_methods(problem, depths, scales, init, width, flow,
-                                                     float(lr or math.nan), scale_of, tol, horizon)  # fmt: skip
+                                                     float(lr or math.nan), scale_of, tol, horizon,
+                                                     planned)  # fmt: skip
         else:
             methods, chosen, reason = dict.fromkeys(depths, method), method, "given"
         if flow == "end_to_end" and any(math.isinf(d) for d in depths):
