@@ -313,7 +313,8 @@ def info(path: Annotated[Path, typer.Argument(help="a dataset written by dlnode 
         typer.echo(f"problem: {str(ds.attrs.get('problem'))[:80]!r} (not the JSON dlnode writes)")
     fixed_step = ds.attrs.get("method") in FIXED_STEP  # rtol and atol do not apply to a run of fixed steps
     keys = ("network", "flow", "method", "method_reason", "init", "scale_of", "width", *(() if fixed_step else
-            ("rtol", "atol")), "lr", "dt", "batch", "sampling", "label_noise", "paths", "sharpness", "t1",
+            ("rtol", "atol")), "lr", "dt", "dt_check", "dt_check_paths", "batch", "sampling", "label_noise", "paths",
+            "sharpness", "t1",
             "compile_time", "run_time", "jax_version", "diffrax_version", "x64", "created")  # fmt: skip
     for key in keys:
         if key in ds.attrs:

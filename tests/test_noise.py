@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 from scipy.stats import linregress
+from typer.testing import CliRunner
 
 import dlnode as dln
+from dlnode.cli import app
 from dlnode.flows.flow import partial_products
 from dlnode.flows.scales import problem_scales
 from dlnode.run.sde_step import STEP_TOL
@@ -383,7 +385,7 @@ def test_partial_products_factor_the_end_to_end_matrix():
         np.testing.assert_allclose(left @ layer @ right, w, rtol=1e-13)
 
 
-def test_the_default_sde_step_is_checked_at_half_the_step_on_the_same_paths():
+def test_the_default_sde_step_is_checked_at_half_the_step_on_the_same_paths(tmp_path):
     """Heun at its default step dt = lr = 0.05 (minibatches of 4 on a 6 × 5 sensing problem, depth 3) holds the
     loss near 1 on most paths up to t = 20, where the same SDE at lr/2 and lr/4 reaches ~1e-5 as SGD does: the run
     at the default step is run again on its first paths at dt/2 (the same Brownian paths), and the difference of
@@ -397,6 +399,9 @@ def test_the_default_sde_step_is_checked_at_half_the_step_on_the_same_paths():
                                          r"run: .* pass dt=0.0125 \(lr/4\) or smaller"):  # fmt: skip
         ds = dln.integrate(prob, **kw)
     assert ds.attrs["dt_check"] > STEP_TOL and ds.attrs["dt_check_paths"] == 4
+    dln.save(ds, tmp_path / "sde.nc")  # stored, and shown by `dlnode info`
+    assert dln.open(tmp_path / "sde.nc").attrs["dt_check"] == ds.attrs["dt_check"]
+    assert f"dt_check: {ds.attrs['dt_check']}" in CliRunner().invoke(app, ["info", str(tmp_path / "sde.nc")]).output
     half, quarter = (dln.integrate(prob, **kw | {"dt": dt, "saveat": ds["time"].values}) for dt in (0.025, 0.0125))
     assert "dt_check" not in half.attrs
 
