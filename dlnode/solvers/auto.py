@@ -193,8 +193,8 @@ def _unbalanced(problem: Problem, depths: Sequence[float], scales: Sequence[floa
     """Why a per-layer run to `horizon` (a given t1, or the planned horizon of a run that cannot converge) is stiff
     by `imbalance_steps` from seed 0's layers at the largest scale, or None. A run until converged may stop long
     before its planned horizon, so the bound does not apply to it. (Width 1 on an 8 × 8 rank-2 completion, depth 2
-    from Gaussian 10: ‖D‖₂ = 960; tsit5 ran out of its 157,685 steps at t = 611 of its planned 2429, creeping to the
-    rank-one fit (the bound to there: 1.7e5 steps) where rosenbrock ends at its horizon in 715 steps.)"""
+    from Gaussian 10: ‖D‖₂ = 960; tsit5 spent its 200,000 attempts (157,685 accepted) by t = 611 of its planned
+    2429, creeping to the rank-one fit (the bound to there: 1.7e5 steps); rosenbrock ends at its horizon in 715.)"""
     if not math.isfinite(horizon):
         return None
     top = max(scales)
@@ -204,7 +204,7 @@ def _unbalanced(problem: Problem, depths: Sequence[float], scales: Sequence[floa
         if steps > HORIZON_STEPS:
             return (
                 f"auto: at depth {depth:g}, scale {top:g}, the layers' conserved imbalance keeps the curvature "
-                f"up: a run to t = {horizon:.3g} takes at least {steps:.3g} explicit steps (> {HORIZON_STEPS})"
+                f"up: a run to t = {horizon:.3g} takes about {steps:.3g} explicit steps or more (> {HORIZON_STEPS})"
             )
     return None
 
