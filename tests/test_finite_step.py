@@ -516,3 +516,20 @@ def test_the_divergence_fraction_of_sgd_counts_every_noise_path():
     fraction = divergence_fraction(runs).squeeze()
     assert fraction.dims == ("lr",) and fraction.values.tolist() == [0.0, diverged / 16]
     assert "seeds x paths" in fraction.attrs["long_name"]
+
+
+def test_a_central_flow_that_creeps_where_eigenvalues_rise_together_stops_as_a_solver_failure():
+    """An 8 × 8 rank-2 completion at depth 3 from Gaussian 0.1 with lr 0.5: GD diverges (every minimiser is sharper
+    than 2/η = 4), and the central flow's top eigenvalues rise together through the escape (θ₁ − θ₂ ~ 4e-7 at
+    t = 2.894), where X switches on below the edge and the field jumps with the ill-defined eigenvector: tsit5's
+    steps collapse (4000 attempts moved t by 0.002 in 110 s, the default budget worth 1.5 hours). The driver's
+    creep rule for the central flow (its time too slow to reach 2t on the budget left, two windows of 256 attempts
+    in a row) stops it as a solver failure within a few windows, and the warning says where and why."""
+    prob = dln.MatrixCompletion.random((8, 8), rank=2, observed=40, seed=0)
+    kw = dict(depth=3, scale=0.1, progress=False)
+    with pytest.warns(UserWarning, match=r"solver_failure \(the central flow crept at t = 2\.89"):
+        ds = dln.integrate(prob, flow="central", lr=0.5, **kw)
+    assert ds.status.item() == int(dln.Status.SOLVER_FAILURE)
+    assert ds.num_steps.item() + ds.num_rejected.item() <= 5 * 256  # measured 792 attempts, of a budget of 200,000
+    with pytest.warns(UserWarning, match="diverged"):  # the lr is past every edge GD could hold
+        assert dln.integrate(prob, method="gd", lr=0.5, **kw).status.item() == int(dln.Status.DIVERGED)

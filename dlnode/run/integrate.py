@@ -270,6 +270,13 @@ def _warn_stops(ds: Any, problem: Problem, until_converged: bool = True) -> None
             see = "S is ds.sharpness" if int(ds.attrs.get("sharpness", 0)) else "pass sharpness=1 to see S"
             note = (f" (its loss still rises and falls between saves: lr = {ds.attrs['lr']:g} may be past 2/S at "
                     f"every minimum within reach; {see})")  # fmt: skip
+        elif code == int(Status.SOLVER_FAILURE) and ds.attrs.get("flow") == "central":
+            t, theta = float(ds["t_final"].sel(where)), ds["sharpness"].sel(where).dropna("time", how="all")
+            after = float(ds["untracked_sharpness"].sel(where).dropna("time").values[-1])
+            note = (f" (the central flow crept at t = {t:.4g}: at its last save the tracked eigenvalue "
+                    f"{float(theta.values[-1][-1]):.6g} and the next one {after:.6g}, 2/lr = "
+                    f"{2 / float(ds.attrs['lr']):.6g}; where eigenvalues rise together the eigenspace it holds is "
+                    "ill-defined; GD itself (method='gd') says whether this lr stays at the edge)")  # fmt: skip
         elif code == int(Status.UNTRACKED_EDGE):
             k, t = int(ds["sharpness"].sizes["eig"]), float(ds["t_final"].sel(where))
             note = (f" (eigenvalue {k + 1}, which it does not track, passed 2/lr = {2 / float(ds.attrs['lr']):.6g} "

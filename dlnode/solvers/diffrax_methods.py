@@ -28,6 +28,9 @@ __all__ = ["DIFFRAX"]
 # diffrax's solvers by name: diffrax (with equinox) loads with the first run of one of them, not with `import dlnode`
 SOLVERS = {"tsit5": "Tsit5", "dopri5": "Dopri5", "dopri8": "Dopri8", "kvaerno5": "Kvaerno5"}
 WINDOW_STEPS = 4096  # steps per diffeqsolve (static: diffrax sizes its loop by it)
+# ... of the central flow, whose every field evaluation holds a Lanczos solve (a 4096-step window of an 8 × 8
+# completion's central flow took 110 s, so long between the driver's checks, Ctrl-C and the progress bar)
+CENTRAL_WINDOW_STEPS = 256
 # cells of at least this many unknowns run one at a time (`core.by_cell`), smaller ones as one vmapped batch (see
 # benchmarks/batch_cells.py and docs/solvers.md). Measured
 # with tsit5 on a quiet 2-core CPU, 8 cells (Gaussian init 1e-1 and 1e-2 × 4 seeds, completions with 20 % observed),
@@ -200,10 +203,11 @@ def _summary(st: dict) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in st.items()}
 
 
-def _window(c: dict) -> int:
-    """Steps per diffeqsolve: `WINDOW_STEPS`, or the whole budget when that is smaller (a small budget is then
-    never overrun; a larger one by less than one window, since the driver checks it between windows)."""
-    return int(min(WINDOW_STEPS, c["max_steps"]))
+def _window(c: dict, flow: Flow) -> int:
+    """Steps per diffeqsolve: `WINDOW_STEPS` (`CENTRAL_WINDOW_STEPS` for the central flow), or the whole budget when
+    that is smaller (a small budget is then never overrun; a larger one by less than one window, since the driver
+    checks it between windows)."""
+    return int(min(CENTRAL_WINDOW_STEPS if flow.name == "central" else WINDOW_STEPS, c["max_steps"]))
 
 
 def _method(name: str) -> Method:
@@ -216,7 +220,7 @@ def _method(name: str) -> Method:
         start=lambda flow, y0, arrays, c: by_cell(lambda y: call(_functions(name, flow)[0], y, arrays, c), y0,
                                                   _alone(y0)),
         advance=lambda flow, st, arrays, ts, c: by_cell(
-            lambda b: call(_functions(name, flow, _window(c))[1], b, arrays, ts, c), st, _alone(st["y"])),
+            lambda b: call(_functions(name, flow, _window(c, flow))[1], b, arrays, ts, c), st, _alone(st["y"])),
         summary=_summary,
         final=lambda flow, st: by_cell(lambda b: call(_functions(name, flow)[2], b), st, _alone(st["y"])),
     )  # fmt: skip

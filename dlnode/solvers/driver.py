@@ -57,6 +57,14 @@ ULP = 2.0**-52
 # its time by 3e-10 of itself). Two in a row: the two conditions together are met by no run that still progresses
 # (escapes change ln σ by 0.3 or more a window), and each further window of case 42 cost 15.5 s (98 s → 43 s).
 STATE_CREEP, CREEP_WINDOWS = 2.0**-20, 1
+# The central flow (a field with a Lanczos solve in it; no measure of its state's change) creeps where its tracked
+# eigenspace is ill-defined: on an 8 × 8 completion at depth 3 from Gaussian 0.1 with lr 0.5 (GD diverges there; every
+# minimiser is sharper than 2/η) the top eigenvalues rise together through an escape (θ₁ − θ₂ = 4e-7 at t = 2.894),
+# X switches on below the edge, the field jumps with the eigenvector (a perturbation of 1e-10 moved it by 4e-4),
+# and tsit5's 4000 attempts moved t by 0.002 in 110 s, the default budget then worth 1.5 hours. So its windows
+# whose time moves too slowly to reach 2t (or the grid's end, if nearer) on the budget left count as a creep on
+# their own, and more than `CREEP_WINDOWS` in a row stop the cell as a solver failure. (A run held at the edge steps
+# about 1.7η: to double t it needs t/1.7η steps, so at most t ~ 3e5η is within a budget of 200,000.)
 # A batch's state numbers up to which a method's own `window_saves` applies: 128 saves of a state this size and of
 # observables about as large hold 2^23 numbers (64 MB) in a window's buffers, next to 8 MB in 16 saves.
 WINDOW_STATE_MAX = 2**15
@@ -362,13 +370,17 @@ def drive(
             # the time still creeping, or accepted steps that still change the state
             changed = loss != prev.loss
             slow, windows = still, STALL_WINDOWS
-            if "change" in summ:  # the state's own change tells an escape from a creep (`STATE_CREEP`)
-                change = np.asarray(summ["change"])
-                changed = changed | (change > 0)
+            if "change" in summ or "regime" in last:
                 upcoming = window[np.argmax(pending_here, axis=1)]
                 left = np.maximum(controls.max_steps - attempts, 0) / np.maximum(attempts - prev.attempts, 1)
                 creeping = moved * left < (upcoming - clock[0]) - clock[1]
+            if "change" in summ:  # the state's own change tells an escape from a creep (`STATE_CREEP`)
+                change = np.asarray(summ["change"])
+                changed = changed | (change > 0)
                 slow, windows = running & behind & (change <= STATE_CREEP) & creeping, CREEP_WINDOWS
+            elif "regime" in last:  # the central flow: its time's rate alone (see `CREEP_WINDOWS`)
+                reach = np.minimum(ts[-1] - clock[0], clock[0])  # not even to 2t (or its end) on the budget left
+                slow, windows = running & behind & (moved * left < reach), CREEP_WINDOWS
             through = (moved > 0) | ((steps > prev.steps) & changed)
             stalled = np.where(slow & through, prev.stalled + 1, 0)
             stuck = (still & ~through) | (slow & through & (stalled > windows))
