@@ -272,9 +272,10 @@ def _warn_stops(ds: Any, problem: Problem, until_converged: bool = True) -> None
                     f"every minimum within reach; {see})")  # fmt: skip
         elif code == int(Status.SOLVER_FAILURE) and ds.attrs.get("flow") == "central":
             t, theta = float(ds["t_final"].sel(where)), ds["sharpness"].sel(where).dropna("time", how="all")
-            after = float(ds["untracked_sharpness"].sel(where).dropna("time").values[-1])
+            after = ds["untracked_sharpness"].sel(where).dropna("time").values  # none: as many as parameters
+            nxt = f"{float(after[-1]):.6g}" if after.size else "none"
             note = (f" (the central flow crept at t = {t:.4g}: at its last save the tracked eigenvalue "
-                    f"{float(theta.values[-1][-1]):.6g} and the next one {after:.6g}, 2/lr = "
+                    f"{float(theta.values[-1][-1]):.6g} and the next one {nxt}, 2/lr = "
                     f"{2 / float(ds.attrs['lr']):.6g}; where eigenvalues rise together the eigenspace it holds is "
                     "ill-defined; GD itself (method='gd') says whether this lr stays at the edge)")  # fmt: skip
         elif code == int(Status.UNTRACKED_EDGE):
