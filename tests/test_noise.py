@@ -441,3 +441,24 @@ def test_ctrl_c_in_the_step_check_keeps_the_complete_run_and_says_it_is_unchecke
     assert (ds["status"] == int(dln.Status.FINISHED)).all() and "dt_check" not in ds.attrs
     monkeypatch.setattr(driver, "_interrupt_requested", lambda flag: False)
     assert "dt_check" in dln.integrate(PROB, method="sde_euler", **kw).attrs  # the control: not interrupted
+
+
+def test_a_step_check_that_fails_keeps_the_complete_run(monkeypatch):
+    """The check's own run failing (here: its plan raising, as a memory error would) returns the complete run
+    without `dt_check` and says so; it does not lose the run."""
+    from dlnode.run import integrate as integrate_module
+
+    build = integrate_module.Plan.build
+    calls = {"n": 0}
+
+    def failing_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise MemoryError("no room for the check")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(integrate_module.Plan, "build", failing_second)
+    kw = dict(depth=2, scale=0.5, lr=0.05, t1=1.0, saveat=SAVE, paths=2, noise=0.5, progress=False)
+    with pytest.warns(UserWarning, match=r"check of the default SDE step failed \(MemoryError: no room"):
+        ds = dln.integrate(PROB, method="sde_euler", **kw)
+    assert (ds["status"] == int(dln.Status.FINISHED)).all() and "dt_check" not in ds.attrs

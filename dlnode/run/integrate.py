@@ -150,9 +150,15 @@ def integrate(
         check = sde_step.check_call(given, plan, ds)
         if check is None:
             return ds
-        with warnings.catch_warnings():  # the check's own plan and stop warnings are the run's, said once above
-            warnings.simplefilter("ignore")
-            fine = run_plan(Plan.build(**(check | {"problem": copy.deepcopy(problem)})), problem, warn_stops=False)
+        try:  # a check that fails (memory, say) must not lose the complete run
+            with warnings.catch_warnings():  # the check's own plan and stop warnings are the run's, said above
+                warnings.simplefilter("ignore")
+                fine = run_plan(Plan.build(**(check | {"problem": copy.deepcopy(problem)})), problem,
+                                warn_stops=False)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - any failure of the check leaves the run as it is
+            warn(f"dlnode: the check of the default SDE step failed ({type(err).__name__}: {err}); the run is "
+                 "complete, its step unchecked (no dt_check)")  # fmt: skip
+            return ds
         return sde_step.checked(ds, fine, plan)
 
 

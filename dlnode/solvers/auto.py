@@ -30,7 +30,7 @@ from dlnode.flows.scales import (
     problem_scales,
 )
 from dlnode.problems.kinds import Problem
-from dlnode.problems.network import init_layers, layer_shapes, product
+from dlnode.problems.network import balancedness, init_layers, layer_shapes, product
 from dlnode.solvers import rosenbrock as stiff
 from dlnode.solvers import singular
 from dlnode.solvers.core import stop_gap
@@ -183,8 +183,7 @@ def imbalance_steps(problem: Problem, layers: Sequence[Any], horizon: float) -> 
     Hessian; measured at the end of six runs from Gaussian inits of scale 1 to 10: 0.9 to 27 times ‖D‖₂·h): an
     explicit step is at most EXPLICIT_REACH over that, a bound small inits (‖D‖ ~ scale²) never meet."""
     mats = [np.asarray(w, dtype=np.float64) for w in layers]
-    imbalance = max((np.linalg.norm(b.T @ b - a @ a.T, 2) for a, b in zip(mats[:-1], mats[1:], strict=True)),
-                    default=0.0)  # fmt: skip
+    imbalance = max((np.linalg.norm(d, 2) for d in balancedness(mats)), default=0.0)
     return imbalance * problem_scales(problem).curvature * max(horizon, 0.0) / EXPLICIT_REACH
 
 
